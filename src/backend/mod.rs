@@ -1,0 +1,210 @@
+//! The storage backend abstraction: one async trait for every backend
+//! (`local` now; `nfs` and `s3` later). All paths are relative to the volume
+//! root and already validated ([`BackendPath`]), so no backend ever sees `..`.
+
+mod error;
+pub mod local;
+mod path;
+mod source;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+pub use error::{BackendError, BackendResult, ErrorKind};
+pub use path::{is_temp_name, BackendPath};
+pub use source::Source;
+
+/// The identity a backend operation is performed as (AUTH_SYS-like).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Fifo,
+    /// Sockets and device nodes: listed, never opened.
+    Special,
+}
+
+/// Opaque token that changes whenever an object's content may have changed.
+/// Cache pages are keyed by it, so a changed object never serves stale pages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionToken(pub String);
+
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits only (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub version: VersionToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub meta: Metadata,
+}
+
+/// Attribute changes other than size (size changes go through the write path
+/// so that a truncate is as atomic as any other write).
+#[derive(Debug, Clone, Default)]
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl AttrChanges {
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// What a new temporary object starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStart {
+    /// Empty (new file, or `O_TRUNC`).
+    Empty,
+    /// A copy of the current object, so that a partial overwrite publishes a
+    /// complete file (copy-on-write).
+    CopyExisting,
+}
+
+/// Optional operations; the filesystem answers EOPNOTSUPP/EPERM cleanly when
+/// a backend lacks one.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    pub hard_links: bool,
+    pub symlinks: bool,
+    pub fifos: bool,
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Stable identity of the storage (e.g. `file:///srv/data`); part of every
+    /// cache key and every error message.
+    fn describe(&self) -> &str;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// Metadata of the object itself (symlinks are not followed).
+    async fn stat(&self, id: Identity, path: &BackendPath) -> BackendResult<Metadata>;
+
+    /// All entries of a directory, without `.`/`..` and without our own
+    /// temporary objects.
+    async fn list(&self, id: Identity, path: &BackendPath) -> BackendResult<Vec<DirEntry>>;
+
+    /// Open an object for ranged reads, pinned to one version where the
+    /// backend can do so.
+    async fn open_read(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+    ) -> BackendResult<Box<dyn ObjectReader>>;
+
+    /// Start a temporary object that will atomically replace (or create)
+    /// `path` when published. `create_mode` applies when `path` does not
+    /// exist; otherwise the existing object's mode and owner are kept.
+    async fn begin_write(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        start: WriteStart,
+        create_mode: u32,
+    ) -> BackendResult<Box<dyn PendingWrite>>;
+
+    async fn mkdir(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata>;
+    async fn rmdir(&self, id: Identity, path: &BackendPath) -> BackendResult<()>;
+    async fn unlink(&self, id: Identity, path: &BackendPath) -> BackendResult<()>;
+    async fn rename(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+        no_replace: bool,
+    ) -> BackendResult<()>;
+    async fn symlink(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        target: &str,
+    ) -> BackendResult<Metadata>;
+    async fn readlink(&self, id: Identity, path: &BackendPath) -> BackendResult<String>;
+    async fn link(
+        &self,
+        id: Identity,
+        existing: &BackendPath,
+        new: &BackendPath,
+    ) -> BackendResult<Metadata>;
+    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32)
+        -> BackendResult<Metadata>;
+    async fn set_attr(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        changes: &AttrChanges,
+    ) -> BackendResult<Metadata>;
+    async fn statfs(&self, id: Identity) -> BackendResult<FsStats>;
+
+    /// Remove temporary objects left behind by a crashed writer. Returns how
+    /// many were removed.
+    async fn cleanup_stale_temps(&self) -> BackendResult<usize>;
+}
+
+#[async_trait]
+pub trait ObjectReader: Send + Sync {
+    fn version(&self) -> &VersionToken;
+    fn size(&self) -> u64;
+    /// Read up to `len` bytes at `offset`; shorter only at end of object.
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>>;
+}
+
+/// A temporary object being written. Paths are passed in by the caller on
+/// every path-based call because the target may be renamed (or its directory
+/// moved) while the write is in progress.
+#[async_trait]
+pub trait PendingWrite: Send + Sync {
+    fn size(&self) -> u64;
+    async fn write_at(&self, offset: u64, data: &[u8]) -> BackendResult<()>;
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>>;
+    async fn truncate(&self, size: u64) -> BackendResult<()>;
+    async fn set_attr(&self, changes: &AttrChanges) -> BackendResult<()>;
+    /// Move the temporary object along with a rename of its target.
+    async fn retarget(&self, old_target: &BackendPath, new_target: &BackendPath)
+        -> BackendResult<()>;
+    /// Durably and atomically publish under `target`. Consumes the temporary
+    /// object on success; on failure the caller must `abort`.
+    async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata>;
+    /// Remove the temporary object; the final name is untouched.
+    async fn abort(&self, target: &BackendPath);
+}

@@ -1,0 +1,152 @@
+//! Validated paths relative to a volume root. Parsing happens once at the
+//! edge; inside, a `BackendPath` can never name anything outside the root.
+
+use std::fmt;
+
+use super::{BackendError, BackendResult, ErrorKind};
+
+/// Marker inside temporary object names: `.<name>.cachalot-<id>`.
+const TEMP_MARKER: &str = ".cachalot-";
+
+/// Longest file name component we accept (Linux NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct BackendPath(String);
+
+impl BackendPath {
+    pub fn root() -> Self {
+        BackendPath(String::new())
+    }
+
+    /// Parse `a/b/c` (no leading slash). Rejects `.`, `..`, empty components
+    /// and NUL bytes.
+    pub fn parse(path: &str) -> BackendResult<Self> {
+        let mut out = BackendPath::root();
+        for component in path.split('/').filter(|c| !c.is_empty()) {
+            out = out.join(component)?;
+        }
+        Ok(out)
+    }
+
+    /// Append one name component, validated.
+    pub fn join(&self, name: &str) -> BackendResult<Self> {
+        validate_name(name)?;
+        if self.0.is_empty() {
+            Ok(BackendPath(name.to_string()))
+        } else {
+            Ok(BackendPath(format!("{}/{}", self.0, name)))
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Last component; empty for the root.
+    pub fn name(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(i) => &self.0[i + 1..],
+            None => &self.0,
+        }
+    }
+
+    /// Parent directory; the root's parent is the root.
+    pub fn parent(&self) -> BackendPath {
+        match self.0.rfind('/') {
+            Some(i) => BackendPath(self.0[..i].to_string()),
+            None => BackendPath::root(),
+        }
+    }
+}
+
+impl fmt::Display for BackendPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.0)
+    }
+}
+
+fn validate_name(name: &str) -> BackendResult<()> {
+    let invalid = |why: &str| {
+        Err(BackendError::new(ErrorKind::InvalidArgument, "validate name", name).with_cause(why))
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return invalid("empty, '.' or '..' is not a file name");
+    }
+    if name.contains('/') || name.contains('\0') {
+        return invalid("a file name cannot contain '/' or NUL");
+    }
+    if name.len() > NAME_MAX {
+        return Err(BackendError::new(ErrorKind::NameTooLong, "validate name", name));
+    }
+    Ok(())
+}
+
+/// True for our own temporary objects, which are hidden from listings and
+/// lookups so applications never see a half-written file.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(TEMP_MARKER)
+}
+
+/// Name of a temporary object for `final_name`, unique per writer:
+/// `.<name>.cachalot-<owner>-<seq>`. The name part is shortened (on a char
+/// boundary) so the result always fits NAME_MAX.
+pub fn temp_name_for(final_name: &str, owner: &str, seq: u64) -> String {
+    let suffix = format!("{TEMP_MARKER}{owner}-{seq:x}");
+    let room = NAME_MAX - 1 - suffix.len();
+    let mut cut = final_name.len().min(room);
+    while !final_name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}{}", &final_name[..cut], suffix)
+}
+
+/// The `<owner>` part of a temp name, if `name` is one of ours.
+pub fn temp_owner(name: &str) -> Option<&str> {
+    let at = name.rfind(TEMP_MARKER)?;
+    let rest = &name[at + TEMP_MARKER.len()..];
+    rest.rsplit_once('-').map(|(owner, _seq)| owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_escapes() {
+        assert!(BackendPath::parse("a/../b").is_err());
+        assert!(BackendPath::parse("./a").is_err());
+        assert!(BackendPath::parse("a/\0b").is_err());
+        assert_eq!(BackendPath::parse("/a//b/").unwrap().as_str(), "a/b");
+    }
+
+    #[test]
+    fn parent_and_name() {
+        let p = BackendPath::parse("x/y/z").unwrap();
+        assert_eq!(p.name(), "z");
+        assert_eq!(p.parent().as_str(), "x/y");
+        assert_eq!(p.parent().parent().parent(), BackendPath::root());
+        assert_eq!(p.to_string(), "/x/y/z");
+    }
+
+    #[test]
+    fn long_names_are_rejected_with_enametoolong() {
+        let err = BackendPath::root().join(&"a".repeat(256)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NameTooLong);
+    }
+
+    #[test]
+    fn temp_names_fit_and_are_recognised() {
+        let long = "é".repeat(127); // 254 bytes
+        let t = temp_name_for(&long, "h1a2b3c4p99", 7);
+        assert!(t.len() <= NAME_MAX, "{}", t.len());
+        assert!(is_temp_name(&t));
+        assert_eq!(temp_owner(&t), Some("h1a2b3c4p99"));
+        assert!(!is_temp_name("report.cachalot-notes"));
+        assert!(!is_temp_name(".hidden"));
+    }
+}
