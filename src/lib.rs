@@ -1,2 +1,7 @@
 pub mod backend;
 pub mod cache;
+pub mod cli;
+pub mod demo;
+pub mod fs;
+pub mod fuse;
+pub mod mount;

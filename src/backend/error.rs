@@ -152,7 +152,11 @@ impl BackendError {
 
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} of '/{}' on {}", self.operation, self.path, self.backend)?;
+        write!(
+            f,
+            "{} of '/{}' on {}",
+            self.operation, self.path, self.backend
+        )?;
         if let Some(id) = &self.identity {
             write!(f, " as uid {} gid {}", id.uid, id.gid)?;
         }

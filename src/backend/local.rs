@@ -85,7 +85,13 @@ impl Shared {
         }
     }
 
-    fn err(&self, e: &io::Error, op: &'static str, path: &BackendPath, id: Identity) -> BackendError {
+    fn err(
+        &self,
+        e: &io::Error,
+        op: &'static str,
+        path: &BackendPath,
+        id: Identity,
+    ) -> BackendError {
         BackendError::from_io(e, op, path.as_str())
             .with_backend(&self.describe)
             .with_identity(id)
@@ -107,7 +113,8 @@ impl Shared {
     {
         let shared = Arc::clone(self);
         let joined = tokio::task::spawn_blocking(move || {
-            let _as = ImpersonationGuard::enter(shared.mode == IdentityMode::Fixed && shared.is_root, id);
+            let _as =
+                ImpersonationGuard::enter(shared.mode == IdentityMode::Fixed && shared.is_root, id);
             work(&shared)
         })
         .await;
@@ -265,14 +272,8 @@ fn apply_times(path: &Path, changes: &AttrChanges) -> io::Result<()> {
     }
     let atime = changes.atime.map(timespec).unwrap_or(UTIME_OMIT);
     let mtime = changes.mtime.map(timespec).unwrap_or(UTIME_OMIT);
-    nix::sys::stat::utimensat(
-        None,
-        path,
-        &atime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(io::Error::from)
+    nix::sys::stat::utimensat(None, path, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(io::Error::from)
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -611,34 +612,39 @@ impl Backend for LocalBackend {
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
         let root_id = Identity { uid: 0, gid: 0 };
         self.shared
-            .run(root_id, "clean up stale temp files", &BackendPath::root(), |s| {
-                let mut removed = 0;
-                let mut stack = vec![s.root.clone()];
-                while let Some(dir) = stack.pop() {
-                    let Ok(entries) = fs::read_dir(&dir) else {
-                        continue;
-                    };
-                    for entry in entries.flatten() {
-                        let Ok(ft) = entry.file_type() else { continue };
-                        let name = entry.file_name();
-                        let name = name.to_string_lossy();
-                        if ft.is_dir() {
-                            stack.push(entry.path());
-                        } else if ft.is_file() && is_temp_name(&name) {
-                            let stale = entry
-                                .metadata()
-                                .map(|m| s.is_stale_temp(&name, &m))
-                                .unwrap_or(false);
-                            if stale && fs::remove_file(entry.path()).is_ok() {
-                                tracing::info!(path = %entry.path().display(),
+            .run(
+                root_id,
+                "clean up stale temp files",
+                &BackendPath::root(),
+                |s| {
+                    let mut removed = 0;
+                    let mut stack = vec![s.root.clone()];
+                    while let Some(dir) = stack.pop() {
+                        let Ok(entries) = fs::read_dir(&dir) else {
+                            continue;
+                        };
+                        for entry in entries.flatten() {
+                            let Ok(ft) = entry.file_type() else { continue };
+                            let name = entry.file_name();
+                            let name = name.to_string_lossy();
+                            if ft.is_dir() {
+                                stack.push(entry.path());
+                            } else if ft.is_file() && is_temp_name(&name) {
+                                let stale = entry
+                                    .metadata()
+                                    .map(|m| s.is_stale_temp(&name, &m))
+                                    .unwrap_or(false);
+                                if stale && fs::remove_file(entry.path()).is_ok() {
+                                    tracing::info!(path = %entry.path().display(),
                                     "removed temp file left by a crashed writer");
-                                removed += 1;
+                                    removed += 1;
+                                }
                             }
                         }
                     }
-                }
-                Ok(removed)
-            })
+                    Ok(removed)
+                },
+            )
             .await
     }
 }
@@ -680,7 +686,9 @@ impl ObjectReader for LocalReader {
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
         let file = Arc::clone(&self.file);
         self.shared
-            .run(self.id, "read", &self.path, move |_| read_full_at(&file, offset, len))
+            .run(self.id, "read", &self.path, move |_| {
+                read_full_at(&file, offset, len)
+            })
             .await
     }
 }
@@ -713,7 +721,9 @@ impl PendingWrite for LocalPendingWrite {
         let end = offset + data.len() as u64;
         let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
         self.shared
-            .run(self.id, "write temp file", &temp, move |_| file.write_all_at(&data, offset))
+            .run(self.id, "write temp file", &temp, move |_| {
+                file.write_all_at(&data, offset)
+            })
             .await?;
         self.size.fetch_max(end, Ordering::AcqRel);
         Ok(())
@@ -723,7 +733,9 @@ impl PendingWrite for LocalPendingWrite {
         let file = Arc::clone(&self.file);
         let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
         self.shared
-            .run(self.id, "read temp file", &temp, move |_| read_full_at(&file, offset, len))
+            .run(self.id, "read temp file", &temp, move |_| {
+                read_full_at(&file, offset, len)
+            })
             .await
     }
 
@@ -731,7 +743,9 @@ impl PendingWrite for LocalPendingWrite {
         let file = Arc::clone(&self.file);
         let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
         self.shared
-            .run(self.id, "truncate temp file", &temp, move |_| file.set_len(size))
+            .run(self.id, "truncate temp file", &temp, move |_| {
+                file.set_len(size)
+            })
             .await?;
         self.size.store(size, Ordering::Release);
         Ok(())
@@ -799,12 +813,15 @@ impl PendingWrite for LocalPendingWrite {
         let temp_path = self.temp_path(&self.shared, target);
         let result = self
             .shared
-            .run(self.id, "remove temp file", target, move |_| {
-                match fs::remove_file(&temp_path) {
+            .run(
+                self.id,
+                "remove temp file",
+                target,
+                move |_| match fs::remove_file(&temp_path) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
-                }
-            })
+                },
+            )
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not remove an aborted temp file; the next mount will");

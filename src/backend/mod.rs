@@ -166,8 +166,7 @@ pub trait Backend: Send + Sync + 'static {
         existing: &BackendPath,
         new: &BackendPath,
     ) -> BackendResult<Metadata>;
-    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32)
-        -> BackendResult<Metadata>;
+    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata>;
     async fn set_attr(
         &self,
         id: Identity,
@@ -200,8 +199,11 @@ pub trait PendingWrite: Send + Sync {
     async fn truncate(&self, size: u64) -> BackendResult<()>;
     async fn set_attr(&self, changes: &AttrChanges) -> BackendResult<()>;
     /// Move the temporary object along with a rename of its target.
-    async fn retarget(&self, old_target: &BackendPath, new_target: &BackendPath)
-        -> BackendResult<()>;
+    async fn retarget(
+        &self,
+        old_target: &BackendPath,
+        new_target: &BackendPath,
+    ) -> BackendResult<()>;
     /// Durably and atomically publish under `target`. Consumes the temporary
     /// object on success; on failure the caller must `abort`.
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata>;

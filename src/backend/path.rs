@@ -81,7 +81,11 @@ fn validate_name(name: &str) -> BackendResult<()> {
         return invalid("a file name cannot contain '/' or NUL");
     }
     if name.len() > NAME_MAX {
-        return Err(BackendError::new(ErrorKind::NameTooLong, "validate name", name));
+        return Err(BackendError::new(
+            ErrorKind::NameTooLong,
+            "validate name",
+            name,
+        ));
     }
     Ok(())
 }

@@ -41,7 +41,10 @@ impl Source {
                 let raw = url
                     .to_file_path()
                     .map_err(|_| SourceError::BadPath(text.to_string()))?;
-                if raw.components().any(|c| c == std::path::Component::ParentDir) {
+                if raw
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                {
                     return Err(SourceError::BadPath(text.to_string()));
                 }
                 match std::fs::metadata(&raw) {

@@ -112,7 +112,11 @@ impl PageStore {
                 let Ok(meta) = file.metadata() else { continue };
                 if let Some(stem) = name.strip_suffix(".page") {
                     let used = meta.accessed().or_else(|_| meta.modified());
-                    found.push((used.unwrap_or(SystemTime::UNIX_EPOCH), stem.to_string(), meta.len()));
+                    found.push((
+                        used.unwrap_or(SystemTime::UNIX_EPOCH),
+                        stem.to_string(),
+                        meta.len(),
+                    ));
                 } else if name.ends_with(".tmp") {
                     // A page write interrupted by a crash: never served.
                     let _ = fs::remove_file(file.path());

@@ -73,7 +73,10 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], PageFormatError> {
         let end = self.at.checked_add(n).ok_or(PageFormatError::Truncated)?;
-        let slice = self.buf.get(self.at..end).ok_or(PageFormatError::Truncated)?;
+        let slice = self
+            .buf
+            .get(self.at..end)
+            .ok_or(PageFormatError::Truncated)?;
         self.at = end;
         Ok(slice)
     }
@@ -147,7 +150,10 @@ mod tests {
         for i in 0..file.len() {
             let mut bad = file.clone();
             bad[i] ^= 0x40;
-            assert!(decode(&key(1), &bad).is_err(), "flip at byte {i} not detected");
+            assert!(
+                decode(&key(1), &bad).is_err(),
+                "flip at byte {i} not detected"
+            );
         }
     }
 

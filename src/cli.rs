@@ -1,0 +1,187 @@
+//! Command line: parsed and validated at the edge, so a bad argument is one
+//! clear line and exit code 2 (clap's usage-error code) before anything runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backend::Source;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cachalot",
+    version,
+    about = "A cached POSIX view of shared storage (local directory now; NFS and S3 next)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount SOURCE at MOUNTPOINT with a local page cache and atomic writes.
+    Mount(MountArgs),
+    /// Build a sample directory, mount it, show a cold and a cached read, unmount.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where the data lives: file:///absolute/path
+    #[arg(value_parser = parse_source)]
+    pub source: Source,
+    /// An existing, empty directory to mount on.
+    #[arg(value_parser = parse_mountpoint)]
+    pub mountpoint: PathBuf,
+    /// Directory for cached pages (shared by all mounts of the node).
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    /// Upper bound for the cache's disk usage, e.g. 512MiB, 10GiB.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Size of one cached page: a power of two from 4KiB to 64MiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_page_size)]
+    pub page_size: u64,
+    /// How long metadata is trusted before asking the backend, e.g. 1s, 500ms, 0s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+    /// Refuse every change with EROFS.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let users other than the mounting user in (permissions still enforced).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Stay in the foreground until unmounted (default: return once mounted).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Perform every backend operation as this uid (default: the caller's).
+    #[arg(long, requires = "gid")]
+    pub uid: Option<u32>,
+    /// Perform every backend operation as this gid (default: the caller's).
+    #[arg(long, requires = "uid")]
+    pub gid: Option<u32>,
+    /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the sample file, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub size: u64,
+}
+
+pub fn parse_source(text: &str) -> Result<Source, String> {
+    Source::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_mountpoint(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(path),
+        Ok(_) => Err(format!("mountpoint {text} is not a directory")),
+        Err(e) => Err(format!("mountpoint {text}: {e}")),
+    }
+}
+
+/// `4096`, `512KiB`, `10GiB` (powers of 1024), `1MB` (powers of 1000).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || {
+        format!("invalid size '{text}': use a number with an optional unit B, KiB, MiB, GiB, TiB, KB, MB, GB, TB")
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size '{text}': too large"))
+}
+
+fn parse_page_size(text: &str) -> Result<u64, String> {
+    let n = parse_size(text)?;
+    if !n.is_power_of_two() || !(4096..=64 << 20).contains(&n) {
+        return Err(format!(
+            "invalid page size '{text}': must be a power of two from 4KiB to 64MiB"
+        ));
+    }
+    Ok(n)
+}
+
+/// `1s`, `500ms`, `2m`, `0s`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration '{text}': {e} (examples: 1s, 500ms, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1mb"), Ok(1_000_000));
+        assert!(parse_size("12XB").unwrap_err().contains("12XB"));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1GiB").is_err());
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn page_sizes_must_be_sane() {
+        assert_eq!(parse_page_size("1MiB"), Ok(1 << 20));
+        assert!(parse_page_size("1000").is_err());
+        assert!(parse_page_size("1KiB").is_err());
+        assert!(parse_page_size("128MiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn uid_requires_gid() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = format!("file://{}", dir.path().display());
+        let mnt = dir.path().display().to_string();
+        let args = [
+            "cachalot",
+            "mount",
+            &src,
+            &mnt,
+            "--cache-dir",
+            "/tmp/c",
+            "--uid",
+            "5",
+        ];
+        let err = Cli::try_parse_from(args).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,772 @@
+//! The filesystem core. It knows nothing of FUSE: the adapter in `fuse/`
+//! translates kernel requests into calls here, and tests can drive it
+//! directly. Reads go through the page store; writes go to a temporary
+//! object in the backend that is published atomically on close/fsync.
+
+mod dir;
+mod inode;
+mod read;
+mod types;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::backend::{
+    is_temp_name, AttrChanges, Backend, BackendPath, FileKind, FsStats, Identity, Metadata,
+    VersionToken, WriteStart,
+};
+use crate::cache::PageStore;
+
+use inode::InodeTable;
+use read::FileHandle;
+use write::{Finished, WriteSession};
+
+pub use dir::DirHandle;
+pub use types::{Attr, Caller, FsConfig, FsError, FsResult, ListedEntry, ROOT_INO};
+
+/// Extended attribute on the mount root that returns the counters as JSON.
+pub const STATS_XATTR: &str = "user.cachalot.stats";
+
+#[derive(Default)]
+pub struct Counters {
+    pub backend_reads: AtomicU64,
+    pub backend_read_bytes: AtomicU64,
+    pub publishes: AtomicU64,
+    pub publish_failures: AtomicU64,
+}
+
+enum Handle {
+    File(Arc<FileHandle>),
+    Dir(Arc<DirHandle>),
+}
+
+/// Result of an open: the handle and whether the kernel may keep its page
+/// cache from the previous open (content unchanged).
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
+}
+
+pub struct CachalotFs {
+    backend: Arc<dyn Backend>,
+    cache: Arc<PageStore>,
+    cfg: FsConfig,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// Serialises the creation of write sessions so two writers of one file
+    /// share a single temporary object.
+    session_gate: tokio::sync::Mutex<()>,
+    pub counters: Counters,
+}
+
+impl CachalotFs {
+    /// Check the backend root and build the filesystem.
+    pub async fn new(
+        backend: Arc<dyn Backend>,
+        cache: Arc<PageStore>,
+        cfg: FsConfig,
+    ) -> Result<CachalotFs, crate::backend::BackendError> {
+        let root_id = cfg.fixed_identity.unwrap_or(Identity { uid: 0, gid: 0 });
+        let root = backend.stat(root_id, &BackendPath::root()).await?;
+        Ok(CachalotFs {
+            backend,
+            cache,
+            cfg,
+            inodes: Mutex::new(InodeTable::new(root)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            session_gate: tokio::sync::Mutex::new(()),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    fn identity(&self, caller: Caller) -> Identity {
+        self.cfg.fixed_identity.unwrap_or(Identity {
+            uid: caller.uid,
+            gid: caller.gid,
+        })
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<BackendPath> {
+        self.inodes.lock().path_of(ino)
+    }
+
+    fn child_path(&self, parent: u64, name: &str) -> FsResult<BackendPath> {
+        if is_temp_name(name) {
+            // Our temporary objects are invisible and cannot be addressed.
+            return Err(FsError(libc::ENOENT));
+        }
+        let dir = self.path_of(parent)?;
+        Ok(dir.join(name)?)
+    }
+
+    fn fresh(&self, fetched: Instant) -> bool {
+        fetched.elapsed() < self.cfg.metadata_ttl
+    }
+
+    fn attr_of(ino: u64, meta: &Metadata) -> Attr {
+        Attr {
+            ino,
+            kind: meta.kind,
+            size: meta.size,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: meta.gid,
+            nlink: meta.nlink,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+        }
+    }
+
+    /// Attributes from local state if still trustworthy: a file being written
+    /// reports its temporary object, otherwise cached metadata within TTL.
+    fn local_attr(&self, ino: u64) -> FsResult<Option<Attr>> {
+        let table = self.inodes.lock();
+        let inode = table.get(ino)?;
+        if let Some(session) = &inode.write {
+            return Ok(Some(Self::attr_of(ino, &session.attributes())));
+        }
+        match &inode.meta {
+            Some((meta, at)) if self.fresh(*at) => Ok(Some(Self::attr_of(ino, meta))),
+            _ => Ok(None),
+        }
+    }
+
+    // ---- metadata -------------------------------------------------------
+
+    pub async fn lookup(&self, caller: Caller, parent: u64, name: &str) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        let known = self.inodes.lock().child(parent, name);
+        if let Some(ino) = known {
+            if let Some(attr) = self.local_attr(ino)? {
+                return Ok(attr);
+            }
+        }
+        match self.backend.stat(self.identity(caller), &path).await {
+            Ok(meta) => {
+                let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+                Ok(Self::attr_of(ino, &meta))
+            }
+            Err(e) => {
+                if e.kind == crate::backend::ErrorKind::NotFound {
+                    self.inodes.lock().detach(parent, name);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<Attr> {
+        if let Some(attr) = self.local_attr(ino)? {
+            return Ok(attr);
+        }
+        let path = self.path_of(ino)?;
+        let meta = self.backend.stat(self.identity(caller), &path).await?;
+        let mut table = self.inodes.lock();
+        let inode = table.get_mut(ino)?;
+        inode.meta = Some((meta.clone(), Instant::now()));
+        Ok(Self::attr_of(ino, &meta))
+    }
+
+    /// Change attributes. A size change is a write: it goes through a write
+    /// session and is published at once unless the file is open for writing
+    /// (then at close), so a truncate is as atomic as any write.
+    pub async fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        size: Option<u64>,
+        changes: AttrChanges,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        if let Some(size) = size {
+            self.truncate(caller, ino, size).await?;
+        }
+        if !changes.is_empty() {
+            let session = self.inodes.lock().get(ino)?.write.clone();
+            let on_backend = match &session {
+                Some(s) => {
+                    s.set_attr(&changes).await?;
+                    !s.is_new()
+                }
+                None => true,
+            };
+            if on_backend {
+                let path = self.path_of(ino)?;
+                let meta = self
+                    .backend
+                    .set_attr(self.identity(caller), &path, &changes)
+                    .await?;
+                if let Ok(inode) = self.inodes.lock().get_mut(ino) {
+                    inode.meta = Some((meta, Instant::now()));
+                }
+            }
+        }
+        self.getattr(caller, ino).await
+    }
+
+    async fn truncate(&self, caller: Caller, ino: u64, size: u64) -> FsResult<()> {
+        let (kind, writers) = {
+            let table = self.inodes.lock();
+            let inode = table.get(ino)?;
+            (inode.kind, inode.writers)
+        };
+        if kind == FileKind::Directory {
+            return Err(FsError(libc::EISDIR));
+        }
+        let start = if size == 0 {
+            WriteStart::Empty
+        } else {
+            WriteStart::CopyExisting
+        };
+        loop {
+            let session = self.write_session(caller, ino, start).await?;
+            if session.truncate(size).await? {
+                break;
+            }
+        }
+        if writers == 0 {
+            // truncate(2) on a path: nobody will close it, publish now.
+            self.publish(ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn readlink(&self, caller: Caller, ino: u64) -> FsResult<String> {
+        let path = self.path_of(ino)?;
+        Ok(self.backend.readlink(self.identity(caller), &path).await?)
+    }
+
+    pub async fn statfs(&self, caller: Caller) -> FsResult<FsStats> {
+        Ok(self.backend.statfs(self.identity(caller)).await?)
+    }
+
+    /// Counters as JSON, served as an extended attribute of the mount root.
+    pub fn stats_json(&self) -> String {
+        let c = self.cache.stats();
+        serde_json::json!({
+            "backend": self.backend.describe(),
+            "backend_reads": self.counters.backend_reads.load(Ordering::Relaxed),
+            "backend_read_bytes": self.counters.backend_read_bytes.load(Ordering::Relaxed),
+            "publishes": self.counters.publishes.load(Ordering::Relaxed),
+            "publish_failures": self.counters.publish_failures.load(Ordering::Relaxed),
+            "cache_hits": c.hits,
+            "cache_misses": c.misses,
+            "cache_pages": c.pages,
+            "cache_bytes": c.bytes,
+            "cache_quota_bytes": c.quota_bytes,
+            "evictions": c.evictions,
+            "corrupt_pages": c.corrupt_pages,
+            "cache_write_errors": c.write_errors,
+        })
+        .to_string()
+    }
+
+    // ---- namespace changes ---------------------------------------------
+
+    pub async fn mkdir(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let meta = self
+            .backend
+            .mkdir(self.identity(caller), &path, mode)
+            .await?;
+        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        Ok(Self::attr_of(ino, &meta))
+    }
+
+    pub async fn rmdir(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        self.backend.rmdir(self.identity(caller), &path).await?;
+        self.inodes.lock().detach(parent, name);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let session = {
+            let table = self.inodes.lock();
+            table
+                .child(parent, name)
+                .and_then(|ino| table.get(ino).ok())
+                .and_then(|i| i.write.clone())
+        };
+        match &session {
+            // Only a temporary object exists: nothing to remove in the backend.
+            Some(s) if s.is_new() => {}
+            _ => self.backend.unlink(self.identity(caller), &path).await?,
+        }
+        if let Some(s) = session {
+            s.orphan();
+        }
+        self.inodes.lock().detach(parent, name);
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.check_writable()?;
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(new_parent, new_name)?;
+        let id = self.identity(caller);
+        let (session, replaced) = {
+            let table = self.inodes.lock();
+            let session = table
+                .child(parent, name)
+                .and_then(|ino| table.get(ino).ok())
+                .and_then(|i| i.write.clone());
+            let replaced = table
+                .child(new_parent, new_name)
+                .and_then(|ino| table.get(ino).ok())
+                .and_then(|i| i.write.clone());
+            (session, replaced)
+        };
+        match &session {
+            Some(s) if s.is_new() => {
+                // The source exists only as a temporary object: move it.
+                if no_replace && self.exists(id, new_parent, new_name, &to).await? {
+                    return Err(FsError(libc::EEXIST));
+                }
+                s.retarget(&from, &to).await?;
+            }
+            _ => {
+                self.backend.rename(id, &from, &to, no_replace).await?;
+                if let Some(s) = &session {
+                    s.retarget(&from, &to).await?;
+                }
+            }
+        }
+        if let Some(r) = replaced {
+            r.orphan();
+        }
+        self.inodes
+            .lock()
+            .rename(parent, name, new_parent, new_name);
+        Ok(())
+    }
+
+    async fn exists(
+        &self,
+        id: Identity,
+        parent: u64,
+        name: &str,
+        path: &BackendPath,
+    ) -> FsResult<bool> {
+        if self.inodes.lock().child(parent, name).is_some() {
+            if let Some(ino) = self.inodes.lock().child(parent, name) {
+                if self.local_attr(ino)?.is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        match self.backend.stat(id, path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == crate::backend::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &str,
+        target: &str,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        if !self.backend.capabilities().symlinks {
+            return Err(FsError(libc::EPERM));
+        }
+        let path = self.child_path(parent, name)?;
+        let meta = self
+            .backend
+            .symlink(self.identity(caller), &path, target)
+            .await?;
+        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        Ok(Self::attr_of(ino, &meta))
+    }
+
+    pub async fn link(
+        &self,
+        caller: Caller,
+        ino: u64,
+        new_parent: u64,
+        new_name: &str,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        if !self.backend.capabilities().hard_links {
+            return Err(FsError(libc::EPERM));
+        }
+        let existing = self.path_of(ino)?;
+        let path = self.child_path(new_parent, new_name)?;
+        let meta = self
+            .backend
+            .link(self.identity(caller), &existing, &path)
+            .await?;
+        let new_ino = self
+            .inodes
+            .lock()
+            .upsert(new_parent, new_name, meta.clone());
+        // The link count of the original changed.
+        if let Ok(inode) = self.inodes.lock().get_mut(ino) {
+            inode.meta = None;
+        }
+        Ok(Self::attr_of(new_ino, &meta))
+    }
+
+    /// mknod: FIFOs where the backend supports them, and regular files
+    /// (published empty at once). Device nodes are refused.
+    pub async fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &str,
+        mode: u32,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let id = self.identity(caller);
+        let meta = match mode & libc::S_IFMT {
+            libc::S_IFIFO if self.backend.capabilities().fifos => {
+                self.backend.mkfifo(id, &path, mode & 0o7777).await?
+            }
+            libc::S_IFREG | 0 => {
+                if self.exists(id, parent, name, &path).await? {
+                    return Err(FsError(libc::EEXIST));
+                }
+                let pending = self
+                    .backend
+                    .begin_write(id, &path, WriteStart::Empty, mode & 0o7777)
+                    .await?;
+                match pending.publish(&path).await {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        pending.abort(&path).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => return Err(FsError(libc::EPERM)),
+        };
+        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        Ok(Self::attr_of(ino, &meta))
+    }
+
+    // ---- files ---------------------------------------------------------
+
+    fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Open an existing file. `truncate` is O_TRUNC (atomic with the open,
+    /// FUSE_ATOMIC_O_TRUNC): the file is emptied in a write session and
+    /// published at close, so readers never see it empty in between.
+    pub async fn open(
+        &self,
+        caller: Caller,
+        ino: u64,
+        writable: bool,
+        truncate: bool,
+    ) -> FsResult<Opened> {
+        if writable || truncate {
+            self.check_writable()?;
+        }
+        let attr = self.getattr(caller, ino).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(FsError(libc::EISDIR));
+        }
+        if truncate && writable {
+            loop {
+                let session = self.write_session(caller, ino, WriteStart::Empty).await?;
+                if session.truncate(0).await? {
+                    break;
+                }
+            }
+        }
+        let path = self.path_of(ino)?;
+        let (version, keep_cache) = {
+            let mut table = self.inodes.lock();
+            let inode = table.get_mut(ino)?;
+            inode.open_handles += 1;
+            if writable {
+                inode.writers += 1;
+            }
+            let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
+            let keep =
+                inode.write.is_none() && version.is_some() && inode.last_open_version == version;
+            inode.last_open_version = version.clone();
+            (version.unwrap_or(VersionToken(String::new())), keep)
+        };
+        let fh = self.new_fh();
+        let handle = FileHandle::new(ino, writable, path, version, self.identity(caller));
+        self.handles
+            .lock()
+            .insert(fh, Handle::File(Arc::new(handle)));
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Create and open a new file. Nothing appears under the final name
+    /// until the first close/fsync publishes it.
+    pub async fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        exclusive: bool,
+        writable: bool,
+    ) -> FsResult<(Attr, Opened)> {
+        self.check_writable()?;
+        let path = self.child_path(parent, name)?;
+        let id = self.identity(caller);
+        if self.exists(id, parent, name, &path).await? {
+            if exclusive {
+                return Err(FsError(libc::EEXIST));
+            }
+            let attr = self.lookup(caller, parent, name).await?;
+            let opened = self.open(caller, attr.ino, writable, false).await?;
+            return Ok((attr, opened));
+        }
+        let _gate = self.session_gate.lock().await;
+        let pending = self
+            .backend
+            .begin_write(id, &path, WriteStart::Empty, mode & 0o7777)
+            .await?;
+        let now = SystemTime::now();
+        let base = Metadata {
+            kind: FileKind::File,
+            size: 0,
+            mode: mode & 0o7777,
+            uid: id.uid,
+            gid: id.gid,
+            nlink: 1,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            version: VersionToken(String::new()),
+        };
+        let session = Arc::new(WriteSession::new(
+            pending,
+            id,
+            true,
+            base.clone(),
+            path.clone(),
+        ));
+        let ino = {
+            let mut table = self.inodes.lock();
+            let ino = table.upsert(parent, name, base.clone());
+            let inode = table.get_mut(ino)?;
+            inode.write = Some(session);
+            inode.meta = None;
+            // The creating handle always publishes, even if opened O_RDONLY.
+            inode.writers += 1;
+            inode.open_handles += 1;
+            ino
+        };
+        let fh = self.new_fh();
+        let handle = FileHandle::new(ino, true, path, VersionToken(String::new()), id);
+        self.handles
+            .lock()
+            .insert(fh, Handle::File(Arc::new(handle)));
+        Ok((
+            Self::attr_of(ino, &base),
+            Opened {
+                fh,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    /// The inode's write session, started if needed. `start` decides what a
+    /// new temporary object contains.
+    async fn write_session(
+        &self,
+        caller: Caller,
+        ino: u64,
+        start: WriteStart,
+    ) -> FsResult<Arc<WriteSession>> {
+        if let Some(s) = self.inodes.lock().get(ino)?.write.clone() {
+            return Ok(s);
+        }
+        let _gate = self.session_gate.lock().await;
+        if let Some(s) = self.inodes.lock().get(ino)?.write.clone() {
+            return Ok(s);
+        }
+        let path = self.path_of(ino)?;
+        let id = self.identity(caller);
+        let cached = self.inodes.lock().get(ino)?.meta.clone();
+        let base_meta = match cached {
+            Some((m, _)) => m,
+            None => self.backend.stat(id, &path).await?,
+        };
+        let pending = self
+            .backend
+            .begin_write(id, &path, start, base_meta.mode)
+            .await?;
+        let session = Arc::new(WriteSession::new(pending, id, false, base_meta, path));
+        self.inodes.lock().get_mut(ino)?.write = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    pub async fn write(&self, caller: Caller, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.check_writable()?;
+        let handle = self.file_handle(fh)?;
+        if !handle.writable {
+            return Err(FsError(libc::EBADF));
+        }
+        loop {
+            let session = self
+                .write_session(caller, handle.ino, WriteStart::CopyExisting)
+                .await?;
+            if session.write(offset, data).await? {
+                return Ok(data.len() as u32);
+            }
+        }
+    }
+
+    /// Publish the inode's write session, if any. On failure the temporary
+    /// object is gone, the final name untouched, and the errno returned.
+    async fn publish(&self, ino: u64) -> FsResult<()> {
+        let (session, path) = {
+            let table = self.inodes.lock();
+            let inode = table.get(ino)?;
+            let Some(session) = inode.write.clone() else {
+                return Ok(());
+            };
+            let path = table.path_of(ino).unwrap_or_else(|_| session.last_target());
+            (session, path)
+        };
+        let result = session.finish(&path).await;
+        let published = match &result {
+            Ok(Finished::Published(meta)) => Some(meta.clone()),
+            _ => None,
+        };
+        {
+            let mut table = self.inodes.lock();
+            if let Ok(inode) = table.get_mut(ino) {
+                if inode
+                    .write
+                    .as_ref()
+                    .is_some_and(|w| Arc::ptr_eq(w, &session))
+                {
+                    inode.write = None;
+                }
+                if let Some(meta) = &published {
+                    inode.meta = Some((meta.clone(), Instant::now()));
+                }
+            }
+        }
+        match result {
+            Ok(Finished::Published(_)) => {
+                self.counters.publishes.fetch_add(1, Ordering::Relaxed);
+                let deferred = session.take_deferred_times();
+                if !deferred.is_empty() {
+                    let meta = self
+                        .backend
+                        .set_attr(session.identity, &path, &deferred)
+                        .await?;
+                    if let Ok(inode) = self.inodes.lock().get_mut(ino) {
+                        inode.meta = Some((meta, Instant::now()));
+                    }
+                }
+                Ok(())
+            }
+            Ok(Finished::Nothing) => Ok(()),
+            Err(e) => {
+                self.counters
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path, errno = e.errno(),
+                    "publish failed; the temporary file was removed and the final name is untouched");
+                Err(e)
+            }
+        }
+    }
+
+    /// close(2) of one descriptor: publish what this handle wrote.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.file_handle(fh)?;
+        if handle.writable {
+            self.publish(handle.ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh).await
+    }
+
+    /// Last close of a handle. The last writer publishes anything still
+    /// pending (e.g. writes through mmap) or discards an orphaned write.
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = match self.handles.lock().remove(&fh) {
+            Some(Handle::File(h)) => h,
+            Some(Handle::Dir(_)) | None => return Ok(()),
+        };
+        let (last_writer, session) = {
+            let mut table = self.inodes.lock();
+            let Ok(inode) = table.get_mut(handle.ino) else {
+                return Ok(());
+            };
+            inode.open_handles = inode.open_handles.saturating_sub(1);
+            if handle.writable {
+                inode.writers = inode.writers.saturating_sub(1);
+            }
+            (inode.writers == 0, inode.write.clone())
+        };
+        let mut result = Ok(());
+        if last_writer && session.is_some() {
+            result = self.publish(handle.ino).await;
+        }
+        self.inodes.lock().reap(handle.ino);
+        result
+    }
+
+    fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::File(h)) => Ok(Arc::clone(h)),
+            _ => Err(FsError(libc::EBADF)),
+        }
+    }
+
+    fn dir_handle(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Dir(h)) => Ok(Arc::clone(h)),
+            _ => Err(FsError(libc::EBADF)),
+        }
+    }
+}

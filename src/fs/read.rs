@@ -1,0 +1,156 @@
+//! The read path: a file being written is read from its temporary object;
+//! otherwise page by page from the page store, falling back to the backend
+//! (and filling the store) on a miss.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::backend::{BackendPath, Identity, ObjectReader, VersionToken};
+use crate::cache::PageKey;
+
+use super::types::{FsError, FsResult};
+use super::CachalotFs;
+
+pub struct FileHandle {
+    pub ino: u64,
+    pub writable: bool,
+    /// Path at open time: part of the cache key (the version token pins the
+    /// content, the path only namespaces it).
+    path: BackendPath,
+    identity: Identity,
+    /// Version the cache keys use; replaced by the reader's own version if
+    /// the object changed since its attributes were fetched.
+    version: parking_lot::Mutex<VersionToken>,
+    /// Opened lazily, on the first miss: a fully cached file never touches
+    /// the backend's data path.
+    reader: tokio::sync::Mutex<Option<Arc<dyn ObjectReader>>>,
+    /// The page most recently served, kept so sequential reads smaller than
+    /// a page do not re-read and re-verify the page file each time.
+    last_page: parking_lot::Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl FileHandle {
+    pub fn new(
+        ino: u64,
+        writable: bool,
+        path: BackendPath,
+        version: VersionToken,
+        identity: Identity,
+    ) -> FileHandle {
+        FileHandle {
+            ino,
+            writable,
+            path,
+            identity,
+            version: parking_lot::Mutex::new(version),
+            reader: tokio::sync::Mutex::new(None),
+            last_page: parking_lot::Mutex::new(None),
+        }
+    }
+}
+
+impl CachalotFs {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.file_handle(fh)?;
+        let session = self.inodes.lock().get(handle.ino)?.write.clone();
+        if let Some(session) = session {
+            if let Some(data) = session.read(offset, size as usize).await? {
+                return Ok(data);
+            }
+        }
+        self.read_pages(&handle, offset, size as usize).await
+    }
+
+    async fn read_pages(&self, handle: &FileHandle, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+        let page_size = self.cache.page_size();
+        let mut out = Vec::with_capacity(size);
+        let mut pos = offset;
+        let end = offset + size as u64;
+        while pos < end {
+            let index = pos / page_size;
+            let page = self.page(handle, index).await?;
+            let within = (pos - index * page_size) as usize;
+            if within >= page.len() {
+                break; // end of file
+            }
+            let take = (page.len() - within).min((end - pos) as usize);
+            out.extend_from_slice(&page[within..within + take]);
+            pos += take as u64;
+            if (page.len() as u64) < page_size {
+                break; // short page: end of file
+            }
+        }
+        Ok(out)
+    }
+
+    async fn page(&self, handle: &FileHandle, index: u64) -> FsResult<Arc<Vec<u8>>> {
+        if let Some((i, data)) = handle.last_page.lock().as_ref() {
+            if *i == index {
+                return Ok(Arc::clone(data));
+            }
+        }
+        let key = self.page_key(handle, index);
+        let cache = Arc::clone(&self.cache);
+        let lookup_key = key.clone();
+        let cached = tokio::task::spawn_blocking(move || cache.get(&lookup_key))
+            .await
+            .unwrap_or(None);
+        let data = match cached {
+            Some(data) => Arc::new(data),
+            None => Arc::new(self.fetch_page(handle, index).await?),
+        };
+        *handle.last_page.lock() = Some((index, Arc::clone(&data)));
+        Ok(data)
+    }
+
+    fn page_key(&self, handle: &FileHandle, index: u64) -> PageKey {
+        PageKey {
+            source: self.backend.describe().to_string(),
+            path: handle.path.as_str().to_string(),
+            version: handle.version.lock().0.clone(),
+            index,
+        }
+    }
+
+    /// Read one page from the backend and store it in the page store in the
+    /// background (the application does not wait for the cache write).
+    async fn fetch_page(&self, handle: &FileHandle, index: u64) -> FsResult<Vec<u8>> {
+        let reader = self.reader(handle).await?;
+        let page_size = self.cache.page_size();
+        let data = reader
+            .read_at(index * page_size, page_size as usize)
+            .await
+            .map_err(FsError::from)?;
+        self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .backend_read_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let key = self.page_key(handle, index);
+        let cache = Arc::clone(&self.cache);
+        let copy = data.clone();
+        tokio::task::spawn_blocking(move || cache.put(&key, &copy));
+        Ok(data)
+    }
+
+    async fn reader(&self, handle: &FileHandle) -> FsResult<Arc<dyn ObjectReader>> {
+        let mut slot = handle.reader.lock().await;
+        if let Some(r) = slot.as_ref() {
+            return Ok(Arc::clone(r));
+        }
+        let reader: Arc<dyn ObjectReader> = self
+            .backend
+            .open_read(handle.identity, &handle.path)
+            .await?
+            .into();
+        {
+            let mut version = handle.version.lock();
+            if *version != *reader.version() {
+                tracing::debug!(path = %handle.path, "object changed since its attributes were read; using the new version");
+                *version = reader.version().clone();
+                *handle.last_page.lock() = None;
+            }
+        }
+        *slot = Some(Arc::clone(&reader));
+        Ok(reader)
+    }
+}

@@ -1,0 +1,78 @@
+//! Plain types shared by the filesystem core and its FUSE adapter.
+
+use std::time::{Duration, SystemTime};
+
+use crate::backend::{BackendError, ErrorKind, FileKind, Identity};
+
+pub const ROOT_INO: u64 = 1;
+
+/// Who made a request, as the kernel told us.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// How long entries and attributes are trusted before asking the backend.
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    /// Identity for every backend operation; `None` = the caller's.
+    pub fixed_identity: Option<Identity>,
+}
+
+/// Attributes of one inode as the kernel should see them.
+#[derive(Debug, Clone)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// One directory entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct ListedEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+/// An error for the application: just an errno. The context was logged where
+/// the error was created, because the kernel cannot carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsError(pub i32);
+
+impl FsError {
+    pub fn errno(self) -> i32 {
+        self.0
+    }
+}
+
+impl From<BackendError> for FsError {
+    fn from(e: BackendError) -> FsError {
+        match e.kind {
+            ErrorKind::NotFound
+            | ErrorKind::AlreadyExists
+            | ErrorKind::NotEmpty
+            | ErrorKind::NotADirectory
+            | ErrorKind::IsADirectory
+            | ErrorKind::InvalidArgument
+            | ErrorKind::NameTooLong => tracing::debug!(error = %e, "backend refused"),
+            ErrorKind::Other | ErrorKind::Unavailable | ErrorKind::Stale => {
+                tracing::error!(error = %e, "backend failure, returning EIO-class error")
+            }
+            _ => tracing::warn!(error = %e, "backend refused"),
+        }
+        FsError(e.errno())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;

@@ -1,0 +1,184 @@
+//! Write sessions: one temporary object per file being written, published
+//! atomically under the final name on close/fsync, removed on failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use crate::backend::{AttrChanges, BackendPath, Identity, Metadata, PendingWrite};
+
+use super::types::FsResult;
+
+pub struct WriteSession {
+    pending: Box<dyn PendingWrite>,
+    /// Identity the temporary object was created with; publish uses the same
+    /// one, whoever closes the file.
+    pub identity: Identity,
+    /// The final name does not exist in the backend yet.
+    new_object: bool,
+    orphaned: AtomicBool,
+    /// Serialises data operations against publish/abort.
+    finished: tokio::sync::Mutex<bool>,
+    /// Attributes to report while the write is in progress.
+    base: parking_lot::Mutex<Metadata>,
+    /// Where the temporary object belongs, as of the last path-based call:
+    /// used to clean up after the file was unlinked.
+    last_target: parking_lot::Mutex<BackendPath>,
+    /// utimens received while writing: applied after publish, since the
+    /// publish itself sets a new mtime.
+    deferred_times: parking_lot::Mutex<AttrChanges>,
+}
+
+/// What happened to a session when asked to finish.
+pub enum Finished {
+    Published(Metadata),
+    /// Unlinked while open, or already finished: nothing to publish.
+    Nothing,
+}
+
+impl WriteSession {
+    pub fn new(
+        pending: Box<dyn PendingWrite>,
+        identity: Identity,
+        new_object: bool,
+        base: Metadata,
+        target: BackendPath,
+    ) -> WriteSession {
+        WriteSession {
+            pending,
+            identity,
+            new_object,
+            orphaned: AtomicBool::new(false),
+            finished: tokio::sync::Mutex::new(false),
+            base: parking_lot::Mutex::new(base),
+            deferred_times: parking_lot::Mutex::new(AttrChanges::default()),
+            last_target: parking_lot::Mutex::new(target),
+        }
+    }
+
+    pub fn last_target(&self) -> BackendPath {
+        self.last_target.lock().clone()
+    }
+
+    pub fn is_new(&self) -> bool {
+        self.new_object
+    }
+
+    /// The file was unlinked (or replaced) while being written: its data must
+    /// never be published.
+    pub fn orphan(&self) {
+        self.orphaned.store(true, Ordering::Release);
+    }
+
+    pub fn is_orphaned(&self) -> bool {
+        self.orphaned.load(Ordering::Acquire)
+    }
+
+    pub fn attributes(&self) -> Metadata {
+        let mut meta = self.base.lock().clone();
+        meta.size = self.pending.size();
+        meta
+    }
+
+    /// Write; `Ok(false)` when the session already finished and the caller
+    /// must start a new one.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> FsResult<bool> {
+        let finished = self.finished.lock().await;
+        if *finished {
+            return Ok(false);
+        }
+        self.pending.write_at(offset, data).await?;
+        self.touch();
+        Ok(true)
+    }
+
+    pub async fn truncate(&self, size: u64) -> FsResult<bool> {
+        let finished = self.finished.lock().await;
+        if *finished {
+            return Ok(false);
+        }
+        self.pending.truncate(size).await?;
+        self.touch();
+        Ok(true)
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> FsResult<Option<Vec<u8>>> {
+        let finished = self.finished.lock().await;
+        if *finished {
+            return Ok(None);
+        }
+        Ok(Some(self.pending.read_at(offset, len).await?))
+    }
+
+    pub async fn set_attr(&self, changes: &AttrChanges) -> FsResult<()> {
+        let ownership = AttrChanges {
+            mode: changes.mode,
+            uid: changes.uid,
+            gid: changes.gid,
+            ..AttrChanges::default()
+        };
+        if !ownership.is_empty() {
+            self.pending.set_attr(&ownership).await?;
+        }
+        let mut base = self.base.lock();
+        if let Some(mode) = changes.mode {
+            base.mode = mode & 0o7777;
+        }
+        if let Some(uid) = changes.uid {
+            base.uid = uid;
+        }
+        if let Some(gid) = changes.gid {
+            base.gid = gid;
+        }
+        if let Some(t) = changes.mtime {
+            base.mtime = t;
+        }
+        if let Some(t) = changes.atime {
+            base.atime = t;
+        }
+        let mut deferred = self.deferred_times.lock();
+        deferred.atime = changes.atime.or(deferred.atime);
+        deferred.mtime = changes.mtime.or(deferred.mtime);
+        Ok(())
+    }
+
+    pub fn take_deferred_times(&self) -> AttrChanges {
+        std::mem::take(&mut *self.deferred_times.lock())
+    }
+
+    pub async fn retarget(&self, old: &BackendPath, new: &BackendPath) -> FsResult<()> {
+        let finished = self.finished.lock().await;
+        if !*finished {
+            self.pending.retarget(old, new).await?;
+            *self.last_target.lock() = new.clone();
+        }
+        Ok(())
+    }
+
+    /// Publish under `target` (or discard if orphaned). On failure the
+    /// temporary object is removed and the final name is untouched.
+    pub async fn finish(&self, target: &BackendPath) -> FsResult<Finished> {
+        let mut finished = self.finished.lock().await;
+        if *finished {
+            return Ok(Finished::Nothing);
+        }
+        *finished = true;
+        if self.is_orphaned() {
+            self.pending.abort(target).await;
+            return Ok(Finished::Nothing);
+        }
+        match self.pending.publish(target).await {
+            Ok(meta) => Ok(Finished::Published(meta)),
+            Err(e) => {
+                self.pending.abort(target).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn touch(&self) {
+        let now = SystemTime::now();
+        let mut base = self.base.lock();
+        base.mtime = now;
+        base.ctime = now;
+    }
+}

@@ -1,0 +1,88 @@
+//! Background mode: `cachalot mount` without `--foreground` re-executes
+//! itself in the foreground as a detached child and returns once that child
+//! reports the mount ready (or failed). Re-exec instead of fork(): forking a
+//! process with runtime threads is unsafe.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Set in the child so it knows to report readiness on stdout.
+const READY_ENV: &str = "CACHALOT_REPORT_READY";
+const READY_LINE: &str = "CACHALOT-READY";
+
+/// In the parent: start the child and wait for its verdict.
+pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .with_context(|| format!("opening log file {}", log_file.display()))?;
+    let exe = std::env::current_exe().context("locating the cachalot binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .arg("--foreground")
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe; detaches the child from our
+    // terminal so it outlives this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("daemon stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).ok();
+    if line.trim() == READY_LINE {
+        return Ok(pid);
+    }
+    let status = child.wait().ok();
+    let tail = std::fs::read_to_string(log_file)
+        .map(|t| {
+            t.lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    bail!(
+        "mount daemon failed ({}); last log lines from {}:\n{}",
+        status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown status".into()),
+        log_file.display(),
+        tail
+    )
+}
+
+/// In the child: tell the parent the mount is ready, then let go of stdout.
+pub fn report_ready() {
+    if std::env::var_os(READY_ENV).is_none() {
+        return;
+    }
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{READY_LINE}");
+    let _ = out.flush();
+    // Point stdout at /dev/null so the parent's pipe can close.
+    if let Ok(devnull) = OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 with a valid open descriptor.
+        unsafe {
+            libc::dup2(devnull.as_raw_fd(), 1);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Mounting: build backend + cache + filesystem, start the FUSE session, and
+//! tear it down cleanly (signals, external umount, busy mountpoints).
+
+pub mod daemon;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::{Backend, Identity, Source};
+use crate::cache::{PageStore, PageStoreConfig};
+use crate::fs::{CachalotFs, FsConfig};
+use crate::fuse::FuseAdapter;
+
+/// FUSE worker threads reading requests; the work itself runs on tokio.
+const FUSE_THREADS: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub page_size: u64,
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub identity: Option<Identity>,
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct MountedFs {
+    pub fs: Arc<CachalotFs>,
+    mountpoint: PathBuf,
+    unmounter: Option<fuser::SessionUnmounter>,
+    session: Option<JoinHandle<std::io::Result<()>>>,
+    ended: tokio::sync::watch::Receiver<bool>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+fn backend_for(opts: &MountOptions) -> Arc<dyn Backend> {
+    match &opts.source {
+        Source::Local { root } => {
+            let mode = if opts.identity.is_some() {
+                IdentityMode::Fixed
+            } else {
+                IdentityMode::Caller
+            };
+            Arc::new(LocalBackend::new(root.clone(), mode))
+        }
+    }
+}
+
+fn fuse_config(opts: &MountOptions) -> Config {
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("cachalot:{}", opts.source)),
+        MountOption::CUSTOM("subtype=cachalot".into()),
+        // The kernel checks mode bits against the attributes we report, for
+        // every caller: one pod user cannot read another's 0600 file.
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if opts.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(FUSE_THREADS);
+    cfg.clone_fd = true;
+    cfg
+}
+
+/// Mount and return once the kernel handshake is done (the mount is usable).
+pub fn start(opts: MountOptions) -> Result<MountedFs> {
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("cachalot-worker")
+            .build()
+            .context("starting the async runtime")?,
+    );
+    let cache = PageStore::open(PageStoreConfig {
+        dir: opts.cache_dir.clone(),
+        quota_bytes: opts.cache_size,
+        page_size: opts.page_size,
+    })
+    .context("opening the page cache")?;
+    let backend = backend_for(&opts);
+    let fs_cfg = FsConfig {
+        metadata_ttl: opts.metadata_ttl,
+        read_only: opts.read_only,
+        fixed_identity: opts.identity,
+    };
+    let fs = runtime.block_on(async {
+        if !opts.read_only {
+            match backend.cleanup_stale_temps().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "cleaned up temp files of crashed writers"),
+                Err(e) => tracing::warn!(error = %e, "could not clean up stale temp files"),
+            }
+        }
+        CachalotFs::new(Arc::clone(&backend), Arc::new(cache), fs_cfg).await
+    });
+    let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
+    let adapter = FuseAdapter::new(Arc::clone(&fs), runtime.handle().clone());
+    let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
+        .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
+    let unmounter = session.unmount_callable();
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(true);
+            result
+        })
+        .context("starting the FUSE session thread")?;
+    tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
+    Ok(MountedFs {
+        fs,
+        mountpoint: opts.mountpoint,
+        unmounter: Some(unmounter),
+        session: Some(thread),
+        ended,
+        runtime,
+    })
+}
+
+impl MountedFs {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted
+    /// us externally.
+    pub fn run_until_signal(mut self) -> Result<()> {
+        let mut ended = self.ended.clone();
+        let runtime = Arc::clone(&self.runtime);
+        let signalled = runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => Ok::<bool, std::io::Error>(true),
+                _ = int.recv() => Ok(true),
+                _ = ended.wait_for(|e| *e) => Ok(false),
+            }
+        })?;
+        if signalled {
+            tracing::info!(mountpoint = %self.mountpoint.display(), "signal received, unmounting");
+        } else {
+            tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted externally");
+        }
+        self.unmount()
+    }
+
+    /// Unmount (lazily if the mountpoint is busy) and wait for the session.
+    pub fn unmount(&mut self) -> Result<()> {
+        if let Some(mut u) = self.unmounter.take() {
+            if let Err(e) = u.unmount() {
+                tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .with_context(|| format!("lazy unmount of {}", self.mountpoint.display()))?;
+            }
+        }
+        if let Some(thread) = self.session.take() {
+            // After a lazy unmount the kernel keeps the session until the last
+            // open file is closed; don't hang forever on it.
+            let mut ended = self.ended.clone();
+            let done = self.runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|e| *e))
+                    .await
+                    .is_ok()
+            });
+            if done {
+                match thread.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+                    Err(_) => tracing::error!("FUSE session thread panicked"),
+                }
+            } else {
+                tracing::warn!("files still open after unmount; exiting anyway");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
