@@ -6,6 +6,8 @@
 mod dir;
 mod inode;
 mod read;
+#[cfg(test)]
+mod tests;
 mod types;
 mod write;
 
@@ -23,7 +25,7 @@ use crate::backend::{
 use crate::cache::PageStore;
 
 use inode::InodeTable;
-use read::FileHandle;
+use read::{FileHandle, InFlight};
 use write::{Finished, WriteSession};
 
 pub use dir::DirHandle;
@@ -62,6 +64,7 @@ pub struct CachalotFs {
     /// Serialises the creation of write sessions so two writers of one file
     /// share a single temporary object.
     session_gate: tokio::sync::Mutex<()>,
+    inflight: InFlight,
     pub counters: Counters,
 }
 
@@ -82,6 +85,7 @@ impl CachalotFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             session_gate: tokio::sync::Mutex::new(()),
+            inflight: InFlight::default(),
             counters: Counters::default(),
         })
     }

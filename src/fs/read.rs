@@ -2,6 +2,7 @@
 //! otherwise page by page from the page store, falling back to the backend
 //! (and filling the store) on a miss.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,6 +11,13 @@ use crate::cache::PageKey;
 
 use super::types::{FsError, FsResult};
 use super::CachalotFs;
+
+type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, FsError>>>;
+
+/// Pages being fetched from the backend right now: concurrent misses on one
+/// page (kernel readahead, parallel readers) wait for a single fetch.
+#[derive(Default)]
+pub struct InFlight(parking_lot::Mutex<HashMap<PageKey, PageCell>>);
 
 pub struct FileHandle {
     pub ino: u64,
@@ -97,7 +105,7 @@ impl CachalotFs {
             .unwrap_or(None);
         let data = match cached {
             Some(data) => Arc::new(data),
-            None => Arc::new(self.fetch_page(handle, index).await?),
+            None => self.fetch_page_once(handle, index, key).await?,
         };
         *handle.last_page.lock() = Some((index, Arc::clone(&data)));
         Ok(data)
@@ -110,6 +118,21 @@ impl CachalotFs {
             version: handle.version.lock().0.clone(),
             index,
         }
+    }
+
+    async fn fetch_page_once(
+        &self,
+        handle: &FileHandle,
+        index: u64,
+        key: PageKey,
+    ) -> FsResult<Arc<Vec<u8>>> {
+        let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
+        let result = cell
+            .get_or_init(|| async { self.fetch_page(handle, index).await.map(Arc::new) })
+            .await
+            .clone();
+        self.inflight.0.lock().remove(&key);
+        result
     }
 
     /// Read one page from the backend and store it in the page store in the

@@ -1,0 +1,251 @@
+//! Core tests: drive the filesystem without a FUSE mount, against a real
+//! local directory backend.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::{AttrChanges, Backend};
+use crate::cache::{PageStore, PageStoreConfig};
+
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    backing: std::path::PathBuf,
+    fs: CachalotFs,
+}
+
+const ROOT: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 1,
+};
+
+async fn fixture(read_only: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    fs::create_dir(&backing).unwrap();
+    let backend: Arc<dyn Backend> =
+        Arc::new(LocalBackend::new(backing.clone(), IdentityMode::Caller));
+    let cache = PageStore::open(PageStoreConfig {
+        dir: dir.path().join("cache"),
+        quota_bytes: 64 << 20,
+        page_size: 4096,
+    })
+    .unwrap();
+    let fs = CachalotFs::new(
+        backend,
+        Arc::new(cache),
+        FsConfig {
+            metadata_ttl: Duration::from_secs(60),
+            read_only,
+            fixed_identity: None,
+        },
+    )
+    .await
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        backing,
+        fs,
+    }
+}
+
+fn visible(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn created_file_appears_only_when_closed() {
+    let f = fixture(false).await;
+    let (attr, o) =
+        f.fs.create(ROOT, ROOT_INO, "a.txt", 0o644, true, true)
+            .await
+            .unwrap();
+    f.fs.write(ROOT, o.fh, 0, b"hello ").await.unwrap();
+    f.fs.write(ROOT, o.fh, 6, b"world").await.unwrap();
+    assert!(!f.backing.join("a.txt").exists());
+    // Visible through the filesystem, with its in-progress size.
+    let seen = f.fs.lookup(ROOT, ROOT_INO, "a.txt").await.unwrap();
+    assert_eq!((seen.ino, seen.size), (attr.ino, 11));
+    assert_eq!(f.fs.read(o.fh, 0, 100).await.unwrap(), b"hello world");
+    f.fs.flush(o.fh).await.unwrap();
+    f.fs.release(o.fh).await.unwrap();
+    assert_eq!(fs::read(f.backing.join("a.txt")).unwrap(), b"hello world");
+    assert_eq!(visible(&f.backing), vec!["a.txt"]);
+}
+
+#[tokio::test]
+async fn partial_overwrite_is_copy_on_write() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"0123456789").unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let o = f.fs.open(ROOT, ino, true, false).await.unwrap();
+    f.fs.write(ROOT, o.fh, 3, b"abc").await.unwrap();
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"0123456789");
+    f.fs.flush(o.fh).await.unwrap();
+    f.fs.release(o.fh).await.unwrap();
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"012abc6789");
+}
+
+#[tokio::test]
+async fn o_trunc_is_atomic_with_the_rewrite() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"old content").unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let o = f.fs.open(ROOT, ino, true, true).await.unwrap();
+    // Until close, readers of the backend still see the old content.
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"old content");
+    assert_eq!(f.fs.getattr(ROOT, ino).await.unwrap().size, 0);
+    f.fs.write(ROOT, o.fh, 0, b"new").await.unwrap();
+    f.fs.release(o.fh).await.unwrap();
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"new");
+}
+
+#[tokio::test]
+async fn truncate_without_open_handle_publishes_at_once() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"0123456789").unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let a =
+        f.fs.setattr(ROOT, ino, Some(4), AttrChanges::default())
+            .await
+            .unwrap();
+    assert_eq!(a.size, 4);
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"0123");
+    assert_eq!(visible(&f.backing), vec!["f"]);
+}
+
+#[tokio::test]
+async fn unlinked_while_writing_is_never_published() {
+    let f = fixture(false).await;
+    let (_, o) =
+        f.fs.create(ROOT, ROOT_INO, "gone", 0o644, true, true)
+            .await
+            .unwrap();
+    f.fs.write(ROOT, o.fh, 0, b"data").await.unwrap();
+    f.fs.unlink(ROOT, ROOT_INO, "gone").await.unwrap();
+    assert_eq!(
+        f.fs.lookup(ROOT, ROOT_INO, "gone")
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    f.fs.flush(o.fh).await.unwrap();
+    f.fs.release(o.fh).await.unwrap();
+    assert!(visible(&f.backing).is_empty(), "{:?}", visible(&f.backing));
+}
+
+#[tokio::test]
+async fn renaming_a_file_being_written_publishes_under_the_new_name() {
+    let f = fixture(false).await;
+    let d = f.fs.mkdir(ROOT, ROOT_INO, "sub", 0o755).await.unwrap();
+    let (_, o) =
+        f.fs.create(ROOT, ROOT_INO, "draft", 0o644, true, true)
+            .await
+            .unwrap();
+    f.fs.write(ROOT, o.fh, 0, b"report").await.unwrap();
+    f.fs.rename(ROOT, ROOT_INO, "draft", d.ino, "final", false)
+        .await
+        .unwrap();
+    f.fs.release(o.fh).await.unwrap();
+    assert_eq!(fs::read(f.backing.join("sub/final")).unwrap(), b"report");
+    assert_eq!(visible(&f.backing), vec!["sub"]);
+    assert_eq!(visible(&f.backing.join("sub")), vec!["final"]);
+}
+
+#[tokio::test]
+async fn second_read_comes_from_the_page_store() {
+    let f = fixture(false).await;
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(f.backing.join("big"), &data).unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "big").await.unwrap().ino;
+    for round in 0..2 {
+        let o = f.fs.open(ROOT, ino, false, false).await.unwrap();
+        let got = f.fs.read(o.fh, 0, 30_000).await.unwrap();
+        assert_eq!(got, data, "round {round}");
+        f.fs.release(o.fh).await.unwrap();
+        // Give the background cache writes time to land.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reads =
+        f.fs.counters
+            .backend_reads
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        reads, 5,
+        "20 000 bytes = 5 pages of 4 KiB, each fetched once"
+    );
+}
+
+#[tokio::test]
+async fn listing_hides_temp_files_and_shows_files_being_created() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join(".x.cachalot-deadp1-1"), b"leftover").unwrap();
+    fs::write(f.backing.join("plain"), b"p").unwrap();
+    let (_, o) =
+        f.fs.create(ROOT, ROOT_INO, "new", 0o644, true, true)
+            .await
+            .unwrap();
+    let dh = f.fs.opendir(ROOT, ROOT_INO).await.unwrap();
+    let mut names: Vec<String> =
+        f.fs.readdir(dh, 0)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.name)
+            .collect();
+    names.sort();
+    assert_eq!(names, vec![".", "..", "new", "plain"]);
+    f.fs.releasedir(dh);
+    f.fs.release(o.fh).await.unwrap();
+    let err =
+        f.fs.lookup(ROOT, ROOT_INO, ".x.cachalot-deadp1-1")
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn read_only_refuses_every_mutation_with_erofs() {
+    let f = fixture(true).await;
+    fs::write(f.backing.join("f"), b"x").unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let erofs = |r: Result<(), FsError>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
+    erofs(
+        f.fs.create(ROOT, ROOT_INO, "n", 0o644, false, true)
+            .await
+            .map(|_| ()),
+    );
+    erofs(f.fs.mkdir(ROOT, ROOT_INO, "d", 0o755).await.map(|_| ()));
+    erofs(f.fs.unlink(ROOT, ROOT_INO, "f").await);
+    erofs(f.fs.rename(ROOT, ROOT_INO, "f", ROOT_INO, "g", false).await);
+    erofs(f.fs.open(ROOT, ino, true, false).await.map(|_| ()));
+    erofs(
+        f.fs.setattr(ROOT, ino, Some(0), AttrChanges::default())
+            .await
+            .map(|_| ()),
+    );
+    erofs(f.fs.symlink(ROOT, ROOT_INO, "l", "f").await.map(|_| ()));
+    assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"x");
+}
+
+#[tokio::test]
+async fn exclusive_create_of_existing_name_is_eexist() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"x").unwrap();
+    let err =
+        f.fs.create(ROOT, ROOT_INO, "f", 0o644, true, true)
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(err.errno(), libc::EEXIST);
+}
