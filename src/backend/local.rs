@@ -42,7 +42,7 @@ struct Shared {
     describe: String,
     mode: IdentityMode,
     is_root: bool,
-    /// `<host>p<pid>`: names temp objects so a later mount can tell whether
+    /// `<host><pid>` (8 + 8 hex digits): names temp objects so a later mount can tell whether
     /// their writer is still alive.
     owner_tag: String,
     host_tag: String,
@@ -56,7 +56,7 @@ pub struct LocalBackend {
 impl LocalBackend {
     pub fn new(root: PathBuf, mode: IdentityMode) -> LocalBackend {
         let host_tag = host_tag();
-        let owner_tag = format!("{host_tag}p{:x}", std::process::id());
+        let owner_tag = format!("{host_tag}{:08x}", std::process::id());
         LocalBackend {
             shared: Arc::new(Shared {
                 describe: format!("file://{}", root.display()),
@@ -160,9 +160,7 @@ impl Shared {
         let Some(owner) = temp_owner(name) else {
             return false;
         };
-        let Some((host, pid)) = owner.split_once('p') else {
-            return false;
-        };
+        let (host, pid) = owner.split_at(8);
         if host != self.host_tag {
             return false;
         }
@@ -896,7 +894,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = backend(dir.path());
         // A temp owned by a pid that cannot exist on this host.
-        let dead = temp_name_for("x", &format!("{}p{:x}", b.shared.host_tag, u32::MAX - 1), 1);
+        let dead = temp_name_for(
+            "x",
+            &format!("{}{:08x}", b.shared.host_tag, u32::MAX - 1),
+            1,
+        );
         let live = b.shared.next_temp_name("y");
         fs::write(dir.path().join(&dead), b"partial").unwrap();
         fs::write(dir.path().join(&live), b"in progress").unwrap();

@@ -96,11 +96,14 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(TEMP_MARKER)
 }
 
+/// Length of the owner part of a temp id (8 hex host + 8 hex pid).
+pub const TEMP_OWNER_LEN: usize = 16;
+
 /// Name of a temporary object for `final_name`, unique per writer:
-/// `.<name>.cachalot-<owner>-<seq>`. The name part is shortened (on a char
+/// `.<name>.cachalot-<owner><seq>`, all hex. The name part is shortened (on a char
 /// boundary) so the result always fits NAME_MAX.
 pub fn temp_name_for(final_name: &str, owner: &str, seq: u64) -> String {
-    let suffix = format!("{TEMP_MARKER}{owner}-{seq:x}");
+    let suffix = format!("{TEMP_MARKER}{owner}{seq:x}");
     let room = NAME_MAX - 1 - suffix.len();
     let mut cut = final_name.len().min(room);
     while !final_name.is_char_boundary(cut) {
@@ -112,8 +115,9 @@ pub fn temp_name_for(final_name: &str, owner: &str, seq: u64) -> String {
 /// The `<owner>` part of a temp name, if `name` is one of ours.
 pub fn temp_owner(name: &str) -> Option<&str> {
     let at = name.rfind(TEMP_MARKER)?;
-    let rest = &name[at + TEMP_MARKER.len()..];
-    rest.rsplit_once('-').map(|(owner, _seq)| owner)
+    let id = &name[at + TEMP_MARKER.len()..];
+    let well_formed = id.len() > TEMP_OWNER_LEN && id.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| &id[..TEMP_OWNER_LEN])
 }
 
 #[cfg(test)]
@@ -146,10 +150,11 @@ mod tests {
     #[test]
     fn temp_names_fit_and_are_recognised() {
         let long = "é".repeat(127); // 254 bytes
-        let t = temp_name_for(&long, "h1a2b3c4p99", 7);
+        let t = temp_name_for(&long, "0a1b2c3d00000063", 7);
         assert!(t.len() <= NAME_MAX, "{}", t.len());
         assert!(is_temp_name(&t));
-        assert_eq!(temp_owner(&t), Some("h1a2b3c4p99"));
+        assert!(t.ends_with(".cachalot-0a1b2c3d000000637"), "{t}");
+        assert_eq!(temp_owner(&t), Some("0a1b2c3d00000063"));
         assert!(!is_temp_name("report.cachalot-notes"));
         assert!(!is_temp_name(".hidden"));
     }

@@ -390,11 +390,12 @@ impl CachalotFs {
         name: &str,
         path: &BackendPath,
     ) -> FsResult<bool> {
-        if self.inodes.lock().child(parent, name).is_some() {
-            if let Some(ino) = self.inodes.lock().child(parent, name) {
-                if self.local_attr(ino)?.is_some() {
-                    return Ok(true);
-                }
+        // Bind first: a guard in an `if let` scrutinee would live through the
+        // body and deadlock local_attr's own lock.
+        let known = self.inodes.lock().child(parent, name);
+        if let Some(ino) = known {
+            if self.local_attr(ino)?.is_some() {
+                return Ok(true);
             }
         }
         match self.backend.stat(id, path).await {

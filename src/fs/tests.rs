@@ -190,7 +190,7 @@ async fn second_read_comes_from_the_page_store() {
 #[tokio::test]
 async fn listing_hides_temp_files_and_shows_files_being_created() {
     let f = fixture(false).await;
-    fs::write(f.backing.join(".x.cachalot-deadp1-1"), b"leftover").unwrap();
+    fs::write(f.backing.join(".x.cachalot-00000000000000011"), b"leftover").unwrap();
     fs::write(f.backing.join("plain"), b"p").unwrap();
     let (_, o) =
         f.fs.create(ROOT, ROOT_INO, "new", 0o644, true, true)
@@ -208,7 +208,7 @@ async fn listing_hides_temp_files_and_shows_files_being_created() {
     f.fs.releasedir(dh);
     f.fs.release(o.fh).await.unwrap();
     let err =
-        f.fs.lookup(ROOT, ROOT_INO, ".x.cachalot-deadp1-1")
+        f.fs.lookup(ROOT, ROOT_INO, ".x.cachalot-00000000000000011")
             .await
             .unwrap_err();
     assert_eq!(err.errno(), libc::ENOENT);
@@ -242,6 +242,25 @@ async fn read_only_refuses_every_mutation_with_erofs() {
 async fn exclusive_create_of_existing_name_is_eexist() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"x").unwrap();
+    let err =
+        f.fs.create(ROOT, ROOT_INO, "f", 0o644, true, true)
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(err.errno(), libc::EEXIST);
+}
+
+#[tokio::test]
+async fn create_over_a_known_name_opens_it() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"abc").unwrap();
+    f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap();
+    let (attr, o) =
+        f.fs.create(ROOT, ROOT_INO, "f", 0o644, false, true)
+            .await
+            .unwrap();
+    assert_eq!(attr.size, 3);
+    f.fs.release(o.fh).await.unwrap();
     let err =
         f.fs.create(ROOT, ROOT_INO, "f", 0o644, true, true)
             .await
