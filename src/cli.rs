@@ -25,6 +25,26 @@ pub enum Command {
     Mount(MountArgs),
     /// Build a sample directory, mount it, show a cold and a cached read, unmount.
     Demo(DemoArgs),
+    /// Inspect or empty a cache directory.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Size, page count, quota and hit/miss/eviction counters of all mounts using DIR.
+    Stats {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every cached page (running mounts refetch on demand).
+    Clear {
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use cachalot::backend::Identity;
-use cachalot::cli::{Cli, Command, MountArgs};
+use cachalot::cli::{CacheCommand, Cli, Command, MountArgs};
 use cachalot::mount::{self, daemon, MountOptions};
 
 fn init_logging() {
@@ -54,12 +54,53 @@ fn run_mount(args: MountArgs) -> Result<()> {
     mounted.run_until_signal()
 }
 
+fn run_cache(cmd: CacheCommand) -> Result<()> {
+    match cmd {
+        CacheCommand::Stats { cache_dir, json } => {
+            let s = cachalot::cache::summarize(&cache_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                let quota = s
+                    .quota_bytes
+                    .map(|q| format!("{} MiB", q >> 20))
+                    .unwrap_or_else(|| "unknown".into());
+                let c = s.counters;
+                let lookups = (c.hits + c.misses).max(1);
+                println!("cache directory  {}", s.dir);
+                println!("size             {} MiB ({} bytes)", s.bytes >> 20, s.bytes);
+                println!("pages            {}", s.pages);
+                println!("quota            {quota}");
+                println!(
+                    "hits / misses    {} / {} ({:.1}% hit rate)",
+                    c.hits,
+                    c.misses,
+                    100.0 * c.hits as f64 / lookups as f64
+                );
+                println!("evictions        {}", c.evictions);
+                println!("corrupt pages    {}", c.corrupt_pages);
+                println!("write errors     {}", c.write_errors);
+                println!("skipped (full)   {}", c.skipped_pages);
+                println!("reporting mounts {}", s.processes_reporting);
+            }
+            Ok(())
+        }
+        CacheCommand::Clear { cache_dir } => {
+            let removed = cachalot::cache::clear(&cache_dir)
+                .with_context(|| format!("clearing {}", cache_dir.display()))?;
+            println!("removed {removed} pages from {}", cache_dir.display());
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Demo(args) => cachalot::demo::run(args),
+        Command::Cache(cmd) => run_cache(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,26 +6,63 @@
 //! full, corrupt page, permission problem) makes it step aside, and the
 //! caller reads from the backend.
 
+mod counters;
+mod ledger;
 mod page;
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+pub use counters::{collect as collect_counters, CounterSnapshot};
 pub use page::{PageFormatError, PageKey};
+
+use counters::Counters;
+use ledger::Ledger;
+
+/// Page-file temporaries older than this belong to a crashed writer.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct PageStoreConfig {
     pub dir: PathBuf,
-    /// Upper bound for the bytes of all page files.
+    /// Upper bound for the bytes of all page files (all processes together).
     pub quota_bytes: u64,
     pub page_size: u64,
+    /// Start evicting above this fraction of the quota...
+    pub high_watermark: f64,
+    /// ...down to this fraction.
+    pub low_watermark: f64,
+    /// Never fill the cache disk beyond leaving this fraction free.
+    pub min_free_fraction: f64,
+}
+
+impl PageStoreConfig {
+    pub fn new(dir: PathBuf, quota_bytes: u64, page_size: u64) -> PageStoreConfig {
+        PageStoreConfig {
+            dir,
+            quota_bytes,
+            page_size,
+            high_watermark: 0.95,
+            low_watermark: 0.70,
+            min_free_fraction: 0.05,
+        }
+    }
+
+    fn high(&self) -> u64 {
+        (self.quota_bytes as f64 * self.high_watermark).round() as u64
+    }
+
+    fn low(&self) -> u64 {
+        (self.quota_bytes as f64 * self.low_watermark).round() as u64
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -35,32 +72,24 @@ pub struct CacheStats {
     pub evictions: u64,
     pub corrupt_pages: u64,
     pub write_errors: u64,
+    pub skipped_pages: u64,
+    /// Pages this process knows of (all of them once the index is loaded).
     pub pages: u64,
+    /// Bytes used by all processes sharing the directory.
     pub bytes: u64,
     pub quota_bytes: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    evictions: AtomicU64,
-    corrupt: AtomicU64,
-    write_errors: AtomicU64,
-}
-
-struct Index {
-    /// stem → size of the page file on disk, in LRU order.
-    lru: LruCache<String, u64>,
-    used: u64,
+    pub index_ready: bool,
 }
 
 pub struct PageStore {
     cfg: PageStoreConfig,
     pages_dir: PathBuf,
-    index: Mutex<Index>,
+    /// stem → size of the page file on disk, in LRU order.
+    index: Mutex<LruCache<String, u64>>,
+    ledger: Ledger,
     counters: Counters,
     temp_seq: AtomicU64,
+    index_ready: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,26 +100,34 @@ pub struct CacheOpenError {
 }
 
 impl PageStore {
-    /// Open (or create) the store and rebuild its index from the files on
-    /// disk, oldest access first, so LRU order survives restarts.
-    pub fn open(cfg: PageStoreConfig) -> Result<PageStore, CacheOpenError> {
-        let pages_dir = cfg.dir.join("pages");
-        fs::create_dir_all(&pages_dir).map_err(|source| CacheOpenError {
+    /// Open (or create) the store. The index of existing pages is rebuilt in
+    /// a background thread: the mount is usable at once, and reads that come
+    /// before the index is loaded still find their page files on disk.
+    pub fn open(cfg: PageStoreConfig) -> Result<Arc<PageStore>, CacheOpenError> {
+        let err = |source| CacheOpenError {
             dir: cfg.dir.display().to_string(),
             source,
-        })?;
-        let store = PageStore {
+        };
+        let pages_dir = cfg.dir.join("pages");
+        fs::create_dir_all(&pages_dir).map_err(err)?;
+        let ledger = Ledger::open(&cfg.dir).map_err(err)?;
+        let _ = fs::write(cfg.dir.join("quota"), cfg.quota_bytes.to_string());
+        let store = Arc::new(PageStore {
             pages_dir,
-            index: Mutex::new(Index {
-                lru: LruCache::unbounded(),
-                used: 0,
-            }),
+            index: Mutex::new(LruCache::unbounded()),
+            ledger,
             counters: Counters::default(),
             temp_seq: AtomicU64::new(0),
+            index_ready: AtomicBool::new(false),
             cfg,
-        };
-        store.rebuild_index();
-        store.evict_to_quota();
+        });
+        let background = Arc::clone(&store);
+        let spawned = std::thread::Builder::new()
+            .name("cache-index".into())
+            .spawn(move || background.rebuild_index());
+        if spawned.is_err() {
+            store.rebuild_index();
+        }
         Ok(store)
     }
 
@@ -98,41 +135,62 @@ impl PageStore {
         self.cfg.page_size
     }
 
-    fn rebuild_index(&self) {
-        let mut found: Vec<(SystemTime, String, u64)> = Vec::new();
-        let Ok(subdirs) = fs::read_dir(&self.pages_dir) else {
-            return;
-        };
-        for sub in subdirs.flatten() {
-            let Ok(files) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let name = file.file_name().to_string_lossy().into_owned();
-                let Ok(meta) = file.metadata() else { continue };
-                if let Some(stem) = name.strip_suffix(".page") {
-                    let used = meta.accessed().or_else(|_| meta.modified());
-                    found.push((
-                        used.unwrap_or(SystemTime::UNIX_EPOCH),
-                        stem.to_string(),
-                        meta.len(),
-                    ));
-                } else if name.ends_with(".tmp") {
-                    // A page write interrupted by a crash: never served.
-                    let _ = fs::remove_file(file.path());
-                }
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+
+    pub fn index_ready(&self) -> bool {
+        self.index_ready.load(Ordering::Acquire)
+    }
+
+    /// Block until the background index rebuild finished (tests, tools).
+    pub fn wait_index_ready(&self, timeout: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while !self.index_ready() {
+            if start.elapsed() > timeout {
+                return false;
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        found.sort();
-        let mut index = self.index.lock();
-        for (_, stem, size) in found {
-            index.used += size;
-            index.lru.put(stem, size);
+        true
+    }
+
+    fn rebuild_index(&self) {
+        let (found, total) = scan_pages(&self.pages_dir);
+        if let Ok(guard) = self.ledger.lock() {
+            // The files on disk are the truth; this also repairs drift left
+            // by a process that crashed between reserving and writing.
+            let _ = guard.set(total);
         }
+        {
+            let mut index = self.index.lock();
+            let mut merged = LruCache::unbounded();
+            for (_, stem, size) in found {
+                merged.put(stem, size);
+            }
+            // Pages touched since start are more recent than anything found.
+            for (stem, size) in index.iter().rev() {
+                merged.put(stem.clone(), *size);
+            }
+            *index = merged;
+        }
+        self.index_ready.store(true, Ordering::Release);
+        self.evict_if_above_high();
+        tracing::debug!(
+            pages = self.index.lock().len(),
+            bytes = total,
+            "cache index loaded"
+        );
     }
 
     fn path_of(&self, stem: &str) -> PathBuf {
         self.pages_dir.join(&stem[..2]).join(format!("{stem}.page"))
+    }
+
+    /// True if the page file exists (no verification): used to skip
+    /// read-ahead of pages already cached.
+    pub fn contains(&self, key: &PageKey) -> bool {
+        self.path_of(&key.file_stem()).exists()
     }
 
     /// The page's data if it is cached and intact. Corrupt pages are removed
@@ -146,7 +204,7 @@ impl PageStore {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
                 }
-                self.forget(&stem);
+                self.index.lock().pop(&stem);
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
@@ -155,10 +213,9 @@ impl PageStore {
             Ok(data) => {
                 let data = data.to_vec();
                 let mut index = self.index.lock();
-                if index.lru.get(&stem).is_none() {
-                    // Written by another process sharing this directory.
-                    index.used += file.len() as u64;
-                    index.lru.put(stem, file.len() as u64);
+                if index.get(&stem).is_none() {
+                    // Written by another process, or not indexed yet.
+                    index.put(stem, file.len() as u64);
                 }
                 drop(index);
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -169,52 +226,95 @@ impl PageStore {
                 if n == 0 {
                     tracing::warn!(path = %path.display(), %why, "dropping a corrupt cache page (further ones are only counted)");
                 }
-                let _ = fs::remove_file(&path);
-                self.forget(&stem);
+                self.index.lock().pop(&stem);
+                if fs::remove_file(&path).is_ok() {
+                    let _ = self.ledger.release(file.len() as u64);
+                }
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
     }
 
-    fn forget(&self, stem: &str) {
-        let mut index = self.index.lock();
-        if let Some(size) = index.lru.pop(stem) {
-            index.used -= size;
-        }
-    }
-
     /// Store a page. Atomic (temp file + rename): a crash never leaves a
-    /// torn page under its final name. Failures are logged and swallowed.
+    /// torn page under its final name. Space is reserved in the shared
+    /// ledger first; when there is no room even after evicting, the page is
+    /// simply not cached. Failures are logged once and counted.
     pub fn put(&self, key: &PageKey, data: &[u8]) {
         let encoded = page::encode(key, data);
         let size = encoded.len() as u64;
         if size > self.cfg.quota_bytes {
             return;
         }
+        if !self.make_room(size) {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let stem = key.file_stem();
         match self.write_page_file(&stem, &encoded) {
-            Ok(()) => {
-                {
-                    let mut index = self.index.lock();
-                    if let Some(old) = index.lru.put(stem, size) {
-                        index.used -= old;
-                    }
-                    index.used += size;
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    let _ = self.ledger.release(old);
                 }
-                self.evict_to_quota();
+                self.index.lock().put(stem, size);
+                self.evict_if_above_high();
             }
             Err(e) => {
-                let n = self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                if n == 0 {
-                    tracing::warn!(dir = %self.cfg.dir.display(), error = %e,
-                        "cannot write to the cache; reads go to the backend (further errors are only counted)");
-                }
+                let _ = self.ledger.release(size);
+                self.note_write_error(&e);
             }
         }
     }
 
-    fn write_page_file(&self, stem: &str, encoded: &[u8]) -> io::Result<()> {
+    fn note_write_error(&self, e: &io::Error) {
+        let n = self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            tracing::warn!(dir = %self.cfg.dir.display(), error = %e,
+                "cannot write to the cache; reads go to the backend (further errors are only counted)");
+        }
+    }
+
+    /// Reserve `size` bytes within the quota and above the disk floor,
+    /// evicting down to the low watermark if needed.
+    fn make_room(&self, size: u64) -> bool {
+        for attempt in 0..2 {
+            let disk_ok = self.disk_has_room(size);
+            if disk_ok {
+                match self.ledger.reserve(size, self.cfg.quota_bytes) {
+                    Ok(true) => return true,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.note_write_error(&e);
+                        return false;
+                    }
+                }
+            }
+            if attempt == 0 {
+                let target = self
+                    .cfg
+                    .low()
+                    .min(self.cfg.quota_bytes.saturating_sub(size));
+                self.evict_down_to(target, !disk_ok);
+            }
+        }
+        false
+    }
+
+    fn disk_has_room(&self, size: u64) -> bool {
+        match nix::sys::statvfs::statvfs(&self.cfg.dir) {
+            Ok(v) => {
+                let frag = v.fragment_size();
+                let total = v.blocks() * frag;
+                let avail = v.blocks_available() * frag;
+                let floor = (total as f64 * self.cfg.min_free_fraction) as u64;
+                avail.saturating_sub(size) >= floor
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Write the page file; returns the size of a file it replaced.
+    fn write_page_file(&self, stem: &str, encoded: &[u8]) -> io::Result<Option<u64>> {
         let final_path = self.path_of(stem);
         let dir = final_path.parent().unwrap_or(&self.pages_dir);
         fs::create_dir_all(dir)?;
@@ -223,7 +323,9 @@ impl PageStore {
         let result = (|| {
             let mut f = fs::File::create(&temp)?;
             f.write_all(encoded)?;
-            fs::rename(&temp, &final_path)
+            let replaced = fs::metadata(&final_path).ok().map(|m| m.len());
+            fs::rename(&temp, &final_path)?;
+            Ok(replaced)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temp);
@@ -231,123 +333,163 @@ impl PageStore {
         result
     }
 
-    fn evict_to_quota(&self) {
-        let mut victims = Vec::new();
-        {
-            let mut index = self.index.lock();
-            while index.used > self.cfg.quota_bytes {
-                let Some((stem, size)) = index.lru.pop_lru() else {
-                    break;
-                };
-                index.used -= size;
-                victims.push(stem);
-            }
+    fn evict_if_above_high(&self) {
+        if self.ledger.total().is_ok_and(|t| t > self.cfg.high()) {
+            self.evict_down_to(self.cfg.low(), false);
         }
-        for stem in victims {
-            let _ = fs::remove_file(self.path_of(&stem));
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Evict least recently used pages until the shared total is at most
+    /// `target` (or, for the disk floor, until the disk has room again).
+    fn evict_down_to(&self, target: u64, for_disk: bool) {
+        loop {
+            let total = match self.ledger.total() {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+            let done = if for_disk {
+                self.disk_has_room(self.cfg.page_size)
+            } else {
+                total <= target
+            };
+            if done {
+                return;
+            }
+            let Some((stem, size)) = self.index.lock().pop_lru() else {
+                return;
+            };
+            // Only the process whose unlink succeeds releases the bytes.
+            if fs::remove_file(self.path_of(&stem)).is_ok() {
+                let _ = self.ledger.release(size);
+                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     pub fn stats(&self) -> CacheStats {
-        let index = self.index.lock();
+        let c = self.counters.snapshot();
         CacheStats {
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            misses: self.counters.misses.load(Ordering::Relaxed),
-            evictions: self.counters.evictions.load(Ordering::Relaxed),
-            corrupt_pages: self.counters.corrupt.load(Ordering::Relaxed),
-            write_errors: self.counters.write_errors.load(Ordering::Relaxed),
-            pages: index.lru.len() as u64,
-            bytes: index.used,
+            hits: c.hits,
+            misses: c.misses,
+            evictions: c.evictions,
+            corrupt_pages: c.corrupt_pages,
+            write_errors: c.write_errors,
+            skipped_pages: c.skipped_pages,
+            pages: self.index.lock().len() as u64,
+            bytes: self.ledger.total().unwrap_or(0),
             quota_bytes: self.cfg.quota_bytes,
+            index_ready: self.index_ready(),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.cfg.dir
+    /// Persist this process's counters for `cachalot cache stats`.
+    pub fn persist_counters(&self) {
+        if let Err(e) = counters::persist(&self.cfg.dir, &self.counters.snapshot()) {
+            tracing::debug!(error = %e, "could not persist cache counters");
+        }
     }
+
+    /// At clean shutdown: fold this process's counters into the totals.
+    pub fn retire_counters(&self) {
+        if let Err(e) = counters::retire(&self.cfg.dir, &self.counters.snapshot()) {
+            tracing::debug!(error = %e, "could not retire cache counters");
+        }
+    }
+}
+
+/// All page files under `pages_dir`, oldest access first, and their total
+/// size. Removes page temporaries left by crashed writers.
+fn scan_pages(pages_dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
+    let mut found = Vec::new();
+    let mut total = 0;
+    let Ok(subdirs) = fs::read_dir(pages_dir) else {
+        return (found, 0);
+    };
+    for sub in subdirs.flatten() {
+        let Ok(files) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = file.metadata() else { continue };
+            if let Some(stem) = name.strip_suffix(".page") {
+                let used = meta.accessed().or_else(|_| meta.modified());
+                total += meta.len();
+                found.push((
+                    used.unwrap_or(SystemTime::UNIX_EPOCH),
+                    stem.to_string(),
+                    meta.len(),
+                ));
+            } else if name.ends_with(".tmp") {
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                if age > STALE_TEMP_AGE {
+                    let _ = fs::remove_file(file.path());
+                }
+            }
+        }
+    }
+    found.sort();
+    (found, total)
+}
+
+/// Summary of a cache directory for `cachalot cache stats`, computed from
+/// the files (works whether or not mounts are running).
+#[derive(Debug, Serialize)]
+pub struct DirectorySummary {
+    pub dir: String,
+    pub pages: u64,
+    pub bytes: u64,
+    pub quota_bytes: Option<u64>,
+    pub counters: CounterSnapshot,
+    pub processes_reporting: usize,
+}
+
+pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
+    if !dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is not a cache directory", dir.display()),
+        ));
+    }
+    let (found, bytes) = scan_pages(&dir.join("pages"));
+    let quota_bytes = fs::read_to_string(dir.join("quota"))
+        .ok()
+        .and_then(|q| q.trim().parse().ok());
+    let all = counters::collect(dir)?;
+    let mut total = CounterSnapshot::default();
+    for snap in all.values() {
+        total.add(snap);
+    }
+    Ok(DirectorySummary {
+        dir: dir.display().to_string(),
+        pages: found.len() as u64,
+        bytes,
+        quota_bytes,
+        counters: total,
+        processes_reporting: all.len(),
+    })
+}
+
+/// Remove every page (running mounts simply miss and refetch).
+pub fn clear(dir: &Path) -> io::Result<u64> {
+    let pages = dir.join("pages");
+    let (found, _) = scan_pages(&pages);
+    let ledger = Ledger::open(dir)?;
+    let guard = ledger.lock()?;
+    let mut removed = 0;
+    for (_, stem, _) in &found {
+        if fs::remove_file(pages.join(&stem[..2]).join(format!("{stem}.page"))).is_ok() {
+            removed += 1;
+        }
+    }
+    let (_, left) = scan_pages(&pages);
+    guard.set(left)?;
+    Ok(removed)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(path: &str, index: u64) -> PageKey {
-        PageKey {
-            source: "file:///srv".into(),
-            path: path.into(),
-            version: "v1".into(),
-            index,
-        }
-    }
-
-    fn store(dir: &Path, quota: u64) -> PageStore {
-        PageStore::open(PageStoreConfig {
-            dir: dir.to_path_buf(),
-            quota_bytes: quota,
-            page_size: 4096,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn put_then_get_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 1 << 20);
-        s.put(&key("a", 0), b"page zero");
-        assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
-        assert!(s.get(&key("a", 1)).is_none());
-        drop(s);
-        let s = store(dir.path(), 1 << 20);
-        assert_eq!(s.stats().pages, 1);
-        assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
-        assert_eq!(s.stats().hits, 1);
-    }
-
-    #[test]
-    fn corrupt_page_is_dropped_and_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 1 << 20);
-        s.put(&key("a", 0), &[1u8; 4096]);
-        let path = s.path_of(&key("a", 0).file_stem());
-        let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
-        fs::write(&path, bytes).unwrap();
-        assert!(s.get(&key("a", 0)).is_none());
-        assert!(!path.exists());
-        assert_eq!(s.stats().corrupt_pages, 1);
-        assert_eq!(s.stats().pages, 0);
-    }
-
-    #[test]
-    fn quota_evicts_least_recently_used_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let page = vec![0u8; 1000];
-        let one = page::encode(&key("a", 0), &page).len() as u64;
-        let s = store(dir.path(), one * 3);
-        s.put(&key("a", 0), &page);
-        s.put(&key("a", 1), &page);
-        s.put(&key("a", 2), &page);
-        assert!(s.get(&key("a", 0)).is_some()); // a/0 is now most recent
-        s.put(&key("a", 3), &page);
-        let st = s.stats();
-        assert!(st.bytes <= one * 3, "{st:?}");
-        assert_eq!(st.evictions, 1);
-        assert!(s.get(&key("a", 1)).is_none(), "LRU page should be gone");
-        assert!(s.get(&key("a", 0)).is_some());
-        assert!(s.get(&key("a", 3)).is_some());
-    }
-
-    #[test]
-    fn unwritable_cache_steps_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = store(dir.path(), 1 << 20);
-        // Replace the pages directory by a file: every write now fails.
-        fs::remove_dir_all(dir.path().join("pages")).unwrap();
-        fs::write(dir.path().join("pages"), b"not a dir").unwrap();
-        s.put(&key("a", 0), b"data");
-        assert!(s.get(&key("a", 0)).is_none());
-        assert_eq!(s.stats().write_errors, 1);
-    }
-}
+mod tests;

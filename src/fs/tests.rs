@@ -30,15 +30,15 @@ async fn fixture(read_only: bool) -> Fixture {
     fs::create_dir(&backing).unwrap();
     let backend: Arc<dyn Backend> =
         Arc::new(LocalBackend::new(backing.clone(), IdentityMode::Caller));
-    let cache = PageStore::open(PageStoreConfig {
-        dir: dir.path().join("cache"),
-        quota_bytes: 64 << 20,
-        page_size: 4096,
-    })
+    let cache = PageStore::open(PageStoreConfig::new(
+        dir.path().join("cache"),
+        64 << 20,
+        4096,
+    ))
     .unwrap();
     let fs = CachalotFs::new(
         backend,
-        Arc::new(cache),
+        cache,
         FsConfig {
             metadata_ttl: Duration::from_secs(60),
             read_only,

@@ -19,6 +19,7 @@ use crate::fuse::FuseAdapter;
 
 /// FUSE worker threads reading requests; the work itself runs on tokio.
 const FUSE_THREADS: usize = 2;
+const COUNTER_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -36,6 +37,7 @@ pub struct MountOptions {
 /// A live mount. Dropping it unmounts.
 pub struct MountedFs {
     pub fs: Arc<CachalotFs>,
+    cache: Arc<PageStore>,
     mountpoint: PathBuf,
     unmounter: Option<fuser::SessionUnmounter>,
     session: Option<JoinHandle<std::io::Result<()>>>,
@@ -90,11 +92,11 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             .build()
             .context("starting the async runtime")?,
     );
-    let cache = PageStore::open(PageStoreConfig {
-        dir: opts.cache_dir.clone(),
-        quota_bytes: opts.cache_size,
-        page_size: opts.page_size,
-    })
+    let cache = PageStore::open(PageStoreConfig::new(
+        opts.cache_dir.clone(),
+        opts.cache_size,
+        opts.page_size,
+    ))
     .context("opening the page cache")?;
     let backend = backend_for(&opts);
     let fs_cfg = FsConfig {
@@ -110,10 +112,19 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
                 Err(e) => tracing::warn!(error = %e, "could not clean up stale temp files"),
             }
         }
-        CachalotFs::new(Arc::clone(&backend), Arc::new(cache), fs_cfg).await
+        CachalotFs::new(Arc::clone(&backend), Arc::clone(&cache), fs_cfg).await
     });
     let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime.handle().clone());
+    let persisted = Arc::clone(&cache);
+    runtime.spawn(async move {
+        // Counters for `cachalot cache stats`, readable while we run.
+        loop {
+            tokio::time::sleep(COUNTER_PERSIST_INTERVAL).await;
+            let store = Arc::clone(&persisted);
+            let _ = tokio::task::spawn_blocking(move || store.persist_counters()).await;
+        }
+    });
     let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
         .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
     let unmounter = session.unmount_callable();
@@ -129,6 +140,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
     Ok(MountedFs {
         fs,
+        cache,
         mountpoint: opts.mountpoint,
         unmounter: Some(unmounter),
         session: Some(thread),
@@ -192,6 +204,7 @@ impl MountedFs {
             } else {
                 tracing::warn!("files still open after unmount; exiting anyway");
             }
+            self.cache.retire_counters();
         }
         Ok(())
     }

@@ -1,0 +1,148 @@
+//! Hit/miss/eviction counters, in memory per process and persisted per
+//! process under `<cache-dir>/stats/`, so `cachalot cache stats` can sum
+//! what every mount sharing the directory did (live or gone).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub write_errors: AtomicU64,
+    /// Pages not cached because the quota or the disk floor left no room.
+    pub skipped: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub corrupt_pages: u64,
+    pub write_errors: u64,
+    pub skipped_pages: u64,
+}
+
+impl CounterSnapshot {
+    pub fn add(&mut self, o: &CounterSnapshot) {
+        self.hits += o.hits;
+        self.misses += o.misses;
+        self.evictions += o.evictions;
+        self.corrupt_pages += o.corrupt_pages;
+        self.write_errors += o.write_errors;
+        self.skipped_pages += o.skipped_pages;
+    }
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            corrupt_pages: self.corrupt.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+            skipped_pages: self.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn stats_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("stats")
+}
+
+/// Write this process's counters (atomically: temp + rename).
+pub fn persist(cache_dir: &Path, snapshot: &CounterSnapshot) -> io::Result<()> {
+    let dir = stats_dir(cache_dir);
+    fs::create_dir_all(&dir)?;
+    let pid = std::process::id();
+    let tmp = dir.join(format!(".{pid}.json.tmp"));
+    fs::write(
+        &tmp,
+        serde_json::to_vec(snapshot).map_err(io::Error::other)?,
+    )?;
+    fs::rename(tmp, dir.join(format!("{pid}.json")))
+}
+
+/// Counters of every process that used the directory, by pid
+/// (`"retired"` = folded totals of processes that exited).
+pub fn collect(cache_dir: &Path) -> io::Result<BTreeMap<String, CounterSnapshot>> {
+    let mut out = BTreeMap::new();
+    let dir = stats_dir(cache_dir);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if stem.starts_with('.') {
+            continue;
+        }
+        // A damaged stats file must not break `cache stats`: skip it.
+        if let Ok(snap) = fs::read(entry.path())
+            .map_err(|_| ())
+            .and_then(|b| serde_json::from_slice::<CounterSnapshot>(&b).map_err(|_| ()))
+        {
+            out.insert(stem.to_string(), snap);
+        }
+    }
+    Ok(out)
+}
+
+/// Fold this process's counters into the retired totals at clean shutdown.
+pub fn retire(cache_dir: &Path, snapshot: &CounterSnapshot) -> io::Result<()> {
+    let dir = stats_dir(cache_dir);
+    fs::create_dir_all(&dir)?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    lock.lock()?;
+    let retired_path = dir.join("retired.json");
+    let mut total: CounterSnapshot = fs::read(&retired_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    total.add(snapshot);
+    let tmp = dir.join(".retired.json.tmp");
+    fs::write(&tmp, serde_json::to_vec(&total).map_err(io::Error::other)?)?;
+    fs::rename(tmp, retired_path)?;
+    let _ = fs::remove_file(dir.join(format!("{}.json", std::process::id())));
+    lock.unlock()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persisted_counters_are_collected_and_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = CounterSnapshot {
+            hits: 3,
+            misses: 1,
+            ..Default::default()
+        };
+        persist(dir.path(), &snap).unwrap();
+        let pid = std::process::id().to_string();
+        assert_eq!(collect(dir.path()).unwrap().get(&pid), Some(&snap));
+        retire(dir.path(), &snap).unwrap();
+        retire(dir.path(), &snap).unwrap();
+        let all = collect(dir.path()).unwrap();
+        assert!(!all.contains_key(&pid));
+        assert_eq!(all["retired"].hits, 6);
+    }
+}

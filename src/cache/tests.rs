@@ -1,0 +1,151 @@
+use super::*;
+
+fn key(path: &str, index: u64) -> PageKey {
+    PageKey {
+        source: "file:///srv".into(),
+        path: path.into(),
+        version: "v1".into(),
+        index,
+    }
+}
+
+fn store(dir: &Path, quota: u64) -> Arc<PageStore> {
+    let s = PageStore::open(PageStoreConfig::new(dir.to_path_buf(), quota, 4096)).unwrap();
+    assert!(s.wait_index_ready(Duration::from_secs(10)));
+    s
+}
+
+fn page_bytes(data_len: usize) -> u64 {
+    page::encode(&key("a", 0), &vec![0u8; data_len]).len() as u64
+}
+
+#[test]
+fn put_then_get_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), b"page zero");
+    assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
+    assert!(s.get(&key("a", 1)).is_none());
+    drop(s);
+    let s = store(dir.path(), 1 << 20);
+    assert_eq!(s.stats().pages, 1);
+    assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
+    assert_eq!(s.stats().hits, 1);
+}
+
+#[test]
+fn corrupt_page_is_dropped_counted_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), &[1u8; 4096]);
+    let used = s.stats().bytes;
+    assert!(used > 4096);
+    let path = s.path_of(&key("a", 0).file_stem());
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(s.get(&key("a", 0)).is_none());
+    assert!(!path.exists());
+    let st = s.stats();
+    assert_eq!((st.corrupt_pages, st.pages, st.bytes), (1, 0, 0));
+}
+
+#[test]
+fn eviction_goes_from_high_to_low_watermark_in_lru_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(1000);
+    // Quota of 10 pages: high = 9.5 pages, low = 7 pages.
+    let s = store(dir.path(), one * 10);
+    let page = vec![0u8; 1000];
+    for i in 0..9 {
+        s.put(&key("a", i), &page);
+    }
+    assert_eq!(s.stats().evictions, 0);
+    assert!(s.get(&key("a", 0)).is_some()); // a/0 becomes most recent
+    s.put(&key("a", 9), &page); // 10 pages > high watermark
+    let st = s.stats();
+    assert!(st.bytes <= one * 7, "{st:?}");
+    assert_eq!(st.evictions, 3);
+    for i in 1..4 {
+        assert!(s.get(&key("a", i)).is_none(), "LRU page {i} should be gone");
+    }
+    assert!(s.get(&key("a", 0)).is_some(), "recently used page survives");
+    assert!(s.get(&key("a", 9)).is_some());
+}
+
+#[test]
+fn two_stores_on_one_directory_share_pages_and_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(1000);
+    let a = store(dir.path(), one * 4);
+    let b = store(dir.path(), one * 4);
+    let page = vec![7u8; 1000];
+    a.put(&key("x", 0), &page);
+    assert_eq!(b.get(&key("x", 0)).unwrap(), page, "b sees a's page");
+    for i in 1..8 {
+        b.put(&key("y", i), &page);
+        a.put(&key("z", i), &page);
+    }
+    let (_, on_disk) = scan_pages(&dir.path().join("pages"));
+    assert!(
+        on_disk <= one * 4,
+        "together within quota: {on_disk} > {}",
+        one * 4
+    );
+    assert_eq!(a.stats().bytes, on_disk, "ledger matches the disk");
+}
+
+#[test]
+fn index_rebuild_finds_many_pages_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = store(dir.path(), 1 << 30);
+        for i in 0..2000 {
+            s.put(&key("many", i), b"x");
+        }
+    }
+    let s = PageStore::open(PageStoreConfig::new(
+        dir.path().to_path_buf(),
+        1 << 30,
+        4096,
+    ))
+    .unwrap();
+    // Usable before the index is loaded: pages are found on disk directly.
+    assert_eq!(s.get(&key("many", 1999)).unwrap(), b"x");
+    assert!(s.wait_index_ready(Duration::from_secs(30)));
+    assert_eq!(s.stats().pages, 2000);
+}
+
+#[test]
+fn unwritable_cache_steps_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    // Replace the pages directory by a file: every write now fails.
+    fs::remove_dir_all(dir.path().join("pages")).unwrap();
+    fs::write(dir.path().join("pages"), b"not a dir").unwrap();
+    s.put(&key("a", 0), b"data");
+    assert!(s.get(&key("a", 0)).is_none());
+    let st = s.stats();
+    assert_eq!(st.write_errors, 1);
+    assert_eq!(st.bytes, 0, "a failed write releases its reservation");
+}
+
+#[test]
+fn summary_and_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), b"one");
+    s.put(&key("a", 1), b"two");
+    s.get(&key("a", 0));
+    s.persist_counters();
+    let sum = summarize(dir.path()).unwrap();
+    assert_eq!(
+        (sum.pages, sum.counters.hits, sum.quota_bytes),
+        (2, 1, Some(1 << 20))
+    );
+    assert_eq!(clear(dir.path()).unwrap(), 2);
+    assert_eq!(summarize(dir.path()).unwrap().pages, 0);
+    assert_eq!(s.stats().bytes, 0);
+    assert!(s.get(&key("a", 0)).is_none());
+}
