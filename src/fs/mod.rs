@@ -65,6 +65,7 @@ pub struct CachalotFs {
     /// share a single temporary object.
     session_gate: tokio::sync::Mutex<()>,
     inflight: InFlight,
+    readahead_permits: Arc<tokio::sync::Semaphore>,
     pub counters: Counters,
 }
 
@@ -86,6 +87,7 @@ impl CachalotFs {
             next_fh: AtomicU64::new(1),
             session_gate: tokio::sync::Mutex::new(()),
             inflight: InFlight::default(),
+            readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
             counters: Counters::default(),
         })
     }
@@ -537,7 +539,14 @@ impl CachalotFs {
             (version.unwrap_or(VersionToken(String::new())), keep)
         };
         let fh = self.new_fh();
-        let handle = FileHandle::new(ino, writable, path, version, self.identity(caller));
+        let handle = FileHandle::new(
+            ino,
+            writable,
+            path,
+            version,
+            self.identity(caller),
+            attr.size,
+        );
         self.handles
             .lock()
             .insert(fh, Handle::File(Arc::new(handle)));
@@ -603,7 +612,7 @@ impl CachalotFs {
             ino
         };
         let fh = self.new_fh();
-        let handle = FileHandle::new(ino, true, path, VersionToken(String::new()), id);
+        let handle = FileHandle::new(ino, true, path, VersionToken(String::new()), id, 0);
         self.handles
             .lock()
             .insert(fh, Handle::File(Arc::new(handle)));

@@ -3,7 +3,7 @@
 //! (and filling the store) on a miss.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{BackendPath, Identity, ObjectReader, VersionToken};
@@ -13,6 +13,14 @@ use super::types::{FsError, FsResult};
 use super::CachalotFs;
 
 type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, FsError>>>;
+
+/// Read-ahead window bounds, in pages: the window doubles with each
+/// sequential read up to the maximum, and closes on a random read.
+const READAHEAD_MAX_PAGES: u64 = 16;
+
+/// Pages fetched ahead at once, over all handles: bounds the memory held by
+/// read-ahead (each in-flight page is one page of memory).
+pub const READAHEAD_GLOBAL_PAGES: usize = 64;
 
 /// Pages being fetched from the backend right now: concurrent misses on one
 /// page (kernel readahead, parallel readers) wait for a single fetch.
@@ -35,6 +43,13 @@ pub struct FileHandle {
     /// The page most recently served, kept so sequential reads smaller than
     /// a page do not re-read and re-verify the page file each time.
     last_page: parking_lot::Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Where a sequential reader will read next, and the current read-ahead
+    /// window in pages.
+    next_offset: AtomicU64,
+    window: AtomicU64,
+    /// Object size as known at open (or from the reader): read-ahead stops
+    /// at end of file.
+    size: AtomicU64,
 }
 
 impl FileHandle {
@@ -44,6 +59,7 @@ impl FileHandle {
         path: BackendPath,
         version: VersionToken,
         identity: Identity,
+        size: u64,
     ) -> FileHandle {
         FileHandle {
             ino,
@@ -53,12 +69,29 @@ impl FileHandle {
             version: parking_lot::Mutex::new(version),
             reader: tokio::sync::Mutex::new(None),
             last_page: parking_lot::Mutex::new(None),
+            next_offset: AtomicU64::new(0),
+            window: AtomicU64::new(0),
+            size: AtomicU64::new(size),
+        }
+    }
+
+    /// Update the sequential-read detector; returns the read-ahead window.
+    fn observe(&self, offset: u64, len: u64) -> u64 {
+        let sequential = self.next_offset.swap(offset + len, Ordering::AcqRel) == offset;
+        if sequential {
+            let w = self.window.load(Ordering::Acquire);
+            let grown = (w * 2).clamp(1, READAHEAD_MAX_PAGES);
+            self.window.store(grown, Ordering::Release);
+            grown
+        } else {
+            self.window.store(0, Ordering::Release);
+            0
         }
     }
 }
 
 impl CachalotFs {
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.file_handle(fh)?;
         let session = self.inodes.lock().get(handle.ino)?.write.clone();
         if let Some(session) = session {
@@ -66,7 +99,37 @@ impl CachalotFs {
                 return Ok(data);
             }
         }
-        self.read_pages(&handle, offset, size as usize).await
+        let window = handle.observe(offset, size as u64);
+        let data = self.read_pages(&handle, offset, size as usize).await?;
+        if window > 0 {
+            self.read_ahead(&handle, offset + size as u64, window);
+        }
+        Ok(data)
+    }
+
+    /// Fetch the next `window` pages after `from` in the background, unless
+    /// cached, already in flight, past end of file, or over the global bound.
+    fn read_ahead(self: &Arc<Self>, handle: &Arc<FileHandle>, from: u64, window: u64) {
+        let page_size = self.cache.page_size();
+        let size = handle.size.load(Ordering::Acquire);
+        let first = from.div_ceil(page_size);
+        for index in first..first + window {
+            if index * page_size >= size {
+                break;
+            }
+            let key = self.page_key(handle, index);
+            if self.inflight.0.lock().contains_key(&key) || self.cache.contains(&key) {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.readahead_permits).try_acquire_owned() else {
+                break;
+            };
+            let (fs, handle) = (Arc::clone(self), Arc::clone(handle));
+            tokio::spawn(async move {
+                let _ = fs.fetch_page_once(&handle, index, key).await;
+                drop(permit);
+            });
+        }
     }
 
     async fn read_pages(&self, handle: &FileHandle, offset: u64, size: usize) -> FsResult<Vec<u8>> {
@@ -167,6 +230,7 @@ impl CachalotFs {
             .into();
         {
             let mut version = handle.version.lock();
+            handle.size.store(reader.size(), Ordering::Release);
             if *version != *reader.version() {
                 tracing::debug!(path = %handle.path, "object changed since its attributes were read; using the new version");
                 *version = reader.version().clone();

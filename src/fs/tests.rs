@@ -15,7 +15,7 @@ use super::*;
 struct Fixture {
     _dir: tempfile::TempDir,
     backing: std::path::PathBuf,
-    fs: CachalotFs,
+    fs: Arc<CachalotFs>,
 }
 
 const ROOT: Caller = Caller {
@@ -50,7 +50,7 @@ async fn fixture(read_only: bool) -> Fixture {
     Fixture {
         _dir: dir,
         backing,
-        fs,
+        fs: Arc::new(fs),
     }
 }
 
@@ -267,4 +267,108 @@ async fn create_over_a_known_name_opens_it() {
             .err()
             .unwrap();
     assert_eq!(err.errno(), libc::EEXIST);
+}
+
+#[tokio::test]
+async fn sequential_reads_trigger_read_ahead_and_random_reads_do_not() {
+    let f = fixture(false).await;
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(f.backing.join("seq"), &data).unwrap();
+    fs::write(f.backing.join("rnd"), &data).unwrap();
+    let reads = || {
+        f.fs.counters
+            .backend_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "seq").await.unwrap().ino;
+    let o = f.fs.open(ROOT, ino, false, false).await.unwrap();
+    for i in 0..4u64 {
+        let got = f.fs.read(o.fh, i * 4096, 4096).await.unwrap();
+        assert_eq!(got, &data[(i * 4096) as usize..((i + 1) * 4096) as usize]);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        reads() > 4,
+        "read-ahead should have fetched pages beyond the 4 read: {}",
+        reads()
+    );
+    f.fs.release(o.fh).await.unwrap();
+
+    let before = reads();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "rnd").await.unwrap().ino;
+    let o = f.fs.open(ROOT, ino, false, false).await.unwrap();
+    for page in [50u64, 7, 81, 23] {
+        let got = f.fs.read(o.fh, page * 4096, 4096).await.unwrap();
+        assert_eq!(
+            got,
+            &data[(page * 4096) as usize..((page + 1) * 4096) as usize]
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        reads() - before,
+        4,
+        "random reads fetch only what they read"
+    );
+    f.fs.release(o.fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_readers_of_one_cold_page_fetch_it_once() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("hot"), vec![9u8; 4096]).unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "hot").await.unwrap().ino;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let fs = Arc::clone(&f.fs);
+        tasks.push(tokio::spawn(async move {
+            let o = fs.open(ROOT, ino, false, false).await.unwrap();
+            let got = fs.read(o.fh, 0, 4096).await.unwrap();
+            fs.release(o.fh).await.unwrap();
+            got
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), vec![9u8; 4096]);
+    }
+    assert_eq!(
+        f.fs.counters
+            .backend_reads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_changed_backend_file_never_serves_stale_pages() {
+    let f = fixture(false).await;
+    fs::write(f.backing.join("f"), b"version one").unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let o = f.fs.open(ROOT, ino, false, false).await.unwrap();
+    assert_eq!(f.fs.read(o.fh, 0, 100).await.unwrap(), b"version one");
+    f.fs.release(o.fh).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Replace behind the mount's back; mtime+size+inode change the version.
+    fs::write(f.backing.join("f.new"), b"version two!").unwrap();
+    fs::rename(f.backing.join("f.new"), f.backing.join("f")).unwrap();
+    // Within the metadata TTL the old attributes are trusted, but the reader
+    // opened on a miss pins the new version; after the TTL a fresh stat does.
+    let fresh = Arc::new(
+        CachalotFs::new(
+            Arc::new(LocalBackend::new(f.backing.clone(), IdentityMode::Caller)),
+            Arc::clone(&f.fs.cache),
+            FsConfig {
+                metadata_ttl: Duration::ZERO,
+                read_only: false,
+                fixed_identity: None,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let ino = fresh.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
+    let o = fresh.open(ROOT, ino, false, false).await.unwrap();
+    assert_eq!(fresh.read(o.fh, 0, 100).await.unwrap(), b"version two!");
+    fresh.release(o.fh).await.unwrap();
 }
