@@ -25,7 +25,7 @@ use crate::backend::{
 use crate::cache::PageStore;
 
 use inode::InodeTable;
-use read::{FileHandle, InFlight};
+use read::{FileHandle, HotPages, InFlight};
 use write::{Finished, WriteSession};
 
 pub use dir::DirHandle;
@@ -64,7 +64,8 @@ pub struct CachalotFs {
     /// Serialises the creation of write sessions so two writers of one file
     /// share a single temporary object.
     session_gate: tokio::sync::Mutex<()>,
-    inflight: InFlight,
+    inflight: Arc<InFlight>,
+    hot: HotPages,
     readahead_permits: Arc<tokio::sync::Semaphore>,
     pub counters: Counters,
 }
@@ -78,6 +79,7 @@ impl CachalotFs {
     ) -> Result<CachalotFs, crate::backend::BackendError> {
         let root_id = cfg.fixed_identity.unwrap_or(Identity { uid: 0, gid: 0 });
         let root = backend.stat(root_id, &BackendPath::root()).await?;
+        let page_size = cache.page_size();
         Ok(CachalotFs {
             backend,
             cache,
@@ -86,7 +88,8 @@ impl CachalotFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             session_gate: tokio::sync::Mutex::new(()),
-            inflight: InFlight::default(),
+            inflight: Arc::new(InFlight::default()),
+            hot: HotPages::new(page_size),
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
             counters: Counters::default(),
         })

@@ -22,6 +22,29 @@ const READAHEAD_MAX_PAGES: u64 = 16;
 /// read-ahead (each in-flight page is one page of memory).
 pub const READAHEAD_GLOBAL_PAGES: usize = 64;
 
+/// Memory for recently served pages, shared by all handles: the kernel
+/// splits a page into several concurrent requests, and several pods often
+/// read the same file, so each page file is read and verified once.
+const HOT_PAGES_BYTES: u64 = 64 << 20;
+
+pub struct HotPages(parking_lot::Mutex<lru::LruCache<PageKey, Arc<Vec<u8>>>>);
+
+impl HotPages {
+    pub fn new(page_size: u64) -> HotPages {
+        let pages = (HOT_PAGES_BYTES / page_size).max(4) as usize;
+        let cap = std::num::NonZeroUsize::new(pages).unwrap_or(std::num::NonZeroUsize::MIN);
+        HotPages(parking_lot::Mutex::new(lru::LruCache::new(cap)))
+    }
+
+    fn get(&self, key: &PageKey) -> Option<Arc<Vec<u8>>> {
+        self.0.lock().get(key).cloned()
+    }
+
+    fn put(&self, key: PageKey, page: Arc<Vec<u8>>) {
+        self.0.lock().put(key, page);
+    }
+}
+
 /// Pages being fetched from the backend right now: concurrent misses on one
 /// page (kernel readahead, parallel readers) wait for a single fetch.
 #[derive(Default)]
@@ -40,9 +63,6 @@ pub struct FileHandle {
     /// Opened lazily, on the first miss: a fully cached file never touches
     /// the backend's data path.
     reader: tokio::sync::Mutex<Option<Arc<dyn ObjectReader>>>,
-    /// The page most recently served, kept so sequential reads smaller than
-    /// a page do not re-read and re-verify the page file each time.
-    last_page: parking_lot::Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     /// Where a sequential reader will read next, and the current read-ahead
     /// window in pages.
     next_offset: AtomicU64,
@@ -68,7 +88,6 @@ impl FileHandle {
             identity,
             version: parking_lot::Mutex::new(version),
             reader: tokio::sync::Mutex::new(None),
-            last_page: parking_lot::Mutex::new(None),
             next_offset: AtomicU64::new(0),
             window: AtomicU64::new(0),
             size: AtomicU64::new(size),
@@ -126,7 +145,7 @@ impl CachalotFs {
             };
             let (fs, handle) = (Arc::clone(self), Arc::clone(handle));
             tokio::spawn(async move {
-                let _ = fs.fetch_page_once(&handle, index, key).await;
+                let _ = fs.load_page_once(&handle, index, key).await;
                 drop(permit);
             });
         }
@@ -155,23 +174,11 @@ impl CachalotFs {
     }
 
     async fn page(&self, handle: &FileHandle, index: u64) -> FsResult<Arc<Vec<u8>>> {
-        if let Some((i, data)) = handle.last_page.lock().as_ref() {
-            if *i == index {
-                return Ok(Arc::clone(data));
-            }
-        }
         let key = self.page_key(handle, index);
-        let cache = Arc::clone(&self.cache);
-        let lookup_key = key.clone();
-        let cached = tokio::task::spawn_blocking(move || cache.get(&lookup_key))
-            .await
-            .unwrap_or(None);
-        let data = match cached {
-            Some(data) => Arc::new(data),
-            None => self.fetch_page_once(handle, index, key).await?,
-        };
-        *handle.last_page.lock() = Some((index, Arc::clone(&data)));
-        Ok(data)
+        if let Some(page) = self.hot.get(&key) {
+            return Ok(page);
+        }
+        self.load_page_once(handle, index, key).await
     }
 
     fn page_key(&self, handle: &FileHandle, index: u64) -> PageKey {
@@ -183,24 +190,60 @@ impl CachalotFs {
         }
     }
 
-    async fn fetch_page_once(
+    /// Load a page from the page store, or else from the backend, once for
+    /// all concurrent readers of it.
+    async fn load_page_once(
         &self,
         handle: &FileHandle,
         index: u64,
         key: PageKey,
     ) -> FsResult<Arc<Vec<u8>>> {
         let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
-        let result = cell
-            .get_or_init(|| async { self.fetch_page(handle, index).await.map(Arc::new) })
-            .await
-            .clone();
-        self.inflight.0.lock().remove(&key);
-        result
+        cell.get_or_init(|| async {
+            let cache = Arc::clone(&self.cache);
+            let lookup = key.clone();
+            let cached = tokio::task::spawn_blocking(move || cache.get(&lookup))
+                .await
+                .unwrap_or(None);
+            if let Some(data) = cached {
+                let data = Arc::new(data);
+                self.hot.put(key.clone(), Arc::clone(&data));
+                self.inflight.0.lock().remove(&key);
+                return Ok(data);
+            }
+            match self.fetch_page(handle, index).await {
+                Ok((stored_key, data)) => {
+                    self.hot.put(stored_key.clone(), Arc::clone(&data));
+                    // Store in the background (the application does not wait
+                    // for the cache write), and keep the in-flight entry until
+                    // the page is on disk so readers arriving meanwhile reuse
+                    // this fetch instead of starting another.
+                    let cache = Arc::clone(&self.cache);
+                    let inflight = Arc::clone(&self.inflight);
+                    let page = Arc::clone(&data);
+                    tokio::task::spawn_blocking(move || {
+                        cache.put(&stored_key, &page);
+                        inflight.0.lock().remove(&key);
+                    });
+                    Ok(data)
+                }
+                Err(e) => {
+                    self.inflight.0.lock().remove(&key);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .clone()
     }
 
-    /// Read one page from the backend and store it in the page store in the
-    /// background (the application does not wait for the cache write).
-    async fn fetch_page(&self, handle: &FileHandle, index: u64) -> FsResult<Vec<u8>> {
+    /// Read one page from the backend; returns it with the key it belongs to
+    /// (the version may have been refreshed by opening the reader).
+    async fn fetch_page(
+        &self,
+        handle: &FileHandle,
+        index: u64,
+    ) -> FsResult<(PageKey, Arc<Vec<u8>>)> {
         let reader = self.reader(handle).await?;
         let page_size = self.cache.page_size();
         let data = reader
@@ -211,11 +254,7 @@ impl CachalotFs {
         self.counters
             .backend_read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let key = self.page_key(handle, index);
-        let cache = Arc::clone(&self.cache);
-        let copy = data.clone();
-        tokio::task::spawn_blocking(move || cache.put(&key, &copy));
-        Ok(data)
+        Ok((self.page_key(handle, index), Arc::new(data)))
     }
 
     async fn reader(&self, handle: &FileHandle) -> FsResult<Arc<dyn ObjectReader>> {
@@ -234,7 +273,6 @@ impl CachalotFs {
             if *version != *reader.version() {
                 tracing::debug!(path = %handle.path, "object changed since its attributes were read; using the new version");
                 *version = reader.version().clone();
-                *handle.last_page.lock() = None;
             }
         }
         *slot = Some(Arc::clone(&reader));
