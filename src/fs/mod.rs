@@ -5,6 +5,7 @@
 
 mod dir;
 mod inode;
+mod process;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,8 @@ pub const STATS_XATTR: &str = "user.cachalot.stats";
 #[derive(Default)]
 pub struct Counters {
     pub backend_reads: AtomicU64,
+    /// Pages served from the shared in-memory hot pages.
+    pub memory_hits: AtomicU64,
     pub backend_read_bytes: AtomicU64,
     pub publishes: AtomicU64,
     pub publish_failures: AtomicU64,
@@ -278,7 +281,9 @@ impl CachalotFs {
             "backend_read_bytes": self.counters.backend_read_bytes.load(Ordering::Relaxed),
             "publishes": self.counters.publishes.load(Ordering::Relaxed),
             "publish_failures": self.counters.publish_failures.load(Ordering::Relaxed),
-            "cache_hits": c.hits,
+            "cache_hits": c.hits + self.counters.memory_hits.load(Ordering::Relaxed),
+            "cache_disk_hits": c.hits,
+            "cache_memory_hits": self.counters.memory_hits.load(Ordering::Relaxed),
             "cache_misses": c.misses,
             "cache_pages": c.pages,
             "cache_bytes": c.bytes,
@@ -549,6 +554,7 @@ impl CachalotFs {
             version,
             self.identity(caller),
             attr.size,
+            process::process_of(caller.pid),
         );
         self.handles
             .lock()
@@ -615,7 +621,15 @@ impl CachalotFs {
             ino
         };
         let fh = self.new_fh();
-        let handle = FileHandle::new(ino, true, path, VersionToken(String::new()), id, 0);
+        let handle = FileHandle::new(
+            ino,
+            true,
+            path,
+            VersionToken(String::new()),
+            id,
+            0,
+            process::process_of(caller.pid),
+        );
         self.handles
             .lock()
             .insert(fh, Handle::File(Arc::new(handle)));
@@ -735,16 +749,35 @@ impl CachalotFs {
     }
 
     /// close(2) of one descriptor: publish what this handle wrote.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    ///
+    /// A flush from another process than the opener is a forked child
+    /// closing its inherited copy (typically at exec): publishing then would
+    /// expose a half-written file, so it is left to the writer's own close or
+    /// the last release.
+    pub async fn flush(&self, caller: Caller, fh: u64) -> FsResult<()> {
+        let handle = self.file_handle(fh)?;
+        if !handle.writable {
+            return Ok(());
+        }
+        if process::process_of(caller.pid) != handle.opener {
+            tracing::debug!(
+                ino = handle.ino,
+                pid = caller.pid,
+                opener = handle.opener,
+                "flush from another process; publish deferred to the writer's close"
+            );
+            return Ok(());
+        }
+        self.publish(handle.ino).await
+    }
+
+    /// fsync(2): publish now, whoever asks.
+    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
         if handle.writable {
             self.publish(handle.ino).await?;
         }
         Ok(())
-    }
-
-    pub async fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh).await
     }
 
     /// Last close of a handle. The last writer publishes anything still

@@ -53,6 +53,8 @@ pub struct InFlight(parking_lot::Mutex<HashMap<PageKey, PageCell>>);
 pub struct FileHandle {
     pub ino: u64,
     pub writable: bool,
+    /// Process that opened the handle: only its own close publishes.
+    pub opener: u32,
     /// Path at open time: part of the cache key (the version token pins the
     /// content, the path only namespaces it).
     path: BackendPath,
@@ -80,10 +82,12 @@ impl FileHandle {
         version: VersionToken,
         identity: Identity,
         size: u64,
+        opener: u32,
     ) -> FileHandle {
         FileHandle {
             ino,
             writable,
+            opener,
             path,
             identity,
             version: parking_lot::Mutex::new(version),
@@ -176,6 +180,7 @@ impl CachalotFs {
     async fn page(&self, handle: &FileHandle, index: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.page_key(handle, index);
         if let Some(page) = self.hot.get(&key) {
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(page);
         }
         self.load_page_once(handle, index, key).await

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use crate::backend::{AttrChanges, BackendPath, Identity, Metadata, PendingWrite};
 
-use super::types::FsResult;
+use super::types::{FsError, FsResult};
 
 pub struct WriteSession {
     pending: Box<dyn PendingWrite>,
@@ -16,6 +16,10 @@ pub struct WriteSession {
     /// The final name does not exist in the backend yet.
     new_object: bool,
     orphaned: AtomicBool,
+    /// errno of a failed write or truncate: the temporary object then holds
+    /// incomplete data and must never be published; every later operation
+    /// and the close report this error.
+    failed: parking_lot::Mutex<Option<i32>>,
     /// Serialises data operations against publish/abort.
     finished: tokio::sync::Mutex<bool>,
     /// Attributes to report while the write is in progress.
@@ -48,6 +52,7 @@ impl WriteSession {
             identity,
             new_object,
             orphaned: AtomicBool::new(false),
+            failed: parking_lot::Mutex::new(None),
             finished: tokio::sync::Mutex::new(false),
             base: parking_lot::Mutex::new(base),
             deferred_times: parking_lot::Mutex::new(AttrChanges::default()),
@@ -86,9 +91,28 @@ impl WriteSession {
         if *finished {
             return Ok(false);
         }
-        self.pending.write_at(offset, data).await?;
+        self.check_not_failed()?;
+        let result = self.pending.write_at(offset, data).await;
+        self.record(result)?;
         self.touch();
         Ok(true)
+    }
+
+    fn check_not_failed(&self) -> FsResult<()> {
+        match *self.failed.lock() {
+            Some(errno) => Err(FsError(errno)),
+            None => Ok(()),
+        }
+    }
+
+    /// Poison the session on a data error, so a partial file is never
+    /// published.
+    fn record(&self, result: Result<(), crate::backend::BackendError>) -> FsResult<()> {
+        result.map_err(|e| {
+            let err = FsError::from(e);
+            self.failed.lock().get_or_insert(err.errno());
+            err
+        })
     }
 
     pub async fn truncate(&self, size: u64) -> FsResult<bool> {
@@ -96,7 +120,9 @@ impl WriteSession {
         if *finished {
             return Ok(false);
         }
-        self.pending.truncate(size).await?;
+        self.check_not_failed()?;
+        let result = self.pending.truncate(size).await;
+        self.record(result)?;
         self.touch();
         Ok(true)
     }
@@ -165,6 +191,13 @@ impl WriteSession {
         if self.is_orphaned() {
             self.pending.abort(target).await;
             return Ok(Finished::Nothing);
+        }
+        let failed = *self.failed.lock();
+        if let Some(errno) = failed {
+            self.pending.abort(target).await;
+            tracing::warn!(path = %target, errno,
+                "a write failed earlier: discarded the temporary file, the final name is untouched");
+            return Err(FsError(errno));
         }
         match self.pending.publish(target).await {
             Ok(meta) => Ok(Finished::Published(meta)),

@@ -397,14 +397,15 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let c = caller(req);
         self.spawn(move |fs| async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(c, fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(e)),
             }
