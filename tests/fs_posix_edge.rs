@@ -1,0 +1,298 @@
+//! POSIX corner cases real programs hit: odd file names, long names, mmap,
+//! metadata changes on a descriptor open for writing (cp -p / install -m), statfs.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::*;
+
+#[test]
+fn special_characters_in_names_roundtrip() {
+    let names = [
+        "with space",
+        "100%",
+        "q?x=1&y=2",
+        "hash#frag",
+        "ünïcödé-日本語",
+        "back\\slash",
+        "semi;colon",
+        "plus+sign",
+        "tab\there",
+        "-leading-dash",
+        "..double.dot",
+        "trailing.",
+        "%2F-encoded-slash",
+    ];
+    let m = Mount::with_prepare(&[], |b| {
+        fs::create_dir(b.join("pre")).unwrap();
+        for n in names {
+            fs::write(b.join("pre").join(n), n.as_bytes()).unwrap();
+        }
+    });
+    // made in the backing dir, read through the mount
+    let listed: std::collections::BTreeSet<String> = fs::read_dir(m.m("pre"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        names.iter().map(|s| s.to_string()).collect();
+    assert_eq!(listed, expected);
+    for n in names {
+        assert_eq!(
+            fs::read(m.m("pre").join(n)).unwrap(),
+            n.as_bytes(),
+            "read {n:?}"
+        );
+    }
+    // made through the mount, checked in the backing dir (also exercises the temp name)
+    fs::create_dir(m.m("new")).unwrap();
+    for n in names {
+        fs::write(m.m("new").join(n), n.as_bytes()).unwrap();
+        assert_eq!(
+            fs::read(m.b("new").join(n)).unwrap(),
+            n.as_bytes(),
+            "backing {n:?}"
+        );
+    }
+    fs::create_dir(m.m("dir with space%")).unwrap();
+    fs::write(m.m("dir with space%/f#1"), b"x").unwrap();
+    fs::rename(m.m("dir with space%"), m.m("renamed ?dir")).unwrap();
+    assert_eq!(fs::read(m.b("renamed ?dir/f#1")).unwrap(), b"x");
+    assert!(all_temp_files(m.backing()).is_empty());
+}
+
+/// Full POSIX support for non-UTF-8 names. The local backend currently skips such names
+/// (with a warning) because backend paths are UTF-8; un-ignore if that changes.
+#[test]
+#[ignore = "non-UTF-8 names are skipped by design for now (backend paths are UTF-8)"]
+fn non_utf8_names_work() {
+    let raw: &[u8] = b"bin\xff\xfe-name";
+    let name = OsStr::from_bytes(raw);
+    let m = Mount::with_prepare(&[], |b| fs::write(b.join(name), b"latin1").unwrap());
+    let found: Vec<_> = fs::read_dir(m.mnt())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        found.iter().any(|n| n.as_bytes() == raw),
+        "non-UTF-8 name missing from readdir: {found:?}"
+    );
+    assert_eq!(fs::read(m.mnt().join(name)).unwrap(), b"latin1");
+    let name2 = OsStr::from_bytes(b"made\xe9here");
+    fs::write(m.mnt().join(name2), b"via mount").unwrap();
+    assert_eq!(fs::read(m.backing().join(name2)).unwrap(), b"via mount");
+}
+
+#[test]
+fn names_of_255_bytes_work() {
+    let m = Mount::new();
+    let long = "L".repeat(255);
+    fs::write(m.m(&long), b"long name").unwrap();
+    assert_eq!(fs::read(m.b(&long)).unwrap(), b"long name");
+    // rewrite of an existing long name (the temp name must fit in NAME_MAX too)
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(m.m(&long))
+            .unwrap();
+        f.write_all(b"rewritten").unwrap();
+    }
+    assert_eq!(fs::read(m.b(&long)).unwrap(), b"rewritten");
+    let utf = "é".repeat(127); // 254 bytes
+    fs::write(m.m(&utf), b"utf").unwrap();
+    assert_eq!(fs::read(m.b(&utf)).unwrap(), b"utf");
+    assert!(
+        all_temp_files(m.backing()).is_empty(),
+        "{:?}",
+        all_temp_files(m.backing())
+    );
+    // 256 bytes is too long
+    let too_long = "x".repeat(256);
+    expect_errno(
+        File::create(m.m(&too_long)),
+        libc::ENAMETOOLONG,
+        "create 256-byte name",
+    );
+}
+
+#[test]
+fn mmap_read_of_a_file() {
+    let data = pattern(3 * 1024 * 1024 + 11, 50);
+    let d2 = data.clone();
+    let m = Mount::with_prepare(&[], move |b| fs::write(b.join("mapped"), &d2).unwrap());
+    let f = File::open(m.m("mapped")).unwrap();
+    let len = data.len();
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap(MAP_SHARED, PROT_READ) failed: {}",
+        std::io::Error::last_os_error()
+    );
+    let view = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+    let ok = view == &data[..];
+    unsafe { libc::munmap(p, len) };
+    assert!(ok, "mmap'ed content differs from the file");
+}
+
+#[test]
+fn mmap_write_then_msync_publishes() {
+    let m = Mount::with_prepare(&[], |b| fs::write(b.join("m"), vec![b'.'; 8192]).unwrap());
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.m("m"))
+        .unwrap();
+    let len = 8192;
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "writable shared mmap failed: {}",
+        std::io::Error::last_os_error()
+    );
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"MAPPED".as_ptr(), (p as *mut u8).add(4096), 6);
+        assert_eq!(
+            libc::msync(p, len, libc::MS_SYNC),
+            0,
+            "msync: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::munmap(p, len);
+    }
+    close_checked(f).unwrap();
+    let mut exp = vec![b'.'; 8192];
+    exp[4096..4102].copy_from_slice(b"MAPPED");
+    assert_bytes_eq(
+        &fs::read(m.b("m")).unwrap(),
+        &exp,
+        "backing after mmap write",
+    );
+}
+
+#[test]
+fn metadata_changes_on_a_write_descriptor_survive_publish() {
+    // like `cp -p` / `install -m 600 -o nobody`: write, then fchmod/fchown on the same fd, close
+    let m = Mount::new();
+    {
+        let mut f = File::create(m.m("installed")).unwrap();
+        f.write_all(b"payload").unwrap();
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::fchown(&f, Some(65534), Some(65534)).unwrap();
+    }
+    let md = fs::metadata(m.b("installed")).unwrap();
+    assert_eq!(fs::read(m.b("installed")).unwrap(), b"payload");
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o600,
+        "fchmod on the write fd lost at publish"
+    );
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "fchown on the write fd lost at publish"
+    );
+    let mm = fs::metadata(m.m("installed")).unwrap();
+    assert_eq!(mm.mode() & 0o7777, 0o600);
+    assert_eq!((mm.uid(), mm.gid()), (65534, 65534));
+}
+
+#[test]
+fn rewrite_keeps_owner_and_mode_of_existing_file() {
+    let m = Mount::with_prepare(&[], |b| {
+        fs::write(b.join("owned"), b"v1").unwrap();
+        fs::set_permissions(b.join("owned"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(b.join("owned"), Some(65534), Some(65534)).unwrap();
+    });
+    fs::write(m.m("owned"), b"v2 from root").unwrap();
+    let md = fs::metadata(m.b("owned")).unwrap();
+    assert_eq!(fs::read(m.b("owned")).unwrap(), b"v2 from root");
+    assert_eq!(md.mode() & 0o7777, 0o640, "rewrite changed the mode");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "rewrite changed the owner"
+    );
+}
+
+#[test]
+fn statfs_reports_backend_capacity() {
+    let m = Mount::new();
+    let sm = nix::sys::statvfs::statvfs(m.mnt()).expect("statvfs on the mount");
+    let sb = nix::sys::statvfs::statvfs(m.backing()).unwrap();
+    let total_m = sm.blocks() as u128 * sm.fragment_size() as u128;
+    let total_b = sb.blocks() as u128 * sb.fragment_size() as u128;
+    assert!(
+        total_m > 0,
+        "statfs through the mount reports 0 bytes total"
+    );
+    let diff = total_m.abs_diff(total_b);
+    assert!(
+        diff <= total_b / 100 + (1 << 20),
+        "mount total {total_m} vs backing total {total_b}"
+    );
+}
+
+#[test]
+fn non_utf8_names_do_not_break_the_directory_or_the_mount() {
+    let raw: &[u8] = b"bin\xff\xfe-name";
+    let name = OsStr::from_bytes(raw);
+    let m = Mount::with_prepare(&[], |b| {
+        fs::write(b.join(name), b"latin1").unwrap();
+        fs::write(b.join("normal-a"), b"a").unwrap();
+        fs::write(b.join("normal-b"), b"b").unwrap();
+    });
+    // the other entries of the directory are still listed
+    let found: Vec<String> = fs::read_dir(m.mnt())
+        .unwrap()
+        .map(|e| {
+            e.expect("readdir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert!(
+        found.contains(&"normal-a".to_string()) && found.contains(&"normal-b".to_string()),
+        "{found:?}"
+    );
+    // creating such a name fails cleanly (or works), and the daemon survives
+    let r = fs::write(m.mnt().join(OsStr::from_bytes(b"made\xe9here")), b"x");
+    if let Err(e) = &r {
+        assert_ne!(e.raw_os_error(), Some(libc::ENOTCONN), "daemon died: {e}");
+    }
+    assert_eq!(
+        fs::read(m.m("normal-a")).unwrap(),
+        b"a",
+        "mount broken after a non-UTF-8 name"
+    );
+    fs::write(m.m("after"), b"ok").unwrap();
+    assert_eq!(fs::read(m.b("after")).unwrap(), b"ok");
+}
