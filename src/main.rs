@@ -77,6 +77,7 @@ fn run_cache(cmd: CacheCommand) -> Result<()> {
                     c.misses,
                     100.0 * c.hits as f64 / lookups as f64
                 );
+                println!("  from memory    {}", c.memory_hits);
                 println!("evictions        {}", c.evictions);
                 println!("corrupt pages    {}", c.corrupt_pages);
                 println!("write errors     {}", c.write_errors);

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Default)]
 pub struct Counters {
     pub hits: AtomicU64,
+    /// Served from the filesystem's in-memory hot pages (counted here so
+    /// `cachalot cache stats` sees every hit).
+    pub memory_hits: AtomicU64,
     pub misses: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
@@ -23,7 +26,10 @@ pub struct Counters {
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CounterSnapshot {
+    /// Hits on page files plus hits in memory.
     pub hits: u64,
+    #[serde(default)]
+    pub memory_hits: u64,
     pub misses: u64,
     pub evictions: u64,
     pub corrupt_pages: u64,
@@ -34,6 +40,7 @@ pub struct CounterSnapshot {
 impl CounterSnapshot {
     pub fn add(&mut self, o: &CounterSnapshot) {
         self.hits += o.hits;
+        self.memory_hits += o.memory_hits;
         self.misses += o.misses;
         self.evictions += o.evictions;
         self.corrupt_pages += o.corrupt_pages;
@@ -45,7 +52,8 @@ impl CounterSnapshot {
 impl Counters {
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.load(Ordering::Relaxed) + self.memory_hits.load(Ordering::Relaxed),
+            memory_hits: self.memory_hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             corrupt_pages: self.corrupt.load(Ordering::Relaxed),

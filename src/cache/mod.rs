@@ -67,7 +67,9 @@ impl PageStoreConfig {
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct CacheStats {
+    /// Page-file hits plus memory hits.
     pub hits: u64,
+    pub memory_hits: u64,
     pub misses: u64,
     pub evictions: u64,
     pub corrupt_pages: u64,
@@ -370,6 +372,7 @@ impl PageStore {
         let c = self.counters.snapshot();
         CacheStats {
             hits: c.hits,
+            memory_hits: c.memory_hits,
             misses: c.misses,
             evictions: c.evictions,
             corrupt_pages: c.corrupt_pages,
@@ -380,6 +383,11 @@ impl PageStore {
             quota_bytes: self.cfg.quota_bytes,
             index_ready: self.index_ready(),
         }
+    }
+
+    /// A page was served from memory above the store (still a cache hit).
+    pub fn count_memory_hit(&self) {
+        self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Persist this process's counters for `cachalot cache stats`.

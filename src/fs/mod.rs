@@ -38,8 +38,6 @@ pub const STATS_XATTR: &str = "user.cachalot.stats";
 #[derive(Default)]
 pub struct Counters {
     pub backend_reads: AtomicU64,
-    /// Pages served from the shared in-memory hot pages.
-    pub memory_hits: AtomicU64,
     pub backend_read_bytes: AtomicU64,
     pub publishes: AtomicU64,
     pub publish_failures: AtomicU64,
@@ -281,9 +279,8 @@ impl CachalotFs {
             "backend_read_bytes": self.counters.backend_read_bytes.load(Ordering::Relaxed),
             "publishes": self.counters.publishes.load(Ordering::Relaxed),
             "publish_failures": self.counters.publish_failures.load(Ordering::Relaxed),
-            "cache_hits": c.hits + self.counters.memory_hits.load(Ordering::Relaxed),
-            "cache_disk_hits": c.hits,
-            "cache_memory_hits": self.counters.memory_hits.load(Ordering::Relaxed),
+            "cache_hits": c.hits,
+            "cache_memory_hits": c.memory_hits,
             "cache_misses": c.misses,
             "cache_pages": c.pages,
             "cache_bytes": c.bytes,
@@ -291,6 +288,8 @@ impl CachalotFs {
             "evictions": c.evictions,
             "corrupt_pages": c.corrupt_pages,
             "cache_write_errors": c.write_errors,
+            "cache_skipped_pages": c.skipped_pages,
+            "cache_index_ready": c.index_ready,
         })
         .to_string()
     }

@@ -180,7 +180,7 @@ impl CachalotFs {
     async fn page(&self, handle: &FileHandle, index: u64) -> FsResult<Arc<Vec<u8>>> {
         let key = self.page_key(handle, index);
         if let Some(page) = self.hot.get(&key) {
-            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            self.cache.count_memory_hit();
             return Ok(page);
         }
         self.load_page_once(handle, index, key).await

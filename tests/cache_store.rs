@@ -1,0 +1,152 @@
+//! The page store under a real mount: corruption everywhere, a cache with
+//! 100 000 pages, concurrent cold readers, and the `cachalot cache` commands.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn every_page_file_corrupted_still_reads_correctly_and_pages_are_rewritten() {
+    let data = pattern(5 * MIB + 123, 11);
+    let d2 = data.clone();
+    let mut m = Mount::with_prepare(&[], move |b| fs::write(b.join("f"), &d2).unwrap());
+    assert_bytes_eq(&read_all(&m.m("f")).unwrap(), &data, "first read");
+    assert!(wait_until(Duration::from_secs(10), || page_files(
+        m.cache_dir()
+    )
+    .len()
+        >= 6));
+    m.stop();
+    // Flip one byte in the data area of every page file.
+    let pages = page_files(m.cache_dir());
+    for p in &pages {
+        let mut bytes = fs::read(p).unwrap();
+        let at = bytes.len() - 1;
+        bytes[at] ^= 0xff;
+        fs::write(p, bytes).unwrap();
+    }
+    m.start();
+    drop_caches();
+    assert_bytes_eq(
+        &read_all(&m.m("f")).unwrap(),
+        &data,
+        "read over corrupt pages",
+    );
+    let s = m.stats();
+    assert!(stat_u64(&s, "corrupt_pages") >= pages.len() as u64, "{s}");
+    assert!(stat_u64(&s, "backend_reads") >= pages.len() as u64, "{s}");
+    // Rewritten: the next read comes from the cache again.
+    assert!(wait_until(Duration::from_secs(10), || page_files(
+        m.cache_dir()
+    )
+    .len()
+        >= 6));
+    let before = stat_u64(&m.stats(), "backend_reads");
+    m.stop();
+    m.start();
+    drop_caches();
+    assert_bytes_eq(
+        &read_all(&m.m("f")).unwrap(),
+        &data,
+        "read of rewritten pages",
+    );
+    let s = m.stats();
+    assert_eq!(
+        stat_u64(&s, "backend_reads"),
+        0,
+        "rewritten pages served: {s} (before {before})"
+    );
+    assert_eq!(stat_u64(&s, "corrupt_pages"), 0, "{s}");
+}
+
+#[test]
+fn a_mount_with_100k_cached_pages_is_usable_at_once() {
+    let mut m = Mount::unmounted(&[]);
+    fs::write(m.b("hello"), b"hello").unwrap();
+    // 100 000 page files (names and sizes are all the index scan looks at).
+    let pages = m.cache_dir().join("pages");
+    for i in 0..100_000u64 {
+        let stem = format!("{:064x}", (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let dir = pages.join(&stem[..2]);
+        if i < 256 {
+            fs::create_dir_all(&dir).unwrap();
+        }
+        let _ = fs::create_dir_all(&dir);
+        fs::File::create(dir.join(format!("{stem}.page")))
+            .and_then(|mut f| f.write_all(b"x"))
+            .unwrap();
+    }
+    m.start();
+    assert_eq!(read_all(&m.m("hello")).unwrap(), b"hello");
+    // The index loads in the background and eventually knows every page.
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            m.stats()["cache_index_ready"].as_bool() == Some(true)
+        }),
+        "index never finished loading"
+    );
+    assert!(stat_u64(&m.stats(), "cache_pages") >= 100_000);
+}
+
+#[test]
+fn concurrent_readers_of_one_cold_page_cause_one_backend_read() {
+    let data = pattern(64 * 1024, 5);
+    let d2 = data.clone();
+    let m = Mount::with_prepare(&[], move |b| fs::write(b.join("hot"), &d2).unwrap());
+    let path = m.m("hot");
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || fs::read(p).unwrap())
+        })
+        .collect();
+    for r in readers {
+        assert_bytes_eq(&r.join().unwrap(), &data, "concurrent read");
+    }
+    assert_eq!(stat_u64(&m.stats(), "backend_reads"), 1);
+}
+
+#[test]
+fn cache_stats_and_clear_commands() {
+    let data = pattern(3 * MIB, 2);
+    let d2 = data.clone();
+    let mut m = Mount::with_prepare(&[], move |b| fs::write(b.join("f"), &d2).unwrap());
+    read_all(&m.m("f")).unwrap();
+    drop_caches();
+    read_all(&m.m("f")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || page_files(
+        m.cache_dir()
+    )
+    .len()
+        == 3));
+    m.stop(); // clean stop folds the counters into the directory's totals
+    let dir = m.cache_dir().display().to_string();
+    let (status, out, err) = run_cli(
+        &["cache", "stats", "--cache-dir", &dir, "--json"],
+        Duration::from_secs(30),
+    );
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["pages"], 3, "{v}");
+    assert!(v["counters"]["hits"].as_u64().unwrap() >= 3, "{v}");
+    assert!(v["counters"]["misses"].as_u64().unwrap() >= 3, "{v}");
+    let (status, out, err) = run_cli(
+        &["cache", "clear", "--cache-dir", &dir],
+        Duration::from_secs(30),
+    );
+    assert!(status.is_some_and(|s| s.success()), "{err}");
+    assert!(out.contains("removed 3 pages"), "{out}");
+    assert!(page_files(m.cache_dir()).is_empty());
+    let (status, _, err) = run_cli(
+        &["cache", "stats", "--cache-dir", "/definitely/not/a/cache"],
+        Duration::from_secs(30),
+    );
+    assert!(!status.unwrap().success());
+    assert!(err.contains("not a cache directory"), "{err}");
+}
