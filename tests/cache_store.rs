@@ -150,3 +150,33 @@ fn cache_stats_and_clear_commands() {
     assert!(!status.unwrap().success());
     assert!(err.contains("not a cache directory"), "{err}");
 }
+
+#[test]
+fn kernel_page_cache_is_kept_while_unchanged_and_dropped_when_changed() {
+    let m = Mount::with_prepare(&["--metadata-ttl", "1s"], |b| {
+        fs::write(b.join("f"), pattern(2 * MIB, 1)).unwrap()
+    });
+    read_all(&m.m("f")).unwrap();
+    let first = m.stats();
+    // Same version: the kernel keeps its pages, cachalot is not even asked.
+    assert_bytes_eq(
+        &read_all(&m.m("f")).unwrap(),
+        &pattern(2 * MIB, 1),
+        "reread",
+    );
+    let second = m.stats();
+    assert_eq!(
+        stat_u64(&first, "cache_hits") + stat_u64(&first, "backend_reads"),
+        stat_u64(&second, "cache_hits") + stat_u64(&second, "backend_reads"),
+        "an unchanged file must be served from the kernel page cache: {first} vs {second}"
+    );
+    // Changed behind the mount: after the TTL the new content is read.
+    fs::write(m.b("f.new"), pattern(2 * MIB, 2)).unwrap();
+    fs::rename(m.b("f.new"), m.b("f")).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_bytes_eq(
+        &read_all(&m.m("f")).unwrap(),
+        &pattern(2 * MIB, 2),
+        "changed file",
+    );
+}
