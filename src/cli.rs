@@ -82,6 +82,11 @@ pub struct MountArgs {
     /// Perform every backend operation as this gid (default: the caller's).
     #[arg(long, requires = "uid")]
     pub gid: Option<u32>,
+    /// Never hand fully cached files to the kernel for direct reads (FUSE
+    /// passthrough is otherwise used on --read-only mounts where the kernel
+    /// supports it).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,

@@ -87,6 +87,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         read_only: false,
         allow_other: false,
         identity: None,
+        passthrough: false,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

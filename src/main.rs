@@ -49,6 +49,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         read_only: args.read_only,
         allow_other: args.allow_other,
         identity,
+        passthrough: !args.no_passthrough,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()

@@ -180,3 +180,69 @@ fn kernel_page_cache_is_kept_while_unchanged_and_dropped_when_changed() {
         "changed file",
     );
 }
+
+fn whole_files(cache: &std::path::Path) -> usize {
+    let mut n = 0;
+    for sub in fs::read_dir(cache.join("files"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "meta") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn read_only_mounts_serve_fully_cached_files_by_passthrough() {
+    let data = pattern(3 * MIB + 77, 9);
+    let d2 = data.clone();
+    let m = Mount::with_prepare(&["--read-only"], move |b| {
+        fs::write(b.join("model.bin"), &d2).unwrap()
+    });
+    assert_bytes_eq(&read_all(&m.m("model.bin")).unwrap(), &data, "first read");
+    assert!(
+        wait_until(Duration::from_secs(30), || whole_files(m.cache_dir()) == 1),
+        "the fully read file was not assembled into a whole file"
+    );
+    assert!(
+        page_files(m.cache_dir()).is_empty(),
+        "pages are replaced by the whole file"
+    );
+    drop_caches();
+    let before = m.stats();
+    // Two concurrent opens: both must work (the second reuses the backing file).
+    let first = fs::File::open(m.m("model.bin")).unwrap();
+    assert_bytes_eq(
+        &read_all(&m.m("model.bin")).unwrap(),
+        &data,
+        "passthrough read",
+    );
+    drop(first);
+    let after = m.stats();
+    let served = |s: &serde_json::Value| stat_u64(s, "cache_hits") + stat_u64(s, "backend_reads");
+    assert_eq!(
+        served(&before),
+        served(&after),
+        "the kernel read the whole file directly: {before} vs {after}"
+    );
+}
+
+#[test]
+fn read_write_mounts_never_use_passthrough() {
+    let data = pattern(2 * MIB, 4);
+    let d2 = data.clone();
+    let m = Mount::with_prepare(&[], move |b| fs::write(b.join("f"), &d2).unwrap());
+    read_all(&m.m("f")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(whole_files(m.cache_dir()), 0);
+    // A reader and a writer on the same file at once: both must work.
+    let reader = fs::File::open(m.m("f")).unwrap();
+    fs::write(m.m("f"), b"rewritten").unwrap();
+    drop(reader);
+    assert_eq!(fs::read(m.b("f")).unwrap(), b"rewritten");
+}

@@ -9,7 +9,9 @@
 mod counters;
 mod ledger;
 mod page;
+mod whole;
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,9 @@ pub use page::{PageFormatError, PageKey};
 
 use counters::Counters;
 use ledger::Ledger;
+
+/// Index entries of whole files are their object stem with this prefix.
+const WHOLE_PREFIX: &str = "w:";
 
 /// Page-file temporaries older than this belong to a crashed writer.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
@@ -86,6 +91,10 @@ pub struct CacheStats {
 pub struct PageStore {
     cfg: PageStoreConfig,
     pages_dir: PathBuf,
+    files_dir: PathBuf,
+    /// Whole files this process checked completely: only those are handed
+    /// to the kernel for passthrough.
+    verified_whole: Mutex<HashSet<String>>,
     /// stem → size of the page file on disk, in LRU order.
     index: Mutex<LruCache<String, u64>>,
     ledger: Ledger,
@@ -112,10 +121,14 @@ impl PageStore {
         };
         let pages_dir = cfg.dir.join("pages");
         fs::create_dir_all(&pages_dir).map_err(err)?;
+        let files_dir = cfg.dir.join("files");
+        fs::create_dir_all(&files_dir).map_err(err)?;
         let ledger = Ledger::open(&cfg.dir).map_err(err)?;
         let _ = fs::write(cfg.dir.join("quota"), cfg.quota_bytes.to_string());
         let store = Arc::new(PageStore {
             pages_dir,
+            files_dir,
+            verified_whole: Mutex::new(HashSet::new()),
             index: Mutex::new(LruCache::unbounded()),
             ledger,
             counters: Counters::default(),
@@ -158,7 +171,7 @@ impl PageStore {
     }
 
     fn rebuild_index(&self) {
-        let (found, total) = scan_pages(&self.pages_dir);
+        let (found, total) = scan_dir(&self.cfg.dir);
         if let Ok(guard) = self.ledger.lock() {
             // The files on disk are the truth; this also repairs drift left
             // by a process that crashed between reserving and writing.
@@ -207,6 +220,10 @@ impl PageStore {
                     tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
                 }
                 self.index.lock().pop(&stem);
+                if let Some(data) = self.get_from_whole(key) {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(data);
+                }
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
@@ -236,6 +253,112 @@ impl PageStore {
                 None
             }
         }
+    }
+
+    fn get_from_whole(&self, key: &PageKey) -> Option<Vec<u8>> {
+        let meta = whole::read_meta(&self.files_dir, key)?;
+        let data = whole::read_page(&self.files_dir, key, &meta);
+        if data.is_some() {
+            self.index
+                .lock()
+                .get(&format!("{WHOLE_PREFIX}{}", key.object_stem()));
+        } else {
+            // Damaged: drop it; the pages will be fetched again.
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.drop_whole(&key.object_stem());
+        }
+        data
+    }
+
+    fn drop_whole(&self, stem: &str) {
+        self.index.lock().pop(&format!("{WHOLE_PREFIX}{stem}"));
+        self.verified_whole.lock().remove(stem);
+        let freed = whole::remove(&self.files_dir, stem);
+        if freed > 0 {
+            let _ = self.ledger.release(freed);
+        }
+    }
+
+    /// Assemble the object of `key` (all `size` bytes) into a whole file if
+    /// every page is cached, then drop its page files. Returns true if a
+    /// whole file exists afterwards.
+    pub fn assemble_whole(&self, key: &PageKey, size: u64) -> bool {
+        if whole::read_meta(&self.files_dir, key).is_some() {
+            return true;
+        }
+        let ps = self.cfg.page_size;
+        let pages = size.div_ceil(ps);
+        if !(0..pages).all(|i| self.contains(&key.with_index(i))) || !self.make_room(size) {
+            return false;
+        }
+        let assembled = whole::assemble(&self.files_dir, key, size, ps, |i| {
+            let page_key = key.with_index(i);
+            let path = self.path_of(&page_key.file_stem());
+            let file = fs::read(path).ok()?;
+            page::decode(&page_key, &file).ok().map(<[u8]>::to_vec)
+        });
+        let total = match assembled {
+            Ok(total) => total,
+            Err(e) => {
+                let _ = self.ledger.release(size);
+                tracing::debug!(error = %e, "could not assemble a whole file");
+                return false;
+            }
+        };
+        // The meta file is small; account it beyond the reservation.
+        let _ = self.ledger.reserve(total - size, u64::MAX);
+        let stem = key.object_stem();
+        self.verified_whole.lock().insert(stem.clone());
+        self.index
+            .lock()
+            .put(format!("{WHOLE_PREFIX}{stem}"), total);
+        for i in 0..pages {
+            let page_stem = key.with_index(i).file_stem();
+            let entry = self.index.lock().pop(&page_stem);
+            let path = self.path_of(&page_stem);
+            let size = entry.or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
+            if fs::remove_file(&path).is_ok() {
+                let _ = self.ledger.release(size.unwrap_or(0));
+            }
+        }
+        true
+    }
+
+    /// The whole file of `key`'s object, opened, if this process verified it
+    /// (see [`PageStore::verify_whole`]); for FUSE passthrough.
+    pub fn verified_whole_file(&self, key: &PageKey) -> Option<fs::File> {
+        let stem = key.object_stem();
+        if !self.verified_whole.lock().contains(&stem) {
+            return None;
+        }
+        let file = fs::File::open(whole::data_path(&self.files_dir, &stem)).ok()?;
+        self.index.lock().get(&format!("{WHOLE_PREFIX}{stem}"));
+        Some(file)
+    }
+
+    /// Check a whole file completely (once per process). A damaged one is
+    /// removed. Returns true if it can be used for passthrough.
+    pub fn verify_whole(&self, key: &PageKey) -> bool {
+        let stem = key.object_stem();
+        if self.verified_whole.lock().contains(&stem) {
+            return true;
+        }
+        let Some(meta) = whole::read_meta(&self.files_dir, key) else {
+            return false;
+        };
+        if whole::verify(&self.files_dir, key, &meta) {
+            self.verified_whole.lock().insert(stem);
+            true
+        } else {
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(stem, "dropping a damaged whole file");
+            self.drop_whole(&stem);
+            false
+        }
+    }
+
+    pub fn has_whole(&self, key: &PageKey) -> bool {
+        whole::read_meta(&self.files_dir, key).is_some()
     }
 
     /// Store a page. Atomic (temp file + rename): a crash never leaves a
@@ -360,6 +483,15 @@ impl PageStore {
             let Some((stem, size)) = self.index.lock().pop_lru() else {
                 return;
             };
+            if let Some(object) = stem.strip_prefix(WHOLE_PREFIX) {
+                self.verified_whole.lock().remove(object);
+                let freed = whole::remove(&self.files_dir, object);
+                if freed > 0 {
+                    let _ = self.ledger.release(freed);
+                    self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             // Only the process whose unlink succeeds releases the bytes.
             if fs::remove_file(self.path_of(&stem)).is_ok() {
                 let _ = self.ledger.release(size);
@@ -405,37 +537,35 @@ impl PageStore {
     }
 }
 
-/// All page files under `pages_dir`, oldest access first, and their total
-/// size. Removes page temporaries left by crashed writers.
-fn scan_pages(pages_dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
+/// Every page file and whole file of a cache directory (index names), oldest
+/// access first, and their total size. Removes temporaries left by crashed
+/// writers.
+fn scan_dir(dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
     let mut found = Vec::new();
     let mut total = 0;
-    let Ok(subdirs) = fs::read_dir(pages_dir) else {
-        return (found, 0);
+    let mut add = |used: SystemTime, name: String, size: u64| {
+        total += size;
+        found.push((used, name, size));
     };
-    for sub in subdirs.flatten() {
-        let Ok(files) = fs::read_dir(sub.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = file.metadata() else { continue };
-            if let Some(stem) = name.strip_suffix(".page") {
-                let used = meta.accessed().or_else(|_| meta.modified());
-                total += meta.len();
-                found.push((
-                    used.unwrap_or(SystemTime::UNIX_EPOCH),
-                    stem.to_string(),
-                    meta.len(),
-                ));
-            } else if name.ends_with(".tmp") {
-                let age = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| m.elapsed().ok())
-                    .unwrap_or_default();
-                if age > STALE_TEMP_AGE {
-                    let _ = fs::remove_file(file.path());
+    for (path, meta) in files_in(&dir.join("pages")) {
+        let name = file_name(&path);
+        if let Some(stem) = name.strip_suffix(".page") {
+            add(access_time(&meta), stem.to_string(), meta.len());
+        }
+    }
+    for (path, meta) in files_in(&dir.join("files")) {
+        let name = file_name(&path);
+        if let Some(stem) = name.strip_suffix(".data") {
+            let meta_len = fs::metadata(path.with_extension("meta")).map(|m| m.len());
+            match meta_len {
+                Ok(meta_len) => add(
+                    access_time(&meta),
+                    format!("{WHOLE_PREFIX}{stem}"),
+                    meta.len() + meta_len,
+                ),
+                // Data without meta: an interrupted assembly.
+                Err(_) => {
+                    let _ = fs::remove_file(&path);
                 }
             }
         }
@@ -444,11 +574,55 @@ fn scan_pages(pages_dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
     (found, total)
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn access_time(meta: &fs::Metadata) -> SystemTime {
+    meta.accessed()
+        .or_else(|_| meta.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Regular files one level below `dir`'s subdirectories (the `xx/` fan-out),
+/// removing stale temporaries on the way.
+fn files_in(dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    let mut out = Vec::new();
+    let Ok(subdirs) = fs::read_dir(dir) else {
+        return out;
+    };
+    for sub in subdirs.flatten() {
+        let Ok(files) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let Ok(meta) = file.metadata() else { continue };
+            let path = file.path();
+            if file_name(&path).ends_with(".tmp") {
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                if age > STALE_TEMP_AGE {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
+            out.push((path, meta));
+        }
+    }
+    out
+}
+
 /// Summary of a cache directory for `cachalot cache stats`, computed from
 /// the files (works whether or not mounts are running).
 #[derive(Debug, Serialize)]
 pub struct DirectorySummary {
     pub dir: String,
+    /// Page files plus whole files.
     pub pages: u64,
     pub bytes: u64,
     pub quota_bytes: Option<u64>,
@@ -463,7 +637,7 @@ pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
             format!("{} is not a cache directory", dir.display()),
         ));
     }
-    let (found, bytes) = scan_pages(&dir.join("pages"));
+    let (found, bytes) = scan_dir(dir);
     let quota_bytes = fs::read_to_string(dir.join("quota"))
         .ok()
         .and_then(|q| q.trim().parse().ok());
@@ -482,19 +656,24 @@ pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
     })
 }
 
-/// Remove every page (running mounts simply miss and refetch).
+/// Remove every page and whole file (running mounts simply refetch).
 pub fn clear(dir: &Path) -> io::Result<u64> {
-    let pages = dir.join("pages");
-    let (found, _) = scan_pages(&pages);
     let ledger = Ledger::open(dir)?;
     let guard = ledger.lock()?;
     let mut removed = 0;
-    for (_, stem, _) in &found {
-        if fs::remove_file(pages.join(&stem[..2]).join(format!("{stem}.page"))).is_ok() {
+    for (path, _) in files_in(&dir.join("pages"))
+        .into_iter()
+        .chain(files_in(&dir.join("files")))
+    {
+        let name = file_name(&path);
+        if (name.ends_with(".page") || name.ends_with(".data")) && fs::remove_file(&path).is_ok() {
             removed += 1;
         }
+        if name.ends_with(".meta") {
+            let _ = fs::remove_file(&path);
+        }
     }
-    let (_, left) = scan_pages(&pages);
+    let (_, left) = scan_dir(dir);
     guard.set(left)?;
     Ok(removed)
 }

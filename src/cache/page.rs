@@ -21,7 +21,7 @@ pub struct PageKey {
 
 impl PageKey {
     /// The key as stored in the page header (index stored separately).
-    fn object_id(&self) -> String {
+    pub(crate) fn object_id(&self) -> String {
         format!("{}\0{}\0{}", self.source, self.path, self.version)
     }
 
@@ -31,6 +31,21 @@ impl PageKey {
         hasher.update(self.object_id().as_bytes());
         hasher.update(&self.index.to_le_bytes());
         hasher.finalize().to_hex().to_string()
+    }
+
+    /// File name stem of the whole object (all pages), for whole files.
+    pub fn object_stem(&self) -> String {
+        blake3::hash(self.object_id().as_bytes())
+            .to_hex()
+            .to_string()
+    }
+
+    /// The same object's page `index`.
+    pub fn with_index(&self, index: u64) -> PageKey {
+        PageKey {
+            index,
+            ..self.clone()
+        }
     }
 }
 

@@ -87,7 +87,7 @@ fn two_stores_on_one_directory_share_pages_and_quota() {
         b.put(&key("y", i), &page);
         a.put(&key("z", i), &page);
     }
-    let (_, on_disk) = scan_pages(&dir.path().join("pages"));
+    let (_, on_disk) = scan_dir(dir.path());
     assert!(
         on_disk <= one * 4,
         "together within quota: {on_disk} > {}",
@@ -148,4 +148,64 @@ fn summary_and_clear() {
     assert_eq!(summarize(dir.path()).unwrap().pages, 0);
     assert_eq!(s.stats().bytes, 0);
     assert!(s.get(&key("a", 0)).is_none());
+}
+
+#[test]
+fn whole_files_replace_pages_serve_reads_and_detect_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        s.put(&key("w", i as u64), chunk);
+    }
+    assert!(
+        !s.assemble_whole(&key("other", 0), 10),
+        "nothing cached for it"
+    );
+    let before = s.stats().bytes;
+    assert!(s.assemble_whole(&key("w", 0), data.len() as u64));
+    let st = s.stats();
+    assert_eq!(st.pages, 1, "three pages became one whole file: {st:?}");
+    assert!(
+        st.bytes < before + 1024,
+        "pages were released: {} vs {before}",
+        st.bytes
+    );
+    // Page reads are served from the whole file, verified per page.
+    assert_eq!(s.get(&key("w", 2)).unwrap(), &data[8192..]);
+    let file = s
+        .verified_whole_file(&key("w", 0))
+        .expect("assembled files are verified");
+    assert_eq!(file.metadata().unwrap().len(), data.len() as u64);
+    // A new process must verify before passthrough; damage is detected.
+    drop(s);
+    let s = store(dir.path(), 1 << 20);
+    assert!(s.verified_whole_file(&key("w", 0)).is_none());
+    let stem = key("w", 0).object_stem();
+    let path = whole::data_path(&dir.path().join("files"), &stem);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[5000] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert!(!s.verify_whole(&key("w", 0)));
+    assert!(!path.exists(), "damaged whole file removed");
+    assert!(s.get(&key("w", 1)).is_none());
+}
+
+#[test]
+fn whole_files_are_evicted_like_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(4096);
+    let s = store(dir.path(), one * 6);
+    for i in 0..3 {
+        s.put(&key("w", i), &[1u8; 4096]);
+    }
+    assert!(s.assemble_whole(&key("w", 0), 3 * 4096));
+    for i in 0..6 {
+        s.put(&key("p", i), &[2u8; 4096]);
+    }
+    assert!(
+        !s.has_whole(&key("w", 0)),
+        "the least recently used whole file goes first"
+    );
+    assert!(s.stats().bytes <= one * 6);
 }

@@ -24,6 +24,9 @@ pub struct Inode {
     pub writers: u32,
     /// Open handles of any kind.
     pub open_handles: u32,
+    /// Open handles served by FUSE passthrough: while there are any, every
+    /// open of this inode must be passthrough too (a kernel rule).
+    pub passthrough_opens: u32,
     /// Version seen at the previous open: if unchanged, the kernel may keep
     /// its page cache (FOPEN_KEEP_CACHE).
     pub last_open_version: Option<VersionToken>,
@@ -50,6 +53,7 @@ impl InodeTable {
                 write: None,
                 writers: 0,
                 open_handles: 0,
+                passthrough_opens: 0,
                 last_open_version: None,
                 unlinked: false,
             },
@@ -118,6 +122,7 @@ impl InodeTable {
                 write: None,
                 writers: 0,
                 open_handles: 0,
+                passthrough_opens: 0,
                 last_open_version: None,
                 unlinked: false,
             },

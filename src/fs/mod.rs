@@ -13,7 +13,7 @@ mod types;
 mod write;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -53,6 +53,17 @@ enum Handle {
 pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
+    pub passthrough: Passthrough,
+}
+
+/// How the kernel should read an opened file.
+pub enum Passthrough {
+    /// Through cachalot (page store).
+    No,
+    /// Directly from this whole file in the cache.
+    New(std::fs::File),
+    /// Directly, with the backing file already registered for this inode.
+    Reuse,
 }
 
 pub struct CachalotFs {
@@ -68,6 +79,10 @@ pub struct CachalotFs {
     inflight: Arc<InFlight>,
     hot: HotPages,
     readahead_permits: Arc<tokio::sync::Semaphore>,
+    /// The kernel granted FUSE passthrough (set by the adapter at init).
+    passthrough_active: AtomicBool,
+    /// Whole files being assembled right now (object stems).
+    assembling: Arc<Mutex<std::collections::HashSet<String>>>,
     pub counters: Counters,
 }
 
@@ -91,6 +106,8 @@ impl CachalotFs {
             session_gate: tokio::sync::Mutex::new(()),
             inflight: Arc::new(InFlight::default()),
             hot: HotPages::new(page_size),
+            passthrough_active: AtomicBool::new(false),
+            assembling: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
             counters: Counters::default(),
         })
@@ -532,18 +549,42 @@ impl CachalotFs {
             }
         }
         let path = self.path_of(ino)?;
-        let (version, keep_cache) = {
+        let wants_passthrough = self.passthrough_active() && !writable && !truncate;
+        let whole = match (wants_passthrough, &attr) {
+            (true, a) if a.size > 0 => self.whole_file_for(&path, ino).await,
+            _ => None,
+        };
+        let (version, keep_cache, passthrough) = {
             let mut table = self.inodes.lock();
             let inode = table.get_mut(ino)?;
+            // Passthrough only if every other open of the inode is
+            // passthrough too; otherwise the kernel would refuse the open.
+            let passthrough = if !wants_passthrough || inode.write.is_some() {
+                Passthrough::No
+            } else if inode.passthrough_opens > 0 {
+                Passthrough::Reuse
+            } else {
+                match whole {
+                    Some(file) if inode.open_handles == 0 => Passthrough::New(file),
+                    _ => Passthrough::No,
+                }
+            };
             inode.open_handles += 1;
             if writable {
                 inode.writers += 1;
+            }
+            if !matches!(passthrough, Passthrough::No) {
+                inode.passthrough_opens += 1;
             }
             let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
             let keep =
                 inode.write.is_none() && version.is_some() && inode.last_open_version == version;
             inode.last_open_version = version.clone();
-            (version.unwrap_or(VersionToken(String::new())), keep)
+            (
+                version.unwrap_or(VersionToken(String::new())),
+                keep,
+                passthrough,
+            )
         };
         let fh = self.new_fh();
         let handle = FileHandle::new(
@@ -555,10 +596,17 @@ impl CachalotFs {
             attr.size,
             process::process_of(caller.pid),
         );
+        if !matches!(passthrough, Passthrough::No) {
+            handle.passthrough.store(true, Ordering::Release);
+        }
         self.handles
             .lock()
             .insert(fh, Handle::File(Arc::new(handle)));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            passthrough,
+        })
     }
 
     /// Create and open a new file. Nothing appears under the final name
@@ -637,6 +685,7 @@ impl CachalotFs {
             Opened {
                 fh,
                 keep_cache: false,
+                passthrough: Passthrough::No,
             },
         ))
     }
@@ -795,14 +844,101 @@ impl CachalotFs {
             if handle.writable {
                 inode.writers = inode.writers.saturating_sub(1);
             }
+            if handle.passthrough.load(Ordering::Acquire) {
+                inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
+            }
             (inode.writers == 0, inode.write.clone())
         };
         let mut result = Ok(());
         if last_writer && session.is_some() {
             result = self.publish(handle.ino).await;
         }
+        if self.passthrough_active()
+            && !handle.writable
+            && !handle.passthrough.load(Ordering::Acquire)
+        {
+            self.assemble_in_background(&handle);
+        }
         self.inodes.lock().reap(handle.ino);
         result
+    }
+
+    // ---- passthrough -----------------------------------------------------
+
+    /// Called by the adapter once the kernel granted FUSE passthrough.
+    pub fn activate_passthrough(&self) {
+        self.passthrough_active.store(true, Ordering::Release);
+    }
+
+    pub fn passthrough_active(&self) -> bool {
+        self.passthrough_active.load(Ordering::Acquire)
+    }
+
+    /// The open could not be served by passthrough: undo its passthrough
+    /// state; `disable` stops offering passthrough on this mount (the kernel
+    /// refused a backing file).
+    pub fn passthrough_refused(&self, fh: u64, disable: bool) {
+        if disable {
+            self.passthrough_active.store(false, Ordering::Release);
+        }
+        if let Ok(handle) = self.file_handle(fh) {
+            if handle.passthrough.swap(false, Ordering::AcqRel) {
+                if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+                    inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// A verified whole file for the inode's current version; starts the
+    /// one-time verification in the background if it exists unverified.
+    async fn whole_file_for(&self, path: &BackendPath, ino: u64) -> Option<std::fs::File> {
+        let version = self
+            .inodes
+            .lock()
+            .get(ino)
+            .ok()?
+            .meta
+            .as_ref()
+            .map(|(m, _)| m.version.0.clone())?;
+        let key = crate::cache::PageKey {
+            source: self.backend.describe().to_string(),
+            path: path.as_str().to_string(),
+            version,
+            index: 0,
+        };
+        let cache = Arc::clone(&self.cache);
+        tokio::task::spawn_blocking(move || {
+            let file = cache.verified_whole_file(&key);
+            if file.is_none() && cache.has_whole(&key) {
+                cache.verify_whole(&key);
+            }
+            file
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// After a read handle closes: if every page of the file is cached,
+    /// assemble the whole file so later opens can use passthrough.
+    fn assemble_in_background(&self, handle: &FileHandle) {
+        let size = handle.size.load(Ordering::Acquire);
+        if size == 0 {
+            return;
+        }
+        let key = self.page_key(handle, 0);
+        let stem = key.object_stem();
+        if !self.assembling.lock().insert(stem.clone()) {
+            return;
+        }
+        let (cache, assembling) = (Arc::clone(&self.cache), Arc::clone(&self.assembling));
+        tokio::task::spawn_blocking(move || {
+            if cache.assemble_whole(&key, size) {
+                tracing::debug!(path = key.path, "assembled a whole file for passthrough");
+            }
+            assembling.lock().remove(&stem);
+        });
     }
 
     fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {

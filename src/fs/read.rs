@@ -55,6 +55,8 @@ pub struct FileHandle {
     pub writable: bool,
     /// Process that opened the handle: only its own close publishes.
     pub opener: u32,
+    /// Served by FUSE passthrough: the kernel reads the whole file directly.
+    pub passthrough: std::sync::atomic::AtomicBool,
     /// Path at open time: part of the cache key (the version token pins the
     /// content, the path only namespaces it).
     path: BackendPath,
@@ -71,7 +73,7 @@ pub struct FileHandle {
     window: AtomicU64,
     /// Object size as known at open (or from the reader): read-ahead stops
     /// at end of file.
-    size: AtomicU64,
+    pub(super) size: AtomicU64,
 }
 
 impl FileHandle {
@@ -88,6 +90,7 @@ impl FileHandle {
             ino,
             writable,
             opener,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
             path,
             identity,
             version: parking_lot::Mutex::new(version),
@@ -186,7 +189,7 @@ impl CachalotFs {
         self.load_page_once(handle, index, key).await
     }
 
-    fn page_key(&self, handle: &FileHandle, index: u64) -> PageKey {
+    pub(super) fn page_key(&self, handle: &FileHandle, index: u64) -> PageKey {
         PageKey {
             source: self.backend.describe().to_string(),
             path: handle.path.as_str().to_string(),

@@ -51,6 +51,7 @@ async fn fixture(read_only: bool) -> Fixture {
             metadata_ttl: Duration::from_secs(60),
             read_only,
             fixed_identity: None,
+            passthrough: false,
         },
     )
     .await
@@ -370,6 +371,7 @@ async fn a_changed_backend_file_never_serves_stale_pages() {
                 metadata_ttl: Duration::ZERO,
                 read_only: false,
                 fixed_identity: None,
+                passthrough: false,
             },
         )
         .await

@@ -21,6 +21,11 @@ pub struct FsConfig {
     pub read_only: bool,
     /// Identity for every backend operation; `None` = the caller's.
     pub fixed_identity: Option<Identity>,
+    /// Let the kernel read fully cached files directly (FUSE passthrough).
+    /// Only honoured on read-only mounts: the kernel refuses any
+    /// non-passthrough open of an inode that has passthrough opens, so a
+    /// writer would fail while a reader holds the file.
+    pub passthrough: bool,
 }
 
 /// Attributes of one inode as the kernel should see them.

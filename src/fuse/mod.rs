@@ -3,20 +3,21 @@
 //! on the tokio runtime, so a slow backend call never blocks the FUSE worker
 //! threads that read further requests.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::backend::{AttrChanges, FileKind};
-use crate::fs::{Attr, CachalotFs, Caller, FsError, STATS_XATTR};
+use crate::fs::{Attr, CachalotFs, Caller, FsError, Opened, Passthrough, STATS_XATTR};
 
 /// Largest read/write request we ask the kernel for.
 const MAX_IO: u32 = 1024 * 1024;
@@ -29,12 +30,74 @@ pub struct FuseAdapter {
     fs: Arc<CachalotFs>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    backing: Arc<BackingIds>,
+}
+
+/// Kernel backing-file registrations for passthrough opens. The kernel
+/// requires every concurrent passthrough open of an inode to use the same
+/// backing id, so ids are shared per inode and dropped with the last handle.
+#[derive(Default)]
+struct BackingIds {
+    by_inode: parking_lot::Mutex<HashMap<u64, Weak<BackingId>>>,
+    by_handle: parking_lot::Mutex<HashMap<u64, Arc<BackingId>>>,
+}
+
+impl BackingIds {
+    /// Reply to an open, registering or reusing the inode's backing file.
+    fn reply(&self, fs: &CachalotFs, ino: u64, opened: Opened, reply: ReplyOpen) {
+        let flags = open_flags(opened.keep_cache);
+        let mut refused = false;
+        let id = {
+            let mut by_inode = self.by_inode.lock();
+            match (
+                &opened.passthrough,
+                by_inode.get(&ino).and_then(Weak::upgrade),
+            ) {
+                (Passthrough::No, _) => None,
+                (_, Some(existing)) => Some(existing),
+                (Passthrough::New(file), None) => match reply.open_backing(file) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        by_inode.insert(ino, Arc::downgrade(&id));
+                        Some(id)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kernel refused a passthrough backing file; passthrough disabled for this mount");
+                        refused = true;
+                        None
+                    }
+                },
+                (Passthrough::Reuse, None) => None,
+            }
+        };
+        match id {
+            Some(id) => {
+                self.by_handle.lock().insert(opened.fh, Arc::clone(&id));
+                reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+            }
+            None => {
+                if !matches!(opened.passthrough, Passthrough::No) {
+                    fs.passthrough_refused(opened.fh, refused);
+                }
+                reply.opened(FileHandle(opened.fh), flags);
+            }
+        }
+    }
+
+    fn release(&self, fh: u64) {
+        self.by_handle.lock().remove(&fh);
+    }
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<CachalotFs>, rt: tokio::runtime::Handle) -> FuseAdapter {
         let ttl = fs.config().metadata_ttl;
-        FuseAdapter { fs, rt, ttl }
+        FuseAdapter {
+            fs,
+            rt,
+            ttl,
+            backing: Arc::new(BackingIds::default()),
+        }
     }
 
     /// Run `work` on the runtime with a clone of the filesystem.
@@ -144,6 +207,17 @@ impl Filesystem for FuseAdapter {
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
+            }
+        }
+        if self.fs.config().passthrough {
+            // Depth 2: the cache directory may itself be on overlayfs.
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok();
+            if granted {
+                self.fs.activate_passthrough();
+                tracing::info!("FUSE passthrough enabled for fully cached files");
+            } else {
+                tracing::info!("kernel without FUSE passthrough; all reads go through cachalot");
             }
         }
         Ok(())
@@ -346,9 +420,10 @@ impl Filesystem for FuseAdapter {
         let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let c = caller(req);
+        let backing = Arc::clone(&self.backing);
         self.spawn(move |fs| async move {
             match fs.open(c, ino.0, writable, truncate).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o.keep_cache)),
+                Ok(o) => backing.reply(&fs, ino.0, o, reply),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -422,6 +497,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backing.release(fh.0);
         self.spawn(move |fs| async move {
             match fs.release(fh.0).await {
                 Ok(()) => reply.ok(),

@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
     pub identity: Option<Identity>,
+    /// FUSE passthrough for fully cached files (read-only mounts only).
+    pub passthrough: bool,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -103,6 +105,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         metadata_ttl: opts.metadata_ttl,
         read_only: opts.read_only,
         fixed_identity: opts.identity,
+        passthrough: opts.passthrough && opts.read_only,
     };
     let fs = runtime.block_on(async {
         if !opts.read_only {
