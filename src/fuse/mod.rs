@@ -160,6 +160,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+fn reply_entry(reply: ReplyEntry, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.attr(ttl, &file_attr(&a)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -227,21 +248,13 @@ impl Filesystem for FuseAdapter {
         let name = name_or_reply!(name, reply);
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            match fs.lookup(c, parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_entry(reply, &ttl, fs.lookup(c, parent.0, &name).await)
         });
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (c, ttl) = (caller(req), self.ttl);
-        self.spawn(move |fs| async move {
-            match fs.getattr(c, ino.0).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(move |fs| async move { reply_attr(reply, &ttl, fs.getattr(c, ino.0).await) });
     }
 
     fn setattr(
@@ -271,10 +284,7 @@ impl Filesystem for FuseAdapter {
         };
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            match fs.setattr(c, ino.0, size, changes).await {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_attr(reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
         });
     }
 
@@ -302,10 +312,7 @@ impl Filesystem for FuseAdapter {
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
             let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-            match fs.mknod(c, parent.0, &name, mode).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_entry(reply, &ttl, fs.mknod(c, parent.0, &name, mode).await)
         });
     }
 
@@ -321,33 +328,26 @@ impl Filesystem for FuseAdapter {
         let name = name_or_reply!(name, reply);
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            match fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_entry(
+                reply,
+                &ttl,
+                fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await,
+            )
         });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
         let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.unlink(c, parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(
+            move |fs| async move { reply_empty(reply, fs.unlink(c, parent.0, &name).await) },
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
         let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.rmdir(c, parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(move |fs| async move { reply_empty(reply, fs.rmdir(c, parent.0, &name).await) });
     }
 
     fn symlink(
@@ -362,10 +362,7 @@ impl Filesystem for FuseAdapter {
         let target = name_or_reply!(target.as_os_str(), reply);
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            match fs.symlink(c, parent.0, &name, &target).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_entry(reply, &ttl, fs.symlink(c, parent.0, &name, &target).await)
         });
     }
 
@@ -388,13 +385,11 @@ impl Filesystem for FuseAdapter {
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let c = caller(req);
         self.spawn(move |fs| async move {
-            match fs
-                .rename(c, parent.0, &name, newparent.0, &newname, no_replace)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_empty(
+                reply,
+                fs.rename(c, parent.0, &name, newparent.0, &newname, no_replace)
+                    .await,
+            )
         });
     }
 
@@ -409,10 +404,7 @@ impl Filesystem for FuseAdapter {
         let name = name_or_reply!(newname, reply);
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            match fs.link(c, ino.0, newparent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
-                Err(e) => reply.error(errno(e)),
-            }
+            reply_entry(reply, &ttl, fs.link(c, ino.0, newparent.0, &name).await)
         });
     }
 
@@ -479,12 +471,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.flush(c, fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(c, fh.0).await) });
     }
 
     fn release(
@@ -498,12 +485,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.backing.release(fh.0);
-        self.spawn(move |fs| async move {
-            match fs.release(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(move |fs| async move { reply_empty(reply, fs.release(fh.0).await) });
     }
 
     fn fsync(
@@ -514,12 +496,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(e)),
-            }
-        });
+        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
