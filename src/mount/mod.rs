@@ -107,17 +107,24 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         fixed_identity: opts.identity,
         passthrough: opts.passthrough && opts.read_only,
     };
-    let fs = runtime.block_on(async {
-        if !opts.read_only {
-            match backend.cleanup_stale_temps().await {
+    let fs = runtime.block_on(CachalotFs::new(
+        Arc::clone(&backend),
+        Arc::clone(&cache),
+        fs_cfg,
+    ));
+    let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
+    if !opts.read_only {
+        // In the background: walking a large tree must not delay the mount,
+        // and temp files of live writers are never touched.
+        let cleaner = Arc::clone(&backend);
+        runtime.spawn(async move {
+            match cleaner.cleanup_stale_temps().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "cleaned up temp files of crashed writers"),
                 Err(e) => tracing::warn!(error = %e, "could not clean up stale temp files"),
             }
-        }
-        CachalotFs::new(Arc::clone(&backend), Arc::clone(&cache), fs_cfg).await
-    });
-    let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
+        });
+    }
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime.handle().clone());
     let persisted = Arc::clone(&cache);
     runtime.spawn(async move {
