@@ -73,9 +73,10 @@ pub struct CachalotFs {
     inodes: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    /// Serialises the creation of write sessions so two writers of one file
-    /// share a single temporary object.
-    session_gate: tokio::sync::Mutex<()>,
+    /// Serialise the creation of write sessions per inode, so two writers
+    /// of one file share a single temporary object while other files (whose
+    /// copy-on-write may take long) proceed.
+    session_gates: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     inflight: Arc<InFlight>,
     hot: HotPages,
     readahead_permits: Arc<tokio::sync::Semaphore>,
@@ -103,7 +104,7 @@ impl CachalotFs {
             inodes: Mutex::new(InodeTable::new(root)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            session_gate: tokio::sync::Mutex::new(()),
+            session_gates: Mutex::new(HashMap::new()),
             inflight: Arc::new(InFlight::default()),
             hot: HotPages::new(page_size),
             passthrough_active: AtomicBool::new(false),
@@ -623,7 +624,12 @@ impl CachalotFs {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         let id = self.identity(caller);
+        // One create at a time per directory: two racing creators of a name
+        // must not both start a temporary object for it.
+        let gate = self.session_gate(parent);
+        let held = gate.lock().await;
         if self.exists(id, parent, name, &path).await? {
+            drop(held);
             if exclusive {
                 return Err(FsError(libc::EEXIST));
             }
@@ -631,7 +637,6 @@ impl CachalotFs {
             let opened = self.open(caller, attr.ino, writable, false).await?;
             return Ok((attr, opened));
         }
-        let _gate = self.session_gate.lock().await;
         let pending = self
             .backend
             .begin_write(id, &path, WriteStart::Empty, mode & 0o7777)
@@ -690,6 +695,14 @@ impl CachalotFs {
         ))
     }
 
+    fn session_gate(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.session_gates.lock();
+        // Drop gates nobody holds, so the map stays as small as the set of
+        // files being opened for writing right now.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        Arc::clone(gates.entry(ino).or_default())
+    }
+
     /// The inode's write session, started if needed. `start` decides what a
     /// new temporary object contains.
     async fn write_session(
@@ -701,7 +714,8 @@ impl CachalotFs {
         if let Some(s) = self.inodes.lock().get(ino)?.write.clone() {
             return Ok(s);
         }
-        let _gate = self.session_gate.lock().await;
+        let gate = self.session_gate(ino);
+        let _gate = gate.lock().await;
         if let Some(s) = self.inodes.lock().get(ino)?.write.clone() {
             return Ok(s);
         }
