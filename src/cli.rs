@@ -87,6 +87,10 @@ pub struct MountArgs {
     /// supports it).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Report every file with this group and create new files with it
+    /// (CSI volume_mount_group / Kubernetes fsGroup).
+    #[arg(long)]
+    pub mount_group: Option<u32>,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -137,7 +141,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size '{text}': too large"))
 }
 
-fn parse_page_size(text: &str) -> Result<u64, String> {
+pub fn parse_page_size(text: &str) -> Result<u64, String> {
     let n = parse_size(text)?;
     if !n.is_power_of_two() || !(4096..=64 << 20).contains(&n) {
         return Err(format!(

@@ -5,3 +5,4 @@ pub mod demo;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
+pub mod csi;

@@ -50,6 +50,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         allow_other: args.allow_other,
         identity,
         passthrough: !args.no_passthrough,
+        mount_group: args.mount_group,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()

@@ -52,6 +52,7 @@ async fn fixture(read_only: bool) -> Fixture {
             read_only,
             fixed_identity: None,
             passthrough: false,
+            mount_group: None,
         },
     )
     .await
