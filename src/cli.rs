@@ -28,6 +28,33 @@ pub enum Command {
     /// Inspect or empty a cache directory.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Run the Kubernetes CSI plugin (identity + controller and/or node).
+    Csi(CsiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CsiArgs {
+    /// gRPC endpoint: unix:///path/to/csi.sock
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's name (NodeGetInfo), usually the Kubernetes node name.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: String,
+    /// Serve the controller service (default: both roles when neither is given).
+    #[arg(long)]
+    pub controller: bool,
+    /// Serve the node service (default: both roles when neither is given).
+    #[arg(long)]
+    pub node: bool,
+    /// The node's page cache directory, shared by every volume on the node.
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    /// Where the plugin records staged volumes and controller state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// How long NodeStageVolume waits for a mount child to be ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub mount_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
