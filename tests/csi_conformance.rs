@@ -41,7 +41,12 @@ async fn identity_and_capabilities_are_consistent() {
     assert_eq!(info.name, "cachalot.csi.dev");
     assert!(info.name.len() <= 63);
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
-    let probe = c.identity.probe(ProbeRequest {}).await.unwrap().into_inner();
+    let probe = c
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(probe.ready, Some(true));
 
     let plugin_caps = c
@@ -63,9 +68,9 @@ async fn identity_and_capabilities_are_consistent() {
         .into_inner()
         .capabilities
         .into_iter()
-        .filter_map(|cap| match cap.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|cap| {
+            cap.r#type
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     assert!(ctl.contains(&(CtlCap::CreateDeleteVolume as i32)));
@@ -73,12 +78,22 @@ async fn identity_and_capabilities_are_consistent() {
     // What is not advertised is not implemented.
     assert!(!ctl.contains(&(CtlCap::ListVolumes as i32)));
     assert_eq!(
-        code(c.controller.list_volumes(ListVolumesRequest::default()).await).0,
+        code(
+            c.controller
+                .list_volumes(ListVolumesRequest::default())
+                .await
+        )
+        .0,
         Code::Unimplemented
     );
     assert!(!ctl.contains(&(CtlCap::GetCapacity as i32)));
     assert_eq!(
-        code(c.controller.get_capacity(GetCapacityRequest::default()).await).0,
+        code(
+            c.controller
+                .get_capacity(GetCapacityRequest::default())
+                .await
+        )
+        .0,
         Code::Unimplemented
     );
     assert!(!ctl.contains(&(CtlCap::PublishUnpublishVolume as i32)));
@@ -100,9 +115,9 @@ async fn identity_and_capabilities_are_consistent() {
         .into_inner()
         .capabilities
         .into_iter()
-        .filter_map(|cap| match cap.r#type {
-            Some(node_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|cap| {
+            cap.r#type
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     for want in [
@@ -116,10 +131,20 @@ async fn identity_and_capabilities_are_consistent() {
     }
     assert!(!node.contains(&(NodeCap::ExpandVolume as i32)));
     assert_eq!(
-        code(c.node.node_expand_volume(NodeExpandVolumeRequest::default()).await).0,
+        code(
+            c.node
+                .node_expand_volume(NodeExpandVolumeRequest::default())
+                .await
+        )
+        .0,
         Code::Unimplemented
     );
-    let ni = c.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    let ni = c
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ni.node_id, "test-node-1");
 }
 
@@ -131,10 +156,16 @@ async fn create_volume_idempotency_and_codes() {
     let p = params(&[("source", &url)]);
 
     let mut req = create_req("", p.clone());
-    assert_eq!(code(c.controller.create_volume(req.clone()).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.controller.create_volume(req.clone()).await).0,
+        Code::InvalidArgument
+    );
     req.name = "pvc-a".into();
     req.volume_capabilities.clear();
-    assert_eq!(code(c.controller.create_volume(req).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.controller.create_volume(req).await).0,
+        Code::InvalidArgument
+    );
 
     let mut block = create_req("pvc-a", p.clone());
     block.volume_capabilities = vec![VolumeCapability {
@@ -146,40 +177,87 @@ async fn create_volume_idempotency_and_codes() {
     assert!(msg.contains("block"), "{msg}");
     let mut no_mode = create_req("pvc-a", p.clone());
     no_mode.volume_capabilities = vec![mount_cap(Mode::Unknown)];
-    assert_eq!(code(c.controller.create_volume(no_mode).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.controller.create_volume(no_mode).await).0,
+        Code::InvalidArgument
+    );
 
-    let first = c.controller.create_volume(create_req("pvc-a", p.clone())).await.unwrap().into_inner();
-    let second = c.controller.create_volume(create_req("pvc-a", p.clone())).await.unwrap().into_inner();
+    let first = c
+        .controller
+        .create_volume(create_req("pvc-a", p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .controller
+        .create_volume(create_req("pvc-a", p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, second, "same request, same volume");
 
     let mut bigger = create_req("pvc-a", p.clone());
-    bigger.capacity_range = Some(CapacityRange { required_bytes: 2 << 30, limit_bytes: 0 });
-    assert_eq!(code(c.controller.create_volume(bigger).await).0, Code::AlreadyExists);
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 2 << 30,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(bigger).await).0,
+        Code::AlreadyExists
+    );
     let other_params = create_req("pvc-a", params(&[("source", &url), ("onDelete", "retain")]));
-    assert_eq!(code(c.controller.create_volume(other_params).await).0, Code::AlreadyExists);
+    assert_eq!(
+        code(c.controller.create_volume(other_params).await).0,
+        Code::AlreadyExists
+    );
 
     let mut inverted = create_req("pvc-b", p.clone());
-    inverted.capacity_range = Some(CapacityRange { required_bytes: 10, limit_bytes: 5 });
-    assert_eq!(code(c.controller.create_volume(inverted).await).0, Code::OutOfRange);
+    inverted.capacity_range = Some(CapacityRange {
+        required_bytes: 10,
+        limit_bytes: 5,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(inverted).await).0,
+        Code::OutOfRange
+    );
     let mut negative = create_req("pvc-b", p.clone());
-    negative.capacity_range = Some(CapacityRange { required_bytes: -1, limit_bytes: 0 });
-    assert_eq!(code(c.controller.create_volume(negative).await).0, Code::InvalidArgument);
+    negative.capacity_range = Some(CapacityRange {
+        required_bytes: -1,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(negative).await).0,
+        Code::InvalidArgument
+    );
     let mut clone = create_req("pvc-b", p.clone());
     clone.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(volume_content_source::Type::Volume(volume_content_source::VolumeSource {
-            volume_id: first.volume.unwrap().volume_id,
-        })),
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: first.volume.unwrap().volume_id,
+            },
+        )),
     });
-    assert_eq!(code(c.controller.create_volume(clone).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.controller.create_volume(clone).await).0,
+        Code::InvalidArgument
+    );
 
     // Missing source directory: a precondition, with the fix.
     let gone = format!("file://{}/nope", env.source().display());
-    let (cd, msg) = code(c.controller.create_volume(create_req("pvc-c", params(&[("source", &gone)]))).await);
+    let (cd, msg) = code(
+        c.controller
+            .create_volume(create_req("pvc-c", params(&[("source", &gone)])))
+            .await,
+    );
     assert_eq!(cd, Code::FailedPrecondition);
     assert!(msg.contains("Fix"), "{msg}");
     // A file where the volume directory should be.
     std::fs::write(env.source().join("pvc-file"), b"x").unwrap();
-    let (cd, _) = code(c.controller.create_volume(create_req("pvc-file", p.clone())).await);
+    let (cd, _) = code(
+        c.controller
+            .create_volume(create_req("pvc-file", p.clone()))
+            .await,
+    );
     assert_eq!(cd, Code::FailedPrecondition);
 }
 
@@ -193,35 +271,84 @@ async fn bad_parameters_are_invalid_arguments_naming_the_problem() {
         (vec![("source", &url), ("subDir", "../escape")], "subDir"),
         (vec![("source", &url), ("subDir", "/etc")], "subDir"),
         (vec![("source", &url), ("subDir", "a/../../b")], "subDir"),
-        (vec![("source", &url), ("subDir", "${pvc.metadata.name}/..")], "subDir"),
-        (vec![("source", &url), ("subDir", "${pvc.metadata.name}")], "--extra-create-metadata"),
-        (vec![("source", &url), ("subDir", "${pvc.metadata.name}"), ("csi.storage.k8s.io/pvc/name", "..")], "single path component"),
-        (vec![("source", &url), ("subDir", "${pvc.metadata.uid}")], "unknown variable"),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.name}/..")],
+            "subDir",
+        ),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.name}")],
+            "--extra-create-metadata",
+        ),
+        (
+            vec![
+                ("source", &url),
+                ("subDir", "${pvc.metadata.name}"),
+                ("csi.storage.k8s.io/pvc/name", ".."),
+            ],
+            "single path component",
+        ),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.uid}")],
+            "unknown variable",
+        ),
         (vec![("source", "file:///srv/../etc")], "source"),
         (vec![("source", "file:///srv/a%2F..%2Fb")], "source"),
         (vec![("source", "not a url")], "source"),
-        (vec![("source", "http://example.com/x")], "unsupported scheme"),
+        (
+            vec![("source", "http://example.com/x")],
+            "unsupported scheme",
+        ),
         (vec![("source", "file://host/x")], "host"),
         (vec![("source", "s3://Bad_Bucket/x")], "bucket"),
-        (vec![("source", "nfs://server/export")], "not available in this build"),
-        (vec![("server", "10.0.0.1"), ("share", "/export")], "not available in this build"),
-        (vec![("source", "s3://bucket/prefix"), ("endpoint", "http://127.0.0.1:1")], "not available in this build"),
+        (
+            vec![("source", "nfs://server/export")],
+            "not available in this build",
+        ),
+        (
+            vec![("server", "10.0.0.1"), ("share", "/export")],
+            "not available in this build",
+        ),
+        (
+            vec![
+                ("source", "s3://bucket/prefix"),
+                ("endpoint", "http://127.0.0.1:1"),
+            ],
+            "not available in this build",
+        ),
         (vec![("source", &url), ("onDelete", "shred")], "onDelete"),
-        (vec![("source", &url), ("mountPermissions", "rwx")], "mountPermissions"),
+        (
+            vec![("source", &url), ("mountPermissions", "rwx")],
+            "mountPermissions",
+        ),
         (vec![("source", &url), ("cacheSize", "lots")], "cacheSize"),
         (vec![], "source"),
     ];
     for (pairs, needle) in cases {
-        let (cd, msg) = code(c.controller.create_volume(create_req("pvc-bad", params(&pairs))).await);
+        let (cd, msg) = code(
+            c.controller
+                .create_volume(create_req("pvc-bad", params(&pairs)))
+                .await,
+        );
         assert_eq!(cd, Code::InvalidArgument, "{pairs:?}: {msg}");
         assert!(msg.contains(needle), "{pairs:?}: {msg}");
     }
     let (_, msg) = code(
         c.controller
-            .create_volume(create_req("pvc-bad", params(&[("source", &url), ("colour", "x")])))
+            .create_volume(create_req(
+                "pvc-bad",
+                params(&[("source", &url), ("colour", "x")]),
+            ))
             .await,
     );
-    for known in ["source", "server", "share", "subDir", "onDelete", "mountPermissions", "cacheSize"] {
+    for known in [
+        "source",
+        "server",
+        "share",
+        "subDir",
+        "onDelete",
+        "mountPermissions",
+        "cacheSize",
+    ] {
         assert!(msg.contains(known), "known parameters listed: {msg}");
     }
     // Nothing was created anywhere for the refused requests.
@@ -233,9 +360,18 @@ async fn bad_parameters_are_invalid_arguments_naming_the_problem() {
 async fn delete_and_validate_codes() {
     let env = Env::new();
     let mut c = env.clients().await;
-    let del = |id: &str| DeleteVolumeRequest { volume_id: id.into(), ..Default::default() };
-    assert_eq!(code(c.controller.delete_volume(del("")).await).0, Code::InvalidArgument);
-    c.controller.delete_volume(del("reallyfakevolumeid")).await.expect("unknown id is OK");
+    let del = |id: &str| DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(c.controller.delete_volume(del("")).await).0,
+        Code::InvalidArgument
+    );
+    c.controller
+        .delete_volume(del("reallyfakevolumeid"))
+        .await
+        .expect("unknown id is OK");
     let src = env.source().display().to_string();
     c.controller
         .delete_volume(del(&format!("v1#file#{src}#never-created#delete")))
@@ -255,7 +391,10 @@ async fn delete_and_validate_codes() {
     }
     assert!(victim.exists());
     // A whole-source volume (static) is never deleted.
-    c.controller.delete_volume(del(&format!("v1#file#{src}##delete"))).await.unwrap();
+    c.controller
+        .delete_volume(del(&format!("v1#file#{src}##delete")))
+        .await
+        .unwrap();
     assert!(env.source().exists());
 
     let vol = new_volume(&env, &mut c, "pvc-v").await;
@@ -265,21 +404,39 @@ async fn delete_and_validate_codes() {
         ..Default::default()
     };
     assert_eq!(
-        code(c.controller.validate_volume_capabilities(vreq("", vec![rwx()])).await).0,
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq("", vec![rwx()]))
+                .await
+        )
+        .0,
         Code::InvalidArgument
     );
     assert_eq!(
-        code(c.controller.validate_volume_capabilities(vreq(&vol.volume_id, vec![])).await).0,
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq(&vol.volume_id, vec![]))
+                .await
+        )
+        .0,
         Code::InvalidArgument
     );
     assert_eq!(
-        code(c.controller.validate_volume_capabilities(vreq("reallyfakevolumeid", vec![rwx()])).await).0,
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq("reallyfakevolumeid", vec![rwx()]))
+                .await
+        )
+        .0,
         Code::NotFound
     );
     assert_eq!(
         code(
             c.controller
-                .validate_volume_capabilities(vreq(&format!("v1#file#{src}#nope#delete"), vec![rwx()]))
+                .validate_volume_capabilities(vreq(
+                    &format!("v1#file#{src}#nope#delete"),
+                    vec![rwx()]
+                ))
                 .await
         )
         .0,
@@ -287,12 +444,18 @@ async fn delete_and_validate_codes() {
     );
     let ok = c
         .controller
-        .validate_volume_capabilities(vreq(&vol.volume_id, vec![rwx(), mount_cap(Mode::SingleNodeWriter)]))
+        .validate_volume_capabilities(vreq(
+            &vol.volume_id,
+            vec![rwx(), mount_cap(Mode::SingleNodeWriter)],
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(ok.confirmed.is_some(), "{ok:?}");
-    let block = VolumeCapability { access_type: Some(AccessType::Block(BlockVolume {})), ..rwx() };
+    let block = VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        ..rwx()
+    };
     let no = c
         .controller
         .validate_volume_capabilities(vreq(&vol.volume_id, vec![block]))
@@ -312,16 +475,28 @@ async fn node_required_fields_and_unknown_volumes() {
 
     let mut r = stage_req(&vol, &staging);
     r.volume_id.clear();
-    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
     let mut r = stage_req(&vol, &staging);
     r.staging_target_path.clear();
-    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
     let mut r = stage_req(&vol, &staging);
     r.volume_capability = None;
-    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
     let mut r = stage_req(&vol, &staging);
     r.volume_context.insert("colour".into(), "red".into());
-    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
     let mut r = stage_req(&vol, &staging);
     r.volume_id = "reallyfakevolumeid".into();
     assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::NotFound);
@@ -330,33 +505,66 @@ async fn node_required_fields_and_unknown_volumes() {
     assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::NotFound);
     let mut r = stage_req(&vol, &staging);
     r.volume_id = format!("v1#file#{}#a%2F..%2F..#delete", env.source().display());
-    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
     assert!(!is_mounted(&staging));
     assert!(env.mount_children().is_empty());
 
     // Publish before stage: precondition.
-    let (cd, _) = code(c.node.node_publish_volume(publish_req(&vol, &staging, &target, false)).await);
+    let (cd, _) = code(
+        c.node
+            .node_publish_volume(publish_req(&vol, &staging, &target, false))
+            .await,
+    );
     assert_eq!(cd, Code::FailedPrecondition);
-    c.node.node_stage_volume(stage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
     let mut p = publish_req(&vol, &staging, &target, false);
     p.target_path.clear();
-    assert_eq!(code(c.node.node_publish_volume(p).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
     let mut p = publish_req(&vol, &staging, &target, false);
     p.volume_capability = None;
-    assert_eq!(code(c.node.node_publish_volume(p).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
     let mut p = publish_req(&vol, &staging, &target, false);
     p.volume_id.clear();
-    assert_eq!(code(c.node.node_publish_volume(p).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
     let mut p = publish_req(&vol, &staging, &target, false);
     p.staging_target_path.clear();
-    assert_eq!(code(c.node.node_publish_volume(p).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
     // A second stage at another path while the first is live: ALREADY_EXISTS.
-    let (cd, _) = code(c.node.node_stage_volume(stage_req(&vol, &env.staging("other"))).await);
+    let (cd, _) = code(
+        c.node
+            .node_stage_volume(stage_req(&vol, &env.staging("other")))
+            .await,
+    );
     assert_eq!(cd, Code::AlreadyExists);
 
-    c.node.node_publish_volume(publish_req(&vol, &staging, &target, false)).await.unwrap();
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .unwrap();
     // Same target, other read-only flag: incompatible.
-    let (cd, _) = code(c.node.node_publish_volume(publish_req(&vol, &staging, &target, true)).await);
+    let (cd, _) = code(
+        c.node
+            .node_publish_volume(publish_req(&vol, &staging, &target, true))
+            .await,
+    );
     assert_eq!(cd, Code::AlreadyExists);
 
     let stats = |id: &str, path: &std::path::Path| NodeGetVolumeStatsRequest {
@@ -364,38 +572,80 @@ async fn node_required_fields_and_unknown_volumes() {
         volume_path: path.display().to_string(),
         staging_target_path: String::new(),
     };
-    assert_eq!(code(c.node.node_get_volume_stats(stats("", &target)).await).0, Code::InvalidArgument);
     assert_eq!(
-        code(c.node.node_get_volume_stats(stats(&vol.volume_id, std::path::Path::new(""))).await).0,
+        code(c.node.node_get_volume_stats(stats("", &target)).await).0,
         Code::InvalidArgument
     );
     assert_eq!(
-        code(c.node.node_get_volume_stats(stats("reallyfakevolumeid", &target)).await).0,
+        code(
+            c.node
+                .node_get_volume_stats(stats(&vol.volume_id, std::path::Path::new("")))
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.node
+                .node_get_volume_stats(stats("reallyfakevolumeid", &target))
+                .await
+        )
+        .0,
         Code::NotFound
     );
     assert_eq!(
-        code(c.node.node_get_volume_stats(stats(&vol.volume_id, &env.path("nowhere"))).await).0,
+        code(
+            c.node
+                .node_get_volume_stats(stats(&vol.volume_id, &env.path("nowhere")))
+                .await
+        )
+        .0,
         Code::NotFound
     );
 
     let mut u = unpublish_req(&vol, &target);
     u.target_path.clear();
-    assert_eq!(code(c.node.node_unpublish_volume(u).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_unpublish_volume(u).await).0,
+        Code::InvalidArgument
+    );
     let mut u = unpublish_req(&vol, &target);
     u.volume_id.clear();
-    assert_eq!(code(c.node.node_unpublish_volume(u).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_unpublish_volume(u).await).0,
+        Code::InvalidArgument
+    );
     let mut s = unstage_req(&vol, &staging);
     s.staging_target_path.clear();
-    assert_eq!(code(c.node.node_unstage_volume(s).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_unstage_volume(s).await).0,
+        Code::InvalidArgument
+    );
     let mut s = unstage_req(&vol, &staging);
     s.volume_id.clear();
-    assert_eq!(code(c.node.node_unstage_volume(s).await).0, Code::InvalidArgument);
+    assert_eq!(
+        code(c.node.node_unstage_volume(s).await).0,
+        Code::InvalidArgument
+    );
 
-    c.node.node_unpublish_volume(unpublish_req(&vol, &target)).await.unwrap();
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
     // Never staged / never published: OK.
-    c.node.node_unstage_volume(unstage_req(&vol, &env.staging("never"))).await.unwrap();
-    c.node.node_unpublish_volume(unpublish_req(&vol, &env.target("never"))).await.unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &env.staging("never")))
+        .await
+        .unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &env.target("never")))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +669,14 @@ async fn secrets_never_reach_a_log_line_or_an_error() {
     let url = env.source_url();
     let mut req = create_req("pvc-f", params(&[("source", &url)]));
     req.secrets = secrets.clone();
-    let vol = c.controller.create_volume(req).await.unwrap().into_inner().volume.unwrap();
+    let vol = c
+        .controller
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
     let staging = env.staging("f");
     let target = env.target("pod-f");
     let mut stage = stage_req(&vol, &staging);
@@ -430,22 +687,57 @@ async fn secrets_never_reach_a_log_line_or_an_error() {
     c.node.node_publish_volume(publish).await.unwrap();
     let mut bad_publish = publish_req(&vol, &staging, &env.target("pod-g"), false);
     bad_publish.secrets = bad_secrets.clone();
-    bad_publish.volume_context.insert("colour".into(), SECRET.into());
-    messages.push(c.node.node_publish_volume(bad_publish).await.unwrap_err().message().to_string());
+    bad_publish
+        .volume_context
+        .insert("colour".into(), SECRET.into());
+    messages.push(
+        c.node
+            .node_publish_volume(bad_publish)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
     let s3_id = "v1#s3#bucket#prefix###pvc-x#delete";
     let mut s3_stage = stage_req(&vol, &env.staging("s3"));
     s3_stage.volume_id = s3_id.into();
     s3_stage.secrets = secrets.clone();
-    messages.push(c.node.node_stage_volume(s3_stage).await.unwrap_err().message().to_string());
-    let mut del = DeleteVolumeRequest { volume_id: s3_id.into(), ..Default::default() };
+    messages.push(
+        c.node
+            .node_stage_volume(s3_stage)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
+    let mut del = DeleteVolumeRequest {
+        volume_id: s3_id.into(),
+        ..Default::default()
+    };
     del.secrets = bad_secrets;
-    messages.push(c.controller.delete_volume(del).await.unwrap_err().message().to_string());
-    c.node.node_unpublish_volume(unpublish_req(&vol, &target)).await.unwrap();
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    messages.push(
+        c.controller
+            .delete_volume(del)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
 
     let log = env.log();
     assert!(log.lines().count() > 20, "trace logging is on:\n{log}");
-    assert!(log.contains("TRACE") || log.contains("trace"), "trace level reached the log");
+    assert!(
+        log.contains("TRACE") || log.contains("trace"),
+        "trace level reached the log"
+    );
     for line in log.lines().chain(messages.iter().map(String::as_str)) {
         assert!(!line.contains(ACCESS), "access key leaked: {line}");
         assert!(!line.contains(SECRET), "secret leaked: {line}");

@@ -57,7 +57,10 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
 
     let staging = env.staging("pv1");
     std::fs::create_dir_all(&staging).unwrap();
-    c.node.node_stage_volume(stage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
     assert!(is_mounted(&staging), "staging is a mount");
     let fs_type = cachalot::csi::mounts::mount_table()
         .unwrap()
@@ -68,7 +71,10 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
     assert_eq!(fs_type, "fuse.cachalot");
     assert_eq!(env.mount_children().len(), 1, "one child per staged volume");
     // NodeStage twice: OK, still one child.
-    c.node.node_stage_volume(stage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
     assert_eq!(env.mount_children().len(), 1);
 
     let rw = env.target("pod-rw");
@@ -100,16 +106,35 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
         std::fs::read(backing.join("hello.txt")).unwrap(),
         b"hello from a pod"
     );
-    assert_eq!(std::fs::read(backing.join("sub/n.bin")).unwrap().len(), 300_000);
-    assert_eq!(std::fs::read(ro.join("hello.txt")).unwrap(), b"hello from a pod");
-    // The read-only target refuses every change with EROFS.
-    assert_eq!(errno_of(std::fs::write(ro.join("x"), b"no")), Some(libc::EROFS));
     assert_eq!(
-        errno_of(std::fs::OpenOptions::new().append(true).open(ro.join("hello.txt"))),
+        std::fs::read(backing.join("sub/n.bin")).unwrap().len(),
+        300_000
+    );
+    assert_eq!(
+        std::fs::read(ro.join("hello.txt")).unwrap(),
+        b"hello from a pod"
+    );
+    // The read-only target refuses every change with EROFS.
+    assert_eq!(
+        errno_of(std::fs::write(ro.join("x"), b"no")),
         Some(libc::EROFS)
     );
-    assert_eq!(errno_of(std::fs::create_dir(ro.join("d"))), Some(libc::EROFS));
-    assert_eq!(errno_of(std::fs::remove_file(ro.join("hello.txt"))), Some(libc::EROFS));
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(ro.join("hello.txt"))
+        ),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(ro.join("d"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_file(ro.join("hello.txt"))),
+        Some(libc::EROFS)
+    );
     assert!(backing.join("hello.txt").exists());
 
     let stats = c
@@ -132,25 +157,40 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
         .iter()
         .find(|u| u.unit == volume_usage::Unit::Inodes as i32)
         .expect("inode usage");
-    assert!(bytes.total > 0 && bytes.available > 0 && bytes.used >= 0, "{bytes:?}");
+    assert!(
+        bytes.total > 0 && bytes.available > 0 && bytes.used >= 0,
+        "{bytes:?}"
+    );
     assert!(bytes.available <= bytes.total);
     assert!(inodes.total > 0, "{inodes:?}");
     let cond = stats.volume_condition.unwrap();
     assert!(!cond.abnormal, "{cond:?}");
 
     for t in [&rw, &ro] {
-        c.node.node_unpublish_volume(unpublish_req(&vol, t)).await.unwrap();
+        c.node
+            .node_unpublish_volume(unpublish_req(&vol, t))
+            .await
+            .unwrap();
         assert!(!is_mounted(t));
         assert!(!t.exists(), "NodeUnpublish removes the target directory");
         // Again: not mounted any more → OK.
-        c.node.node_unpublish_volume(unpublish_req(&vol, t)).await.unwrap();
+        c.node
+            .node_unpublish_volume(unpublish_req(&vol, t))
+            .await
+            .unwrap();
     }
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
     assert!(!is_mounted(&staging));
     eventually("mount child exits", Duration::from_secs(10), || {
         env.mount_children().is_empty()
     });
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
     // Unstage removed nothing in the backend.
     assert!(backing.join("hello.txt").exists());
 
@@ -176,7 +216,10 @@ async fn create_write_delete(env: &Env, c: &mut Clients, name: &str, on_delete: 
     let url = env.source_url();
     let vol = c
         .controller
-        .create_volume(create_req(name, params(&[("source", &url), ("onDelete", on_delete)])))
+        .create_volume(create_req(
+            name,
+            params(&[("source", &url), ("onDelete", on_delete)]),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -184,14 +227,23 @@ async fn create_write_delete(env: &Env, c: &mut Clients, name: &str, on_delete: 
         .unwrap();
     let staging = env.staging(name);
     let target = env.target(&format!("pod-{name}"));
-    c.node.node_stage_volume(stage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
     c.node
         .node_publish_volume(publish_req(&vol, &staging, &target, false))
         .await
         .unwrap();
     std::fs::write(target.join("keep.txt"), b"precious").unwrap();
-    c.node.node_unpublish_volume(unpublish_req(&vol, &target)).await.unwrap();
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
     c.controller
         .delete_volume(DeleteVolumeRequest {
             volume_id: vol.volume_id.clone(),
@@ -248,7 +300,11 @@ async fn owner_and_volume_mount_group() {
     let backing = env.source().join("pvc-grp");
     let m = std::fs::metadata(&backing).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
-    assert_eq!(m.permissions().mode() & 0o7777, 0o775, "default mountPermissions");
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o775,
+        "default mountPermissions"
+    );
     std::fs::write(backing.join("pre.txt"), b"x").unwrap(); // root:root
 
     let mut cap = rwx();
@@ -264,7 +320,10 @@ async fn owner_and_volume_mount_group() {
     publish.volume_capability = Some(cap.clone());
     c.node.node_publish_volume(publish.clone()).await.unwrap();
 
-    assert_eq!(std::fs::metadata(target.join("pre.txt")).unwrap().gid(), 4242);
+    assert_eq!(
+        std::fs::metadata(target.join("pre.txt")).unwrap().gid(),
+        4242
+    );
     assert_eq!(std::fs::metadata(&target).unwrap().gid(), 4242);
 
     // Another pod with another fsGroup on the same node: refused, with why.
@@ -281,8 +340,14 @@ async fn owner_and_volume_mount_group() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("fsGroup"), "{err:?}");
 
-    c.node.node_unpublish_volume(unpublish_req(&vol, &target)).await.unwrap();
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,11 +374,23 @@ async fn reader_access_mode_is_published_read_only() {
     publish.volume_capability = Some(cap);
     c.node.node_publish_volume(publish).await.unwrap();
     assert_eq!(std::fs::read(target.join("data.txt")).unwrap(), b"shared");
-    assert_eq!(errno_of(std::fs::write(target.join("new"), b"x")), Some(libc::EROFS));
+    assert_eq!(
+        errno_of(std::fs::write(target.join("new"), b"x")),
+        Some(libc::EROFS)
+    );
     // The staging mount itself is read-only too.
-    assert_eq!(errno_of(std::fs::write(staging.join("new"), b"x")), Some(libc::EROFS));
-    c.node.node_unpublish_volume(unpublish_req(&vol, &target)).await.unwrap();
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    assert_eq!(
+        errno_of(std::fs::write(staging.join("new"), b"x")),
+        Some(libc::EROFS)
+    );
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,11 +407,17 @@ async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
         .volume
         .unwrap();
     let staging = env.staging("term");
-    c.node.node_stage_volume(stage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
     drop(c);
     let status = env.stop_plugin();
     assert!(status.success(), "{status}");
-    assert!(!env.socket().exists(), "socket removed on graceful shutdown");
+    assert!(
+        !env.socket().exists(),
+        "socket removed on graceful shutdown"
+    );
     assert!(is_mounted(&staging), "staged mounts outlive the plugin");
     std::fs::write(staging.join("still.txt"), b"up").unwrap();
     assert!(env.source().join("pvc-term/still.txt").exists());
@@ -342,6 +425,9 @@ async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
     std::os::unix::net::UnixListener::bind(env.socket()).unwrap();
     env.start_plugin();
     let mut c = env.clients().await;
-    c.node.node_unstage_volume(unstage_req(&vol, &staging)).await.unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
     assert!(!is_mounted(&staging));
 }

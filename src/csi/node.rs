@@ -103,7 +103,9 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<Checked, Status> {
     )?)
 }
 
-/// Byte and inode usage from statfs.
+/// Byte and inode usage from statfs. (The field types differ between
+/// architectures, hence the casts.)
+#[allow(clippy::unnecessary_cast)]
 fn usage(st: &nix::sys::statfs::Statfs) -> Vec<VolumeUsage> {
     let frsize = st.block_size() as i64;
     let blocks = st.blocks() as i64;

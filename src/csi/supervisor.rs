@@ -133,7 +133,7 @@ pub fn is_mount_child(pid: u32, staging: &Path) -> bool {
     };
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
     let staging = staging.as_os_str().as_encoded_bytes();
-    args.iter().any(|a| *a == b"mount") && args.iter().any(|a| *a == staging)
+    args.contains(&&b"mount"[..]) && args.contains(&staging)
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {

@@ -82,10 +82,14 @@ impl Env {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
     pub fn staging(&self, name: &str) -> PathBuf {
-        self.path(&format!("kubelet/plugins/cachalot.csi.dev/{name}/globalmount"))
+        self.path(&format!(
+            "kubelet/plugins/cachalot.csi.dev/{name}/globalmount"
+        ))
     }
     pub fn target(&self, pod: &str) -> PathBuf {
-        self.path(&format!("kubelet/pods/{pod}/volumes/kubernetes.io~csi/pv/mount"))
+        self.path(&format!(
+            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/pv/mount"
+        ))
     }
 
     pub fn start_plugin(&mut self) {
@@ -125,7 +129,11 @@ impl Env {
                     panic!("plugin exited early ({status}):\n{}", self.log());
                 }
             }
-            assert!(Instant::now() < deadline, "plugin socket never appeared:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "plugin socket never appeared:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -289,7 +297,12 @@ pub fn stage_req(vol: &Volume, staging: &Path) -> NodeStageVolumeRequest {
     }
 }
 
-pub fn publish_req(vol: &Volume, staging: &Path, target: &Path, readonly: bool) -> NodePublishVolumeRequest {
+pub fn publish_req(
+    vol: &Volume,
+    staging: &Path,
+    target: &Path,
+    readonly: bool,
+) -> NodePublishVolumeRequest {
     NodePublishVolumeRequest {
         volume_id: vol.volume_id.clone(),
         staging_target_path: staging.display().to_string(),
