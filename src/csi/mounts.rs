@@ -76,7 +76,8 @@ pub enum Health {
     NotMounted,
     Healthy,
     /// Mounted, but the filesystem does not answer (dead FUSE session:
-    /// ENOTCONN), with the error text.
+    /// ENOTCONN, or ECONNABORTED when the session asked for
+    /// FUSE_ABORT_ERROR), with the error text.
     Dead(String),
 }
 
@@ -134,7 +135,9 @@ pub fn unmount(path: &Path) -> io::Result<bool> {
         }
         match umount2(path, MntFlags::empty()) {
             Ok(()) => {}
-            Err(nix::errno::Errno::EBUSY) | Err(nix::errno::Errno::ENOTCONN) => {
+            Err(nix::errno::Errno::EBUSY)
+            | Err(nix::errno::Errno::ENOTCONN)
+            | Err(nix::errno::Errno::ECONNABORTED) => {
                 tracing::info!(path = %path.display(), "mount busy or dead; detaching lazily");
                 umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
             }

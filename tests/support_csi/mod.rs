@@ -93,6 +93,7 @@ impl Env {
     }
 
     pub fn start_plugin(&mut self) {
+        check_binary();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -179,6 +180,25 @@ impl Env {
             .map(|(pid, _)| pid)
             .collect()
     }
+}
+
+/// The integration tests share a cargo target dir with other worktrees; a
+/// concurrent build there can replace the binary under test. Say so plainly
+/// instead of failing with a confusing clap error.
+fn check_binary() {
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cachalot"))
+            .args(["csi", "--help"])
+            .output()
+            .expect("running the cachalot binary");
+        assert!(
+            out.status.success(),
+            "{} has no `csi` subcommand: another build replaced the binary in the shared \
+             target dir; rerun the tests",
+            env!("CARGO_BIN_EXE_cachalot")
+        );
+    });
 }
 
 pub async fn connect(socket: PathBuf) -> Channel {
