@@ -28,6 +28,33 @@ pub enum Command {
     /// Inspect or empty a cache directory.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Run the Kubernetes CSI plugin (identity + controller and/or node).
+    Csi(CsiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CsiArgs {
+    /// gRPC endpoint: unix:///path/to/csi.sock
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's name (NodeGetInfo), usually the Kubernetes node name.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: String,
+    /// Serve the controller service (default: both roles when neither is given).
+    #[arg(long)]
+    pub controller: bool,
+    /// Serve the node service (default: both roles when neither is given).
+    #[arg(long)]
+    pub node: bool,
+    /// The node's page cache directory, shared by every volume on the node.
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    /// Where the plugin records staged volumes and controller state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// How long NodeStageVolume waits for a mount child to be ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub mount_timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +114,10 @@ pub struct MountArgs {
     /// supports it).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Report every file with this group and create new files with it
+    /// (CSI volume_mount_group / Kubernetes fsGroup).
+    #[arg(long)]
+    pub mount_group: Option<u32>,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -137,7 +168,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size '{text}': too large"))
 }
 
-fn parse_page_size(text: &str) -> Result<u64, String> {
+pub fn parse_page_size(text: &str) -> Result<u64, String> {
     let n = parse_size(text)?;
     if !n.is_power_of_two() || !(4096..=64 << 20).contains(&n) {
         return Err(format!(

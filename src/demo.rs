@@ -88,6 +88,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         allow_other: false,
         identity: None,
         passthrough: false,
+        mount_group: None,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

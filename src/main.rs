@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use cachalot::backend::Identity;
-use cachalot::cli::{CacheCommand, Cli, Command, MountArgs};
+use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs};
 use cachalot::mount::{self, daemon, MountOptions};
 
 fn init_logging() {
@@ -50,6 +50,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         allow_other: args.allow_other,
         identity,
         passthrough: !args.no_passthrough,
+        mount_group: args.mount_group,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()
@@ -96,6 +97,25 @@ fn run_cache(cmd: CacheCommand) -> Result<()> {
     }
 }
 
+fn run_csi(args: CsiArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cachalot-csi")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(cachalot::csi::server::run(
+        cachalot::csi::server::CsiConfig {
+            endpoint: args.endpoint,
+            node_id: args.node_id,
+            controller: args.controller,
+            node: args.node,
+            cache_dir: args.cache_dir,
+            state_dir: args.state_dir,
+            mount_timeout: args.mount_timeout,
+        },
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -103,6 +123,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => run_mount(args),
         Command::Demo(args) => cachalot::demo::run(args),
         Command::Cache(cmd) => run_cache(cmd),
+        Command::Csi(args) => run_csi(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -47,7 +47,7 @@ impl CachalotFs {
                 seen.insert(entry.name.clone());
                 entries.push(ListedEntry {
                     name: entry.name,
-                    attr: Self::attr_of(child, &meta),
+                    attr: self.attr_of(child, &meta),
                 });
             }
             for (name, child) in table.pending_children(ino) {
@@ -57,7 +57,7 @@ impl CachalotFs {
                 if let Some(session) = table.get(child).ok().and_then(|i| i.write.clone()) {
                     entries.push(ListedEntry {
                         name,
-                        attr: Self::attr_of(child, &session.attributes()),
+                        attr: self.attr_of(child, &session.attributes()),
                     });
                 }
             }

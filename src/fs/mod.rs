@@ -121,7 +121,7 @@ impl CachalotFs {
     fn identity(&self, caller: Caller) -> Identity {
         self.cfg.fixed_identity.unwrap_or(Identity {
             uid: caller.uid,
-            gid: caller.gid,
+            gid: self.cfg.mount_group.unwrap_or(caller.gid),
         })
     }
 
@@ -150,14 +150,14 @@ impl CachalotFs {
         fetched.elapsed() < self.cfg.metadata_ttl
     }
 
-    fn attr_of(ino: u64, meta: &Metadata) -> Attr {
+    fn attr_of(&self, ino: u64, meta: &Metadata) -> Attr {
         Attr {
             ino,
             kind: meta.kind,
             size: meta.size,
             mode: meta.mode,
             uid: meta.uid,
-            gid: meta.gid,
+            gid: self.cfg.mount_group.unwrap_or(meta.gid),
             nlink: meta.nlink,
             atime: meta.atime,
             mtime: meta.mtime,
@@ -171,10 +171,10 @@ impl CachalotFs {
         let table = self.inodes.lock();
         let inode = table.get(ino)?;
         if let Some(session) = &inode.write {
-            return Ok(Some(Self::attr_of(ino, &session.attributes())));
+            return Ok(Some(self.attr_of(ino, &session.attributes())));
         }
         match &inode.meta {
-            Some((meta, at)) if self.fresh(*at) => Ok(Some(Self::attr_of(ino, meta))),
+            Some((meta, at)) if self.fresh(*at) => Ok(Some(self.attr_of(ino, meta))),
             _ => Ok(None),
         }
     }
@@ -192,7 +192,7 @@ impl CachalotFs {
         match self.backend.stat(self.identity(caller), &path).await {
             Ok(meta) => {
                 let ino = self.inodes.lock().upsert(parent, name, meta.clone());
-                Ok(Self::attr_of(ino, &meta))
+                Ok(self.attr_of(ino, &meta))
             }
             Err(e) => {
                 if e.kind == crate::backend::ErrorKind::NotFound {
@@ -212,7 +212,7 @@ impl CachalotFs {
         let mut table = self.inodes.lock();
         let inode = table.get_mut(ino)?;
         inode.meta = Some((meta.clone(), Instant::now()));
-        Ok(Self::attr_of(ino, &meta))
+        Ok(self.attr_of(ino, &meta))
     }
 
     /// Change attributes. A size change is a write: it goes through a write
@@ -328,7 +328,7 @@ impl CachalotFs {
             .mkdir(self.identity(caller), &path, mode)
             .await?;
         let ino = self.inodes.lock().upsert(parent, name, meta.clone());
-        Ok(Self::attr_of(ino, &meta))
+        Ok(self.attr_of(ino, &meta))
     }
 
     pub async fn rmdir(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
@@ -449,7 +449,7 @@ impl CachalotFs {
             .symlink(self.identity(caller), &path, target)
             .await?;
         let ino = self.inodes.lock().upsert(parent, name, meta.clone());
-        Ok(Self::attr_of(ino, &meta))
+        Ok(self.attr_of(ino, &meta))
     }
 
     pub async fn link(
@@ -477,7 +477,7 @@ impl CachalotFs {
         if let Ok(inode) = self.inodes.lock().get_mut(ino) {
             inode.meta = None;
         }
-        Ok(Self::attr_of(new_ino, &meta))
+        Ok(self.attr_of(new_ino, &meta))
     }
 
     /// mknod: FIFOs where the backend supports them, and regular files
@@ -515,7 +515,7 @@ impl CachalotFs {
             _ => return Err(FsError(libc::EPERM)),
         };
         let ino = self.inodes.lock().upsert(parent, name, meta.clone());
-        Ok(Self::attr_of(ino, &meta))
+        Ok(self.attr_of(ino, &meta))
     }
 
     // ---- files ---------------------------------------------------------
@@ -686,7 +686,7 @@ impl CachalotFs {
             .lock()
             .insert(fh, Handle::File(Arc::new(handle)));
         Ok((
-            Self::attr_of(ino, &base),
+            self.attr_of(ino, &base),
             Opened {
                 fh,
                 keep_cache: false,

@@ -52,6 +52,7 @@ async fn fixture(read_only: bool) -> Fixture {
             read_only,
             fixed_identity: None,
             passthrough: false,
+            mount_group: None,
         },
     )
     .await
@@ -372,6 +373,7 @@ async fn a_changed_backend_file_never_serves_stale_pages() {
                 read_only: false,
                 fixed_identity: None,
                 passthrough: false,
+                mount_group: None,
             },
         )
         .await

@@ -26,6 +26,10 @@ pub struct FsConfig {
     /// non-passthrough open of an inode that has passthrough opens, so a
     /// writer would fail while a reader holds the file.
     pub passthrough: bool,
+    /// CSI `volume_mount_group`: every inode is reported with this group and
+    /// new objects are created with it, so pods whose supplementary groups
+    /// include it (Kubernetes fsGroup) get the group's permission bits.
+    pub mount_group: Option<u32>,
 }
 
 /// Attributes of one inode as the kernel should see them.

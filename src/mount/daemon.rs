@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 /// Set in the child so it knows to report readiness on stdout.
-const READY_ENV: &str = "CACHALOT_REPORT_READY";
-const READY_LINE: &str = "CACHALOT-READY";
+pub const READY_ENV: &str = "CACHALOT_REPORT_READY";
+pub const READY_LINE: &str = "CACHALOT-READY";
 
 /// In the parent: start the child and wait for its verdict.
 pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {

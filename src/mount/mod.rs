@@ -34,6 +34,8 @@ pub struct MountOptions {
     pub identity: Option<Identity>,
     /// FUSE passthrough for fully cached files (read-only mounts only).
     pub passthrough: bool,
+    /// See [`FsConfig::mount_group`].
+    pub mount_group: Option<u32>,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -106,6 +108,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         read_only: opts.read_only,
         fixed_identity: opts.identity,
         passthrough: opts.passthrough && opts.read_only,
+        mount_group: opts.mount_group,
     };
     let fs = runtime.block_on(CachalotFs::new(
         Arc::clone(&backend),

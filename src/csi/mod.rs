@@ -1,0 +1,23 @@
+//! The CSI plugin (`cachalot csi`): Identity, Controller and Node services
+//! over a unix socket. The gRPC layer (server.rs) is a thin shell; each
+//! service is a plain struct whose methods take and return the generated
+//! message types, so tests can call them without gRPC.
+
+pub mod backend;
+pub mod caps;
+pub mod controller;
+pub mod errors;
+pub mod identity;
+pub mod locks;
+pub mod mounts;
+pub mod node;
+pub mod params;
+pub mod proto;
+pub mod server;
+pub mod state;
+pub mod supervisor;
+pub mod volume_id;
+
+/// Driver name: GetPluginInfo, CSIDriver object, StorageClass provisioner.
+pub const DRIVER_NAME: &str = "cachalot.csi.dev";
+pub const DRIVER_VERSION: &str = env!("CARGO_PKG_VERSION");

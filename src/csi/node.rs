@@ -1,0 +1,579 @@
+//! Node service: stage = one FUSE mount (a supervised child process) per
+//! volume at the staging path; publish = bind mount staging → target.
+//!
+//! Blocking work (starting a child, mount syscalls) runs in
+//! `block_in_place`, so the service needs a multi-threaded tokio runtime.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::Status;
+
+use super::backend as backends;
+use super::caps::{self, Checked};
+use super::errors::{io_status, missing};
+use super::locks::KeyedLocks;
+use super::mounts::{self, Health};
+use super::params::{NodeParams, S3Credentials};
+use super::proto::node_service_capability::{rpc, Rpc, Type as CapType};
+use super::proto::*;
+use super::state::{StagedRecord, StateDir};
+use super::supervisor::{is_mount_child, pid_alive, MountSpec, Supervisor};
+use super::volume_id::{VolumeId, VolumeIdError};
+use crate::backend::Source;
+
+pub struct NodeService {
+    node_id: String,
+    cache_dir: PathBuf,
+    state: StateDir,
+    sup: Supervisor,
+    locks: KeyedLocks,
+    /// Volumes whose mount could not be re-established, with the reason;
+    /// reported as an abnormal condition until a stage/publish heals them.
+    broken: Mutex<HashMap<String, String>>,
+}
+
+fn decode(volume_id: &str) -> Result<VolumeId, Status> {
+    VolumeId::decode(volume_id).map_err(|e| match e {
+        VolumeIdError::Foreign => Status::not_found(format!(
+            "volume {volume_id} does not exist (not issued by this driver)"
+        )),
+        VolumeIdError::Invalid(_) => Status::invalid_argument(e.to_string()),
+    })
+}
+
+fn credentials(
+    id: &VolumeId,
+    secrets: &HashMap<String, String>,
+) -> Result<Option<S3Credentials>, Status> {
+    if id.location.needs_credentials() {
+        Ok(S3Credentials::from_secrets(secrets)?)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Check the volume's directory before starting a child, so that the usual
+/// failures get their proper code and a fix instead of a log tail.
+fn preflight(source: &Source) -> Result<(), Status> {
+    match source {
+        Source::Local { root } => match std::fs::metadata(root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(Status::failed_precondition(format!(
+                "{} is not a directory. Fix: remove what is in the way of the volume directory",
+                root.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Status::not_found(format!(
+                "volume directory {} does not exist (deleted, or the source is not mounted on this node)",
+                root.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(Status::failed_precondition(format!(
+                    "volume directory {}: {e}. Fix: the node plugin needs read access to the source",
+                    root.display()
+                )))
+            }
+            Err(e) => Err(Status::unavailable(format!(
+                "volume directory {}: {e}; the source is unreachable, retry later",
+                root.display()
+            ))),
+        },
+    }
+}
+
+fn path_arg(text: &str, field: &str) -> Result<PathBuf, Status> {
+    if text.is_empty() {
+        return Err(missing(field));
+    }
+    let p = PathBuf::from(text);
+    if !p.is_absolute() {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be an absolute path"
+        )));
+    }
+    Ok(p)
+}
+
+fn capability(cap: Option<&VolumeCapability>) -> Result<Checked, Status> {
+    Ok(caps::check(
+        cap.ok_or_else(|| missing("volume_capability"))?,
+    )?)
+}
+
+/// Byte and inode usage from statfs. (The field types differ between
+/// architectures, hence the casts.)
+#[allow(clippy::unnecessary_cast)]
+fn usage(st: &nix::sys::statfs::Statfs) -> Vec<VolumeUsage> {
+    let frsize = st.block_size() as i64;
+    let blocks = st.blocks() as i64;
+    let bfree = st.blocks_free() as i64;
+    let bavail = st.blocks_available() as i64;
+    let files = st.files() as i64;
+    let ffree = st.files_free() as i64;
+    vec![
+        VolumeUsage {
+            available: bavail * frsize,
+            total: blocks * frsize,
+            used: (blocks - bfree).max(0) * frsize,
+            unit: volume_usage::Unit::Bytes as i32,
+        },
+        VolumeUsage {
+            available: ffree,
+            total: files,
+            used: (files - ffree).max(0),
+            unit: volume_usage::Unit::Inodes as i32,
+        },
+    ]
+}
+
+impl NodeService {
+    pub fn new(
+        node_id: String,
+        cache_dir: PathBuf,
+        state: StateDir,
+        exe: PathBuf,
+        ready_timeout: Duration,
+    ) -> NodeService {
+        NodeService {
+            node_id,
+            cache_dir,
+            state,
+            sup: Supervisor::new(exe, ready_timeout),
+            locks: KeyedLocks::default(),
+            broken: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get_info(&self) -> NodeGetInfoResponse {
+        NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }
+    }
+
+    pub fn get_capabilities(&self) -> NodeGetCapabilitiesResponse {
+        let caps = [
+            rpc::Type::StageUnstageVolume,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::VolumeCondition,
+            rpc::Type::SingleNodeMultiWriter,
+            rpc::Type::VolumeMountGroup,
+        ];
+        NodeGetCapabilitiesResponse {
+            capabilities: caps
+                .iter()
+                .map(|t| NodeServiceCapability {
+                    r#type: Some(CapType::Rpc(Rpc { r#type: *t as i32 })),
+                })
+                .collect(),
+        }
+    }
+
+    pub async fn stage_volume(
+        &self,
+        req: NodeStageVolumeRequest,
+    ) -> Result<NodeStageVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
+        let cap = capability(req.volume_capability.as_ref())?;
+        let id = decode(&req.volume_id)?;
+        let params = NodeParams::parse(&req.volume_context)?;
+        let creds = credentials(&id, &req.secrets)?;
+        let source = backends::source_for(&id.location, &id.sub)?;
+        let spec = MountSpec::new(
+            source.to_string(),
+            staging.clone(),
+            self.cache_dir.clone(),
+            &params.cache,
+            cap.is_reader(),
+            params.owner,
+            cap.mount_group,
+        );
+        let _guard = self.locks.lock(&req.volume_id).await;
+        tokio::task::block_in_place(|| {
+            preflight(&source)?;
+            self.stage_blocking(&req.volume_id, spec, creds.as_ref())
+        })?;
+        Ok(NodeStageVolumeResponse {})
+    }
+
+    fn stage_blocking(
+        &self,
+        volume_id: &str,
+        spec: MountSpec,
+        creds: Option<&S3Credentials>,
+    ) -> Result<(), Status> {
+        let previous = self
+            .state
+            .load_staged(volume_id)
+            .map_err(|e| Status::internal(format!("reading the stage record: {e}")))?;
+        let mut targets = Default::default();
+        if let Some(rec) = previous {
+            let healthy = mounts::health(&rec.staging_path) == Health::Healthy;
+            if rec.staging_path != spec.staging && healthy {
+                return Err(Status::already_exists(format!(
+                    "volume {volume_id} is already staged at {} on this node",
+                    rec.staging_path.display()
+                )));
+            }
+            if rec.spec != spec && healthy {
+                return Err(Status::already_exists(format!(
+                    "volume {volume_id} is already staged with other options (read-only, mount group or \
+                     cache settings); unstage it first"
+                )));
+            }
+            if healthy {
+                self.ensure_supervised(&rec);
+                return Ok(());
+            }
+            tracing::warn!(volume_id, staging = %rec.staging_path.display(), "staged mount is dead; re-mounting");
+            self.retire(&rec);
+            targets = rec.targets;
+        }
+        let rec = self.mount(volume_id, spec, creds, targets)?;
+        self.broken.lock().remove(volume_id);
+        tracing::info!(volume_id, staging = %rec.staging_path.display(), pid = rec.pid, "volume staged");
+        Ok(())
+    }
+
+    /// Start a child for `spec` (after clearing whatever is mounted at the
+    /// staging path) and record it.
+    fn mount(
+        &self,
+        volume_id: &str,
+        spec: MountSpec,
+        creds: Option<&S3Credentials>,
+        targets: std::collections::BTreeMap<PathBuf, bool>,
+    ) -> Result<StagedRecord, Status> {
+        std::fs::create_dir_all(&spec.staging)
+            .or_else(|e| {
+                if mounts::is_mount_point(&spec.staging).unwrap_or(false) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| {
+                io_status(
+                    &format!("creating staging path {}", spec.staging.display()),
+                    &e,
+                )
+            })?;
+        mounts::detach(&spec.staging).map_err(|e| io_status("clearing the staging path", &e))?;
+        let pid = self
+            .sup
+            .start(&spec, creds, &self.state.log_path(volume_id))
+            .map_err(|msg| {
+                if msg.contains("ermission denied") {
+                    Status::failed_precondition(format!(
+                        "{msg}\nFix: give the mount's identity (uid/gid parameters) access to the source"
+                    ))
+                } else {
+                    Status::internal(msg)
+                }
+            })?;
+        let rec = StagedRecord {
+            volume_id: volume_id.to_string(),
+            staging_path: spec.staging.clone(),
+            spec,
+            pid,
+            targets,
+        };
+        self.state
+            .save_staged(&rec)
+            .map_err(|e| Status::internal(format!("recording the staged volume: {e}")))?;
+        Ok(rec)
+    }
+
+    /// Stop a record's child and detach its (dead) mount.
+    fn retire(&self, rec: &StagedRecord) {
+        if let Err(e) = mounts::detach(&rec.staging_path) {
+            tracing::warn!(error = %e, staging = %rec.staging_path.display(), "detaching a dead mount failed");
+        }
+        self.sup.stop(&rec.staging_path, rec.pid);
+    }
+
+    fn ensure_supervised(&self, rec: &StagedRecord) {
+        if self.sup.running(&rec.staging_path).is_none()
+            && pid_alive(rec.pid)
+            && is_mount_child(rec.pid, &rec.staging_path)
+        {
+            self.sup.adopt(&rec.staging_path, rec.pid);
+        }
+    }
+
+    /// Re-establish a dead staged mount and re-bind its published targets,
+    /// so that new (and, with HostToContainer propagation, running) pods
+    /// work again. Records a failure as the volume's abnormal condition.
+    fn heal(
+        &self,
+        rec: StagedRecord,
+        creds: Option<&S3Credentials>,
+    ) -> Result<StagedRecord, Status> {
+        if rec.spec.source.starts_with("s3://") && creds.is_none() {
+            let msg =
+                "the FUSE session died and cannot be re-established without the volume's secrets \
+                       (they are not stored on the node); restart the pods using it"
+                    .to_string();
+            self.broken
+                .lock()
+                .insert(rec.volume_id.clone(), msg.clone());
+            return Err(Status::unavailable(msg));
+        }
+        self.retire(&rec);
+        let volume_id = rec.volume_id.clone();
+        let targets = rec.targets.clone();
+        let mut rec = match self.mount(&volume_id, rec.spec, creds, targets) {
+            Ok(r) => r,
+            Err(e) => {
+                self.broken
+                    .lock()
+                    .insert(volume_id, format!("re-mount failed: {}", e.message()));
+                return Err(e);
+            }
+        };
+        let mut gone = Vec::new();
+        for (target, ro) in &rec.targets {
+            match mounts::is_mount_point(target) {
+                Ok(true) => {
+                    let rebound = mounts::detach(target)
+                        .and_then(|_| mounts::bind(&rec.staging_path, target, *ro, &[]));
+                    if let Err(e) = rebound {
+                        tracing::warn!(error = %e, target = %target.display(), "re-binding a published target failed");
+                    }
+                }
+                _ => gone.push(target.clone()),
+            }
+        }
+        for t in gone {
+            rec.targets.remove(&t);
+        }
+        let _ = self.state.save_staged(&rec);
+        self.broken.lock().remove(&volume_id);
+        tracing::info!(volume_id, pid = rec.pid, "staged mount re-established");
+        Ok(rec)
+    }
+
+    /// After a plugin restart: adopt live children, re-mount dead sessions.
+    pub fn recover(&self) {
+        for entry in self.state.all_staged() {
+            let rec = match entry {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable stage record; ignoring it");
+                    continue;
+                }
+            };
+            match mounts::health(&rec.staging_path) {
+                Health::Healthy => {
+                    self.ensure_supervised(&rec);
+                    tracing::info!(volume_id = %rec.volume_id, pid = rec.pid, "staged mount still serving; adopted");
+                }
+                state => {
+                    tracing::warn!(volume_id = %rec.volume_id, ?state, "staged mount not serving; re-establishing");
+                    if let Err(e) = self.heal(rec, None) {
+                        tracing::error!(error = %e.message(), "could not re-establish a staged volume");
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn unstage_volume(
+        &self,
+        req: NodeUnstageVolumeRequest,
+    ) -> Result<NodeUnstageVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
+        let _guard = self.locks.lock(&req.volume_id).await;
+        tokio::task::block_in_place(|| {
+            let rec = self.state.load_staged(&req.volume_id).ok().flatten();
+            mounts::unmount(&staging)
+                .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
+            match &rec {
+                Some(r) if r.staging_path == staging => self.sup.stop(&staging, r.pid),
+                _ => self.sup.stop(&staging, 0),
+            }
+            if rec.is_some_and(|r| r.staging_path == staging) {
+                self.state
+                    .remove_staged(&req.volume_id)
+                    .map_err(|e| Status::internal(format!("removing the stage record: {e}")))?;
+            }
+            self.broken.lock().remove(&req.volume_id);
+            tracing::info!(volume_id = %req.volume_id, staging = %staging.display(), "volume unstaged");
+            Ok(NodeUnstageVolumeResponse {})
+        })
+    }
+
+    pub async fn publish_volume(
+        &self,
+        req: NodePublishVolumeRequest,
+    ) -> Result<NodePublishVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let target = path_arg(&req.target_path, "target_path")?;
+        let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
+        let cap = capability(req.volume_capability.as_ref())?;
+        let id = decode(&req.volume_id)?;
+        NodeParams::parse(&req.volume_context)?;
+        let creds = credentials(&id, &req.secrets)?;
+        let read_only = req.readonly || cap.wants_ro();
+        let _guard = self.locks.lock(&req.volume_id).await;
+        tokio::task::block_in_place(|| {
+            let mut rec = match self.state.load_staged(&req.volume_id) {
+                Ok(Some(r)) if r.staging_path == staging => r,
+                Ok(_) => {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {} is not staged at {} on this node; call NodeStageVolume first",
+                        req.volume_id,
+                        staging.display()
+                    )))
+                }
+                Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
+            };
+            if cap.mount_group.is_some() && cap.mount_group != rec.spec.mount_group {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is staged on this node with mount group {:?}, this pod asks for {:?}: \
+                     pods sharing a volume on one node must use the same fsGroup",
+                    req.volume_id, rec.spec.mount_group, cap.mount_group
+                )));
+            }
+            if mounts::health(&staging) != Health::Healthy {
+                rec = self.heal(rec, creds.as_ref())?;
+            }
+            match mounts::health(&target) {
+                Health::Healthy => {
+                    return match rec.targets.get(&target) {
+                        Some(ro) if *ro == read_only => Ok(NodePublishVolumeResponse {}),
+                        Some(_) => Err(Status::already_exists(format!(
+                            "{} is already published with a different read-only setting",
+                            target.display()
+                        ))),
+                        None => Err(Status::already_exists(format!(
+                            "something else is mounted at {}",
+                            target.display()
+                        ))),
+                    };
+                }
+                Health::Dead(_) => {
+                    mounts::detach(&target).map_err(|e| io_status("clearing a dead target", &e))?
+                }
+                Health::NotMounted => {}
+            }
+            std::fs::create_dir_all(&target)
+                .map_err(|e| io_status(&format!("creating target {}", target.display()), &e))?;
+            mounts::bind(&staging, &target, read_only, &cap.mount_flags).map_err(|e| {
+                io_status(
+                    &format!(
+                        "bind-mounting {} on {}",
+                        staging.display(),
+                        target.display()
+                    ),
+                    &e,
+                )
+            })?;
+            rec.targets.insert(target.clone(), read_only);
+            self.state
+                .save_staged(&rec)
+                .map_err(|e| Status::internal(format!("recording the published target: {e}")))?;
+            tracing::info!(volume_id = %req.volume_id, target = %target.display(), read_only, "volume published");
+            Ok(NodePublishVolumeResponse {})
+        })
+    }
+
+    pub async fn unpublish_volume(
+        &self,
+        req: NodeUnpublishVolumeRequest,
+    ) -> Result<NodeUnpublishVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let target = path_arg(&req.target_path, "target_path")?;
+        let _guard = self.locks.lock(&req.volume_id).await;
+        tokio::task::block_in_place(|| {
+            mounts::unmount(&target)
+                .map_err(|e| io_status(&format!("unmounting {}", target.display()), &e))?;
+            match std::fs::remove_dir(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, target = %target.display(), "target not removed")
+                }
+            }
+            if let Ok(Some(mut rec)) = self.state.load_staged(&req.volume_id) {
+                if rec.targets.remove(&target).is_some() {
+                    let _ = self.state.save_staged(&rec);
+                }
+            }
+            tracing::info!(volume_id = %req.volume_id, target = %target.display(), "volume unpublished");
+            Ok(NodeUnpublishVolumeResponse {})
+        })
+    }
+
+    pub async fn get_volume_stats(
+        &self,
+        req: NodeGetVolumeStatsRequest,
+    ) -> Result<NodeGetVolumeStatsResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let path = path_arg(&req.volume_path, "volume_path")?;
+        decode(&req.volume_id)?;
+        let rec = match self.state.load_staged(&req.volume_id) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(Status::not_found(format!(
+                    "volume {} is not staged on this node",
+                    req.volume_id
+                )))
+            }
+            Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
+        };
+        let known_path = path == rec.staging_path || rec.targets.contains_key(&path);
+        if !known_path {
+            return Err(Status::not_found(format!(
+                "volume {} is not published at {}",
+                req.volume_id,
+                path.display()
+            )));
+        }
+        let broken = self.broken.lock().get(&req.volume_id).cloned();
+        let condition =
+            |abnormal: bool, message: String| Some(VolumeCondition { abnormal, message });
+        tokio::task::block_in_place(|| {
+            match nix::sys::statfs::statfs(&path) {
+            Ok(st) => Ok(NodeGetVolumeStatsResponse {
+                usage: usage(&st),
+                volume_condition: match broken {
+                    Some(msg) => condition(true, msg),
+                    None => condition(false, "FUSE session is serving".into()),
+                },
+            }),
+            Err(nix::errno::Errno::ENOENT) => Err(Status::not_found(format!("{} does not exist", path.display()))),
+            Err(e) => Ok(NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: condition(
+                    true,
+                    broken.unwrap_or_else(|| {
+                        format!(
+                            "FUSE session for this volume is dead ({}: {}); the next NodePublishVolume \
+                             or a plugin restart re-mounts it, running pods must be restarted",
+                            e,
+                            e.desc()
+                        )
+                    }),
+                ),
+            }),
+        }
+        })
+    }
+}

@@ -1,0 +1,357 @@
+//! The gRPC shell: unix socket, service registration, graceful shutdown.
+//! Each RPC logs its name and volume ID only (requests may carry secrets)
+//! and delegates to the plain services.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tonic::{Request, Response, Status};
+
+use super::controller::ControllerService;
+use super::identity::IdentityService;
+use super::node::NodeService;
+use super::proto::controller_server::{Controller, ControllerServer};
+use super::proto::identity_server::{Identity, IdentityServer};
+use super::proto::node_server::{Node, NodeServer};
+use super::proto::*;
+use super::state::StateDir;
+
+#[derive(Debug, Clone)]
+pub struct CsiConfig {
+    pub endpoint: String,
+    pub node_id: String,
+    pub controller: bool,
+    pub node: bool,
+    pub cache_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub mount_timeout: Duration,
+}
+
+/// `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or `/csi/csi.sock`.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    if !path.starts_with('/') {
+        bail!(
+            "endpoint '{endpoint}' must be unix:///absolute/path (TCP endpoints are not supported)"
+        );
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Remove a socket left by a previous run, unless something still answers
+/// on it (then another plugin is running: refuse to steal its socket).
+fn clear_stale_socket(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
+        Ok(m) if !m.file_type().is_socket() => {
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another process is serving {}; refusing to replace it",
+                    path.display()
+                );
+            }
+            tracing::info!(path = %path.display(), "removing stale socket");
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+}
+
+macro_rules! call {
+    ($name:literal, $id:expr, $body:expr) => {{
+        tracing::debug!(rpc = $name, volume_id = %$id, "call");
+        let result: Result<_, Status> = $body;
+        match &result {
+            Ok(_) => tracing::debug!(rpc = $name, volume_id = %$id, "ok"),
+            Err(s) => tracing::warn!(rpc = $name, volume_id = %$id, code = ?s.code(), message = %s.message(), "failed"),
+        }
+        result.map(Response::new)
+    }};
+}
+
+fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "{what} is not supported by cachalot"
+    )))
+}
+
+struct IdentityGrpc(Arc<IdentityService>);
+struct ControllerGrpc(Arc<ControllerService>);
+struct NodeGrpc(Arc<NodeService>);
+
+#[tonic::async_trait]
+impl Identity for IdentityGrpc {
+    async fn get_plugin_info(
+        &self,
+        _: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        call!("GetPluginInfo", "-", Ok(self.0.get_plugin_info()))
+    }
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        call!(
+            "GetPluginCapabilities",
+            "-",
+            Ok(self.0.get_plugin_capabilities())
+        )
+    }
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        call!("Probe", "-", self.0.probe())
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerGrpc {
+    async fn create_volume(
+        &self,
+        r: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let name = r.name.clone();
+        call!("CreateVolume", name, self.0.create_volume(r).await)
+    }
+    async fn delete_volume(
+        &self,
+        r: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("DeleteVolume", id, self.0.delete_volume(r).await)
+    }
+    async fn controller_publish_volume(
+        &self,
+        _: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        unimplemented("ControllerPublishVolume")
+    }
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        unimplemented("ControllerUnpublishVolume")
+    }
+    async fn validate_volume_capabilities(
+        &self,
+        r: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!(
+            "ValidateVolumeCapabilities",
+            id,
+            self.0.validate_volume_capabilities(r).await
+        )
+    }
+    async fn list_volumes(
+        &self,
+        _: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        unimplemented("ListVolumes")
+    }
+    async fn get_capacity(
+        &self,
+        _: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        unimplemented("GetCapacity")
+    }
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        call!(
+            "ControllerGetCapabilities",
+            "-",
+            Ok(self.0.get_capabilities())
+        )
+    }
+    async fn create_snapshot(
+        &self,
+        _: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        unimplemented("CreateSnapshot")
+    }
+    async fn delete_snapshot(
+        &self,
+        _: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        unimplemented("DeleteSnapshot")
+    }
+    async fn list_snapshots(
+        &self,
+        _: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        unimplemented("ListSnapshots")
+    }
+    async fn controller_expand_volume(
+        &self,
+        _: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        unimplemented("ControllerExpandVolume")
+    }
+    async fn controller_get_volume(
+        &self,
+        _: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        unimplemented("ControllerGetVolume")
+    }
+    async fn controller_modify_volume(
+        &self,
+        _: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        unimplemented("ControllerModifyVolume")
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeGrpc {
+    async fn node_stage_volume(
+        &self,
+        r: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodeStageVolume", id, self.0.stage_volume(r).await)
+    }
+    async fn node_unstage_volume(
+        &self,
+        r: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodeUnstageVolume", id, self.0.unstage_volume(r).await)
+    }
+    async fn node_publish_volume(
+        &self,
+        r: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodePublishVolume", id, self.0.publish_volume(r).await)
+    }
+    async fn node_unpublish_volume(
+        &self,
+        r: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodeUnpublishVolume", id, self.0.unpublish_volume(r).await)
+    }
+    async fn node_get_volume_stats(
+        &self,
+        r: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodeGetVolumeStats", id, self.0.get_volume_stats(r).await)
+    }
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        unimplemented("NodeExpandVolume")
+    }
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        call!("NodeGetCapabilities", "-", Ok(self.0.get_capabilities()))
+    }
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
+        call!("NodeGetInfo", "-", Ok(self.0.get_info()))
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("signal received: stopping the gRPC server (mounts stay up)");
+}
+
+/// Run the plugin until SIGTERM/SIGINT. Staged mounts are left running on
+/// exit: they belong to the pods, and the next plugin process adopts them.
+pub async fn run(cfg: CsiConfig) -> Result<()> {
+    let (controller, node) = if !cfg.controller && !cfg.node {
+        (true, true)
+    } else {
+        (cfg.controller, cfg.node)
+    };
+    std::fs::create_dir_all(&cfg.cache_dir)
+        .with_context(|| format!("creating cache directory {}", cfg.cache_dir.display()))?;
+    let state = StateDir::open(&cfg.state_dir)
+        .with_context(|| format!("opening state directory {}", cfg.state_dir.display()))?;
+    let socket = socket_path(&cfg.endpoint)?;
+    clear_stale_socket(&socket)?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+
+    let identity = IdentityGrpc(Arc::new(IdentityService {
+        controller,
+        cache_dir: cfg.cache_dir.clone(),
+        state_dir: cfg.state_dir.clone(),
+    }));
+    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity));
+    if controller {
+        router = router.add_service(ControllerServer::new(ControllerGrpc(Arc::new(
+            ControllerService::new(state.clone()),
+        ))));
+    }
+    if node {
+        let exe =
+            std::env::current_exe().context("locating the cachalot binary for mount children")?;
+        let svc = Arc::new(NodeService::new(
+            cfg.node_id.clone(),
+            cfg.cache_dir.clone(),
+            state.clone(),
+            exe,
+            cfg.mount_timeout,
+        ));
+        // Before serving: kubelet's first calls after a restart must see the
+        // re-established mounts.
+        let s = Arc::clone(&svc);
+        tokio::task::spawn_blocking(move || s.recover())
+            .await
+            .context("recovering staged volumes")?;
+        router = router.add_service(NodeServer::new(NodeGrpc(svc)));
+    }
+
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tracing::info!(endpoint = %cfg.endpoint, node_id = %cfg.node_id, controller, node, "CSI plugin serving");
+    let served = router
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    served.context("gRPC server")?;
+    tracing::info!("CSI plugin stopped");
+    Ok(())
+}

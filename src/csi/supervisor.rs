@@ -1,0 +1,287 @@
+//! Mount children: each staged volume is served by its own
+//! `cachalot mount SOURCE STAGING --foreground ...` process, so a crash in
+//! one FUSE session cannot take down other volumes or the gRPC server.
+//!
+//! Children run in their own session (setsid) and without a parent-death
+//! signal: a plugin restart (crash, upgrade, SIGKILL) leaves them and their
+//! mounts alone, and the restarted plugin adopts them from the records in
+//! the state dir. Secrets reach a child through its environment, never its
+//! command line. A child reports "mounted" on stdout (the same handshake
+//! `cachalot mount` uses for background mode); its stderr goes to a
+//! per-volume log file whose tail is quoted when a mount fails.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::params::{CacheKnobs, S3Credentials};
+use crate::backend::Identity;
+use crate::mount::daemon::{READY_ENV, READY_LINE};
+
+/// Everything a mount child is started with, except secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub staging: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_size: Option<u64>,
+    pub page_size: Option<u64>,
+    pub metadata_ttl_ms: Option<u64>,
+    pub read_only: bool,
+    pub owner: Option<(u32, u32)>,
+    pub mount_group: Option<u32>,
+}
+
+impl MountSpec {
+    pub fn new(
+        source: String,
+        staging: PathBuf,
+        cache_dir: PathBuf,
+        cache: &CacheKnobs,
+        read_only: bool,
+        owner: Option<Identity>,
+        mount_group: Option<u32>,
+    ) -> MountSpec {
+        MountSpec {
+            source,
+            staging,
+            cache_dir,
+            cache_size: cache.cache_size,
+            page_size: cache.page_size,
+            metadata_ttl_ms: cache.metadata_ttl.map(|d| d.as_millis() as u64),
+            read_only: read_only || cache.read_only,
+            owner: owner.map(|i| (i.uid, i.gid)),
+            mount_group,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "mount".to_string(),
+            self.source.clone(),
+            self.staging.display().to_string(),
+            "--foreground".into(),
+            "--allow-other".into(),
+            "--cache-dir".into(),
+            self.cache_dir.display().to_string(),
+        ];
+        if let Some(v) = self.cache_size {
+            a.extend(["--cache-size".into(), v.to_string()]);
+        }
+        if let Some(v) = self.page_size {
+            a.extend(["--page-size".into(), v.to_string()]);
+        }
+        if let Some(v) = self.metadata_ttl_ms {
+            a.extend(["--metadata-ttl".into(), format!("{v}ms")]);
+        }
+        if self.read_only {
+            a.push("--read-only".into());
+        }
+        if let Some((u, g)) = self.owner {
+            a.extend(["--uid".into(), u.to_string(), "--gid".into(), g.to_string()]);
+        }
+        if let Some(g) = self.mount_group {
+            a.extend(["--mount-group".into(), g.to_string()]);
+        }
+        a
+    }
+}
+
+struct Child {
+    pid: u32,
+    /// Set by the waiter thread of a child we spawned; adopted children
+    /// (from a previous plugin process) are polled with kill(pid, 0).
+    exited: Option<Arc<AtomicBool>>,
+}
+
+pub struct Supervisor {
+    exe: PathBuf,
+    ready_timeout: Duration,
+    children: Mutex<HashMap<PathBuf, Child>>,
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    pid != 0 && kill(Pid::from_raw(pid as i32), None).is_ok() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Is `pid` a cachalot mount child serving `staging`? Guards against
+/// signalling a recycled pid after a restart.
+pub fn is_mount_child(pid: u32, staging: &Path) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let staging = staging.as_os_str().as_encoded_bytes();
+    args.contains(&&b"mount"[..]) && args.contains(&staging)
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Supervisor {
+    pub fn new(exe: PathBuf, ready_timeout: Duration) -> Supervisor {
+        Supervisor {
+            exe,
+            ready_timeout,
+            children: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Start a mount child and wait until its mount is ready. Blocking.
+    pub fn start(
+        &self,
+        spec: &MountSpec,
+        creds: Option<&S3Credentials>,
+        log_file: &Path,
+    ) -> Result<u32, String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .map_err(|e| format!("opening mount log {}: {e}", log_file.display()))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(spec.args())
+            .env(READY_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in creds.map(|c| c.env()).unwrap_or_default() {
+            cmd.env(k, v);
+        }
+        // SAFETY: setsid is async-signal-safe. A new session keeps the child
+        // out of signals aimed at the plugin's process group.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
+        let pid = child.id();
+        let stdout = child.stdout.take().ok_or("mount child has no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let verdict = rx.recv_timeout(self.ready_timeout);
+        if matches!(&verdict, Ok(line) if line.trim() == READY_LINE) {
+            let exited = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&exited);
+            let staging = spec.staging.clone();
+            // Reap the child when it ends so a dead session is visible (and
+            // no zombie stays behind).
+            std::thread::spawn(move || {
+                let status = child.wait();
+                flag.store(true, Ordering::SeqCst);
+                tracing::info!(pid, staging = %staging.display(), status = ?status, "mount child exited");
+            });
+            self.children.lock().insert(
+                spec.staging.clone(),
+                Child {
+                    pid,
+                    exited: Some(exited),
+                },
+            );
+            tracing::info!(pid, source = %spec.source, staging = %spec.staging.display(), "mount child ready");
+            return Ok(pid);
+        }
+        let why = match verdict {
+            Err(_) => {
+                let _ = child.kill();
+                format!("not mounted after {:?}", self.ready_timeout)
+            }
+            Ok(_) => "exited before mounting".to_string(),
+        };
+        let status = child
+            .wait()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        Err(format!(
+            "mount child for {} {why} ({status}); last lines of {}:\n{}",
+            spec.staging.display(),
+            log_file.display(),
+            log_tail(log_file, 8)
+        ))
+    }
+
+    /// Take over a child started by a previous plugin process.
+    pub fn adopt(&self, staging: &Path, pid: u32) {
+        self.children
+            .lock()
+            .insert(staging.to_path_buf(), Child { pid, exited: None });
+    }
+
+    /// Is the child serving `staging` running?
+    pub fn running(&self, staging: &Path) -> Option<u32> {
+        let children = self.children.lock();
+        let c = children.get(staging)?;
+        let alive = match &c.exited {
+            Some(flag) => !flag.load(Ordering::SeqCst),
+            None => pid_alive(c.pid) && is_mount_child(c.pid, staging),
+        };
+        alive.then_some(c.pid)
+    }
+
+    /// Stop the child serving `staging` (after its mount was removed, it
+    /// normally exits by itself). Also handles a pid from a record that was
+    /// never adopted. Blocking; SIGTERM, then SIGKILL.
+    pub fn stop(&self, staging: &Path, recorded_pid: u32) {
+        let entry = self.children.lock().remove(staging);
+        let pid = entry.as_ref().map(|c| c.pid).unwrap_or(recorded_pid);
+        if pid == 0 {
+            return;
+        }
+        let alive = || match entry.as_ref().and_then(|c| c.exited.as_ref()) {
+            Some(flag) => !flag.load(Ordering::SeqCst),
+            None => pid_alive(pid) && is_mount_child(pid, staging),
+        };
+        for (signal, wait) in [
+            (None, Duration::from_secs(3)),
+            (Some(Signal::SIGTERM), Duration::from_secs(5)),
+            (Some(Signal::SIGKILL), Duration::from_secs(2)),
+        ] {
+            if !alive() {
+                return;
+            }
+            if let Some(sig) = signal {
+                tracing::info!(pid, ?sig, staging = %staging.display(), "stopping mount child");
+                let _ = kill(Pid::from_raw(pid as i32), sig);
+            }
+            let deadline = Instant::now() + wait;
+            while alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if alive() {
+            tracing::warn!(pid, staging = %staging.display(), "mount child did not exit");
+        }
+    }
+}

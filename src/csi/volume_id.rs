@@ -1,0 +1,265 @@
+//! Volume IDs: everything NodeStage and DeleteVolume need (backend kind,
+//! location, sub-path, delete policy), in one escaped string.
+//!
+//! ```text
+//! v1#file#<root>#<sub>#<onDelete>
+//! v1#nfs#<server>#<port or empty>#<export>#<sub>#<onDelete>
+//! v1#s3#<bucket>#<prefix>#<endpoint>#<region>#<sub>#<onDelete>
+//! ```
+//!
+//! Each field is percent-encoded (`%`, `#`, controls, space and non-ASCII;
+//! `/` stays literal). Decoding accepts only the canonical encoding, so an
+//! escaped slash (`%2F`) or dot cannot smuggle a component past validation,
+//! and the decoded sub-path is validated like a subDir: relative, no `.`,
+//! `..` or empty components. An empty sub-path (static volume = the whole
+//! source) is allowed; DeleteVolume never removes a source root.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use super::params::{parse_abs_path, parse_sub_path, InvalidArgument, Location, OnDelete};
+use crate::backend::BackendPath;
+
+const PREFIX: &str = "v1#";
+const FIELD: &AsciiSet = &CONTROLS.add(b'%').add(b'#').add(b' ');
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeId {
+    pub location: Location,
+    /// The volume's directory below the location; root for a static volume
+    /// that is the whole source.
+    pub sub: BackendPath,
+    pub on_delete: OnDelete,
+}
+
+/// Why a string is not a volume ID of ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeIdError {
+    /// Not issued by this driver (no `v1#` prefix): an unknown volume.
+    Foreign,
+    /// Ours, but malformed or trying to leave its source.
+    Invalid(String),
+}
+
+impl fmt::Display for VolumeIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VolumeIdError::Foreign => f.write_str("volume id was not issued by this driver"),
+            VolumeIdError::Invalid(why) => write!(f, "invalid volume id: {why}"),
+        }
+    }
+}
+
+impl From<VolumeIdError> for InvalidArgument {
+    fn from(e: VolumeIdError) -> InvalidArgument {
+        InvalidArgument(e.to_string())
+    }
+}
+
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, FIELD).to_string()
+}
+
+impl VolumeId {
+    pub fn encode(&self) -> String {
+        let mut fields: Vec<String> = vec!["v1".into(), self.location.kind().into()];
+        match &self.location {
+            Location::Local { root } => fields.push(enc(&root.to_string_lossy())),
+            Location::Nfs {
+                server,
+                port,
+                export,
+            } => {
+                fields.push(enc(server));
+                fields.push(port.map(|p| p.to_string()).unwrap_or_default());
+                fields.push(enc(export));
+            }
+            Location::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+            } => {
+                fields.push(enc(bucket));
+                fields.push(enc(prefix));
+                fields.push(enc(endpoint.as_deref().unwrap_or("")));
+                fields.push(enc(region.as_deref().unwrap_or("")));
+            }
+        }
+        fields.push(enc(self.sub.as_str()));
+        fields.push(self.on_delete.as_str().into());
+        fields.join("#")
+    }
+
+    pub fn decode(text: &str) -> Result<VolumeId, VolumeIdError> {
+        if !text.starts_with(PREFIX) {
+            return Err(VolumeIdError::Foreign);
+        }
+        let bad = |why: String| VolumeIdError::Invalid(why);
+        let raw: Vec<&str> = text.split('#').collect();
+        let mut fields = Vec::with_capacity(raw.len());
+        for f in &raw {
+            let decoded = percent_decode_str(f)
+                .decode_utf8()
+                .map_err(|_| bad("a field is not UTF-8 after unescaping".into()))?
+                .into_owned();
+            // Only the canonical escaping is accepted: `%2F`, `%2E` and
+            // friends are never produced by encode(), so they are refused.
+            if enc(&decoded) != *f {
+                return Err(bad(
+                    "non-canonical escape (escaped '/', '.' or similar)".into()
+                ));
+            }
+            fields.push(decoded);
+        }
+        let (kind, rest) = (fields[1].as_str(), &fields[2..]);
+        let expect = |n: usize| -> Result<(), VolumeIdError> {
+            if rest.len() == n {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "a {kind} id has {} fields, got {}",
+                    n + 2,
+                    rest.len() + 2
+                )))
+            }
+        };
+        let abs = |v: &str| parse_abs_path("volume id", v).map_err(|e| bad(e.0));
+        let location = match kind {
+            "file" => {
+                expect(3)?;
+                Location::Local {
+                    root: PathBuf::from(abs(&rest[0])?),
+                }
+            }
+            "nfs" => {
+                expect(5)?;
+                let port = match rest[1].as_str() {
+                    "" => None,
+                    p => Some(p.parse().map_err(|_| bad(format!("bad port '{p}'")))?),
+                };
+                if rest[0].is_empty() || rest[0].contains('/') {
+                    return Err(bad("bad NFS server".into()));
+                }
+                Location::Nfs {
+                    server: rest[0].clone(),
+                    port,
+                    export: abs(&rest[2])?,
+                }
+            }
+            "s3" => {
+                expect(6)?;
+                if rest[0].is_empty() || rest[0].contains('/') {
+                    return Err(bad("bad bucket".into()));
+                }
+                let prefix = if rest[1].is_empty() {
+                    String::new()
+                } else {
+                    parse_sub_path(&rest[1]).map_err(|e| bad(format!("prefix: {e}")))?;
+                    rest[1].clone()
+                };
+                let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
+                Location::S3 {
+                    bucket: rest[0].clone(),
+                    prefix,
+                    endpoint: opt(&rest[2]),
+                    region: opt(&rest[3]),
+                }
+            }
+            other => return Err(bad(format!("unknown backend kind '{other}'"))),
+        };
+        let n = rest.len();
+        let sub = if rest[n - 2].is_empty() {
+            BackendPath::root()
+        } else {
+            parse_sub_path(&rest[n - 2]).map_err(|e| bad(format!("sub-path: {e}")))?
+        };
+        let on_delete = OnDelete::parse(&rest[n - 1]).map_err(|e| bad(e.0))?;
+        Ok(VolumeId {
+            location,
+            sub,
+            on_delete,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(root: &str, sub: &str) -> VolumeId {
+        VolumeId {
+            location: Location::Local { root: root.into() },
+            sub: parse_sub_path(sub).unwrap(),
+            on_delete: OnDelete::Archive,
+        }
+    }
+
+    #[test]
+    fn round_trips_every_kind() {
+        let ids = [
+            local("/srv/my data#1", "team a/pvc-1%x"),
+            VolumeId {
+                location: Location::Nfs {
+                    server: "10.0.0.5".into(),
+                    port: Some(2049),
+                    export: "/exports/k8s".into(),
+                },
+                sub: parse_sub_path("ns/pvc").unwrap(),
+                on_delete: OnDelete::Retain,
+            },
+            VolumeId {
+                location: Location::S3 {
+                    bucket: "bkt".into(),
+                    prefix: "a/b".into(),
+                    endpoint: Some("http://127.0.0.1:8333".into()),
+                    region: None,
+                },
+                sub: BackendPath::root(),
+                on_delete: OnDelete::Delete,
+            },
+        ];
+        for id in ids {
+            let text = id.encode();
+            assert_eq!(VolumeId::decode(&text).unwrap(), id, "{text}");
+        }
+        assert_eq!(
+            local("/srv/my data#1", "team a/pvc-1%x").encode(),
+            "v1#file#/srv/my%20data%231#team%20a/pvc-1%25x#archive"
+        );
+    }
+
+    #[test]
+    fn foreign_ids_are_unknown_not_invalid() {
+        assert_eq!(
+            VolumeId::decode("reallyfakevolumeid"),
+            Err(VolumeIdError::Foreign)
+        );
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_source() {
+        for evil in [
+            "v1#file#/srv#../etc#delete",
+            "v1#file#/srv#a/../../etc#delete",
+            "v1#file#/srv#/etc#delete",
+            "v1#file#/srv#a%2F..%2F..%2Fetc#delete",
+            "v1#file#/srv#%2E%2E#delete",
+            "v1#file#/srv#a//b#delete",
+            "v1#file#relative#a#delete",
+            "v1#file#/srv/../etc#a#delete",
+            "v1#file#/srv#a#shred",
+            "v1#file#/srv#a",
+            "v1#gopher#x#a#delete",
+            "v1#nfs#h#notaport#/e#a#delete",
+            "v1#s3#b#../p###a#delete",
+        ] {
+            assert!(
+                matches!(VolumeId::decode(evil), Err(VolumeIdError::Invalid(_))),
+                "{evil}"
+            );
+        }
+    }
+}

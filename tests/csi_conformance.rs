@@ -1,0 +1,750 @@
+//! MUST rules of the CSI spec (idempotency, error codes, required fields,
+//! capability consistency) and bad input, against a real plugin process.
+
+mod support_csi;
+
+use cachalot::csi::proto::controller_service_capability::rpc::Type as CtlCap;
+use cachalot::csi::proto::node_service_capability::rpc::Type as NodeCap;
+use cachalot::csi::proto::plugin_capability::service::Type as PluginCap;
+use cachalot::csi::proto::volume_capability::access_mode::Mode;
+use cachalot::csi::proto::volume_capability::{AccessType, BlockVolume};
+use cachalot::csi::proto::*;
+use support_csi::*;
+use tonic::Code;
+
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.expect_err("expected an error");
+    (s.code(), s.message().to_string())
+}
+
+async fn new_volume(env: &Env, c: &mut Clients, name: &str) -> Volume {
+    let url = env.source_url();
+    c.controller
+        .create_volume(create_req(name, params(&[("source", &url)])))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_capabilities_are_consistent() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let info = c
+        .identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "cachalot.csi.dev");
+    assert!(info.name.len() <= 63);
+    assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
+    let probe = c
+        .identity
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+
+    let plugin_caps = c
+        .identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let has_controller = plugin_caps.capabilities.iter().any(|cap| {
+        matches!(&cap.r#type, Some(plugin_capability::Type::Service(s)) if s.r#type == PluginCap::ControllerService as i32)
+    });
+    assert!(has_controller);
+
+    let ctl: Vec<i32> = c
+        .controller
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|cap| {
+            cap.r#type
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    assert!(ctl.contains(&(CtlCap::CreateDeleteVolume as i32)));
+    assert!(ctl.contains(&(CtlCap::SingleNodeMultiWriter as i32)));
+    // What is not advertised is not implemented.
+    assert!(!ctl.contains(&(CtlCap::ListVolumes as i32)));
+    assert_eq!(
+        code(
+            c.controller
+                .list_volumes(ListVolumesRequest::default())
+                .await
+        )
+        .0,
+        Code::Unimplemented
+    );
+    assert!(!ctl.contains(&(CtlCap::GetCapacity as i32)));
+    assert_eq!(
+        code(
+            c.controller
+                .get_capacity(GetCapacityRequest::default())
+                .await
+        )
+        .0,
+        Code::Unimplemented
+    );
+    assert!(!ctl.contains(&(CtlCap::PublishUnpublishVolume as i32)));
+    assert_eq!(
+        code(
+            c.controller
+                .controller_publish_volume(ControllerPublishVolumeRequest::default())
+                .await
+        )
+        .0,
+        Code::Unimplemented
+    );
+
+    let node: Vec<i32> = c
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities
+        .into_iter()
+        .filter_map(|cap| {
+            cap.r#type
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
+        })
+        .collect();
+    for want in [
+        NodeCap::StageUnstageVolume,
+        NodeCap::GetVolumeStats,
+        NodeCap::VolumeCondition,
+        NodeCap::SingleNodeMultiWriter,
+        NodeCap::VolumeMountGroup,
+    ] {
+        assert!(node.contains(&(want as i32)), "{want:?}");
+    }
+    assert!(!node.contains(&(NodeCap::ExpandVolume as i32)));
+    assert_eq!(
+        code(
+            c.node
+                .node_expand_volume(NodeExpandVolumeRequest::default())
+                .await
+        )
+        .0,
+        Code::Unimplemented
+    );
+    let ni = c
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ni.node_id, "test-node-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_volume_idempotency_and_codes() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let p = params(&[("source", &url)]);
+
+    let mut req = create_req("", p.clone());
+    assert_eq!(
+        code(c.controller.create_volume(req.clone()).await).0,
+        Code::InvalidArgument
+    );
+    req.name = "pvc-a".into();
+    req.volume_capabilities.clear();
+    assert_eq!(
+        code(c.controller.create_volume(req).await).0,
+        Code::InvalidArgument
+    );
+
+    let mut block = create_req("pvc-a", p.clone());
+    block.volume_capabilities = vec![VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        ..rwx()
+    }];
+    let (cd, msg) = code(c.controller.create_volume(block).await);
+    assert_eq!(cd, Code::InvalidArgument);
+    assert!(msg.contains("block"), "{msg}");
+    let mut no_mode = create_req("pvc-a", p.clone());
+    no_mode.volume_capabilities = vec![mount_cap(Mode::Unknown)];
+    assert_eq!(
+        code(c.controller.create_volume(no_mode).await).0,
+        Code::InvalidArgument
+    );
+
+    let first = c
+        .controller
+        .create_volume(create_req("pvc-a", p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .controller
+        .create_volume(create_req("pvc-a", p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, second, "same request, same volume");
+
+    let mut bigger = create_req("pvc-a", p.clone());
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 2 << 30,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(bigger).await).0,
+        Code::AlreadyExists
+    );
+    let other_params = create_req("pvc-a", params(&[("source", &url), ("onDelete", "retain")]));
+    assert_eq!(
+        code(c.controller.create_volume(other_params).await).0,
+        Code::AlreadyExists
+    );
+
+    let mut inverted = create_req("pvc-b", p.clone());
+    inverted.capacity_range = Some(CapacityRange {
+        required_bytes: 10,
+        limit_bytes: 5,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(inverted).await).0,
+        Code::OutOfRange
+    );
+    let mut negative = create_req("pvc-b", p.clone());
+    negative.capacity_range = Some(CapacityRange {
+        required_bytes: -1,
+        limit_bytes: 0,
+    });
+    assert_eq!(
+        code(c.controller.create_volume(negative).await).0,
+        Code::InvalidArgument
+    );
+    let mut clone = create_req("pvc-b", p.clone());
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: first.volume.unwrap().volume_id,
+            },
+        )),
+    });
+    assert_eq!(
+        code(c.controller.create_volume(clone).await).0,
+        Code::InvalidArgument
+    );
+
+    // Missing source directory: a precondition, with the fix.
+    let gone = format!("file://{}/nope", env.source().display());
+    let (cd, msg) = code(
+        c.controller
+            .create_volume(create_req("pvc-c", params(&[("source", &gone)])))
+            .await,
+    );
+    assert_eq!(cd, Code::FailedPrecondition);
+    assert!(msg.contains("Fix"), "{msg}");
+    // A file where the volume directory should be.
+    std::fs::write(env.source().join("pvc-file"), b"x").unwrap();
+    let (cd, _) = code(
+        c.controller
+            .create_volume(create_req("pvc-file", p.clone()))
+            .await,
+    );
+    assert_eq!(cd, Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_invalid_arguments_naming_the_problem() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("source", &url), ("colour", "blue")], "'colour'"),
+        (vec![("source", &url), ("subDir", "../escape")], "subDir"),
+        (vec![("source", &url), ("subDir", "/etc")], "subDir"),
+        (vec![("source", &url), ("subDir", "a/../../b")], "subDir"),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.name}/..")],
+            "subDir",
+        ),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.name}")],
+            "--extra-create-metadata",
+        ),
+        (
+            vec![
+                ("source", &url),
+                ("subDir", "${pvc.metadata.name}"),
+                ("csi.storage.k8s.io/pvc/name", ".."),
+            ],
+            "single path component",
+        ),
+        (
+            vec![("source", &url), ("subDir", "${pvc.metadata.uid}")],
+            "unknown variable",
+        ),
+        (vec![("source", "file:///srv/../etc")], "source"),
+        (vec![("source", "file:///srv/a%2F..%2Fb")], "source"),
+        (vec![("source", "not a url")], "source"),
+        (
+            vec![("source", "http://example.com/x")],
+            "unsupported scheme",
+        ),
+        (vec![("source", "file://host/x")], "host"),
+        (vec![("source", "s3://Bad_Bucket/x")], "bucket"),
+        (
+            vec![("source", "nfs://server/export")],
+            "not available in this build",
+        ),
+        (
+            vec![("server", "10.0.0.1"), ("share", "/export")],
+            "not available in this build",
+        ),
+        (
+            vec![
+                ("source", "s3://bucket/prefix"),
+                ("endpoint", "http://127.0.0.1:1"),
+            ],
+            "not available in this build",
+        ),
+        (vec![("source", &url), ("onDelete", "shred")], "onDelete"),
+        (
+            vec![("source", &url), ("mountPermissions", "rwx")],
+            "mountPermissions",
+        ),
+        (vec![("source", &url), ("cacheSize", "lots")], "cacheSize"),
+        (vec![], "source"),
+    ];
+    for (pairs, needle) in cases {
+        let (cd, msg) = code(
+            c.controller
+                .create_volume(create_req("pvc-bad", params(&pairs)))
+                .await,
+        );
+        assert_eq!(cd, Code::InvalidArgument, "{pairs:?}: {msg}");
+        assert!(msg.contains(needle), "{pairs:?}: {msg}");
+    }
+    let (_, msg) = code(
+        c.controller
+            .create_volume(create_req(
+                "pvc-bad",
+                params(&[("source", &url), ("colour", "x")]),
+            ))
+            .await,
+    );
+    for known in [
+        "source",
+        "server",
+        "share",
+        "subDir",
+        "onDelete",
+        "mountPermissions",
+        "cacheSize",
+    ] {
+        assert!(msg.contains(known), "known parameters listed: {msg}");
+    }
+    // Nothing was created anywhere for the refused requests.
+    let created: Vec<_> = std::fs::read_dir(env.source()).unwrap().collect();
+    assert!(created.is_empty(), "{created:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_validate_codes() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let del = |id: &str| DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(c.controller.delete_volume(del("")).await).0,
+        Code::InvalidArgument
+    );
+    c.controller
+        .delete_volume(del("reallyfakevolumeid"))
+        .await
+        .expect("unknown id is OK");
+    let src = env.source().display().to_string();
+    c.controller
+        .delete_volume(del(&format!("v1#file#{src}#never-created#delete")))
+        .await
+        .expect("deleted before: OK");
+    // Outside the source: refused, and nothing outside is touched.
+    let victim = env.path("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    for evil in [
+        format!("v1#file#{src}#../victim#delete"),
+        format!("v1#file#{src}#..%2Fvictim#delete"),
+        format!("v1#file#{src}#%2E%2E#delete"),
+        format!("v1#file#{src}#/victim#delete"),
+    ] {
+        let (cd, msg) = code(c.controller.delete_volume(del(&evil)).await);
+        assert_eq!(cd, Code::InvalidArgument, "{evil}: {msg}");
+    }
+    assert!(victim.exists());
+    // A whole-source volume (static) is never deleted.
+    c.controller
+        .delete_volume(del(&format!("v1#file#{src}##delete")))
+        .await
+        .unwrap();
+    assert!(env.source().exists());
+
+    let vol = new_volume(&env, &mut c, "pvc-v").await;
+    let vreq = |id: &str, caps: Vec<VolumeCapability>| ValidateVolumeCapabilitiesRequest {
+        volume_id: id.into(),
+        volume_capabilities: caps,
+        ..Default::default()
+    };
+    assert_eq!(
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq("", vec![rwx()]))
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq(&vol.volume_id, vec![]))
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq("reallyfakevolumeid", vec![rwx()]))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.controller
+                .validate_volume_capabilities(vreq(
+                    &format!("v1#file#{src}#nope#delete"),
+                    vec![rwx()]
+                ))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    let ok = c
+        .controller
+        .validate_volume_capabilities(vreq(
+            &vol.volume_id,
+            vec![rwx(), mount_cap(Mode::SingleNodeWriter)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.confirmed.is_some(), "{ok:?}");
+    let block = VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        ..rwx()
+    };
+    let no = c
+        .controller
+        .validate_volume_capabilities(vreq(&vol.volume_id, vec![block]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(no.confirmed.is_none() && !no.message.is_empty(), "{no:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_required_fields_and_unknown_volumes() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let vol = new_volume(&env, &mut c, "pvc-n").await;
+    let staging = env.staging("n");
+    let target = env.target("pod-n");
+
+    let mut r = stage_req(&vol, &staging);
+    r.volume_id.clear();
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&vol, &staging);
+    r.staging_target_path.clear();
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&vol, &staging);
+    r.volume_capability = None;
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&vol, &staging);
+    r.volume_context.insert("colour".into(), "red".into());
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&vol, &staging);
+    r.volume_id = "reallyfakevolumeid".into();
+    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::NotFound);
+    let mut r = stage_req(&vol, &staging);
+    r.volume_id = format!("v1#file#{}#deleted-already#delete", env.source().display());
+    assert_eq!(code(c.node.node_stage_volume(r).await).0, Code::NotFound);
+    let mut r = stage_req(&vol, &staging);
+    r.volume_id = format!("v1#file#{}#a%2F..%2F..#delete", env.source().display());
+    assert_eq!(
+        code(c.node.node_stage_volume(r).await).0,
+        Code::InvalidArgument
+    );
+    assert!(!is_mounted(&staging));
+    assert!(env.mount_children().is_empty());
+
+    // Publish before stage: precondition.
+    let (cd, _) = code(
+        c.node
+            .node_publish_volume(publish_req(&vol, &staging, &target, false))
+            .await,
+    );
+    assert_eq!(cd, Code::FailedPrecondition);
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
+    let mut p = publish_req(&vol, &staging, &target, false);
+    p.target_path.clear();
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
+    let mut p = publish_req(&vol, &staging, &target, false);
+    p.volume_capability = None;
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
+    let mut p = publish_req(&vol, &staging, &target, false);
+    p.volume_id.clear();
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
+    let mut p = publish_req(&vol, &staging, &target, false);
+    p.staging_target_path.clear();
+    assert_eq!(
+        code(c.node.node_publish_volume(p).await).0,
+        Code::InvalidArgument
+    );
+    // A second stage at another path while the first is live: ALREADY_EXISTS.
+    let (cd, _) = code(
+        c.node
+            .node_stage_volume(stage_req(&vol, &env.staging("other")))
+            .await,
+    );
+    assert_eq!(cd, Code::AlreadyExists);
+
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .unwrap();
+    // Same target, other read-only flag: incompatible.
+    let (cd, _) = code(
+        c.node
+            .node_publish_volume(publish_req(&vol, &staging, &target, true))
+            .await,
+    );
+    assert_eq!(cd, Code::AlreadyExists);
+
+    let stats = |id: &str, path: &std::path::Path| NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: path.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    assert_eq!(
+        code(c.node.node_get_volume_stats(stats("", &target)).await).0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.node
+                .node_get_volume_stats(stats(&vol.volume_id, std::path::Path::new("")))
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.node
+                .node_get_volume_stats(stats("reallyfakevolumeid", &target))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+    assert_eq!(
+        code(
+            c.node
+                .node_get_volume_stats(stats(&vol.volume_id, &env.path("nowhere")))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
+
+    let mut u = unpublish_req(&vol, &target);
+    u.target_path.clear();
+    assert_eq!(
+        code(c.node.node_unpublish_volume(u).await).0,
+        Code::InvalidArgument
+    );
+    let mut u = unpublish_req(&vol, &target);
+    u.volume_id.clear();
+    assert_eq!(
+        code(c.node.node_unpublish_volume(u).await).0,
+        Code::InvalidArgument
+    );
+    let mut s = unstage_req(&vol, &staging);
+    s.staging_target_path.clear();
+    assert_eq!(
+        code(c.node.node_unstage_volume(s).await).0,
+        Code::InvalidArgument
+    );
+    let mut s = unstage_req(&vol, &staging);
+    s.volume_id.clear();
+    assert_eq!(
+        code(c.node.node_unstage_volume(s).await).0,
+        Code::InvalidArgument
+    );
+
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+    // Never staged / never published: OK.
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &env.staging("never")))
+        .await
+        .unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &env.target("never")))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_a_log_line_or_an_error() {
+    const ACCESS: &str = "AKIAVERYSECRETACCESS";
+    const SECRET: &str = "wJalrXUtnFEMI-TOPSECRET-VALUE";
+    let env = Env::with_log("trace");
+    let mut c = env.clients().await;
+    let secrets = params(&[("accessKeyId", ACCESS), ("secretAccessKey", SECRET)]);
+    let bad_secrets = params(&[("accessKeyId", ACCESS), ("password", SECRET)]);
+    let mut messages = Vec::new();
+
+    // S3 volume (backend not built here): secrets parsed, then refused.
+    for s in [secrets.clone(), bad_secrets.clone()] {
+        let mut req = create_req("pvc-s3", params(&[("source", "s3://bucket/prefix")]));
+        req.secrets = s;
+        let err = c.controller.create_volume(req).await.unwrap_err();
+        messages.push(err.message().to_string());
+    }
+    // Secrets on file volumes travel through every call, too.
+    let url = env.source_url();
+    let mut req = create_req("pvc-f", params(&[("source", &url)]));
+    req.secrets = secrets.clone();
+    let vol = c
+        .controller
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let staging = env.staging("f");
+    let target = env.target("pod-f");
+    let mut stage = stage_req(&vol, &staging);
+    stage.secrets = secrets.clone();
+    c.node.node_stage_volume(stage).await.unwrap();
+    let mut publish = publish_req(&vol, &staging, &target, false);
+    publish.secrets = secrets.clone();
+    c.node.node_publish_volume(publish).await.unwrap();
+    let mut bad_publish = publish_req(&vol, &staging, &env.target("pod-g"), false);
+    bad_publish.secrets = bad_secrets.clone();
+    bad_publish
+        .volume_context
+        .insert("colour".into(), SECRET.into());
+    messages.push(
+        c.node
+            .node_publish_volume(bad_publish)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
+    let s3_id = "v1#s3#bucket#prefix###pvc-x#delete";
+    let mut s3_stage = stage_req(&vol, &env.staging("s3"));
+    s3_stage.volume_id = s3_id.into();
+    s3_stage.secrets = secrets.clone();
+    messages.push(
+        c.node
+            .node_stage_volume(s3_stage)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
+    let mut del = DeleteVolumeRequest {
+        volume_id: s3_id.into(),
+        ..Default::default()
+    };
+    del.secrets = bad_secrets;
+    messages.push(
+        c.controller
+            .delete_volume(del)
+            .await
+            .unwrap_err()
+            .message()
+            .to_string(),
+    );
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+
+    let log = env.log();
+    assert!(log.lines().count() > 20, "trace logging is on:\n{log}");
+    assert!(
+        log.contains("TRACE") || log.contains("trace"),
+        "trace level reached the log"
+    );
+    for line in log.lines().chain(messages.iter().map(String::as_str)) {
+        assert!(!line.contains(ACCESS), "access key leaked: {line}");
+        assert!(!line.contains(SECRET), "secret leaked: {line}");
+    }
+    // The mount children's logs too.
+    for e in std::fs::read_dir(env.path("state/logs")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!text.contains(ACCESS) && !text.contains(SECRET));
+    }
+}

@@ -1,0 +1,433 @@
+//! The external-provisioner + kubelet call sequence against a real plugin
+//! process, with real FUSE and bind mounts, for `file://` sources.
+
+mod support_csi;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use cachalot::csi::proto::volume_capability::access_mode::Mode;
+use cachalot::csi::proto::volume_capability::AccessType;
+use cachalot::csi::proto::*;
+use support_csi::*;
+
+fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_two_targets_one_read_only_then_delete() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let p = params(&[
+        ("source", &url),
+        ("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}"),
+        ("onDelete", "delete"),
+        ("mountPermissions", "0770"),
+        ("csi.storage.k8s.io/pvc/name", "data"),
+        ("csi.storage.k8s.io/pvc/namespace", "team-a"),
+        ("csi.storage.k8s.io/pv/name", "pvc-0001"),
+    ]);
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-0001", p.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(vol.capacity_bytes, 1 << 30);
+    let backing = env.source().join("team-a/data");
+    let meta = std::fs::metadata(&backing).expect("CreateVolume made the directory");
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o770);
+
+    // Same request again: same volume.
+    let again = c
+        .controller
+        .create_volume(create_req("pvc-0001", p))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(again.volume_id, vol.volume_id);
+
+    let staging = env.staging("pv1");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
+    assert!(is_mounted(&staging), "staging is a mount");
+    let fs_type = cachalot::csi::mounts::mount_table()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.mount_point == staging)
+        .unwrap()
+        .fs_type;
+    assert_eq!(fs_type, "fuse.cachalot");
+    assert_eq!(env.mount_children().len(), 1, "one child per staged volume");
+    // NodeStage twice: OK, still one child.
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
+    assert_eq!(env.mount_children().len(), 1);
+
+    let rw = env.target("pod-rw");
+    let ro = env.target("pod-ro");
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &rw, false))
+        .await
+        .unwrap();
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &ro, true))
+        .await
+        .unwrap();
+    // Publish twice: OK.
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &ro, true))
+        .await
+        .unwrap();
+    assert!(is_mounted(&rw) && is_mounted(&ro));
+
+    // I/O through the targets lands in the backing directory.
+    {
+        let mut f = std::fs::File::create(rw.join("hello.txt")).unwrap();
+        f.write_all(b"hello from a pod").unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::create_dir(rw.join("sub")).unwrap();
+    std::fs::write(rw.join("sub/n.bin"), vec![7u8; 300_000]).unwrap();
+    assert_eq!(
+        std::fs::read(backing.join("hello.txt")).unwrap(),
+        b"hello from a pod"
+    );
+    assert_eq!(
+        std::fs::read(backing.join("sub/n.bin")).unwrap().len(),
+        300_000
+    );
+    assert_eq!(
+        std::fs::read(ro.join("hello.txt")).unwrap(),
+        b"hello from a pod"
+    );
+    // The read-only target refuses every change with EROFS.
+    assert_eq!(
+        errno_of(std::fs::write(ro.join("x"), b"no")),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(ro.join("hello.txt"))
+        ),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno_of(std::fs::create_dir(ro.join("d"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno_of(std::fs::remove_file(ro.join("hello.txt"))),
+        Some(libc::EROFS)
+    );
+    assert!(backing.join("hello.txt").exists());
+
+    let stats = c
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: rw.display().to_string(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+        .expect("byte usage");
+    let inodes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == volume_usage::Unit::Inodes as i32)
+        .expect("inode usage");
+    assert!(
+        bytes.total > 0 && bytes.available > 0 && bytes.used >= 0,
+        "{bytes:?}"
+    );
+    assert!(bytes.available <= bytes.total);
+    assert!(inodes.total > 0, "{inodes:?}");
+    let cond = stats.volume_condition.unwrap();
+    assert!(!cond.abnormal, "{cond:?}");
+
+    for t in [&rw, &ro] {
+        c.node
+            .node_unpublish_volume(unpublish_req(&vol, t))
+            .await
+            .unwrap();
+        assert!(!is_mounted(t));
+        assert!(!t.exists(), "NodeUnpublish removes the target directory");
+        // Again: not mounted any more → OK.
+        c.node
+            .node_unpublish_volume(unpublish_req(&vol, t))
+            .await
+            .unwrap();
+    }
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&staging));
+    eventually("mount child exits", Duration::from_secs(10), || {
+        env.mount_children().is_empty()
+    });
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+    // Unstage removed nothing in the backend.
+    assert!(backing.join("hello.txt").exists());
+
+    c.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!backing.exists(), "onDelete=delete removes the directory");
+    assert!(env.source().join("team-a").exists(), "parents are kept");
+    c.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn create_write_delete(env: &Env, c: &mut Clients, name: &str, on_delete: &str) -> Volume {
+    let url = env.source_url();
+    let vol = c
+        .controller
+        .create_volume(create_req(
+            name,
+            params(&[("source", &url), ("onDelete", on_delete)]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let staging = env.staging(name);
+    let target = env.target(&format!("pod-{name}"));
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .unwrap();
+    std::fs::write(target.join("keep.txt"), b"precious").unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+    c.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    vol
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_delete_retain_keeps_and_archive_renames() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    create_write_delete(&env, &mut c, "pvc-keep", "retain").await;
+    assert_eq!(
+        std::fs::read(env.source().join("pvc-keep/keep.txt")).unwrap(),
+        b"precious"
+    );
+
+    create_write_delete(&env, &mut c, "pvc-arch", "archive").await;
+    assert!(!env.source().join("pvc-arch").exists());
+    assert_eq!(
+        std::fs::read(env.source().join("archived-pvc-arch/keep.txt")).unwrap(),
+        b"precious"
+    );
+    // A second archive of the same name does not clobber the first.
+    create_write_delete(&env, &mut c, "pvc-arch", "archive").await;
+    let archived: Vec<String> = std::fs::read_dir(env.source())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("archived-pvc-arch"))
+        .collect();
+    assert_eq!(archived.len(), 2, "{archived:?}");
+    assert!(env.mount_children().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_and_volume_mount_group() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let vol = c
+        .controller
+        .create_volume(create_req(
+            "pvc-grp",
+            params(&[("source", &url), ("uid", "1234"), ("gid", "5678")]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let backing = env.source().join("pvc-grp");
+    let m = std::fs::metadata(&backing).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o775,
+        "default mountPermissions"
+    );
+    std::fs::write(backing.join("pre.txt"), b"x").unwrap(); // root:root
+
+    let mut cap = rwx();
+    if let Some(AccessType::Mount(m)) = cap.access_type.as_mut() {
+        m.volume_mount_group = "4242".into();
+    }
+    let staging = env.staging("grp");
+    let target = env.target("pod-grp");
+    let mut stage = stage_req(&vol, &staging);
+    stage.volume_capability = Some(cap.clone());
+    c.node.node_stage_volume(stage).await.unwrap();
+    let mut publish = publish_req(&vol, &staging, &target, false);
+    publish.volume_capability = Some(cap.clone());
+    c.node.node_publish_volume(publish.clone()).await.unwrap();
+
+    assert_eq!(
+        std::fs::metadata(target.join("pre.txt")).unwrap().gid(),
+        4242
+    );
+    assert_eq!(std::fs::metadata(&target).unwrap().gid(), 4242);
+
+    // Another pod with another fsGroup on the same node: refused, with why.
+    let mut other = publish.clone();
+    other.target_path = env.target("pod-other").display().to_string();
+    if let Some(AccessType::Mount(m)) = other
+        .volume_capability
+        .as_mut()
+        .and_then(|c| c.access_type.as_mut())
+    {
+        m.volume_mount_group = "999".into();
+    }
+    let err = c.node.node_publish_volume(other).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("fsGroup"), "{err:?}");
+
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_access_mode_is_published_read_only() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-rox", params(&[("source", &url)])))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    std::fs::write(env.source().join("pvc-rox/data.txt"), b"shared").unwrap();
+    let cap = mount_cap(Mode::MultiNodeReaderOnly);
+    let staging = env.staging("rox");
+    let target = env.target("pod-rox");
+    let mut stage = stage_req(&vol, &staging);
+    stage.volume_capability = Some(cap.clone());
+    c.node.node_stage_volume(stage).await.unwrap();
+    let mut publish = publish_req(&vol, &staging, &target, false);
+    publish.volume_capability = Some(cap);
+    c.node.node_publish_volume(publish).await.unwrap();
+    assert_eq!(std::fs::read(target.join("data.txt")).unwrap(), b"shared");
+    assert_eq!(
+        errno_of(std::fs::write(target.join("new"), b"x")),
+        Some(libc::EROFS)
+    );
+    // The staging mount itself is read-only too.
+    assert_eq!(
+        errno_of(std::fs::write(staging.join("new"), b"x")),
+        Some(libc::EROFS)
+    );
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
+    let mut env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-term", params(&[("source", &url)])))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let staging = env.staging("term");
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .unwrap();
+    drop(c);
+    let status = env.stop_plugin();
+    assert!(status.success(), "{status}");
+    assert!(
+        !env.socket().exists(),
+        "socket removed on graceful shutdown"
+    );
+    assert!(is_mounted(&staging), "staged mounts outlive the plugin");
+    std::fs::write(staging.join("still.txt"), b"up").unwrap();
+    assert!(env.source().join("pvc-term/still.txt").exists());
+    // A stale socket file does not stop the next start.
+    std::os::unix::net::UnixListener::bind(env.socket()).unwrap();
+    env.start_plugin();
+    let mut c = env.clients().await;
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .unwrap();
+    assert!(!is_mounted(&staging));
+}
