@@ -29,7 +29,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Where the data lives: file:///absolute/path
+    /// Where the data lives: file:///absolute/path or nfs://server[:port]/export/path
     #[arg(value_parser = parse_source)]
     pub source: Source,
     /// An existing, empty directory to mount on.
@@ -62,6 +62,13 @@ pub struct MountArgs {
     /// Perform every backend operation as this gid (default: the caller's).
     #[arg(long, requires = "uid")]
     pub gid: Option<u32>,
+    /// Supplementary groups sent with --uid/--gid (NFS AUTH_SYS), e.g. 10,20.
+    #[arg(long, requires = "uid", value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// Do not check at mount time that the identity can create, write, rename
+    /// and remove files (read-write NFS mounts).
+    #[arg(long)]
+    pub skip_preflight: bool,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,

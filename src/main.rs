@@ -49,6 +49,8 @@ fn run_mount(args: MountArgs) -> Result<()> {
         read_only: args.read_only,
         allow_other: args.allow_other,
         identity,
+        groups: args.groups,
+        skip_preflight: args.skip_preflight,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()
