@@ -11,7 +11,7 @@ use nfs3_types::nfs3::{
 use nfs3_types::xdr_codec::Opaque;
 
 use super::attrs;
-use super::volume::{dirop, Volume};
+use super::volume::{dir_removed, dirop, stale_dir, Volume};
 use super::write::{remove_name, setattr};
 use crate::backend::{
     AttrChanges, BackendPath, BackendResult, ErrorKind, FsStats, Identity, Metadata,
@@ -29,7 +29,7 @@ async fn finish_create(
     vol: &Volume,
     ctx: &super::errors::Ctx<'_>,
     path: &BackendPath,
-    result: Nfs3Result<Created, ()>,
+    result: Nfs3Result<Created, Nfs3Option<nfs3_types::nfs3::fattr3>>,
     resent: bool,
     expect: ftype3,
 ) -> BackendResult<Metadata> {
@@ -54,6 +54,9 @@ async fn finish_create(
                 Some((_, a)) if a.type_ == expect => Ok(attrs::metadata(&a)),
                 _ => Err(ctx.status(nfsstat3::NFS3ERR_EXIST)),
             }
+        }
+        Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, dir_after)) if dir_removed(&dir_after) => {
+            Err(stale_dir(ctx))
         }
         Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
     }
@@ -80,7 +83,7 @@ pub async fn mkdir(
             fh: ok.obj,
             attrs: ok.obj_attributes,
         }),
-        Nfs3Result::Err((s, _)) => Nfs3Result::Err((s, ())),
+        Nfs3Result::Err((s, fail)) => Nfs3Result::Err((s, fail.dir_wcc.after)),
     };
     finish_create(vol, &ctx, path, created, reply.resent, ftype3::NF3DIR).await
 }
@@ -106,7 +109,7 @@ pub async fn mkfifo(
             fh: ok.obj,
             attrs: ok.obj_attributes,
         }),
-        Nfs3Result::Err((s, _)) => Nfs3Result::Err((s, ())),
+        Nfs3Result::Err((s, fail)) => Nfs3Result::Err((s, fail.dir_wcc.after)),
     };
     finish_create(vol, &ctx, path, created, reply.resent, ftype3::NF3FIFO).await
 }
@@ -135,7 +138,7 @@ pub async fn symlink(
             fh: ok.obj,
             attrs: ok.obj_attributes,
         }),
-        Nfs3Result::Err((s, _)) => Nfs3Result::Err((s, ())),
+        Nfs3Result::Err((s, fail)) => Nfs3Result::Err((s, fail.dir_wcc.after)),
     };
     finish_create(vol, &ctx, path, created, reply.resent, ftype3::NF3LNK).await
 }

@@ -175,7 +175,12 @@ impl Volume {
                     .await?;
                 Ok(Some((ok.object, attrs)))
             }
-            Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(None),
+            Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, fail)) => {
+                if dir_removed(&fail.dir_attributes) {
+                    return Err(stale_dir(ctx));
+                }
+                Ok(None)
+            }
             Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
         }
     }
@@ -257,6 +262,17 @@ impl Volume {
             other => other,
         }
     }
+}
+
+/// A directory with no links left was removed: a server may answer NOENT
+/// for lookups in it (from its cache) instead of STALE. Either way the handle
+/// is dead and the path must be looked up again.
+pub fn dir_removed(attrs: &Nfs3Option<fattr3>) -> bool {
+    matches!(attrs, Nfs3Option::Some(a) if a.type_ == ftype3::NF3DIR && a.nlink == 0)
+}
+
+pub fn stale_dir(ctx: &Ctx<'_>) -> crate::backend::BackendError {
+    ctx.err(ErrorKind::Stale, "the directory was removed (link count 0)")
 }
 
 pub fn host_tag() -> String {
