@@ -7,6 +7,8 @@
 //! ports, so binaries (also of other worktrees) serialize on a lock file.
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::TcpStream;
@@ -24,22 +26,27 @@ pub const MNT_PORT: u16 = 20048;
 pub const SQUASHED_OWNER: u32 = 1000;
 const LOCK_FILE: &str = "/tmp/cachalot-nfs-tests.lock";
 
-type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+type SpawnRequest = (Command, i32, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawn `cmd` from the spawner thread (which lives as long as the process)
 /// with SIGKILL as parent-death signal.
 fn spawn(cmd: Command) -> std::io::Result<Child> {
+    spawn_with_death_signal(cmd, libc::SIGKILL)
+}
+
+/// Spawn `cmd` so that it gets `signal` when the test process dies.
+pub fn spawn_with_death_signal(cmd: Command, signal: i32) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         std::thread::Builder::new()
             .name("server-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
+                for (mut cmd, signal, reply) in rx {
                     // SAFETY: prctl is async-signal-safe.
                     unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        cmd.pre_exec(move || {
+                            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                                 return Err(std::io::Error::last_os_error());
                             }
                             Ok(())
@@ -55,7 +62,7 @@ fn spawn(cmd: Command) -> std::io::Result<Child> {
     sender
         .lock()
         .unwrap()
-        .send((cmd, tx))
+        .send((cmd, signal, tx))
         .map_err(|_| std::io::Error::other("spawner gone"))?;
     rx.recv()
         .map_err(|_| std::io::Error::other("spawner gone"))?
@@ -65,7 +72,7 @@ fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
-fn stop_child(child: &mut Child, grace: Duration) {
+pub fn stop_child(child: &mut Child, grace: Duration) {
     let pid = child.id() as i32;
     // SAFETY: signalling our own child by pid.
     unsafe {
