@@ -124,16 +124,25 @@ impl Ganesha {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Whether the ganesha process is alive (it may have crashed).
     pub fn is_running(&self) -> bool {
-        self.child.lock().unwrap().is_some()
+        let mut slot = self.child.lock().unwrap();
+        match slot.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *slot = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Start ganesha (if stopped) and wait until both ports answer.
     pub fn start(&self) {
-        let mut slot = self.child.lock().unwrap();
-        if slot.is_some() {
+        if self.is_running() {
             return;
         }
+        let mut slot = self.child.lock().unwrap();
         let mut cmd = Command::new("ganesha.nfsd");
         cmd.arg("-F")
             .arg("-f")
@@ -147,6 +156,12 @@ impl Ganesha {
             .stderr(Stdio::null());
         let child = spawn(cmd).expect("starting ganesha.nfsd (run scripts/install-nfs-deps.sh)");
         *slot = Some(child);
+        drop(slot);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let mut slot = self.child.lock().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(port_open(NFS_PORT) && port_open(MNT_PORT)) {
             if let Some(Ok(Some(status))) = slot.as_mut().map(|c| c.try_wait()) {
@@ -184,6 +199,58 @@ impl Ganesha {
     pub fn restart(&self) {
         self.stop(false);
         self.start();
+    }
+
+    /// A restart prepared in advance: a shell that will `exec` ganesha when
+    /// told to. Needed while the test process holds files of a cachalot
+    /// mount open: spawning a process then would hand those descriptors to
+    /// the child, whose close at exec sends FUSE FLUSH, which waits for the
+    /// write in progress (and publishes) — the restart would hang on the
+    /// very write it is meant to interrupt.
+    pub fn prepare_restart(self: &Arc<Self>) -> PreparedRestart {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"read -r _ && exec ganesha.nfsd -F -f "$1" -L "$2" -p "$3""#)
+            .arg("sh")
+            .arg(&self.conf)
+            .arg(&self.log)
+            .arg(self.root.path().join("ganesha.pid"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        PreparedRestart {
+            server: Arc::clone(self),
+            child: Some(spawn(cmd).expect("preparing a ganesha restart")),
+        }
+    }
+}
+
+pub struct PreparedRestart {
+    server: Arc<Ganesha>,
+    child: Option<Child>,
+}
+
+impl PreparedRestart {
+    /// Kill the running ganesha (SIGKILL), keep it down for `down`, start the
+    /// prepared one and wait until it serves.
+    pub fn kill_and_restart(mut self, down: Duration) {
+        self.server.stop(false);
+        std::thread::sleep(down);
+        let mut child = self.child.take().expect("prepared child");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"go\n").unwrap();
+        drop(stdin);
+        *self.server.child.lock().unwrap() = Some(child);
+        self.server.wait_ready();
+    }
+}
+
+impl Drop for PreparedRestart {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -49,7 +49,7 @@ const DIR_HANDLE_TTL: Duration = Duration::from_secs(2);
 const MAX_TRANSFER: u32 = 1 << 20;
 const MIN_TRANSFER: u32 = 4096;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NfsOptions {
     /// Fixed identity for every request (`--uid/--gid`); `None` = the caller's.
     pub identity: Option<Identity>,
@@ -58,17 +58,6 @@ pub struct NfsOptions {
     pub retry: RetryPolicy,
     /// FILE_SYNC every write instead of UNSTABLE + COMMIT.
     pub stable_writes: bool,
-}
-
-impl Default for NfsOptions {
-    fn default() -> Self {
-        NfsOptions {
-            identity: None,
-            groups: Vec::new(),
-            retry: RetryPolicy::default(),
-            stable_writes: false,
-        }
-    }
 }
 
 pub struct NfsBackend {
@@ -149,7 +138,7 @@ impl NfsBackend {
         let export_fh = match mountproto::mnt(mount_addr, &cred, &machine, &export).await {
             Ok(fh) => fh,
             Err((Some(_), why)) => {
-                let listed = matches!(&exports, Ok(l) if l.iter().any(|e| *e == export));
+                let listed = matches!(&exports, Ok(l) if l.contains(&export));
                 return Err(if listed {
                     connect_error(
                         &describe,
