@@ -107,8 +107,17 @@ fn parse_nfs(text: &str, url: &url::Url) -> Result<Source, SourceError> {
         }
         components.push(decoded.into_owned());
     }
-    if text.contains("/../") || text.ends_with("/..") {
-        return Err(SourceError::BadPath(text.to_string()));
+    // The URL parser resolves `..` (also `%2e%2e`) before we see the path:
+    // look at the segments as written, so nothing silently changes directory.
+    let written = text
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("");
+    for raw in written.split(['/', '?', '#']) {
+        let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        if decoded == "." || decoded == ".." {
+            return Err(SourceError::BadPath(text.to_string()));
+        }
     }
     Ok(Source::Nfs {
         host,
@@ -187,6 +196,10 @@ mod tests {
         ));
         assert!(matches!(
             Source::parse("nfs://h/export/%2e%2e/etc"),
+            Err(SourceError::BadPath(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://h/export/../etc"),
             Err(SourceError::BadPath(_))
         ));
         assert!(matches!(
