@@ -30,7 +30,10 @@ fn ok<T, E: std::fmt::Debug>(r: Nfs3Result<T, E>, what: &str) -> Res<T> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let [host, export, dir, op, rest @ ..] = args.as_slice() else {
         eprintln!("usage: nfs_direct HOST EXPORT DIR (read FILE | write FILE MIB | ls SUBDIR)");
         std::process::exit(2);
@@ -56,21 +59,39 @@ async fn main() -> Res<()> {
             let fh = ok(conn.lookup(&lookup(dir_fh, file)).await?, "lookup")?.object;
             let mut offset = 0u64;
             loop {
-                let r = ok(conn.read(&READ3args { file: fh.clone(), offset, count: CHUNK }).await?, "read")?;
+                let r = ok(
+                    conn.read(&READ3args {
+                        file: fh.clone(),
+                        offset,
+                        count: CHUNK,
+                    })
+                    .await?,
+                    "read",
+                )?;
                 offset += u64::from(r.count);
                 if r.eof || r.count == 0 {
                     break;
                 }
             }
             let secs = started.elapsed().as_secs_f64();
-            println!("direct read {} MiB in {secs:.2}s = {:.0} MiB/s", offset >> 20, (offset >> 20) as f64 / secs);
+            println!(
+                "direct read {} MiB in {secs:.2}s = {:.0} MiB/s",
+                offset >> 20,
+                (offset >> 20) as f64 / secs
+            );
         }
         ("write", [file, mib]) => {
             let mib: u64 = mib.parse()?;
             let created = ok(
                 conn.create(&CREATE3args {
-                    where_: diropargs3 { dir: dir_fh, name: name(file) },
-                    how: createhow3::UNCHECKED(sattr3 { mode: Nfs3Option::Some(0o644), ..sattr3::default() }),
+                    where_: diropargs3 {
+                        dir: dir_fh,
+                        name: name(file),
+                    },
+                    how: createhow3::UNCHECKED(sattr3 {
+                        mode: Nfs3Option::Some(0o644),
+                        ..sattr3::default()
+                    }),
                 })
                 .await?,
                 "create",
@@ -92,9 +113,20 @@ async fn main() -> Res<()> {
                     "write",
                 )?;
             }
-            ok(conn.commit(&COMMIT3args { file: fh, offset: 0, count: 0 }).await?, "commit")?;
+            ok(
+                conn.commit(&COMMIT3args {
+                    file: fh,
+                    offset: 0,
+                    count: 0,
+                })
+                .await?,
+                "commit",
+            )?;
             let secs = started.elapsed().as_secs_f64();
-            println!("direct write {mib} MiB in {secs:.2}s = {:.0} MiB/s", mib as f64 / secs);
+            println!(
+                "direct write {mib} MiB in {secs:.2}s = {:.0} MiB/s",
+                mib as f64 / secs
+            );
         }
         ("ls", [sub]) => {
             let fh = ok(conn.lookup(&lookup(dir_fh, sub)).await?, "lookup")?.object;
