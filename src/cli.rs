@@ -76,7 +76,7 @@ pub enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Where the data lives: file:///absolute/path
+    /// Where the data lives: file:///absolute/path or nfs://server[:port]/export/path
     #[arg(value_parser = parse_source)]
     pub source: Source,
     /// An existing, empty directory to mount on.
@@ -118,6 +118,13 @@ pub struct MountArgs {
     /// (CSI volume_mount_group / Kubernetes fsGroup).
     #[arg(long)]
     pub mount_group: Option<u32>,
+    /// Supplementary groups sent with --uid/--gid (NFS AUTH_SYS), e.g. 10,20.
+    #[arg(long, requires = "uid", value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// Do not check at mount time that the identity can create, write, rename
+    /// and remove files (read-write NFS mounts).
+    #[arg(long)]
+    pub skip_preflight: bool,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,

@@ -89,6 +89,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         identity: None,
         passthrough: false,
         mount_group: None,
+        groups: Vec::new(),
+        skip_preflight: false,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

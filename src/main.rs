@@ -51,6 +51,8 @@ fn run_mount(args: MountArgs) -> Result<()> {
         identity,
         passthrough: !args.no_passthrough,
         mount_group: args.mount_group,
+        groups: args.groups,
+        skip_preflight: args.skip_preflight,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()

@@ -301,14 +301,6 @@ async fn bad_parameters_are_invalid_arguments_naming_the_problem() {
         (vec![("source", "file://host/x")], "host"),
         (vec![("source", "s3://Bad_Bucket/x")], "bucket"),
         (
-            vec![("source", "nfs://server/export")],
-            "not available in this build",
-        ),
-        (
-            vec![("server", "10.0.0.1"), ("share", "/export")],
-            "not available in this build",
-        ),
-        (
             vec![
                 ("source", "s3://bucket/prefix"),
                 ("endpoint", "http://127.0.0.1:1"),

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod local;
+pub mod nfs;
 mod path;
 mod source;
 
@@ -178,6 +179,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Remove temporary objects left behind by a crashed writer. Returns how
     /// many were removed.
     async fn cleanup_stale_temps(&self) -> BackendResult<usize>;
+
+    /// Mount-time check that `id` can do what the write path needs (create,
+    /// write, rename, remove a temporary object). The error explains the
+    /// likely fix. Backends where nothing can go wrong keep the default.
+    async fn preflight(&self, _id: Identity) -> BackendResult<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]

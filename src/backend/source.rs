@@ -8,18 +8,32 @@ use std::path::PathBuf;
 pub enum Source {
     /// `file:///abs/path`: a local directory (also a kernel-mounted NFS).
     Local { root: PathBuf },
+    /// `nfs://server[:port]/export/path`: NFSv3 spoken from user space. The
+    /// path is the export, optionally followed by a directory below it; which
+    /// part is the export is decided at mount time from the server's export list.
+    Nfs {
+        host: String,
+        /// NFS port; `None` = ask the server's portmapper (then 2049).
+        port: Option<u16>,
+        /// Absolute, normalised (`/export/sub`, `/` for the root).
+        path: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SourceError {
     #[error("source '{0}' is not a URL; expected file:///absolute/path")]
     NotAUrl(String),
-    #[error("source scheme '{0}' is not supported yet; supported: file://")]
+    #[error("source scheme '{0}' is not supported yet; supported: file://, nfs://")]
     UnsupportedScheme(String),
     #[error("source '{0}': a file:// URL takes no host; write file:///absolute/path")]
     HostNotAllowed(String),
     #[error("source '{0}': the path must be absolute and must not contain '..'")]
     BadPath(String),
+    #[error("source '{0}': an nfs:// URL needs a server: nfs://server[:port]/export/path")]
+    NfsHostMissing(String),
+    #[error("source '{0}': an nfs:// URL takes no user, password, query or fragment")]
+    NfsExtraParts(String),
     #[error("source '{url}': {path} is not a directory ({why})")]
     NotADirectory {
         url: String,
@@ -61,15 +75,72 @@ impl Source {
                     }),
                 }
             }
+            "nfs" => parse_nfs(text, &url),
             other => Err(SourceError::UnsupportedScheme(other.to_string())),
         }
     }
+}
+
+fn parse_nfs(text: &str, url: &url::Url) -> Result<Source, SourceError> {
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        _ => return Err(SourceError::NfsHostMissing(text.to_string())),
+    };
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(SourceError::NfsExtraParts(text.to_string()));
+    }
+    let mut components = Vec::new();
+    for raw in url.path().split('/').filter(|c| !c.is_empty()) {
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| SourceError::BadPath(text.to_string()))?;
+        // `url` already resolved literal dot segments; encoded ones are
+        // still here and must not escape the export either.
+        if decoded == "." || decoded == ".." || decoded.contains('/') || decoded.contains('\0') {
+            return Err(SourceError::BadPath(text.to_string()));
+        }
+        components.push(decoded.into_owned());
+    }
+    // The URL parser resolves `..` (also `%2e%2e`) before we see the path:
+    // look at the segments as written, so nothing silently changes directory.
+    let written = text
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("");
+    for raw in written.split(['/', '?', '#']) {
+        let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+        if decoded == "." || decoded == ".." {
+            return Err(SourceError::BadPath(text.to_string()));
+        }
+    }
+    Ok(Source::Nfs {
+        host,
+        port: url.port(),
+        path: format!("/{}", components.join("/")),
+    })
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Local { root } => write!(f, "file://{}", root.display()),
+            Source::Nfs { host, port, path } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                match port {
+                    Some(p) => write!(f, "nfs://{host}:{p}{path}"),
+                    None => write!(f, "nfs://{host}{path}"),
+                }
+            }
         }
     }
 }
@@ -90,6 +161,59 @@ mod tests {
             }
         );
         assert_eq!(src.to_string(), url);
+    }
+
+    #[test]
+    fn parses_nfs_urls() {
+        let src = Source::parse("nfs://10.0.0.5/home/ubuntu/nfs/").unwrap();
+        assert_eq!(
+            src,
+            Source::Nfs {
+                host: "10.0.0.5".into(),
+                port: None,
+                path: "/home/ubuntu/nfs".into()
+            }
+        );
+        assert_eq!(src.to_string(), "nfs://10.0.0.5/home/ubuntu/nfs");
+        let src = Source::parse("nfs://filer.example:2050/export/a%20b").unwrap();
+        assert_eq!(
+            src,
+            Source::Nfs {
+                host: "filer.example".into(),
+                port: Some(2050),
+                path: "/export/a b".into()
+            }
+        );
+        let src = Source::parse("nfs://[::1]/").unwrap();
+        assert_eq!(src.to_string(), "nfs://[::1]/");
+    }
+
+    #[test]
+    fn rejects_bad_nfs_urls() {
+        assert!(matches!(
+            Source::parse("nfs:///export"),
+            Err(SourceError::NfsHostMissing(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://h/export/%2e%2e/etc"),
+            Err(SourceError::BadPath(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://h/export/../etc"),
+            Err(SourceError::BadPath(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://h/export/a%2Fb"),
+            Err(SourceError::BadPath(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://user@h/export"),
+            Err(SourceError::NfsExtraParts(_))
+        ));
+        assert!(matches!(
+            Source::parse("nfs://h/export?x=1"),
+            Err(SourceError::NfsExtraParts(_))
+        ));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 
 use std::sync::Arc;
 
+use tonic::Status;
+
+use super::errors::backend_status;
 use super::params::{InvalidArgument, Location};
 use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::nfs::{NfsBackend, NfsOptions};
 use crate::backend::{Backend, BackendPath, Source};
 
 fn unavailable(location: &Location) -> InvalidArgument {
     InvalidArgument(format!(
-        "backend '{}' (source {location}) not available in this build; available: file",
+        "backend '{}' (source {location}) not available in this build; available: file, nfs",
         location.kind()
     ))
 }
@@ -26,15 +30,33 @@ pub fn source_for(location: &Location, sub: &BackendPath) -> Result<Source, Inva
                 root.join(sub.as_str())
             },
         }),
-        Location::Nfs { .. } | Location::S3 { .. } => Err(unavailable(location)),
+        Location::Nfs {
+            server,
+            port,
+            export,
+        } => Ok(Source::Nfs {
+            host: server.clone(),
+            port: *port,
+            path: if sub.is_root() {
+                export.clone()
+            } else {
+                format!("{}/{}", export.trim_end_matches('/'), sub.as_str())
+            },
+        }),
+        Location::S3 { .. } => Err(unavailable(location)),
     }
 }
 
 /// A backend rooted at `location/sub` for the controller's directory work.
 /// The controller acts as root and hands new objects to the identity it
 /// passes per call (like the mount's default "caller" mode).
-pub fn open(location: &Location, sub: &BackendPath) -> Result<Arc<dyn Backend>, InvalidArgument> {
-    match source_for(location, sub)? {
+pub async fn open(location: &Location, sub: &BackendPath) -> Result<Arc<dyn Backend>, Status> {
+    let source = source_for(location, sub)?;
+    match source {
         Source::Local { root } => Ok(Arc::new(LocalBackend::new(root, IdentityMode::Caller))),
+        Source::Nfs { .. } => NfsBackend::connect(&source, NfsOptions::default())
+            .await
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            .map_err(|e| backend_status(&format!("connecting to {source}"), &e)),
     }
 }

@@ -108,7 +108,7 @@ impl ControllerService {
         };
         let volume_id = id.encode();
         let params_digest = digest(&req.parameters);
-        let backend = backends::open(&params.location, &BackendPath::root())?;
+        let backend = backends::open(&params.location, &BackendPath::root()).await?;
 
         let _guard = self.locks.lock(&req.name).await;
         match self.state.load_controller(&req.name) {
@@ -172,7 +172,7 @@ impl ControllerService {
             S3Credentials::from_secrets(&req.secrets)?;
         }
         let _guard = self.locks.lock(&req.volume_id).await;
-        let parent = backends::open(&id.location, &BackendPath::root())?;
+        let parent = backends::open(&id.location, &BackendPath::root()).await?;
         if id.sub.is_root() {
             tracing::warn!(volume_id = %req.volume_id, "volume is a whole source; never deleting a source root");
         } else {
@@ -186,7 +186,7 @@ impl ControllerService {
                         tracing::info!(volume_id = %req.volume_id, "onDelete=retain: directory kept");
                     }
                     OnDelete::Delete => {
-                        let vol = backends::open(&id.location, &id.sub)?;
+                        let vol = backends::open(&id.location, &id.sub).await?;
                         if let Err(e) = vol.cleanup_stale_temps().await {
                             tracing::warn!(error = %e, "could not clean stale temp files before delete");
                         }
@@ -241,7 +241,7 @@ impl ControllerService {
             }
             Err(e) => return Err(Status::invalid_argument(e.to_string())),
         };
-        let parent = backends::open(&id.location, &BackendPath::root())?;
+        let parent = backends::open(&id.location, &BackendPath::root()).await?;
         match parent.stat(ROOT, &id.sub).await {
             Ok(m) if m.kind == FileKind::Directory => {}
             Ok(_) => {

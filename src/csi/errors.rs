@@ -35,6 +35,9 @@ pub fn backend_status(what: &str, e: &BackendError) -> Status {
         ErrorKind::Unavailable | ErrorKind::Stale => Status::unavailable(format!(
             "{msg}. The backend is unreachable; the call is safe to retry"
         )),
+        ErrorKind::NotFound | ErrorKind::InvalidArgument => Status::failed_precondition(format!(
+            "{msg}. Fix: check the StorageClass source/server/share parameters"
+        )),
         ErrorKind::NotADirectory => Status::failed_precondition(format!(
             "{msg}. Fix: a file is in the way of the volume directory; remove or rename it"
         )),

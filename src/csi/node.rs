@@ -81,6 +81,9 @@ fn preflight(source: &Source) -> Result<(), Status> {
                 root.display()
             ))),
         },
+        // The mount child connects and runs the backend's own preflight; its
+        // error (export list, root_squash fix) is returned to the caller.
+        Source::Nfs { .. } => Ok(()),
     }
 }
 

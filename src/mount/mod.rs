@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::nfs::{NfsBackend, NfsOptions};
 use crate::backend::{Backend, Identity, Source};
 use crate::cache::{PageStore, PageStoreConfig};
 use crate::fs::{CachalotFs, FsConfig};
@@ -36,6 +37,10 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// See [`FsConfig::mount_group`].
     pub mount_group: Option<u32>,
+    /// Supplementary groups sent with `identity` (NFS AUTH_SYS).
+    pub groups: Vec<u32>,
+    /// Skip the mount-time write check of read-write mounts.
+    pub skip_preflight: bool,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -49,8 +54,8 @@ pub struct MountedFs {
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
-fn backend_for(opts: &MountOptions) -> Arc<dyn Backend> {
-    match &opts.source {
+async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
+    Ok(match &opts.source {
         Source::Local { root } => {
             let mode = if opts.identity.is_some() {
                 IdentityMode::Fixed
@@ -59,7 +64,28 @@ fn backend_for(opts: &MountOptions) -> Arc<dyn Backend> {
             };
             Arc::new(LocalBackend::new(root.clone(), mode))
         }
+        Source::Nfs { .. } => {
+            let nfs_opts = NfsOptions {
+                identity: opts.identity,
+                groups: opts.groups.clone(),
+                ..NfsOptions::default()
+            };
+            Arc::new(NfsBackend::connect(&opts.source, nfs_opts).await?)
+        }
+    })
+}
+
+/// Read-write mounts check at mount time that the identity can write, so a
+/// squashed root or wrong uid fails here with the fix, not at first write.
+async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Result<()> {
+    if opts.read_only || opts.skip_preflight {
+        return Ok(());
     }
+    let id = opts
+        .identity
+        .unwrap_or_else(crate::backend::nfs::process_identity);
+    backend.preflight(id).await?;
+    Ok(())
 }
 
 fn fuse_config(opts: &MountOptions) -> Config {
@@ -102,7 +128,13 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         opts.page_size,
     ))
     .context("opening the page cache")?;
-    let backend = backend_for(&opts);
+    let backend = runtime
+        .block_on(async {
+            let backend = backend_for(&opts).await?;
+            preflight(backend.as_ref(), &opts).await?;
+            Ok::<_, anyhow::Error>(backend)
+        })
+        .with_context(|| format!("mounting {}", opts.source))?;
     let fs_cfg = FsConfig {
         metadata_ttl: opts.metadata_ttl,
         read_only: opts.read_only,

@@ -1,0 +1,139 @@
+//! NFS attributes to our metadata, and our attribute changes to NFS `sattr3`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nfs3_types::nfs3::{fattr3, ftype3, nfstime3, sattr3, set_atime, set_mtime, Nfs3Option};
+
+use crate::backend::{AttrChanges, FileKind, Metadata, VersionToken};
+
+pub fn kind_of(t: ftype3) -> FileKind {
+    match t {
+        ftype3::NF3REG => FileKind::File,
+        ftype3::NF3DIR => FileKind::Directory,
+        ftype3::NF3LNK => FileKind::Symlink,
+        ftype3::NF3FIFO => FileKind::Fifo,
+        ftype3::NF3BLK | ftype3::NF3CHR | ftype3::NF3SOCK => FileKind::Special,
+    }
+}
+
+fn time(t: &nfstime3) -> SystemTime {
+    UNIX_EPOCH + Duration::new(u64::from(t.seconds), t.nseconds.min(999_999_999))
+}
+
+pub fn nfstime(t: SystemTime) -> nfstime3 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    nfstime3 {
+        seconds: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+        nseconds: d.subsec_nanos(),
+    }
+}
+
+/// mtime + ctime + fileid + size: any content change through any client
+/// moves mtime/ctime; a replace-by-rename changes the fileid.
+pub fn version(a: &fattr3) -> VersionToken {
+    VersionToken(format!(
+        "{:x}-{:x}-{:x}.{:x}-{:x}.{:x}",
+        a.fileid, a.size, a.mtime.seconds, a.mtime.nseconds, a.ctime.seconds, a.ctime.nseconds
+    ))
+}
+
+pub fn metadata(a: &fattr3) -> Metadata {
+    Metadata {
+        kind: kind_of(a.type_),
+        size: a.size,
+        mode: a.mode & 0o7777,
+        uid: a.uid,
+        gid: a.gid,
+        nlink: a.nlink,
+        atime: time(&a.atime),
+        mtime: time(&a.mtime),
+        ctime: time(&a.ctime),
+        version: version(a),
+    }
+}
+
+pub fn mode_only(mode: u32) -> sattr3 {
+    sattr3 {
+        mode: Nfs3Option::Some(mode & 0o7777),
+        ..sattr3::default()
+    }
+}
+
+pub fn size_only(size: u64) -> sattr3 {
+    sattr3 {
+        size: Nfs3Option::Some(size),
+        ..sattr3::default()
+    }
+}
+
+/// `changes` as sattr3. Symlinks have no mode of their own on Linux, so a
+/// mode change on one is dropped (as chmod would follow the link).
+pub fn sattr(changes: &AttrChanges, is_symlink: bool) -> sattr3 {
+    sattr3 {
+        mode: match (changes.mode, is_symlink) {
+            (Some(m), false) => Nfs3Option::Some(m & 0o7777),
+            _ => Nfs3Option::None,
+        },
+        uid: changes.uid.map_or(Nfs3Option::None, Nfs3Option::Some),
+        gid: changes.gid.map_or(Nfs3Option::None, Nfs3Option::Some),
+        size: Nfs3Option::None,
+        atime: changes.atime.map_or(set_atime::DONT_CHANGE, |t| {
+            set_atime::SET_TO_CLIENT_TIME(nfstime(t))
+        }),
+        mtime: changes.mtime.map_or(set_mtime::DONT_CHANGE, |t| {
+            set_mtime::SET_TO_CLIENT_TIME(nfstime(t))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs() -> fattr3 {
+        fattr3 {
+            type_: ftype3::NF3REG,
+            mode: 0o100644,
+            nlink: 1,
+            uid: 5,
+            gid: 6,
+            size: 10,
+            used: 4096,
+            rdev: Default::default(),
+            fsid: 1,
+            fileid: 42,
+            atime: nfstime3 {
+                seconds: 1,
+                nseconds: 0,
+            },
+            mtime: nfstime3 {
+                seconds: 2,
+                nseconds: 3,
+            },
+            ctime: nfstime3 {
+                seconds: 4,
+                nseconds: 5,
+            },
+        }
+    }
+
+    #[test]
+    fn version_moves_with_content_and_identity() {
+        let a = attrs();
+        let base = version(&a);
+        let mut b = attrs();
+        b.atime.seconds = 99;
+        assert_eq!(version(&b), base, "atime alone is not a change");
+        for change in [
+            |x: &mut fattr3| x.size += 1,
+            |x: &mut fattr3| x.mtime.nseconds += 1,
+            |x: &mut fattr3| x.ctime.seconds += 1,
+            |x: &mut fattr3| x.fileid += 1,
+        ] {
+            let mut c = attrs();
+            change(&mut c);
+            assert_ne!(version(&c), base);
+        }
+        assert_eq!(metadata(&a).mode, 0o644);
+    }
+}
