@@ -87,6 +87,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         read_only: false,
         allow_other: false,
         identity: None,
+        s3: Default::default(),
+        skip_preflight: false,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cachalot::backend::Identity;
 use cachalot::cli::{Cli, Command, MountArgs};
@@ -49,6 +49,8 @@ fn run_mount(args: MountArgs) -> Result<()> {
         read_only: args.read_only,
         allow_other: args.allow_other,
         identity,
+        s3: args.s3.to_options(),
+        skip_preflight: args.skip_preflight,
     })?;
     daemon::report_ready();
     mounted.run_until_signal()
@@ -56,6 +58,13 @@ fn run_mount(args: MountArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Mount(args) = &cli.command {
+        if let Err(msg) = args.validate() {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                .exit();
+        }
+    }
     init_logging();
     let result = match cli.command {
         Command::Mount(args) => run_mount(args),

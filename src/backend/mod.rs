@@ -5,6 +5,7 @@
 mod error;
 pub mod local;
 mod path;
+pub mod s3;
 mod source;
 
 use std::time::SystemTime;

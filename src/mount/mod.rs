@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
 use crate::backend::{Backend, Identity, Source};
 use crate::cache::{PageStore, PageStoreConfig};
 use crate::fs::{CachalotFs, FsConfig};
@@ -31,6 +32,10 @@ pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
     pub identity: Option<Identity>,
+    /// Options of `s3://` sources (ignored for others).
+    pub s3: S3Options,
+    /// Skip the write-permission check of read-write mounts.
+    pub skip_preflight: bool,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -43,7 +48,7 @@ pub struct MountedFs {
     runtime: Arc<tokio::runtime::Runtime>,
 }
 
-fn backend_for(opts: &MountOptions) -> Arc<dyn Backend> {
+async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
     match &opts.source {
         Source::Local { root } => {
             let mode = if opts.identity.is_some() {
@@ -51,9 +56,38 @@ fn backend_for(opts: &MountOptions) -> Arc<dyn Backend> {
             } else {
                 IdentityMode::Caller
             };
-            Arc::new(LocalBackend::new(root.clone(), mode))
+            Ok(Arc::new(LocalBackend::new(root.clone(), mode)))
+        }
+        Source::S3 { bucket, prefix } => {
+            let backend = s3_backend(opts, bucket, prefix)?;
+            if !opts.read_only && !opts.skip_preflight {
+                backend.preflight().await?;
+            }
+            Ok(backend)
         }
     }
+}
+
+fn s3_backend(opts: &MountOptions, bucket: &str, prefix: &str) -> Result<Arc<S3Backend>> {
+    let credentials = Credentials::load(&opts.s3.credentials)?;
+    // S3 stores no owners: everything belongs to --uid/--gid, else to the
+    // identity that mounted.
+    let owner = opts.identity.unwrap_or(Identity {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    });
+    let config = S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        options: opts.s3.clone(),
+        credentials,
+        uid: owner.uid,
+        gid: owner.gid,
+        staging_dir: opts.cache_dir.join("s3-staging"),
+    };
+    let backend = S3Backend::new(config).map_err(anyhow::Error::msg)?;
+    tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(), "using S3");
+    Ok(Arc::new(backend))
 }
 
 fn fuse_config(opts: &MountOptions) -> Config {
@@ -96,7 +130,9 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         page_size: opts.page_size,
     })
     .context("opening the page cache")?;
-    let backend = backend_for(&opts);
+    let backend = runtime
+        .block_on(backend_for(&opts))
+        .with_context(|| format!("preparing the source {}", opts.source))?;
     let fs_cfg = FsConfig {
         metadata_ttl: opts.metadata_ttl,
         read_only: opts.read_only,
