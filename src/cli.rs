@@ -20,6 +20,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount SOURCE at MOUNTPOINT with a local page cache and atomic writes.
@@ -121,7 +123,10 @@ impl S3Args {
         flag(self.profile.is_some(), "--profile");
         flag(self.file_mode.is_some(), "--file-mode");
         flag(self.dir_mode.is_some(), "--dir-mode");
-        flag(self.rename_dir_max_objects.is_some(), "--rename-dir-max-objects");
+        flag(
+            self.rename_dir_max_objects.is_some(),
+            "--rename-dir-max-objects",
+        );
         flag(self.part_size.is_some(), "--part-size");
         out
     }
@@ -138,7 +143,9 @@ impl S3Args {
             },
             file_mode: self.file_mode.unwrap_or(d.file_mode),
             dir_mode: self.dir_mode.unwrap_or(d.dir_mode),
-            rename_dir_max_objects: self.rename_dir_max_objects.unwrap_or(d.rename_dir_max_objects),
+            rename_dir_max_objects: self
+                .rename_dir_max_objects
+                .unwrap_or(d.rename_dir_max_objects),
             part_size: self.part_size.unwrap_or(d.part_size),
             ..d
         }
@@ -170,7 +177,9 @@ fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = t.strip_prefix("0o").unwrap_or(t);
     match u32::from_str_radix(digits, 8) {
         Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!("invalid mode '{text}': use octal permission bits such as 0644")),
+        _ => Err(format!(
+            "invalid mode '{text}': use octal permission bits such as 0644"
+        )),
     }
 }
 
@@ -319,7 +328,14 @@ mod tests {
         assert!(err.contains("--endpoint, --path-style"), "{err}");
         assert!(parse(&["--skip-preflight"], &src).validate().is_ok());
         let s3 = parse(
-            &["--endpoint", "http://127.0.0.1:1", "--file-mode", "0600", "--profile", "p"],
+            &[
+                "--endpoint",
+                "http://127.0.0.1:1",
+                "--file-mode",
+                "0600",
+                "--profile",
+                "p",
+            ],
             "s3://bucket/prefix",
         );
         assert!(s3.validate().is_ok());

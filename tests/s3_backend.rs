@@ -17,7 +17,10 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use support_s3::S3Server;
 
-const ME: Identity = Identity { uid: 1000, gid: 1000 };
+const ME: Identity = Identity {
+    uid: 1000,
+    gid: 1000,
+};
 
 fn p(s: &str) -> BackendPath {
     BackendPath::parse(s).unwrap()
@@ -132,9 +135,21 @@ async fn every_operation() {
 
     // stat / list / read.
     let st = b.stat(ME, &p("d/f")).await.unwrap();
-    assert_eq!((st.kind, st.size, st.mode, st.uid, st.gid), (FileKind::File, 5, 0o644, 1000, 1000));
-    assert_eq!(st.version, meta.version, "publish and stat agree on the version");
-    let names: Vec<String> = b.list(ME, &p("d")).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        (st.kind, st.size, st.mode, st.uid, st.gid),
+        (FileKind::File, 5, 0o644, 1000, 1000)
+    );
+    assert_eq!(
+        st.version, meta.version,
+        "publish and stat agree on the version"
+    );
+    let names: Vec<String> = b
+        .list(ME, &p("d"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec!["f"]);
     let r = b.open_read(ME, &p("d/f")).await.unwrap();
     assert_eq!(r.size(), 5);
@@ -147,7 +162,10 @@ async fn every_operation() {
     assert_eq!(get(s, "vol/d/f").await.unwrap(), b"hello world");
     write_file(&b, "d/f", WriteStart::CopyExisting, &[(0, b"J")]).await;
     assert_eq!(get(s, "vol/d/f").await.unwrap(), b"Jello world");
-    let w = b.begin_write(ME, &p("d/f"), WriteStart::CopyExisting, 0o644).await.unwrap();
+    let w = b
+        .begin_write(ME, &p("d/f"), WriteStart::CopyExisting, 0o644)
+        .await
+        .unwrap();
     w.truncate(4).await.unwrap();
     w.truncate(6).await.unwrap(); // extension reads as zeros, not old bytes
     w.publish(&p("d/f")).await.unwrap();
@@ -156,23 +174,50 @@ async fn every_operation() {
     assert_eq!(get(s, "vol/d/f").await.unwrap(), b"new");
 
     // Abort leaves the old object.
-    let w = b.begin_write(ME, &p("d/f"), WriteStart::CopyExisting, 0o644).await.unwrap();
+    let w = b
+        .begin_write(ME, &p("d/f"), WriteStart::CopyExisting, 0o644)
+        .await
+        .unwrap();
     w.write_at(0, b"XXXXXXXX").await.unwrap();
     w.abort(&p("d/f")).await;
     assert_eq!(get(s, "vol/d/f").await.unwrap(), b"new");
 
     // Wrong kinds.
-    assert_eq!(b.rmdir(ME, &p("d")).await.unwrap_err().kind, ErrorKind::NotEmpty);
-    assert_eq!(b.rmdir(ME, &p("d/f")).await.unwrap_err().kind, ErrorKind::NotADirectory);
-    assert_eq!(b.unlink(ME, &p("d")).await.unwrap_err().kind, ErrorKind::IsADirectory);
-    assert_eq!(b.list(ME, &p("d/f")).await.unwrap_err().kind, ErrorKind::NotADirectory);
-    assert_eq!(b.open_read(ME, &p("d")).await.err().unwrap().kind, ErrorKind::IsADirectory);
-    assert_eq!(b.stat(ME, &p("nope")).await.unwrap_err().kind, ErrorKind::NotFound);
-    assert_eq!(b.unlink(ME, &p("nope")).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        b.rmdir(ME, &p("d")).await.unwrap_err().kind,
+        ErrorKind::NotEmpty
+    );
+    assert_eq!(
+        b.rmdir(ME, &p("d/f")).await.unwrap_err().kind,
+        ErrorKind::NotADirectory
+    );
+    assert_eq!(
+        b.unlink(ME, &p("d")).await.unwrap_err().kind,
+        ErrorKind::IsADirectory
+    );
+    assert_eq!(
+        b.list(ME, &p("d/f")).await.unwrap_err().kind,
+        ErrorKind::NotADirectory
+    );
+    assert_eq!(
+        b.open_read(ME, &p("d")).await.err().unwrap().kind,
+        ErrorKind::IsADirectory
+    );
+    assert_eq!(
+        b.stat(ME, &p("nope")).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        b.unlink(ME, &p("nope")).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
 
     // Rename a file: copy then delete; no_replace honoured.
     write_file(&b, "other", WriteStart::Empty, &[(0, b"o")]).await;
-    let err = b.rename(ME, &p("d/f"), &p("other"), true).await.unwrap_err();
+    let err = b
+        .rename(ME, &p("d/f"), &p("other"), true)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::AlreadyExists);
     b.rename(ME, &p("d/f"), &p("d/g"), false).await.unwrap();
     assert_eq!(get(s, "vol/d/f").await, None);
@@ -186,33 +231,61 @@ async fn every_operation() {
     b.unlink(ME, &p("other")).await.unwrap();
     assert_eq!(get(s, "vol/other").await, None);
     b.rmdir(ME, &p("d")).await.unwrap();
-    assert_eq!(b.stat(ME, &p("d")).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        b.stat(ME, &p("d")).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
     assert!(keys_under(s, "vol").await.is_empty());
 
     // A directory implied by a deeper key (made by another client) exists;
     // removing its only file keeps it.
     put(s, "vol/x/y/z", "deep").await;
-    assert_eq!(b.stat(ME, &p("x/y")).await.unwrap().kind, FileKind::Directory);
+    assert_eq!(
+        b.stat(ME, &p("x/y")).await.unwrap().kind,
+        FileKind::Directory
+    );
     b.unlink(ME, &p("x/y/z")).await.unwrap();
-    assert_eq!(b.stat(ME, &p("x/y")).await.unwrap().kind, FileKind::Directory);
+    assert_eq!(
+        b.stat(ME, &p("x/y")).await.unwrap().kind,
+        FileKind::Directory
+    );
     assert!(b.list(ME, &p("x/y")).await.unwrap().is_empty());
 
     // What S3 cannot do.
     let caps = b.capabilities();
     assert!(!caps.hard_links && !caps.symlinks && !caps.fifos);
-    assert_eq!(b.link(ME, &p("x"), &p("l")).await.unwrap_err().kind, ErrorKind::NotPermitted);
-    assert_eq!(b.mkfifo(ME, &p("ff"), 0o644).await.unwrap_err().kind, ErrorKind::NotPermitted);
-    assert_eq!(b.symlink(ME, &p("sl"), "x").await.unwrap_err().kind, ErrorKind::NotPermitted);
+    assert_eq!(
+        b.link(ME, &p("x"), &p("l")).await.unwrap_err().kind,
+        ErrorKind::NotPermitted
+    );
+    assert_eq!(
+        b.mkfifo(ME, &p("ff"), 0o644).await.unwrap_err().kind,
+        ErrorKind::NotPermitted
+    );
+    assert_eq!(
+        b.symlink(ME, &p("sl"), "x").await.unwrap_err().kind,
+        ErrorKind::NotPermitted
+    );
 
     // chmod/chown: fixed; no-ops succeed, changes are EPERM; times are a no-op.
     write_file(&b, "attrs", WriteStart::Empty, &[(0, b"a")]).await;
-    let same = AttrChanges { mode: Some(0o644), uid: Some(1000), ..Default::default() };
+    let same = AttrChanges {
+        mode: Some(0o644),
+        uid: Some(1000),
+        ..Default::default()
+    };
     b.set_attr(ME, &p("attrs"), &same).await.unwrap();
-    let chmod = AttrChanges { mode: Some(0o600), ..Default::default() };
+    let chmod = AttrChanges {
+        mode: Some(0o600),
+        ..Default::default()
+    };
     let err = b.set_attr(ME, &p("attrs"), &chmod).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotPermitted);
     assert!(err.to_string().contains("--file-mode"), "{err}");
-    let times = AttrChanges { mtime: Some(std::time::SystemTime::UNIX_EPOCH), ..Default::default() };
+    let times = AttrChanges {
+        mtime: Some(std::time::SystemTime::UNIX_EPOCH),
+        ..Default::default()
+    };
     b.set_attr(ME, &p("attrs"), &times).await.unwrap();
 
     let stats = b.statfs(ME).await.unwrap();
@@ -230,7 +303,10 @@ async fn lists_20000_keys_completely() {
             let store = Arc::clone(&store);
             async move {
                 store
-                    .put(&key(&format!("big/many/f{i:05}")), PutPayload::from_static(b"x"))
+                    .put(
+                        &key(&format!("big/many/f{i:05}")),
+                        PutPayload::from_static(b"x"),
+                    )
                     .await
             }
         })
@@ -241,7 +317,11 @@ async fn lists_20000_keys_completely() {
     put(&fx.store, "big/many/sub/inner", "i").await;
     let started = std::time::Instant::now();
     let entries = b.list(ME, &p("many")).await.unwrap();
-    eprintln!("listed {} entries in {:?}", entries.len(), started.elapsed());
+    eprintln!(
+        "listed {} entries in {:?}",
+        entries.len(),
+        started.elapsed()
+    );
     assert_eq!(entries.len(), N + 1);
     let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     names.sort();
@@ -260,35 +340,75 @@ async fn renames_a_directory_of_50_objects() {
     b.mkdir(ME, &p("src"), 0o755).await.unwrap();
     b.mkdir(ME, &p("src/empty"), 0o755).await.unwrap();
     for i in 0..48 {
-        put(&fx.store, &format!("ren/src/{}/f{i}", i % 4), format!("content {i}")).await;
+        put(
+            &fx.store,
+            &format!("ren/src/{}/f{i}", i % 4),
+            format!("content {i}"),
+        )
+        .await;
     }
     let before = keys_under(&fx.store, "ren/src").await;
     assert_eq!(before.len(), 50, "48 files and 2 directory markers");
     b.rename(ME, &p("src"), &p("dst"), false).await.unwrap();
     assert!(keys_under(&fx.store, "ren/src").await.is_empty());
-    assert_eq!(b.stat(ME, &p("src")).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        b.stat(ME, &p("src")).await.unwrap_err().kind,
+        ErrorKind::NotFound
+    );
     for i in 0..48 {
-        let got = get(&fx.store, &format!("ren/dst/{}/f{i}", i % 4)).await.unwrap();
+        let got = get(&fx.store, &format!("ren/dst/{}/f{i}", i % 4))
+            .await
+            .unwrap();
         assert_eq!(got, format!("content {i}").as_bytes());
     }
     // Markers moved too: the empty directory survived the rename.
-    assert_eq!(b.stat(ME, &p("dst/empty")).await.unwrap().kind, FileKind::Directory);
-    let mut names: Vec<String> = b.list(ME, &p("dst")).await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(
+        b.stat(ME, &p("dst/empty")).await.unwrap().kind,
+        FileKind::Directory
+    );
+    let mut names: Vec<String> = b
+        .list(ME, &p("dst"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     names.sort();
     assert_eq!(names, vec!["0", "1", "2", "3", "empty"]);
 
     // Onto a non-empty directory: ENOTEMPTY; onto a file: ENOTDIR.
     b.mkdir(ME, &p("other"), 0o755).await.unwrap();
     put(&fx.store, "ren/other/x", "x").await;
-    assert_eq!(b.rename(ME, &p("dst"), &p("other"), false).await.unwrap_err().kind, ErrorKind::NotEmpty);
-    assert_eq!(b.rename(ME, &p("dst"), &p("other/x"), false).await.unwrap_err().kind, ErrorKind::NotADirectory);
-    assert_eq!(b.rename(ME, &p("dst"), &p("dst/0/in"), false).await.unwrap_err().kind, ErrorKind::InvalidArgument);
+    assert_eq!(
+        b.rename(ME, &p("dst"), &p("other"), false)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotEmpty
+    );
+    assert_eq!(
+        b.rename(ME, &p("dst"), &p("other/x"), false)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotADirectory
+    );
+    assert_eq!(
+        b.rename(ME, &p("dst"), &p("dst/0/in"), false)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::InvalidArgument
+    );
 
     // Beyond the cap: EXDEV, nothing moved.
     let mut cfg = fx.server.config("ren", fx.staging.path());
     cfg.options.rename_dir_max_objects = 10;
     let capped = S3Backend::new(cfg).unwrap();
-    let err = capped.rename(ME, &p("dst"), &p("moved"), false).await.unwrap_err();
+    let err = capped
+        .rename(ME, &p("dst"), &p("moved"), false)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::CrossDevice);
     assert!(err.to_string().contains("more than 10 objects"), "{err}");
     assert_eq!(keys_under(&fx.store, "ren/dst").await.len(), 50);
@@ -302,7 +422,10 @@ async fn random_write_into_the_middle_of_20_mib() {
     let original = pseudo_random(20 << 20, 42);
     put(&fx.store, "rw/big", original.clone()).await;
 
-    let w = b.begin_write(ME, &p("big"), WriteStart::CopyExisting, 0o644).await.unwrap();
+    let w = b
+        .begin_write(ME, &p("big"), WriteStart::CopyExisting, 0o644)
+        .await
+        .unwrap();
     assert_eq!(w.size(), 20 << 20);
     let patch = pseudo_random(300_000, 7);
     let at = (7 << 20) + 12345;
@@ -323,9 +446,14 @@ async fn random_write_into_the_middle_of_20_mib() {
     let r = b.open_read(ME, &p("big")).await.unwrap();
     assert_eq!(r.read_at(at, 100).await.unwrap(), &patch[..100]);
     // No upload left behind, no staging file left behind.
-    assert!(std::fs::read_dir(fx.staging.path()).unwrap().flatten().all(|d| {
-        std::fs::read_dir(d.path()).map(|mut e| e.next().is_none()).unwrap_or(true)
-    }));
+    assert!(std::fs::read_dir(fx.staging.path())
+        .unwrap()
+        .flatten()
+        .all(|d| {
+            std::fs::read_dir(d.path())
+                .map(|mut e| e.next().is_none())
+                .unwrap_or(true)
+        }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +463,10 @@ async fn replaced_objects_are_detected() {
     put(&fx.store, "ver/f", vec![1u8; 1000]).await;
     let r = b.open_read(ME, &p("f")).await.unwrap();
     assert_eq!(r.read_at(0, 10).await.unwrap(), vec![1u8; 10]);
-    let w = b.begin_write(ME, &p("f"), WriteStart::CopyExisting, 0o644).await.unwrap();
+    let w = b
+        .begin_write(ME, &p("f"), WriteStart::CopyExisting, 0o644)
+        .await
+        .unwrap();
     w.write_at(0, b"mine").await.unwrap();
     put(&fx.store, "ver/f", vec![2u8; 1000]).await;
     // The reader is pinned to the old ETag: ESTALE, not mixed content.
@@ -361,18 +492,32 @@ async fn credentials_and_bucket_errors_are_clear() {
     assert!(text.contains(support_s3::KEY_ID), "{text}");
     assert!(!text.contains("wrong-secret"), "secret leaked: {text}");
     let pre = b.preflight().await.unwrap_err().to_string();
-    assert!(pre.contains("LIST") && pre.contains("right access key id"), "{pre}");
+    assert!(
+        pre.contains("LIST") && pre.contains("right access key id"),
+        "{pre}"
+    );
 
     let mut cfg = fx.server.config("p", fx.staging.path());
     cfg.credentials = Credentials::new("unknownkey", "whatever", None);
-    let err = S3Backend::new(cfg).unwrap().stat(ME, &BackendPath::root()).await.unwrap_err();
+    let err = S3Backend::new(cfg)
+        .unwrap()
+        .stat(ME, &BackendPath::root())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("credentials are wrong"), "{err}");
 
     let mut cfg = fx.server.config("p", fx.staging.path());
     cfg.bucket = "no-such-bucket".into();
-    let err = S3Backend::new(cfg).unwrap().stat(ME, &BackendPath::root()).await.unwrap_err();
+    let err = S3Backend::new(cfg)
+        .unwrap()
+        .stat(ME, &BackendPath::root())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound);
-    assert!(err.to_string().contains("'no-such-bucket' does not exist"), "{err}");
+    assert!(
+        err.to_string().contains("'no-such-bucket' does not exist"),
+        "{err}"
+    );
 
     // Preflight with good credentials passes and leaves nothing behind.
     let good = fx.backend("pf");
@@ -383,7 +528,11 @@ async fn credentials_and_bucket_errors_are_clear() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_is_eio_after_retries() {
     let staging = tempfile::tempdir().unwrap();
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // No server runs on this port.
     let mut cfg = S3Server::config_for_port(dead_port, "p", staging.path());
     cfg.options.max_retries = 2;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mount;
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -93,15 +95,23 @@ impl S3Server {
             .arg(format!("-admin.port={}", base + 4))
             .arg(format!("-webdav.port={}", base + 5))
             .arg(format!("-debug.port={}", base + 6))
-            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"])
+            .args([
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+            ])
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("weed.err")).unwrap()));
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("weed.err")).unwrap(),
+            ));
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("start weed (run scripts/install-s3-deps.sh)");
+        let mut child = cmd
+            .spawn()
+            .expect("start weed (run scripts/install-s3-deps.sh)");
         let port = base + 3;
         wait_for_port(port, &mut child, "weed mini", &log);
         let server = S3Server {
@@ -124,9 +134,13 @@ impl S3Server {
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("moto.err")).unwrap()));
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("moto.err")).unwrap(),
+            ));
         die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("start moto_server (run scripts/install-s3-deps.sh)");
+        let mut child = cmd
+            .spawn()
+            .expect("start moto_server (run scripts/install-s3-deps.sh)");
         wait_for_port(port, &mut child, "moto_server", &log);
         // moto accepts unsigned requests: create the bucket by hand.
         use std::io::{Read, Write};
@@ -138,7 +152,10 @@ impl S3Server {
         .unwrap();
         let mut answer = String::new();
         let _ = s.read_to_string(&mut answer);
-        assert!(answer.starts_with("HTTP/1.1 200"), "create bucket: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "create bucket: {answer}"
+        );
         let server = S3Server {
             port,
             child,

@@ -29,8 +29,11 @@ pub async fn run(inner: &Inner) -> BackendResult<usize> {
                 continue;
             }
             Ok(()) => {
-                tracing::info!(key = dead.key, upload_id = dead.upload_id,
-                    "aborted the multipart upload of a crashed writer");
+                tracing::info!(
+                    key = dead.key,
+                    upload_id = dead.upload_id,
+                    "aborted the multipart upload of a crashed writer"
+                );
                 aborted += 1;
             }
             Err(_) => {}
@@ -59,7 +62,10 @@ pub async fn run(inner: &Inner) -> BackendResult<usize> {
         }
         match inner.raw.abort_upload(&upload.key, &upload.upload_id).await {
             Ok(()) => {
-                tracing::info!(key = upload.key, "aborted a multipart upload older than a day");
+                tracing::info!(
+                    key = upload.key,
+                    "aborted a multipart upload older than a day"
+                );
                 aborted += 1;
             }
             Err(e) => {

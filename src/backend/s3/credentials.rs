@@ -30,7 +30,10 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("origin", &self.origin)
             .finish()
     }
@@ -113,8 +116,8 @@ fn from_file(path: &Path, profile: &str) -> Result<Credentials, CredentialsError
         why,
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let section = parse_ini_section(&text, profile)
-        .ok_or_else(|| err(format!("no profile [{profile}]")))?;
+    let section =
+        parse_ini_section(&text, profile).ok_or_else(|| err(format!("no profile [{profile}]")))?;
     let get = |key: &str| {
         section
             .iter()

@@ -35,7 +35,9 @@ impl From<&object_store::Error> for S3Failure {
         let mut transport = false;
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
-            if s.downcast_ref::<object_store::client::HttpError>().is_some() {
+            if s.downcast_ref::<object_store::client::HttpError>()
+                .is_some()
+            {
                 transport = true;
             }
             source = s.source();
@@ -102,7 +104,11 @@ pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, S
     let code = f.code.as_deref().unwrap_or("");
     let who = format!("access key id '{}'", site.access_key_id);
     if CREDENTIAL_CODES.contains(&code) || f.status == Some(401) {
-        let code = if code.is_empty() { "Unauthorized" } else { code };
+        let code = if code.is_empty() {
+            "Unauthorized"
+        } else {
+            code
+        };
         return (
             ErrorKind::PermissionDenied,
             format!(
@@ -134,7 +140,11 @@ pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, S
         );
     }
     if f.status == Some(403) || code == "AccessDenied" || code == "AllAccessDisabled" {
-        let code = if code.is_empty() { "AccessDenied" } else { code };
+        let code = if code.is_empty() {
+            "AccessDenied"
+        } else {
+            code
+        };
         return (
             ErrorKind::PermissionDenied,
             format!(
@@ -210,7 +220,10 @@ mod tests {
         let (kind, text) = classify(&failure(Some(403), Some("AccessDenied")), &site(), "p/x");
         assert_eq!(kind, ErrorKind::PermissionDenied);
         assert_eq!(kind.errno(), libc::EACCES);
-        assert!(text.contains("'b'") && text.contains("'p/x'") && text.contains("AKIDX"), "{text}");
+        assert!(
+            text.contains("'b'") && text.contains("'p/x'") && text.contains("AKIDX"),
+            "{text}"
+        );
         // A HEAD answer has no body: status alone.
         let (kind, _) = classify(&failure(Some(403), None), &site(), "p/x");
         assert_eq!(kind, ErrorKind::PermissionDenied);
@@ -221,7 +234,10 @@ mod tests {
         for code in ["SignatureDoesNotMatch", "InvalidAccessKeyId"] {
             let (kind, text) = classify(&failure(Some(403), Some(code)), &site(), "");
             assert_eq!(kind, ErrorKind::PermissionDenied);
-            assert!(text.contains("credentials are wrong") && text.contains(code), "{text}");
+            assert!(
+                text.contains("credentials are wrong") && text.contains(code),
+                "{text}"
+            );
             assert!(text.contains("AKIDX"), "{text}");
         }
     }

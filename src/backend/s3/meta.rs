@@ -4,8 +4,7 @@
 use std::time::SystemTime;
 
 use crate::backend::{
-    AttrChanges, BackendPath, BackendResult, ErrorKind, FileKind, Identity, Metadata,
-    VersionToken,
+    AttrChanges, BackendPath, BackendResult, ErrorKind, FileKind, Identity, Metadata, VersionToken,
 };
 
 use super::Inner;

@@ -80,7 +80,14 @@ impl Inner {
         key: &str,
         id: Identity,
     ) -> BackendError {
-        backend_error(&S3Failure::from(e), &self.site(), op, path.as_str(), key, id)
+        backend_error(
+            &S3Failure::from(e),
+            &self.site(),
+            op,
+            path.as_str(),
+            key,
+            id,
+        )
     }
 
     pub fn raw_err(
@@ -91,7 +98,14 @@ impl Inner {
         key: &str,
         id: Identity,
     ) -> BackendError {
-        backend_error(&S3Failure::from(e), &self.site(), op, path.as_str(), key, id)
+        backend_error(
+            &S3Failure::from(e),
+            &self.site(),
+            op,
+            path.as_str(),
+            key,
+            id,
+        )
     }
 
     pub fn error(
@@ -154,6 +168,19 @@ impl S3Backend {
         Ok(S3Backend {
             inner: Arc::new(client::build(cfg)?),
         })
+    }
+
+    /// Multipart uploads in progress under the volume's prefix, as
+    /// `(key, upload id)`: for diagnostics and tests.
+    pub async fn pending_uploads(&self) -> BackendResult<Vec<(String, String)>> {
+        let root = BackendPath::root();
+        let prefix = self.inner.keys.dir(&root);
+        let uploads = self.inner.raw.list_uploads(&prefix).await.map_err(|e| {
+            let id = Identity { uid: 0, gid: 0 };
+            self.inner
+                .raw_err(&e, "list multipart uploads", &root, &prefix, id)
+        })?;
+        Ok(uploads.into_iter().map(|u| (u.key, u.upload_id)).collect())
     }
 
     /// The access key id in use (never the secret), for messages.
@@ -264,7 +291,12 @@ impl Backend for S3Backend {
         ))
     }
 
-    async fn mkfifo(&self, id: Identity, path: &BackendPath, _mode: u32) -> BackendResult<Metadata> {
+    async fn mkfifo(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        _mode: u32,
+    ) -> BackendResult<Metadata> {
         Err(self.inner.error(
             ErrorKind::NotPermitted,
             "mkfifo",

@@ -145,13 +145,7 @@ fn child_name<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
 pub async fn mkdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendResult<Metadata> {
     match stat(inner, id, path).await {
         Ok(_) => {
-            return Err(inner.error(
-                ErrorKind::AlreadyExists,
-                "mkdir",
-                path,
-                id,
-                "name exists",
-            ))
+            return Err(inner.error(ErrorKind::AlreadyExists, "mkdir", path, id, "name exists"))
         }
         Err(e) if e.kind == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -176,7 +170,13 @@ pub async fn rmdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRe
         .await
         .map_err(|e| inner.raw_err(&e, "rmdir", path, &prefix, id))?;
     if keys.iter().any(|o| o.key != prefix) {
-        return Err(inner.error(ErrorKind::NotEmpty, "rmdir", path, id, "keys remain under the prefix"));
+        return Err(inner.error(
+            ErrorKind::NotEmpty,
+            "rmdir",
+            path,
+            id,
+            "keys remain under the prefix",
+        ));
     }
     if keys.is_empty() {
         let kind = match head_file(inner, id, path).await? {

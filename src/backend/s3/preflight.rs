@@ -26,7 +26,11 @@ impl std::fmt::Display for PreflightError {
              Likely fix: {}. (--skip-preflight skips this check.)",
             self.operation,
             self.bucket,
-            if self.prefix.is_empty() { "/" } else { &self.prefix },
+            if self.prefix.is_empty() {
+                "/"
+            } else {
+                &self.prefix
+            },
             self.access_key_id,
             self.cause,
             self.fix
@@ -42,12 +46,16 @@ impl S3Backend {
     pub async fn preflight(&self) -> Result<(), PreflightError> {
         let inner = &self.inner;
         let root = BackendPath::root();
-        let probe = inner
-            .keys
-            .object(&BackendPath::root().join(&inner.staging.probe_name()).unwrap_or_default());
-        let copy = inner
-            .keys
-            .object(&BackendPath::root().join(&inner.staging.probe_name()).unwrap_or_default());
+        let probe = inner.keys.object(
+            &BackendPath::root()
+                .join(&inner.staging.probe_name())
+                .unwrap_or_default(),
+        );
+        let copy = inner.keys.object(
+            &BackendPath::root()
+                .join(&inner.staging.probe_name())
+                .unwrap_or_default(),
+        );
         let bucket = &inner.cfg.bucket;
         let arn_prefix = if inner.keys.prefix().is_empty() {
             format!("arn:aws:s3:::{bucket}/*")
@@ -66,7 +74,9 @@ impl S3Backend {
             }
         };
         let is_credentials = |f: &S3Failure| {
-            classify(f, &inner.site(), "").1.contains("credentials are wrong")
+            classify(f, &inner.site(), "")
+                .1
+                .contains("credentials are wrong")
         };
         let fix_for = |f: &S3Failure, permission: String| {
             if is_credentials(f) {
@@ -102,11 +112,17 @@ impl S3Backend {
         };
         let put = inner
             .store
-            .put(&probe_path, PutPayload::from_static(b"cachalot preflight probe\n"))
+            .put(
+                &probe_path,
+                PutPayload::from_static(b"cachalot preflight probe\n"),
+            )
             .await;
         if let Err(e) = put {
             let f = S3Failure::from(&e);
-            let fix = fix_for(&f, format!("allow s3:PutObject on {arn_prefix}, or mount with --read-only"));
+            let fix = fix_for(
+                &f,
+                format!("allow s3:PutObject on {arn_prefix}, or mount with --read-only"),
+            );
             return Err(fail("PUT of a probe object", f, &probe, fix));
         }
         let copied = inner.store.copy(&probe_path, &copy_path).await;

@@ -72,7 +72,11 @@ impl RangeSet {
 
     /// True if `[0, end)` is one covered range.
     pub fn covers_prefix(&self, end: u64) -> bool {
-        end == 0 || self.ranges.first().is_some_and(|r| r.start == 0 && r.end >= end)
+        end == 0
+            || self
+                .ranges
+                .first()
+                .is_some_and(|r| r.start == 0 && r.end >= end)
     }
 }
 

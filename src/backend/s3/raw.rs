@@ -141,9 +141,7 @@ impl RawClient {
                     None => true,
                 },
             };
-            if !retryable
-                || attempt >= self.max_retries
-                || started.elapsed() >= self.retry_timeout
+            if !retryable || attempt >= self.max_retries || started.elapsed() >= self.retry_timeout
             {
                 return outcome;
             }
@@ -201,9 +199,7 @@ impl RawClient {
                     });
                 }
             }
-            return Ok(RawResponse {
-                body,
-            });
+            return Ok(RawResponse { body });
         }
         Err(error_from(parts.status, &body))
     }
@@ -261,7 +257,9 @@ impl RawClient {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self.list_page(prefix, false, None, token.as_deref()).await?;
+            let page = self
+                .list_page(prefix, false, None, token.as_deref())
+                .await?;
             out.extend(page.contents);
             if out.len() > limit {
                 return Ok(out);
@@ -382,7 +380,10 @@ mod tests {
             c.url("p/a b+c~/", &[("prefix", "p/x y"), ("list-type", "2")]),
             "http://127.0.0.1:1/bucket/p/a%20b%2Bc~/?list-type=2&prefix=p%2Fx%20y"
         );
-        assert_eq!(c.url("", &[("uploads", "")]), "http://127.0.0.1:1/bucket/?uploads=");
+        assert_eq!(
+            c.url("", &[("uploads", "")]),
+            "http://127.0.0.1:1/bucket/?uploads="
+        );
     }
 
     #[test]

@@ -39,7 +39,10 @@ pub async fn rename(
             rename_dir(inner, id, from, to, target.map(|t| t.kind)).await?;
         }
         _ => {
-            if target.as_ref().is_some_and(|t| t.kind == FileKind::Directory) {
+            if target
+                .as_ref()
+                .is_some_and(|t| t.kind == FileKind::Directory)
+            {
                 return Err(inner.error(
                     ErrorKind::IsADirectory,
                     "rename",
@@ -104,7 +107,13 @@ async fn rename_dir(
                 .await
                 .map_err(|e| inner.raw_err(&e, "rename", to, &to_prefix, id))?;
             if keys.iter().any(|o| o.key != to_prefix) {
-                return Err(inner.error(ErrorKind::NotEmpty, "rename", to, id, "target directory not empty"));
+                return Err(inner.error(
+                    ErrorKind::NotEmpty,
+                    "rename",
+                    to,
+                    id,
+                    "target directory not empty",
+                ));
             }
         }
         Some(_) => {
@@ -150,11 +159,14 @@ async fn rename_dir(
     // lifetime check inside async_trait futures.
     let copied = futures::stream::iter(pairs.clone())
         .map(|(src, dst)| async move {
-            inner
-                .raw
-                .copy(&src, &dst)
-                .await
-                .map(|_| dst)
+            // Markers are empty by definition: write a new one rather than
+            // copy (some servers, SeaweedFS among them, cannot copy them).
+            let done = if src.ends_with('/') {
+                inner.raw.put_empty(&dst).await.map(|_| ())
+            } else {
+                inner.raw.copy(&src, &dst).await
+            };
+            done.map(|_| dst)
                 .map_err(|e| inner.raw_err(&e, "rename directory (copy)", from, &src, id))
         })
         .buffer_unordered(PARALLEL)

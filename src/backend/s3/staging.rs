@@ -57,7 +57,11 @@ impl Staging {
     }
 
     fn next_id(&self) -> String {
-        format!("{}{:x}", self.owner, self.seq.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}{:x}",
+            self.owner,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// A fresh, private staging file; returns it, its path and its id.

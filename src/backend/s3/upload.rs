@@ -56,6 +56,7 @@ pub async fn upload_file(
 ) -> BackendResult<PutResult> {
     let part_size = inner.cfg.options.part_size;
     let io_err = |e: std::io::Error| inner.io_error(&e, "read staging file", t.path, t.id);
+    tracing::debug!(key = t.key, size, "uploading");
     if size <= part_size {
         let data = read_chunk(file, 0, size as usize).await.map_err(io_err)?;
         return inner
@@ -83,7 +84,12 @@ pub async fn upload_file(
                 let data = read_chunk(file, offset, len).await.map_err(io_err)?;
                 inner
                     .store
-                    .put_part(t.location, upload_id, index as usize, PutPayload::from(data))
+                    .put_part(
+                        t.location,
+                        upload_id,
+                        index as usize,
+                        PutPayload::from(data),
+                    )
                     .await
                     .map_err(|e| inner.store_err(&e, "upload part", t.path, t.key, t.id))
             }

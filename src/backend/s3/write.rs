@@ -191,7 +191,10 @@ impl PendingWrite for S3PendingWrite {
         let want = (end - offset) as usize;
         let data = upload::read_chunk(&self.file, offset, want)
             .await
-            .map_err(|e| self.inner.io_error(&e, "read staging file", &self.origin, self.id))?;
+            .map_err(|e| {
+                self.inner
+                    .io_error(&e, "read staging file", &self.origin, self.id)
+            })?;
         Ok(data.to_vec())
     }
 
@@ -240,7 +243,9 @@ impl PendingWrite for S3PendingWrite {
         match moved {
             Some(m) if m.size == base_size => {
                 let key = self.inner.keys.object(new_target);
-                let location = self.inner.store_path(&key, "retarget", new_target, self.id)?;
+                let location = self
+                    .inner
+                    .store_path(&key, "retarget", new_target, self.id)?;
                 state.base = Some(Base {
                     location,
                     key,

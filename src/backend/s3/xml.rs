@@ -87,8 +87,7 @@ pub fn parse_list(xml: &str) -> Result<ListPage, String> {
 }
 
 pub fn parse_uploads(xml: &str) -> Result<UploadsPage, String> {
-    quick_xml::de::from_str(xml)
-        .map_err(|e| format!("unparsable ListMultipartUploads answer: {e}"))
+    quick_xml::de::from_str(xml).map_err(|e| format!("unparsable ListMultipartUploads answer: {e}"))
 }
 
 /// `(Code, Message)` of an S3 error body, if it is one.
@@ -133,8 +132,9 @@ mod tests {
         assert_eq!(page.common_prefixes.len(), 2);
         assert!(page.is_truncated);
         assert_eq!(page.next_continuation_token.as_deref(), Some("tok&1"));
-        let empty = parse_list("<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
-            .unwrap();
+        let empty =
+            parse_list("<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
+                .unwrap();
         assert!(empty.contents.is_empty() && !empty.is_truncated);
     }
 
