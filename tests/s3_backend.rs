@@ -544,3 +544,61 @@ async fn unreachable_endpoint_is_eio_after_retries() {
     assert_eq!(err.errno(), libc::EIO);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_writes_stream_into_a_multipart_upload() {
+    let fx = Fixture::new();
+    let b = fx.backend("seq"); // part size 5 MiB
+    let data = pseudo_random(13 << 20, 3);
+
+    // Sequential: parts upload while writing; nothing visible until publish.
+    let w = b
+        .begin_write(ME, &p("s"), WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        w.write_at((i << 20) as u64, chunk).await.unwrap();
+    }
+    let pending = b.pending_uploads().await.unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "a streamed upload is in progress: {pending:?}"
+    );
+    assert_eq!(pending[0].0, "seq/s");
+    assert_eq!(get(&fx.store, "seq/s").await, None);
+    w.publish(&p("s")).await.unwrap();
+    assert!(get(&fx.store, "seq/s").await.unwrap() == data);
+    assert!(b.pending_uploads().await.unwrap().is_empty());
+
+    // Going back below the streamed offset abandons (aborts) the stream;
+    // publish still uploads the right content.
+    let w = b
+        .begin_write(ME, &p("r"), WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        w.write_at((i << 20) as u64, chunk).await.unwrap();
+    }
+    assert_eq!(b.pending_uploads().await.unwrap().len(), 1);
+    w.write_at(100, b"REWRITE").await.unwrap();
+    assert!(
+        b.pending_uploads().await.unwrap().is_empty(),
+        "stream aborted"
+    );
+    w.publish(&p("r")).await.unwrap();
+    let mut expected = data.clone();
+    expected[100..107].copy_from_slice(b"REWRITE");
+    assert!(get(&fx.store, "seq/r").await.unwrap() == expected);
+
+    // Abort of a streaming write leaves no upload and no object.
+    let w = b
+        .begin_write(ME, &p("gone"), WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    w.write_at(0, &data[..6 << 20]).await.unwrap();
+    assert_eq!(b.pending_uploads().await.unwrap().len(), 1);
+    w.abort(&p("gone")).await;
+    assert!(b.pending_uploads().await.unwrap().is_empty());
+    assert_eq!(get(&fx.store, "seq/gone").await, None);
+}

@@ -23,6 +23,7 @@ mod raw;
 mod read;
 mod rename;
 mod staging;
+mod stream;
 mod upload;
 mod write;
 mod xml;

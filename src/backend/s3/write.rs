@@ -21,6 +21,7 @@ use crate::backend::{
 };
 
 use super::ranges::RangeSet;
+use super::stream::Stream;
 use super::upload::{self, Target};
 use super::{meta, namespace, read, Inner};
 
@@ -43,6 +44,10 @@ struct State {
     /// Ranges of the staging file that hold their final content.
     present: RangeSet,
     finished: bool,
+    /// Sequential prefix already streaming into a multipart upload.
+    stream: Option<Stream>,
+    /// Streaming was abandoned (non-sequential write): upload at publish.
+    stream_off: bool,
 }
 
 pub struct S3PendingWrite {
@@ -98,6 +103,8 @@ pub async fn begin(
             base,
             present: RangeSet::default(),
             finished: false,
+            stream: None,
+            stream_off: false,
         }),
     }))
 }
@@ -127,6 +134,54 @@ impl S3PendingWrite {
             ));
         }
         Ok(())
+    }
+
+    /// Queue every complete part of the final sequential prefix for upload,
+    /// starting the multipart upload when the first part is complete.
+    /// Streaming is best effort: a failure abandons it and publish uploads
+    /// the staging file (and reports any error that persists).
+    async fn advance_stream(&self, state: &mut State) {
+        if state.stream_off {
+            return;
+        }
+        let part = self.inner.cfg.options.part_size;
+        loop {
+            let next_end = state.stream.as_ref().map_or(0, |s| s.queued) + part;
+            if state.size < next_end || !state.present.covers_prefix(next_end) {
+                break;
+            }
+            if state.stream.is_none() {
+                let key = self.inner.keys.object(&self.origin);
+                match Stream::start(&self.inner, &self.origin, &key, self.id, &self.staging_id)
+                    .await
+                {
+                    Ok(s) => state.stream = Some(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "not streaming this write");
+                        state.stream_off = true;
+                        return;
+                    }
+                }
+            }
+            if let Some(s) = state.stream.as_mut() {
+                s.queue(&self.inner, &self.file, next_end, &self.origin, self.id);
+            }
+        }
+        let pressure = match state.stream.as_mut() {
+            Some(s) => s.backpressure().await,
+            None => Ok(()),
+        };
+        if let Err(e) = pressure {
+            tracing::warn!(error = %e, "streamed upload failed; uploading at close instead");
+            self.abandon_stream(state).await;
+        }
+    }
+
+    async fn abandon_stream(&self, state: &mut State) {
+        state.stream_off = true;
+        if let Some(s) = state.stream.take() {
+            s.abort(&self.inner, &self.staging_id).await;
+        }
     }
 
     /// Make `range` (clipped to the base) hold its final content.
@@ -171,12 +226,17 @@ impl PendingWrite for S3PendingWrite {
         let mut state = self.state.lock().await;
         self.check_open(&state, "write")?;
         let end = offset + data.len() as u64;
+        if state.stream.as_ref().is_some_and(|s| offset < s.queued) {
+            // Rewriting what is already uploading: no longer sequential.
+            self.abandon_stream(&mut state).await;
+        }
         let data = data.to_vec();
         self.blocking("write staging file", move |f| f.write_all_at(&data, offset))
             .await?;
         state.present.insert(offset..end);
         state.size = state.size.max(end);
         self.size.store(state.size, Ordering::Release);
+        self.advance_stream(&mut state).await;
         Ok(())
     }
 
@@ -201,6 +261,9 @@ impl PendingWrite for S3PendingWrite {
     async fn truncate(&self, size: u64) -> BackendResult<()> {
         let mut state = self.state.lock().await;
         self.check_open(&state, "truncate")?;
+        if state.stream.as_ref().is_some_and(|s| size < s.queued) {
+            self.abandon_stream(&mut state).await;
+        }
         self.blocking("truncate staging file", move |f| f.set_len(size))
             .await?;
         if size < state.base_limit {
@@ -224,7 +287,7 @@ impl PendingWrite for S3PendingWrite {
 
     async fn retarget(
         &self,
-        _old_target: &BackendPath,
+        old_target: &BackendPath,
         new_target: &BackendPath,
     ) -> BackendResult<()> {
         // The staging file is local: nothing moves. But the base object was
@@ -232,6 +295,10 @@ impl PendingWrite for S3PendingWrite {
         // ranges come from its new key. A server-side copy may give it a new
         // ETag; the size must match or the base is gone.
         let mut state = self.state.lock().await;
+        if old_target != new_target {
+            // A multipart upload is bound to its key.
+            self.abandon_stream(&mut state).await;
+        }
         let Some(base) = &state.base else {
             return Ok(());
         };
@@ -281,7 +348,32 @@ impl PendingWrite for S3PendingWrite {
             id: self.id,
             staging_id: &self.staging_id,
         };
-        let result = upload::upload_file(&self.inner, &self.file, size, &t).await?;
+        let streamed = state.stream.take();
+        let result = match streamed {
+            Some(mut s) if s.key == key && s.queued <= size => {
+                let part = self.inner.cfg.options.part_size;
+                while s.queued < size {
+                    let end = (s.queued + part).min(size);
+                    s.queue(&self.inner, &self.file, end, target, self.id);
+                }
+                match s
+                    .complete(&self.inner, target, self.id, &self.staging_id)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        s.abort(&self.inner, &self.staging_id).await;
+                        return Err(e);
+                    }
+                }
+            }
+            other => {
+                if let Some(s) = other {
+                    s.abort(&self.inner, &self.staging_id).await;
+                }
+                upload::upload_file(&self.inner, &self.file, size, &t).await?
+            }
+        };
         state.finished = true;
         let _ = std::fs::remove_file(&self.file_path);
         let meta = match result.e_tag {
@@ -294,6 +386,7 @@ impl PendingWrite for S3PendingWrite {
     async fn abort(&self, _target: &BackendPath) {
         let mut state = self.state.lock().await;
         state.finished = true;
+        self.abandon_stream(&mut state).await;
         let _ = std::fs::remove_file(&self.file_path);
     }
 }
@@ -302,5 +395,12 @@ impl Drop for S3PendingWrite {
     fn drop(&mut self) {
         // Dropped without publish/abort (e.g. the session was discarded).
         let _ = std::fs::remove_file(&self.file_path);
+        if let (Some(stream), Ok(rt)) = (
+            self.state.get_mut().stream.take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let (inner, staging_id) = (Arc::clone(&self.inner), self.staging_id.clone());
+            rt.spawn(async move { stream.abort(&inner, &staging_id).await });
+        }
     }
 }
