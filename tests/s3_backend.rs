@@ -602,3 +602,42 @@ async fn sequential_writes_stream_into_a_multipart_upload() {
     assert!(b.pending_uploads().await.unwrap().is_empty());
     assert_eq!(get(&fx.store, "seq/gone").await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_is_eacces_with_context() {
+    let fx = Fixture::new();
+    put(&fx.store, "ad/existing", "readable").await;
+    let mut cfg = fx.server.config("ad", fx.staging.path());
+    cfg.credentials = Credentials::new(support_s3::READER_KEY_ID, support_s3::READER_SECRET, None);
+    let reader = S3Backend::new(cfg).unwrap();
+
+    // Reading is allowed.
+    let r = reader.open_read(ME, &p("existing")).await.unwrap();
+    assert_eq!(r.read_at(0, 100).await.unwrap(), b"readable");
+    // Writing is not: EACCES naming bucket, key and access key id.
+    let w = reader
+        .begin_write(ME, &p("new"), WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    w.write_at(0, b"x").await.unwrap();
+    let err = w.publish(&p("new")).await.unwrap_err();
+    w.abort(&p("new")).await;
+    let text = err.to_string();
+    assert_eq!(err.kind, ErrorKind::PermissionDenied, "{text}");
+    assert_eq!(err.errno(), libc::EACCES);
+    assert!(text.contains("access denied (AccessDenied)"), "{text}");
+    assert!(
+        text.contains("'test'") && text.contains("'ad/new'"),
+        "{text}"
+    );
+    assert!(text.contains(support_s3::READER_KEY_ID), "{text}");
+    assert!(!text.contains(support_s3::READER_SECRET), "{text}");
+    // Preflight explains which operation failed and the likely fix.
+    let pre = reader.preflight().await.unwrap_err().to_string();
+    assert!(pre.contains("PUT of a probe object"), "{pre}");
+    assert!(
+        pre.contains("s3:PutObject on arn:aws:s3:::test/ad/*"),
+        "{pre}"
+    );
+    assert!(pre.contains(support_s3::READER_KEY_ID), "{pre}");
+}

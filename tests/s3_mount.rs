@@ -381,3 +381,48 @@ fn smoke_test_against_moto() {
     fs::remove_dir(m.path("dir2")).unwrap();
     assert!(fs::read_dir(m.path("")).unwrap().next().is_none());
 }
+
+#[test]
+fn access_denied_through_the_mount() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    put(&store, "ro/existing", b"hello".to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let reader = [
+        ("AWS_ACCESS_KEY_ID", support_s3::READER_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", support_s3::READER_SECRET),
+    ];
+
+    // Read-write mount: the preflight refuses it and says why.
+    let mnt = tempfile::tempdir().unwrap();
+    let out = mount_command(&server, "ro", mnt.path(), cache.path())
+        .envs(reader)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("preflight failed: PUT of a probe object"),
+        "{err}"
+    );
+    assert!(
+        err.contains("s3:PutObject") && err.contains(support_s3::READER_KEY_ID),
+        "{err}"
+    );
+    assert!(!is_mounted(mnt.path()));
+
+    // Without the preflight: reads work, a write fails with EACCES at fsync.
+    let m = Mounted::start_with_env(&server, "ro", cache.path(), &["--skip-preflight"], &reader);
+    assert_eq!(fs::read(m.path("existing")).unwrap(), b"hello");
+    let mut f = fs::File::create(m.path("new")).unwrap();
+    f.write_all(b"data").unwrap();
+    assert_eq!(errno_of(f.sync_all()), libc::EACCES);
+    drop(f);
+    assert_eq!(get(&store, "ro/new"), None);
+    assert!(
+        m.log_text().contains("access denied (AccessDenied)"),
+        "{}",
+        m.log_text()
+    );
+}

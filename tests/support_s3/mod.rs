@@ -19,6 +19,9 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 pub const KEY_ID: &str = "cachalotkey";
 pub const SECRET: &str = "cachalotsecret";
 pub const BUCKET: &str = "test";
+/// A second identity that may only read and list (for AccessDenied).
+pub const READER_KEY_ID: &str = "readerkey";
+pub const READER_SECRET: &str = "readersecret";
 
 static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
 
@@ -83,6 +86,18 @@ impl S3Server {
         let log = dir.path().join("weed.log");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let identities = dir.path().join("s3.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[
+  {{"name":"admin","credentials":[{{"accessKey":"{KEY_ID}","secretKey":"{SECRET}"}}],
+    "actions":["Admin","Read","Write","List","Tagging"]}},
+  {{"name":"reader","credentials":[{{"accessKey":"{READER_KEY_ID}","secretKey":"{READER_SECRET}"}}],
+    "actions":["Read","List"]}}]}}"#
+            ),
+        )
+        .unwrap();
         let mut cmd = Command::new("weed");
         cmd.arg("mini")
             .arg(format!("-dir={}", data.display()))
@@ -100,8 +115,11 @@ impl S3Server {
                 "-s3.port.lance=0",
                 "-master.telemetry=false",
             ])
-            .env("AWS_ACCESS_KEY_ID", KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .arg(format!("-s3.config={}", identities.display()))
+            // Identities come from -s3.config; with AWS_* set, weed mini
+            // would use those alone.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -121,6 +139,7 @@ impl S3Server {
             kind: "seaweedfs",
         };
         server.wait_for_bucket();
+        server.wait_for_auth();
         server
     }
 
@@ -181,6 +200,34 @@ impl S3Server {
             .with_secret_access_key(SECRET)
             .build()
             .unwrap()
+    }
+
+    /// SeaweedFS loads identities after it starts answering and allows
+    /// everything until then: poll until a wrong secret is refused.
+    fn wait_for_auth(&self) {
+        use object_store::ObjectStore;
+        let intruder = AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key("not-the-secret")
+            .build()
+            .unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rt.block_on(intruder.list_with_delimiter(None)).is_ok() {
+                assert!(Instant::now() < deadline, "SigV4 never enforced");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .join()
+        .expect("waiting for authentication");
     }
 
     /// Poll until the bucket answers a listing. On its own thread and

@@ -45,12 +45,23 @@ pub fn mount_source_command(server: &S3Server, source: &str, mnt: &Path, cache: 
 
 impl Mounted {
     pub fn start(server: &S3Server, prefix: &str, cache: &Path, extra: &[&str]) -> Mounted {
+        Self::start_with_env(server, prefix, cache, extra, &[])
+    }
+
+    pub fn start_with_env(
+        server: &S3Server,
+        prefix: &str,
+        cache: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
         let mnt = tempfile::tempdir().unwrap();
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cache.join(format!("test-mount-{n}.log"));
         let mut cmd = mount_command(server, prefix, mnt.path(), cache);
         cmd.args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
