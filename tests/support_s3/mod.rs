@@ -86,6 +86,8 @@ impl S3Server {
         let log = dir.path().join("weed.log");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        let scratch = dir.path().join("tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
         let identities = dir.path().join("s3.json");
         std::fs::write(
             &identities,
@@ -120,6 +122,9 @@ impl S3Server {
             // would use those alone.
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
+            // weed puts unix sockets and scratch volumes in $TMPDIR and
+            // never removes them: keep them inside our temp dir.
+            .env("TMPDIR", &scratch)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -286,6 +291,27 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.kind == "seaweedfs" {
+            remove_weed_sockets(self.port - 3);
+        }
+    }
+}
+
+/// weed creates `/tmp/seaweedfs-<service>-<port>.sock` (fixed path, not
+/// $TMPDIR) and leaves them: remove the ones of our ports.
+fn remove_weed_sockets(base: u16) {
+    let ports: Vec<String> = (base..base + 7)
+        .flat_map(|p| [p, p + 10_000])
+        .map(|p| format!("-{p}.sock"))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
