@@ -10,11 +10,12 @@ SIZE_MB=${SIZE_MB:-1024}
 NKEYS=${NKEYS:-10000}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$HERE/target}
-cargo build --quiet --release --manifest-path "$HERE/Cargo.toml" --bin cachalot --example s3_direct
-BIN=$TARGET/release/cachalot
-DIRECT=$TARGET/release/examples/s3_direct
-
 WORK=$(mktemp -d /tmp/cachalot-s3-bench-XXXXXX)
+cargo build --quiet --release --manifest-path "$HERE/Cargo.toml" --bin cachalot --example s3_direct
+# Private copies: a shared target dir may be rebuilt by another checkout meanwhile.
+cp "$TARGET/release/cachalot" "$TARGET/release/examples/s3_direct" "$WORK/"
+BIN=$WORK/cachalot
+DIRECT=$WORK/s3_direct
 WEED_PID=""
 BASE=0
 MNT=$WORK/mnt
