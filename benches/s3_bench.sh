@@ -11,11 +11,6 @@ NKEYS=${NKEYS:-10000}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$HERE/target}
 WORK=$(mktemp -d /tmp/cachalot-s3-bench-XXXXXX)
-cargo build --quiet --release --manifest-path "$HERE/Cargo.toml" --bin cachalot --example s3_direct
-# Private copies: a shared target dir may be rebuilt by another checkout meanwhile.
-cp "$TARGET/release/cachalot" "$TARGET/release/examples/s3_direct" "$WORK/"
-BIN=$WORK/cachalot
-DIRECT=$WORK/s3_direct
 WEED_PID=""
 BASE=0
 MNT=$WORK/mnt
@@ -33,6 +28,11 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+cargo build --quiet --release --manifest-path "$HERE/Cargo.toml" --bin cachalot --example s3_direct
+# Private copies: a shared target dir may be rebuilt by another checkout meanwhile.
+cp "$TARGET/release/cachalot" "$TARGET/release/examples/s3_direct" "$WORK/"
+BIN=$WORK/cachalot
+DIRECT=$WORK/s3_direct
 
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for b in $(seq 41000 20 44000); do

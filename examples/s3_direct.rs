@@ -14,7 +14,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        return Err("usage: s3_direct ENDPOINT BUCKET put FILE KEY | get KEY | fill PREFIX N | list PREFIX".into());
+        return Err(
+            "usage: s3_direct ENDPOINT BUCKET put FILE KEY | get KEY | fill PREFIX N | list PREFIX"
+                .into(),
+        );
     }
     let store = AmazonS3Builder::from_env()
         .with_endpoint(&args[1])
@@ -54,14 +57,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|i| {
                     let store = &store;
                     let key = format!("{prefix}/f{i:06}");
-                    async move { store.put(&Path::parse(key)?, PutPayload::from_static(b"x")).await }
+                    async move {
+                        store
+                            .put(&Path::parse(key)?, PutPayload::from_static(b"x"))
+                            .await
+                    }
                 })
                 .buffer_unordered(64)
                 .try_collect::<Vec<_>>()
                 .await?;
         }
         "list" => {
-            let listed = store.list_with_delimiter(Some(&Path::parse(&args[4])?)).await?;
+            let listed = store
+                .list_with_delimiter(Some(&Path::parse(&args[4])?))
+                .await?;
             bytes = listed.objects.len() as u64;
         }
         other => return Err(format!("unknown operation {other}").into()),
