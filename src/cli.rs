@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::backend::s3::{CredentialSource, S3Options};
 use crate::backend::Source;
 
 #[derive(Debug, Parser)]
@@ -19,6 +20,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount SOURCE at MOUNTPOINT with a local page cache and atomic writes.
@@ -76,7 +79,7 @@ pub enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Where the data lives: file:///absolute/path or nfs://server[:port]/export/path
+    /// Where the data lives: file:///absolute/path, nfs://server[:port]/export/path or s3://bucket[/prefix]
     #[arg(value_parser = parse_source)]
     pub source: Source,
     /// An existing, empty directory to mount on.
@@ -121,13 +124,123 @@ pub struct MountArgs {
     /// Supplementary groups sent with --uid/--gid (NFS AUTH_SYS), e.g. 10,20.
     #[arg(long, requires = "uid", value_delimiter = ',')]
     pub groups: Vec<u32>,
-    /// Do not check at mount time that the identity can create, write, rename
-    /// and remove files (read-write NFS mounts).
-    #[arg(long)]
-    pub skip_preflight: bool,
     /// Log file when running in the background (default: <cache-dir>/cachalot-mount.log).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Skip the check at mount that the identity can create, write, rename
+    /// and remove in the source (read-write NFS and S3 mounts).
+    #[arg(long)]
+    pub skip_preflight: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Options of s3:// sources; refused (exit 2) with any other source.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "S3 options (s3:// sources only)")]
+pub struct S3Args {
+    /// URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (default: AWS).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
+    #[arg(long)]
+    pub path_style: bool,
+    /// AWS shared-credentials file (INI) instead of the AWS_* environment variables.
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Profile in the credentials file (default: "default").
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Mode of every file (S3 stores none), octal; default 0644.
+    #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
+    pub file_mode: Option<u32>,
+    /// Mode of every directory, octal; default 0755.
+    #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
+    pub dir_mode: Option<u32>,
+    /// Most objects a directory rename copies; beyond it fails with EXDEV. Default 10000.
+    #[arg(long, value_name = "N")]
+    pub rename_dir_max_objects: Option<usize>,
+    /// Part size of multipart uploads (at least 5MiB); default 16MiB.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub part_size: Option<u64>,
+}
+
+impl S3Args {
+    fn given(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut flag = |set: bool, name: &'static str| {
+            if set {
+                out.push(name);
+            }
+        };
+        flag(self.endpoint.is_some(), "--endpoint");
+        flag(self.region.is_some(), "--region");
+        flag(self.path_style, "--path-style");
+        flag(self.credentials_file.is_some(), "--credentials-file");
+        flag(self.profile.is_some(), "--profile");
+        flag(self.file_mode.is_some(), "--file-mode");
+        flag(self.dir_mode.is_some(), "--dir-mode");
+        flag(
+            self.rename_dir_max_objects.is_some(),
+            "--rename-dir-max-objects",
+        );
+        flag(self.part_size.is_some(), "--part-size");
+        out
+    }
+
+    pub fn to_options(&self) -> S3Options {
+        let d = S3Options::default();
+        S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            credentials: CredentialSource {
+                file: self.credentials_file.clone(),
+                profile: self.profile.clone(),
+            },
+            file_mode: self.file_mode.unwrap_or(d.file_mode),
+            dir_mode: self.dir_mode.unwrap_or(d.dir_mode),
+            rename_dir_max_objects: self
+                .rename_dir_max_objects
+                .unwrap_or(d.rename_dir_max_objects),
+            part_size: self.part_size.unwrap_or(d.part_size),
+            ..d
+        }
+    }
+}
+
+impl MountArgs {
+    /// Cross-option checks clap cannot express; the message becomes a usage
+    /// error (exit 2).
+    pub fn validate(&self) -> Result<(), String> {
+        let given = self.s3.given();
+        if !self.source.is_s3() && !given.is_empty() {
+            return Err(format!(
+                "{} only apply to s3:// sources, not {}",
+                given.join(", "),
+                self.source
+            ));
+        }
+        if self.s3.part_size.is_some_and(|p| p < 5 << 20) {
+            return Err("--part-size must be at least 5MiB (an S3 limit)".into());
+        }
+        Ok(())
+    }
+}
+
+/// `644`, `0644`, `0o644`: permission bits in octal.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!(
+            "invalid mode '{text}': use octal permission bits such as 0644"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -246,5 +359,51 @@ mod tests {
         ];
         let err = Cli::try_parse_from(args).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+
+    #[test]
+    fn s3_options_only_with_s3_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = format!("file://{}", dir.path().display());
+        let mnt = dir.path().display().to_string();
+        let parse = |extra: &[&str], source: &str| {
+            let mut args = vec!["cachalot", "mount", source, &mnt, "--cache-dir", "/tmp/c"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Mount(m) => m,
+                _ => unreachable!(),
+            }
+        };
+        let local = parse(&["--endpoint", "http://x", "--path-style"], &src);
+        let err = local.validate().unwrap_err();
+        assert!(err.contains("--endpoint, --path-style"), "{err}");
+        assert!(parse(&["--skip-preflight"], &src).validate().is_ok());
+        let s3 = parse(
+            &[
+                "--endpoint",
+                "http://127.0.0.1:1",
+                "--file-mode",
+                "0600",
+                "--profile",
+                "p",
+            ],
+            "s3://bucket/prefix",
+        );
+        assert!(s3.validate().is_ok());
+        let o = s3.s3.to_options();
+        assert_eq!(o.file_mode, 0o600);
+        assert_eq!(o.dir_mode, 0o755);
+        assert_eq!(o.credentials.profile.as_deref(), Some("p"));
+        let small = parse(&["--part-size", "1MiB"], "s3://bucket/prefix");
+        assert!(small.validate().is_err());
     }
 }

@@ -90,6 +90,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         passthrough: false,
         mount_group: None,
         groups: Vec::new(),
+        s3: Default::default(),
         skip_preflight: false,
     })?;
     println!("mounted at:        {}\n", mnt.display());

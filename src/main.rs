@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use cachalot::backend::Identity;
 use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs};
@@ -52,6 +52,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         passthrough: !args.no_passthrough,
         mount_group: args.mount_group,
         groups: args.groups,
+        s3: args.s3.to_options(),
         skip_preflight: args.skip_preflight,
     })?;
     daemon::report_ready();
@@ -120,6 +121,13 @@ fn run_csi(args: CsiArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Mount(args) = &cli.command {
+        if let Err(msg) = args.validate() {
+            Cli::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, msg)
+                .exit();
+        }
+    }
     init_logging();
     let result = match cli.command {
         Command::Mount(args) => run_mount(args),

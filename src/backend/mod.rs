@@ -6,6 +6,7 @@ mod error;
 pub mod local;
 pub mod nfs;
 mod path;
+pub mod s3;
 mod source;
 
 use std::time::SystemTime;

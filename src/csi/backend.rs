@@ -58,5 +58,7 @@ pub async fn open(location: &Location, sub: &BackendPath) -> Result<Arc<dyn Back
             .await
             .map(|b| Arc::new(b) as Arc<dyn Backend>)
             .map_err(|e| backend_status(&format!("connecting to {source}"), &e)),
+        // source_for does not produce S3 sources yet (see `unavailable`).
+        Source::S3 { .. } => Err(unavailable(location).into()),
     }
 }

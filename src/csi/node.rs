@@ -83,7 +83,7 @@ fn preflight(source: &Source) -> Result<(), Status> {
         },
         // The mount child connects and runs the backend's own preflight; its
         // error (export list, root_squash fix) is returned to the caller.
-        Source::Nfs { .. } => Ok(()),
+        Source::Nfs { .. } | Source::S3 { .. } => Ok(()),
     }
 }
 

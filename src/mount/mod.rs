@@ -13,6 +13,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::backend::local::{IdentityMode, LocalBackend};
 use crate::backend::nfs::{NfsBackend, NfsOptions};
+use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
 use crate::backend::{Backend, Identity, Source};
 use crate::cache::{PageStore, PageStoreConfig};
 use crate::fs::{CachalotFs, FsConfig};
@@ -39,6 +40,8 @@ pub struct MountOptions {
     pub mount_group: Option<u32>,
     /// Supplementary groups sent with `identity` (NFS AUTH_SYS).
     pub groups: Vec<u32>,
+    /// Options of `s3://` sources (ignored for others).
+    pub s3: S3Options,
     /// Skip the mount-time write check of read-write mounts.
     pub skip_preflight: bool,
 }
@@ -55,14 +58,21 @@ pub struct MountedFs {
 }
 
 async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
-    Ok(match &opts.source {
+    match &opts.source {
         Source::Local { root } => {
             let mode = if opts.identity.is_some() {
                 IdentityMode::Fixed
             } else {
                 IdentityMode::Caller
             };
-            Arc::new(LocalBackend::new(root.clone(), mode))
+            Ok(Arc::new(LocalBackend::new(root.clone(), mode)))
+        }
+        Source::S3 { bucket, prefix } => {
+            let backend = s3_backend(opts, bucket, prefix)?;
+            if !opts.read_only && !opts.skip_preflight {
+                backend.preflight().await?;
+            }
+            Ok(backend)
         }
         Source::Nfs { .. } => {
             let nfs_opts = NfsOptions {
@@ -70,9 +80,9 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
                 groups: opts.groups.clone(),
                 ..NfsOptions::default()
             };
-            Arc::new(NfsBackend::connect(&opts.source, nfs_opts).await?)
+            Ok(Arc::new(NfsBackend::connect(&opts.source, nfs_opts).await?))
         }
-    })
+    }
 }
 
 /// Read-write mounts check at mount time that the identity can write, so a
@@ -86,6 +96,28 @@ async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Result<()> {
         .unwrap_or_else(crate::backend::nfs::process_identity);
     backend.preflight(id).await?;
     Ok(())
+}
+
+fn s3_backend(opts: &MountOptions, bucket: &str, prefix: &str) -> Result<Arc<S3Backend>> {
+    let credentials = Credentials::load(&opts.s3.credentials)?;
+    // S3 stores no owners: everything belongs to --uid/--gid, else to the
+    // identity that mounted.
+    let owner = opts.identity.unwrap_or(Identity {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    });
+    let config = S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        options: opts.s3.clone(),
+        credentials,
+        uid: owner.uid,
+        gid: owner.gid,
+        staging_dir: opts.cache_dir.join("s3-staging"),
+    };
+    let backend = S3Backend::new(config).map_err(anyhow::Error::msg)?;
+    tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(), "using S3");
+    Ok(Arc::new(backend))
 }
 
 fn fuse_config(opts: &MountOptions) -> Config {

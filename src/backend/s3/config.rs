@@ -1,0 +1,204 @@
+//! What an S3 volume needs besides its URL: endpoint and addressing style,
+//! credentials, the fixed POSIX attributes S3 cannot store, and limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::credentials::{CredentialSource, Credentials};
+
+/// S3 options as given on the command line (or by the CSI driver).
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// `http(s)://host[:port]` of an S3-compatible server; `None` = AWS.
+    pub endpoint: Option<String>,
+    /// Signing region; `None` = $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1.
+    pub region: Option<String>,
+    /// Address the bucket as `endpoint/bucket` instead of `bucket.endpoint`.
+    pub path_style: bool,
+    pub credentials: CredentialSource,
+    /// Mode of every file (S3 stores no modes).
+    pub file_mode: u32,
+    /// Mode of every directory.
+    pub dir_mode: u32,
+    /// Most objects a directory rename may copy; beyond, EXDEV.
+    pub rename_dir_max_objects: usize,
+    /// Objects at least this big are uploaded in parts of this size.
+    pub part_size: u64,
+    /// Retries of 5xx answers, throttling and connection failures.
+    pub max_retries: usize,
+    /// Overall time bound for one request including its retries.
+    pub retry_timeout: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+}
+
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+pub const DEFAULT_DIR_MODE: u32 = 0o755;
+pub const DEFAULT_RENAME_DIR_MAX_OBJECTS: usize = 10_000;
+/// S3 accepts parts of 5 MiB to 5 GiB and at most 10 000 of them; 16 MiB
+/// parts reach 160 GiB objects.
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials: CredentialSource::default(),
+            file_mode: DEFAULT_FILE_MODE,
+            dir_mode: DEFAULT_DIR_MODE,
+            rename_dir_max_objects: DEFAULT_RENAME_DIR_MAX_OBJECTS,
+            part_size: DEFAULT_PART_SIZE,
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the backend is built from, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix of the volume root without trailing slash ("" = bucket root).
+    pub prefix: String,
+    pub options: S3Options,
+    pub credentials: Credentials,
+    /// Owner reported for every file and directory.
+    pub uid: u32,
+    pub gid: u32,
+    /// Local directory for staging files and the upload journal.
+    pub staging_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--endpoint '{0}' is not an http:// or https:// URL without a path")]
+    BadEndpoint(String),
+    #[error("--part-size must be at least 5 MiB (an S3 limit)")]
+    PartTooSmall,
+}
+
+/// How requests reach the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressing {
+    /// Base URL of the bucket: requests go to `{bucket_url}/{key}`.
+    pub bucket_url: String,
+    /// The endpoint as object_store wants it (with the bucket in the host
+    /// for virtual-hosted style).
+    pub store_endpoint: String,
+    pub virtual_hosted: bool,
+    pub allow_http: bool,
+    pub region: String,
+}
+
+impl S3Config {
+    pub fn region(&self) -> String {
+        self.options
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string())
+    }
+
+    /// Work out URLs. Virtual-hosted style is impossible for IP addresses
+    /// and `localhost`, so those use path style even without --path-style.
+    pub fn addressing(&self) -> Result<Addressing, ConfigError> {
+        if self.options.part_size < MIN_PART_SIZE {
+            return Err(ConfigError::PartTooSmall);
+        }
+        let region = self.region();
+        let endpoint = match &self.options.endpoint {
+            Some(e) => {
+                let bad = || ConfigError::BadEndpoint(e.clone());
+                let url = url::Url::parse(e).map_err(|_| bad())?;
+                let path_ok = url.path() == "/" || url.path().is_empty();
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.host_str().is_none()
+                    || !path_ok
+                    || url.query().is_some()
+                {
+                    return Err(bad());
+                }
+                url
+            }
+            None => url::Url::parse(&format!("https://s3.{region}.amazonaws.com"))
+                .map_err(|_| ConfigError::BadEndpoint(region.clone()))?,
+        };
+        let host = endpoint.host_str().unwrap_or_default().to_string();
+        let no_vhost = host == "localhost"
+            || host.parse::<std::net::IpAddr>().is_ok()
+            || host.starts_with('[');
+        let virtual_hosted = !self.options.path_style && !no_vhost;
+        let origin = endpoint.origin().ascii_serialization();
+        let (bucket_url, store_endpoint) = if virtual_hosted {
+            let port = endpoint.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let url = format!("{}://{}.{host}{port}", endpoint.scheme(), self.bucket);
+            (url.clone(), url)
+        } else {
+            (format!("{origin}/{}", self.bucket), origin)
+        };
+        Ok(Addressing {
+            bucket_url,
+            store_endpoint,
+            virtual_hosted,
+            allow_http: endpoint.scheme() == "http",
+            region,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>, path_style: bool) -> S3Config {
+        S3Config {
+            bucket: "data".into(),
+            prefix: "p".into(),
+            options: S3Options {
+                endpoint: endpoint.map(str::to_string),
+                region: Some("eu-west-1".into()),
+                path_style,
+                ..S3Options::default()
+            },
+            credentials: Credentials::for_tests(),
+            uid: 0,
+            gid: 0,
+            staging_dir: PathBuf::from("/tmp"),
+        }
+    }
+
+    #[test]
+    fn addressing_styles() {
+        let aws = config(None, false).addressing().unwrap();
+        assert_eq!(aws.bucket_url, "https://data.s3.eu-west-1.amazonaws.com");
+        assert!(aws.virtual_hosted);
+        let aws_path = config(None, true).addressing().unwrap();
+        assert_eq!(
+            aws_path.bucket_url,
+            "https://s3.eu-west-1.amazonaws.com/data"
+        );
+        let local = config(Some("http://127.0.0.1:8333"), false)
+            .addressing()
+            .unwrap();
+        assert_eq!(local.bucket_url, "http://127.0.0.1:8333/data");
+        assert!(!local.virtual_hosted && local.allow_http);
+        let named = config(Some("https://minio.example:9000/"), false)
+            .addressing()
+            .unwrap();
+        assert_eq!(named.bucket_url, "https://data.minio.example:9000");
+        assert_eq!(named.store_endpoint, named.bucket_url);
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused() {
+        for e in ["ftp://x", "http://host/path", "not a url"] {
+            assert!(config(Some(e), true).addressing().is_err(), "{e}");
+        }
+    }
+}

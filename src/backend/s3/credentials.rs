@@ -1,0 +1,235 @@
+//! S3 credentials: the standard AWS environment variables or an AWS
+//! shared-credentials file (INI). The secret never appears in Debug output,
+//! logs or error messages; the access key id does, because it is what an
+//! operator needs to find the right key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where to take credentials from, as configured. The default: the
+/// environment variables, else the default shared file if it exists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialSource {
+    /// `--credentials-file`: an AWS shared-credentials file.
+    pub file: Option<PathBuf>,
+    /// `--profile`: section of the file (default "default").
+    pub profile: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    secret_access_key: String,
+    pub session_token: Option<String>,
+    /// Where they came from, for messages ("environment", "file X profile Y").
+    pub origin: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialsError {
+    #[error("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --credentials-file (AWS shared-credentials format) and optionally --profile")]
+    Missing,
+    #[error("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not (or is empty)")]
+    IncompleteEnvironment,
+    #[error("credentials file {path}: {why}")]
+    File { path: String, why: String },
+}
+
+impl Credentials {
+    pub fn new(access_key_id: &str, secret_access_key: &str, session_token: Option<&str>) -> Self {
+        Credentials {
+            access_key_id: access_key_id.to_string(),
+            secret_access_key: secret_access_key.to_string(),
+            session_token: session_token.map(str::to_string),
+            origin: "explicit".into(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Credentials::new("AKIDTEST", "secret-value", None)
+    }
+
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
+    /// Resolve `source` against the process environment.
+    pub fn load(source: &CredentialSource) -> Result<Credentials, CredentialsError> {
+        Self::load_with(source, |name| std::env::var(name).ok())
+    }
+
+    fn load_with(
+        source: &CredentialSource,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Credentials, CredentialsError> {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(file) = &source.file {
+            let profile = source.profile.as_deref().unwrap_or("default");
+            return from_file(file, profile);
+        }
+        let default_file = || {
+            env("AWS_SHARED_CREDENTIALS_FILE")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws/credentials")))
+        };
+        if let Some(profile) = &source.profile {
+            let file = default_file().ok_or(CredentialsError::Missing)?;
+            return from_file(&file, profile);
+        }
+        match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            (Some(id), Some(secret)) => {
+                let token = env("AWS_SESSION_TOKEN");
+                let mut c = Credentials::new(&id, &secret, token.as_deref());
+                c.origin = "environment (AWS_ACCESS_KEY_ID)".into();
+                Ok(c)
+            }
+            (Some(_), None) => Err(CredentialsError::IncompleteEnvironment),
+            _ => match default_file() {
+                Some(file) if file.exists() => {
+                    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                    from_file(&file, &profile)
+                }
+                _ => Err(CredentialsError::Missing),
+            },
+        }
+    }
+}
+
+fn from_file(path: &Path, profile: &str) -> Result<Credentials, CredentialsError> {
+    let err = |why: String| CredentialsError::File {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let section =
+        parse_ini_section(&text, profile).ok_or_else(|| err(format!("no profile [{profile}]")))?;
+    let get = |key: &str| {
+        section
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let id = get("aws_access_key_id")
+        .ok_or_else(|| err(format!("profile [{profile}] has no aws_access_key_id")))?;
+    let secret = get("aws_secret_access_key")
+        .ok_or_else(|| err(format!("profile [{profile}] has no aws_secret_access_key")))?;
+    let token = get("aws_session_token");
+    let mut c = Credentials::new(&id, &secret, token.as_deref());
+    c.origin = format!("file {} profile [{profile}]", path.display());
+    Ok(c)
+}
+
+/// Key/value pairs of one INI section. `[profile name]` (the config-file
+/// spelling) is accepted as well as `[name]`; `#` and `;` start comments.
+fn parse_ini_section(text: &str, wanted: &str) -> Option<Vec<(String, String)>> {
+    let mut in_section = false;
+    let mut found = None::<Vec<(String, String)>>;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            let name = name.strip_prefix("profile ").map(str::trim).unwrap_or(name);
+            in_section = name == wanted;
+            if in_section && found.is_none() {
+                found = Some(Vec::new());
+            }
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if let (Some((k, v)), Some(entries)) = (line.split_once('='), found.as_mut()) {
+            entries.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "\
+# comment
+[default]
+aws_access_key_id = AKIDDEFAULT
+aws_secret_access_key = s3cr3t
+
+[profile team]
+aws_access_key_id=AKIDTEAM
+aws_secret_access_key=teamsecret
+aws_session_token = tok
+";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn file_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials");
+        std::fs::write(&path, FILE).unwrap();
+        let mut src = CredentialSource {
+            file: Some(path.clone()),
+            profile: None,
+        };
+        let c = Credentials::load_with(&src, no_env).unwrap();
+        assert_eq!(c.access_key_id, "AKIDDEFAULT");
+        assert_eq!(c.secret_access_key(), "s3cr3t");
+        src.profile = Some("team".into());
+        let c = Credentials::load_with(&src, no_env).unwrap();
+        assert_eq!(c.access_key_id, "AKIDTEAM");
+        assert_eq!(c.session_token.as_deref(), Some("tok"));
+        src.profile = Some("nope".into());
+        let e = Credentials::load_with(&src, no_env).unwrap_err();
+        assert!(e.to_string().contains("no profile [nope]"), "{e}");
+    }
+
+    #[test]
+    fn environment_and_missing() {
+        let env = |n: &str| match n {
+            "AWS_ACCESS_KEY_ID" => Some("AKIDENV".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("envsecret".to_string()),
+            _ => None,
+        };
+        let c = Credentials::load_with(&CredentialSource::default(), env).unwrap();
+        assert_eq!(c.access_key_id, "AKIDENV");
+        let half = |n: &str| (n == "AWS_ACCESS_KEY_ID").then(|| "AKID".to_string());
+        assert_eq!(
+            Credentials::load_with(&CredentialSource::default(), half),
+            Err(CredentialsError::IncompleteEnvironment)
+        );
+        assert_eq!(
+            Credentials::load_with(&CredentialSource::default(), no_env),
+            Err(CredentialsError::Missing)
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = Credentials::new("AKIDX", "very-secret", Some("token-secret"));
+        let text = format!("{c:?}");
+        assert!(text.contains("AKIDX"));
+        assert!(!text.contains("very-secret") && !text.contains("token-secret"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Local staging: every file being written lives in a local file until it is
+//! uploaded, and every multipart upload in flight is recorded in a small
+//! journal file next to it. Names carry the writer's owner tag (host + pid),
+//! so the next mount can tell a crashed writer's leftovers from a live one's
+//! and abort its dangling upload.
+//!
+//! Layout: `<staging_dir>/<hash of the volume>/<owner><seq>.data` and
+//! `.../<owner><seq>.upload` (two lines: key, upload id).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::backend::path::{temp_name_for, TEMP_OWNER_LEN};
+
+pub struct Staging {
+    dir: PathBuf,
+    owner: String,
+    host: String,
+    seq: AtomicU64,
+}
+
+/// A multipart upload recorded by a writer that is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadUpload {
+    pub journal: PathBuf,
+    pub key: String,
+    pub upload_id: String,
+}
+
+/// Leftovers of dead writers.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    pub uploads: Vec<DeadUpload>,
+    pub data_files: Vec<PathBuf>,
+}
+
+impl Staging {
+    pub fn new(root: &Path, volume: &str) -> io::Result<Staging> {
+        let hash = blake3::hash(volume.as_bytes()).to_hex();
+        let dir = root.join(&hash.as_str()[..16]);
+        fs::create_dir_all(&dir)?;
+        let host = host_tag();
+        Ok(Staging {
+            owner: format!("{host}{:08x}", std::process::id()),
+            host,
+            dir,
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    #[cfg(test)]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn next_id(&self) -> String {
+        format!(
+            "{}{:x}",
+            self.owner,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A fresh, private staging file; returns it, its path and its id.
+    pub fn create(&self) -> io::Result<(File, PathBuf, String)> {
+        let id = self.next_id();
+        let path = self.dir.join(format!("{id}.data"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((file, path, id))
+    }
+
+    /// Hidden object name for probes (`.preflight.cachalot-<owner><seq>`).
+    pub fn probe_name(&self) -> String {
+        temp_name_for(
+            "preflight",
+            &self.owner,
+            self.seq.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
+    fn journal_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.upload"))
+    }
+
+    /// Record an upload before its first part is sent (write + rename, so a
+    /// crash never leaves a half-written record).
+    pub fn record_upload(&self, id: &str, key: &str, upload_id: &str) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{id}.upload.tmp"));
+        fs::write(&tmp, format!("{key}\n{upload_id}\n"))?;
+        fs::rename(&tmp, self.journal_path(id))
+    }
+
+    pub fn clear_upload(&self, id: &str) {
+        let _ = fs::remove_file(self.journal_path(id));
+    }
+
+    /// Journal records and staging files whose writer process is gone.
+    pub fn leftovers(&self) -> Leftovers {
+        let mut out = Leftovers::default();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((id, ext)) = name.split_once('.') else {
+                continue;
+            };
+            if id.len() <= TEMP_OWNER_LEN || !self.is_dead(&id[..TEMP_OWNER_LEN]) {
+                continue;
+            }
+            match ext {
+                "upload" => {
+                    let text = fs::read_to_string(entry.path()).unwrap_or_default();
+                    let mut lines = text.lines();
+                    match (lines.next(), lines.next()) {
+                        (Some(key), Some(upload_id)) if !upload_id.is_empty() => {
+                            out.uploads.push(DeadUpload {
+                                journal: entry.path(),
+                                key: key.to_string(),
+                                upload_id: upload_id.to_string(),
+                            })
+                        }
+                        _ => out.data_files.push(entry.path()),
+                    }
+                }
+                _ => out.data_files.push(entry.path()),
+            }
+        }
+        out
+    }
+
+    /// The staging dir is local to this host, but may sit on a shared
+    /// volume: only owners from this host with a dead pid are dead.
+    fn is_dead(&self, owner: &str) -> bool {
+        let (host, pid) = owner.split_at(8);
+        if host != self.host {
+            return false;
+        }
+        match u32::from_str_radix(pid, 16) {
+            Ok(pid) => !writer_alive(pid),
+            Err(_) => false,
+        }
+    }
+}
+
+// Same scheme as the local backend's temp names (kept private there).
+fn host_tag() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{:08x}", crc32c::crc32c(host.trim().as_bytes()))
+}
+
+fn writer_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    match fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => comm.trim() == "cachalot",
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_dead_writers_only() {
+        let root = tempfile::tempdir().unwrap();
+        let s = Staging::new(root.path(), "s3://b/p").unwrap();
+        let (_f, live_path, live_id) = s.create().unwrap();
+        s.record_upload(&live_id, "p/live", "u-live").unwrap();
+        // A writer on this host whose pid cannot exist.
+        let dead = format!("{}{:08x}7", s.host, u32::MAX - 1);
+        fs::write(s.dir().join(format!("{dead}.data")), b"x").unwrap();
+        fs::write(s.dir().join(format!("{dead}.upload")), "p/big\nu-1\n").unwrap();
+        // Another host's writer: not ours to judge.
+        fs::write(s.dir().join("ffffffff000000011.data"), b"x").unwrap();
+        let left = s.leftovers();
+        assert_eq!(left.uploads.len(), 1, "{left:?}");
+        assert_eq!(left.uploads[0].key, "p/big");
+        assert_eq!(left.uploads[0].upload_id, "u-1");
+        assert_eq!(left.data_files.len(), 1, "{left:?}");
+        assert!(live_path.exists());
+        s.clear_upload(&live_id);
+        assert!(!s.dir().join(format!("{live_id}.upload")).exists());
+    }
+}

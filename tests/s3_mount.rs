@@ -1,0 +1,428 @@
+//! The S3 backend through a real FUSE mount of the cachalot binary, checked
+//! against the bucket with an independent object_store client. Needs root
+//! (FUSE) and `scripts/install-s3-deps.sh`.
+
+mod support_s3;
+
+use std::fs::{self, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachalot::backend::s3::S3Backend;
+use object_store::aws::AmazonS3;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, PutPayload};
+use support_s3::mount::{is_mounted, mount_command, mount_source_command, Mounted};
+use support_s3::S3Server;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Blocking GET through the independent client (`None` = no such key).
+fn get(store: &AmazonS3, key: &str) -> Option<Vec<u8>> {
+    rt().block_on(async {
+        match store.get(&StorePath::parse(key).unwrap()).await {
+            Ok(r) => Some(r.bytes().await.unwrap().to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("get {key}: {e}"),
+        }
+    })
+}
+
+fn put(store: &AmazonS3, key: &str, data: Vec<u8>) {
+    rt().block_on(store.put(&StorePath::parse(key).unwrap(), PutPayload::from(data)))
+        .unwrap();
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn posix_operations_through_the_mount() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start(&server, "vol", cache.path(), &[]);
+
+    // create + read
+    fs::write(m.path("a.txt"), b"hello").unwrap();
+    assert_eq!(get(&store, "vol/a.txt").unwrap(), b"hello");
+    assert_eq!(fs::read(m.path("a.txt")).unwrap(), b"hello");
+    let md = fs::metadata(m.path("a.txt")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(md.mode() & 0o7777, 0o644);
+    assert_eq!(md.len(), 5);
+
+    // overwrite (O_TRUNC)
+    fs::write(m.path("a.txt"), b"bye").unwrap();
+    assert_eq!(get(&store, "vol/a.txt").unwrap(), b"bye");
+
+    // append
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m.path("a.txt"))
+        .unwrap();
+    f.write_all(b" for now").unwrap();
+    drop(f);
+    assert_eq!(get(&store, "vol/a.txt").unwrap(), b"bye for now");
+
+    // random write into an existing object (copy-on-write of the rest)
+    let original = pattern(3 << 20, 1);
+    put(&store, "vol/big.bin", original.clone());
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("big.bin"))
+        .unwrap();
+    f.write_all_at(b"PATCH", 1_500_000).unwrap();
+    drop(f);
+    let mut expected = original.clone();
+    expected[1_500_000..1_500_005].copy_from_slice(b"PATCH");
+    assert!(get(&store, "vol/big.bin").unwrap() == expected);
+    assert!(fs::read(m.path("big.bin")).unwrap() == expected);
+
+    // truncate (path-based: published at once), shrink then grow
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("big.bin"))
+        .unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+    assert_eq!(get(&store, "vol/big.bin").unwrap(), &original[..1000]);
+    std::process::Command::new("truncate")
+        .args(["-s", "1010"])
+        .arg(m.path("big.bin"))
+        .status()
+        .unwrap();
+    let got = get(&store, "vol/big.bin").unwrap();
+    assert_eq!(&got[..1000], &original[..1000]);
+    assert_eq!(&got[1000..], &[0u8; 10]);
+
+    // seek + write past the end (hole reads as zeros)
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.path("a.txt"))
+        .unwrap();
+    f.seek(SeekFrom::Start(16)).unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    assert_eq!(get(&store, "vol/a.txt").unwrap(), b"bye for now\0\0\0\0\0!");
+
+    // mkdir / rmdir
+    fs::create_dir(m.path("d")).unwrap();
+    assert!(m.path("d").is_dir());
+    fs::write(m.path("d/inner"), b"i").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(m.path("d"))), libc::ENOTEMPTY);
+    assert_eq!(get(&store, "vol/d/inner").unwrap(), b"i");
+
+    // rename of a file and of a directory
+    fs::rename(m.path("a.txt"), m.path("d/b.txt")).unwrap();
+    assert_eq!(get(&store, "vol/a.txt"), None);
+    assert!(get(&store, "vol/d/b.txt").unwrap().starts_with(b"bye"));
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    assert_eq!(get(&store, "vol/d/inner"), None);
+    assert_eq!(get(&store, "vol/e/inner").unwrap(), b"i");
+    let mut names: Vec<String> = fs::read_dir(m.path("e"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["b.txt", "inner"]);
+
+    // unlink; the directory survives its last entry; then rmdir
+    fs::remove_file(m.path("e/inner")).unwrap();
+    fs::remove_file(m.path("e/b.txt")).unwrap();
+    assert_eq!(get(&store, "vol/e/inner"), None);
+    assert!(m.path("e").is_dir());
+    fs::remove_dir(m.path("e")).unwrap();
+    assert!(!m.path("e").exists());
+
+    // chmod to another mode is refused; to the same mode accepted
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |mode| fs::Permissions::from_mode(mode);
+    assert_eq!(
+        errno_of(fs::set_permissions(m.path("big.bin"), perm(0o600))),
+        libc::EPERM
+    );
+    fs::set_permissions(m.path("big.bin"), perm(0o644)).unwrap();
+}
+
+#[test]
+fn what_s3_cannot_do_fails_with_a_clear_errno() {
+    let server = S3Server::seaweed();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start(&server, "caps", cache.path(), &[]);
+    fs::write(m.path("f"), b"x").unwrap();
+    assert_eq!(
+        errno_of(fs::hard_link(m.path("f"), m.path("g"))),
+        libc::EPERM
+    );
+    let fifo = nix::unistd::mkfifo(
+        &m.path("p"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    );
+    assert_eq!(fifo, Err(nix::errno::Errno::EPERM));
+    assert_eq!(
+        errno_of(std::os::unix::fs::symlink("f", m.path("s"))),
+        libc::EPERM
+    );
+    assert!(!m.path("g").exists() && !m.path("p").exists() && !m.path("s").exists());
+}
+
+/// Copy argv[1] to argv[2] (opened O_TRUNC) 1 MiB at a time, slowly.
+const WRITER: &str = "
+import sys, time
+with open(sys.argv[1], 'rb') as s, open(sys.argv[2], 'wb', buffering=0) as d:
+    while True:
+        b = s.read(1 << 20)
+        if not b:
+            break
+        d.write(b)
+        time.sleep(0.04)
+";
+
+#[test]
+fn readers_never_see_partial_content() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let old = pattern(4 << 20, 9);
+    put(&store, "atomic/f", old.clone());
+    let m = Mounted::start(&server, "atomic", cache.path(), &["--part-size", "5MiB"]);
+
+    let new = pattern(24 << 20, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, store, old, new) = (Arc::clone(&stop), store.clone(), old.clone(), new.clone());
+        std::thread::spawn(move || {
+            let mut seen = (0usize, 0usize);
+            while !stop.load(Ordering::Acquire) {
+                let got = get(&store, "atomic/f").expect("the key never disappears");
+                if got == old {
+                    seen.0 += 1;
+                } else if got == new {
+                    seen.1 += 1;
+                } else {
+                    let prefix_of_new = new.starts_with(&got);
+                    let prefix_of_old = old.starts_with(&got);
+                    panic!(
+                        "partial content of {} bytes visible under the final key \
+                         (prefix of new: {prefix_of_new}, of old: {prefix_of_old})",
+                        got.len()
+                    );
+                }
+            }
+            seen
+        })
+    };
+    // Overwrite slowly, 1 MiB at a time, then close (publish). The writer is
+    // a separate process without children: every close(2) publishes, and
+    // so does the implicit close of an inherited descriptor when a forked
+    // child execs, which other tests in this process do all the time.
+    let src = cache.path().join("new.src");
+    fs::write(&src, &new).unwrap();
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            WRITER,
+            src.to_str().unwrap(),
+            m.path("f").to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let (saw_old, saw_new) = poller.join().expect("poller saw partial content");
+    eprintln!("poller saw the old object {saw_old} times, the new one {saw_new} times");
+    assert!(saw_old > 0 && saw_new > 0);
+    assert!(get(&store, "atomic/f").unwrap() == new);
+}
+
+#[test]
+fn crash_during_upload_keeps_old_object_and_next_mount_aborts_the_upload() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let old = b"the old content".to_vec();
+    put(&store, "crash/f", old.clone());
+    let args = ["--part-size", "5MiB"];
+    let mut m = Mounted::start(&server, "crash", cache.path(), &args);
+
+    let target = m.path("f");
+    let writer = std::thread::spawn(move || {
+        // Fails once the daemon dies; only the side effects matter.
+        let _ = fs::write(&target, pattern(300 << 20, 3));
+    });
+    // The journal record appears once the multipart upload has started.
+    let staging = cache.path().join("s3-staging");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let journal = loop {
+        let found = fs::read_dir(&staging).ok().and_then(|dirs| {
+            dirs.flatten().find_map(|d| {
+                fs::read_dir(d.path())
+                    .ok()?
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().ends_with(".upload"))
+            })
+        });
+        if let Some(entry) = found {
+            break entry.path();
+        }
+        assert!(Instant::now() < deadline, "no upload started");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    m.crash();
+    writer.join().unwrap();
+    assert!(journal.exists(), "journal record survives the crash");
+
+    // The old object is intact; the dangling upload exists on the server.
+    assert_eq!(get(&store, "crash/f").unwrap(), old);
+    let staging_probe = tempfile::tempdir().unwrap();
+    let probe: S3Backend = server.backend("crash", staging_probe.path());
+    let pending = rt().block_on(probe.pending_uploads()).unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].0, "crash/f");
+
+    // The next mount aborts it and removes the leftovers.
+    let m2 = Mounted::start(&server, "crash", cache.path(), &args);
+    let pending = rt().block_on(probe.pending_uploads()).unwrap();
+    assert!(pending.is_empty(), "{pending:?}\n{}", m2.log_text());
+    assert!(!journal.exists());
+    assert!(m2
+        .log_text()
+        .contains("aborted the multipart upload of a crashed writer"));
+    assert_eq!(fs::read(m2.path("f")).unwrap(), old);
+}
+
+#[test]
+fn mount_errors_are_explained() {
+    let server = S3Server::seaweed();
+    let cache = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(!is_mounted(mnt.path()));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = run(mount_command(&server, "p", mnt.path(), cache.path())
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("credentials are wrong"), "{err}");
+    assert!(
+        err.contains(support_s3::KEY_ID) && !err.contains("not-the-secret"),
+        "{err}"
+    );
+
+    let mut cmd = mount_source_command(&server, "s3://no-such-bucket/p", mnt.path(), cache.path());
+    let (code, err) = run(&mut cmd);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("'no-such-bucket' does not exist"), "{err}");
+
+    // S3 options with another source: a usage error.
+    let local = tempfile::tempdir().unwrap();
+    let (code, err) = run(std::process::Command::new(support_s3::cachalot_bin())
+        .arg("mount")
+        .arg(format!("file://{}", local.path().display()))
+        .arg(mnt.path())
+        .args(["--cache-dir"])
+        .arg(cache.path())
+        .args(["--endpoint", "http://127.0.0.1:1"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--endpoint only apply to s3:// sources"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smoke_test_against_moto() {
+    let server = S3Server::moto();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start(&server, "smoke", cache.path(), &[]);
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/f"), b"moto").unwrap();
+    assert_eq!(get(&store, "smoke/dir/f").unwrap(), b"moto");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("dir/f"))
+        .unwrap();
+    f.write_all_at(b"M", 0).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("dir/f")).unwrap(), b"Moto");
+    fs::rename(m.path("dir"), m.path("dir2")).unwrap();
+    assert_eq!(get(&store, "smoke/dir2/f").unwrap(), b"Moto");
+    assert_eq!(get(&store, "smoke/dir/f"), None);
+    let names: Vec<_> = fs::read_dir(m.path("dir2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["f"]);
+    fs::remove_file(m.path("dir2/f")).unwrap();
+    fs::remove_dir(m.path("dir2")).unwrap();
+    assert!(fs::read_dir(m.path("")).unwrap().next().is_none());
+}
+
+#[test]
+fn access_denied_through_the_mount() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    put(&store, "ro/existing", b"hello".to_vec());
+    let cache = tempfile::tempdir().unwrap();
+    let reader = [
+        ("AWS_ACCESS_KEY_ID", support_s3::READER_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", support_s3::READER_SECRET),
+    ];
+
+    // Read-write mount: the preflight refuses it and says why.
+    let mnt = tempfile::tempdir().unwrap();
+    let out = mount_command(&server, "ro", mnt.path(), cache.path())
+        .envs(reader)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("preflight failed: PUT of a probe object"),
+        "{err}"
+    );
+    assert!(
+        err.contains("s3:PutObject") && err.contains(support_s3::READER_KEY_ID),
+        "{err}"
+    );
+    assert!(!is_mounted(mnt.path()));
+
+    // Without the preflight: reads work, a write fails with EACCES at fsync.
+    let m = Mounted::start_with_env(&server, "ro", cache.path(), &["--skip-preflight"], &reader);
+    assert_eq!(fs::read(m.path("existing")).unwrap(), b"hello");
+    let mut f = fs::File::create(m.path("new")).unwrap();
+    f.write_all(b"data").unwrap();
+    assert_eq!(errno_of(f.sync_all()), libc::EACCES);
+    drop(f);
+    assert_eq!(get(&store, "ro/new"), None);
+    assert!(
+        m.log_text().contains("access denied (AccessDenied)"),
+        "{}",
+        m.log_text()
+    );
+}

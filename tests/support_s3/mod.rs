@@ -1,0 +1,321 @@
+//! Test servers for the S3 backend: SeaweedFS (`weed mini`, strict SigV4)
+//! and moto (lenient), on 127.0.0.1, one per test, killed by a guard's Drop
+//! and, should the test process die, by PR_SET_PDEATHSIG.
+
+#![allow(dead_code)]
+
+pub mod mount;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use cachalot::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+
+pub const KEY_ID: &str = "cachalotkey";
+pub const SECRET: &str = "cachalotsecret";
+pub const BUCKET: &str = "test";
+/// A second identity that may only read and list (for AccessDenied).
+pub const READER_KEY_ID: &str = "readerkey";
+pub const READER_SECRET: &str = "readersecret";
+
+static NEXT_BASE: AtomicU16 = AtomicU16::new(0);
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// `count` consecutive free ports whose +10000 neighbours (SeaweedFS's gRPC
+/// ports) are free too.
+fn free_port_block(count: u16) -> u16 {
+    let seed = (std::process::id() % 1000) as u16;
+    for _ in 0..500 {
+        let n = NEXT_BASE.fetch_add(1, Ordering::Relaxed);
+        let base = 20_000 + (seed.wrapping_mul(37).wrapping_add(n.wrapping_mul(11))) % 25_000;
+        if (base..base + count).all(|p| port_free(p) && port_free(p + 10_000)) {
+            return base;
+        }
+    }
+    panic!("no free block of ports found");
+}
+
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; it only sets a flag of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited early ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} not listening on {port} after 60s");
+}
+
+/// A running S3 server; killed on drop.
+pub struct S3Server {
+    pub port: u16,
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub kind: &'static str,
+}
+
+impl S3Server {
+    /// SeaweedFS with SigV4 enforced and bucket `test` created.
+    pub fn seaweed() -> S3Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_port_block(7);
+        let log = dir.path().join("weed.log");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let scratch = dir.path().join("tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let identities = dir.path().join("s3.json");
+        std::fs::write(
+            &identities,
+            format!(
+                r#"{{"identities":[
+  {{"name":"admin","credentials":[{{"accessKey":"{KEY_ID}","secretKey":"{SECRET}"}}],
+    "actions":["Admin","Read","Write","List","Tagging"]}},
+  {{"name":"reader","credentials":[{{"accessKey":"{READER_KEY_ID}","secretKey":"{READER_SECRET}"}}],
+    "actions":["Read","List"]}}]}}"#
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("weed");
+        cmd.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+            .arg(format!("-bucket={BUCKET}"))
+            .arg(format!("-master.port={}", base))
+            .arg(format!("-volume.port={}", base + 1))
+            .arg(format!("-filer.port={}", base + 2))
+            .arg(format!("-s3.port={}", base + 3))
+            .arg(format!("-admin.port={}", base + 4))
+            .arg(format!("-webdav.port={}", base + 5))
+            .arg(format!("-debug.port={}", base + 6))
+            .args([
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+            ])
+            .arg(format!("-s3.config={}", identities.display()))
+            // Identities come from -s3.config; with AWS_* set, weed mini
+            // would use those alone.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            // weed puts unix sockets and scratch volumes in $TMPDIR and
+            // never removes them: keep them inside our temp dir.
+            .env("TMPDIR", &scratch)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("weed.err")).unwrap(),
+            ));
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .expect("start weed (run scripts/install-s3-deps.sh)");
+        let port = base + 3;
+        wait_for_port(port, &mut child, "weed mini", &log);
+        let server = S3Server {
+            port,
+            child,
+            dir,
+            kind: "seaweedfs",
+        };
+        server.wait_for_bucket();
+        server.wait_for_auth();
+        server
+    }
+
+    /// moto_server (no SigV4 enforcement) with bucket `test` created.
+    pub fn moto() -> S3Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port_block(1);
+        let log = dir.path().join("moto.log");
+        let mut cmd = Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("moto.err")).unwrap(),
+            ));
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .expect("start moto_server (run scripts/install-s3-deps.sh)");
+        wait_for_port(port, &mut child, "moto_server", &log);
+        // moto accepts unsigned requests: create the bucket by hand.
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "create bucket: {answer}"
+        );
+        let server = S3Server {
+            port,
+            child,
+            dir,
+            kind: "moto",
+        };
+        server.wait_for_bucket();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain object_store client: the test's independent view of the bucket.
+    pub fn store(&self) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .build()
+            .unwrap()
+    }
+
+    /// SeaweedFS loads identities after it starts answering and allows
+    /// everything until then: poll until a wrong secret is refused.
+    fn wait_for_auth(&self) {
+        use object_store::ObjectStore;
+        let intruder = AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key("not-the-secret")
+            .build()
+            .unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while rt.block_on(intruder.list_with_delimiter(None)).is_ok() {
+                assert!(Instant::now() < deadline, "SigV4 never enforced");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .join()
+        .expect("waiting for authentication");
+    }
+
+    /// Poll until the bucket answers a listing. On its own thread and
+    /// runtime: callers may be inside a runtime already.
+    fn wait_for_bucket(&self) {
+        use object_store::ObjectStore;
+        let store = self.store();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let ok = rt.block_on(store.list_with_delimiter(None)).is_ok();
+                if ok {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "bucket {BUCKET} never appeared");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .join()
+        .expect("waiting for the bucket");
+    }
+
+    /// Backend config for `prefix` with the right or the given credentials.
+    pub fn config(&self, prefix: &str, staging: &Path) -> S3Config {
+        Self::config_for_port(self.port, prefix, staging)
+    }
+
+    pub fn config_for_port(port: u16, prefix: &str, staging: &Path) -> S3Config {
+        S3Config {
+            bucket: BUCKET.into(),
+            prefix: prefix.into(),
+            options: S3Options {
+                endpoint: Some(format!("http://127.0.0.1:{port}")),
+                path_style: true,
+                max_retries: 2,
+                part_size: 5 << 20,
+                ..S3Options::default()
+            },
+            credentials: Credentials::new(KEY_ID, SECRET, None),
+            uid: 1000,
+            gid: 1000,
+            staging_dir: staging.to_path_buf(),
+        }
+    }
+
+    pub fn backend(&self, prefix: &str, staging: &Path) -> S3Backend {
+        S3Backend::new(self.config(prefix, staging)).expect("backend")
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.kind == "seaweedfs" {
+            remove_weed_sockets(self.port - 3);
+        }
+    }
+}
+
+/// weed creates `/tmp/seaweedfs-<service>-<port>.sock` (fixed path, not
+/// $TMPDIR) and leaves them: remove the ones of our ports.
+fn remove_weed_sockets(base: u16) {
+    let ports: Vec<String> = (base..base + 7)
+        .flat_map(|p| [p, p + 10_000])
+        .map(|p| format!("-{p}.sock"))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seaweedfs-") && ports.iter().any(|p| name.ends_with(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Path of the cachalot binary built for the integration tests.
+pub fn cachalot_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cachalot"))
+}
