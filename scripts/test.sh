@@ -244,9 +244,21 @@ ensure_rust_components() {
     fi
 }
 
-# Servers for later issues go here, each registering what it starts, e.g.:
-#   start_nfs_server() { ...; ganesha.nfsd -F ... & register_pid $!; register_dir "$dir"; }
-#   start_s3_server()  { ...; weed mini ... & register_pid $!; register_dir "$dir"; }
+# Test servers and tools of each area, installed by its own idempotent script.
+# The servers themselves (nfs-ganesha + rpcbind, SeaweedFS, moto) are started
+# and stopped by the Rust test harnesses (tests/support_*), one per test binary.
+ensure_area_dependencies() {
+    local script
+    for script in scripts/install-*-deps.sh; do
+        [ -e "$script" ] || continue
+        log "$script"
+        as_root bash "$script" </dev/null >&2 || die "$script failed"
+    done
+    # pip console scripts (weed, moto_server) may live behind pyenv shims.
+    if command -v pyenv >/dev/null 2>&1; then
+        export PATH="$(pyenv root)/shims:$PATH"
+    fi
+}
 
 # ---------------------------------------------------------------------------
 # Checks
@@ -284,6 +296,7 @@ main() {
     PREEXISTING_MOUNTS="$(cachalot_mounts)"
     ensure_apt_packages
     ensure_fuse
+    ensure_area_dependencies
     ensure_cargo
     ensure_rust_components
     run_fmt
