@@ -486,6 +486,8 @@ pub struct Mount {
     extra: Vec<String>,
     child: Option<Child>,
     watchdog: Option<Watchdog>,
+    /// Extra environment of the daemon (applied after RUST_LOG, so it may override it).
+    env: Vec<(String, String)>,
 }
 
 impl Mount {
@@ -536,6 +538,7 @@ impl Mount {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             watchdog: None,
+            env: Vec::new(),
         }
     }
 
@@ -584,6 +587,7 @@ impl Mount {
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
                 )
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2),
@@ -906,5 +910,20 @@ pub fn close_checked(f: File) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+impl Mount {
+    /// Use another backing dir (e.g. the backing dir of another mount: two daemons on one
+    /// volume); call before [`Mount::start`].
+    pub fn use_backing_dir(&mut self, dir: &Path) {
+        assert!(self.child.is_none(), "use_backing_dir after start");
+        self.backing = dir.to_path_buf();
+    }
+
+    /// Set an environment variable of the daemon for the next [`Mount::start`] (applied
+    /// after RUST_LOG, so it may override it).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 }
