@@ -473,7 +473,7 @@ def check_examples(root, objs):
         h = csi["volumeHandle"]
         need(h.startswith("v1#"), f"PV volumeHandle {h} lacks the v1# prefix")
         fields = h.split("#")
-        want = {"file": 5, "nfs": 8, "s3": 9}.get(fields[1])
+        want = {"file": 5, "nfs": 7, "s3": 8}.get(fields[1])
         need(want == len(fields), f"PV volumeHandle {h}: {len(fields)} fields, want {want}")
         for k in csi.get("volumeAttributes", {}):
             need(k.lower() in ctx_keys, f"PV volumeAttributes key {k} is not accepted by NodeStage")
@@ -574,9 +574,12 @@ def check_helm_values(chart_dir):
     need(nc["args"][-1] == "--mount-timeout=60s", f"node extraArgs not appended: {nc['args']}")
     need(pod_spec(dep)["containers"][0]["args"][-1] == "--mount-timeout=45s", "controller extraArgs")
     need(dep["spec"]["replicas"] == 2, "controller.replicas")
-    need(pod_spec(ds)["nodeSelector"] == {"storage": "fast"}, "node.nodeSelector")
+    # Helm merges maps with the chart defaults
+    need(pod_spec(ds)["nodeSelector"] == {"kubernetes.io/os": "linux", "storage": "fast"},
+         f"node.nodeSelector {pod_spec(ds)['nodeSelector']}")
     need(pod_spec(ds)["tolerations"] == [{"key": "k", "operator": "Exists"}], "node.tolerations")
-    need(nc["resources"] == {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1"}}, "node.resources")
+    need(nc["resources"] == {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1", "memory": "128Mi"}},
+         f"node.resources {nc['resources']}")
     scs = {s["metadata"]["name"]: s for s in by_kind(objs, "StorageClass")}
     need(set(scs) == {"fast-nfs", "small"}, f"StorageClasses {sorted(scs)}")
     need(scs["fast-nfs"]["parameters"].get("cacheSize") == "50GiB", "cache.size is not the default cacheSize")
