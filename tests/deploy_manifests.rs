@@ -140,7 +140,11 @@ fn checker_catches_missing_extra_create_metadata() {
         "            - --extra-create-metadata\n",
         "",
     );
-    assert_caught(dir.path(), "helm: install invariants", "--extra-create-metadata");
+    assert_caught(
+        dir.path(),
+        "helm: install invariants",
+        "--extra-create-metadata",
+    );
 }
 
 #[test]
@@ -165,13 +169,13 @@ fn checker_catches_unknown_storage_class_parameter() {
     mutate(
         dir.path(),
         "deploy/kubernetes/examples/storageclass-nfs.yaml",
-        "  share: /exports/k8s",
-        "  export: /exports/k8s",
+        "  onDelete: archive",
+        "  onDelete: archive\n  mountOptions: nolock",
     );
     assert_caught(
         dir.path(),
         "examples: driver, parameters, references",
-        "'export' unknown",
+        "'mountOptions' unknown",
     );
 }
 
