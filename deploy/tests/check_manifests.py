@@ -112,7 +112,27 @@ def load_docs(path):
         return load_docs_text(f.read(), path)
 
 
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources"}
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+
+
+def apply_images(objs, images):
+    """The images transformer (what `kustomize edit set image` writes)."""
+    for o in objs:
+        spec = o.get("spec", {}).get("template", {}).get("spec") or \
+            (o.get("spec") if o.get("kind") == "Pod" else None)
+        if not spec:
+            continue
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            ref = c["image"]
+            name, tag = (ref.rsplit(":", 1) + [None])[:2] if ":" in ref.split("/")[-1] else (ref, None)
+            for im in images:
+                if im.get("name") == name:
+                    new = im.get("newName", name)
+                    if im.get("digest"):
+                        c["image"] = f"{new}@{im['digest']}"
+                    else:
+                        t = im.get("newTag", tag)
+                        c["image"] = f"{new}:{t}" if t else new
 
 
 def render_kustomize(directory):
@@ -130,6 +150,7 @@ def render_kustomize(directory):
         else:
             need(os.path.isfile(path), f"{kfile}: resource {res} does not exist")
             objs.extend(load_docs(path))
+    apply_images(objs, k.get("images", []))
     ns = k.get("namespace")
     if ns:
         for o in objs:

@@ -23,7 +23,7 @@ Call with (dict "component" .Values.node "global" .Values.imagePullSecrets).
 {{- if kindIs "slice" .component.imagePullSecrets -}}
 {{- $secrets = .component.imagePullSecrets -}}
 {{- end -}}
-{{- with $secrets }}
+{{- with $secrets -}}
 imagePullSecrets:
 {{ toYaml . }}
 {{- end -}}
