@@ -1,0 +1,30 @@
+{{- define "cachalot.labels" -}}
+app.kubernetes.io/part-of: cachalot
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "cachalot.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "cachalot.pluginDir" -}}
+{{ .Values.kubeletDir }}/plugins/{{ .Values.driverName }}
+{{- end -}}
+
+{{/*
+Pull secrets of one component: its own list when it sets one (even an empty
+list, which means "none"), otherwise the global list. Never merged.
+Call with (dict "component" .Values.node "global" .Values.imagePullSecrets).
+*/}}
+{{- define "cachalot.imagePullSecrets" -}}
+{{- $secrets := .global -}}
+{{- if kindIs "slice" .component.imagePullSecrets -}}
+{{- $secrets = .component.imagePullSecrets -}}
+{{- end -}}
+{{- with $secrets -}}
+imagePullSecrets:
+{{ toYaml . }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,799 @@
+#!/usr/bin/env python3
+"""Offline checks of cachalot's deployment files (run by tests/deploy_manifests.rs).
+
+    python3 deploy/tests/check_manifests.py [--root REPO]
+
+What it does, without a cluster:
+  * renders the kustomize base (deploy/kubernetes/kustomization.yaml) itself:
+    resources (files or directories) + the namespace transformer, nothing else
+    (an unknown kustomization key is a failure, not ignored); if `kubectl` is
+    on PATH it also compares with `kubectl kustomize`;
+  * renders the Helm chart (deploy/helm/cachalot) with the Helm engine of the
+    `helm-python-sdk` package (offline, no helm binary), for several value sets,
+    and runs `helm lint --strict`;
+  * validates every object against the Kubernetes OpenAPI schemas of the
+    `kubernetes-validate` package (strict: unknown fields fail) for the oldest
+    and the newest supported version;
+  * checks the invariants that break real installs (driver name, socket and
+    kubelet paths across containers, Bidirectional propagation, provisioner
+    flags, RBAC, StorageClass parameter names against src/csi/params.rs,
+    per-component imagePullSecrets override, Helm = kustomize);
+  * parses the Dockerfile and .dockerignore.
+
+Exit 0 when every check passed, 1 when one failed, 3 when a Python dependency
+is missing (run scripts/install-deploy-deps.sh).
+"""
+
+import argparse
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import yaml
+    import kubernetes_validate
+    from helm_python import chart as helm_chart
+except ImportError as e:  # pragma: no cover - reported to the Rust test
+    print(f"MISSING DEPENDENCY: {e}; run scripts/install-deploy-deps.sh", file=sys.stderr)
+    sys.exit(3)
+
+DRIVER = "cachalot.csi.dev"
+K8S_VERSIONS = ["1.25.0", "1.37.0"]  # chart kubeVersion >=1.25; newest shipped schemas
+CLUSTER_SCOPED = {
+    "Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "StorageClass",
+    "PersistentVolume",
+}
+PROVISIONER_RULES = {
+    ("", "persistentvolumes"): {"get", "list", "watch", "create", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
+    ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+    ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch"},
+    # provisioner-secret-name (S3 credentials)
+    ("", "secrets"): {"get"},
+}
+LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
+SECRET_PARAM_PREFIX = "csi.storage.k8s.io/"
+SECRET_PARAMS = {
+    "csi.storage.k8s.io/provisioner-secret-name",
+    "csi.storage.k8s.io/provisioner-secret-namespace",
+    "csi.storage.k8s.io/node-stage-secret-name",
+    "csi.storage.k8s.io/node-stage-secret-namespace",
+}
+SUBDIR_TEMPLATES = {"${pvc.metadata.name}", "${pvc.metadata.namespace}", "${pv.metadata.name}"}
+
+
+class CheckError(Exception):
+    pass
+
+
+def need(cond, msg):
+    if not cond:
+        raise CheckError(msg)
+
+
+class Runner:
+    def __init__(self):
+        self.passed = 0
+        self.failed = []
+
+    def check(self, name, fn, *args):
+        try:
+            fn(*args)
+        except CheckError as e:
+            self.failed.append(name)
+            print(f"FAIL {name}: {e}")
+        except Exception as e:  # a crash in a check is a failure too
+            self.failed.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+        else:
+            self.passed += 1
+            print(f"ok   {name}")
+
+
+# --------------------------------------------------------------------------
+# Loading and rendering
+# --------------------------------------------------------------------------
+
+def load_docs_text(text, origin):
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise CheckError(f"{origin}: invalid YAML: {e}")
+
+
+def load_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return load_docs_text(f.read(), path)
+
+
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
+
+
+def apply_images(objs, images):
+    """The images transformer (what `kustomize edit set image` writes)."""
+    for o in objs:
+        spec = o.get("spec", {}).get("template", {}).get("spec") or \
+            (o.get("spec") if o.get("kind") == "Pod" else None)
+        if not spec:
+            continue
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            ref = c["image"]
+            name, tag = (ref.rsplit(":", 1) + [None])[:2] if ":" in ref.split("/")[-1] else (ref, None)
+            for im in images:
+                if im.get("name") == name:
+                    new = im.get("newName", name)
+                    if im.get("digest"):
+                        c["image"] = f"{new}@{im['digest']}"
+                    else:
+                        t = im.get("newTag", tag)
+                        c["image"] = f"{new}:{t}" if t else new
+
+
+def render_kustomize(directory):
+    """resources + namespace, like `kustomize build` for this base."""
+    kfile = os.path.join(directory, "kustomization.yaml")
+    (k,) = load_docs(kfile)
+    unknown = set(k) - KUSTOMIZATION_KEYS
+    need(not unknown, f"{kfile}: keys {sorted(unknown)} are not understood by this checker "
+                      "(extend render_kustomize)")
+    objs = []
+    for res in k.get("resources", []):
+        path = os.path.join(directory, res)
+        if os.path.isdir(path):
+            objs.extend(render_kustomize(path))
+        else:
+            need(os.path.isfile(path), f"{kfile}: resource {res} does not exist")
+            objs.extend(load_docs(path))
+    apply_images(objs, k.get("images", []))
+    ns = k.get("namespace")
+    if ns:
+        for o in objs:
+            if o.get("kind") not in CLUSTER_SCOPED:
+                o.setdefault("metadata", {})["namespace"] = ns
+            if o.get("kind") in ("RoleBinding", "ClusterRoleBinding"):
+                for s in o.get("subjects", []):
+                    if s.get("kind") == "ServiceAccount":
+                        s["namespace"] = ns
+    return objs
+
+
+def render_helm(chart_dir, values, name="cachalot", namespace="cachalot"):
+    c = helm_chart.Chart.load(chart_dir)
+    out = c.render(values, name=name, namespace=namespace, is_install=True)
+    objs = []
+    for path, text in sorted(out.items()):
+        if path.endswith(".txt") or os.path.basename(path).startswith("_"):
+            continue
+        objs.extend(load_docs_text(text, path))
+    return objs
+
+
+def key(o):
+    m = o.get("metadata", {})
+    return (o.get("kind"), m.get("namespace"), m.get("name"))
+
+
+def by_kind(objs, kind):
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def one(objs, kind):
+    found = by_kind(objs, kind)
+    need(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0]
+
+
+# --------------------------------------------------------------------------
+# Schema validation
+# --------------------------------------------------------------------------
+
+def validate_schemas(objs):
+    problems = []
+    for o in objs:
+        for v in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(o, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{key(o)} @ {v}: {e.message} at {list(e.path)}")
+            except (kubernetes_validate.SchemaNotFoundError,
+                    kubernetes_validate.InvalidSchemaError) as e:
+                problems.append(f"{key(o)} @ {v}: no schema: {e}")
+    need(not problems, "; ".join(problems))
+
+
+# --------------------------------------------------------------------------
+# Pod helpers
+# --------------------------------------------------------------------------
+
+def pod_spec(workload):
+    return workload["spec"]["template"]["spec"]
+
+
+def container(spec, name):
+    for c in spec.get("containers", []):
+        if c["name"] == name:
+            return c
+    raise CheckError(f"no container {name!r} (have {[c['name'] for c in spec.get('containers', [])]})")
+
+
+def expand_env(c, s):
+    env = {e["name"]: e.get("value") for e in c.get("env", []) if "value" in e}
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), s)
+
+
+def flag(c, name):
+    """Value of --name=value or --name value among args; None if absent."""
+    args = c.get("args", [])
+    for i, a in enumerate(args):
+        if a == f"--{name}":
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                return expand_env(c, args[i + 1])
+            return ""
+        if a.startswith(f"--{name}="):
+            return expand_env(c, a.split("=", 1)[1])
+    return None
+
+
+def host_path_of(spec, c, path):
+    """Map a path inside container c to (volume, host path or None)."""
+    best = None
+    for m in c.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best["mountPath"].rstrip("/")):
+                best = m
+    need(best is not None, f"container {c['name']}: no volumeMount covers {path}")
+    vol = next((v for v in spec.get("volumes", []) if v["name"] == best["name"]), None)
+    need(vol is not None, f"container {c['name']}: mount {best['name']} has no volume")
+    rest = path[len(best["mountPath"].rstrip("/")):]
+    if "hostPath" in vol:
+        return vol, vol["hostPath"]["path"].rstrip("/") + rest
+    return vol, None
+
+
+def socket_of(c, flagname):
+    v = flag(c, flagname)
+    need(v, f"container {c['name']}: --{flagname} missing")
+    return v[len("unix://"):] if v.startswith("unix://") else v
+
+
+# --------------------------------------------------------------------------
+# Invariants of a rendered install (kustomize base or Helm render)
+# --------------------------------------------------------------------------
+
+def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cachalot/cache",
+                  state_host="/var/lib/cachalot/state"):
+    plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
+
+    # CSIDriver
+    d = one(objs, "CSIDriver")
+    need(d["metadata"]["name"] == DRIVER, f"CSIDriver name {d['metadata']['name']!r} != {DRIVER}")
+    want = {"attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "File",
+            "volumeLifecycleModes": ["Persistent"]}
+    for k, v in want.items():
+        need(d["spec"].get(k) == v, f"CSIDriver spec.{k} = {d['spec'].get(k)!r}, want {v!r}")
+
+    for sc in by_kind(objs, "StorageClass"):
+        need(sc["provisioner"] == DRIVER, f"StorageClass {sc['metadata']['name']}: provisioner "
+                                          f"{sc['provisioner']!r} != {DRIVER}")
+
+    # Controller
+    dep = one(objs, "Deployment")
+    spec = pod_spec(dep)
+    plugin = next((c for c in spec["containers"] if "--controller" in c.get("args", [])), None)
+    need(plugin is not None, "controller: no container runs with --controller")
+    need("--node" not in plugin.get("args", []), "controller: plugin also has --node")
+    for f in ("cache-dir", "state-dir", "node-id"):
+        need(flag(plugin, f), f"controller: --{f} missing (required by `cachalot csi`)")
+    sock = socket_of(plugin, "endpoint")
+    vol, _ = host_path_of(spec, plugin, sock)
+    need("emptyDir" in vol, f"controller: socket volume {vol['name']} is not an emptyDir")
+    prov = container(spec, "csi-provisioner")
+    need(socket_of(prov, "csi-address") == sock,
+         f"provisioner --csi-address {socket_of(prov, 'csi-address')} != plugin endpoint {sock}")
+    pvol, _ = host_path_of(spec, prov, sock)
+    need(pvol["name"] == vol["name"], "provisioner and plugin mount different socket volumes")
+    need(flag(prov, "extra-create-metadata") is not None,
+         "provisioner lacks --extra-create-metadata (subDir templates would fail)")
+    need(flag(prov, "leader-election") is not None, "provisioner lacks --leader-election")
+    need(prov["image"].startswith("registry.k8s.io/sig-storage/csi-provisioner:"),
+         f"provisioner image {prov['image']}")
+    check_liveness(spec, plugin, sock, "controller")
+
+    # RBAC of the controller's service account
+    sa = spec.get("serviceAccountName")
+    need(sa, "controller: no serviceAccountName")
+    ns = dep["metadata"].get("namespace")
+    need(any(s["metadata"]["name"] == sa for s in by_kind(objs, "ServiceAccount")),
+         f"controller ServiceAccount {sa} is not defined")
+    check_rbac(objs, sa, ns)
+
+    # Node plugin
+    ds = one(objs, "DaemonSet")
+    spec = pod_spec(ds)
+    nsa = spec.get("serviceAccountName")
+    need(any(s["metadata"]["name"] == nsa for s in by_kind(objs, "ServiceAccount")),
+         f"node ServiceAccount {nsa} is not defined")
+    node = next((c for c in spec["containers"] if "--node" in c.get("args", [])), None)
+    need(node is not None, "node: no container runs with --node")
+    need("--controller" not in node.get("args", []), "node: plugin also has --controller")
+    need(node.get("securityContext", {}).get("privileged") is True, "node plugin is not privileged")
+    need(flag(node, "node-id") == "$(NODE_NAME)", f"node: --node-id is {flag(node, 'node-id')!r}, "
+                                                  "want $(NODE_NAME)")
+    env = {e["name"]: e for e in node.get("env", [])}
+    need(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+         == "spec.nodeName", "node: NODE_NAME is not from spec.nodeName")
+    need("RUST_LOG" in env, "node: RUST_LOG not set")
+
+    # kubelet dir: Bidirectional, same path inside and outside
+    kmounts = [m for m in node.get("volumeMounts", []) if m["mountPath"].rstrip("/") == kubelet_dir]
+    need(kmounts, f"node plugin does not mount the kubelet dir {kubelet_dir}")
+    need(kmounts[0].get("mountPropagation") == "Bidirectional",
+         f"node plugin's kubelet mount has mountPropagation "
+         f"{kmounts[0].get('mountPropagation')!r}, want Bidirectional (mounts would not reach pods)")
+    kvol, khost = host_path_of(spec, node, kubelet_dir)
+    need(khost == kubelet_dir, f"kubelet dir volume hostPath {khost} != mountPath {kubelet_dir}")
+
+    # the socket: plugin endpoint, registrar, liveness probe, kubelet registration
+    nsock = socket_of(node, "endpoint")
+    _, sock_host = host_path_of(spec, node, nsock)
+    need(sock_host == f"{plugin_dir}/csi.sock",
+         f"node plugin socket is {sock_host} on the host, want {plugin_dir}/csi.sock")
+    reg = container(spec, "node-driver-registrar")
+    reg_sock = socket_of(reg, "csi-address")
+    _, reg_host = host_path_of(spec, reg, reg_sock)
+    need(reg_host == sock_host, f"registrar --csi-address is {reg_host} on the host, plugin "
+                                f"listens on {sock_host}")
+    krp = flag(reg, "kubelet-registration-path")
+    need(krp == f"{plugin_dir}/csi.sock",
+         f"registrar --kubelet-registration-path {krp!r} != {plugin_dir}/csi.sock")
+    need(krp == sock_host, "kubelet-registration-path is not where the plugin socket is")
+    _, regdir = host_path_of(spec, reg, "/registration")
+    need(regdir == f"{kubelet_dir}/plugins_registry",
+         f"registrar /registration is {regdir}, want {kubelet_dir}/plugins_registry")
+    check_liveness(spec, node, nsock, "node")
+
+    # cache, state, /dev/fuse
+    _, ch = host_path_of(spec, node, flag(node, "cache-dir"))
+    need(ch == cache_host, f"node --cache-dir is {ch} on the host, want {cache_host}")
+    _, st = host_path_of(spec, node, flag(node, "state-dir"))
+    need(st == state_host, f"node --state-dir is {st} on the host, want {state_host}")
+    fvol, fh = host_path_of(spec, node, "/dev/fuse")
+    need(fh == "/dev/fuse" and fvol["hostPath"].get("type") == "CharDevice",
+         "node: /dev/fuse is not a hostPath CharDevice")
+
+    # every pod: container ports unique, images pinned
+    for w in (dep, ds):
+        ports = [p["containerPort"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])]
+        need(len(ports) == len(set(ports)), f"{w['kind']}: duplicate containerPort {ports}")
+        for c in pod_spec(w)["containers"]:
+            img = c["image"]
+            need(":" in img.split("/")[-1] and not img.endswith(":latest"),
+                 f"{w['kind']}/{c['name']}: image {img} is not pinned to a tag")
+            need(c.get("resources", {}).get("requests"), f"{w['kind']}/{c['name']}: no requests")
+
+
+def check_liveness(spec, plugin, sock, role):
+    lp = container(spec, "liveness-probe")
+    _, a = host_path_of(spec, lp, socket_of(lp, "csi-address"))
+    _, b = host_path_of(spec, plugin, sock)
+    va, _ = host_path_of(spec, lp, socket_of(lp, "csi-address"))
+    vb, _ = host_path_of(spec, plugin, sock)
+    need(va["name"] == vb["name"] and socket_of(lp, "csi-address") == sock and a == b,
+         f"{role}: livenessprobe --csi-address does not reach the plugin socket")
+    port = flag(lp, "health-port")
+    probe = plugin.get("livenessProbe", {}).get("httpGet", {})
+    named = {p.get("name"): p["containerPort"] for p in plugin.get("ports", [])}
+    target = named.get(probe.get("port"), probe.get("port"))
+    need(port is not None and str(target) == port,
+         f"{role}: plugin livenessProbe targets port {target}, livenessprobe serves {port}")
+
+
+def check_rbac(objs, sa, ns):
+    roles = {}
+    for crb in by_kind(objs, "ClusterRoleBinding"):
+        if any(s.get("kind") == "ServiceAccount" and s["name"] == sa and s.get("namespace") == ns
+               for s in crb.get("subjects", [])):
+            roles[crb["roleRef"]["name"]] = True
+    need(roles, f"no ClusterRoleBinding for ServiceAccount {ns}/{sa}")
+    granted = {}
+    for cr in by_kind(objs, "ClusterRole"):
+        if cr["metadata"]["name"] in roles:
+            for r in cr.get("rules", []):
+                for g in r.get("apiGroups", []):
+                    for res in r.get("resources", []):
+                        granted.setdefault((g, res), set()).update(r.get("verbs", []))
+    need(granted == PROVISIONER_RULES,
+         f"provisioner ClusterRole grants {sorted((k, sorted(v)) for k, v in granted.items())}, "
+         f"want exactly {sorted((k, sorted(v)) for k, v in PROVISIONER_RULES.items())}")
+    lease = set()
+    for rb in by_kind(objs, "RoleBinding"):
+        if any(s["name"] == sa for s in rb.get("subjects", [])):
+            for r in by_kind(objs, "Role"):
+                if r["metadata"]["name"] == rb["roleRef"]["name"] and \
+                        r["metadata"].get("namespace") == rb["metadata"].get("namespace") == ns:
+                    for rule in r["rules"]:
+                        if "coordination.k8s.io" in rule["apiGroups"] and "leases" in rule["resources"]:
+                            lease.update(rule["verbs"])
+    need(lease == LEASE_VERBS, f"leader election Role grants {sorted(lease)} on leases, "
+                               f"want {sorted(LEASE_VERBS)}")
+
+
+# --------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------
+
+def params_keys(root):
+    """STORAGE_CLASS_KEYS and VOLUME_CONTEXT keys from src/csi/params.rs."""
+    src = open(os.path.join(root, "src/csi/params.rs"), encoding="utf-8").read()
+    lists = re.findall(r"const [A-Z_]+: &\[&str\] = &\[(.*?)\];", src, re.S)
+    need(len(lists) >= 2, "src/csi/params.rs: parameter lists not found")
+    parsed = [re.findall(r'"([^"]+)"', l) for l in lists]
+    sc = next((p for p in parsed if "server" in p), None)
+    ctx = next((p for p in parsed if "server" not in p and "cacheSize" in p), None)
+    need(sc and ctx, "src/csi/params.rs: STORAGE_CLASS_KEYS / context keys not found")
+    return {k.lower() for k in sc}, {k.lower() for k in ctx}
+
+
+def check_storageclass_params(sc, sc_keys):
+    name = sc["metadata"]["name"]
+    for k, v in sc.get("parameters", {}).items():
+        if k.startswith(SECRET_PARAM_PREFIX):
+            need(k in SECRET_PARAMS, f"StorageClass {name}: unknown parameter {k}")
+            continue
+        need(k.lower() in sc_keys, f"StorageClass {name}: parameter {k!r} unknown to the driver "
+                                   f"(known: {sorted(sc_keys)})")
+        need(isinstance(v, str), f"StorageClass {name}: parameter {k} must be a string")
+        if k.lower() == "subdir":
+            for t in re.findall(r"\$\{[^}]*\}", v):
+                need(t in SUBDIR_TEMPLATES, f"StorageClass {name}: subDir template {t} unknown")
+            need(not v.startswith("/"), f"StorageClass {name}: subDir must be relative")
+        if k.lower() == "ondelete":
+            need(v in ("delete", "retain", "archive"), f"StorageClass {name}: onDelete {v!r}")
+    lk = {k.lower() for k in sc.get("parameters", {})}
+    need(("uid" in lk) == ("gid" in lk), f"StorageClass {name}: uid and gid go together")
+
+
+def check_examples(root, objs):
+    sc_keys, ctx_keys = params_keys(root)
+    scs = {o["metadata"]["name"]: o for o in by_kind(objs, "StorageClass")}
+    secrets = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+               for o in by_kind(objs, "Secret")}
+    need(scs, "no example StorageClass")
+    nfs = [s for s in scs.values() if "server" in s["parameters"] and "share" in s["parameters"]]
+    s3 = [s for s in scs.values() if "bucket" in s["parameters"]]
+    need(nfs and s3, "examples need an NFS (server/share) and an S3 (bucket) StorageClass")
+    for p in ("subDir", "uid", "gid", "onDelete"):
+        need(p in nfs[0]["parameters"], f"NFS StorageClass example lacks {p}")
+    need(nfs[0]["parameters"]["subDir"] == "${pvc.metadata.namespace}/${pvc.metadata.name}",
+         "NFS StorageClass subDir is not ${pvc.metadata.namespace}/${pvc.metadata.name}")
+    for sc in scs.values():
+        need(sc["provisioner"] == DRIVER, f"StorageClass {sc['metadata']['name']}: provisioner")
+        check_storageclass_params(sc, sc_keys)
+    p = s3[0]["parameters"]
+    for kind in ("provisioner", "node-stage"):
+        n = p.get(f"csi.storage.k8s.io/{kind}-secret-name")
+        ns = p.get(f"csi.storage.k8s.io/{kind}-secret-namespace")
+        need(n and ns, f"S3 StorageClass lacks the {kind} secret parameters")
+        sec = secrets.get((ns, n))
+        need(sec is not None, f"S3 StorageClass: {kind} Secret {ns}/{n} is not in the examples")
+        data = set(sec.get("stringData", {})) | set(sec.get("data", {}))
+        need({"accessKeyId", "secretAccessKey"} <= data,
+             f"Secret {ns}/{n} lacks accessKeyId/secretAccessKey (has {sorted(data)})")
+    pvs = by_kind(objs, "PersistentVolume")
+    need(pvs, "no static PersistentVolume example")
+    for pv in pvs:
+        csi = pv["spec"]["csi"]
+        need(csi["driver"] == DRIVER, f"PV {pv['metadata']['name']}: driver {csi['driver']}")
+        h = csi["volumeHandle"]
+        need(h.startswith("v1#"), f"PV volumeHandle {h} lacks the v1# prefix")
+        fields = h.split("#")
+        want = {"file": 5, "nfs": 7, "s3": 8}.get(fields[1])
+        need(want == len(fields), f"PV volumeHandle {h}: {len(fields)} fields, want {want}")
+        for k in csi.get("volumeAttributes", {}):
+            need(k.lower() in ctx_keys, f"PV volumeAttributes key {k} is not accepted by NodeStage")
+    pvcs = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+            for o in by_kind(objs, "PersistentVolumeClaim")}
+    for pvc in pvcs.values():
+        scn = pvc["spec"].get("storageClassName")
+        need(scn == "" or scn in scs, f"PVC {pvc['metadata']['name']}: StorageClass {scn} unknown")
+        if scn == "":
+            need(any(pv["metadata"]["name"] == pvc["spec"].get("volumeName") for pv in pvs),
+                 f"static PVC {pvc['metadata']['name']} does not name an example PV")
+    pods = by_kind(objs, "Pod")
+    need(pods, "no example Pod")
+    for pod in pods:
+        ns = pod["metadata"].get("namespace")
+        for v in pod["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                cn = v["persistentVolumeClaim"]["claimName"]
+                need((ns, cn) in pvcs, f"Pod {pod['metadata']['name']}: PVC {ns}/{cn} not in examples")
+
+
+# --------------------------------------------------------------------------
+# Helm specifics
+# --------------------------------------------------------------------------
+
+def strip_for_compare(o):
+    o = copy.deepcopy(o)
+    o.get("metadata", {}).pop("labels", None)
+    tpl = o.get("spec", {}).get("template", {})
+    tpl.get("metadata", {}).pop("labels", None)
+    sel = o.get("spec", {}).get("selector", {}).get("matchLabels")
+    if sel:
+        sel.pop("app.kubernetes.io/instance", None)
+    return o
+
+
+def check_helm_mirrors_kustomize(helm_objs, kust_objs):
+    h = {key(o): strip_for_compare(o) for o in helm_objs}
+    k = {key(o): strip_for_compare(o) for o in kust_objs if o["kind"] != "Namespace"}
+    need(set(h) == set(k), f"Helm objects {sorted(map(str, set(h) - set(k)))} not in kustomize, "
+                           f"kustomize objects {sorted(map(str, set(k) - set(h)))} not in Helm")
+    diffs = [str(kk) for kk in k if h[kk] != k[kk]]
+    need(not diffs, f"Helm (release cachalot, default values) differs from kustomize in {diffs}")
+
+
+def pull_secrets(objs, kind):
+    return [s["name"] for s in pod_spec(one(objs, kind)).get("imagePullSecrets", []) or []]
+
+
+def check_pull_secrets(chart_dir):
+    cases = [
+        ({}, [], []),
+        ({"imagePullSecrets": [{"name": "g"}]}, ["g"], ["g"]),
+        ({"imagePullSecrets": [{"name": "g"}], "node": {"imagePullSecrets": [{"name": "n"}]}},
+         ["g"], ["n"]),
+        ({"imagePullSecrets": [{"name": "g"}], "controller": {"imagePullSecrets": [{"name": "c"}]}},
+         ["c"], ["g"]),
+        ({"imagePullSecrets": [{"name": "g"}], "controller": {"imagePullSecrets": []}}, [], ["g"]),
+        ({"controller": {"imagePullSecrets": [{"name": "c"}]}}, ["c"], []),
+    ]
+    for values, want_c, want_n in cases:
+        objs = render_helm(chart_dir, values)
+        got = (pull_secrets(objs, "Deployment"), pull_secrets(objs, "DaemonSet"))
+        need(got == (want_c, want_n), f"values {values}: controller/node imagePullSecrets {got}, "
+                                      f"want {(want_c, want_n)} (a component list replaces the global one)")
+
+
+def check_helm_values(chart_dir):
+    values = {
+        "image": {"repository": "example.org/team/cachalot", "tag": "9.9.9", "pullPolicy": "Always"},
+        "logLevel": "cachalot=debug",
+        "kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet",
+        "cache": {"hostPath": "/mnt/ssd/cachalot", "size": "50GiB"},
+        "stateHostPath": "/mnt/ssd/cachalot-state",
+        "node": {"nodeSelector": {"storage": "fast"}, "tolerations": [{"key": "k", "operator": "Exists"}],
+                 "resources": {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1"}},
+                 "extraArgs": ["--mount-timeout=60s"]},
+        "controller": {"extraArgs": ["--mount-timeout=45s"], "replicas": 2},
+        "storageClasses": [
+            {"name": "fast-nfs", "parameters": {"server": "nfs", "share": "/x",
+                                                "subDir": "${pvc.metadata.name}", "uid": 1000, "gid": 1000}},
+            {"name": "small", "parameters": {"bucket": "b", "cacheSize": "1GiB"}},
+        ],
+    }
+    objs = render_helm(chart_dir, values, name="rel", namespace="storage")
+    validate_schemas(objs)
+    check_install(objs, kubelet_dir=values["kubeletDir"], cache_host="/mnt/ssd/cachalot",
+                  state_host="/mnt/ssd/cachalot-state")
+    dep, ds = one(objs, "Deployment"), one(objs, "DaemonSet")
+    for w in (dep, ds):
+        c = pod_spec(w)["containers"][0]
+        need(c["image"] == "example.org/team/cachalot:9.9.9", f"{w['kind']}: image {c['image']}")
+        need(c["imagePullPolicy"] == "Always", f"{w['kind']}: pullPolicy {c['imagePullPolicy']}")
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        need(env.get("RUST_LOG") == "cachalot=debug", f"{w['kind']}: RUST_LOG {env.get('RUST_LOG')}")
+        need(w["metadata"]["namespace"] == "storage", f"{w['kind']}: namespace")
+    nc = pod_spec(ds)["containers"][0]
+    need(nc["args"][-1] == "--mount-timeout=60s", f"node extraArgs not appended: {nc['args']}")
+    need(pod_spec(dep)["containers"][0]["args"][-1] == "--mount-timeout=45s", "controller extraArgs")
+    need(dep["spec"]["replicas"] == 2, "controller.replicas")
+    # Helm merges maps with the chart defaults
+    need(pod_spec(ds)["nodeSelector"] == {"kubernetes.io/os": "linux", "storage": "fast"},
+         f"node.nodeSelector {pod_spec(ds)['nodeSelector']}")
+    need(pod_spec(ds)["tolerations"] == [{"key": "k", "operator": "Exists"}], "node.tolerations")
+    need(nc["resources"] == {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1", "memory": "128Mi"}},
+         f"node.resources {nc['resources']}")
+    scs = {s["metadata"]["name"]: s for s in by_kind(objs, "StorageClass")}
+    need(set(scs) == {"fast-nfs", "small"}, f"StorageClasses {sorted(scs)}")
+    need(scs["fast-nfs"]["parameters"].get("cacheSize") == "50GiB", "cache.size is not the default cacheSize")
+    need(scs["fast-nfs"]["parameters"].get("uid") == "1000", "numeric parameters must render as strings")
+    need(scs["small"]["parameters"].get("cacheSize") == "1GiB", "a class's cacheSize must win over cache.size")
+    sc_keys, _ = params_keys(ROOT)
+    for sc in scs.values():
+        check_storageclass_params(sc, sc_keys)
+    crb = one(objs, "ClusterRoleBinding")
+    need(crb["subjects"][0]["namespace"] == "storage", "ClusterRoleBinding subject namespace")
+
+
+def check_helm_lint(chart_dir):
+    report = helm_chart.lint(chart_dir, strict=True, kube_version="v1.30.0")
+    msgs = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    need(not report.get("errors") and not msgs,
+         f"helm lint --strict: errors {report.get('errors')} messages {msgs}")
+
+
+# --------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------
+
+def dockerfile_instructions(path):
+    out, buf = [], ""
+    for line in open(path, encoding="utf-8"):
+        s = line.rstrip("\n")
+        if not buf and (not s.strip() or s.lstrip().startswith("#")):
+            continue
+        if s.lstrip().startswith("#"):
+            continue  # comment inside a continuation
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        buf += s
+        parts = buf.strip().split(None, 1)
+        out.append((parts[0].upper(), parts[1] if len(parts) > 1 else ""))
+        buf = ""
+    need(not buf, "Dockerfile ends inside a line continuation")
+    return out
+
+
+def check_dockerfile(root):
+    import json
+    ins = dockerfile_instructions(os.path.join(root, "Dockerfile"))
+    stages, cur = [], None
+    for op, arg in ins:
+        if op == "FROM":
+            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?$", arg, re.I)
+            need(m, f"FROM {arg}")
+            cur = {"image": m.group(1), "name": m.group(2), "ins": []}
+            stages.append(cur)
+        else:
+            need(cur is not None, f"{op} before FROM")
+            cur["ins"].append((op, arg))
+    need(len(stages) >= 2, f"{len(stages)} stage(s), want a multi-stage build")
+    builder = next((s for s in stages if s["image"] == "rust:1-bookworm"), None)
+    need(builder and builder["name"], "no named rust:1-bookworm build stage")
+    final = stages[-1]
+    need(final["image"] == "debian:bookworm-slim", f"final stage is {final['image']}")
+    runs = " ".join(a for o, a in builder["ins"] if o == "RUN")
+    need(re.search(r"cargo build\b[^&;]*--release", runs) and "--locked" in runs,
+         "builder does not run cargo build --release --locked")
+    workdir = next((a for o, a in builder["ins"] if o == "WORKDIR"), None)
+    need(workdir, "builder has no WORKDIR")
+    need(any(o == "COPY" and a.split()[:1] == ["."] for o, a in builder["ins"]),
+         "builder does not COPY the source tree")
+    copies = [a.split() for o, a in final["ins"] if o == "COPY" and a.startswith("--from=")]
+    need(copies, "final stage copies nothing from the builder")
+    frm, src, dst = copies[0][0].split("=", 1)[1], copies[0][1], copies[0][-1]
+    need(frm == builder["name"], f"COPY --from={frm}, builder stage is {builder['name']}")
+    want_src = workdir.rstrip("/") + "/target/release/cachalot"
+    need(src == want_src, f"COPY --from source {src}, want {want_src}")
+    need(dst in ("/usr/local/bin/cachalot", "/usr/local/bin/", "/usr/local/bin"),
+         f"binary copied to {dst}")
+    fruns = " ".join(a for o, a in final["ins"] if o == "RUN")
+    m = re.search(r"apt-get install ([^&;]*)", fruns)
+    need(m, "final stage installs no packages")
+    pkgs = set(m.group(1).split())
+    need({"fuse3", "ca-certificates"} <= pkgs, f"final stage installs {sorted(pkgs)}")
+    ep = [a for o, a in final["ins"] if o == "ENTRYPOINT"]
+    need(ep, "no ENTRYPOINT")
+    try:
+        epv = json.loads(ep[-1])
+    except ValueError:
+        raise CheckError("ENTRYPOINT is not in exec (JSON) form: signals would not reach cachalot")
+    need(epv[:2] == ["/usr/local/bin/cachalot", "csi"], f"ENTRYPOINT {epv}")
+    text = open(os.path.join(root, "Dockerfile"), encoding="utf-8").read()
+    need("CAP_SYS_ADMIN" in text and "non-root" in text,
+         "Dockerfile lacks the comment on why the node plugin cannot be non-root")
+
+
+def check_dockerignore(root):
+    lines = [l.strip() for l in open(os.path.join(root, ".dockerignore"), encoding="utf-8")
+             if l.strip() and not l.startswith("#")]
+    need("target" in lines or "target/" in lines or "/target" in lines, ".dockerignore keeps target/")
+    need(".git" in lines, ".dockerignore keeps .git")
+    # what the build needs must stay in the context
+    needed = ["src", "Cargo.toml", "Cargo.lock", "build.rs", "proto"]
+    cargo = open(os.path.join(root, "Cargo.toml"), encoding="utf-8").read()
+    needed += re.findall(r'^path\s*=\s*"([^"]+)"', cargo, re.M)
+    import fnmatch
+    for n in needed:
+        for pat in lines:
+            if pat.startswith("!"):
+                continue
+            p = pat.strip("/")
+            hit = fnmatch.fnmatch(n, p) or n.startswith(p + "/") or \
+                (p.startswith("**/") and fnmatch.fnmatch(os.path.basename(n), p[3:]))
+            need(not hit, f".dockerignore pattern {pat!r} excludes {n}, which the build needs")
+
+
+# --------------------------------------------------------------------------
+
+def check_kustomize_lists_everything(kdir):
+    (k,) = load_docs(os.path.join(kdir, "kustomization.yaml"))
+    listed = set(k.get("resources", []))
+    files = {f for f in os.listdir(kdir) if f.endswith((".yaml", ".yml")) and f != "kustomization.yaml"}
+    need(files <= listed, f"not listed in kustomization.yaml: {sorted(files - listed)}")
+
+
+def check_kubectl_kustomize(kdir, objs):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        print("info kubectl not on PATH: cross-check with `kubectl kustomize` not run")
+        return
+    out = subprocess.run([kubectl, "kustomize", kdir], capture_output=True, text=True, timeout=120)
+    need(out.returncode == 0, f"kubectl kustomize failed: {out.stderr.strip()}")
+    theirs = {key(o): o for o in load_docs_text(out.stdout, "kubectl kustomize")}
+    ours = {key(o): o for o in objs}
+    need(set(theirs) == set(ours), f"kubectl kustomize objects differ: {set(theirs) ^ set(ours)}")
+    diff = [str(kk) for kk in ours if ours[kk] != theirs[kk]]
+    need(not diff, f"checker's render differs from kubectl kustomize in {diff}")
+
+
+ROOT = "."
+
+
+def main():
+    global ROOT
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
+    ROOT = os.path.abspath(ap.parse_args().root)
+    kdir = os.path.join(ROOT, "deploy/kubernetes")
+    edir = os.path.join(kdir, "examples")
+    cdir = os.path.join(ROOT, "deploy/helm/cachalot")
+    r = Runner()
+    state = {}
+
+    def load_base():
+        state["base"] = render_kustomize(kdir)
+
+    r.check("kustomize: render base", load_base)
+    base = state.get("base", [])
+    r.check("kustomize: every manifest listed", check_kustomize_lists_everything, kdir)
+    r.check("kustomize: matches kubectl kustomize", check_kubectl_kustomize, kdir, base)
+    r.check("kustomize: schemas (strict)", validate_schemas, base)
+    r.check("kustomize: install invariants", check_install, base)
+
+    def load_examples():
+        objs = []
+        for f in sorted(os.listdir(edir)):
+            if f.endswith((".yaml", ".yml")):
+                objs.extend(load_docs(os.path.join(edir, f)))
+        state["examples"] = objs
+
+    r.check("examples: load", load_examples)
+    ex = state.get("examples", [])
+    r.check("examples: schemas (strict)", validate_schemas, ex)
+    r.check("examples: driver, parameters, references", check_examples, ROOT, ex)
+
+    def helm_default():
+        state["helm"] = render_helm(cdir, {})
+
+    r.check("helm: render default values", helm_default)
+    hobjs = state.get("helm", [])
+    r.check("helm: schemas (strict)", validate_schemas, hobjs)
+    r.check("helm: install invariants", check_install, hobjs)
+    r.check("helm: mirrors the kustomize base", check_helm_mirrors_kustomize, hobjs, base)
+    r.check("helm: imagePullSecrets per-component override", check_pull_secrets, cdir)
+    r.check("helm: values (image, log level, paths, extraArgs, scheduling, classes)",
+            check_helm_values, cdir)
+    r.check("helm: lint --strict", check_helm_lint, cdir)
+    r.check("docker: Dockerfile", check_dockerfile, ROOT)
+    r.check("docker: .dockerignore", check_dockerignore, ROOT)
+
+    print(f"check_manifests: {r.passed} checks passed, {len(r.failed)} failed")
+    if r.failed:
+        print("FAILED: " + ", ".join(r.failed))
+        return 1
+    print("ALL CHECKS PASSED")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
