@@ -41,6 +41,12 @@ pub struct MountSpec {
     pub read_only: bool,
     pub owner: Option<(u32, u32)>,
     pub mount_group: Option<u32>,
+    /// S3 endpoint (`--endpoint`, with `--path-style`) and region; absent
+    /// in records written before S3 volumes existed.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    #[serde(default)]
+    pub s3_region: Option<String>,
 }
 
 impl MountSpec {
@@ -63,7 +69,17 @@ impl MountSpec {
             read_only: read_only || cache.read_only,
             owner: owner.map(|i| (i.uid, i.gid)),
             mount_group,
+            s3_endpoint: None,
+            s3_region: None,
         }
+    }
+
+    /// Endpoint and region of an S3 volume (nothing else: credentials go
+    /// through the environment).
+    pub fn with_s3(mut self, endpoint: Option<String>, region: Option<String>) -> MountSpec {
+        self.s3_endpoint = endpoint;
+        self.s3_region = region;
+        self
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -93,6 +109,13 @@ impl MountSpec {
         }
         if let Some(g) = self.mount_group {
             a.extend(["--mount-group".into(), g.to_string()]);
+        }
+        if let Some(e) = &self.s3_endpoint {
+            // S3-compatible servers on a custom endpoint expect path style.
+            a.extend(["--endpoint".into(), e.clone(), "--path-style".into()]);
+        }
+        if let Some(r) = &self.s3_region {
+            a.extend(["--region".into(), r.clone()]);
         }
         a
     }
