@@ -15,7 +15,7 @@ use super::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
 use super::state::{ControllerRecord, StateDir};
 use super::volume_id::{VolumeId, VolumeIdError};
-use crate::backend::{Backend, BackendPath, ErrorKind, FileKind, Identity};
+use crate::backend::{AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity};
 
 const ROOT: Identity = Identity { uid: 0, gid: 0 };
 /// Mode of intermediate directories created for nested subDirs.
@@ -214,10 +214,10 @@ impl ControllerService {
                         if let Err(e) = vol.cleanup_stale_temps().await {
                             tracing::warn!(error = %e, "could not clean stale temp files before delete");
                         }
-                        remove_contents(&*vol, as_id)
+                        root_then(as_id, |who| remove_contents(&*vol, who))
                             .await
                             .map_err(|e| backend_status("deleting the volume's files", &e))?;
-                        match parent.rmdir(as_id, &id.sub).await {
+                        match root_then(as_id, |who| parent.rmdir(who, &id.sub)).await {
                             Ok(()) => {}
                             Err(e) if e.kind == ErrorKind::NotFound => {}
                             Err(e) if e.kind == ErrorKind::NotEmpty => {
@@ -363,8 +363,9 @@ async fn make_volume_dir(
         } else {
             (ROOT, PARENT_DIR_MODE)
         };
-        match backend.mkdir(id, &path, mode).await {
-            Ok(_) => {}
+        let nfs = matches!(params.location, Location::Nfs { .. });
+        match mkdir_as(backend, id, &path, mode, nfs).await {
+            Ok(()) => {}
             Err(e) if e.kind == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(backend_status("creating the volume directory", &e)),
         }
@@ -372,8 +373,63 @@ async fn make_volume_dir(
     Ok(())
 }
 
-/// Who deletes or archives a volume: on NFS the owner of its directory (a
-/// root_squash export does not let root remove it), elsewhere root.
+/// mkdir owned by `id`. On NFS the request is sent as `id` (a root_squash
+/// export lets only the share's owner create); if that identity may not
+/// write the parent (a root-owned export), root creates it and hands it
+/// over with a chown.
+async fn mkdir_as(
+    backend: &dyn Backend,
+    id: Identity,
+    path: &BackendPath,
+    mode: u32,
+    nfs: bool,
+) -> crate::backend::BackendResult<()> {
+    let denied = |k: ErrorKind| matches!(k, ErrorKind::PermissionDenied | ErrorKind::NotPermitted);
+    match backend.mkdir(id, path, mode).await {
+        Ok(_) => Ok(()),
+        Err(e) if nfs && id != ROOT && denied(e.kind) => {
+            backend.mkdir(ROOT, path, mode).await.map_err(|root_err| {
+                if denied(root_err.kind) {
+                    e
+                } else {
+                    root_err
+                }
+            })?;
+            let owner = AttrChanges {
+                uid: Some(id.uid),
+                gid: Some(id.gid),
+                ..AttrChanges::default()
+            };
+            backend.set_attr(ROOT, path, &owner).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Run `op` as root; on NFS, if root is denied (root_squash), again as
+/// `owner` (the volume directory's owner).
+async fn root_then<T, F, Fut>(owner: Identity, op: F) -> crate::backend::BackendResult<T>
+where
+    F: Fn(Identity) -> Fut,
+    Fut: std::future::Future<Output = crate::backend::BackendResult<T>>,
+{
+    match op(ROOT).await {
+        Err(e)
+            if owner != ROOT
+                && matches!(
+                    e.kind,
+                    ErrorKind::PermissionDenied | ErrorKind::NotPermitted
+                ) =>
+        {
+            op(owner).await
+        }
+        other => other,
+    }
+}
+
+/// The fallback identity for deleting or archiving a volume: on NFS the
+/// owner of its directory (a root_squash export does not let root remove
+/// it), elsewhere root.
 fn acting_identity(location: &Location, dir: &crate::backend::Metadata) -> Identity {
     match location {
         Location::Nfs { .. } => Identity {
@@ -430,7 +486,7 @@ async fn archive(
         let to = parent
             .join(&name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match backend.rename(id, sub, &to, true).await {
+        match root_then(id, |who| backend.rename(who, sub, &to, true)).await {
             Ok(()) => return Ok(to),
             Err(e) if e.kind == ErrorKind::AlreadyExists || e.kind == ErrorKind::NotEmpty => {
                 continue

@@ -34,7 +34,7 @@ pub fn backend_status(what: &str, e: &BackendError) -> Status {
         ErrorKind::PermissionDenied | ErrorKind::NotPermitted => {
             Status::failed_precondition(format!(
             "{msg}. Fix: give the plugin write access to the source directory, or set the \
-             StorageClass uid/gid to an owner that has it (NFS: check root squashing of the export)"
+             StorageClass uid/gid to an owner that has it (NFS: a root_squash export maps root to nobody; set uid/gid to the owner of the share)"
         ))
         }
         ErrorKind::ReadOnly => Status::failed_precondition(format!(
