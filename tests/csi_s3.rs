@@ -195,3 +195,25 @@ async fn s3_wrong_secret_is_failed_precondition_and_never_logged() {
     assert!(!logs.contains(WRONG), "wrong secret in a log");
     assert!(!logs.contains(SECRET), "secret in a log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_unreachable_endpoint_is_unavailable() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let p = params(&[
+        ("bucket", BUCKET),
+        ("endpoint", &format!("http://127.0.0.1:{port}")),
+    ]);
+    let mut req = create_req("pvc-s3-down", p);
+    req.secrets = secrets(KEY_ID, SECRET);
+    let started = std::time::Instant::now();
+    let e = c.controller.create_volume(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}

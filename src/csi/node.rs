@@ -87,6 +87,19 @@ fn preflight(source: &Source) -> Result<(), Status> {
     }
 }
 
+/// Secret values never leave the plugin, even where the child quoted one
+/// (the S3 backend names the access key id in its errors).
+fn redact(mut msg: String, creds: Option<&S3Credentials>) -> String {
+    if let Some(c) = creds {
+        let mut values = vec![c.access_key_id.as_str(), c.secret_access_key.as_str()];
+        values.extend(c.session_token.as_deref());
+        for v in values.into_iter().filter(|v| !v.is_empty()) {
+            msg = msg.replace(v, "<from the node-stage secret>");
+        }
+    }
+    msg
+}
+
 /// The code for a mount child that failed to mount, from the reason it
 /// logged (quoted in `msg`): configuration problems the operator must fix
 /// are FAILED_PRECONDITION, an unreachable server UNAVAILABLE.
@@ -319,7 +332,7 @@ impl NodeService {
         let pid = self
             .sup
             .start(&spec, creds, &self.state.log_path(volume_id))
-            .map_err(|msg| child_failure_status(&msg))?;
+            .map_err(|msg| child_failure_status(&redact(msg, creds)))?;
         let rec = StagedRecord {
             volume_id: volume_id.to_string(),
             staging_path: spec.staging.clone(),
