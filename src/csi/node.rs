@@ -632,3 +632,41 @@ impl NodeService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_failures_get_codes_by_cause() {
+        let code = |m: &str| child_failure_status(m).code();
+        assert_eq!(
+            code("uid 0 is most likely squashed to an anonymous user (root_squash)"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("share \"/x\" is not exported by h; exports: /a"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("the S3 credentials are wrong (SignatureDoesNotMatch)"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("S3 at x unavailable after retries"),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(code("something odd"), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn secret_values_are_redacted() {
+        let c = S3Credentials {
+            access_key_id: "AKID123".into(),
+            secret_access_key: "s3cr3t".into(),
+            session_token: Some("tok".into()),
+        };
+        let out = redact("as 'AKID123' with s3cr3t and tok".into(), Some(&c));
+        assert!(!out.contains("AKID123") && !out.contains("s3cr3t") && !out.contains("tok"));
+    }
+}

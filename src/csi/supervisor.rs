@@ -308,3 +308,32 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_endpoint_and_region_become_mount_args() {
+        let spec = MountSpec::new(
+            "s3://b/p".into(),
+            "/st".into(),
+            "/c".into(),
+            &CacheKnobs::default(),
+            false,
+            None,
+            None,
+        )
+        .with_s3(Some("http://127.0.0.1:9000".into()), Some("eu-1".into()));
+        let args = spec.args().join(" ");
+        assert!(
+            args.contains("--endpoint http://127.0.0.1:9000 --path-style --region eu-1"),
+            "{args}"
+        );
+        // Records written before these fields existed still load.
+        let old = r#"{"source":"file:///x","staging":"/s","cache_dir":"/c","cache_size":null,
+            "page_size":null,"metadata_ttl_ms":null,"read_only":false,"owner":null,"mount_group":null}"#;
+        let spec: MountSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.s3_endpoint, None);
+    }
+}
