@@ -1,20 +1,21 @@
 //! Controller service: provisioning is creating (and deleting, retaining or
 //! archiving) a directory below the StorageClass's source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use tonic::Status;
 
-use super::backend as backends;
+use super::backend::{self as backends, OpenContext};
 use super::caps;
 use super::errors::{backend_status, missing};
 use super::locks::KeyedLocks;
-use super::params::{NodeParams, OnDelete, S3Credentials, VolumeParams};
+use super::params::{Location, NodeParams, OnDelete, S3Credentials, VolumeParams};
 use super::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
 use super::state::{ControllerRecord, StateDir};
 use super::volume_id::{VolumeId, VolumeIdError};
-use crate::backend::{Backend, BackendPath, ErrorKind, FileKind, Identity};
+use crate::backend::{AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity};
 
 const ROOT: Identity = Identity { uid: 0, gid: 0 };
 /// Mode of intermediate directories created for nested subDirs.
@@ -22,6 +23,8 @@ const PARENT_DIR_MODE: u32 = 0o755;
 
 pub struct ControllerService {
     state: StateDir,
+    /// S3 backends stage uploads below it.
+    cache_dir: PathBuf,
     locks: KeyedLocks,
 }
 
@@ -57,11 +60,32 @@ fn capacity(range: Option<&CapacityRange>) -> Result<i64, Status> {
 }
 
 impl ControllerService {
-    pub fn new(state: StateDir) -> ControllerService {
+    pub fn new(state: StateDir, cache_dir: PathBuf) -> ControllerService {
         ControllerService {
             state,
+            cache_dir,
             locks: KeyedLocks::default(),
         }
+    }
+
+    /// Open `location/sub` with the request's secrets (S3 only; other
+    /// backends ignore them).
+    async fn open(
+        &self,
+        location: &Location,
+        sub: &BackendPath,
+        secrets: &HashMap<String, String>,
+    ) -> Result<std::sync::Arc<dyn Backend>, Status> {
+        let creds = if location.needs_credentials() {
+            S3Credentials::from_secrets(secrets)?
+        } else {
+            None
+        };
+        let cx = OpenContext {
+            credentials: creds.as_ref(),
+            cache_dir: &self.cache_dir,
+        };
+        backends::open(location, sub, &cx).await
     }
 
     pub fn get_capabilities(&self) -> ControllerGetCapabilitiesResponse {
@@ -94,9 +118,7 @@ impl ControllerService {
             ));
         }
         let params = VolumeParams::parse(&req.parameters)?;
-        if params.location.needs_credentials() {
-            S3Credentials::from_secrets(&req.secrets)?;
-        } else if !req.secrets.is_empty() {
+        if !params.location.needs_credentials() && !req.secrets.is_empty() {
             let keys: Vec<&String> = req.secrets.keys().collect();
             tracing::warn!(?keys, "secrets given for a backend that uses none; ignored");
         }
@@ -108,7 +130,9 @@ impl ControllerService {
         };
         let volume_id = id.encode();
         let params_digest = digest(&req.parameters);
-        let backend = backends::open(&params.location, &BackendPath::root()).await?;
+        let backend = self
+            .open(&params.location, &BackendPath::root(), &req.secrets)
+            .await?;
 
         let _guard = self.locks.lock(&req.name).await;
         match self.state.load_controller(&req.name) {
@@ -168,11 +192,10 @@ impl ControllerService {
             }
             Err(e) => return Err(Status::invalid_argument(e.to_string())),
         };
-        if id.location.needs_credentials() {
-            S3Credentials::from_secrets(&req.secrets)?;
-        }
         let _guard = self.locks.lock(&req.volume_id).await;
-        let parent = backends::open(&id.location, &BackendPath::root()).await?;
+        let parent = self
+            .open(&id.location, &BackendPath::root(), &req.secrets)
+            .await?;
         if id.sub.is_root() {
             tracing::warn!(volume_id = %req.volume_id, "volume is a whole source; never deleting a source root");
         } else {
@@ -181,19 +204,20 @@ impl ControllerService {
                     tracing::info!(volume_id = %req.volume_id, "volume directory already gone");
                 }
                 Err(e) => return Err(backend_status("checking the volume directory", &e)),
-                Ok(_) => match id.on_delete {
+                Ok(meta) => match id.on_delete {
                     OnDelete::Retain => {
                         tracing::info!(volume_id = %req.volume_id, "onDelete=retain: directory kept");
                     }
                     OnDelete::Delete => {
-                        let vol = backends::open(&id.location, &id.sub).await?;
+                        let as_id = acting_identity(&id.location, &meta);
+                        let vol = self.open(&id.location, &id.sub, &req.secrets).await?;
                         if let Err(e) = vol.cleanup_stale_temps().await {
                             tracing::warn!(error = %e, "could not clean stale temp files before delete");
                         }
-                        remove_contents(&*vol)
+                        root_then(as_id, |who| remove_contents(&*vol, who))
                             .await
                             .map_err(|e| backend_status("deleting the volume's files", &e))?;
-                        match parent.rmdir(ROOT, &id.sub).await {
+                        match root_then(as_id, |who| parent.rmdir(who, &id.sub)).await {
                             Ok(()) => {}
                             Err(e) if e.kind == ErrorKind::NotFound => {}
                             Err(e) if e.kind == ErrorKind::NotEmpty => {
@@ -209,7 +233,8 @@ impl ControllerService {
                         tracing::info!(volume_id = %req.volume_id, "volume deleted");
                     }
                     OnDelete::Archive => {
-                        let to = archive(&*parent, &id.sub).await?;
+                        let as_id = acting_identity(&id.location, &meta);
+                        let to = archive(&*parent, &id.sub, as_id).await?;
                         tracing::info!(volume_id = %req.volume_id, archived_as = %to, "volume archived");
                     }
                 },
@@ -241,7 +266,9 @@ impl ControllerService {
             }
             Err(e) => return Err(Status::invalid_argument(e.to_string())),
         };
-        let parent = backends::open(&id.location, &BackendPath::root()).await?;
+        let parent = self
+            .open(&id.location, &BackendPath::root(), &req.secrets)
+            .await?;
         match parent.stat(ROOT, &id.sub).await {
             Ok(m) if m.kind == FileKind::Directory => {}
             Ok(_) => {
@@ -329,11 +356,16 @@ async fn make_volume_dir(
         }
         let (id, mode) = if leaf {
             (params.owner.unwrap_or(ROOT), params.mount_permissions)
+        } else if matches!(params.location, Location::Nfs { .. }) {
+            // A root_squash export maps root to nobody: create parents as
+            // the volume's owner too, which owns (or may write) the share.
+            (params.owner.unwrap_or(ROOT), PARENT_DIR_MODE)
         } else {
             (ROOT, PARENT_DIR_MODE)
         };
-        match backend.mkdir(id, &path, mode).await {
-            Ok(_) => {}
+        let nfs = matches!(params.location, Location::Nfs { .. });
+        match mkdir_as(backend, id, &path, mode, nfs).await {
+            Ok(()) => {}
             Err(e) if e.kind == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(backend_status("creating the volume directory", &e)),
         }
@@ -341,13 +373,80 @@ async fn make_volume_dir(
     Ok(())
 }
 
+/// mkdir owned by `id`. On NFS the request is sent as `id` (a root_squash
+/// export lets only the share's owner create); if that identity may not
+/// write the parent (a root-owned export), root creates it and hands it
+/// over with a chown.
+async fn mkdir_as(
+    backend: &dyn Backend,
+    id: Identity,
+    path: &BackendPath,
+    mode: u32,
+    nfs: bool,
+) -> crate::backend::BackendResult<()> {
+    let denied = |k: ErrorKind| matches!(k, ErrorKind::PermissionDenied | ErrorKind::NotPermitted);
+    match backend.mkdir(id, path, mode).await {
+        Ok(_) => Ok(()),
+        Err(e) if nfs && id != ROOT && denied(e.kind) => {
+            backend.mkdir(ROOT, path, mode).await.map_err(|root_err| {
+                if denied(root_err.kind) {
+                    e
+                } else {
+                    root_err
+                }
+            })?;
+            let owner = AttrChanges {
+                uid: Some(id.uid),
+                gid: Some(id.gid),
+                ..AttrChanges::default()
+            };
+            backend.set_attr(ROOT, path, &owner).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Run `op` as root; on NFS, if root is denied (root_squash), again as
+/// `owner` (the volume directory's owner).
+async fn root_then<T, F, Fut>(owner: Identity, op: F) -> crate::backend::BackendResult<T>
+where
+    F: Fn(Identity) -> Fut,
+    Fut: std::future::Future<Output = crate::backend::BackendResult<T>>,
+{
+    match op(ROOT).await {
+        Err(e)
+            if owner != ROOT
+                && matches!(
+                    e.kind,
+                    ErrorKind::PermissionDenied | ErrorKind::NotPermitted
+                ) =>
+        {
+            op(owner).await
+        }
+        other => other,
+    }
+}
+
+/// The fallback identity for deleting or archiving a volume: on NFS the
+/// owner of its directory (a root_squash export does not let root remove
+/// it), elsewhere root.
+fn acting_identity(location: &Location, dir: &crate::backend::Metadata) -> Identity {
+    match location {
+        Location::Nfs { .. } => Identity {
+            uid: dir.uid,
+            gid: dir.gid,
+        },
+        _ => ROOT,
+    }
+}
+
 /// Remove everything below the backend's root (post-order, iteratively).
-async fn remove_contents(backend: &dyn Backend) -> crate::backend::BackendResult<()> {
+async fn remove_contents(backend: &dyn Backend, id: Identity) -> crate::backend::BackendResult<()> {
     let mut stack = vec![(BackendPath::root(), false)];
     while let Some((dir, listed)) = stack.pop() {
         if listed {
             if !dir.is_root() {
-                match backend.rmdir(ROOT, &dir).await {
+                match backend.rmdir(id, &dir).await {
                     Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
@@ -355,12 +454,12 @@ async fn remove_contents(backend: &dyn Backend) -> crate::backend::BackendResult
             continue;
         }
         stack.push((dir.clone(), true));
-        for entry in backend.list(ROOT, &dir).await? {
+        for entry in backend.list(id, &dir).await? {
             let path = dir.join(&entry.name)?;
             if entry.meta.kind == FileKind::Directory {
                 stack.push((path, false));
             } else {
-                match backend.unlink(ROOT, &path).await {
+                match backend.unlink(id, &path).await {
                     Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
                     _ => {}
                 }
@@ -372,7 +471,11 @@ async fn remove_contents(backend: &dyn Backend) -> crate::backend::BackendResult
 
 /// Rename `sub` to `archived-<name>` in the same parent directory; if that
 /// name is taken (an earlier volume of the same name), add a timestamp.
-async fn archive(backend: &dyn Backend, sub: &BackendPath) -> Result<BackendPath, Status> {
+async fn archive(
+    backend: &dyn Backend,
+    sub: &BackendPath,
+    id: Identity,
+) -> Result<BackendPath, Status> {
     let parent = sub.parent();
     let base = format!("archived-{}", sub.name());
     let stamp = std::time::SystemTime::now()
@@ -383,7 +486,7 @@ async fn archive(backend: &dyn Backend, sub: &BackendPath) -> Result<BackendPath
         let to = parent
             .join(&name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        match backend.rename(ROOT, sub, &to, true).await {
+        match root_then(id, |who| backend.rename(who, sub, &to, true)).await {
             Ok(()) => return Ok(to),
             Err(e) if e.kind == ErrorKind::AlreadyExists || e.kind == ErrorKind::NotEmpty => {
                 continue

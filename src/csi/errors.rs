@@ -21,11 +21,20 @@ pub fn missing(field: &str) -> Status {
 /// directory") to the spec's code, with what to do about it.
 pub fn backend_status(what: &str, e: &BackendError) -> Status {
     let msg = format!("{what}: {e}");
+    // S3 says "credentials are wrong" for SignatureDoesNotMatch & co; the
+    // fix is in the Secret, not in permissions.
+    if msg.contains("S3 credentials are wrong") {
+        return Status::failed_precondition(format!(
+            "{msg}. Fix: put the right accessKeyId/secretAccessKey into the Secret named by \
+             csi.storage.k8s.io/provisioner-secret-name (CreateVolume/DeleteVolume) or \
+             node-stage-secret-name (NodeStageVolume)"
+        ));
+    }
     match e.kind {
         ErrorKind::PermissionDenied | ErrorKind::NotPermitted => {
             Status::failed_precondition(format!(
             "{msg}. Fix: give the plugin write access to the source directory, or set the \
-             StorageClass uid/gid to an owner that has it (NFS: check root squashing of the export)"
+             StorageClass uid/gid to an owner that has it (NFS: a root_squash export maps root to nobody; set uid/gid to the owner of the share)"
         ))
         }
         ErrorKind::ReadOnly => Status::failed_precondition(format!(

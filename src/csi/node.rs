@@ -87,6 +87,64 @@ fn preflight(source: &Source) -> Result<(), Status> {
     }
 }
 
+/// Secret values never leave the plugin, even where the child quoted one
+/// (the S3 backend names the access key id in its errors).
+fn redact(mut msg: String, creds: Option<&S3Credentials>) -> String {
+    if let Some(c) = creds {
+        let mut values = vec![c.access_key_id.as_str(), c.secret_access_key.as_str()];
+        values.extend(c.session_token.as_deref());
+        for v in values.into_iter().filter(|v| !v.is_empty()) {
+            msg = msg.replace(v, "<from the node-stage secret>");
+        }
+    }
+    msg
+}
+
+/// The code for a mount child that failed to mount, from the reason it
+/// logged (quoted in `msg`): configuration problems the operator must fix
+/// are FAILED_PRECONDITION, an unreachable server UNAVAILABLE.
+fn child_failure_status(msg: &str) -> Status {
+    let fixable = [
+        // NFS preflight (squashed root, wrong uid) and export list
+        ("root_squash", ""),
+        (
+            "is not exported by",
+            "\nFix: correct the StorageClass share (the exports are listed above)",
+        ),
+        ("may not create files", ""),
+        // S3 preflight and credentials
+        (
+            "credentials are wrong",
+            "\nFix: put the right accessKeyId/secretAccessKey into the node-stage Secret",
+        ),
+        (
+            "no S3 credentials",
+            "\nFix: set csi.storage.k8s.io/node-stage-secret-name/-namespace in the StorageClass",
+        ),
+        ("NoSuchBucket", ""),
+        ("S3 preflight failed", ""),
+        (
+            "ermission denied",
+            "\nFix: give the mount's identity (uid/gid parameters) access to the source",
+        ),
+    ];
+    if let Some((_, fix)) = fixable.iter().find(|(needle, _)| msg.contains(needle)) {
+        return Status::failed_precondition(format!("{msg}{fix}"));
+    }
+    let unreachable = [
+        "Unavailable",
+        "unavailable",
+        "Connection refused",
+        "timed out",
+    ];
+    if unreachable.iter().any(|n| msg.contains(n)) {
+        return Status::unavailable(format!(
+            "{msg}\nThe source is unreachable; the call is retried"
+        ));
+    }
+    Status::internal(msg.to_string())
+}
+
 fn path_arg(text: &str, field: &str) -> Result<PathBuf, Status> {
     if text.is_empty() {
         return Err(missing(field));
@@ -189,6 +247,7 @@ impl NodeService {
         let params = NodeParams::parse(&req.volume_context)?;
         let creds = credentials(&id, &req.secrets)?;
         let source = backends::source_for(&id.location, &id.sub)?;
+        let s3 = backends::s3_options(&id.location);
         let spec = MountSpec::new(
             source.to_string(),
             staging.clone(),
@@ -197,7 +256,8 @@ impl NodeService {
             cap.is_reader(),
             params.owner,
             cap.mount_group,
-        );
+        )
+        .with_s3(s3.endpoint, s3.region);
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
             preflight(&source)?;
@@ -272,15 +332,7 @@ impl NodeService {
         let pid = self
             .sup
             .start(&spec, creds, &self.state.log_path(volume_id))
-            .map_err(|msg| {
-                if msg.contains("ermission denied") {
-                    Status::failed_precondition(format!(
-                        "{msg}\nFix: give the mount's identity (uid/gid parameters) access to the source"
-                    ))
-                } else {
-                    Status::internal(msg)
-                }
-            })?;
+            .map_err(|msg| child_failure_status(&redact(msg, creds)))?;
         let rec = StagedRecord {
             volume_id: volume_id.to_string(),
             staging_path: spec.staging.clone(),
@@ -578,5 +630,43 @@ impl NodeService {
             }),
         }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_failures_get_codes_by_cause() {
+        let code = |m: &str| child_failure_status(m).code();
+        assert_eq!(
+            code("uid 0 is most likely squashed to an anonymous user (root_squash)"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("share \"/x\" is not exported by h; exports: /a"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("the S3 credentials are wrong (SignatureDoesNotMatch)"),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            code("S3 at x unavailable after retries"),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(code("something odd"), tonic::Code::Internal);
+    }
+
+    #[test]
+    fn secret_values_are_redacted() {
+        let c = S3Credentials {
+            access_key_id: "AKID123".into(),
+            secret_access_key: "s3cr3t".into(),
+            session_token: Some("tok".into()),
+        };
+        let out = redact("as 'AKID123' with s3cr3t and tok".into(), Some(&c));
+        assert!(!out.contains("AKID123") && !out.contains("s3cr3t") && !out.contains("tok"));
     }
 }

@@ -321,7 +321,7 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
     let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity));
     if controller {
         router = router.add_service(ControllerServer::new(ControllerGrpc(Arc::new(
-            ControllerService::new(state.clone()),
+            ControllerService::new(state.clone(), cfg.cache_dir.clone()),
         ))));
     }
     if node {
