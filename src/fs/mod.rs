@@ -32,6 +32,9 @@ use write::{Finished, WriteSession};
 pub use dir::DirHandle;
 pub use types::{Attr, Caller, FsConfig, FsError, FsResult, ListedEntry, ROOT_INO};
 
+/// Tries to assemble a whole file after a read handle closed.
+const ASSEMBLY_ATTEMPTS: u32 = 10;
+
 /// Extended attribute on the mount root that returns the counters as JSON.
 pub const STATS_XATTR: &str = "user.cachalot.stats";
 
@@ -948,8 +951,14 @@ impl CachalotFs {
         }
         let (cache, assembling) = (Arc::clone(&self.cache), Arc::clone(&self.assembling));
         tokio::task::spawn_blocking(move || {
-            if cache.assemble_whole(&key, size) {
-                tracing::debug!(path = key.path, "assembled a whole file for passthrough");
+            // The last pages may still be on their way to disk (page writes
+            // run in the background): retry briefly before giving up.
+            for _ in 0..ASSEMBLY_ATTEMPTS {
+                if cache.assemble_whole(&key, size) {
+                    tracing::debug!(path = key.path, "assembled a whole file for passthrough");
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
             assembling.lock().remove(&stem);
         });
