@@ -37,9 +37,9 @@ fi
 
 echo "building (release)..."
 cargo build --release --quiet --bin cachalot --manifest-path "$ROOT/Cargo.toml"
-cargo bench --no-run --quiet --bench nfs_direct --manifest-path "$ROOT/Cargo.toml" 2>/dev/null
+cargo build --release --quiet --example nfs_direct --manifest-path "$ROOT/Cargo.toml"
 CACHALOT=$CARGO_TARGET_DIR/release/cachalot
-DIRECT=$(ls -t "$CARGO_TARGET_DIR"/release/deps/nfs_direct-* | grep -v '\.d$' | head -1)
+DIRECT=$CARGO_TARGET_DIR/release/examples/nfs_direct
 
 mkdir -p "$EXPORT/many" "$MNT" "$WORK/recovery" /run/rpcbind
 cat > "$WORK/ganesha.conf" <<CONF

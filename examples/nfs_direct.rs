@@ -1,7 +1,7 @@
 //! Baseline for benches/nfs_bench.sh: the same workloads spoken directly
 //! with nfs3_client (one connection, sequential requests, no FUSE, no cache).
 //!
-//! cargo bench --bench nfs_direct -- HOST EXPORT DIR (read FILE | write FILE MIB | ls SUBDIR)
+//! cargo run --release --example nfs_direct -- HOST EXPORT DIR (read FILE | write FILE MIB | ls SUBDIR)
 
 use std::time::Instant;
 
