@@ -60,6 +60,19 @@ impl Source {
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
                     return Err(SourceError::HostNotAllowed(text.to_string()));
                 }
+                // Check the text as written: the URL parser resolves `..`
+                // (file:///srv/v/../../etc becomes /etc) and accepts
+                // relative forms like file:tmp.
+                let written = text.strip_prefix("file://").unwrap_or("");
+                let escapes = written
+                    .split(['/', '\\'])
+                    .map(|seg| percent_encoding::percent_decode_str(seg).decode_utf8_lossy())
+                    .any(|seg| seg == ".." || seg == "." || seg.contains(['/', '\\']))
+                    || written.to_ascii_lowercase().contains("%2f")
+                    || !written.starts_with('/');
+                if escapes {
+                    return Err(SourceError::BadPath(text.to_string()));
+                }
                 let raw = url
                     .to_file_path()
                     .map_err(|_| SourceError::BadPath(text.to_string()))?;

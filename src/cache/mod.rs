@@ -549,13 +549,15 @@ fn scan_dir(dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
     };
     for (path, meta) in files_in(&dir.join("pages")) {
         let name = file_name(&path);
-        if let Some(stem) = name.strip_suffix(".page") {
+        // Only names we write (64 hex digits): a stray file must never
+        // reach path_of or the ledger.
+        if let Some(stem) = name.strip_suffix(".page").filter(|s| is_stem(s)) {
             add(access_time(&meta), stem.to_string(), meta.len());
         }
     }
     for (path, meta) in files_in(&dir.join("files")) {
         let name = file_name(&path);
-        if let Some(stem) = name.strip_suffix(".data") {
+        if let Some(stem) = name.strip_suffix(".data").filter(|s| is_stem(s)) {
             let meta_len = fs::metadata(path.with_extension("meta")).map(|m| m.len());
             match meta_len {
                 Ok(meta_len) => add(
@@ -572,6 +574,10 @@ fn scan_dir(dir: &Path) -> (Vec<(SystemTime, String, u64)>, u64) {
     }
     found.sort();
     (found, total)
+}
+
+fn is_stem(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn file_name(path: &Path) -> String {
