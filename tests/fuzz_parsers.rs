@@ -569,6 +569,9 @@ fn stray_name() -> impl Strategy<Value = String> {
         "[\\PC]{1,6}\\.page",
         "[a-z]{1,8}",
     ]
+    .prop_filter("one file name", |n| {
+        !n.contains(['/', '\0']) && n != "." && n != ".."
+    })
 }
 
 proptest! {
@@ -578,7 +581,6 @@ proptest! {
     /// store: the background index becomes ready and pages are stored and served, also
     /// when the quota forces evictions (which walk the stray entries too).
     #[test]
-    #[ignore = "bug: a stray `pages/xx/<name>.page` whose stem is shorter than 2 bytes (or has a multi-byte char at byte 1) is indexed, and evicting it panics in PageStore::path_of (&stem[..2]) (index thread or put()); its bytes stay in the ledger, so over quota no page is cached any more"]
     fn stray_files_in_the_cache_dir_never_break_the_store(names in prop::collection::vec(stray_name(), 1..6), sizes in prop::collection::vec(0usize..20_000, 6)) {
         let dir = tempfile::tempdir().unwrap();
         for (i, n) in names.iter().enumerate() {
@@ -599,7 +601,6 @@ proptest! {
 
 /// The deterministic core of the property above.
 #[test]
-#[ignore = "bug: see stray_files_in_the_cache_dir_never_break_the_store"]
 fn a_short_stray_page_name_does_not_kill_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("pages").join("ab");
