@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::backend::{FileKind, Metadata};
+use crate::backend::Metadata;
 
-use super::types::{Attr, Caller, FsResult, ListedEntry};
+use super::types::{Caller, FsResult, ListedEntry};
 use super::{CachalotFs, Handle};
 
 pub struct DirHandle {
@@ -83,9 +83,5 @@ impl CachalotFs {
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.lock().remove(&fh);
-    }
-
-    pub fn is_dir(attr: &Attr) -> bool {
-        attr.kind == FileKind::Directory
     }
 }

@@ -71,6 +71,10 @@ pub struct FileHandle {
     /// window in pages.
     next_offset: AtomicU64,
     window: AtomicU64,
+    /// Pages below this were already considered for read-ahead in the
+    /// current sequential run: each page is checked (hash + stat) once, not
+    /// on every read request.
+    ahead_until: AtomicU64,
     /// Object size as known at open (or from the reader): read-ahead stops
     /// at end of file.
     pub(super) size: AtomicU64,
@@ -97,6 +101,7 @@ impl FileHandle {
             reader: tokio::sync::Mutex::new(None),
             next_offset: AtomicU64::new(0),
             window: AtomicU64::new(0),
+            ahead_until: AtomicU64::new(0),
             size: AtomicU64::new(size),
         }
     }
@@ -111,6 +116,7 @@ impl FileHandle {
             grown
         } else {
             self.window.store(0, Ordering::Release);
+            self.ahead_until.store(0, Ordering::Release);
             0
         }
     }
@@ -139,23 +145,28 @@ impl CachalotFs {
         let page_size = self.cache.page_size();
         let size = handle.size.load(Ordering::Acquire);
         let first = from.div_ceil(page_size);
-        for index in first..first + window {
+        let start = first.max(handle.ahead_until.load(Ordering::Acquire));
+        let mut considered = start;
+        for index in start..first + window {
             if index * page_size >= size {
                 break;
             }
             let key = self.page_key(handle, index);
             if self.inflight.0.lock().contains_key(&key) || self.cache.contains(&key) {
+                considered = index + 1;
                 continue;
             }
             let Ok(permit) = Arc::clone(&self.readahead_permits).try_acquire_owned() else {
                 break;
             };
+            considered = index + 1;
             let (fs, handle) = (Arc::clone(self), Arc::clone(handle));
             tokio::spawn(async move {
                 let _ = fs.load_page_once(&handle, index, key).await;
                 drop(permit);
             });
         }
+        handle.ahead_until.fetch_max(considered, Ordering::AcqRel);
     }
 
     async fn read_pages(&self, handle: &FileHandle, offset: u64, size: usize) -> FsResult<Vec<u8>> {
