@@ -665,8 +665,8 @@ impl Config {
             kind: SourceKind::Local,
             page_size: page_size.into(),
             metadata_ttl: metadata_ttl.into(),
-            replace_open_files: false,
-            tolerate_known_bugs: true,
+            replace_open_files: true,
+            tolerate_known_bugs: false,
         }
     }
 }
@@ -1749,7 +1749,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: after fsync, a descriptor reads the version of the file it had read before its own write (pinned backend reader / page version from open time)"]
     fn descriptor_reads_back_its_own_fsynced_write() {
         let m = Mount::with_prepare(&["--page-size", "4KiB"], |b| {
             fs::write(b.join("f"), vec![b'a'; 10_000]).unwrap()
@@ -1777,7 +1776,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: a descriptor opened before another descriptor's close keeps reading the old version (tail -f never sees appended data)"]
     fn descriptor_sees_data_published_by_another_descriptor() {
         let m = Mount::with_prepare(&["--page-size", "4KiB"], |b| {
             fs::write(b.join("log"), vec![b'1'; 5000]).unwrap()
@@ -1802,7 +1800,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: a stale short read shrinks the kernel's i_size, then an O_APPEND write overwrites acknowledged data (data loss)"]
     fn append_after_a_stale_read_keeps_every_acknowledged_append() {
         let m = Mount::with_prepare(&["--page-size", "4KiB"], |b| {
             fs::write(b.join("log"), vec![b'1'; 5000]).unwrap()
@@ -1830,7 +1827,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: read/write through a descriptor whose file was unlinked fail with ENOENT (POSIX: the open file lives on)"]
     fn unlinked_open_file_stays_readable_and_writable() {
         let m = Mount::with_prepare(&[], |b| fs::write(b.join("f"), b"hello world").unwrap());
         let f = OpenOptions::new()
@@ -1852,7 +1848,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: fstat of an open directory fails with ENOENT once the directory was removed (POSIX: it still works, nlink 0)"]
     fn removed_open_directory_can_still_be_fstated() {
         let m = Mount::new();
         fs::create_dir(m.m("d")).unwrap();
@@ -1863,7 +1858,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: a descriptor reads by the path it was opened with: after a rename it reads ENOENT or another file's bytes"]
     fn renamed_open_file_is_still_read_through_its_descriptor() {
         let m = Mount::with_prepare(&[], |b| fs::write(b.join("f1"), b"first file").unwrap());
         let a = File::open(m.m("f1")).unwrap();
@@ -1886,7 +1880,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: renaming a new (unpublished) file over an existing one leaves the old file in the backend; it reappears"]
     fn rename_of_a_new_file_over_an_existing_one_replaces_it() {
         let m = Mount::with_prepare(&[], |b| {
             fs::write(b.join("old"), b"old content").unwrap();
@@ -1916,7 +1909,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug: rmdir gives ENOTEMPTY while a file unlinked from the directory is still open for writing (its temp file)"]
     fn rmdir_after_unlinking_a_file_open_for_writing() {
         let m = Mount::with_prepare(&[], |b| {
             fs::create_dir(b.join("d")).unwrap();
@@ -1931,7 +1923,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "deviation: open(O_RDONLY|O_TRUNC) does not truncate (Linux local filesystems do; POSIX leaves it unspecified)"]
     fn rdonly_trunc_open_truncates_like_linux() {
         let m = Mount::with_prepare(&[], |b| fs::write(b.join("f"), b"xyz").unwrap());
         let f = open_raw(&m.m("f"), libc::O_RDONLY | libc::O_TRUNC, 0).unwrap();
@@ -1941,7 +1932,6 @@ mod found {
     }
 
     #[test]
-    #[ignore = "bug (nfs://): a chmod (any ctime change) of a file makes its open readers fail with ESTALE: the NFS version token contains the ctime, and the reader thinks the content changed"]
     fn nfs_chmod_of_an_open_file_keeps_its_readers_working() {
         let server = support_nfs::ganesha();
         let (_dir, url) = server.area(&format!("chmod-{}", std::process::id()));
@@ -1961,7 +1951,6 @@ mod found {
 
     /// The model with none of the allowances above.
     #[test]
-    #[ignore = "bug: see the tests above (open descriptors are bound to paths and versions)"]
     fn fsx_strict_open_file_semantics() {
         require_root_and_fuse();
         let seed = seed_for("fsx_strict_open_file_semantics", 7);

@@ -314,6 +314,7 @@ impl Backend for LocalBackend {
             hard_links: true,
             symlinks: true,
             fifos: true,
+            cheap_rename: true,
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use error::{BackendError, BackendResult, ErrorKind};
-pub use path::{is_temp_name, BackendPath};
+pub use path::{hidden_name_for, is_temp_name, BackendPath};
 pub use source::Source;
 
 /// The identity a backend operation is performed as (AUTH_SYS-like).
@@ -109,6 +109,10 @@ pub struct Capabilities {
     pub hard_links: bool,
     pub symlinks: bool,
     pub fifos: bool,
+    /// A rename is a metadata operation, not a copy: an open file that is
+    /// unlinked or replaced can be kept readable under a hidden name until
+    /// its last handle closes (as NFS clients do).
+    pub cheap_rename: bool,
 }
 
 #[async_trait]

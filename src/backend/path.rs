@@ -112,6 +112,24 @@ pub fn temp_name_for(final_name: &str, owner: &str, seq: u64) -> String {
     format!(".{}{}", &final_name[..cut], suffix)
 }
 
+/// Sequence numbers of hidden names chosen by the filesystem core (for open
+/// files that were unlinked) start here, far above the backends' own temp
+/// sequence, so the two never collide under one owner tag.
+const HIDDEN_SEQ_BASE: u64 = 1 << 48;
+
+/// A hidden name for keeping an unlinked open file's object: a temp name
+/// owned by this process, so listings skip it and, should we crash, the
+/// next mount's cleanup removes it like any dead writer's temp.
+pub fn hidden_name_for(final_name: &str, seq: u64) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let owner = format!(
+        "{:08x}{:08x}",
+        crc32c::crc32c(host.trim().as_bytes()),
+        std::process::id()
+    );
+    temp_name_for(final_name, &owner, HIDDEN_SEQ_BASE + seq)
+}
+
 /// The `<owner>` part of a temp name, if `name` is one of ours.
 pub fn temp_owner(name: &str) -> Option<&str> {
     let at = name.rfind(TEMP_MARKER)?;

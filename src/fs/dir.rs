@@ -27,10 +27,12 @@ impl CachalotFs {
             ListedEntry {
                 name: ".".into(),
                 attr: self_attr,
+                meta: None,
             },
             ListedEntry {
                 name: "..".into(),
                 attr: parent_attr,
+                meta: None,
             },
         ];
         {
@@ -43,11 +45,12 @@ impl CachalotFs {
                     .get(child)
                     .ok()
                     .and_then(|i| i.write.as_ref().map(|w| w.attributes()))
-                    .unwrap_or(entry.meta);
+                    .unwrap_or_else(|| entry.meta.clone());
                 seen.insert(entry.name.clone());
                 entries.push(ListedEntry {
                     name: entry.name,
                     attr: self.attr_of(child, &meta),
+                    meta: Some(entry.meta),
                 });
             }
             for (name, child) in table.pending_children(ino) {
@@ -58,6 +61,7 @@ impl CachalotFs {
                     entries.push(ListedEntry {
                         name,
                         attr: self.attr_of(child, &session.attributes()),
+                        meta: None,
                     });
                 }
             }
@@ -79,6 +83,33 @@ impl CachalotFs {
             .skip(offset as usize)
             .map(|(i, e)| (i as u64 + 1, e.clone()))
             .collect())
+    }
+
+    /// A readdirplus entry is about to reach the kernel: count its
+    /// reference. Returns the inode number to send (the listed inode may have
+    /// been forgotten since the listing; the name then gets a live one), or
+    /// None if the entry should be skipped.
+    pub fn remember_listed(&self, dir: u64, entry: &ListedEntry) -> Option<u64> {
+        if entry.name == "." || entry.name == ".." {
+            // The kernel takes no reference for these.
+            return Some(entry.attr.ino);
+        }
+        let mut table = self.inodes.lock();
+        if table.remember(entry.attr.ino) {
+            return Some(entry.attr.ino);
+        }
+        if let Some(ino) = table.child(dir, &entry.name) {
+            if table.remember(ino) {
+                return Some(ino);
+            }
+        }
+        let meta = entry.meta.clone()?;
+        Some(table.upsert_entry(dir, &entry.name, meta))
+    }
+
+    /// The kernel did not take an entry it was offered (reply buffer full).
+    pub fn unremember(&self, ino: u64) {
+        self.inodes.lock().forget(ino, 1);
     }
 
     pub fn releasedir(&self, fh: u64) {

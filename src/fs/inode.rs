@@ -2,6 +2,14 @@
 //!
 //! Inodes are stored as (parent, name) so renaming a directory moves its
 //! whole subtree in O(1); a path is rebuilt by walking up to the root.
+//!
+//! Lifetimes follow the kernel's: every entry we hand to the kernel (lookup,
+//! create, mkdir, readdirplus, ...) counts one reference, FORGET drops them,
+//! and an inode is only dropped once the kernel holds no reference, no handle
+//! is open and no write is in progress. An inode removed from the namespace
+//! (unlink, rename-over) therefore stays known while the kernel may still
+//! open it: such an open gets ESTALE (the kernel then looks the name up again)
+//! instead of ENOENT for a path that exists.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +38,41 @@ pub struct Inode {
     /// Version seen at the previous open: if unchanged, the kernel may keep
     /// its page cache (FOPEN_KEEP_CACHE).
     pub last_open_version: Option<VersionToken>,
-    /// Removed from the namespace while still open.
+    /// Removed from the user-visible namespace (nlink 0 for the kernel).
     pub unlinked: bool,
+    /// Still has a backend name: in the children map under (parent, name).
+    /// An open file that was unlinked or replaced keeps one under a hidden
+    /// name until its last handle closes.
+    pub attached: bool,
+    /// The backend object was moved to a hidden name to keep it readable
+    /// for open handles; removed at the last close.
+    pub hidden: bool,
+    /// References the kernel holds (entries replied minus forgotten).
+    pub nlookup: u64,
+    /// Attached children: a directory with known children is never dropped,
+    /// their paths go through it.
+    children: u32,
+}
+
+impl Inode {
+    fn new(parent: u64, name: &str, kind: FileKind, meta: Option<Metadata>) -> Inode {
+        Inode {
+            parent,
+            name: name.to_string(),
+            kind,
+            meta: meta.map(|m| (m, Instant::now())),
+            write: None,
+            writers: 0,
+            open_handles: 0,
+            passthrough_opens: 0,
+            last_open_version: None,
+            unlinked: false,
+            attached: true,
+            hidden: false,
+            nlookup: 0,
+            children: 0,
+        }
+    }
 }
 
 pub struct InodeTable {
@@ -43,21 +84,10 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(root_meta: Metadata) -> InodeTable {
         let mut inodes = HashMap::new();
-        inodes.insert(
-            ROOT_INO,
-            Inode {
-                parent: ROOT_INO,
-                name: String::new(),
-                kind: FileKind::Directory,
-                meta: Some((root_meta, Instant::now())),
-                write: None,
-                writers: 0,
-                open_handles: 0,
-                passthrough_opens: 0,
-                last_open_version: None,
-                unlinked: false,
-            },
-        );
+        let mut root = Inode::new(ROOT_INO, "", FileKind::Directory, Some(root_meta));
+        // The kernel's root reference is implicit and never forgotten.
+        root.nlookup = 1;
+        inodes.insert(ROOT_INO, root);
         InodeTable {
             inodes,
             children: HashMap::new(),
@@ -77,14 +107,14 @@ impl InodeTable {
         self.children.get(&(parent, name.to_string())).copied()
     }
 
-    /// Backend path of an inode. Names were validated on insert, so parsing
-    /// cannot fail for a live inode.
+    /// Backend path of an inode (its hidden name for an open file that was
+    /// unlinked). Names were validated on insert, so parsing cannot fail.
     pub fn path_of(&self, ino: u64) -> FsResult<BackendPath> {
         let mut names = Vec::new();
         let mut at = ino;
         while at != ROOT_INO {
             let inode = self.get(at)?;
-            if inode.unlinked {
+            if !inode.attached {
                 return Err(FsError(libc::ENOENT));
             }
             names.push(inode.name.as_str());
@@ -95,6 +125,37 @@ impl InodeTable {
         }
         names.reverse();
         BackendPath::parse(&names.join("/")).map_err(|_| FsError(libc::EIO))
+    }
+
+    /// Where the inode's objects live: its path, or for an inode that lost
+    /// its name, its old name in its directory's current path (the
+    /// temporary object of an unlinked file being written stays there).
+    pub fn last_path(&self, ino: u64) -> FsResult<BackendPath> {
+        let inode = self.get(ino)?;
+        if inode.attached {
+            return self.path_of(ino);
+        }
+        let dir = self.path_of(inode.parent)?;
+        dir.join(&inode.name).map_err(|_| FsError(libc::EIO))
+    }
+
+    /// Unlinked inodes with a write in progress whose temporary object
+    /// lives in `dir`.
+    pub fn orphans_in(&self, dir: u64) -> Vec<u64> {
+        self.inodes
+            .iter()
+            .filter(|(_, i)| !i.attached && i.parent == dir && i.write.is_some())
+            .map(|(ino, _)| *ino)
+            .collect()
+    }
+
+    /// Record that an unlinked inode's objects moved to `dir`.
+    pub fn set_orphan_parent(&mut self, ino: u64, dir: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            if !inode.attached {
+                inode.parent = dir;
+            }
+        }
     }
 
     /// The inode for `parent/name`, created if new, with fresh metadata. A
@@ -112,66 +173,157 @@ impl InodeTable {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(
-            ino,
-            Inode {
-                parent,
-                name: name.to_string(),
-                kind: meta.kind,
-                meta: Some((meta, Instant::now())),
-                write: None,
-                writers: 0,
-                open_handles: 0,
-                passthrough_opens: 0,
-                last_open_version: None,
-                unlinked: false,
-            },
-        );
-        self.children.insert((parent, name.to_string()), ino);
+        self.inodes
+            .insert(ino, Inode::new(parent, name, meta.kind, Some(meta)));
+        self.attach(parent, name, ino);
         ino
     }
 
-    /// Remove `parent/name` from the namespace. The inode itself lives on
-    /// while handles are open; returns it.
-    pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.children.remove(&(parent, name.to_string()))?;
-        let drop_now = match self.inodes.get_mut(&ino) {
+    /// As `upsert`, and count the kernel reference the reply will create.
+    pub fn upsert_entry(&mut self, parent: u64, name: &str, meta: Metadata) -> u64 {
+        let ino = self.upsert(parent, name, meta);
+        self.remember(ino);
+        ino
+    }
+
+    /// One more kernel reference; false if the inode is gone.
+    pub fn remember(&mut self, ino: u64) -> bool {
+        match self.inodes.get_mut(&ino) {
             Some(inode) => {
-                inode.unlinked = true;
-                inode.open_handles == 0
+                inode.nlookup += 1;
+                true
             }
             None => false,
-        };
-        if drop_now {
-            self.inodes.remove(&ino);
         }
+    }
+
+    /// FORGET: the kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.nlookup = inode.nlookup.saturating_sub(n);
+        }
+        self.maybe_drop(ino);
+    }
+
+    fn attach(&mut self, parent: u64, name: &str, ino: u64) {
+        self.children.insert((parent, name.to_string()), ino);
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.children += 1;
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.parent = parent;
+            inode.name = name.to_string();
+            inode.attached = true;
+        }
+    }
+
+    /// Take `parent/name` out of the children map (the inode keeps its
+    /// parent and name for diagnostics).
+    fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.children.remove(&(parent, name.to_string()))?;
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.children = p.children.saturating_sub(1);
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.attached = false;
+        }
+        self.maybe_drop(parent);
         Some(ino)
     }
 
-    /// Forget an unlinked inode once its last handle closed.
-    pub fn reap(&mut self, ino: u64) {
-        if self
-            .inodes
-            .get(&ino)
-            .is_some_and(|i| i.unlinked && i.open_handles == 0)
-        {
-            self.inodes.remove(&ino);
+    /// Remove `parent/name` from the namespace. The inode lives on while
+    /// the kernel references it or handles are open; returns it.
+    pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.unattach(parent, name)?;
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.unlinked = true;
+        }
+        self.maybe_drop(ino);
+        Some(ino)
+    }
+
+    /// Keep an open file's backend object under a hidden name in the same
+    /// directory: unlinked for users, still readable for its handles.
+    pub fn hide(&mut self, ino: u64, hidden_name: &str) {
+        let Some((parent, name)) = self.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) else {
+            return;
+        };
+        self.unattach(parent, &name);
+        self.attach(parent, hidden_name, ino);
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.unlinked = true;
+            inode.hidden = true;
+        }
+    }
+
+    /// Hidden inodes (unlinked open files) whose object lives in `dir`.
+    pub fn hidden_children(&self, dir: u64) -> Vec<(String, u64)> {
+        self.children
+            .iter()
+            .filter(|((p, _), ino)| *p == dir && self.inodes.get(ino).is_some_and(|i| i.hidden))
+            .map(|((_, name), ino)| (name.clone(), *ino))
+            .collect()
+    }
+
+    /// Move a hidden inode's entry to another directory (after the backend
+    /// moved its object).
+    pub fn move_hidden(&mut self, ino: u64, new_parent: u64) {
+        let Some((parent, name)) = self.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) else {
+            return;
+        };
+        self.unattach(parent, &name);
+        self.attach(new_parent, &name, ino);
+    }
+
+    /// Drop an inode nobody can reach any more: no kernel reference, no
+    /// handle, no write in progress, no attached child. Its metadata is
+    /// refetched at the next lookup.
+    pub fn maybe_drop(&mut self, ino: u64) {
+        let droppable = ino != ROOT_INO
+            && self.inodes.get(&ino).is_some_and(|i| {
+                i.nlookup == 0
+                    && i.open_handles == 0
+                    && i.write.is_none()
+                    && i.children == 0
+                    && !i.hidden
+            });
+        if !droppable {
+            return;
+        }
+        if let Some(inode) = self.inodes.remove(&ino) {
+            if inode.attached {
+                self.children.remove(&(inode.parent, inode.name));
+                if let Some(p) = self.inodes.get_mut(&inode.parent) {
+                    p.children = p.children.saturating_sub(1);
+                }
+                self.maybe_drop(inode.parent);
+            }
         }
     }
 
     /// Move an inode to a new name (after the backend renamed it). Whatever
     /// was at the target is detached first.
     pub fn rename(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
-        if let Some(ino) = self.children.remove(&(parent, name.to_string())) {
-            self.detach(new_parent, new_name);
-            if let Some(inode) = self.inodes.get_mut(&ino) {
-                inode.parent = new_parent;
-                inode.name = new_name.to_string();
-                inode.meta = None; // ctime changed; refetch
-            }
-            self.children
-                .insert((new_parent, new_name.to_string()), ino);
+        let Some(ino) = self.child(parent, name) else {
+            return;
+        };
+        if self.child(new_parent, new_name) == Some(ino) {
+            return;
         }
+        // Keep the moving inode alive while its old entry goes away.
+        self.children.remove(&(parent, name.to_string()));
+        self.detach(new_parent, new_name);
+        self.attach(new_parent, new_name, ino);
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.children = p.children.saturating_sub(1);
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.meta = None; // ctime changed; refetch
+        }
+        self.maybe_drop(parent);
     }
 
     /// Children known to exist only locally (files being created): listings

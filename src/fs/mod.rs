@@ -20,8 +20,8 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::backend::{
-    is_temp_name, AttrChanges, Backend, BackendPath, FileKind, FsStats, Identity, Metadata,
-    VersionToken, WriteStart,
+    hidden_name_for, is_temp_name, AttrChanges, Backend, BackendPath, ErrorKind, FileKind, FsStats,
+    Identity, Metadata, VersionToken, WriteStart,
 };
 use crate::cache::PageStore;
 
@@ -30,7 +30,7 @@ use read::{FileHandle, HotPages, InFlight};
 use write::{Finished, WriteSession};
 
 pub use dir::DirHandle;
-pub use types::{Attr, Caller, FsConfig, FsError, FsResult, ListedEntry, ROOT_INO};
+pub use types::{Attr, Caller, FsConfig, FsError, FsResult, KernelCache, ListedEntry, ROOT_INO};
 
 /// Tries to assemble a whole file after a read handle closed.
 const ASSEMBLY_ATTEMPTS: u32 = 10;
@@ -57,6 +57,16 @@ pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
     pub passthrough: Passthrough,
+}
+
+/// The open flags the core cares about.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenMode {
+    pub writable: bool,
+    /// O_TRUNC.
+    pub truncate: bool,
+    /// O_APPEND: every write goes to the end of the file.
+    pub append: bool,
 }
 
 /// How the kernel should read an opened file.
@@ -87,6 +97,13 @@ pub struct CachalotFs {
     passthrough_active: AtomicBool,
     /// Whole files being assembled right now (object stems).
     assembling: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The kernel's caches (set by the adapter once mounted).
+    kernel: Mutex<Option<Arc<dyn KernelCache>>>,
+    /// Sequence for hidden names of unlinked open files.
+    hidden_seq: AtomicU64,
+    /// Serialises moves and removals of hidden objects (a release removing
+    /// one while an rmdir moves it away).
+    hidden_ops: tokio::sync::Mutex<()>,
     pub counters: Counters,
 }
 
@@ -113,12 +130,34 @@ impl CachalotFs {
             passthrough_active: AtomicBool::new(false),
             assembling: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
+            kernel: Mutex::new(None),
+            hidden_seq: AtomicU64::new(0),
+            hidden_ops: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
         })
     }
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// Called by the mount once the kernel session exists.
+    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
+        *self.kernel.lock() = Some(kernel);
+    }
+
+    /// Make the kernel drop its cached pages and attributes of `ino`: they
+    /// no longer match what we serve. Runs on a blocking thread: the kernel
+    /// may wait for page locks held by a request we are still answering.
+    fn invalidate_kernel(&self, ino: u64) {
+        if let Some(kernel) = self.kernel.lock().clone() {
+            tokio::task::spawn_blocking(move || kernel.invalidate_inode(ino));
+        }
+    }
+
+    /// FORGET from the kernel.
+    pub fn forget(&self, ino: u64, nlookup: u64) {
+        self.inodes.lock().forget(ino, nlookup);
     }
 
     fn identity(&self, caller: Caller) -> Identity {
@@ -172,33 +211,59 @@ impl CachalotFs {
     /// reports its temporary object, otherwise cached metadata within TTL.
     fn local_attr(&self, ino: u64) -> FsResult<Option<Attr>> {
         let table = self.inodes.lock();
+        self.local_attr_in(&table, ino)
+    }
+
+    fn local_attr_in(&self, table: &InodeTable, ino: u64) -> FsResult<Option<Attr>> {
         let inode = table.get(ino)?;
-        if let Some(session) = &inode.write {
-            return Ok(Some(self.attr_of(ino, &session.attributes())));
+        let attr = match (&inode.write, &inode.meta) {
+            (Some(session), _) => self.attr_of(ino, &session.attributes()),
+            (None, Some((meta, at))) if self.fresh(*at) => self.attr_of(ino, meta),
+            // Gone from the backend namespace: what we last knew is all
+            // there is (fstat of an open, removed directory).
+            (None, Some((meta, _))) if !inode.attached => self.attr_of(ino, meta),
+            (None, None) if !inode.attached => return Err(FsError(libc::ESTALE)),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self::unlinked_view(inode, attr)))
+    }
+
+    /// An unlinked inode (still open somewhere) has no links left.
+    fn unlinked_view(inode: &inode::Inode, mut attr: Attr) -> Attr {
+        if inode.unlinked {
+            attr.nlink = 0;
         }
-        match &inode.meta {
-            Some((meta, at)) if self.fresh(*at) => Ok(Some(self.attr_of(ino, meta))),
-            _ => Ok(None),
-        }
+        attr
     }
 
     // ---- metadata -------------------------------------------------------
 
     pub async fn lookup(&self, caller: Caller, parent: u64, name: &str) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
-        let known = self.inodes.lock().child(parent, name);
-        if let Some(ino) = known {
-            if let Some(attr) = self.local_attr(ino)? {
-                return Ok(attr);
+        {
+            // Resolve and count the kernel's reference under one lock: a
+            // FORGET in between must not drop the inode we reply with.
+            let mut table = self.inodes.lock();
+            if let Some(ino) = table.child(parent, name) {
+                if let Ok(Some(attr)) = self.local_attr_in(&table, ino) {
+                    table.remember(ino);
+                    return Ok(attr);
+                }
             }
         }
         match self.backend.stat(self.identity(caller), &path).await {
             Ok(meta) => {
-                let ino = self.inodes.lock().upsert(parent, name, meta.clone());
-                Ok(self.attr_of(ino, &meta))
+                let mut table = self.inodes.lock();
+                let ino = table.upsert_entry(parent, name, meta.clone());
+                // A file being written reports its temporary object.
+                let attr = match self.local_attr_in(&table, ino) {
+                    Ok(Some(attr)) => attr,
+                    _ => self.attr_of(ino, &meta),
+                };
+                Ok(attr)
             }
             Err(e) => {
-                if e.kind == crate::backend::ErrorKind::NotFound {
+                if e.kind == ErrorKind::NotFound {
                     self.inodes.lock().detach(parent, name);
                 }
                 Err(e.into())
@@ -215,7 +280,7 @@ impl CachalotFs {
         let mut table = self.inodes.lock();
         let inode = table.get_mut(ino)?;
         inode.meta = Some((meta.clone(), Instant::now()));
-        Ok(self.attr_of(ino, &meta))
+        Ok(Self::unlinked_view(inode, self.attr_of(ino, &meta)))
     }
 
     /// Change attributes. A size change is a write: it goes through a write
@@ -330,21 +395,124 @@ impl CachalotFs {
             .backend
             .mkdir(self.identity(caller), &path, mode)
             .await?;
-        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
         Ok(self.attr_of(ino, &meta))
     }
 
     pub async fn rmdir(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
-        self.backend.rmdir(self.identity(caller), &path).await?;
+        let id = self.identity(caller);
+        let dir = self.inodes.lock().child(parent, name);
+        if let Some(dir) = dir {
+            self.evacuate_hidden(id, dir).await?;
+        }
+        self.backend.rmdir(id, &path).await?;
         self.inodes.lock().detach(parent, name);
         Ok(())
+    }
+
+    /// Unlinked open files kept under hidden names in `dir` would make it
+    /// look non-empty to the backend: move them to the volume root.
+    async fn evacuate_hidden(&self, id: Identity, dir: u64) -> FsResult<()> {
+        let _serial = self.hidden_ops.lock().await;
+        let hidden = self.inodes.lock().hidden_children(dir);
+        for (name, ino) in hidden {
+            let from = self.path_of(ino)?;
+            let to = BackendPath::root().join(&name)?;
+            self.backend.rename(id, &from, &to, true).await?;
+            let session = self.inodes.lock().get(ino)?.write.clone();
+            if let Some(s) = session {
+                s.retarget(&from, &to).await?;
+            }
+            self.inodes.lock().move_hidden(ino, ROOT_INO);
+        }
+        let orphans = self.inodes.lock().orphans_in(dir);
+        for ino in orphans {
+            let (from, session) = {
+                let table = self.inodes.lock();
+                (table.last_path(ino)?, table.get(ino)?.write.clone())
+            };
+            if let Some(s) = session {
+                let to = BackendPath::root().join(from.name())?;
+                s.retarget(&from, &to).await?;
+            }
+            self.inodes.lock().set_orphan_parent(ino, ROOT_INO);
+        }
+        Ok(())
+    }
+
+    /// Before `parent/name` is unlinked or replaced: if it is a file with
+    /// open handles, move its object to a hidden name so the handles keep
+    /// reading (and writing) it, as on a local filesystem. Returns whether
+    /// it was hidden (then nothing is left under the name in the backend).
+    async fn hide_if_open(&self, id: Identity, parent: u64, name: &str) -> FsResult<bool> {
+        if !self.backend.capabilities().cheap_rename {
+            return Ok(false);
+        }
+        let victim = {
+            let table = self.inodes.lock();
+            table.child(parent, name).and_then(|ino| {
+                let inode = table.get(ino).ok()?;
+                let open_file = inode.kind == FileKind::File && inode.open_handles > 0;
+                let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
+                (open_file && published).then_some(ino)
+            })
+        };
+        let Some(ino) = victim else {
+            return Ok(false);
+        };
+        let _serial = self.hidden_ops.lock().await;
+        let path = self.child_path(parent, name)?;
+        let seq = self.hidden_seq.fetch_add(1, Ordering::Relaxed);
+        let hidden = path.parent().join(&hidden_name_for(name, seq))?;
+        self.backend.rename(id, &path, &hidden, true).await?;
+        let session = self.inodes.lock().get(ino)?.write.clone();
+        if let Some(s) = session {
+            s.retarget(&path, &hidden).await?;
+        }
+        self.inodes.lock().hide(ino, hidden.name());
+        tracing::debug!(path = %path, hidden = %hidden, "kept an unlinked open file under a hidden name");
+        Ok(true)
+    }
+
+    /// Remove a hidden object once its last handle closed.
+    async fn remove_hidden(&self, id: Identity, ino: u64) {
+        let _serial = self.hidden_ops.lock().await;
+        let path = {
+            let table = self.inodes.lock();
+            match table.get(ino) {
+                Ok(i) if i.hidden && i.open_handles == 0 && i.write.is_none() => {
+                    table.path_of(ino).ok()
+                }
+                _ => None,
+            }
+        };
+        let Some(path) = path else {
+            return;
+        };
+        if let Err(e) = self.backend.unlink(id, &path).await {
+            if e.kind != ErrorKind::NotFound {
+                tracing::warn!(error = %e, "could not remove the object of an unlinked file; the next mount's cleanup will");
+            }
+        }
+        let mut table = self.inodes.lock();
+        if let Ok(inode) = table.get_mut(ino) {
+            inode.hidden = false;
+        }
+        if let Ok(inode) = table.get(ino) {
+            let (parent, name) = (inode.parent, inode.name.clone());
+            table.detach(parent, &name);
+        }
     }
 
     pub async fn unlink(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
+        let id = self.identity(caller);
+        if self.hide_if_open(id, parent, name).await? {
+            return Ok(());
+        }
         let session = {
             let table = self.inodes.lock();
             table
@@ -353,15 +521,30 @@ impl CachalotFs {
                 .and_then(|i| i.write.clone())
         };
         match &session {
-            // Only a temporary object exists: nothing to remove in the backend.
-            Some(s) if s.is_new() => {}
-            _ => self.backend.unlink(self.identity(caller), &path).await?,
+            // Only a temporary object exists: nothing to remove in the
+            // backend, except an object it replaced by a rename.
+            Some(s) if s.is_new() => {
+                if let Some(replaced) = s.take_replaced() {
+                    self.remove_replaced(id, &replaced).await?;
+                }
+            }
+            _ => self.backend.unlink(id, &path).await?,
         }
         if let Some(s) = session {
             s.orphan();
         }
         self.inodes.lock().detach(parent, name);
         Ok(())
+    }
+
+    /// Delete the backend object a new file replaced by rename before it was
+    /// published: its name has moved on, so nothing will replace it now.
+    async fn remove_replaced(&self, id: Identity, path: &BackendPath) -> FsResult<()> {
+        match self.backend.unlink(id, path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn rename(
@@ -377,6 +560,23 @@ impl CachalotFs {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let id = self.identity(caller);
+        let (source, target) = {
+            let table = self.inodes.lock();
+            (table.child(parent, name), table.child(new_parent, new_name))
+        };
+        if source.is_some() && source == target {
+            return Ok(()); // same inode: POSIX says do nothing
+        }
+        if let (Some(target), false) = (target, no_replace) {
+            // A directory being replaced must look empty to the backend.
+            let is_dir = self.inodes.lock().get(target)?.kind == FileKind::Directory;
+            if is_dir {
+                self.evacuate_hidden(id, target).await?;
+            }
+        }
+        if !no_replace {
+            self.hide_if_open(id, new_parent, new_name).await?;
+        }
         let (session, replaced) = {
             let table = self.inodes.lock();
             let session = table
@@ -391,11 +591,24 @@ impl CachalotFs {
         };
         match &session {
             Some(s) if s.is_new() => {
-                // The source exists only as a temporary object: move it.
+                // The source exists only as a temporary object: move it. An
+                // object under the target is replaced when it publishes.
                 if no_replace && self.exists(id, new_parent, new_name, &to).await? {
                     return Err(FsError(libc::EEXIST));
                 }
+                let existing = self.backend_kind(id, &to).await?;
+                if existing == Some(FileKind::Directory) {
+                    return Err(FsError(libc::EISDIR));
+                }
                 s.retarget(&from, &to).await?;
+                // Moving on from a name it had replaced: that object is gone
+                // for good now.
+                if let Some(previous) = s.take_replaced() {
+                    self.remove_replaced(id, &previous).await?;
+                }
+                if existing.is_some() {
+                    s.set_replaced(to.clone());
+                }
             }
             _ => {
                 self.backend.rename(id, &from, &to, no_replace).await?;
@@ -411,6 +624,15 @@ impl CachalotFs {
             .lock()
             .rename(parent, name, new_parent, new_name);
         Ok(())
+    }
+
+    /// Kind of the backend object at `path`, if any.
+    async fn backend_kind(&self, id: Identity, path: &BackendPath) -> FsResult<Option<FileKind>> {
+        match self.backend.stat(id, path).await {
+            Ok(meta) => Ok(Some(meta.kind)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn exists(
@@ -430,7 +652,7 @@ impl CachalotFs {
         }
         match self.backend.stat(id, path).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind == crate::backend::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -451,7 +673,7 @@ impl CachalotFs {
             .backend
             .symlink(self.identity(caller), &path, target)
             .await?;
-        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
         Ok(self.attr_of(ino, &meta))
     }
 
@@ -475,7 +697,7 @@ impl CachalotFs {
         let new_ino = self
             .inodes
             .lock()
-            .upsert(new_parent, new_name, meta.clone());
+            .upsert_entry(new_parent, new_name, meta.clone());
         // The link count of the original changed.
         if let Ok(inode) = self.inodes.lock().get_mut(ino) {
             inode.meta = None;
@@ -517,7 +739,7 @@ impl CachalotFs {
             }
             _ => return Err(FsError(libc::EPERM)),
         };
-        let ino = self.inodes.lock().upsert(parent, name, meta.clone());
+        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
         Ok(self.attr_of(ino, &meta))
     }
 
@@ -530,29 +752,37 @@ impl CachalotFs {
     /// Open an existing file. `truncate` is O_TRUNC (atomic with the open,
     /// FUSE_ATOMIC_O_TRUNC): the file is emptied in a write session and
     /// published at close, so readers never see it empty in between.
-    pub async fn open(
-        &self,
-        caller: Caller,
-        ino: u64,
-        writable: bool,
-        truncate: bool,
-    ) -> FsResult<Opened> {
+    pub async fn open(&self, caller: Caller, ino: u64, mode: OpenMode) -> FsResult<Opened> {
+        let OpenMode {
+            writable,
+            truncate,
+            append,
+        } = mode;
         if writable || truncate {
             self.check_writable()?;
         }
+        // An inode that lost its name (replaced by a rename, unlinked) and
+        // whose data is gone: ESTALE makes the kernel look the path up again
+        // and open what is there now, instead of failing with ENOENT.
+        let path = self.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
         let attr = self.getattr(caller, ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(FsError(libc::EISDIR));
         }
-        if truncate && writable {
+        if truncate {
             loop {
                 let session = self.write_session(caller, ino, WriteStart::Empty).await?;
                 if session.truncate(0).await? {
                     break;
                 }
             }
+            // O_RDONLY|O_TRUNC truncates too (as Linux does); no writer will
+            // close this handle, so publish now unless a writer is open.
+            let writers = self.inodes.lock().get(ino)?.writers;
+            if !writable && writers == 0 {
+                self.publish(ino).await?;
+            }
         }
-        let path = self.path_of(ino)?;
         let wants_passthrough = self.passthrough_active() && !writable && !truncate;
         let whole = match (wants_passthrough, &attr) {
             (true, a) if a.size > 0 => self.whole_file_for(&path, ino).await,
@@ -594,6 +824,7 @@ impl CachalotFs {
         let handle = FileHandle::new(
             ino,
             writable,
+            append,
             path,
             version,
             self.identity(caller),
@@ -622,7 +853,7 @@ impl CachalotFs {
         name: &str,
         mode: u32,
         exclusive: bool,
-        writable: bool,
+        open_mode: OpenMode,
     ) -> FsResult<(Attr, Opened)> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
@@ -637,7 +868,7 @@ impl CachalotFs {
                 return Err(FsError(libc::EEXIST));
             }
             let attr = self.lookup(caller, parent, name).await?;
-            let opened = self.open(caller, attr.ino, writable, false).await?;
+            let opened = self.open(caller, attr.ino, open_mode).await?;
             return Ok((attr, opened));
         }
         let pending = self
@@ -666,7 +897,7 @@ impl CachalotFs {
         ));
         let ino = {
             let mut table = self.inodes.lock();
-            let ino = table.upsert(parent, name, base.clone());
+            let ino = table.upsert_entry(parent, name, base.clone());
             let inode = table.get_mut(ino)?;
             inode.write = Some(session);
             inode.meta = None;
@@ -679,6 +910,7 @@ impl CachalotFs {
         let handle = FileHandle::new(
             ino,
             true,
+            open_mode.append,
             path,
             VersionToken(String::new()),
             id,
@@ -744,11 +976,27 @@ impl CachalotFs {
         if !handle.writable {
             return Err(FsError(libc::EBADF));
         }
+        // O_APPEND: the end of the file is ours to know. The kernel's offset
+        // comes from its cached size, which may lag behind (another
+        // descriptor's append, a short read); writing there would overwrite
+        // acknowledged data.
+        let at = if handle.append { None } else { Some(offset) };
         loop {
             let session = self
                 .write_session(caller, handle.ino, WriteStart::CopyExisting)
                 .await?;
-            if session.write(offset, data).await? {
+            if let Some(written_at) = session.write(at, data).await? {
+                if written_at != offset {
+                    // The kernel copied the data into its cache at its
+                    // offset: drop that view.
+                    tracing::debug!(
+                        ino = handle.ino,
+                        kernel_offset = offset,
+                        written_at,
+                        "append placed at the real end of file"
+                    );
+                    self.invalidate_kernel(handle.ino);
+                }
                 return Ok(data.len() as u32);
             }
         }
@@ -763,7 +1011,15 @@ impl CachalotFs {
             let Some(session) = inode.write.clone() else {
                 return Ok(());
             };
-            let path = table.path_of(ino).unwrap_or_else(|_| session.last_target());
+            if session.is_orphaned() && inode.open_handles > 0 {
+                // Unlinked while open and never published: the data lives
+                // in the session for the handles still open; it is
+                // discarded with the last of them.
+                return Ok(());
+            }
+            let path = table
+                .last_path(ino)
+                .unwrap_or_else(|_| session.last_target());
             (session, path)
         };
         let result = session.finish(&path).await;
@@ -803,6 +1059,9 @@ impl CachalotFs {
             }
             Ok(Finished::Nothing) => Ok(()),
             Err(e) => {
+                // The kernel may hold pages of the data that was never
+                // published.
+                self.invalidate_kernel(ino);
                 self.counters
                     .publish_failures
                     .fetch_add(1, Ordering::Relaxed);
@@ -864,7 +1123,10 @@ impl CachalotFs {
             if handle.passthrough.load(Ordering::Acquire) {
                 inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
             }
-            (inode.writers == 0, inode.write.clone())
+            (
+                inode.writers == 0 || inode.open_handles == 0,
+                inode.write.clone(),
+            )
         };
         let mut result = Ok(());
         if last_writer && session.is_some() {
@@ -876,7 +1138,8 @@ impl CachalotFs {
         {
             self.assemble_in_background(&handle);
         }
-        self.inodes.lock().reap(handle.ino);
+        self.remove_hidden(handle.identity(), handle.ino).await;
+        self.inodes.lock().maybe_drop(handle.ino);
         result
     }
 
@@ -944,7 +1207,7 @@ impl CachalotFs {
         if size == 0 {
             return;
         }
-        let key = self.page_key(handle, 0);
+        let key = self.page_key(&handle.view(), 0);
         let stem = key.object_stem();
         if !self.assembling.lock().insert(stem.clone()) {
             return;

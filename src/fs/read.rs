@@ -12,7 +12,7 @@ use crate::cache::PageKey;
 use super::types::{FsError, FsResult};
 use super::CachalotFs;
 
-type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, FsError>>>;
+type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, ReadError>>>;
 
 /// Read-ahead window bounds, in pages: the window doubles with each
 /// sequential read up to the maximum, and closes on a random read.
@@ -53,20 +53,25 @@ pub struct InFlight(parking_lot::Mutex<HashMap<PageKey, PageCell>>);
 pub struct FileHandle {
     pub ino: u64,
     pub writable: bool,
+    /// O_APPEND: writes go to the end of the file, wherever the kernel
+    /// thinks it is.
+    pub append: bool,
     /// Process that opened the handle: only its own close publishes.
     pub opener: u32,
     /// Served by FUSE passthrough: the kernel reads the whole file directly.
     pub passthrough: std::sync::atomic::AtomicBool,
-    /// Path at open time: part of the cache key (the version token pins the
-    /// content, the path only namespaces it).
-    path: BackendPath,
     identity: Identity,
-    /// Version the cache keys use; replaced by the reader's own version if
-    /// the object changed since its attributes were fetched.
-    version: parking_lot::Mutex<VersionToken>,
+    /// What the handle reads now: the inode's backend path as of the last
+    /// read (it follows renames) and the version of the content. The
+    /// version token pins the content; the path only namespaces cache keys.
+    view: parking_lot::Mutex<View>,
+    /// The inode version (from its metadata) the handle last followed: a
+    /// newer one (a publish through this mount, a refresh after the TTL)
+    /// moves the handle to it at its next read.
+    followed: parking_lot::Mutex<Option<VersionToken>>,
     /// Opened lazily, on the first miss: a fully cached file never touches
-    /// the backend's data path.
-    reader: tokio::sync::Mutex<Option<Arc<dyn ObjectReader>>>,
+    /// the backend's data path. Always of the view's version.
+    reader: parking_lot::Mutex<Option<Arc<dyn ObjectReader>>>,
     /// Where a sequential reader will read next, and the current read-ahead
     /// window in pages.
     next_offset: AtomicU64,
@@ -75,34 +80,105 @@ pub struct FileHandle {
     /// current sequential run: each page is checked (hash + stat) once, not
     /// on every read request.
     ahead_until: AtomicU64,
-    /// Object size as known at open (or from the reader): read-ahead stops
-    /// at end of file.
+    /// Object size of the view's version: read-ahead stops at end of file.
     pub(super) size: AtomicU64,
 }
 
+/// One consistent view of a file's content: every byte of one read request
+/// comes from a single view.
+#[derive(Clone)]
+pub(super) struct View {
+    pub path: BackendPath,
+    pub version: VersionToken,
+}
+
+/// Why a page could not be served from the requested version.
+#[derive(Clone, Debug)]
+pub(super) enum ReadError {
+    /// The backend holds another version than the view's (changed behind
+    /// our back): the request starts over on the new version.
+    Changed {
+        version: VersionToken,
+        size: u64,
+    },
+    Fs(FsError),
+}
+
+impl From<FsError> for ReadError {
+    fn from(e: FsError) -> ReadError {
+        ReadError::Fs(e)
+    }
+}
+
+/// Restarts of one read request on a newer version before giving up.
+const VERSION_RETRIES: usize = 3;
+
 impl FileHandle {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ino: u64,
         writable: bool,
+        append: bool,
         path: BackendPath,
         version: VersionToken,
         identity: Identity,
         size: u64,
         opener: u32,
     ) -> FileHandle {
+        let followed = (!version.0.is_empty()).then(|| version.clone());
         FileHandle {
             ino,
             writable,
+            append,
             opener,
             passthrough: std::sync::atomic::AtomicBool::new(false),
-            path,
             identity,
-            version: parking_lot::Mutex::new(version),
-            reader: tokio::sync::Mutex::new(None),
+            view: parking_lot::Mutex::new(View { path, version }),
+            followed: parking_lot::Mutex::new(followed),
+            reader: parking_lot::Mutex::new(None),
             next_offset: AtomicU64::new(0),
             window: AtomicU64::new(0),
             ahead_until: AtomicU64::new(0),
             size: AtomicU64::new(size),
+        }
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    pub(super) fn view(&self) -> View {
+        self.view.lock().clone()
+    }
+
+    fn set_path(&self, path: BackendPath) {
+        self.view.lock().path = path;
+    }
+
+    /// Move to the inode's current version if it changed since the handle
+    /// last looked.
+    fn follow(&self, version: &VersionToken, size: u64) {
+        let mut followed = self.followed.lock();
+        if followed.as_ref() == Some(version) {
+            return;
+        }
+        *followed = Some(version.clone());
+        drop(followed);
+        self.switch_to(version, size);
+    }
+
+    /// Read `version` from now on (a reader of another version is dropped).
+    fn switch_to(&self, version: &VersionToken, size: u64) {
+        let mut view = self.view.lock();
+        if view.version == *version {
+            return;
+        }
+        view.version = version.clone();
+        self.size.store(size, Ordering::Release);
+        self.ahead_until.store(0, Ordering::Release);
+        let mut reader = self.reader.lock();
+        if reader.as_ref().is_some_and(|r| r.version() != version) {
+            *reader = None;
         }
     }
 
@@ -125,23 +201,79 @@ impl FileHandle {
 impl CachalotFs {
     pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.file_handle(fh)?;
-        let session = self.inodes.lock().get(handle.ino)?.write.clone();
+        let (session, current) = {
+            let table = self.inodes.lock();
+            let inode = table.get(handle.ino)?;
+            // An unlinked file without a hidden object keeps its last path.
+            if let Ok(path) = table.path_of(handle.ino) {
+                handle.set_path(path);
+            }
+            let current = inode
+                .meta
+                .as_ref()
+                .map(|(m, _)| (m.version.clone(), m.size));
+            (inode.write.clone(), current)
+        };
         if let Some(session) = session {
             if let Some(data) = session.read(offset, size as usize).await? {
                 return Ok(data);
             }
         }
-        let window = handle.observe(offset, size as u64);
-        let data = self.read_pages(&handle, offset, size as usize).await?;
-        if window > 0 {
-            self.read_ahead(&handle, offset + size as u64, window);
+        if let Some((version, size)) = current {
+            if !version.0.is_empty() {
+                handle.follow(&version, size);
+            }
         }
-        Ok(data)
+        let window = handle.observe(offset, size as u64);
+        for _ in 0..VERSION_RETRIES {
+            let view = handle.view();
+            match self.read_pages(&handle, &view, offset, size as usize).await {
+                Ok(data) => {
+                    if window > 0 {
+                        self.read_ahead(&handle, &view, offset + size as u64, window);
+                    }
+                    return Ok(data);
+                }
+                Err(ReadError::Changed { version, size }) => {
+                    self.version_changed(&handle, &view.version, &version, size)
+                }
+                Err(ReadError::Fs(e)) => return Err(e),
+            }
+        }
+        tracing::warn!(
+            ino = handle.ino,
+            "the object keeps changing while being read"
+        );
+        Err(FsError(libc::ESTALE))
+    }
+
+    /// The backend has another version than the handle read so far: move
+    /// the handle, mark the inode's metadata stale (a getattr refetches it)
+    /// and drop the kernel's pages of the old version, so no later request
+    /// mixes the two.
+    fn version_changed(
+        &self,
+        handle: &FileHandle,
+        old: &VersionToken,
+        new: &VersionToken,
+        size: u64,
+    ) {
+        tracing::debug!(
+            ino = handle.ino,
+            "object changed behind the mount; reading the new version"
+        );
+        handle.switch_to(new, size);
+        if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+            if inode.meta.as_ref().is_some_and(|(m, _)| m.version == *old) {
+                inode.meta = None;
+            }
+        }
+        self.invalidate_kernel(handle.ino);
     }
 
     /// Fetch the next `window` pages after `from` in the background, unless
     /// cached, already in flight, past end of file, or over the global bound.
-    fn read_ahead(self: &Arc<Self>, handle: &Arc<FileHandle>, from: u64, window: u64) {
+    fn read_ahead(self: &Arc<Self>, handle: &Arc<FileHandle>, view: &View, from: u64, window: u64) {
         let page_size = self.cache.page_size();
         let size = handle.size.load(Ordering::Acquire);
         let first = from.div_ceil(page_size);
@@ -151,7 +283,7 @@ impl CachalotFs {
             if index * page_size >= size {
                 break;
             }
-            let key = self.page_key(handle, index);
+            let key = self.page_key(view, index);
             if self.inflight.0.lock().contains_key(&key) || self.cache.contains(&key) {
                 considered = index + 1;
                 continue;
@@ -160,23 +292,29 @@ impl CachalotFs {
                 break;
             };
             considered = index + 1;
-            let (fs, handle) = (Arc::clone(self), Arc::clone(handle));
+            let (fs, handle, view) = (Arc::clone(self), Arc::clone(handle), view.clone());
             tokio::spawn(async move {
-                let _ = fs.load_page_once(&handle, index, key).await;
+                let _ = fs.load_page_once(&handle, &view, index, key).await;
                 drop(permit);
             });
         }
         handle.ahead_until.fetch_max(considered, Ordering::AcqRel);
     }
 
-    async fn read_pages(&self, handle: &FileHandle, offset: u64, size: usize) -> FsResult<Vec<u8>> {
+    async fn read_pages(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        offset: u64,
+        size: usize,
+    ) -> Result<Vec<u8>, ReadError> {
         let page_size = self.cache.page_size();
         let mut out = Vec::with_capacity(size);
         let mut pos = offset;
         let end = offset + size as u64;
         while pos < end {
             let index = pos / page_size;
-            let page = self.page(handle, index).await?;
+            let page = self.page(handle, view, index).await?;
             let within = (pos - index * page_size) as usize;
             if within >= page.len() {
                 break; // end of file
@@ -191,20 +329,25 @@ impl CachalotFs {
         Ok(out)
     }
 
-    async fn page(&self, handle: &FileHandle, index: u64) -> FsResult<Arc<Vec<u8>>> {
-        let key = self.page_key(handle, index);
+    async fn page(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        index: u64,
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        let key = self.page_key(view, index);
         if let Some(page) = self.hot.get(&key) {
             self.cache.count_memory_hit();
             return Ok(page);
         }
-        self.load_page_once(handle, index, key).await
+        self.load_page_once(handle, view, index, key).await
     }
 
-    pub(super) fn page_key(&self, handle: &FileHandle, index: u64) -> PageKey {
+    pub(super) fn page_key(&self, view: &View, index: u64) -> PageKey {
         PageKey {
             source: self.backend.describe().to_string(),
-            path: handle.path.as_str().to_string(),
-            version: handle.version.lock().0.clone(),
+            path: view.path.as_str().to_string(),
+            version: view.version.0.clone(),
             index,
         }
     }
@@ -214,9 +357,10 @@ impl CachalotFs {
     async fn load_page_once(
         &self,
         handle: &FileHandle,
+        view: &View,
         index: u64,
         key: PageKey,
-    ) -> FsResult<Arc<Vec<u8>>> {
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
         let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
         cell.get_or_init(|| async {
             let cache = Arc::clone(&self.cache);
@@ -230,9 +374,9 @@ impl CachalotFs {
                 self.inflight.0.lock().remove(&key);
                 return Ok(data);
             }
-            match self.fetch_page(handle, index).await {
-                Ok((stored_key, data)) => {
-                    self.hot.put(stored_key.clone(), Arc::clone(&data));
+            match self.fetch_page(handle, view, index).await {
+                Ok(data) => {
+                    self.hot.put(key.clone(), Arc::clone(&data));
                     // Store in the background (the application does not wait
                     // for the cache write), and keep the in-flight entry until
                     // the page is on disk so readers arriving meanwhile reuse
@@ -241,7 +385,7 @@ impl CachalotFs {
                     let inflight = Arc::clone(&self.inflight);
                     let page = Arc::clone(&data);
                     tokio::task::spawn_blocking(move || {
-                        cache.put(&stored_key, &page);
+                        cache.put(&key, &page);
                         inflight.0.lock().remove(&key);
                     });
                     Ok(data)
@@ -256,14 +400,20 @@ impl CachalotFs {
         .clone()
     }
 
-    /// Read one page from the backend; returns it with the key it belongs to
-    /// (the version may have been refreshed by opening the reader).
+    /// Read one page of the view's version from the backend.
     async fn fetch_page(
         &self,
         handle: &FileHandle,
+        view: &View,
         index: u64,
-    ) -> FsResult<(PageKey, Arc<Vec<u8>>)> {
-        let reader = self.reader(handle).await?;
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        let reader = self.reader(handle, view).await?;
+        if *reader.version() != view.version {
+            return Err(ReadError::Changed {
+                version: reader.version().clone(),
+                size: reader.size(),
+            });
+        }
         let page_size = self.cache.page_size();
         let data = reader
             .read_at(index * page_size, page_size as usize)
@@ -273,28 +423,27 @@ impl CachalotFs {
         self.counters
             .backend_read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok((self.page_key(handle, index), Arc::new(data)))
+        Ok(Arc::new(data))
     }
 
-    async fn reader(&self, handle: &FileHandle) -> FsResult<Arc<dyn ObjectReader>> {
-        let mut slot = handle.reader.lock().await;
-        if let Some(r) = slot.as_ref() {
+    /// The handle's backend reader, opened at the view's path if it has none.
+    async fn reader(&self, handle: &FileHandle, view: &View) -> FsResult<Arc<dyn ObjectReader>> {
+        if let Some(r) = handle.reader.lock().as_ref() {
             return Ok(Arc::clone(r));
         }
         let reader: Arc<dyn ObjectReader> = self
             .backend
-            .open_read(handle.identity, &handle.path)
+            .open_read(handle.identity, &view.path)
             .await?
             .into();
-        {
-            let mut version = handle.version.lock();
-            handle.size.store(reader.size(), Ordering::Release);
-            if *version != *reader.version() {
-                tracing::debug!(path = %handle.path, "object changed since its attributes were read; using the new version");
-                *version = reader.version().clone();
+        let mut slot = handle.reader.lock();
+        // Keep a reader another request opened meanwhile if it matches.
+        match slot.as_ref() {
+            Some(r) if r.version() == &view.version => Ok(Arc::clone(r)),
+            _ => {
+                *slot = Some(Arc::clone(&reader));
+                Ok(reader)
             }
         }
-        *slot = Some(Arc::clone(&reader));
-        Ok(reader)
     }
 }

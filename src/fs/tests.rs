@@ -12,6 +12,22 @@ use crate::cache::{PageStore, PageStoreConfig};
 
 use super::*;
 
+const RO: OpenMode = OpenMode {
+    writable: false,
+    truncate: false,
+    append: false,
+};
+const RW: OpenMode = OpenMode {
+    writable: true,
+    truncate: false,
+    append: false,
+};
+const RW_TRUNC: OpenMode = OpenMode {
+    writable: true,
+    truncate: true,
+    append: false,
+};
+
 struct Fixture {
     _dir: tempfile::TempDir,
     backing: std::path::PathBuf,
@@ -77,7 +93,7 @@ fn visible(dir: &Path) -> Vec<String> {
 async fn created_file_appears_only_when_closed() {
     let f = fixture(false).await;
     let (attr, o) =
-        f.fs.create(me(), ROOT_INO, "a.txt", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "a.txt", 0o644, true, RW)
             .await
             .unwrap();
     f.fs.write(ROOT, o.fh, 0, b"hello ").await.unwrap();
@@ -98,7 +114,7 @@ async fn partial_overwrite_is_copy_on_write() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"0123456789").unwrap();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, true, false).await.unwrap();
+    let o = f.fs.open(me(), ino, RW).await.unwrap();
     f.fs.write(ROOT, o.fh, 3, b"abc").await.unwrap();
     assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"0123456789");
     f.fs.flush(me(), o.fh).await.unwrap();
@@ -111,7 +127,7 @@ async fn o_trunc_is_atomic_with_the_rewrite() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"old content").unwrap();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, true, true).await.unwrap();
+    let o = f.fs.open(me(), ino, RW_TRUNC).await.unwrap();
     // Until close, readers of the backend still see the old content.
     assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"old content");
     assert_eq!(f.fs.getattr(ROOT, ino).await.unwrap().size, 0);
@@ -138,7 +154,7 @@ async fn truncate_without_open_handle_publishes_at_once() {
 async fn unlinked_while_writing_is_never_published() {
     let f = fixture(false).await;
     let (_, o) =
-        f.fs.create(me(), ROOT_INO, "gone", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "gone", 0o644, true, RW)
             .await
             .unwrap();
     f.fs.write(ROOT, o.fh, 0, b"data").await.unwrap();
@@ -160,7 +176,7 @@ async fn renaming_a_file_being_written_publishes_under_the_new_name() {
     let f = fixture(false).await;
     let d = f.fs.mkdir(ROOT, ROOT_INO, "sub", 0o755).await.unwrap();
     let (_, o) =
-        f.fs.create(me(), ROOT_INO, "draft", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "draft", 0o644, true, RW)
             .await
             .unwrap();
     f.fs.write(ROOT, o.fh, 0, b"report").await.unwrap();
@@ -180,7 +196,7 @@ async fn second_read_comes_from_the_page_store() {
     fs::write(f.backing.join("big"), &data).unwrap();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "big").await.unwrap().ino;
     for round in 0..2 {
-        let o = f.fs.open(me(), ino, false, false).await.unwrap();
+        let o = f.fs.open(me(), ino, RO).await.unwrap();
         let got = f.fs.read(o.fh, 0, 30_000).await.unwrap();
         assert_eq!(got, data, "round {round}");
         f.fs.release(o.fh).await.unwrap();
@@ -203,7 +219,7 @@ async fn listing_hides_temp_files_and_shows_files_being_created() {
     fs::write(f.backing.join(".x.cachalot-00000000000000011"), b"leftover").unwrap();
     fs::write(f.backing.join("plain"), b"p").unwrap();
     let (_, o) =
-        f.fs.create(me(), ROOT_INO, "new", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "new", 0o644, true, RW)
             .await
             .unwrap();
     let dh = f.fs.opendir(ROOT, ROOT_INO).await.unwrap();
@@ -231,14 +247,14 @@ async fn read_only_refuses_every_mutation_with_erofs() {
     let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
     let erofs = |r: Result<(), FsError>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
     erofs(
-        f.fs.create(me(), ROOT_INO, "n", 0o644, false, true)
+        f.fs.create(me(), ROOT_INO, "n", 0o644, false, RW)
             .await
             .map(|_| ()),
     );
     erofs(f.fs.mkdir(ROOT, ROOT_INO, "d", 0o755).await.map(|_| ()));
     erofs(f.fs.unlink(ROOT, ROOT_INO, "f").await);
     erofs(f.fs.rename(ROOT, ROOT_INO, "f", ROOT_INO, "g", false).await);
-    erofs(f.fs.open(me(), ino, true, false).await.map(|_| ()));
+    erofs(f.fs.open(me(), ino, RW).await.map(|_| ()));
     erofs(
         f.fs.setattr(ROOT, ino, Some(0), AttrChanges::default())
             .await
@@ -253,7 +269,7 @@ async fn exclusive_create_of_existing_name_is_eexist() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"x").unwrap();
     let err =
-        f.fs.create(me(), ROOT_INO, "f", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "f", 0o644, true, RW)
             .await
             .err()
             .unwrap();
@@ -266,13 +282,13 @@ async fn create_over_a_known_name_opens_it() {
     fs::write(f.backing.join("f"), b"abc").unwrap();
     f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap();
     let (attr, o) =
-        f.fs.create(me(), ROOT_INO, "f", 0o644, false, true)
+        f.fs.create(me(), ROOT_INO, "f", 0o644, false, RW)
             .await
             .unwrap();
     assert_eq!(attr.size, 3);
     f.fs.release(o.fh).await.unwrap();
     let err =
-        f.fs.create(me(), ROOT_INO, "f", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "f", 0o644, true, RW)
             .await
             .err()
             .unwrap();
@@ -292,7 +308,7 @@ async fn sequential_reads_trigger_read_ahead_and_random_reads_do_not() {
     };
 
     let ino = f.fs.lookup(ROOT, ROOT_INO, "seq").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, false, false).await.unwrap();
+    let o = f.fs.open(me(), ino, RO).await.unwrap();
     for i in 0..4u64 {
         let got = f.fs.read(o.fh, i * 4096, 4096).await.unwrap();
         assert_eq!(got, &data[(i * 4096) as usize..((i + 1) * 4096) as usize]);
@@ -307,7 +323,7 @@ async fn sequential_reads_trigger_read_ahead_and_random_reads_do_not() {
 
     let before = reads();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "rnd").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, false, false).await.unwrap();
+    let o = f.fs.open(me(), ino, RO).await.unwrap();
     for page in [50u64, 7, 81, 23] {
         let got = f.fs.read(o.fh, page * 4096, 4096).await.unwrap();
         assert_eq!(
@@ -333,7 +349,7 @@ async fn concurrent_readers_of_one_cold_page_fetch_it_once() {
     for _ in 0..16 {
         let fs = Arc::clone(&f.fs);
         tasks.push(tokio::spawn(async move {
-            let o = fs.open(ROOT, ino, false, false).await.unwrap();
+            let o = fs.open(ROOT, ino, RO).await.unwrap();
             let got = fs.read(o.fh, 0, 4096).await.unwrap();
             fs.release(o.fh).await.unwrap();
             got
@@ -355,7 +371,7 @@ async fn a_changed_backend_file_never_serves_stale_pages() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"version one").unwrap();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, false, false).await.unwrap();
+    let o = f.fs.open(me(), ino, RO).await.unwrap();
     assert_eq!(f.fs.read(o.fh, 0, 100).await.unwrap(), b"version one");
     f.fs.release(o.fh).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -380,7 +396,7 @@ async fn a_changed_backend_file_never_serves_stale_pages() {
         .unwrap(),
     );
     let ino = fresh.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
-    let o = fresh.open(ROOT, ino, false, false).await.unwrap();
+    let o = fresh.open(ROOT, ino, RO).await.unwrap();
     assert_eq!(fresh.read(o.fh, 0, 100).await.unwrap(), b"version two!");
     fresh.release(o.fh).await.unwrap();
 }
@@ -389,7 +405,7 @@ async fn a_changed_backend_file_never_serves_stale_pages() {
 async fn a_flush_from_another_process_does_not_publish() {
     let f = fixture(false).await;
     let (_, o) =
-        f.fs.create(me(), ROOT_INO, "ckpt", 0o644, true, true)
+        f.fs.create(me(), ROOT_INO, "ckpt", 0o644, true, RW)
             .await
             .unwrap();
     f.fs.write(me(), o.fh, 0, b"half").await.unwrap();
@@ -413,7 +429,7 @@ async fn a_failed_write_is_never_published() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"precious").unwrap();
     let ino = f.fs.lookup(ROOT, ROOT_INO, "f").await.unwrap().ino;
-    let o = f.fs.open(me(), ino, true, false).await.unwrap();
+    let o = f.fs.open(me(), ino, RW).await.unwrap();
     f.fs.write(me(), o.fh, 0, b"new start").await.unwrap();
     // An offset past the maximum file size makes the temp file write fail.
     let err =

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{BackendError, ErrorKind, FileKind, Identity};
+use crate::backend::{BackendError, ErrorKind, FileKind, Identity, Metadata};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -52,6 +52,16 @@ pub struct Attr {
 pub struct ListedEntry {
     pub name: String,
     pub attr: Attr,
+    /// What the attributes came from: re-creates the inode should it have
+    /// been forgotten between the listing and the reply.
+    pub meta: Option<Metadata>,
+}
+
+/// The kernel's caches of this mount, as far as the core needs them: the
+/// adapter forwards to FUSE notifications.
+pub trait KernelCache: Send + Sync {
+    /// Drop the kernel's cached pages and attributes of an inode.
+    fn invalidate_inode(&self, ino: u64);
 }
 
 /// An error for the application: just an errno. The context was logged where

@@ -30,6 +30,10 @@ pub struct WriteSession {
     /// utimens received while writing: applied after publish, since the
     /// publish itself sets a new mtime.
     deferred_times: parking_lot::Mutex<AttrChanges>,
+    /// A backend object this new file replaced by a rename before its first
+    /// publish: the publish replaces it; if the file moves on or is
+    /// unlinked first, it must be deleted.
+    replaced: parking_lot::Mutex<Option<BackendPath>>,
 }
 
 /// What happened to a session when asked to finish.
@@ -57,6 +61,7 @@ impl WriteSession {
             base: parking_lot::Mutex::new(base),
             deferred_times: parking_lot::Mutex::new(AttrChanges::default()),
             last_target: parking_lot::Mutex::new(target),
+            replaced: parking_lot::Mutex::new(None),
         }
     }
 
@@ -84,18 +89,29 @@ impl WriteSession {
         meta
     }
 
-    /// Write; `Ok(false)` when the session already finished and the caller
-    /// must start a new one.
-    pub async fn write(&self, offset: u64, data: &[u8]) -> FsResult<bool> {
+    pub fn set_replaced(&self, path: BackendPath) {
+        *self.replaced.lock() = Some(path);
+    }
+
+    pub fn take_replaced(&self) -> Option<BackendPath> {
+        self.replaced.lock().take()
+    }
+
+    /// Write at `offset`, or at the end of the data for `None` (O_APPEND,
+    /// decided under the session lock so concurrent appends never overlap).
+    /// Returns where the data went; `Ok(None)` when the session already
+    /// finished and the caller must start a new one.
+    pub async fn write(&self, offset: Option<u64>, data: &[u8]) -> FsResult<Option<u64>> {
         let finished = self.finished.lock().await;
         if *finished {
-            return Ok(false);
+            return Ok(None);
         }
         self.check_not_failed()?;
-        let result = self.pending.write_at(offset, data).await;
+        let at = offset.unwrap_or_else(|| self.pending.size());
+        let result = self.pending.write_at(at, data).await;
         self.record(result)?;
         self.touch();
-        Ok(true)
+        Ok(Some(at))
     }
 
     fn check_not_failed(&self) -> FsResult<()> {

@@ -11,13 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::backend::{AttrChanges, FileKind};
-use crate::fs::{Attr, CachalotFs, Caller, FsError, Opened, Passthrough, STATS_XATTR};
+use crate::fs::{
+    Attr, CachalotFs, Caller, FsError, KernelCache, OpenMode, Opened, Passthrough, STATS_XATTR,
+};
 
 /// Largest read/write request we ask the kernel for.
 const MAX_IO: u32 = 1024 * 1024;
@@ -108,6 +110,20 @@ impl FuseAdapter {
     {
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move { work(fs).await });
+    }
+}
+
+/// The core's view of the kernel caches, through FUSE notifications.
+pub struct KernelNotifier(pub Notifier);
+
+impl KernelCache for KernelNotifier {
+    fn invalidate_inode(&self, ino: u64) {
+        // ENOENT: the kernel does not have the inode cached; nothing to do.
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
+            }
+        }
     }
 }
 
@@ -408,13 +424,21 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    // batch_forget: fuser's default calls this per inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let writable = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let mode = OpenMode {
+            writable: flags.acc_mode() != OpenAccMode::O_RDONLY,
+            truncate: flags.0 & libc::O_TRUNC != 0,
+            append: flags.0 & libc::O_APPEND != 0,
+        };
         let c = caller(req);
         let backing = Arc::clone(&self.backing);
         self.spawn(move |fs| async move {
-            match fs.open(c, ino.0, writable, truncate).await {
+            match fs.open(c, ino.0, mode).await {
                 Ok(o) => backing.reply(&fs, ino.0, o, reply),
                 Err(e) => reply.error(errno(e)),
             }
@@ -533,23 +557,31 @@ impl Filesystem for FuseAdapter {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
-                for (next, e) in entries {
+                for (next, mut e) in entries {
+                    // Each entry is a kernel reference (except . and ..).
+                    let Some(entry_ino) = self.fs.remember_listed(ino.0, &e) else {
+                        continue;
+                    };
+                    e.attr.ino = entry_ino;
                     let attr = file_attr(&e.attr);
                     if reply.add(
-                        INodeNo(e.attr.ino),
+                        INodeNo(entry_ino),
                         next,
                         &e.name,
                         &self.ttl,
                         &attr,
                         Generation(0),
                     ) {
+                        if e.name != "." && e.name != ".." {
+                            self.fs.unremember(entry_ino);
+                        }
                         break;
                     }
                 }
@@ -655,12 +687,16 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_or_reply!(name, reply);
         let exclusive = flags & libc::O_EXCL != 0;
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let open_mode = OpenMode {
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            truncate: flags & libc::O_TRUNC != 0,
+            append: flags & libc::O_APPEND != 0,
+        };
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
             let mode = mode & 0o7777 & !umask;
             match fs
-                .create(c, parent.0, &name, mode, exclusive, writable)
+                .create(c, parent.0, &name, mode, exclusive, open_mode)
                 .await
             {
                 Ok((a, o)) => reply.created(

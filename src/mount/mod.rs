@@ -204,6 +204,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     });
     let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
         .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
+    fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
     let unmounter = session.unmount_callable();
     let (ended_tx, ended) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()

@@ -254,6 +254,7 @@ impl Backend for NfsBackend {
             hard_links: true,
             symlinks: true,
             fifos: true,
+            cheap_rename: true,
         }
     }
 

@@ -201,6 +201,7 @@ impl Backend for S3Backend {
             hard_links: false,
             symlinks: false,
             fifos: false,
+            cheap_rename: false,
         }
     }
 
