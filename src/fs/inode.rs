@@ -32,6 +32,9 @@ pub struct Inode {
     pub writers: u32,
     /// Open handles of any kind.
     pub open_handles: u32,
+    /// Opens in progress: an unlink or rename-over must keep the object for
+    /// them too.
+    pub opening: u32,
     /// Open handles served by FUSE passthrough: while there are any, every
     /// open of this inode must be passthrough too (a kernel rule).
     pub passthrough_opens: u32,
@@ -55,6 +58,15 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// Make the metadata due for a refetch while keeping it as the last
+    /// thing known (all there is once the inode loses its name).
+    pub fn expire_meta(&mut self) {
+        if let Some((_, fetched)) = &mut self.meta {
+            let long_ago = Instant::now().checked_sub(std::time::Duration::from_secs(365 * 86400));
+            *fetched = long_ago.unwrap_or(*fetched);
+        }
+    }
+
     fn new(parent: u64, name: &str, kind: FileKind, meta: Option<Metadata>) -> Inode {
         Inode {
             parent,
@@ -64,6 +76,7 @@ impl Inode {
             write: None,
             writers: 0,
             open_handles: 0,
+            opening: 0,
             passthrough_opens: 0,
             last_open_version: None,
             unlinked: false,
@@ -286,6 +299,7 @@ impl InodeTable {
             && self.inodes.get(&ino).is_some_and(|i| {
                 i.nlookup == 0
                     && i.open_handles == 0
+                    && i.opening == 0
                     && i.write.is_none()
                     && i.children == 0
                     && !i.hidden
@@ -321,7 +335,7 @@ impl InodeTable {
             p.children = p.children.saturating_sub(1);
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.meta = None; // ctime changed; refetch
+            inode.expire_meta(); // ctime changed; refetch
         }
         self.maybe_drop(parent);
     }

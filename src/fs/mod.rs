@@ -59,6 +59,22 @@ pub struct Opened {
     pub passthrough: Passthrough,
 }
 
+/// Counts an open in progress on an inode until it finished (or failed).
+struct OpeningGuard<'a> {
+    fs: &'a CachalotFs,
+    ino: u64,
+}
+
+impl Drop for OpeningGuard<'_> {
+    fn drop(&mut self) {
+        let mut table = self.fs.inodes.lock();
+        if let Ok(inode) = table.get_mut(self.ino) {
+            inode.opening = inode.opening.saturating_sub(1);
+        }
+        table.maybe_drop(self.ino);
+    }
+}
+
 /// The open flags the core cares about.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenMode {
@@ -454,7 +470,8 @@ impl CachalotFs {
             let table = self.inodes.lock();
             table.child(parent, name).and_then(|ino| {
                 let inode = table.get(ino).ok()?;
-                let open_file = inode.kind == FileKind::File && inode.open_handles > 0;
+                let open_file =
+                    inode.kind == FileKind::File && inode.open_handles + inode.opening > 0;
                 let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
                 (open_file && published).then_some(ino)
             })
@@ -764,7 +781,13 @@ impl CachalotFs {
         // An inode that lost its name (replaced by a rename, unlinked) and
         // whose data is gone: ESTALE makes the kernel look the path up again
         // and open what is there now, instead of failing with ENOENT.
-        let path = self.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
+        let path = {
+            let mut table = self.inodes.lock();
+            let path = table.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
+            table.get_mut(ino)?.opening += 1;
+            path
+        };
+        let _opening = OpeningGuard { fs: self, ino };
         let attr = self.getattr(caller, ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(FsError(libc::EISDIR));
@@ -803,6 +826,7 @@ impl CachalotFs {
                     _ => Passthrough::No,
                 }
             };
+            let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
             inode.open_handles += 1;
             if writable {
                 inode.writers += 1;
@@ -810,7 +834,6 @@ impl CachalotFs {
             if !matches!(passthrough, Passthrough::No) {
                 inode.passthrough_opens += 1;
             }
-            let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
             let keep =
                 inode.write.is_none() && version.is_some() && inode.last_open_version == version;
             inode.last_open_version = version.clone();

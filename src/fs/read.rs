@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::backend::{BackendPath, Identity, ObjectReader, VersionToken};
+use crate::backend::{BackendPath, ErrorKind, Identity, ObjectReader, VersionToken};
 use crate::cache::PageKey;
 
 use super::types::{FsError, FsResult};
@@ -265,7 +265,7 @@ impl CachalotFs {
         handle.switch_to(new, size);
         if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
             if inode.meta.as_ref().is_some_and(|(m, _)| m.version == *old) {
-                inode.meta = None;
+                inode.expire_meta();
             }
         }
         self.invalidate_kernel(handle.ino);
@@ -431,11 +431,25 @@ impl CachalotFs {
         if let Some(r) = handle.reader.lock().as_ref() {
             return Ok(Arc::clone(r));
         }
-        let reader: Arc<dyn ObjectReader> = self
-            .backend
-            .open_read(handle.identity, &view.path)
-            .await?
-            .into();
+        let reader: Arc<dyn ObjectReader> =
+            match self.backend.open_read(handle.identity, &view.path).await {
+                Ok(r) => r.into(),
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    // The object may be moving to a hidden name right now (its
+                    // file was unlinked or replaced while open): wait for that
+                    // to finish and follow it.
+                    drop(self.hidden_ops.lock().await);
+                    let moved = self.inodes.lock().path_of(handle.ino).ok();
+                    match moved {
+                        Some(path) if path != view.path => {
+                            handle.set_path(path.clone());
+                            self.backend.open_read(handle.identity, &path).await?.into()
+                        }
+                        _ => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
         let mut slot = handle.reader.lock();
         // Keep a reader another request opened meanwhile if it matches.
         match slot.as_ref() {
