@@ -80,8 +80,10 @@ pub enum CacheCommand {
 #[derive(Debug, Args)]
 pub struct MountArgs {
     /// Where the data lives: file:///absolute/path, nfs://server[:port]/export/path or s3://bucket[/prefix]
-    #[arg(value_parser = parse_source)]
-    pub source: Source,
+    // Kept as text and parsed by `source()`, not by a clap value parser: clap's
+    // "invalid value" error would echo the raw argument, password and all.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
     /// An existing, empty directory to mount on.
     #[arg(value_parser = parse_mountpoint)]
     pub mountpoint: PathBuf,
@@ -213,15 +215,20 @@ impl S3Args {
 }
 
 impl MountArgs {
+    /// SOURCE, parsed and checked; the message (a usage error, exit 2) never
+    /// shows credentials given in the URL.
+    pub fn source(&self) -> Result<Source, String> {
+        parse_source(&self.source)
+    }
+
     /// Cross-option checks clap cannot express; the message becomes a usage
     /// error (exit 2).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self, source: &Source) -> Result<(), String> {
         let given = self.s3.given();
-        if !self.source.is_s3() && !given.is_empty() {
+        if !source.is_s3() && !given.is_empty() {
             return Err(format!(
-                "{} only apply to s3:// sources, not {}",
+                "{} only apply to s3:// sources, not {source}",
                 given.join(", "),
-                self.source
             ));
         }
         if self.s3.part_size.is_some_and(|p| p < 5 << 20) {
@@ -250,8 +257,9 @@ pub struct DemoArgs {
     pub size: u64,
 }
 
+/// Parse SOURCE; errors show the URL with any userinfo redacted.
 pub fn parse_source(text: &str) -> Result<Source, String> {
-    Source::parse(text).map_err(|e| e.to_string())
+    Source::parse(text).map_err(|e| format!("invalid value for <SOURCE>: {e}"))
 }
 
 fn parse_mountpoint(text: &str) -> Result<PathBuf, String> {
@@ -383,10 +391,11 @@ mod tests {
                 _ => unreachable!(),
             }
         };
+        let check = |m: &MountArgs| m.validate(&m.source()?);
         let local = parse(&["--endpoint", "http://x", "--path-style"], &src);
-        let err = local.validate().unwrap_err();
+        let err = check(&local).unwrap_err();
         assert!(err.contains("--endpoint, --path-style"), "{err}");
-        assert!(parse(&["--skip-preflight"], &src).validate().is_ok());
+        assert!(check(&parse(&["--skip-preflight"], &src)).is_ok());
         let s3 = parse(
             &[
                 "--endpoint",
@@ -398,12 +407,12 @@ mod tests {
             ],
             "s3://bucket/prefix",
         );
-        assert!(s3.validate().is_ok());
+        assert!(check(&s3).is_ok());
         let o = s3.s3.to_options();
         assert_eq!(o.file_mode, 0o600);
         assert_eq!(o.dir_mode, 0o755);
         assert_eq!(o.credentials.profile.as_deref(), Some("p"));
         let small = parse(&["--part-size", "1MiB"], "s3://bucket/prefix");
-        assert!(small.validate().is_err());
+        assert!(check(&small).is_err());
     }
 }

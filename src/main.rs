@@ -1,9 +1,10 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
-use cachalot::backend::Identity;
+use cachalot::backend::{Identity, Source};
 use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs};
 use cachalot::mount::{self, daemon, MountOptions};
 
@@ -17,7 +18,7 @@ fn init_logging() {
         .init();
 }
 
-fn run_mount(args: MountArgs) -> Result<()> {
+fn run_mount(args: MountArgs, source: Source) -> Result<()> {
     std::fs::create_dir_all(&args.cache_dir)
         .with_context(|| format!("creating cache directory {}", args.cache_dir.display()))?;
     if !args.foreground {
@@ -29,7 +30,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         let pid = daemon::spawn_background(&forwarded, &log_file)?;
         println!(
             "mounted {} at {} (daemon pid {pid}, log {})",
-            args.source,
+            source,
             args.mountpoint.display(),
             log_file.display()
         );
@@ -40,7 +41,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         _ => None,
     };
     let mounted = mount::start(MountOptions {
-        source: args.source,
+        source,
         mountpoint: args.mountpoint,
         cache_dir: args.cache_dir,
         cache_size: args.cache_size,
@@ -119,18 +120,35 @@ fn run_csi(args: CsiArgs) -> Result<()> {
     ))
 }
 
+/// A usage error of `cachalot mount` (exit 2), with that command's usage line.
+fn mount_usage_error(kind: ErrorKind, msg: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    match cli.find_subcommand_mut("mount") {
+        Some(mount) => mount.error(kind, msg).exit(),
+        None => cli.error(kind, msg).exit(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Mount(args) = &cli.command {
-        if let Err(msg) = args.validate() {
-            Cli::command()
-                .error(clap::error::ErrorKind::ArgumentConflict, msg)
-                .exit();
+    // SOURCE is parsed here, not by clap, whose errors would echo it raw
+    // (credentials included); ours show it redacted.
+    let source = match &cli.command {
+        Command::Mount(args) => {
+            let source = args
+                .source()
+                .unwrap_or_else(|msg| mount_usage_error(ErrorKind::ValueValidation, msg));
+            if let Err(msg) = args.validate(&source) {
+                mount_usage_error(ErrorKind::ArgumentConflict, msg);
+            }
+            Some(source)
         }
-    }
+        _ => None,
+    };
     init_logging();
     let result = match cli.command {
-        Command::Mount(args) => run_mount(args),
+        Command::Mount(args) => run_mount(args, source.expect("parsed above")),
         Command::Demo(args) => cachalot::demo::run(args),
         Command::Cache(cmd) => run_cache(cmd),
         Command::Csi(args) => run_csi(args),

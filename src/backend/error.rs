@@ -121,6 +121,7 @@ impl BackendError {
                 io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
                 io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
                 io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+                io::ErrorKind::NotADirectory => ErrorKind::NotADirectory,
                 _ => ErrorKind::Other,
             },
         };

@@ -5,18 +5,33 @@
 //! the caller's access). With a fixed identity (`--uid/--gid`) every
 //! operation runs with that fsuid/fsgid, so the directory's own permissions
 //! are enforced exactly as a squashing NFS server would.
+//!
+//! Containment: the daemon runs as root, and anyone with access to the backing
+//! directory (another client of a shared export, a process on the host) can
+//! replace a directory in it by a symbolic link to somewhere else behind the
+//! mount's back. So no path is ever handed to the kernel as `root/a/b/c`: the
+//! root is opened once (`O_PATH`), each operation opens the *parent* directory
+//! of its object beneath it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+//! (a component-by-component `O_NOFOLLOW` walk on kernels without openat2),
+//! and then acts on the final name relative to that directory with the `*at`
+//! calls, never following a symlink there either. A symlink inside the volume
+//! is an object of its own (stat, readlink, rename, unlink it); following it is
+//! the client kernel's business, with the client's permissions.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use nix::sys::stat::UtimensatFlags;
-use nix::sys::time::TimeSpec;
+use nix::dir::Type;
 
 use super::path::{temp_name_for, temp_owner};
 use super::{
@@ -39,6 +54,9 @@ pub enum IdentityMode {
 
 struct Shared {
     root: PathBuf,
+    /// The root directory, opened once (`O_PATH`): every path is resolved
+    /// beneath it. The error (errno) if it could not be opened.
+    root_fd: Result<OwnedFd, i32>,
     describe: String,
     mode: IdentityMode,
     is_root: bool,
@@ -54,13 +72,17 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
+    /// A backend on `root`. If the root cannot be opened, every operation
+    /// fails with that error; [`LocalBackend::open`] reports it at once.
     pub fn new(root: PathBuf, mode: IdentityMode) -> LocalBackend {
         let host_tag = host_tag();
         let owner_tag = format!("{host_tag}{:08x}", std::process::id());
+        let root_fd = open_root(&root).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         LocalBackend {
             shared: Arc::new(Shared {
                 describe: format!("file://{}", root.display()),
                 root,
+                root_fd,
                 mode,
                 is_root: nix::unistd::geteuid().is_root(),
                 owner_tag,
@@ -69,6 +91,13 @@ impl LocalBackend {
             }),
         }
     }
+
+    /// Like [`LocalBackend::new`], but fails if the root directory cannot be opened.
+    pub fn open(root: PathBuf, mode: IdentityMode) -> io::Result<LocalBackend> {
+        let backend = LocalBackend::new(root, mode);
+        backend.shared.root_fd()?;
+        Ok(backend)
+    }
 }
 
 fn host_tag() -> String {
@@ -76,13 +105,387 @@ fn host_tag() -> String {
     format!("{:08x}", crc32c::crc32c(host.trim().as_bytes()))
 }
 
-impl Shared {
-    fn full(&self, path: &BackendPath) -> PathBuf {
-        if path.is_root() {
-            self.root.clone()
-        } else {
-            self.root.join(path.as_str())
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    sys_openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+// ---------------------------------------------------------------------------
+// Thin wrappers over the *at system calls (all errors as io::Error).
+// ---------------------------------------------------------------------------
+
+fn cvt(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// `openat` with `O_CLOEXEC`, retried on EINTR.
+fn sys_openat(
+    dir: RawFd,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: `name` is a valid NUL-terminated string; the result is checked.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+fn sys_fstatat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid string and a buffer of the right type; filled on success.
+    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so the buffer is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// fstat that also works on `O_PATH` descriptors.
+fn sys_fstat(fd: RawFd) -> io::Result<libc::stat> {
+    sys_fstatat(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+fn sys_renameat2(
+    from_dir: RawFd,
+    from: &CStr,
+    to_dir: RawFd,
+    to: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: valid NUL-terminated strings that outlive the call.
+    cvt(unsafe { libc::renameat2(from_dir, from.as_ptr(), to_dir, to.as_ptr(), flags) })
+}
+
+fn sys_unlinkat(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid NUL-terminated string.
+    cvt(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) })
+}
+
+fn sys_readlinkat(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: the buffer is valid for `buf.len()` bytes.
+        let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `/proc/self/fd/<fd>`: the object an fd refers to, for the few calls that
+/// have no form taking a descriptor (chmod without following a symlink).
+fn proc_fd_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+fn is_symlink(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFLNK
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_regular(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+// ---------------------------------------------------------------------------
+// Resolution beneath the root, without following symlinks.
+// ---------------------------------------------------------------------------
+
+/// Cleared once the kernel said it has no openat2 (ENOSYS, or a seccomp
+/// filter that refuses it): from then on the `O_NOFOLLOW` walk is used.
+static OPENAT2_AVAILABLE: AtomicBool = AtomicBool::new(true);
+
+/// Open the directory `rel` (`a/b`, not empty) beneath `root`, refusing to
+/// follow a symlink in any of its components. `flags` are the open flags of
+/// the final component (`O_PATH | O_DIRECTORY`, or `O_RDONLY | O_DIRECTORY` to
+/// read it).
+fn open_beneath(root: RawFd, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    if OPENAT2_AVAILABLE.load(Ordering::Relaxed) {
+        match openat2_beneath(root, rel, flags) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+                // EPERM: a seccomp profile that does not know openat2 yet. A
+                // genuine EPERM is reproduced by the walk below.
+                tracing::info!(error = %e, "openat2 is not available: resolving backend paths component by component");
+                OPENAT2_AVAILABLE.store(false, Ordering::Relaxed);
+            }
+            other => return other,
+        }
+    }
+    walk_beneath(root, rel, flags)
+}
+
+fn openat2_beneath(root: RawFd, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cstring(rel)?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    let mut tries = 0;
+    loop {
+        // SAFETY: valid string and open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        tries += 1;
+        // EAGAIN: a concurrent rename made the kernel unsure; it asks to retry.
+        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) || tries >= 16 {
+            return Err(e);
+        }
+    }
+}
+
+/// openat2's fallback: one `openat(O_NOFOLLOW | O_DIRECTORY)` per component.
+/// A symlink component fails with ENOTDIR (`O_PATH | O_NOFOLLOW` opens the
+/// link itself, which `O_DIRECTORY` then refuses), reported as ELOOP like openat2.
+fn walk_beneath(root: RawFd, rel: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let components: Vec<&[u8]> = rel
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut cur: Option<OwnedFd> = None;
+    for (i, comp) in components.iter().enumerate() {
+        if *comp == b".." || *comp == b"." {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        let name = cstring(comp)?;
+        let at = cur.as_ref().map_or(root, |f| f.as_raw_fd());
+        let last = i + 1 == components.len();
+        let how = if last {
+            flags | libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        };
+        match sys_openat(at, &name, how, 0) {
+            Ok(fd) => cur = Some(fd),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOTDIR)
+                    || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                let link = sys_fstatat(at, &name, libc::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| is_symlink(&st));
+                return Err(if link {
+                    io::Error::from_raw_os_error(libc::ELOOP)
+                } else {
+                    e
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    cur.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// A directory fd: the root's (borrowed) or one opened beneath it.
+enum DirFd<'a> {
+    Borrowed(BorrowedFd<'a>),
+    Opened(OwnedFd),
+}
+
+impl DirFd<'_> {
+    fn raw(&self) -> RawFd {
+        match self {
+            DirFd::Borrowed(fd) => fd.as_raw_fd(),
+            DirFd::Opened(fd) => fd.as_raw_fd(),
+        }
+    }
+
+    fn borrow(&self) -> DirFd<'_> {
+        match self {
+            DirFd::Borrowed(fd) => DirFd::Borrowed(*fd),
+            DirFd::Opened(fd) => DirFd::Borrowed(fd.as_fd()),
+        }
+    }
+}
+
+/// One backend object, addressed without following symlinks: its parent
+/// directory (opened beneath the root) and its final name; no name for the
+/// root itself. Every operation goes through one of these.
+struct Loc<'a> {
+    dir: DirFd<'a>,
+    name: Option<CString>,
+}
+
+impl Loc<'_> {
+    fn dir(&self) -> RawFd {
+        self.dir.raw()
+    }
+
+    /// The final name, `.` for the root (operations that make no sense on the
+    /// root get the kernel's error for `.`).
+    fn name(&self) -> &CStr {
+        self.name.as_deref().unwrap_or(c".")
+    }
+
+    /// lstat: a symlink is reported as itself.
+    fn lstat(&self) -> io::Result<libc::stat> {
+        match &self.name {
+            Some(name) => sys_fstatat(self.dir(), name, libc::AT_SYMLINK_NOFOLLOW),
+            None => sys_fstat(self.dir()),
+        }
+    }
+
+    fn meta(&self) -> io::Result<Metadata> {
+        self.lstat().map(|st| metadata_of(&st))
+    }
+
+    /// Open the object itself; `O_NOFOLLOW` is always added, so a symlink
+    /// is never opened through.
+    fn open(&self, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+        sys_openat(self.dir(), self.name(), flags | libc::O_NOFOLLOW, mode)
+    }
+
+    /// lchown.
+    fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        let (uid, gid) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+        let (name, flags) = match &self.name {
+            Some(name) => (name.as_c_str(), libc::AT_SYMLINK_NOFOLLOW),
+            None => (c"", libc::AT_EMPTY_PATH),
+        };
+        // SAFETY: valid NUL-terminated string.
+        cvt(unsafe { libc::fchownat(self.dir(), name.as_ptr(), uid, gid, flags) })
+    }
+
+    /// chmod that never follows a symlink (Linux symlinks have no mode:
+    /// EOPNOTSUPP). Exact: the daemon's umask does not alter the mode.
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        let mode = (mode & 0o7777) as libc::mode_t;
+        // The object itself, opened without following it (the root: its fd).
+        let opened;
+        let fd = match &self.name {
+            None => self.dir(),
+            Some(name) => {
+                opened = sys_openat(self.dir(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                if is_symlink(&sys_fstat(opened.as_raw_fd())?) {
+                    return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+                }
+                opened.as_raw_fd()
+            }
+        };
+        // fchmod refuses O_PATH descriptors; /proc/self/fd/N reaches the very
+        // inode the fd holds (what glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does).
+        let path = proc_fd_path(fd);
+        // SAFETY: valid NUL-terminated string; `fd` stays open during the call.
+        cvt(unsafe { libc::chmod(path.as_ptr(), mode) })
+    }
+
+    /// utimensat of the object itself (a symlink's own times).
+    fn set_times(&self, changes: &AttrChanges) -> io::Result<()> {
+        if changes.atime.is_none() && changes.mtime.is_none() {
+            return Ok(());
+        }
+        let times = [timespec(changes.atime), timespec(changes.mtime)];
+        let (dir, name, flags) = match &self.name {
+            Some(name) => (self.dir(), name.clone(), libc::AT_SYMLINK_NOFOLLOW),
+            // The root is a directory: following /proc/self/fd/N reaches it.
+            None => (libc::AT_FDCWD, proc_fd_path(self.dir()), 0),
+        };
+        // SAFETY: valid string and an array of two timespecs.
+        cvt(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), flags) })
+    }
+}
+
+impl Shared {
+    fn root_fd(&self) -> io::Result<BorrowedFd<'_>> {
+        match &self.root_fd {
+            Ok(fd) => Ok(fd.as_fd()),
+            Err(errno) => Err(io::Error::from_raw_os_error(*errno)),
+        }
+    }
+
+    /// The backing path of `path`, for log lines only (never opened).
+    fn shown(&self, path: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(path))
+    }
+
+    /// Open the directory `rel` beneath the root (see [`open_beneath`]); the
+    /// root itself is borrowed, without a system call.
+    fn dir_beneath(&self, rel: &BackendPath) -> io::Result<DirFd<'_>> {
+        let root = self.root_fd()?;
+        if rel.is_root() {
+            return Ok(DirFd::Borrowed(root));
+        }
+        open_beneath(
+            root.as_raw_fd(),
+            rel.as_str().as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map(DirFd::Opened)
+        .map_err(|e| self.not_followed(e, rel.as_str().as_bytes()))
+    }
+
+    /// A symlink met while resolving a path beneath the root (ELOOP), or an
+    /// attempt to leave the root (EXDEV): refused, as "not a directory" (the
+    /// component is a link, and links are not followed here), and logged with
+    /// the backing path so whoever swapped it can be found.
+    fn not_followed(&self, e: io::Error, rel: &[u8]) -> io::Error {
+        match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                let shown = self.shown(rel);
+                tracing::warn!(backend = %self.describe, path = %shown.display(),
+                    "refusing to follow a symbolic link inside the backing directory \
+                     (a directory was replaced by a link behind the mount?)");
+                io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!(
+                        "{} or a directory above it (below the volume root) is a symbolic link, \
+                         which the daemon never follows",
+                        shown.display()
+                    ),
+                )
+            }
+            _ => e,
+        }
+    }
+
+    /// Where `path` lives: its parent directory, opened beneath the root
+    /// without following symlinks, plus its final name.
+    fn locate(&self, path: &BackendPath) -> io::Result<Loc<'_>> {
+        if path.is_root() {
+            return Ok(Loc {
+                dir: DirFd::Borrowed(self.root_fd()?),
+                name: None,
+            });
+        }
+        Ok(Loc {
+            dir: self.dir_beneath(&path.parent())?,
+            name: Some(cstring(path.name().as_bytes())?),
+        })
     }
 
     fn err(
@@ -130,15 +533,15 @@ impl Shared {
 
     /// Give a freshly created object to the caller (Caller mode, daemon is
     /// root). Honours setgid directories like the kernel does.
-    fn assign_owner(&self, path: &Path, id: Identity) -> io::Result<()> {
+    fn assign_owner(&self, loc: &Loc<'_>, id: Identity) -> io::Result<()> {
         if self.mode != IdentityMode::Caller || !self.is_root {
             return Ok(());
         }
-        let gid = match path.parent().map(fs::metadata) {
-            Some(Ok(parent)) if parent.mode() & libc::S_ISGID != 0 => parent.gid(),
+        let gid = match sys_fstat(loc.dir()) {
+            Ok(parent) if parent.st_mode & libc::S_ISGID != 0 => parent.st_gid,
             _ => id.gid,
         };
-        std::os::unix::fs::lchown(path, Some(id.uid), Some(gid))
+        loc.chown(Some(id.uid), Some(gid))
     }
 
     fn next_temp_name(&self, final_name: &str) -> String {
@@ -148,11 +551,9 @@ impl Shared {
 
     /// A temp object is stale when its writer process on this host is gone,
     /// or when it is older than a day (writer on another host, or unknown).
-    fn is_stale_temp(&self, name: &str, meta: &fs::Metadata) -> bool {
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
+    fn is_stale_temp(&self, name: &str, modified: SystemTime) -> bool {
+        let age = SystemTime::now()
+            .duration_since(modified)
             .unwrap_or_default();
         if age > FOREIGN_TEMP_MAX_AGE {
             return true;
@@ -213,94 +614,71 @@ fn to_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-fn metadata_of(m: &fs::Metadata) -> Metadata {
-    let ft = m.file_type();
-    let kind = if ft.is_file() {
-        FileKind::File
-    } else if ft.is_dir() {
-        FileKind::Directory
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if std::os::unix::fs::FileTypeExt::is_fifo(&ft) {
-        FileKind::Fifo
-    } else {
-        FileKind::Special
+// Field types of `struct stat` differ between architectures.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn metadata_of(st: &libc::stat) -> Metadata {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => FileKind::File,
+        libc::S_IFDIR => FileKind::Directory,
+        libc::S_IFLNK => FileKind::Symlink,
+        libc::S_IFIFO => FileKind::Fifo,
+        _ => FileKind::Special,
     };
-    let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    let (mtime, mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
+    let mtime_ns = mtime as i128 * 1_000_000_000 + mtime_nsec as i128;
+    let size = st.st_size as u64;
     Metadata {
         kind,
-        size: m.size(),
-        mode: m.mode() & 0o7777,
-        uid: m.uid(),
-        gid: m.gid(),
-        nlink: m.nlink().min(u32::MAX as u64) as u32,
-        atime: to_time(m.atime(), m.atime_nsec()),
-        mtime: to_time(m.mtime(), m.mtime_nsec()),
-        ctime: to_time(m.ctime(), m.ctime_nsec()),
-        version: VersionToken(format!("{:x}-{:x}-{:x}", m.ino(), m.size(), mtime_ns)),
+        size,
+        mode: (st.st_mode as u32) & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        nlink: (st.st_nlink as u64).min(u32::MAX as u64) as u32,
+        atime: to_time(st.st_atime as i64, st.st_atime_nsec as i64),
+        mtime: to_time(mtime, mtime_nsec),
+        ctime: to_time(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        version: VersionToken(format!("{:x}-{:x}-{:x}", st.st_ino as u64, size, mtime_ns)),
     }
 }
 
-fn lstat(path: &Path) -> io::Result<Metadata> {
-    fs::symlink_metadata(path).map(|m| metadata_of(&m))
+#[allow(clippy::unnecessary_cast)]
+fn mtime_of(st: &libc::stat) -> SystemTime {
+    to_time(st.st_mtime as i64, st.st_mtime_nsec as i64)
 }
 
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
-fn chmod_exact(path: &Path, mode: u32) -> io::Result<()> {
-    // Explicit chmod: the daemon's umask must not alter requested modes.
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
-}
-
-fn timespec(t: SystemTime) -> TimeSpec {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64)
-}
-
-const UTIME_OMIT: TimeSpec = TimeSpec::new(0, libc::UTIME_OMIT);
-
-fn apply_times(path: &Path, changes: &AttrChanges) -> io::Result<()> {
-    if changes.atime.is_none() && changes.mtime.is_none() {
-        return Ok(());
-    }
-    let atime = changes.atime.map(timespec).unwrap_or(UTIME_OMIT);
-    let mtime = changes.mtime.map(timespec).unwrap_or(UTIME_OMIT);
-    nix::sys::stat::utimensat(None, path, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
-        .map_err(io::Error::from)
-}
-
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let from_c = CString::new(from.as_os_str().as_bytes())?;
-    let to_c = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EINVAL) {
-        // Filesystem without RENAME_NOREPLACE: best effort check-then-rename.
-        if fs::symlink_metadata(to).is_ok() {
-            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+fn timespec(t: Option<SystemTime>) -> libc::timespec {
+    match t {
+        Some(t) => {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos() as _,
+            }
         }
-        return fs::rename(from, to);
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     }
-    Err(err)
+}
+
+fn rename_noreplace(from: &Loc<'_>, to: &Loc<'_>) -> io::Result<()> {
+    match sys_renameat2(
+        from.dir(),
+        from.name(),
+        to.dir(),
+        to.name(),
+        libc::RENAME_NOREPLACE,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // Filesystem without RENAME_NOREPLACE: best effort check-then-rename.
+            if to.lstat().is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            sys_renameat2(from.dir(), from.name(), to.dir(), to.name(), 0)
+        }
+        other => other,
+    }
 }
 
 #[async_trait]
@@ -321,7 +699,7 @@ impl Backend for LocalBackend {
     async fn stat(&self, id: Identity, path: &BackendPath) -> BackendResult<Metadata> {
         let p = path.clone();
         self.shared
-            .run(id, "stat", path, move |s| lstat(&s.full(&p)))
+            .run(id, "stat", path, move |s| s.locate(&p)?.meta())
             .await
     }
 
@@ -329,22 +707,29 @@ impl Backend for LocalBackend {
         let p = path.clone();
         self.shared
             .run(id, "list directory", path, move |s| {
-                let dir = s.full(&p);
+                let fd = s.locate(&p)?.open(libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let mut dir = nix::dir::Dir::from(fd).map_err(io::Error::from)?;
+                let dir_fd = dir.as_raw_fd();
                 let mut out = Vec::new();
-                for entry in fs::read_dir(&dir)? {
-                    let entry = entry?;
-                    let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                        tracing::warn!(dir = %dir.display(), name = ?entry.file_name(),
+                for entry in dir.iter() {
+                    let entry = entry.map_err(io::Error::from)?;
+                    let raw = entry.file_name();
+                    if matches!(raw.to_bytes(), b"." | b"..") {
+                        continue;
+                    }
+                    let Ok(name) = std::str::from_utf8(raw.to_bytes()) else {
+                        tracing::warn!(dir = %s.shown(p.as_str().as_bytes()).display(),
+                            name = ?OsStr::from_bytes(raw.to_bytes()),
                             "skipping a file name that is not valid UTF-8");
                         continue;
                     };
-                    if is_temp_name(&name) {
+                    if is_temp_name(name) {
                         continue;
                     }
-                    match entry.metadata() {
-                        Ok(m) => out.push(DirEntry {
-                            name,
-                            meta: metadata_of(&m),
+                    match sys_fstatat(dir_fd, raw, libc::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => out.push(DirEntry {
+                            name: name.to_string(),
+                            meta: metadata_of(&st),
                         }),
                         // Removed between readdir and stat: not an error.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -365,8 +750,8 @@ impl Backend for LocalBackend {
         let (file, meta) = self
             .shared
             .run(id, "open for reading", path, move |s| {
-                let file = open_nofollow(&s.full(&p))?;
-                let meta = metadata_of(&file.metadata()?);
+                let file = File::from(s.locate(&p)?.open(libc::O_RDONLY, 0)?);
+                let meta = metadata_of(&sys_fstat(file.as_raw_fd())?);
                 if meta.kind == FileKind::Directory {
                     return Err(io::Error::from_raw_os_error(libc::EISDIR));
                 }
@@ -396,33 +781,32 @@ impl Backend for LocalBackend {
         let (file, size) = self
             .shared
             .run(id, "create temp file", path, move |s| {
-                let final_path = s.full(&target);
-                let temp_path = s.full(&target.parent()).join(&temp);
-                let existing = match open_nofollow(&final_path) {
-                    Ok(f) => {
-                        let m = f.metadata()?;
-                        if m.is_dir() {
+                let target = s.locate(&target)?;
+                let temp = Loc {
+                    dir: target.dir.borrow(),
+                    name: Some(cstring(temp.as_bytes())?),
+                };
+                let existing = match target.open(libc::O_RDONLY, 0) {
+                    Ok(fd) => {
+                        let f = File::from(fd);
+                        let st = sys_fstat(f.as_raw_fd())?;
+                        if is_dir(&st) {
                             return Err(io::Error::from_raw_os_error(libc::EISDIR));
                         }
-                        Some((f, m))
+                        Some((f, st))
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
                     Err(e) => return Err(e),
                 };
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&temp_path)?;
+                let mut file =
+                    File::from(temp.open(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?);
                 let prepared = (|| -> io::Result<u64> {
                     match &existing {
-                        Some((src, m)) => {
+                        Some((src, st)) => {
                             if s.is_root {
-                                std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))?;
+                                std::os::unix::fs::fchown(&file, Some(st.st_uid), Some(st.st_gid))?;
                             }
-                            file.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))?;
+                            fchmod(&file, st.st_mode)?;
                             if start == WriteStart::CopyExisting {
                                 let mut src = src;
                                 io::copy(&mut src, &mut file)
@@ -431,8 +815,8 @@ impl Backend for LocalBackend {
                             }
                         }
                         None => {
-                            s.assign_owner(&temp_path, id)?;
-                            file.set_permissions(fs::Permissions::from_mode(create_mode & 0o7777))?;
+                            s.assign_owner(&temp, id)?;
+                            fchmod(&file, create_mode)?;
                             Ok(0)
                         }
                     }
@@ -440,7 +824,7 @@ impl Backend for LocalBackend {
                 match prepared {
                     Ok(size) => Ok((file, size)),
                     Err(e) => {
-                        let _ = fs::remove_file(&temp_path);
+                        let _ = sys_unlinkat(temp.dir(), temp.name(), 0);
                         Err(e)
                     }
                 }
@@ -460,11 +844,12 @@ impl Backend for LocalBackend {
         let p = path.clone();
         self.shared
             .run(id, "mkdir", path, move |s| {
-                let full = s.full(&p);
-                fs::create_dir(&full)?;
-                chmod_exact(&full, mode)?;
-                s.assign_owner(&full, id)?;
-                lstat(&full)
+                let loc = s.locate(&p)?;
+                // SAFETY: valid NUL-terminated string.
+                cvt(unsafe { libc::mkdirat(loc.dir(), loc.name().as_ptr(), 0o777) })?;
+                loc.chmod(mode)?;
+                s.assign_owner(&loc, id)?;
+                loc.meta()
             })
             .await
     }
@@ -472,7 +857,10 @@ impl Backend for LocalBackend {
     async fn rmdir(&self, id: Identity, path: &BackendPath) -> BackendResult<()> {
         let p = path.clone();
         self.shared
-            .run(id, "rmdir", path, move |s| fs::remove_dir(s.full(&p)))
+            .run(id, "rmdir", path, move |s| {
+                let loc = s.locate(&p)?;
+                sys_unlinkat(loc.dir(), loc.name(), libc::AT_REMOVEDIR)
+            })
             .await
     }
 
@@ -480,11 +868,11 @@ impl Backend for LocalBackend {
         let p = path.clone();
         self.shared
             .run(id, "unlink", path, move |s| {
-                let full = s.full(&p);
-                if fs::symlink_metadata(&full)?.is_dir() {
+                let loc = s.locate(&p)?;
+                if is_dir(&loc.lstat()?) {
                     return Err(io::Error::from_raw_os_error(libc::EISDIR));
                 }
-                fs::remove_file(full)
+                sys_unlinkat(loc.dir(), loc.name(), 0)
             })
             .await
     }
@@ -499,10 +887,11 @@ impl Backend for LocalBackend {
         let (f, t) = (from.clone(), to.clone());
         self.shared
             .run(id, "rename", from, move |s| {
+                let (from, to) = (s.locate(&f)?, s.locate(&t)?);
                 if no_replace {
-                    rename_noreplace(&s.full(&f), &s.full(&t))
+                    rename_noreplace(&from, &to)
                 } else {
-                    fs::rename(s.full(&f), s.full(&t))
+                    sys_renameat2(from.dir(), from.name(), to.dir(), to.name(), 0)
                 }
             })
             .await
@@ -517,10 +906,12 @@ impl Backend for LocalBackend {
         let (p, target) = (path.clone(), target.to_string());
         self.shared
             .run(id, "symlink", path, move |s| {
-                let full = s.full(&p);
-                std::os::unix::fs::symlink(&target, &full)?;
-                s.assign_owner(&full, id)?;
-                lstat(&full)
+                let loc = s.locate(&p)?;
+                let target = cstring(target.as_bytes())?;
+                // SAFETY: valid NUL-terminated strings.
+                cvt(unsafe { libc::symlinkat(target.as_ptr(), loc.dir(), loc.name().as_ptr()) })?;
+                s.assign_owner(&loc, id)?;
+                loc.meta()
             })
             .await
     }
@@ -529,11 +920,9 @@ impl Backend for LocalBackend {
         let p = path.clone();
         self.shared
             .run(id, "readlink", path, move |s| {
-                let target = fs::read_link(s.full(&p))?;
-                target
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EILSEQ))
+                let loc = s.locate(&p)?;
+                let target = sys_readlinkat(loc.dir(), loc.name())?;
+                String::from_utf8(target).map_err(|_| io::Error::from_raw_os_error(libc::EILSEQ))
             })
             .await
     }
@@ -547,8 +936,19 @@ impl Backend for LocalBackend {
         let (e, n) = (existing.clone(), new.clone());
         self.shared
             .run(id, "link", new, move |s| {
-                fs::hard_link(s.full(&e), s.full(&n))?;
-                lstat(&s.full(&n))
+                let (existing, new) = (s.locate(&e)?, s.locate(&n)?);
+                // Flags 0: a symlink is linked as itself, never followed.
+                // SAFETY: valid NUL-terminated strings.
+                cvt(unsafe {
+                    libc::linkat(
+                        existing.dir(),
+                        existing.name().as_ptr(),
+                        new.dir(),
+                        new.name().as_ptr(),
+                        0,
+                    )
+                })?;
+                new.meta()
             })
             .await
     }
@@ -557,12 +957,14 @@ impl Backend for LocalBackend {
         let p = path.clone();
         self.shared
             .run(id, "mkfifo", path, move |s| {
-                let full = s.full(&p);
-                nix::unistd::mkfifo(&full, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(io::Error::from)?;
-                chmod_exact(&full, mode)?;
-                s.assign_owner(&full, id)?;
-                lstat(&full)
+                let loc = s.locate(&p)?;
+                // SAFETY: valid NUL-terminated string.
+                cvt(unsafe {
+                    libc::mknodat(loc.dir(), loc.name().as_ptr(), libc::S_IFIFO | 0o600, 0)
+                })?;
+                loc.chmod(mode)?;
+                s.assign_owner(&loc, id)?;
+                loc.meta()
             })
             .await
     }
@@ -576,17 +978,17 @@ impl Backend for LocalBackend {
         let (p, changes) = (path.clone(), changes.clone());
         self.shared
             .run(id, "set attributes", path, move |s| {
-                let full = s.full(&p);
-                let is_symlink = fs::symlink_metadata(&full)?.file_type().is_symlink();
+                let loc = s.locate(&p)?;
+                let symlink = is_symlink(&loc.lstat()?);
                 if changes.uid.is_some() || changes.gid.is_some() {
-                    std::os::unix::fs::lchown(&full, changes.uid, changes.gid)?;
+                    loc.chown(changes.uid, changes.gid)?;
                 }
                 // Linux has no symlink modes; chmod would follow the link.
-                if let (Some(mode), false) = (changes.mode, is_symlink) {
-                    chmod_exact(&full, mode)?;
+                if let (Some(mode), false) = (changes.mode, symlink) {
+                    loc.chmod(mode)?;
                 }
-                apply_times(&full, &changes)?;
-                lstat(&full)
+                loc.set_times(&changes)?;
+                loc.meta()
             })
             .await
     }
@@ -594,7 +996,7 @@ impl Backend for LocalBackend {
     async fn statfs(&self, id: Identity) -> BackendResult<FsStats> {
         self.shared
             .run(id, "statfs", &BackendPath::root(), move |s| {
-                let v = nix::sys::statvfs::statvfs(&s.root).map_err(io::Error::from)?;
+                let v = nix::sys::statvfs::fstatvfs(s.root_fd()?).map_err(io::Error::from)?;
                 Ok(FsStats {
                     block_size: v.fragment_size() as u32,
                     blocks: v.blocks(),
@@ -616,28 +1018,56 @@ impl Backend for LocalBackend {
                 "clean up stale temp files",
                 &BackendPath::root(),
                 |s| {
+                    let root = s.root_fd()?.as_raw_fd();
                     let mut removed = 0;
-                    let mut stack = vec![s.root.clone()];
-                    while let Some(dir) = stack.pop() {
-                        let Ok(entries) = fs::read_dir(&dir) else {
+                    // Relative paths (bytes: names on disk need not be UTF-8),
+                    // each opened beneath the root when its turn comes, so
+                    // neither a symlink nor a deep tree's open fds get in the way.
+                    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
+                    while let Some(rel) = stack.pop() {
+                        let opened = if rel.is_empty() {
+                            sys_openat(root, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                        } else {
+                            open_beneath(root, &rel, libc::O_RDONLY | libc::O_DIRECTORY)
+                        };
+                        let Ok(mut dir) =
+                            opened.and_then(|fd| nix::dir::Dir::from(fd).map_err(io::Error::from))
+                        else {
                             continue;
                         };
-                        for entry in entries.flatten() {
-                            let Ok(ft) = entry.file_type() else { continue };
-                            let name = entry.file_name();
-                            let name = name.to_string_lossy();
-                            if ft.is_dir() {
-                                stack.push(entry.path());
-                            } else if ft.is_file() && is_temp_name(&name) {
-                                let stale = entry
-                                    .metadata()
-                                    .map(|m| s.is_stale_temp(&name, &m))
-                                    .unwrap_or(false);
-                                if stale && fs::remove_file(entry.path()).is_ok() {
-                                    tracing::info!(path = %entry.path().display(),
+                        let dir_fd = dir.as_raw_fd();
+                        for entry in dir.iter().flatten() {
+                            let raw = entry.file_name();
+                            let bytes = raw.to_bytes();
+                            if matches!(bytes, b"." | b"..") {
+                                continue;
+                            }
+                            let stat = || sys_fstatat(dir_fd, raw, libc::AT_SYMLINK_NOFOLLOW);
+                            let (is_subdir, is_file) = match entry.file_type() {
+                                Some(t) => (t == Type::Directory, t == Type::File),
+                                None => match stat() {
+                                    Ok(st) => (is_dir(&st), is_regular(&st)),
+                                    Err(_) => continue,
+                                },
+                            };
+                            let mut child = rel.clone();
+                            if !child.is_empty() {
+                                child.push(b'/');
+                            }
+                            child.extend_from_slice(bytes);
+                            let name = String::from_utf8_lossy(bytes);
+                            if is_subdir {
+                                stack.push(child);
+                            } else if is_file
+                                && is_temp_name(&name)
+                                && stat().is_ok_and(|st| {
+                                    is_regular(&st) && s.is_stale_temp(&name, mtime_of(&st))
+                                })
+                                && sys_unlinkat(dir_fd, raw, 0).is_ok()
+                            {
+                                tracing::info!(path = %s.shown(&child).display(),
                                     "removed temp file left by a crashed writer");
-                                    removed += 1;
-                                }
+                                removed += 1;
                             }
                         }
                     }
@@ -646,6 +1076,12 @@ impl Backend for LocalBackend {
             )
             .await
     }
+}
+
+/// fchmod with the exact mode (the daemon's umask does not apply).
+fn fchmod(file: &File, mode: u32) -> io::Result<()> {
+    // SAFETY: a valid open descriptor.
+    cvt(unsafe { libc::fchmod(file.as_raw_fd(), (mode & 0o7777) as libc::mode_t) })
 }
 
 struct LocalReader {
@@ -702,10 +1138,13 @@ struct LocalPendingWrite {
     id: Identity,
 }
 
-impl LocalPendingWrite {
-    fn temp_path(&self, s: &Shared, target: &BackendPath) -> PathBuf {
-        s.full(&target.parent()).join(&self.temp_name)
-    }
+/// A temp file: next to `target`, in its parent directory (opened beneath
+/// the root without following symlinks).
+fn temp_loc<'a>(s: &'a Shared, target: &BackendPath, temp_name: &str) -> io::Result<Loc<'a>> {
+    Ok(Loc {
+        dir: s.dir_beneath(&target.parent())?,
+        name: Some(cstring(temp_name.as_bytes())?),
+    })
 }
 
 #[async_trait]
@@ -760,7 +1199,7 @@ impl PendingWrite for LocalPendingWrite {
                     std::os::unix::fs::fchown(&*file, changes.uid, changes.gid)?;
                 }
                 if let Some(mode) = changes.mode {
-                    file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+                    fchmod(&file, mode)?;
                 }
                 Ok(())
             })
@@ -775,30 +1214,34 @@ impl PendingWrite for LocalPendingWrite {
         if old_target.parent() == new_target.parent() {
             return Ok(());
         }
-        let (old, new) = (old_target.clone(), new_target.clone());
+        let (old, new) = (old_target.parent(), new_target.parent());
         let temp = self.temp_name.clone();
         self.shared
             .run(self.id, "move temp file", new_target, move |s| {
-                fs::rename(
-                    s.full(&old.parent()).join(&temp),
-                    s.full(&new.parent()).join(&temp),
-                )
+                let (from, to) = (s.dir_beneath(&old)?, s.dir_beneath(&new)?);
+                let name = cstring(temp.as_bytes())?;
+                sys_renameat2(from.raw(), &name, to.raw(), &name, 0)
             })
             .await
     }
 
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata> {
         let file = Arc::clone(&self.file);
-        let temp_path = self.temp_path(&self.shared, target);
         let t = target.clone();
+        let temp_name = self.temp_name.clone();
         let meta = self
             .shared
             .run(self.id, "publish (sync + rename)", target, move |s| {
                 // Durable before visible: the rename must never expose data
                 // that a crash could still lose.
                 file.sync_data()?;
-                fs::rename(&temp_path, s.full(&t))?;
-                lstat(&s.full(&t))
+                let temp = temp_loc(s, &t, &temp_name)?;
+                let target = Loc {
+                    dir: temp.dir.borrow(),
+                    name: Some(cstring(t.name().as_bytes())?),
+                };
+                sys_renameat2(temp.dir(), temp.name(), target.dir(), target.name(), 0)?;
+                target.meta()
             })
             .await?;
         self.finished.store(true, Ordering::Release);
@@ -809,18 +1252,17 @@ impl PendingWrite for LocalPendingWrite {
         if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
-        let temp_path = self.temp_path(&self.shared, target);
+        let temp_name = self.temp_name.clone();
+        let t = target.clone();
         let result = self
             .shared
-            .run(
-                self.id,
-                "remove temp file",
-                target,
-                move |_| match fs::remove_file(&temp_path) {
+            .run(self.id, "remove temp file", target, move |s| {
+                let temp = temp_loc(s, &t, &temp_name)?;
+                match sys_unlinkat(temp.dir(), temp.name(), 0) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
-                },
-            )
+                }
+            })
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not remove an aborted temp file; the next mount will");
@@ -831,6 +1273,7 @@ impl PendingWrite for LocalPendingWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn backend(dir: &Path) -> LocalBackend {
         LocalBackend::new(dir.to_path_buf(), IdentityMode::Caller)
@@ -930,5 +1373,200 @@ mod tests {
         let err = b.rename(me(), &p("a"), &p("b"), true).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::AlreadyExists);
         assert_eq!(fs::read(dir.path().join("b")).unwrap(), b"b");
+    }
+
+    /// Outside the root: a neighbour directory with files that must stay untouched.
+    fn swapped_dir() -> (tempfile::TempDir, PathBuf, LocalBackend) {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("vol");
+        let outside = top.path().join("outside");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"secret").unwrap();
+        fs::write(outside.join("victim"), b"victim").unwrap();
+        fs::create_dir(outside.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("d")).unwrap();
+        fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink("../d", root.join("real/up")).unwrap();
+        let b = backend(&root);
+        (top, outside, b)
+    }
+
+    fn outside_snapshot(outside: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = fs::read_dir(outside)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let data = fs::read(e.path()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), data)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn symlinks_in_intermediate_components_are_never_followed() {
+        let (_top, outside, b) = swapped_dir();
+        let before = outside_snapshot(&outside);
+        for dir in ["d", "real/up", "d/sub"] {
+            let at = |n: &str| p(&format!("{dir}/{n}"));
+            let not_dir = |r: Result<(), BackendError>, what: &str| {
+                let e = r.expect_err(what);
+                assert_eq!(e.kind, ErrorKind::NotADirectory, "{what} via {dir}: {e}");
+                assert!(e.to_string().contains("symbolic link"), "{e}");
+            };
+            not_dir(b.stat(me(), &at("secret")).await.map(drop), "stat");
+            not_dir(b.list(me(), &at("sub")).await.map(drop), "list");
+            not_dir(b.open_read(me(), &at("secret")).await.map(drop), "open");
+            not_dir(
+                b.begin_write(me(), &at("created"), WriteStart::Empty, 0o644)
+                    .await
+                    .map(drop),
+                "create",
+            );
+            not_dir(
+                b.begin_write(me(), &at("victim"), WriteStart::CopyExisting, 0o644)
+                    .await
+                    .map(drop),
+                "copy-on-write",
+            );
+            not_dir(b.mkdir(me(), &at("new"), 0o755).await.map(drop), "mkdir");
+            not_dir(b.unlink(me(), &at("victim")).await, "unlink");
+            not_dir(b.rmdir(me(), &at("sub")).await, "rmdir");
+            not_dir(
+                b.rename(me(), &at("victim"), &p("stolen"), false).await,
+                "rename from",
+            );
+            not_dir(
+                b.rename(me(), &p("real"), &at("moved"), false).await,
+                "rename to",
+            );
+            not_dir(b.symlink(me(), &at("l"), "x").await.map(drop), "symlink");
+            not_dir(b.readlink(me(), &at("l")).await.map(drop), "readlink");
+            not_dir(
+                b.link(me(), &at("victim"), &p("hard")).await.map(drop),
+                "link from",
+            );
+            not_dir(b.mkfifo(me(), &at("fifo"), 0o644).await.map(drop), "mkfifo");
+            let chmod = AttrChanges {
+                mode: Some(0o777),
+                ..AttrChanges::default()
+            };
+            not_dir(
+                b.set_attr(me(), &at("secret"), &chmod).await.map(drop),
+                "chmod",
+            );
+        }
+        assert_eq!(outside_snapshot(&outside), before);
+        assert!(!outside.join("sub/new").exists());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_as_the_final_component_is_an_object_of_its_own() {
+        let (top, outside, b) = swapped_dir();
+        let root = top.path().join("vol");
+        let before = outside_snapshot(&outside);
+        let mode_before = fs::metadata(&outside).unwrap().mode();
+        let meta = b.stat(me(), &p("d")).await.unwrap();
+        assert_eq!(meta.kind, FileKind::Symlink);
+        assert_eq!(
+            b.readlink(me(), &p("d")).await.unwrap(),
+            outside.display().to_string()
+        );
+        // not listed, opened, written or chmod-ed through
+        assert!(b.list(me(), &p("d")).await.is_err());
+        assert!(b.open_read(me(), &p("d")).await.is_err());
+        let chmod = AttrChanges {
+            mode: Some(0o777),
+            ..AttrChanges::default()
+        };
+        b.set_attr(me(), &p("d"), &chmod).await.unwrap();
+        assert_eq!(fs::metadata(&outside).unwrap().mode(), mode_before);
+        // never written through (as before: O_NOFOLLOW refuses it, ELOOP)
+        assert!(b
+            .begin_write(me(), &p("real/up"), WriteStart::CopyExisting, 0o600)
+            .await
+            .is_err());
+        assert!(b.list(me(), &p("real/up")).await.is_err());
+        // renamed and removed as itself
+        b.rename(me(), &p("d"), &p("real/d"), true).await.unwrap();
+        assert!(fs::symlink_metadata(root.join("real/d"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        b.link(me(), &p("real/d"), &p("hard")).await.unwrap();
+        assert!(fs::symlink_metadata(root.join("hard"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        b.unlink(me(), &p("real/d")).await.unwrap();
+        b.unlink(me(), &p("hard")).await.unwrap();
+        assert_eq!(outside_snapshot(&outside), before);
+    }
+
+    #[tokio::test]
+    async fn the_root_itself_can_be_stat_listed_and_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = backend(dir.path());
+        fs::write(dir.path().join("f"), b"x").unwrap();
+        assert_eq!(
+            b.stat(me(), &BackendPath::root()).await.unwrap().kind,
+            FileKind::Directory
+        );
+        let names: Vec<String> = b
+            .list(me(), &BackendPath::root())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, vec!["f"]);
+        let changes = AttrChanges {
+            mode: Some(0o750),
+            mtime: Some(UNIX_EPOCH + Duration::from_secs(1_000_000)),
+            ..AttrChanges::default()
+        };
+        let meta = b
+            .set_attr(me(), &BackendPath::root(), &changes)
+            .await
+            .unwrap();
+        assert_eq!(meta.mode, 0o750);
+        assert_eq!(meta.mtime, UNIX_EPOCH + Duration::from_secs(1_000_000));
+        assert!(b.statfs(me()).await.unwrap().blocks > 0);
+    }
+
+    #[test]
+    fn the_walk_without_openat2_refuses_symlinks_too() {
+        let (top, _outside, _b) = swapped_dir();
+        let root = open_root(&top.path().join("vol")).unwrap();
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = root.as_raw_fd();
+        assert!(walk_beneath(fd, b"real", flags).is_ok());
+        for rel in [&b"d"[..], b"d/sub", b"real/up", b"real/up/sub"] {
+            let e = walk_beneath(fd, rel, flags).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{rel:?}");
+            let e = openat2_beneath(fd, rel, flags).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{rel:?}");
+        }
+        let e = walk_beneath(fd, b"real/../..", flags).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        let e = walk_beneath(fd, b"missing/x", flags).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[tokio::test]
+    async fn temp_cleanup_does_not_descend_into_linked_directories() {
+        let (top, outside, b) = swapped_dir();
+        let dead = temp_name_for(
+            "x",
+            &format!("{}{:08x}", b.shared.host_tag, u32::MAX - 1),
+            1,
+        );
+        fs::write(outside.join(&dead), b"not ours").unwrap();
+        fs::write(top.path().join("vol/real").join(&dead), b"ours").unwrap();
+        assert_eq!(b.cleanup_stale_temps().await.unwrap(), 1);
+        assert!(outside.join(&dead).exists());
+        assert!(!top.path().join("vol/real").join(&dead).exists());
     }
 }

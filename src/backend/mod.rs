@@ -15,7 +15,7 @@ use async_trait::async_trait;
 
 pub use error::{BackendError, BackendResult, ErrorKind};
 pub use path::{hidden_name_for, is_temp_name, BackendPath};
-pub use source::Source;
+pub use source::{has_userinfo, redacted_url, Source};
 
 /// The identity a backend operation is performed as (AUTH_SYS-like).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

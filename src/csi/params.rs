@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{BackendPath, Identity};
+use crate::backend::{has_userinfo, redacted_url, BackendPath, Identity};
 
 /// Keys the external-provisioner adds with `--extra-create-metadata`.
 pub const PVC_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
@@ -462,17 +462,18 @@ fn parse_owner(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Identity>,
 }
 
 fn parse_endpoint(text: &str) -> Result<String, InvalidArgument> {
+    let shown = redacted_url(text);
     let url = url::Url::parse(text).map_err(|e| {
         invalid(format!(
-            "parameter endpoint: '{text}' is not a URL ({e}); example: https://s3.example.com"
+            "parameter endpoint: '{shown}' is not a URL ({e}); example: https://s3.example.com"
         ))
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(format!(
-            "parameter endpoint: '{text}' must be an http:// or https:// URL with a host"
+            "parameter endpoint: '{shown}' must be an http:// or https:// URL with a host"
         )));
     }
-    if !url.username().is_empty() || url.password().is_some() {
+    if has_userinfo(text) || !url.username().is_empty() || url.password().is_some() {
         // Keys belong in secrets; do not echo what may be a credential.
         return Err(invalid(
             "parameter endpoint: must not contain credentials; put keys in the provisioner/node-stage secrets",
@@ -553,9 +554,15 @@ pub fn parse_source_url(
     endpoint: Option<String>,
     region: Option<String>,
 ) -> Result<Location, InvalidArgument> {
+    if has_userinfo(text) {
+        return Err(invalid(
+            "parameter source: must not contain credentials; put keys in the provisioner/node-stage secrets",
+        ));
+    }
+    let shown = redacted_url(text);
     let bad = |why: &str| {
         invalid(format!(
-            "parameter source: '{text}' {why}; expected file:///dir, nfs://server[:port]/export or s3://bucket[/prefix]"
+            "parameter source: '{shown}' {why}; expected file:///dir, nfs://server[:port]/export or s3://bucket[/prefix]"
         ))
     };
     // The URL parser would silently resolve `a/../b`; a source with dot

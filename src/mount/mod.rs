@@ -65,7 +65,9 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
             } else {
                 IdentityMode::Caller
             };
-            Ok(Arc::new(LocalBackend::new(root.clone(), mode)))
+            let backend = LocalBackend::open(root.clone(), mode)
+                .with_context(|| format!("opening the source directory {}", root.display()))?;
+            Ok(Arc::new(backend))
         }
         Source::S3 { bucket, prefix } => {
             let backend = s3_backend(opts, bucket, prefix)?;

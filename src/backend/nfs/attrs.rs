@@ -28,12 +28,15 @@ pub fn nfstime(t: SystemTime) -> nfstime3 {
     }
 }
 
-/// mtime + ctime + fileid + size: any content change through any client
-/// moves mtime/ctime; a replace-by-rename changes the fileid.
+/// fileid + size + mtime: a content change through any client moves the mtime
+/// or the size, and a replace-by-rename changes the fileid. The ctime is left
+/// out on purpose: a chmod/chown (or a link count change) moves only the ctime,
+/// and must neither make open readers fail with ESTALE nor invalidate cached
+/// pages, since the content is the same.
 pub fn version(a: &fattr3) -> VersionToken {
     VersionToken(format!(
-        "{:x}-{:x}-{:x}.{:x}-{:x}.{:x}",
-        a.fileid, a.size, a.mtime.seconds, a.mtime.nseconds, a.ctime.seconds, a.ctime.nseconds
+        "{:x}-{:x}-{:x}.{:x}",
+        a.fileid, a.size, a.mtime.seconds, a.mtime.nseconds
     ))
 }
 
@@ -127,7 +130,7 @@ mod tests {
         for change in [
             |x: &mut fattr3| x.size += 1,
             |x: &mut fattr3| x.mtime.nseconds += 1,
-            |x: &mut fattr3| x.ctime.seconds += 1,
+            |x: &mut fattr3| x.mtime.seconds += 1,
             |x: &mut fattr3| x.fileid += 1,
         ] {
             let mut c = attrs();
@@ -135,5 +138,23 @@ mod tests {
             assert_ne!(version(&c), base);
         }
         assert_eq!(metadata(&a).mode, 0o644);
+    }
+
+    #[test]
+    fn attribute_only_changes_keep_the_version() {
+        // chmod / chown / link count: only the ctime moves, the content is the same
+        let base = version(&attrs());
+        for change in [
+            |x: &mut fattr3| x.ctime.seconds += 1,
+            |x: &mut fattr3| x.ctime.nseconds += 1,
+            |x: &mut fattr3| x.mode = 0o100600,
+            |x: &mut fattr3| x.uid += 1,
+            |x: &mut fattr3| x.gid += 1,
+            |x: &mut fattr3| x.nlink += 1,
+        ] {
+            let mut c = attrs();
+            change(&mut c);
+            assert_eq!(version(&c), base);
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Ranged reads of one object version. NFS cannot pin a version, so every
 //! READ reply's attributes are compared with the version the reader was
 //! opened at: a file changed in place by another client makes the read fail
-//! (ESTALE) instead of mixing two versions in the cache.
+//! (ESTALE) instead of mixing two versions in the cache. Only content changes
+//! count (fileid, size, mtime: see `attrs::version`); a chmod/chown of the open
+//! file leaves its readers working.
 
 use std::sync::Arc;
 
