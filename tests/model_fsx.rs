@@ -14,14 +14,11 @@
 //!   an open descriptor reaches the backing directory only at close/fsync (the backing dir
 //!   is compared with the reference only while no descriptor is open, and at the end).
 //!   Hard links are not generated (a rewrite breaks them by design).
-//! - Known bugs (module `found` at the end, each with a deterministic `#[ignore]`d test)
-//!   are kept out of the random runs until fixed: unlink/rmdir/rename-over of open files
-//!   is not run (`Config::replace_open_files`), renaming a new file over an existing one
-//!   is not run, and a read through a descriptor whose file was published by another
-//!   descriptor or renamed while open may differ (`Config::tolerate_known_bugs`: the
-//!   descriptor is then closed on both sides; the counts are printed). Remove these
-//!   allowances as the bugs get fixed; `found::fsx_strict_open_file_semantics` runs the
-//!   model without them.
+//! - Bugs found by the model are kept as deterministic tests in module `found` at the
+//!   end (all fixed now). The switches that kept them out of the random runs remain for
+//!   bisecting (`Config::replace_open_files`, `Config::tolerate_known_bugs`); every run
+//!   uses the strict setting: open files are unlinked, renamed and replaced, and every
+//!   read through every descriptor must match.
 //! - The backend is a parameter ([`SourceKind`]); only `file://` exists now, NFS and S3
 //!   plug into [`build_target`].
 
@@ -1723,9 +1720,8 @@ fn model_is_deterministic_on_plain_directories() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Bugs found by the model, each reduced to a deterministic test. The model above avoids
-// or forgives them (Config::tolerate_known_bugs, Config::replace_open_files); when one is
-// fixed, remove its #[ignore] and its tolerance.
+// Bugs found by the model, each reduced to a deterministic test; all fixed, kept as
+// regression tests.
 // ---------------------------------------------------------------------------------------
 
 mod found {
