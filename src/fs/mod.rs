@@ -495,6 +495,10 @@ impl CachalotFs {
 
     /// Remove a hidden object once its last handle closed.
     async fn remove_hidden(&self, id: Identity, ino: u64) {
+        // Cheap check first: almost no release concerns a hidden file.
+        if !self.inodes.lock().get(ino).is_ok_and(|i| i.hidden) {
+            return;
+        }
         let _serial = self.hidden_ops.lock().await;
         let path = {
             let table = self.inodes.lock();
@@ -586,7 +590,11 @@ impl CachalotFs {
         }
         if let (Some(target), false) = (target, no_replace) {
             // A directory being replaced must look empty to the backend.
-            let is_dir = self.inodes.lock().get(target)?.kind == FileKind::Directory;
+            let is_dir = self
+                .inodes
+                .lock()
+                .get(target)
+                .is_ok_and(|i| i.kind == FileKind::Directory);
             if is_dir {
                 self.evacuate_hidden(id, target).await?;
             }
