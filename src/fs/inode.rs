@@ -35,6 +35,8 @@ pub struct Inode {
     /// Opens in progress: an unlink or rename-over must keep the object for
     /// them too.
     pub opening: u32,
+    /// Handles whose opener already closed them (release pending).
+    pub closing: u32,
     /// Open handles served by FUSE passthrough: while there are any, every
     /// open of this inode must be passthrough too (a kernel rule).
     pub passthrough_opens: u32,
@@ -77,6 +79,7 @@ impl Inode {
             writers: 0,
             open_handles: 0,
             opening: 0,
+            closing: 0,
             passthrough_opens: 0,
             last_open_version: None,
             unlinked: false,

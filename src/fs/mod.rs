@@ -470,8 +470,8 @@ impl CachalotFs {
             let table = self.inodes.lock();
             table.child(parent, name).and_then(|ino| {
                 let inode = table.get(ino).ok()?;
-                let open_file =
-                    inode.kind == FileKind::File && inode.open_handles + inode.opening > 0;
+                let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
+                let open_file = inode.kind == FileKind::File && live > 0;
                 let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
                 (open_file && published).then_some(ino)
             })
@@ -1111,10 +1111,16 @@ impl CachalotFs {
     /// the last release.
     pub async fn flush(&self, caller: Caller, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
+        let by_opener = process::process_of(caller.pid) == handle.opener;
+        if by_opener && !handle.closed_by_opener.swap(true, Ordering::AcqRel) {
+            if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+                inode.closing += 1;
+            }
+        }
         if !handle.writable {
             return Ok(());
         }
-        if process::process_of(caller.pid) != handle.opener {
+        if !by_opener {
             tracing::debug!(
                 ino = handle.ino,
                 pid = caller.pid,
@@ -1148,6 +1154,9 @@ impl CachalotFs {
                 return Ok(());
             };
             inode.open_handles = inode.open_handles.saturating_sub(1);
+            if handle.closed_by_opener.load(Ordering::Acquire) {
+                inode.closing = inode.closing.saturating_sub(1);
+            }
             if handle.writable {
                 inode.writers = inode.writers.saturating_sub(1);
             }

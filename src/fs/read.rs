@@ -60,6 +60,10 @@ pub struct FileHandle {
     pub opener: u32,
     /// Served by FUSE passthrough: the kernel reads the whole file directly.
     pub passthrough: std::sync::atomic::AtomicBool,
+    /// The opener closed its descriptor (FLUSH): the RELEASE that follows
+    /// is asynchronous, so an unlink right after the close must not count
+    /// this handle as open.
+    pub closed_by_opener: std::sync::atomic::AtomicBool,
     identity: Identity,
     /// What the handle reads now: the inode's backend path as of the last
     /// read (it follows renames) and the version of the content. The
@@ -132,6 +136,7 @@ impl FileHandle {
             append,
             opener,
             passthrough: std::sync::atomic::AtomicBool::new(false),
+            closed_by_opener: std::sync::atomic::AtomicBool::new(false),
             identity,
             view: parking_lot::Mutex::new(View { path, version }),
             followed: parking_lot::Mutex::new(followed),
