@@ -1042,7 +1042,7 @@ impl CachalotFs {
             let Some(session) = inode.write.clone() else {
                 return Ok(());
             };
-            if session.is_orphaned() && inode.open_handles > 0 {
+            if session.is_orphaned() && inode.open_handles > inode.closing {
                 // Unlinked while open and never published: the data lives
                 // in the session for the handles still open; it is
                 // discarded with the last of them.
