@@ -121,13 +121,16 @@ const HIDDEN_SEQ_BASE: u64 = 1 << 48;
 /// owned by this process, so listings skip it and, should we crash, the
 /// next mount's cleanup removes it like any dead writer's temp.
 pub fn hidden_name_for(final_name: &str, seq: u64) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let owner = format!(
-        "{:08x}{:08x}",
-        crc32c::crc32c(host.trim().as_bytes()),
-        std::process::id()
-    );
-    temp_name_for(final_name, &owner, HIDDEN_SEQ_BASE + seq)
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let owner = OWNER.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!(
+            "{:08x}{:08x}",
+            crc32c::crc32c(host.trim().as_bytes()),
+            std::process::id()
+        )
+    });
+    temp_name_for(final_name, owner, HIDDEN_SEQ_BASE + seq)
 }
 
 /// The `<owner>` part of a temp name, if `name` is one of ours.

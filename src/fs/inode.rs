@@ -95,6 +95,9 @@ pub struct InodeTable {
     inodes: HashMap<u64, Inode>,
     children: HashMap<(u64, String), u64>,
     next_ino: u64,
+    /// Bumped whenever a name is attached or removed: a handle rebuilds its
+    /// path only when this moved since it last looked (not on every read).
+    moves: u64,
 }
 
 impl InodeTable {
@@ -108,6 +111,7 @@ impl InodeTable {
             inodes,
             children: HashMap::new(),
             next_ino: ROOT_INO + 1,
+            moves: 0,
         }
     }
 
@@ -224,7 +228,12 @@ impl InodeTable {
         self.maybe_drop(ino);
     }
 
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
     fn attach(&mut self, parent: u64, name: &str, ino: u64) {
+        self.moves += 1;
         self.children.insert((parent, name.to_string()), ino);
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children += 1;
@@ -240,6 +249,7 @@ impl InodeTable {
     /// parent and name for diagnostics).
     fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
         let ino = self.children.remove(&(parent, name.to_string()))?;
+        self.moves += 1;
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
         }

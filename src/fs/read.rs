@@ -73,6 +73,9 @@ pub struct FileHandle {
     /// newer one (a publish through this mount, a refresh after the TTL)
     /// moves the handle to it at its next read.
     followed: parking_lot::Mutex<Option<VersionToken>>,
+    /// The inode table's move counter when the view's path was last
+    /// rebuilt.
+    seen_moves: AtomicU64,
     /// Opened lazily, on the first miss: a fully cached file never touches
     /// the backend's data path. Always of the view's version.
     reader: parking_lot::Mutex<Option<Arc<dyn ObjectReader>>>,
@@ -140,6 +143,7 @@ impl FileHandle {
             identity,
             view: parking_lot::Mutex::new(View { path, version }),
             followed: parking_lot::Mutex::new(followed),
+            seen_moves: AtomicU64::new(u64::MAX),
             reader: parking_lot::Mutex::new(None),
             next_offset: AtomicU64::new(0),
             window: AtomicU64::new(0),
@@ -160,16 +164,15 @@ impl FileHandle {
         self.view.lock().path = path;
     }
 
-    /// Move to the inode's current version if it changed since the handle
-    /// last looked.
-    fn follow(&self, version: &VersionToken, size: u64) {
-        let mut followed = self.followed.lock();
-        if followed.as_ref() == Some(version) {
-            return;
-        }
-        *followed = Some(version.clone());
-        drop(followed);
-        self.switch_to(version, size);
+    /// Whether the inode's version is one the handle has not followed yet.
+    fn is_new_to(&self, version: &VersionToken) -> bool {
+        !version.0.is_empty() && self.followed.lock().as_ref() != Some(version)
+    }
+
+    /// Move to the inode's current version.
+    fn follow(&self, version: VersionToken, size: u64) {
+        self.switch_to(&version, size);
+        *self.followed.lock() = Some(version);
     }
 
     /// Read `version` from now on (a reader of another version is dropped).
@@ -209,13 +212,17 @@ impl CachalotFs {
         let (session, current) = {
             let table = self.inodes.lock();
             let inode = table.get(handle.ino)?;
-            // An unlinked file without a hidden object keeps its last path.
-            if let Ok(path) = table.path_of(handle.ino) {
-                handle.set_path(path);
+            let moves = table.moves();
+            if handle.seen_moves.swap(moves, Ordering::AcqRel) != moves {
+                // An unlinked file without a hidden object keeps its last path.
+                if let Ok(path) = table.path_of(handle.ino) {
+                    handle.set_path(path);
+                }
             }
             let current = inode
                 .meta
                 .as_ref()
+                .filter(|(m, _)| handle.is_new_to(&m.version))
                 .map(|(m, _)| (m.version.clone(), m.size));
             (inode.write.clone(), current)
         };
@@ -225,9 +232,7 @@ impl CachalotFs {
             }
         }
         if let Some((version, size)) = current {
-            if !version.0.is_empty() {
-                handle.follow(&version, size);
-            }
+            handle.follow(version, size);
         }
         let window = handle.observe(offset, size as u64);
         for _ in 0..VERSION_RETRIES {
