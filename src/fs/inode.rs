@@ -52,6 +52,9 @@ pub struct Inode {
     /// The backend object was moved to a hidden name to keep it readable
     /// for open handles; removed at the last close.
     pub hidden: bool,
+    /// Unlinks or renames over this file in progress that will not keep
+    /// its object: opens wait for them to finish.
+    pub replacing: u32,
     /// References the kernel holds (entries replied minus forgotten).
     pub nlookup: u64,
     /// Attached children: a directory with known children is never dropped,
@@ -85,6 +88,7 @@ impl Inode {
             unlinked: false,
             attached: true,
             hidden: false,
+            replacing: 0,
             nlookup: 0,
             children: 0,
         }

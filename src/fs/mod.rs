@@ -10,6 +10,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 mod types;
+mod unlinked;
 mod write;
 
 use std::collections::HashMap;
@@ -20,13 +21,14 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::backend::{
-    hidden_name_for, is_temp_name, AttrChanges, Backend, BackendPath, ErrorKind, FileKind, FsStats,
-    Identity, Metadata, VersionToken, WriteStart,
+    is_temp_name, AttrChanges, Backend, BackendPath, ErrorKind, FileKind, FsStats, Identity,
+    Metadata, VersionToken, WriteStart,
 };
 use crate::cache::PageStore;
 
 use inode::InodeTable;
 use read::{FileHandle, HotPages, InFlight};
+use unlinked::Keep;
 use write::{Finished, WriteSession};
 
 pub use dir::DirHandle;
@@ -120,6 +122,9 @@ pub struct CachalotFs {
     /// Serialises moves and removals of hidden objects (a release removing
     /// one while an rmdir moves it away).
     hidden_ops: tokio::sync::Mutex<()>,
+    /// Woken when an unlink or rename-over ends: opens of the file it
+    /// removed wait for it (see `unlinked`).
+    namespace_settled: tokio::sync::Notify,
     pub counters: Counters,
 }
 
@@ -149,6 +154,7 @@ impl CachalotFs {
             kernel: Mutex::new(None),
             hidden_seq: AtomicU64::new(0),
             hidden_ops: tokio::sync::Mutex::new(()),
+            namespace_settled: tokio::sync::Notify::new(),
             counters: Counters::default(),
         })
     }
@@ -428,110 +434,16 @@ impl CachalotFs {
         Ok(())
     }
 
-    /// Unlinked open files kept under hidden names in `dir` would make it
-    /// look non-empty to the backend: move them to the volume root.
-    async fn evacuate_hidden(&self, id: Identity, dir: u64) -> FsResult<()> {
-        let _serial = self.hidden_ops.lock().await;
-        let hidden = self.inodes.lock().hidden_children(dir);
-        for (name, ino) in hidden {
-            let from = self.path_of(ino)?;
-            let to = BackendPath::root().join(&name)?;
-            self.backend.rename(id, &from, &to, true).await?;
-            let session = self.inodes.lock().get(ino)?.write.clone();
-            if let Some(s) = session {
-                s.retarget(&from, &to).await?;
-            }
-            self.inodes.lock().move_hidden(ino, ROOT_INO);
-        }
-        let orphans = self.inodes.lock().orphans_in(dir);
-        for ino in orphans {
-            let (from, session) = {
-                let table = self.inodes.lock();
-                (table.last_path(ino)?, table.get(ino)?.write.clone())
-            };
-            if let Some(s) = session {
-                let to = BackendPath::root().join(from.name())?;
-                s.retarget(&from, &to).await?;
-            }
-            self.inodes.lock().set_orphan_parent(ino, ROOT_INO);
-        }
-        Ok(())
-    }
-
-    /// Before `parent/name` is unlinked or replaced: if it is a file with
-    /// open handles, move its object to a hidden name so the handles keep
-    /// reading (and writing) it, as on a local filesystem. Returns whether
-    /// it was hidden (then nothing is left under the name in the backend).
-    async fn hide_if_open(&self, id: Identity, parent: u64, name: &str) -> FsResult<bool> {
-        if !self.backend.capabilities().cheap_rename {
-            return Ok(false);
-        }
-        let victim = {
-            let table = self.inodes.lock();
-            table.child(parent, name).and_then(|ino| {
-                let inode = table.get(ino).ok()?;
-                let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
-                let open_file = inode.kind == FileKind::File && live > 0;
-                let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
-                (open_file && published).then_some(ino)
-            })
-        };
-        let Some(ino) = victim else {
-            return Ok(false);
-        };
-        let _serial = self.hidden_ops.lock().await;
-        let path = self.child_path(parent, name)?;
-        let seq = self.hidden_seq.fetch_add(1, Ordering::Relaxed);
-        let hidden = path.parent().join(&hidden_name_for(name, seq))?;
-        self.backend.rename(id, &path, &hidden, true).await?;
-        let session = self.inodes.lock().get(ino)?.write.clone();
-        if let Some(s) = session {
-            s.retarget(&path, &hidden).await?;
-        }
-        self.inodes.lock().hide(ino, hidden.name());
-        tracing::debug!(path = %path, hidden = %hidden, "kept an unlinked open file under a hidden name");
-        Ok(true)
-    }
-
-    /// Remove a hidden object once its last handle closed.
-    async fn remove_hidden(&self, id: Identity, ino: u64) {
-        // Cheap check first: almost no release concerns a hidden file.
-        if !self.inodes.lock().get(ino).is_ok_and(|i| i.hidden) {
-            return;
-        }
-        let _serial = self.hidden_ops.lock().await;
-        let path = {
-            let table = self.inodes.lock();
-            match table.get(ino) {
-                Ok(i) if i.hidden && i.open_handles == 0 && i.write.is_none() => {
-                    table.path_of(ino).ok()
-                }
-                _ => None,
-            }
-        };
-        let Some(path) = path else {
-            return;
-        };
-        if let Err(e) = self.backend.unlink(id, &path).await {
-            if e.kind != ErrorKind::NotFound {
-                tracing::warn!(error = %e, "could not remove the object of an unlinked file; the next mount's cleanup will");
-            }
-        }
-        let mut table = self.inodes.lock();
-        if let Ok(inode) = table.get_mut(ino) {
-            inode.hidden = false;
-        }
-        if let Ok(inode) = table.get(ino) {
-            let (parent, name) = (inode.parent, inode.name.clone());
-            table.detach(parent, &name);
-        }
-    }
-
     pub async fn unlink(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         let id = self.identity(caller);
-        if self.hide_if_open(id, parent, name).await? {
+        let removal = self.begin_removal(parent, name).await;
+        if let Some(removal) = removal.as_ref().filter(|r| r.keeps_open_file()) {
+            let hidden = self
+                .keep_under_hidden_name(id, &path, removal, Keep::Move)
+                .await?;
+            self.record_hidden(id, removal, &hidden, |_| {}).await;
             return Ok(());
         }
         let session = {
@@ -599,33 +511,90 @@ impl CachalotFs {
                 self.evacuate_hidden(id, target).await?;
             }
         }
-        if !no_replace {
-            self.hide_if_open(id, new_parent, new_name).await?;
-        }
+        let removal = match no_replace {
+            true => None,
+            false => self.begin_removal(new_parent, new_name).await,
+        };
+        // An open file being replaced keeps its object for its handles.
+        let kept = match removal.as_ref().filter(|r| r.keeps_open_file()) {
+            Some(r) if self.backend.capabilities().hard_links => {
+                let hidden = self.keep_under_hidden_name(id, &to, r, Keep::Link).await?;
+                Some((r, hidden))
+            }
+            Some(r) => {
+                // Without hard links the name is briefly missing.
+                let hidden = self.keep_under_hidden_name(id, &to, r, Keep::Move).await?;
+                self.record_hidden(id, r, &hidden, |_| {}).await;
+                None
+            }
+            None => None,
+        };
         let (session, replaced) = {
             let table = self.inodes.lock();
             let session = table
                 .child(parent, name)
                 .and_then(|ino| table.get(ino).ok())
                 .and_then(|i| i.write.clone());
+            // A kept file's write session goes on under its hidden name.
             let replaced = table
                 .child(new_parent, new_name)
+                .filter(|_| kept.is_none())
                 .and_then(|ino| table.get(ino).ok())
                 .and_then(|i| i.write.clone());
             (session, replaced)
         };
-        match &session {
+        let moved = self
+            .rename_objects(
+                id,
+                &from,
+                &to,
+                session.as_ref(),
+                new_parent,
+                new_name,
+                no_replace,
+            )
+            .await;
+        if let Err(e) = moved {
+            if let Some((r, hidden)) = &kept {
+                self.undo_keep(id, &to, r, hidden).await;
+            }
+            return Err(e);
+        }
+        if let Some(r) = replaced {
+            r.orphan();
+        }
+        let rename_entry = |t: &mut InodeTable| t.rename(parent, name, new_parent, new_name);
+        match &kept {
+            Some((r, hidden)) => self.record_hidden(id, r, hidden, rename_entry).await,
+            None => rename_entry(&mut self.inodes.lock()),
+        }
+        Ok(())
+    }
+
+    /// The backend side of a rename: a file being written for the first
+    /// time exists only as its temporary object, which is retargeted (and
+    /// replaces the target when it publishes); anything else is renamed.
+    #[allow(clippy::too_many_arguments)]
+    async fn rename_objects(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+        session: Option<&Arc<WriteSession>>,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        match session {
             Some(s) if s.is_new() => {
-                // The source exists only as a temporary object: move it. An
-                // object under the target is replaced when it publishes.
-                if no_replace && self.exists(id, new_parent, new_name, &to).await? {
+                if no_replace && self.exists(id, new_parent, new_name, to).await? {
                     return Err(FsError(libc::EEXIST));
                 }
-                let existing = self.backend_kind(id, &to).await?;
+                let existing = self.backend_kind(id, to).await?;
                 if existing == Some(FileKind::Directory) {
                     return Err(FsError(libc::EISDIR));
                 }
-                s.retarget(&from, &to).await?;
+                s.retarget(from, to).await?;
                 // Moving on from a name it had replaced: that object is gone
                 // for good now.
                 if let Some(previous) = s.take_replaced() {
@@ -636,18 +605,12 @@ impl CachalotFs {
                 }
             }
             _ => {
-                self.backend.rename(id, &from, &to, no_replace).await?;
-                if let Some(s) = &session {
-                    s.retarget(&from, &to).await?;
+                self.backend.rename(id, from, to, no_replace).await?;
+                if let Some(s) = session {
+                    s.retarget(from, to).await?;
                 }
             }
         }
-        if let Some(r) = replaced {
-            r.orphan();
-        }
-        self.inodes
-            .lock()
-            .rename(parent, name, new_parent, new_name);
         Ok(())
     }
 
@@ -789,11 +752,23 @@ impl CachalotFs {
         // An inode that lost its name (replaced by a rename, unlinked) and
         // whose data is gone: ESTALE makes the kernel look the path up again
         // and open what is there now, instead of failing with ENOENT.
-        let path = {
-            let mut table = self.inodes.lock();
-            let path = table.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
-            table.get_mut(ino)?.opening += 1;
-            path
+        let path = loop {
+            // An unlink or rename over this file is deciding whether open
+            // handles keep its object: wait for it, so this open is either
+            // counted (and kept) or finds the name gone.
+            let settled = self.namespace_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut table = self.inodes.lock();
+                let path = table.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
+                let inode = table.get_mut(ino)?;
+                if inode.replacing == 0 {
+                    inode.opening += 1;
+                    break path;
+                }
+            }
+            settled.await;
         };
         let _opening = OpeningGuard { fs: self, ino };
         let attr = self.getattr(caller, ino).await?;

@@ -108,6 +108,9 @@ pub(super) enum ReadError {
         version: VersionToken,
         size: u64,
     },
+    /// The file's object moved to another name (its file was unlinked or
+    /// replaced while open): the request starts over at the new name.
+    Moved,
     Fs(FsError),
 }
 
@@ -247,6 +250,7 @@ impl CachalotFs {
                 Err(ReadError::Changed { version, size }) => {
                     self.version_changed(&handle, &view.version, &version, size)
                 }
+                Err(ReadError::Moved) => {}
                 Err(ReadError::Fs(e)) => return Err(e),
             }
         }
@@ -437,29 +441,32 @@ impl CachalotFs {
     }
 
     /// The handle's backend reader, opened at the view's path if it has none.
-    async fn reader(&self, handle: &FileHandle, view: &View) -> FsResult<Arc<dyn ObjectReader>> {
+    async fn reader(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+    ) -> Result<Arc<dyn ObjectReader>, ReadError> {
         if let Some(r) = handle.reader.lock().as_ref() {
             return Ok(Arc::clone(r));
         }
-        let reader: Arc<dyn ObjectReader> =
-            match self.backend.open_read(handle.identity, &view.path).await {
-                Ok(r) => r.into(),
-                Err(e) if e.kind == ErrorKind::NotFound => {
-                    // The object may be moving to a hidden name right now (its
-                    // file was unlinked or replaced while open): wait for that
-                    // to finish and follow it.
-                    drop(self.hidden_ops.lock().await);
-                    let moved = self.inodes.lock().path_of(handle.ino).ok();
-                    match moved {
-                        Some(path) if path != view.path => {
-                            handle.set_path(path.clone());
-                            self.backend.open_read(handle.identity, &path).await?.into()
-                        }
-                        _ => return Err(e.into()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let opened = self.backend.open_read(handle.identity, &view.path).await;
+        let elsewhere = match &opened {
+            Ok(r) => !view.version.0.is_empty() && *r.version() != view.version,
+            Err(e) => e.kind == ErrorKind::NotFound,
+        };
+        if elsewhere {
+            // The file may have been unlinked or replaced while open: its
+            // object moves to a hidden name (and another file may take the
+            // old one). Wait for any such move to finish and follow the
+            // inode's name: this request starts over there.
+            drop(self.hidden_ops.lock().await);
+            let now = self.inodes.lock().path_of(handle.ino).ok();
+            if let Some(path) = now.filter(|p| *p != view.path) {
+                handle.set_path(path);
+                return Err(ReadError::Moved);
+            }
+        }
+        let reader: Arc<dyn ObjectReader> = opened.map_err(FsError::from)?.into();
         let mut slot = handle.reader.lock();
         // Keep a reader another request opened meanwhile if it matches.
         match slot.as_ref() {

@@ -1,0 +1,238 @@
+//! Files that leave the namespace while open: an unlink, or a rename over
+//! them. As on a local filesystem, their open descriptors keep reading (and
+//! writing) the old file: on backends with cheap renames its object is kept
+//! under a hidden name until the last handle closes. And an open racing the
+//! removal either gets in first (and is kept) or waits and gets ESTALE (the
+//! kernel then looks the name up again): never a descriptor on a file whose
+//! object vanished under it.
+
+use std::sync::atomic::Ordering;
+
+use crate::backend::{hidden_name_for, BackendPath, ErrorKind, FileKind, Identity};
+
+use super::inode::InodeTable;
+use super::types::FsResult;
+use super::{CachalotFs, ROOT_INO};
+
+/// How the object of a removed open file gets its hidden name.
+pub(super) enum Keep {
+    Move,
+    Link,
+}
+
+/// An unlink or rename-over in progress of a file. Dropping it ends the
+/// removal: opens that waited for it go on.
+pub(super) struct Removal<'a> {
+    fs: &'a CachalotFs,
+    ino: u64,
+    /// The file is open and its object must be kept for the handles: the
+    /// hidden-ops lock is held until the move is recorded, so readers
+    /// looking for the object find it where it went.
+    keep: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Removal<'_> {
+    pub fn keeps_open_file(&self) -> bool {
+        self.keep.is_some()
+    }
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        if self.keep.is_none() {
+            if let Ok(inode) = self.fs.inodes.lock().get_mut(self.ino) {
+                inode.replacing = inode.replacing.saturating_sub(1);
+            }
+            self.fs.namespace_settled.notify_waiters();
+        }
+    }
+}
+
+impl CachalotFs {
+    /// Start removing the file `parent/name` from the namespace (unlink,
+    /// rename over it). `None` if the name is not a known file. If the file
+    /// is open (or being opened) and the backend renames cheaply, the
+    /// removal keeps its object for the handles (`keeps_open_file`);
+    /// otherwise opens of it wait until the removal is over.
+    pub(super) async fn begin_removal(&self, parent: u64, name: &str) -> Option<Removal<'_>> {
+        let keepable = self.backend.capabilities().cheap_rename;
+        // Taken before looking at the open count, so a release cannot slip
+        // between the check and the move (and miss the hidden object).
+        let serial = if keepable {
+            Some(self.hidden_ops.lock().await)
+        } else {
+            None
+        };
+        let mut table = self.inodes.lock();
+        let ino = table.child(parent, name)?;
+        let inode = table.get_mut(ino).ok()?;
+        if inode.kind != FileKind::File {
+            return None;
+        }
+        let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
+        // A new file exists only as its write session's temporary object,
+        // which its handles keep anyway.
+        let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
+        if keepable && live > 0 && published {
+            return Some(Removal {
+                fs: self,
+                ino,
+                keep: serial,
+            });
+        }
+        inode.replacing += 1;
+        Some(Removal {
+            fs: self,
+            ino,
+            keep: None,
+        })
+    }
+
+    /// Keep the object of the open file being removed under a hidden name
+    /// in the same directory, by moving it (unlink) or by linking it (rename
+    /// over it, where hard links exist: the final name never goes missing
+    /// for others) and point its write session there. Returns the hidden
+    /// path; `record_hidden` completes the move once the namespace changed.
+    pub(super) async fn keep_under_hidden_name(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        removal: &Removal<'_>,
+        how: Keep,
+    ) -> FsResult<BackendPath> {
+        let seq = self.hidden_seq.fetch_add(1, Ordering::Relaxed);
+        let hidden = path.parent().join(&hidden_name_for(path.name(), seq))?;
+        match how {
+            Keep::Move => self.backend.rename(id, path, &hidden, true).await?,
+            Keep::Link => {
+                self.backend.link(id, path, &hidden).await?;
+            }
+        }
+        let session = self.inodes.lock().get(removal.ino)?.write.clone();
+        if let Some(s) = session {
+            if let Err(e) = s.retarget(path, &hidden).await {
+                self.undo_keep(id, path, removal, &hidden).await;
+                return Err(e);
+            }
+        }
+        Ok(hidden)
+    }
+
+    /// The removal failed after `keep_under_hidden_name(.., Keep::Link)`:
+    /// the file stays under its name; drop the hidden link.
+    pub(super) async fn undo_keep(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        removal: &Removal<'_>,
+        hidden: &BackendPath,
+    ) {
+        let session = self
+            .inodes
+            .lock()
+            .get(removal.ino)
+            .ok()
+            .and_then(|i| i.write.clone());
+        if let Some(s) = session {
+            if let Err(e) = s.retarget(hidden, path).await {
+                tracing::warn!(errno = e.0, path = %path, "could not point a write back at its file after a failed rename");
+            }
+        }
+        if let Err(e) = self.backend.unlink(id, hidden).await {
+            if e.kind != ErrorKind::NotFound {
+                tracing::warn!(error = %e, hidden = %hidden, "could not remove a hidden link after a failed rename; the next mount's cleanup will");
+            }
+        }
+    }
+
+    /// Record in the table that the removed open file lives under `hidden`,
+    /// together with `then` (the rest of the namespace change, so nobody
+    /// sees the name missing in between), and remove the object at once if
+    /// its last handle closed meanwhile.
+    pub(super) async fn record_hidden(
+        &self,
+        id: Identity,
+        removal: &Removal<'_>,
+        hidden: &BackendPath,
+        then: impl FnOnce(&mut InodeTable),
+    ) {
+        {
+            let mut table = self.inodes.lock();
+            table.hide(removal.ino, hidden.name());
+            then(&mut table);
+        }
+        tracing::debug!(hidden = %hidden, "kept an unlinked open file under a hidden name");
+        self.remove_hidden_locked(id, removal.ino).await;
+    }
+
+    /// Remove a hidden object once its last handle closed.
+    pub(super) async fn remove_hidden(&self, id: Identity, ino: u64) {
+        // Cheap check first: almost no release concerns a hidden file.
+        if !self.inodes.lock().get(ino).is_ok_and(|i| i.hidden) {
+            return;
+        }
+        let _serial = self.hidden_ops.lock().await;
+        self.remove_hidden_locked(id, ino).await;
+    }
+
+    /// `remove_hidden` with the hidden-ops lock held.
+    async fn remove_hidden_locked(&self, id: Identity, ino: u64) {
+        let path = {
+            let mut table = self.inodes.lock();
+            let Ok(inode) = table.get_mut(ino) else {
+                return;
+            };
+            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0)
+                || inode.write.is_some()
+            {
+                return;
+            }
+            // Out of the table before the object goes: an open arriving now
+            // (the kernel looked the name up before it was replaced) gets
+            // ESTALE and looks again, instead of a handle on nothing.
+            inode.hidden = false;
+            let (parent, name) = (inode.parent, inode.name.clone());
+            let path = table.path_of(ino);
+            table.detach(parent, &name);
+            match path {
+                Ok(path) => path,
+                Err(_) => return,
+            }
+        };
+        if let Err(e) = self.backend.unlink(id, &path).await {
+            if e.kind != ErrorKind::NotFound {
+                tracing::warn!(error = %e, "could not remove the object of an unlinked file; the next mount's cleanup will");
+            }
+        }
+    }
+
+    /// Unlinked open files kept under hidden names in `dir` would make it
+    /// look non-empty to the backend: move them to the volume root.
+    pub(super) async fn evacuate_hidden(&self, id: Identity, dir: u64) -> FsResult<()> {
+        let _serial = self.hidden_ops.lock().await;
+        let hidden = self.inodes.lock().hidden_children(dir);
+        for (name, ino) in hidden {
+            let from = self.path_of(ino)?;
+            let to = BackendPath::root().join(&name)?;
+            self.backend.rename(id, &from, &to, true).await?;
+            let session = self.inodes.lock().get(ino)?.write.clone();
+            if let Some(s) = session {
+                s.retarget(&from, &to).await?;
+            }
+            self.inodes.lock().move_hidden(ino, ROOT_INO);
+        }
+        let orphans = self.inodes.lock().orphans_in(dir);
+        for ino in orphans {
+            let (from, session) = {
+                let table = self.inodes.lock();
+                (table.last_path(ino)?, table.get(ino)?.write.clone())
+            };
+            if let Some(s) = session {
+                let to = BackendPath::root().join(from.name())?;
+                s.retarget(&from, &to).await?;
+            }
+            self.inodes.lock().set_orphan_parent(ino, ROOT_INO);
+        }
+        Ok(())
+    }
+}
