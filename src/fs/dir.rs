@@ -2,6 +2,7 @@
 //! stay valid while the directory changes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::backend::Metadata;
 
@@ -16,6 +17,7 @@ pub struct DirHandle {
 impl CachalotFs {
     pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
+        let listed_at = Instant::now();
         let listed = self.backend.list(self.identity(caller), &path).await?;
         let self_attr = self.getattr(caller, ino).await?;
         let parent_ino = self.inodes.lock().get(ino)?.parent;
@@ -39,7 +41,7 @@ impl CachalotFs {
             let mut table = self.inodes.lock();
             let mut seen = std::collections::HashSet::new();
             for entry in listed {
-                let child = table.upsert(ino, &entry.name, entry.meta.clone());
+                let child = table.upsert(ino, &entry.name, entry.meta.clone(), listed_at);
                 // A file being rewritten reports its in-progress attributes.
                 let meta: Metadata = table
                     .get(child)
@@ -104,7 +106,7 @@ impl CachalotFs {
             }
         }
         let meta = entry.meta.clone()?;
-        Some(table.upsert_entry(dir, &entry.name, meta))
+        Some(table.upsert_entry(dir, &entry.name, meta, Instant::now()))
     }
 
     /// The kernel did not take an entry it was offered (reply buffer full).

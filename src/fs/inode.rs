@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{BackendPath, FileKind, Metadata, VersionToken};
+use crate::backend::{BackendPath, FileKind, Metadata, ObjectReader, VersionToken};
 
 use super::types::{FsError, FsResult, ROOT_INO};
 use super::write::WriteSession;
@@ -52,6 +52,14 @@ pub struct Inode {
     /// The backend object was moved to a hidden name to keep it readable
     /// for open handles; removed at the last close.
     pub hidden: bool,
+    /// Replaced behind the mount while open (see `InodeTable::refresh`):
+    /// detached, but still opened by the kernel for lookups that saw it.
+    pub superseded: bool,
+    /// Backend reader of the version the open descriptors read, shared by
+    /// them: once one descriptor opened it, the others read that version
+    /// even if the name was republished since (a local or NFS reader keeps
+    /// the old file). Dropped with the last descriptor.
+    pub reader: Option<Arc<dyn ObjectReader>>,
     /// Unlinks or renames over this file in progress that will not keep
     /// its object: opens wait for them to finish.
     pub replacing: u32,
@@ -62,7 +70,30 @@ pub struct Inode {
     children: u32,
 }
 
+/// What `InodeTable::refresh` did with new metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    Updated,
+    /// Older than what is recorded: ignored.
+    Outdated,
+    /// The file changed behind the mount while open: the inode keeps its
+    /// version and left the namespace.
+    Superseded,
+}
+
 impl Inode {
+    /// Whether `meta` is another version of this file than the one its open
+    /// descriptors read, and they must keep reading theirs. Not for a file
+    /// being written through this mount (its publish decides).
+    fn replaced_behind_open_descriptors(&self, meta: &Metadata) -> bool {
+        let open = self.open_handles.saturating_sub(self.closing) > 0;
+        let known = self.meta.as_ref().map(|(m, _)| &m.version);
+        self.kind == FileKind::File
+            && self.write.is_none()
+            && open
+            && known.is_some_and(|v| !v.0.is_empty() && *v != meta.version)
+    }
+
     /// Make the metadata due for a refetch while keeping it as the last
     /// thing known (all there is once the inode loses its name).
     pub fn expire_meta(&mut self) {
@@ -72,12 +103,12 @@ impl Inode {
         }
     }
 
-    fn new(parent: u64, name: &str, kind: FileKind, meta: Option<Metadata>) -> Inode {
+    fn new(parent: u64, name: &str, kind: FileKind, meta: Option<(Metadata, Instant)>) -> Inode {
         Inode {
             parent,
             name: name.to_string(),
             kind,
-            meta: meta.map(|m| (m, Instant::now())),
+            meta,
             write: None,
             writers: 0,
             open_handles: 0,
@@ -89,6 +120,8 @@ impl Inode {
             attached: true,
             hidden: false,
             replacing: 0,
+            reader: None,
+            superseded: false,
             nlookup: 0,
             children: 0,
         }
@@ -107,7 +140,12 @@ pub struct InodeTable {
 impl InodeTable {
     pub fn new(root_meta: Metadata) -> InodeTable {
         let mut inodes = HashMap::new();
-        let mut root = Inode::new(ROOT_INO, "", FileKind::Directory, Some(root_meta));
+        let mut root = Inode::new(
+            ROOT_INO,
+            "",
+            FileKind::Directory,
+            Some((root_meta, Instant::now())),
+        );
         // The kernel's root reference is implicit and never forgotten.
         root.nlookup = 1;
         inodes.insert(ROOT_INO, root);
@@ -182,32 +220,78 @@ impl InodeTable {
         }
     }
 
-    /// The inode for `parent/name`, created if new, with fresh metadata. A
-    /// name whose kind changed (file replaced by a directory) gets a new
-    /// inode so the kernel never sees an inode change type.
-    pub fn upsert(&mut self, parent: u64, name: &str, meta: Metadata) -> u64 {
+    /// The inode for `parent/name`, created if new, with metadata fetched
+    /// at `fetched`. A name whose kind changed (file replaced by a
+    /// directory) gets a new inode so the kernel never sees an inode change
+    /// type; so does a file replaced behind the mount while open (see
+    /// `refresh`).
+    pub fn upsert(&mut self, parent: u64, name: &str, meta: Metadata, fetched: Instant) -> u64 {
         if let Some(ino) = self.child(parent, name) {
-            if let Some(inode) = self.inodes.get_mut(&ino) {
-                if inode.kind == meta.kind {
-                    inode.meta = Some((meta, Instant::now()));
-                    return ino;
-                }
+            let same_kind = self.inodes.get(&ino).is_some_and(|i| i.kind == meta.kind);
+            if !same_kind {
+                self.detach(parent, name);
+            } else if self.refresh(ino, meta.clone(), fetched) != Ok(Refreshed::Superseded) {
+                return ino;
             }
-            self.detach(parent, name);
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes
-            .insert(ino, Inode::new(parent, name, meta.kind, Some(meta)));
+        self.inodes.insert(
+            ino,
+            Inode::new(parent, name, meta.kind, Some((meta, fetched))),
+        );
         self.attach(parent, name, ino);
         ino
     }
 
     /// As `upsert`, and count the kernel reference the reply will create.
-    pub fn upsert_entry(&mut self, parent: u64, name: &str, meta: Metadata) -> u64 {
-        let ino = self.upsert(parent, name, meta);
+    pub fn upsert_entry(
+        &mut self,
+        parent: u64,
+        name: &str,
+        meta: Metadata,
+        fetched: Instant,
+    ) -> u64 {
+        let ino = self.upsert(parent, name, meta, fetched);
         self.remember(ino);
         ino
+    }
+
+    /// Record metadata of `ino` fetched from the backend at `fetched`.
+    ///
+    /// A file whose content was replaced behind the mount (another mount or
+    /// node published a new version) while descriptors of it are open here
+    /// is superseded: it keeps the version those descriptors read and
+    /// leaves the namespace, like a file renamed over; the name gets a new
+    /// inode at its next lookup. So each descriptor reads one version
+    /// (close-to-open, as on NFS), and the kernel keeps the pages and size
+    /// of the two versions apart.
+    pub fn refresh(&mut self, ino: u64, meta: Metadata, fetched: Instant) -> FsResult<Refreshed> {
+        let inode = self.get_mut(ino)?;
+        if inode.meta.as_ref().is_some_and(|(_, at)| *at > fetched) {
+            // Something newer was recorded meanwhile (a publish through
+            // this mount finished while the backend was asked).
+            return Ok(Refreshed::Outdated);
+        }
+        if !inode.replaced_behind_open_descriptors(&meta) {
+            inode.meta = Some((meta, fetched));
+            return Ok(Refreshed::Updated);
+        }
+        self.supersede(ino);
+        Ok(Refreshed::Superseded)
+    }
+
+    /// Take a file replaced behind the mount out of the namespace; it keeps
+    /// its metadata for its open descriptors.
+    pub fn supersede(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.superseded = true;
+        let (parent, name) = (inode.parent, inode.name.clone());
+        if inode.attached {
+            self.detach(parent, &name);
+        }
     }
 
     /// One more kernel reference; false if the inode is gone.

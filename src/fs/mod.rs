@@ -26,7 +26,7 @@ use crate::backend::{
 };
 use crate::cache::PageStore;
 
-use inode::InodeTable;
+use inode::{InodeTable, Refreshed};
 use read::{FileHandle, HotPages, InFlight};
 use unlinked::Keep;
 use write::{Finished, WriteSession};
@@ -62,9 +62,14 @@ pub struct Opened {
 }
 
 /// Counts an open in progress on an inode until it finished (or failed).
+/// A writable open counts as a writer from its start: an O_TRUNC open
+/// starts a write session before it has a handle, and the release of the
+/// file's previous writer must not publish that still-empty session.
 struct OpeningGuard<'a> {
     fs: &'a CachalotFs,
     ino: u64,
+    writer: bool,
+    opened: bool,
 }
 
 impl Drop for OpeningGuard<'_> {
@@ -72,6 +77,9 @@ impl Drop for OpeningGuard<'_> {
         let mut table = self.fs.inodes.lock();
         if let Ok(inode) = table.get_mut(self.ino) {
             inode.opening = inode.opening.saturating_sub(1);
+            if self.writer && !self.opened {
+                inode.writers = inode.writers.saturating_sub(1);
+            }
         }
         table.maybe_drop(self.ino);
     }
@@ -177,6 +185,20 @@ impl CachalotFs {
         }
     }
 
+    /// Make the kernel look `ino`'s last name up again at its next path
+    /// walk (it was replaced behind the mount). Runs on a blocking thread:
+    /// the kernel takes the directory's lock, which a request we are
+    /// answering may hold.
+    pub(super) fn invalidate_kernel_entry(&self, table: &InodeTable, ino: u64) {
+        let Ok(inode) = table.get(ino) else {
+            return;
+        };
+        let (parent, name) = (inode.parent, inode.name.clone());
+        if let Some(kernel) = self.kernel.lock().clone() {
+            tokio::task::spawn_blocking(move || kernel.invalidate_entry(parent, &name));
+        }
+    }
+
     /// FORGET from the kernel.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         self.inodes.lock().forget(ino, nlookup);
@@ -273,10 +295,11 @@ impl CachalotFs {
                 }
             }
         }
+        let asked = Instant::now();
         match self.backend.stat(self.identity(caller), &path).await {
             Ok(meta) => {
                 let mut table = self.inodes.lock();
-                let ino = table.upsert_entry(parent, name, meta.clone());
+                let ino = table.upsert_entry(parent, name, meta.clone(), asked);
                 // A file being written reports its temporary object.
                 let attr = match self.local_attr_in(&table, ino) {
                     Ok(Some(attr)) => attr,
@@ -298,11 +321,23 @@ impl CachalotFs {
             return Ok(attr);
         }
         let path = self.path_of(ino)?;
+        let asked = Instant::now();
         let meta = self.backend.stat(self.identity(caller), &path).await?;
         let mut table = self.inodes.lock();
-        let inode = table.get_mut(ino)?;
-        inode.meta = Some((meta.clone(), Instant::now()));
-        Ok(Self::unlinked_view(inode, self.attr_of(ino, &meta)))
+        let refreshed = table.refresh(ino, meta.clone(), asked)?;
+        if refreshed == Refreshed::Superseded {
+            // The kernel's entry still points here: make its next path walk
+            // look the name up (and meet the new version's inode).
+            self.invalidate_kernel_entry(&table, ino);
+        }
+        let inode = table.get(ino)?;
+        // What is recorded now: the new metadata, or what the open
+        // descriptors read (superseded), or a newer publish (outdated).
+        let attr = match &inode.meta {
+            Some((recorded, _)) => self.attr_of(ino, recorded),
+            None => self.attr_of(ino, &meta),
+        };
+        Ok(Self::unlinked_view(inode, attr))
     }
 
     /// Change attributes. A size change is a write: it goes through a write
@@ -417,7 +452,10 @@ impl CachalotFs {
             .backend
             .mkdir(self.identity(caller), &path, mode)
             .await?;
-        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
+        let ino = self
+            .inodes
+            .lock()
+            .upsert_entry(parent, name, meta.clone(), Instant::now());
         Ok(self.attr_of(ino, &meta))
     }
 
@@ -661,7 +699,10 @@ impl CachalotFs {
             .backend
             .symlink(self.identity(caller), &path, target)
             .await?;
-        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
+        let ino = self
+            .inodes
+            .lock()
+            .upsert_entry(parent, name, meta.clone(), Instant::now());
         Ok(self.attr_of(ino, &meta))
     }
 
@@ -682,10 +723,10 @@ impl CachalotFs {
             .backend
             .link(self.identity(caller), &existing, &path)
             .await?;
-        let new_ino = self
-            .inodes
-            .lock()
-            .upsert_entry(new_parent, new_name, meta.clone());
+        let new_ino =
+            self.inodes
+                .lock()
+                .upsert_entry(new_parent, new_name, meta.clone(), Instant::now());
         // The link count of the original changed.
         if let Ok(inode) = self.inodes.lock().get_mut(ino) {
             inode.meta = None;
@@ -727,7 +768,10 @@ impl CachalotFs {
             }
             _ => return Err(FsError(libc::EPERM)),
         };
-        let ino = self.inodes.lock().upsert_entry(parent, name, meta.clone());
+        let ino = self
+            .inodes
+            .lock()
+            .upsert_entry(parent, name, meta.clone(), Instant::now());
         Ok(self.attr_of(ino, &meta))
     }
 
@@ -761,16 +805,30 @@ impl CachalotFs {
             settled.as_mut().enable();
             {
                 let mut table = self.inodes.lock();
-                let path = table.path_of(ino).map_err(|_| FsError(libc::ESTALE))?;
+                let path = match table.path_of(ino) {
+                    Ok(path) => path,
+                    // Replaced behind the mount after the kernel looked it
+                    // up: open the version that lookup saw.
+                    Err(_) if table.get(ino)?.superseded => table.last_path(ino)?,
+                    Err(_) => return Err(FsError(libc::ESTALE)),
+                };
                 let inode = table.get_mut(ino)?;
                 if inode.replacing == 0 {
                     inode.opening += 1;
+                    if writable {
+                        inode.writers += 1;
+                    }
                     break path;
                 }
             }
             settled.await;
         };
-        let _opening = OpeningGuard { fs: self, ino };
+        let mut opening = OpeningGuard {
+            fs: self,
+            ino,
+            writer: writable,
+            opened: false,
+        };
         let attr = self.getattr(caller, ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(FsError(libc::EISDIR));
@@ -797,6 +855,10 @@ impl CachalotFs {
         let (version, keep_cache, passthrough) = {
             let mut table = self.inodes.lock();
             let inode = table.get_mut(ino)?;
+            // If the revalidation above found the file replaced behind the
+            // mount (and superseded this inode for its open descriptors),
+            // this open still reads the version its lookup saw: as if it had
+            // happened just before the replacement.
             // Passthrough only if every other open of the inode is
             // passthrough too; otherwise the kernel would refuse the open.
             let passthrough = if !wants_passthrough || inode.write.is_some() {
@@ -811,9 +873,8 @@ impl CachalotFs {
             };
             let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
             inode.open_handles += 1;
-            if writable {
-                inode.writers += 1;
-            }
+            // Its writer count, taken at the start, now belongs to the handle.
+            opening.opened = true;
             if !matches!(passthrough, Passthrough::No) {
                 inode.passthrough_opens += 1;
             }
@@ -903,7 +964,7 @@ impl CachalotFs {
         ));
         let ino = {
             let mut table = self.inodes.lock();
-            let ino = table.upsert_entry(parent, name, base.clone());
+            let ino = table.upsert_entry(parent, name, base.clone(), Instant::now());
             let inode = table.get_mut(ino)?;
             inode.write = Some(session);
             inode.meta = None;
@@ -1129,6 +1190,9 @@ impl CachalotFs {
                 return Ok(());
             };
             inode.open_handles = inode.open_handles.saturating_sub(1);
+            if inode.open_handles == 0 {
+                inode.reader = None;
+            }
             if handle.closed_by_opener.load(Ordering::Acquire) {
                 inode.closing = inode.closing.saturating_sub(1);
             }
@@ -1138,8 +1202,10 @@ impl CachalotFs {
             if handle.passthrough.load(Ordering::Acquire) {
                 inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
             }
+            // A writable open in progress counts as a writer: the session
+            // may be its O_TRUNC one, still empty.
             (
-                inode.writers == 0 || inode.open_handles == 0,
+                inode.writers == 0 || (inode.open_handles == 0 && inode.opening == 0),
                 inode.write.clone(),
             )
         };

@@ -248,6 +248,9 @@ impl CachalotFs {
                     return Ok(data);
                 }
                 Err(ReadError::Changed { version, size }) => {
+                    if !self.inode_follows(&handle, &version) {
+                        return Err(self.replaced_behind(&handle, &view));
+                    }
                     self.version_changed(&handle, &view.version, &version, size)
                 }
                 Err(ReadError::Moved) => {}
@@ -259,6 +262,40 @@ impl CachalotFs {
             "the object keeps changing while being read"
         );
         Err(FsError(libc::ESTALE))
+    }
+
+    /// Whether `version`, found in the backend at the handle's path, is one
+    /// the inode moves to: what this mount published (its metadata), or a
+    /// publish through this mount finishing right now.
+    fn inode_follows(&self, handle: &FileHandle, version: &VersionToken) -> bool {
+        let table = self.inodes.lock();
+        let Ok(inode) = table.get(handle.ino) else {
+            return false;
+        };
+        inode.write.is_some()
+            || inode
+                .meta
+                .as_ref()
+                .is_some_and(|(m, _)| m.version == *version)
+    }
+
+    /// The file was replaced behind the mount (another mount or node
+    /// published a new version) and the handle's version is neither cached
+    /// nor readable from the backend any more: as on NFS, the descriptor
+    /// gets ESTALE (reopening reads the new version). The inode leaves the
+    /// namespace so that the reopen gets a new inode.
+    fn replaced_behind(&self, handle: &FileHandle, view: &View) -> FsError {
+        tracing::info!(
+            path = %view.path,
+            ino = handle.ino,
+            "file replaced behind the mount while open; this descriptor's version is gone (ESTALE, reopen to read the new one)"
+        );
+        let mut table = self.inodes.lock();
+        if table.get(handle.ino).is_ok_and(|i| i.attached && !i.hidden) {
+            self.invalidate_kernel_entry(&table, handle.ino);
+            table.supersede(handle.ino);
+        }
+        FsError(libc::ESTALE)
     }
 
     /// The backend has another version than the handle read so far: move
@@ -274,7 +311,7 @@ impl CachalotFs {
     ) {
         tracing::debug!(
             ino = handle.ino,
-            "object changed behind the mount; reading the new version"
+            "the file has a new version (published through this mount); reading it"
         );
         handle.switch_to(new, size);
         if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
@@ -440,6 +477,13 @@ impl CachalotFs {
         Ok(Arc::new(data))
     }
 
+    /// The reader another descriptor of the inode opened, if of `version`.
+    fn shared_reader(&self, ino: u64, version: &VersionToken) -> Option<Arc<dyn ObjectReader>> {
+        let table = self.inodes.lock();
+        let shared = table.get(ino).ok()?.reader.as_ref()?;
+        (shared.version() == version && !version.0.is_empty()).then(|| Arc::clone(shared))
+    }
+
     /// The handle's backend reader, opened at the view's path if it has none.
     async fn reader(
         &self,
@@ -448,6 +492,10 @@ impl CachalotFs {
     ) -> Result<Arc<dyn ObjectReader>, ReadError> {
         if let Some(r) = handle.reader.lock().as_ref() {
             return Ok(Arc::clone(r));
+        }
+        if let Some(r) = self.shared_reader(handle.ino, &view.version) {
+            *handle.reader.lock() = Some(Arc::clone(&r));
+            return Ok(r);
         }
         let opened = self.backend.open_read(handle.identity, &view.path).await;
         let elsewhere = match &opened {
@@ -467,6 +515,11 @@ impl CachalotFs {
             }
         }
         let reader: Arc<dyn ObjectReader> = opened.map_err(FsError::from)?.into();
+        if *reader.version() == view.version {
+            if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+                inode.reader = Some(Arc::clone(&reader));
+            }
+        }
         let mut slot = handle.reader.lock();
         // Keep a reader another request opened meanwhile if it matches.
         match slot.as_ref() {

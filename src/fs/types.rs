@@ -62,6 +62,8 @@ pub struct ListedEntry {
 pub trait KernelCache: Send + Sync {
     /// Drop the kernel's cached pages and attributes of an inode.
     fn invalidate_inode(&self, ino: u64);
+    /// Drop the kernel's cached entry `parent/name` (not the inode).
+    fn invalidate_entry(&self, parent: u64, name: &str);
 }
 
 /// An error for the application: just an errno. The context was logged where

@@ -125,6 +125,14 @@ impl KernelCache for KernelNotifier {
             }
         }
     }
+
+    fn invalidate_entry(&self, parent: u64, name: &str) {
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::new(name)) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(parent, name, error = %e, "kernel entry invalidation failed");
+            }
+        }
+    }
 }
 
 fn caller(req: &Request) -> Caller {
