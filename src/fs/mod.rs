@@ -317,10 +317,15 @@ impl CachalotFs {
     }
 
     pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<Attr> {
-        if let Some(attr) = self.local_attr(ino)? {
-            return Ok(attr);
-        }
-        let path = self.path_of(ino)?;
+        // One look at the table: an inode detached in between (replaced,
+        // superseded) is answered from what was last known, not ENOENT.
+        let path = {
+            let table = self.inodes.lock();
+            if let Some(attr) = self.local_attr_in(&table, ino)? {
+                return Ok(attr);
+            }
+            table.path_of(ino)?
+        };
         let asked = Instant::now();
         let meta = self.backend.stat(self.identity(caller), &path).await?;
         let mut table = self.inodes.lock();
