@@ -126,6 +126,24 @@ fn staging_files(cache: &Path) -> Vec<String> {
     out
 }
 
+/// Multipart uploads journaled in a staging root (`<cache>/s3-staging`),
+/// as `(key, upload id)`: what the next mount will abort.
+fn journaled_uploads(staging_root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for volume in fs::read_dir(staging_root).into_iter().flatten().flatten() {
+        for file in fs::read_dir(volume.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "upload") {
+                let text = fs::read_to_string(file.path()).unwrap();
+                let mut lines = text.lines();
+                if let (Some(key), Some(id)) = (lines.next(), lines.next()) {
+                    out.push((key.to_string(), id.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Wait until the mount's start-up cleanup left no multipart upload under
 /// the prefix and no staging file in `cache` (it runs in the background).
 fn wait_for_cleanup(server: &S3Server, cache: &Path, m: &Mounted) {
@@ -372,4 +390,60 @@ fn a_streamed_upload_broken_by_a_restart_is_redone_at_publish() {
         vec![],
         "the broken upload was not aborted"
     );
+}
+
+/// A stream abandoned while the server is down cannot be aborted then; its
+/// journal record must survive the retry's own upload, so that the next
+/// mount aborts it (S3 keeps an unaborted upload's parts, billed, forever).
+#[test]
+fn an_upload_that_could_not_be_aborted_is_aborted_by_the_next_mount() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let staging = cache.path().join("s3-staging");
+    let backend = server.backend(PREFIX, &staging);
+    let restart = server.prepare_restart();
+    let rt = multi_thread_rt();
+    let data = pattern(48 * MIB, 4);
+    let w = rt
+        .block_on(backend.begin_write(ME, &p("g"), WriteStart::Empty, 0o644))
+        .unwrap();
+    rt.block_on(w.write_at(0, &data[..5 * MIB])).unwrap();
+    let streaming = rt.block_on(backend.pending_uploads()).unwrap();
+    assert_eq!(streaming.len(), 1, "streaming did not start");
+    server.kill();
+    // More than 4 parts in flight: the writer waits for the oldest, which
+    // failed, abandons the stream and cannot abort it.
+    for chunk in (5 * MIB..data.len()).step_by(5 * MIB) {
+        let end = (chunk + 5 * MIB).min(data.len());
+        rt.block_on(w.write_at(chunk as u64, &data[chunk..end]))
+            .unwrap();
+    }
+    std::thread::sleep(DOWN);
+    restart.start(&mut server);
+    rt.block_on(w.publish(&p("g"))).unwrap();
+    assert!(
+        get(&store, "vol/g").unwrap() == data,
+        "published object differs"
+    );
+    // Whatever is still pending on the server is journaled.
+    let pending = rt.block_on(backend.pending_uploads()).unwrap();
+    let journaled = journaled_uploads(&staging);
+    eprintln!("pending after publish: {pending:?}, journaled: {journaled:?}");
+    for upload in &pending {
+        assert!(
+            journaled.contains(upload),
+            "upload {upload:?} left on the server and journaled nowhere: {journaled:?}"
+        );
+    }
+    drop(w);
+    drop(backend);
+    // The next mount (another process: the writer, this test, is not a
+    // cachalot process, so its records count as a dead writer's) aborts
+    // them and removes the staging files.
+    let m = Mounted::start(&server, PREFIX, cache.path(), &[]);
+    wait_for_cleanup(&server, cache.path(), &m);
+    assert_eq!(names(m.mnt.path()), ["g"]);
+    assert_eq!(keys(&store, PREFIX), ["vol/g"]);
 }
