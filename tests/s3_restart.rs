@@ -1,10 +1,13 @@
 //! SeaweedFS killed (SIGKILL) and restarted on the same ports and data in
 //! the middle of a sequential read and of a large write through a real
-//! mount (the S3 twin of nfs_restart.rs). Afterwards: a read returns exactly
-//! the object's bytes, a write publishes the whole object or nothing (never
-//! a partial object under the final key), an acknowledged write is on the
-//! server, the daemon still serves, and the next mount leaves no multipart
-//! upload or staging file behind.
+//! mount (the S3 twin of nfs_restart.rs). Requests are retried for up to
+//! 60 s, so the read completes with exactly the object's bytes and the write
+//! is published whole (never a partial object under the final key) and is
+//! on the server; the daemon still serves, and the next mount leaves no
+//! multipart upload or staging file behind. Two backend-level cases pin down
+//! what happens when retries do run out during an outage (a publish redoes a
+//! broken streamed upload; an upload that could not be aborted is aborted by
+//! the next mount).
 //!
 //! Every test runs its own SeaweedFS (own ports, own data dir), so killing
 //! it disturbs no other test. They still run one at a time: each moves
@@ -211,7 +214,7 @@ fn close(f: fs::File) -> std::io::Result<()> {
 }
 
 #[test]
-fn a_sequential_read_across_a_server_restart_serves_only_right_bytes() {
+fn a_sequential_read_survives_a_server_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = S3Server::seaweed();
     let store = server.store();
@@ -250,29 +253,31 @@ fn a_sequential_read_across_a_server_restart_serves_only_right_bytes() {
         "read across the restart: {} MiB read, then {error:?}",
         read.len() / MIB
     );
-    // Whatever the outcome, no byte served was wrong.
+    // No byte served was wrong, and (requests are retried for up to 60 s)
+    // none was refused: the restart is ridden out.
     assert!(
         read[..] == data[..read.len()],
         "data read across the restart differs"
     );
-    match error {
-        None => assert_eq!(read.len(), SIZE),
-        Some(e) => {
-            // A clean EIO, logged with the path and the reason.
-            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-            assert!(
-                log.contains("read of '/data.bin'") && log.contains("unavailable"),
-                "{log}"
-            );
-        }
+    if let Some(e) = error {
+        panic!(
+            "read failed after {} bytes: {e}\n{log}\n{}",
+            read.len(),
+            server.log_tail()
+        );
     }
+    assert_eq!(read.len(), SIZE);
+    assert!(
+        log.contains("backing off"),
+        "no request met the dead server:\n{log}"
+    );
     // The daemon still serves the file, whole and right, after the restart.
     let again = fs::read(m.path("data.bin")).unwrap();
     assert!(again == data, "data read after the restart differs");
 }
 
 #[test]
-fn a_write_across_a_server_restart_publishes_all_or_nothing() {
+fn a_write_across_a_server_restart_is_published_whole() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut server = S3Server::seaweed();
     let store = server.store();
@@ -304,20 +309,28 @@ fn a_write_across_a_server_restart_publishes_all_or_nothing() {
             .as_ref()
             .map_or("absent".to_string(), |p| format!("{} bytes", p.len()))
     );
+    // Never a partial object: the whole, or nothing if close said so.
     match &result {
         Ok(()) => {
             let published = published.expect("close succeeded but nothing was published");
             assert_eq!(published.len(), SIZE);
             assert!(published == *data, "published object differs");
         }
-        Err(e) => {
-            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}\n{log}");
-            assert!(
-                published.is_none(),
-                "close failed ({e}) but an object was published"
-            );
-        }
+        Err(e) => assert!(
+            published.is_none(),
+            "close failed ({e}) but an object was published"
+        ),
     }
+    // And, requests being retried for up to 60 s, close succeeds.
+    assert!(
+        result.is_ok(),
+        "close failed: {result:?}\n{log}\n{}",
+        server.log_tail()
+    );
+    assert!(
+        log.contains("backing off"),
+        "no request met the dead server:\n{log}"
+    );
 
     // The daemon still serves: a new write and read through the same mount.
     fs::write(m.path("after.txt"), b"after the restart").unwrap();
@@ -329,26 +342,13 @@ fn a_write_across_a_server_restart_publishes_all_or_nothing() {
     drop(m);
     let m = Mounted::start(&server, PREFIX, cache.path(), &[]);
     wait_for_cleanup(&server, cache.path(), &m);
-    let expected: &[&str] = if result.is_ok() {
-        &["after.txt", "out.bin"]
-    } else {
-        &["after.txt"]
-    };
-    assert_eq!(names(m.mnt.path()), expected);
-    assert_eq!(
-        keys(&store, PREFIX),
-        expected
-            .iter()
-            .map(|n| format!("{PREFIX}/{n}"))
-            .collect::<Vec<_>>()
-    );
-    if result.is_ok() {
-        // What close acknowledged reads back whole through a mount with
-        // an empty cache.
-        let fresh_cache = tempfile::tempdir().unwrap();
-        let fresh = Mounted::start(&server, PREFIX, fresh_cache.path(), &["--read-only"]);
-        assert!(fs::read(fresh.path("out.bin")).unwrap() == *data);
-    }
+    assert_eq!(names(m.mnt.path()), ["after.txt", "out.bin"]);
+    assert_eq!(keys(&store, PREFIX), ["vol/after.txt", "vol/out.bin"]);
+    // What close acknowledged reads back whole through a mount with an
+    // empty cache.
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let fresh = Mounted::start(&server, PREFIX, fresh_cache.path(), &["--read-only"]);
+    assert!(fs::read(fresh.path("out.bin")).unwrap() == *data);
 }
 
 /// Streaming is best effort: parts that failed while the application was
