@@ -201,6 +201,21 @@ fn bounce_server_at(
     );
 }
 
+/// Join the application thread, failing (not hanging) if it is stuck: a
+/// request may wait out the 60 s retry budget, never longer.
+fn join_within<T>(thread: std::thread::JoinHandle<T>, m: &Mounted) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !thread.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the application is stuck in the mount:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    thread.join().unwrap()
+}
+
 /// close(2) with its result (dropping a `File` ignores it, and close is
 /// where a FUSE file system reports a failed publish).
 fn close(f: fs::File) -> std::io::Result<()> {
@@ -247,11 +262,12 @@ fn a_sequential_read_survives_a_server_restart() {
     // Read-ahead is at most 16 pages (MiB) ahead: most of the file is
     // still to be fetched when the server dies.
     bounce_server_at(&mut server, restart, &progress, 16 * MIB);
-    let (read, error) = reader.join().unwrap();
+    let (read, error) = join_within(reader, &m);
     let log = m.log_text();
     eprintln!(
-        "read across the restart: {} MiB read, then {error:?}",
-        read.len() / MIB
+        "read across the restart: {} MiB read, then {error:?}; {} retries logged",
+        read.len() / MIB,
+        log.matches("backing off").count()
     );
     // No byte served was wrong, and (requests are retried for up to 60 s)
     // none was refused: the restart is ridden out.
@@ -300,14 +316,17 @@ fn a_write_across_a_server_restart_is_published_whole() {
     };
     // With the default 16 MiB parts, part 1 is streaming by then.
     bounce_server_at(&mut server, restart, &progress, 16 * MIB);
-    let result = writer.join().unwrap();
+    let result = join_within(writer, &m);
     let log = m.log_text();
     let published = get(&store, "vol/out.bin");
     eprintln!(
-        "write across the restart: close {result:?}, object {}",
+        "write across the restart: close {result:?}, object {}; {} retries logged, \
+         streamed upload redone: {}",
         published
             .as_ref()
-            .map_or("absent".to_string(), |p| format!("{} bytes", p.len()))
+            .map_or("absent".to_string(), |p| format!("{} bytes", p.len())),
+        log.matches("backing off").count(),
+        log.contains("uploading the staging file instead")
     );
     // Never a partial object: the whole, or nothing if close said so.
     match &result {
