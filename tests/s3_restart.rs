@@ -413,7 +413,9 @@ fn a_streamed_upload_broken_by_a_restart_is_redone_at_publish() {
 
 /// A stream abandoned while the server is down cannot be aborted then; its
 /// journal record must survive the retry's own upload, so that the next
-/// mount aborts it (S3 keeps an unaborted upload's parts, billed, forever).
+/// mount aborts it (S3 keeps an unaborted upload's parts, invisible and
+/// billed, until someone aborts it; unjournaled ones wait a day for the
+/// sweep of foreign uploads).
 #[test]
 fn an_upload_that_could_not_be_aborted_is_aborted_by_the_next_mount() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
