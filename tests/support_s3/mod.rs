@@ -1,6 +1,8 @@
 //! Test servers for the S3 backend: SeaweedFS (`weed mini`, strict SigV4)
 //! and moto (lenient), on 127.0.0.1, one per test, killed by a guard's Drop
-//! and, should the test process die, by PR_SET_PDEATHSIG.
+//! and, should the test process die, by PR_SET_PDEATHSIG. Every server has
+//! its own ports and data dir, so a test may kill and restart its SeaweedFS
+//! (`prepare_restart`) without disturbing any other test.
 
 #![allow(dead_code)]
 
@@ -84,13 +86,10 @@ impl S3Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = free_port_block(7);
         let log = dir.path().join("weed.log");
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let scratch = dir.path().join("tmp");
-        std::fs::create_dir_all(&scratch).unwrap();
-        let identities = dir.path().join("s3.json");
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         std::fs::write(
-            &identities,
+            dir.path().join("s3.json"),
             format!(
                 r#"{{"identities":[
   {{"name":"admin","credentials":[{{"accessKey":"{KEY_ID}","secretKey":"{SECRET}"}}],
@@ -100,33 +99,8 @@ impl S3Server {
             ),
         )
         .unwrap();
-        let mut cmd = Command::new("weed");
-        cmd.arg("mini")
-            .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
-            .arg(format!("-bucket={BUCKET}"))
-            .arg(format!("-master.port={}", base))
-            .arg(format!("-volume.port={}", base + 1))
-            .arg(format!("-filer.port={}", base + 2))
-            .arg(format!("-s3.port={}", base + 3))
-            .arg(format!("-admin.port={}", base + 4))
-            .arg(format!("-webdav.port={}", base + 5))
-            .arg(format!("-debug.port={}", base + 6))
-            .args([
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-                "-master.telemetry=false",
-            ])
-            .arg(format!("-s3.config={}", identities.display()))
-            // Identities come from -s3.config; with AWS_* set, weed mini
-            // would use those alone.
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            // weed puts unix sockets and scratch volumes in $TMPDIR and
-            // never removes them: keep them inside our temp dir.
-            .env("TMPDIR", &scratch)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
+        let mut cmd = weed_mini(dir.path(), base);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
                 std::fs::File::create(dir.path().join("weed.err")).unwrap(),
@@ -146,6 +120,65 @@ impl S3Server {
         server.wait_for_bucket();
         server.wait_for_auth();
         server
+    }
+
+    /// A restart of this SeaweedFS, prepared in advance: a shell, spawned
+    /// now, that `exec`s the same `weed mini` (same ports, same data dir)
+    /// when told to. Needed while the test process holds files of a
+    /// cachalot mount open: a process spawned then inherits those
+    /// descriptors and closes them at exec, which sends FUSE FLUSH for the
+    /// very write the restart is meant to interrupt. Call it from the thread
+    /// that owns the server: the parent-death signal follows that thread.
+    pub fn prepare_restart(&self) -> PreparedRestart {
+        assert_eq!(self.kind, "seaweedfs", "only SeaweedFS can be restarted");
+        let weed = weed_mini(self.dir.path(), self.port - 3);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"read -r _ && exec "$@""#)
+            .arg("sh")
+            .arg(weed.get_program())
+            .args(weed.get_args());
+        for (name, value) in weed.get_envs() {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        let append = |name: &str| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
+        cmd.current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(append("weed.log")))
+            .stderr(Stdio::from(append("weed.err")));
+        die_with_parent(&mut cmd);
+        PreparedRestart {
+            child: Some(cmd.spawn().expect("preparing a weed restart")),
+        }
+    }
+
+    /// The last lines of the server's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let mut out = String::new();
+        for name in ["weed.log", "weed.err"] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {name}\n"));
+            out.push_str(&lines[lines.len().saturating_sub(15)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// SIGKILL the server (a crash, an OOM kill) and reap it; its ports
+    /// close with it. Nothing is restarted (see `prepare_restart`).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// moto_server (no SigV4 enforcement) with bucket `test` created.
@@ -284,6 +317,77 @@ impl S3Server {
 
     pub fn backend(&self, prefix: &str, staging: &Path) -> S3Backend {
         S3Backend::new(self.config(prefix, staging)).expect("backend")
+    }
+}
+
+/// `weed mini` serving bucket `test` from `dir` on ports `base..base + 7`
+/// (S3 on `base + 3`); stdio is left to the caller.
+fn weed_mini(dir: &Path, base: u16) -> Command {
+    let mut cmd = Command::new("weed");
+    cmd.arg("mini")
+        .arg(format!("-dir={}", dir.join("data").display()))
+        .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"])
+        .arg(format!("-bucket={BUCKET}"))
+        .arg(format!("-master.port={}", base))
+        .arg(format!("-volume.port={}", base + 1))
+        .arg(format!("-filer.port={}", base + 2))
+        .arg(format!("-s3.port={}", base + 3))
+        .arg(format!("-admin.port={}", base + 4))
+        .arg(format!("-webdav.port={}", base + 5))
+        .arg(format!("-debug.port={}", base + 6))
+        .args([
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+        ])
+        .arg(format!("-s3.config={}", dir.join("s3.json").display()))
+        // Identities come from -s3.config; with AWS_* set, weed mini
+        // would use those alone.
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        // weed puts unix sockets and scratch volumes in $TMPDIR and
+        // never removes them: keep them inside our temp dir.
+        .env("TMPDIR", dir.join("tmp"))
+        .current_dir(dir);
+    cmd
+}
+
+/// See [`S3Server::prepare_restart`]. Dropped unused, the waiting shell is
+/// killed.
+pub struct PreparedRestart {
+    child: Option<Child>,
+}
+
+impl PreparedRestart {
+    /// Kill the running server, keep it down for `down`, then `start`.
+    pub fn kill_and_restart(self, server: &mut S3Server, down: Duration) {
+        server.kill();
+        std::thread::sleep(down);
+        self.start(server);
+    }
+
+    /// Start the prepared server (after `S3Server::kill`) and wait until it
+    /// serves the bucket with SigV4 enforced again.
+    pub fn start(mut self, server: &mut S3Server) {
+        let mut child = self.child.take().expect("prepared child");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+        drop(stdin);
+        // From here the server's Drop kills the new process.
+        server.child = child;
+        let log = server.dir.path().join("weed.log");
+        wait_for_port(server.port, &mut server.child, "restarted weed mini", &log);
+        server.wait_for_bucket();
+        server.wait_for_auth();
+    }
+}
+
+impl Drop for PreparedRestart {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -24,7 +24,8 @@ pub struct S3Options {
     pub rename_dir_max_objects: usize,
     /// Objects at least this big are uploaded in parts of this size.
     pub part_size: u64,
-    /// Retries of 5xx answers, throttling and connection failures.
+    /// Retries of 5xx answers, throttling and connection failures (see
+    /// `DEFAULT_MAX_RETRIES`).
     pub max_retries: usize,
     /// Overall time bound for one request including its retries.
     pub retry_timeout: Duration,
@@ -39,6 +40,12 @@ pub const DEFAULT_RENAME_DIR_MAX_OBJECTS: usize = 10_000;
 /// parts reach 160 GiB objects.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// Large on purpose, so that `retry_timeout` is the bound that applies: a
+/// restarting server is back within seconds, and object_store's jittered
+/// backoff (from 100 ms) spent the 4 retries we used to allow in about one,
+/// so every read and write in flight failed with EIO (NFS rides out 60 s).
+/// The count still stops a request that keeps failing at once.
+pub const DEFAULT_MAX_RETRIES: usize = 1_000;
 
 impl Default for S3Options {
     fn default() -> Self {
@@ -51,7 +58,7 @@ impl Default for S3Options {
             dir_mode: DEFAULT_DIR_MODE,
             rename_dir_max_objects: DEFAULT_RENAME_DIR_MAX_OBJECTS,
             part_size: DEFAULT_PART_SIZE,
-            max_retries: 4,
+            max_retries: DEFAULT_MAX_RETRIES,
             retry_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
         }

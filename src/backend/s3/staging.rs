@@ -4,8 +4,9 @@
 //! so the next mount can tell a crashed writer's leftovers from a live one's
 //! and abort its dangling upload.
 //!
-//! Layout: `<staging_dir>/<hash of the volume>/<owner><seq>.data` and
-//! `.../<owner><seq>.upload` (two lines: key, upload id).
+//! Layout: `<staging_dir>/<hash of the volume>/<owner><seq>.data` and, per
+//! multipart upload of that file, `.../<owner><seq>-<upload tag>.upload`
+//! (two lines: key, upload id).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -86,20 +87,28 @@ impl Staging {
         )
     }
 
-    fn journal_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.upload"))
+    /// One record per upload, not per staging file: a write whose streamed
+    /// upload could not be aborted (the server was down) uploads again under
+    /// the same staging id, and the first upload's record must survive that
+    /// for the next mount to abort it.
+    fn journal_path(&self, id: &str, upload_id: &str) -> PathBuf {
+        let tag = blake3::hash(upload_id.as_bytes()).to_hex();
+        self.dir
+            .join(format!("{id}-{}.upload", &tag.as_str()[..16]))
     }
 
     /// Record an upload before its first part is sent (write + rename, so a
     /// crash never leaves a half-written record).
     pub fn record_upload(&self, id: &str, key: &str, upload_id: &str) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{id}.upload.tmp"));
+        let path = self.journal_path(id, upload_id);
+        let tmp = path.with_extension("upload.tmp");
         fs::write(&tmp, format!("{key}\n{upload_id}\n"))?;
-        fs::rename(&tmp, self.journal_path(id))
+        fs::rename(&tmp, path)
     }
 
-    pub fn clear_upload(&self, id: &str) {
-        let _ = fs::remove_file(self.journal_path(id));
+    /// The upload is completed or aborted: forget it.
+    pub fn clear_upload(&self, id: &str, upload_id: &str) {
+        let _ = fs::remove_file(self.journal_path(id, upload_id));
     }
 
     /// Journal records and staging files whose writer process is gone.
@@ -180,16 +189,29 @@ mod tests {
         // A writer on this host whose pid cannot exist.
         let dead = format!("{}{:08x}7", s.host, u32::MAX - 1);
         fs::write(s.dir().join(format!("{dead}.data")), b"x").unwrap();
-        fs::write(s.dir().join(format!("{dead}.upload")), "p/big\nu-1\n").unwrap();
+        // Its first upload could not be aborted, its second was running.
+        s.record_upload(&dead, "p/big", "u-1").unwrap();
+        s.record_upload(&dead, "p/big", "u-2").unwrap();
+        // A record in the format of earlier versions.
+        let old = format!("{}{:08x}9", s.host, u32::MAX - 1);
+        fs::write(s.dir().join(format!("{old}.upload")), "p/old\nu-0\n").unwrap();
         // Another host's writer: not ours to judge.
         fs::write(s.dir().join("ffffffff000000011.data"), b"x").unwrap();
         let left = s.leftovers();
-        assert_eq!(left.uploads.len(), 1, "{left:?}");
-        assert_eq!(left.uploads[0].key, "p/big");
-        assert_eq!(left.uploads[0].upload_id, "u-1");
+        let mut uploads: Vec<_> = left
+            .uploads
+            .iter()
+            .map(|u| (u.key.as_str(), u.upload_id.as_str()))
+            .collect();
+        uploads.sort();
+        assert_eq!(
+            uploads,
+            [("p/big", "u-1"), ("p/big", "u-2"), ("p/old", "u-0")],
+            "{left:?}"
+        );
         assert_eq!(left.data_files.len(), 1, "{left:?}");
         assert!(live_path.exists());
-        s.clear_upload(&live_id);
-        assert!(!s.dir().join(format!("{live_id}.upload")).exists());
+        s.clear_upload(&live_id, "u-live");
+        assert!(!s.journal_path(&live_id, "u-live").exists());
     }
 }

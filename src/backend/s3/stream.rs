@@ -144,7 +144,7 @@ impl Stream {
             .complete_multipart(&self.location, &self.upload_id, parts)
             .await
             .map_err(|e| inner.store_err(&e, "complete streamed upload", path, &self.key, id))?;
-        inner.staging.clear_upload(staging_id);
+        inner.staging.clear_upload(staging_id, &self.upload_id);
         Ok(result)
     }
 
@@ -161,7 +161,7 @@ impl Stream {
             .abort_multipart(&self.location, &self.upload_id)
             .await
         {
-            Ok(()) => inner.staging.clear_upload(staging_id),
+            Ok(()) => inner.staging.clear_upload(staging_id, &self.upload_id),
             Err(e) => {
                 tracing::warn!(key = self.key, error = %e,
                     "could not abort a streamed upload; the next mount will")

@@ -107,7 +107,7 @@ pub async fn upload_file(
     };
     match completed {
         Ok(result) => {
-            inner.staging.clear_upload(t.staging_id);
+            inner.staging.clear_upload(t.staging_id, &upload_id);
             Ok(result)
         }
         Err(e) => {
@@ -125,7 +125,7 @@ pub async fn abort_upload(inner: &Inner, t: &Target<'_>, upload_id: &str) {
         .abort_multipart(t.location, &upload_id.to_string())
         .await
     {
-        Ok(()) => inner.staging.clear_upload(t.staging_id),
+        Ok(()) => inner.staging.clear_upload(t.staging_id, upload_id),
         Err(e) => {
             let err = inner.store_err(&e, "abort multipart upload", t.path, t.key, t.id);
             tracing::warn!(error = %err, "could not abort a failed upload; the next mount will retry");

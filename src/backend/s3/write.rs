@@ -348,8 +348,7 @@ impl PendingWrite for S3PendingWrite {
             id: self.id,
             staging_id: &self.staging_id,
         };
-        let streamed = state.stream.take();
-        let result = match streamed {
+        let streamed = match state.stream.take() {
             Some(mut s) if s.key == key && s.queued <= size => {
                 let part = self.inner.cfg.options.part_size;
                 while s.queued < size {
@@ -360,10 +359,20 @@ impl PendingWrite for S3PendingWrite {
                     .complete(&self.inner, target, self.id, &self.staging_id)
                     .await
                 {
-                    Ok(r) => r,
+                    Ok(r) => Some(r),
                     Err(e) => {
+                        // Streaming is best effort (see advance_stream): a
+                        // part that failed while the application was still
+                        // writing (e.g. the server was restarting) must not
+                        // fail a publish whose whole content is in the
+                        // staging file. Upload that instead; an error that
+                        // persists is reported by it. Should the completion
+                        // have succeeded unseen, the same bytes are simply
+                        // uploaded again.
+                        tracing::warn!(error = %e,
+                            "streamed upload failed; uploading the staging file instead");
                         s.abort(&self.inner, &self.staging_id).await;
-                        return Err(e);
+                        None
                     }
                 }
             }
@@ -371,8 +380,12 @@ impl PendingWrite for S3PendingWrite {
                 if let Some(s) = other {
                     s.abort(&self.inner, &self.staging_id).await;
                 }
-                upload::upload_file(&self.inner, &self.file, size, &t).await?
+                None
             }
+        };
+        let result = match streamed {
+            Some(r) => r,
+            None => upload::upload_file(&self.inner, &self.file, size, &t).await?,
         };
         state.finished = true;
         let _ = std::fs::remove_file(&self.file_path);
