@@ -337,6 +337,28 @@ fn mount_errors_are_explained() {
     assert_eq!(code, Some(1));
     assert!(err.contains("'no-such-bucket' does not exist"), "{err}");
 
+    // Nothing listens at the endpoint: the mount fails from its short-budget
+    // check (not after the data path's long retries), naming the endpoint.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let (code, err) = run(std::process::Command::new(support_s3::cachalot_bin())
+        .arg("mount")
+        .arg("s3://bucket/p")
+        .arg(mnt.path())
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args(["--endpoint", &dead, "--path-style", "--foreground"])
+        .env("AWS_ACCESS_KEY_ID", support_s3::KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env_remove("AWS_SESSION_TOKEN"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("reaching the bucket"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+
     // S3 options with another source: a usage error.
     let local = tempfile::tempdir().unwrap();
     let (code, err) = run(std::process::Command::new(support_s3::cachalot_bin())

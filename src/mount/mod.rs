@@ -14,7 +14,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::backend::local::{IdentityMode, LocalBackend};
 use crate::backend::nfs::{NfsBackend, NfsOptions};
 use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
-use crate::backend::{Backend, Identity, Source};
+use crate::backend::{Backend, BackendPath, Identity, Source};
 use crate::cache::{PageStore, PageStoreConfig};
 use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
@@ -70,10 +70,23 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
             Ok(Arc::new(backend))
         }
         Source::S3 { bucket, prefix } => {
-            let backend = s3_backend(opts, bucket, prefix)?;
+            // The checks run on a client with a short retry budget, so a
+            // wrong endpoint or a dead server fails the mount in seconds
+            // with its cause; the data path rides out a server restart for
+            // the whole retry_timeout.
+            let mut check = opts.s3.clone();
+            check.max_retries = check.max_retries.min(S3_CHECK_RETRIES);
+            check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
+            let probe = s3_backend(opts, bucket, prefix, check)?;
+            probe
+                .stat(Identity { uid: 0, gid: 0 }, &BackendPath::root())
+                .await
+                .context("reaching the bucket")?;
             if !opts.read_only && !opts.skip_preflight {
-                backend.preflight().await?;
+                probe.preflight().await?;
             }
+            let backend = s3_backend(opts, bucket, prefix, opts.s3.clone())?;
+            tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(), "using S3");
             Ok(backend)
         }
         Source::Nfs { .. } => {
@@ -100,7 +113,16 @@ async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Result<()> {
     Ok(())
 }
 
-fn s3_backend(opts: &MountOptions, bucket: &str, prefix: &str) -> Result<Arc<S3Backend>> {
+/// Retry budget of the S3 checks at mount time (see `backend_for`).
+const S3_CHECK_RETRIES: usize = 2;
+const S3_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn s3_backend(
+    opts: &MountOptions,
+    bucket: &str,
+    prefix: &str,
+    options: S3Options,
+) -> Result<Arc<S3Backend>> {
     let credentials = Credentials::load(&opts.s3.credentials)?;
     // S3 stores no owners: everything belongs to --uid/--gid, else to the
     // identity that mounted.
@@ -111,15 +133,15 @@ fn s3_backend(opts: &MountOptions, bucket: &str, prefix: &str) -> Result<Arc<S3B
     let config = S3Config {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),
-        options: opts.s3.clone(),
+        options,
         credentials,
         uid: owner.uid,
         gid: owner.gid,
         staging_dir: opts.cache_dir.join("s3-staging"),
     };
-    let backend = S3Backend::new(config).map_err(anyhow::Error::msg)?;
-    tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(), "using S3");
-    Ok(Arc::new(backend))
+    Ok(Arc::new(
+        S3Backend::new(config).map_err(anyhow::Error::msg)?,
+    ))
 }
 
 fn fuse_config(opts: &MountOptions) -> Config {
