@@ -298,8 +298,13 @@ fn crash_during_upload_keeps_old_object_and_next_mount_aborts_the_upload() {
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0].0, "crash/f");
 
-    // The next mount aborts it and removes the leftovers.
+    // The next mount aborts it and removes the leftovers (in the background,
+    // after the mount is up: wait for it).
     let m2 = Mounted::start(&server, "crash", cache.path(), &args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journal.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pending = rt().block_on(probe.pending_uploads()).unwrap();
     assert!(pending.is_empty(), "{pending:?}\n{}", m2.log_text());
     assert!(!journal.exists());
