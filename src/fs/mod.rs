@@ -500,8 +500,8 @@ impl CachalotFs {
             // Only a temporary object exists: nothing to remove in the
             // backend, except an object it replaced by a rename.
             Some(s) if s.is_new() => {
-                if let Some(replaced) = s.take_replaced() {
-                    self.remove_replaced(id, &replaced).await?;
+                if s.take_replaced() {
+                    self.remove_replaced(id, &path).await?;
                 }
             }
             _ => self.backend.unlink(id, &path).await?,
@@ -640,11 +640,11 @@ impl CachalotFs {
                 s.retarget(from, to).await?;
                 // Moving on from a name it had replaced: that object is gone
                 // for good now.
-                if let Some(previous) = s.take_replaced() {
-                    self.remove_replaced(id, &previous).await?;
+                if s.take_replaced() {
+                    self.remove_replaced(id, from).await?;
                 }
                 if existing.is_some() {
-                    s.set_replaced(to.clone());
+                    s.set_replaced();
                 }
             }
             _ => {

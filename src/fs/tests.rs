@@ -443,3 +443,43 @@ async fn a_failed_write_is_never_published() {
     assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"precious");
     assert_eq!(visible(&f.backing), vec!["f"]);
 }
+
+/// Found by the long model run: a new file renamed over an open one (kept
+/// under a hidden name by a link, so the old object stays under the name
+/// until the new file publishes), then its directory renamed, then the new
+/// file unlinked: the object under its name must go, not linger because the
+/// replaced object was remembered by its path before the directory moved.
+#[tokio::test]
+async fn unlink_of_a_new_file_renamed_over_an_open_one_after_its_directory_moved() {
+    let f = fixture(false).await;
+    let d = f.fs.mkdir(ROOT, ROOT_INO, "d", 0o755).await.unwrap();
+    fs::write(f.backing.join("d/old"), b"old").unwrap();
+    let old = f.fs.lookup(ROOT, d.ino, "old").await.unwrap().ino;
+    let reader = f.fs.open(me(), old, RO).await.unwrap();
+    let (_, writer) =
+        f.fs.create(me(), d.ino, "new", 0o644, true, RW)
+            .await
+            .unwrap();
+    f.fs.write(ROOT, writer.fh, 0, b"new").await.unwrap();
+    f.fs.rename(ROOT, d.ino, "new", d.ino, "old", false)
+        .await
+        .unwrap();
+    f.fs.rename(ROOT, ROOT_INO, "d", ROOT_INO, "e", false)
+        .await
+        .unwrap();
+    f.fs.unlink(ROOT, d.ino, "old").await.unwrap();
+    let left = visible(&f.backing.join("e"));
+    assert!(
+        !left.contains(&"old".to_string()),
+        "the unlinked name lingers in the backend: {left:?}"
+    );
+    assert_eq!(f.fs.read(reader.fh, 0, 10).await.unwrap(), b"old");
+    f.fs.release(reader.fh).await.unwrap();
+    f.fs.flush(me(), writer.fh).await.unwrap();
+    f.fs.release(writer.fh).await.unwrap();
+    assert!(
+        visible(&f.backing.join("e")).is_empty(),
+        "{:?}",
+        visible(&f.backing.join("e"))
+    );
+}

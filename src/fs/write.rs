@@ -30,10 +30,12 @@ pub struct WriteSession {
     /// utimens received while writing: applied after publish, since the
     /// publish itself sets a new mtime.
     deferred_times: parking_lot::Mutex<AttrChanges>,
-    /// A backend object this new file replaced by a rename before its first
-    /// publish: the publish replaces it; if the file moves on or is
-    /// unlinked first, it must be deleted.
-    replaced: parking_lot::Mutex<Option<BackendPath>>,
+    /// This new file was renamed over an existing backend object before its
+    /// first publish: the publish replaces it; if the file moves on or is
+    /// unlinked first, the object under its name then must be deleted. A
+    /// flag, not a path: the object is always under the file's current
+    /// name, which a rename of a directory above may have changed.
+    replaces_existing: std::sync::atomic::AtomicBool,
 }
 
 /// What happened to a session when asked to finish.
@@ -61,7 +63,7 @@ impl WriteSession {
             base: parking_lot::Mutex::new(base),
             deferred_times: parking_lot::Mutex::new(AttrChanges::default()),
             last_target: parking_lot::Mutex::new(target),
-            replaced: parking_lot::Mutex::new(None),
+            replaces_existing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -89,12 +91,16 @@ impl WriteSession {
         meta
     }
 
-    pub fn set_replaced(&self, path: BackendPath) {
-        *self.replaced.lock() = Some(path);
+    pub fn set_replaced(&self) {
+        self.replaces_existing
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    pub fn take_replaced(&self) -> Option<BackendPath> {
-        self.replaced.lock().take()
+    /// Whether an object under the file's current name was replaced (and
+    /// forget it).
+    pub fn take_replaced(&self) -> bool {
+        self.replaces_existing
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Write at `offset`, or at the end of the data for `None` (O_APPEND,
