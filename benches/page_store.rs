@@ -1,5 +1,5 @@
-//! Micro-benchmarks of the page store: lookup (hit and miss), insert, and
-//! insert with eviction. Run with `cargo bench --bench page_store`.
+//! Micro-benchmarks of the page store: lookup (hit, range hit and miss),
+//! insert, and insert with eviction. Run with `cargo bench --bench page_store`.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -41,6 +41,24 @@ fn page_store(c: &mut Criterion) {
             black_box(store.get(&key(i)))
         })
     });
+    group.finish();
+
+    // A random 4 KiB read of a stored page: only the header and the
+    // checksum blocks it touches are read and verified.
+    let mut group = c.benchmark_group("page_store");
+    group.throughput(Throughput::Bytes(4096));
+    group.bench_function("get_range_hit_4KiB", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i = (i + 1) % 64;
+            let offset = (i * 7919 * 4096) % PAGE as u64;
+            black_box(store.get_range(&key(i), offset, 4096))
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("page_store");
+    group.throughput(Throughput::Bytes(PAGE as u64));
     group.bench_function("put_1MiB", |b| {
         let mut i = 1000u64;
         b.iter(|| {

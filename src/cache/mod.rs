@@ -215,44 +215,107 @@ impl PageStore {
         let path = self.path_of(&stem);
         let file = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
-                }
-                self.index.lock().pop(&stem);
-                if let Some(data) = self.get_from_whole(key) {
-                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    return Some(data);
-                }
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
+            Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
         };
         match page::decode(key, &file) {
             Ok(data) => {
                 let data = data.to_vec();
-                let mut index = self.index.lock();
-                if index.get(&stem).is_none() {
-                    // Written by another process, or not indexed yet.
-                    index.put(stem, file.len() as u64);
-                }
-                drop(index);
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.hit(stem, file.len() as u64);
                 Some(data)
             }
             Err(why) => {
-                let n = self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
-                if n == 0 {
-                    tracing::warn!(path = %path.display(), %why, "dropping a corrupt cache page (further ones are only counted)");
-                }
-                self.index.lock().pop(&stem);
-                if fs::remove_file(&path).is_ok() {
-                    let _ = self.ledger.release(file.len() as u64);
-                }
+                self.drop_corrupt(stem, &path, file.len() as u64, &why);
+                None
+            }
+        }
+    }
+
+    /// `len` bytes of the page's data from `offset_in_page` (fewer at the
+    /// end of the data), if the page is cached and intact. Reads and
+    /// verifies only the header and the checksum blocks the range touches,
+    /// so a small read of a big page costs about its own size. Hits,
+    /// misses and damaged pages are counted and handled as by
+    /// [`PageStore::get`]: a damaged page is dropped whole, even if the
+    /// requested blocks were intact, so the caller refetches and rewrites it.
+    pub fn get_range(&self, key: &PageKey, offset_in_page: u64, len: usize) -> Option<Vec<u8>> {
+        let stem = key.file_stem();
+        let path = self.path_of(&stem);
+        let opened = fs::File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
+        let (file_len, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                return self.not_stored(key, &stem, &path, &e, |data| {
+                    let start = usize::try_from(offset_in_page)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    let end = start.saturating_add(len).min(data.len());
+                    data[start..end].to_vec()
+                })
+            }
+        };
+        match page::read_range(&file, file_len, key, offset_in_page, len) {
+            Ok(data) => {
+                self.hit(stem, file_len);
+                Some(data)
+            }
+            Err(page::RangeError::Format(why)) => {
+                self.drop_corrupt(stem, &path, file_len, &why);
+                None
+            }
+            Err(page::RangeError::Io(e)) => {
+                // The file may be fine: leave it, read from the backend.
+                tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
         }
+    }
+
+    /// A page file was served: count it and keep it in the index.
+    fn hit(&self, stem: String, file_len: u64) {
+        let mut index = self.index.lock();
+        if index.get(&stem).is_none() {
+            // Written by another process, or not indexed yet.
+            index.put(stem, file_len);
+        }
+        drop(index);
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// No page file for `key` (or it cannot be opened): serve the page from
+    /// a whole file if there is one (through `pick`), else count a miss.
+    fn not_stored(
+        &self,
+        key: &PageKey,
+        stem: &str,
+        path: &Path,
+        e: &io::Error,
+        pick: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
+        }
+        self.index.lock().pop(stem);
+        if let Some(data) = self.get_from_whole(key) {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(pick(data));
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Remove a damaged page file (counted; the first one is logged), so
+    /// the caller's refetch rewrites it.
+    fn drop_corrupt(&self, stem: String, path: &Path, file_len: u64, why: &PageFormatError) {
+        let n = self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            tracing::warn!(path = %path.display(), %why, "dropping a corrupt cache page (further ones are only counted)");
+        }
+        self.index.lock().pop(&stem);
+        if fs::remove_file(path).is_ok() {
+            let _ = self.ledger.release(file_len);
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     fn get_from_whole(&self, key: &PageKey) -> Option<Vec<u8>> {

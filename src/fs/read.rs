@@ -43,6 +43,16 @@ impl HotPages {
     fn put(&self, key: PageKey, page: Arc<Vec<u8>>) {
         self.0.lock().put(key, page);
     }
+
+    #[cfg(test)]
+    pub(super) fn clear(&self) {
+        self.0.lock().clear();
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
 }
 
 /// Pages being fetched from the backend right now: concurrent misses on one
@@ -240,7 +250,10 @@ impl CachalotFs {
         let window = handle.observe(offset, size as u64);
         for _ in 0..VERSION_RETRIES {
             let view = handle.view();
-            match self.read_pages(&handle, &view, offset, size as usize).await {
+            match self
+                .read_pages(&handle, &view, offset, size as usize, window)
+                .await
+            {
                 Ok(data) => {
                     if window > 0 {
                         self.read_ahead(&handle, &view, offset + size as u64, window);
@@ -345,19 +358,22 @@ impl CachalotFs {
             considered = index + 1;
             let (fs, handle, view) = (Arc::clone(self), Arc::clone(handle), view.clone());
             tokio::spawn(async move {
-                let _ = fs.load_page_once(&handle, &view, index, key).await;
+                let _ = fs.load_page_once(&handle, &view, index, key, true).await;
                 drop(permit);
             });
         }
         handle.ahead_until.fetch_max(considered, Ordering::AcqRel);
     }
 
+    /// `window` is the read-ahead window of this request: 0 for a random
+    /// read.
     async fn read_pages(
         &self,
         handle: &FileHandle,
         view: &View,
         offset: u64,
         size: usize,
+        window: u64,
     ) -> Result<Vec<u8>, ReadError> {
         let page_size = self.cache.page_size();
         let mut out = Vec::with_capacity(size);
@@ -365,12 +381,44 @@ impl CachalotFs {
         let end = offset + size as u64;
         while pos < end {
             let index = pos / page_size;
-            let page = self.page(handle, view, index).await?;
-            let within = (pos - index * page_size) as usize;
+            let within = pos - index * page_size;
+            let want = (page_size - within).min(end - pos) as usize;
+            let key = self.page_key(view, index);
+            let page = match self.hot.get(&key) {
+                Some(page) => {
+                    self.cache.count_memory_hit();
+                    page
+                }
+                // (A page being fetched right now: join that fetch below.)
+                None if Self::wants_range(window, want, page_size)
+                    && !self.inflight.0.lock().contains_key(&key) =>
+                {
+                    match self.stored_range(&key, within, want).await {
+                        Some(part) => {
+                            let short = part.len() < want;
+                            pos += part.len() as u64;
+                            out.extend_from_slice(&part);
+                            if short {
+                                break; // the page ends there: end of file
+                            }
+                            continue;
+                        }
+                        // Not stored (get_range counted the miss): fetch
+                        // the whole page from the backend, once, unless a
+                        // fetch that just finished left it in memory.
+                        None => match self.hot.get(&key) {
+                            Some(page) => page,
+                            None => self.load_page_once(handle, view, index, key, false).await?,
+                        },
+                    }
+                }
+                None => self.load_page_once(handle, view, index, key, true).await?,
+            };
+            let within = within as usize;
             if within >= page.len() {
                 break; // end of file
             }
-            let take = (page.len() - within).min((end - pos) as usize);
+            let take = (page.len() - within).min(want);
             out.extend_from_slice(&page[within..within + take]);
             pos += take as u64;
             if (page.len() as u64) < page_size {
@@ -380,18 +428,23 @@ impl CachalotFs {
         Ok(out)
     }
 
-    async fn page(
-        &self,
-        handle: &FileHandle,
-        view: &View,
-        index: u64,
-    ) -> Result<Arc<Vec<u8>>, ReadError> {
-        let key = self.page_key(view, index);
-        if let Some(page) = self.hot.get(&key) {
-            self.cache.count_memory_hit();
-            return Ok(page);
-        }
-        self.load_page_once(handle, view, index, key).await
+    /// Whether to read only the needed part of a stored page rather than
+    /// load it whole into HotPages: for random reads of a small part of a
+    /// page, where reading and verifying the whole page (1 MiB by default)
+    /// would cost far more than the request. Sequential readers load whole
+    /// pages: their next requests use the rest of the page from memory.
+    fn wants_range(window: u64, want: usize, page_size: u64) -> bool {
+        window == 0 && (want as u64) < page_size / 2
+    }
+
+    /// `len` bytes at `within` of the page `key` from the page store, if
+    /// stored (never partial data in HotPages).
+    async fn stored_range(&self, key: &PageKey, within: u64, len: usize) -> Option<Vec<u8>> {
+        let cache = Arc::clone(&self.cache);
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || cache.get_range(&key, within, len))
+            .await
+            .unwrap_or(None)
     }
 
     pub(super) fn page_key(&self, view: &View, index: u64) -> PageKey {
@@ -403,22 +456,28 @@ impl CachalotFs {
         }
     }
 
-    /// Load a page from the page store, or else from the backend, once for
-    /// all concurrent readers of it.
+    /// Load a page from the page store (unless `lookup` is false: the
+    /// caller just found it missing), or else from the backend, once for all
+    /// concurrent readers of it.
     async fn load_page_once(
         &self,
         handle: &FileHandle,
         view: &View,
         index: u64,
         key: PageKey,
+        lookup: bool,
     ) -> Result<Arc<Vec<u8>>, ReadError> {
         let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
         cell.get_or_init(|| async {
             let cache = Arc::clone(&self.cache);
-            let lookup = key.clone();
-            let cached = tokio::task::spawn_blocking(move || cache.get(&lookup))
-                .await
-                .unwrap_or(None);
+            let stored = key.clone();
+            let cached = if lookup {
+                tokio::task::spawn_blocking(move || cache.get(&stored))
+                    .await
+                    .unwrap_or(None)
+            } else {
+                None
+            };
             if let Some(data) = cached {
                 let data = Arc::new(data);
                 self.hot.put(key.clone(), Arc::clone(&data));

@@ -49,6 +49,10 @@ fn me() -> Caller {
 }
 
 async fn fixture(read_only: bool) -> Fixture {
+    fixture_with_pages(read_only, 4096).await
+}
+
+async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing");
     fs::create_dir(&backing).unwrap();
@@ -57,7 +61,7 @@ async fn fixture(read_only: bool) -> Fixture {
     let cache = PageStore::open(PageStoreConfig::new(
         dir.path().join("cache"),
         64 << 20,
-        4096,
+        page_size,
     ))
     .unwrap();
     let fs = CachalotFs::new(
@@ -482,4 +486,87 @@ async fn unlink_of_a_new_file_renamed_over_an_open_one_after_its_directory_moved
         "{:?}",
         visible(&f.backing.join("e"))
     );
+}
+
+/// Page files of the fixture's cache directory.
+fn page_files(f: &Fixture) -> Vec<std::path::PathBuf> {
+    let pages = f._dir.path().join("cache/pages");
+    let mut out = Vec::new();
+    for sub in fs::read_dir(pages).unwrap().flatten() {
+        for file in fs::read_dir(sub.path()).unwrap().flatten() {
+            if file.path().extension().is_some_and(|e| e == "page") {
+                out.push(file.path());
+            }
+        }
+    }
+    out
+}
+
+/// Small random reads of stored pages read only the needed range (no whole
+/// page into memory), across page boundaries and at end of file; a damaged
+/// block is never served: the page is refetched from the backend.
+#[tokio::test]
+async fn random_small_reads_of_stored_pages_read_only_their_range() {
+    const PS: u64 = 256 << 10;
+    let f = fixture_with_pages(false, PS).await;
+    let data: Vec<u8> = (0..600_000u32)
+        .map(|i| (i % 251 + i / 7919) as u8)
+        .collect();
+    fs::write(f.backing.join("big"), &data).unwrap();
+    let ino = f.fs.lookup(ROOT, ROOT_INO, "big").await.unwrap().ino;
+    let o = f.fs.open(me(), ino, RO).await.unwrap();
+    assert_eq!(f.fs.read(o.fh, 0, 700_000).await.unwrap(), data);
+    f.fs.release(o.fh).await.unwrap();
+    for _ in 0..500 {
+        if f.fs.cache.stats().pages == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.fs.cache.stats().pages, 3, "pages not stored");
+    f.fs.hot.clear();
+    let backend_reads = || {
+        f.fs.counters
+            .backend_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let reads_before = backend_reads();
+    let hits_before = f.fs.cache.stats().hits;
+
+    let o = f.fs.open(me(), ino, RO).await.unwrap();
+    let mut expect_hits = hits_before;
+    // (offset, len, page-store range reads it takes)
+    for (off, len, ranges) in [
+        (300_000usize, 4096usize, 1),
+        (300_000, 4096, 1), // again: still from the store, not memory
+        (PS as usize - 100, 4096, 2),
+        (599_000, 4096, 1), // past end of file: shorter
+        (2 * PS as usize + 10, 8192, 1),
+    ] {
+        let got = f.fs.read(o.fh, off as u64, len as u32).await.unwrap();
+        assert_eq!(got, &data[off..(off + len).min(data.len())], "offset {off}");
+        expect_hits += ranges;
+    }
+    let st = f.fs.cache.stats();
+    assert_eq!(st.hits, expect_hits, "{st:?}");
+    assert_eq!(st.memory_hits, 0, "{st:?}");
+    assert_eq!(backend_reads(), reads_before, "served from the page store");
+    assert_eq!(f.fs.hot.len(), 0, "no partial pages in memory");
+
+    // Damage the last block of both full pages: the damaged block is not
+    // served, the page is refetched whole.
+    for p in page_files(&f) {
+        let mut bytes = fs::read(&p).unwrap();
+        if bytes.len() as u64 > PS {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x08;
+            fs::write(&p, bytes).unwrap();
+        }
+    }
+    let off = PS as usize - 50;
+    let got = f.fs.read(o.fh, off as u64, 10).await.unwrap();
+    assert_eq!(got, &data[off..off + 10]);
+    assert_eq!(f.fs.cache.stats().corrupt_pages, 1);
+    assert_eq!(backend_reads(), reads_before + 1, "refetched once");
+    f.fs.release(o.fh).await.unwrap();
 }
