@@ -15,6 +15,7 @@ use super::types::FsResult;
 use super::{CachalotFs, ROOT_INO};
 
 /// How the object of a removed open file gets its hidden name.
+#[derive(Clone, Copy)]
 pub(super) enum Keep {
     Move,
     Link,
@@ -111,11 +112,32 @@ impl CachalotFs {
         let session = self.inodes.lock().get(removal.ino)?.write.clone();
         if let Some(s) = session {
             if let Err(e) = s.retarget(path, &hidden).await {
-                self.undo_keep(id, path, removal, &hidden).await;
+                // The removal fails as a whole: put the object back.
+                self.drop_hidden_name(id, path, &hidden, how).await;
                 return Err(e);
             }
         }
         Ok(hidden)
+    }
+
+    /// Undo the backend side of `keep_under_hidden_name`: remove the link,
+    /// or move the object back under its name.
+    async fn drop_hidden_name(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        hidden: &BackendPath,
+        how: Keep,
+    ) {
+        let undone = match how {
+            Keep::Link => self.backend.unlink(id, hidden).await,
+            Keep::Move => self.backend.rename(id, hidden, path, true).await,
+        };
+        if let Err(e) = undone {
+            if e.kind != ErrorKind::NotFound {
+                tracing::warn!(error = %e, hidden = %hidden, path = %path, "could not undo the hidden name of a file after a failed unlink or rename; the next mount's cleanup removes it");
+            }
+        }
     }
 
     /// The removal failed after `keep_under_hidden_name(.., Keep::Link)`:
@@ -138,11 +160,7 @@ impl CachalotFs {
                 tracing::warn!(errno = e.0, path = %path, "could not point a write back at its file after a failed rename");
             }
         }
-        if let Err(e) = self.backend.unlink(id, hidden).await {
-            if e.kind != ErrorKind::NotFound {
-                tracing::warn!(error = %e, hidden = %hidden, "could not remove a hidden link after a failed rename; the next mount's cleanup will");
-            }
-        }
+        self.drop_hidden_name(id, path, hidden, Keep::Link).await;
     }
 
     /// Record in the table that the removed open file lives under `hidden`,
