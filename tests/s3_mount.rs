@@ -5,7 +5,7 @@
 mod support_s3;
 
 use std::fs::{self, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,6 +181,16 @@ fn what_s3_cannot_do_fails_with_a_clear_errno() {
         libc::EPERM
     );
     assert!(!m.path("g").exists() && !m.path("p").exists() && !m.path("s").exists());
+
+    // No hidden names on S3 (a rename is a copy): an open file unlinked
+    // before its data was cached has nothing left to read: ESTALE, as NFS
+    // says for a file deleted by another client (not ENOENT, not EIO).
+    put(&server.store(), "caps/big", pattern(3 << 20, 7));
+    let mut f = fs::File::open(m.path("big")).unwrap();
+    fs::remove_file(m.path("big")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(errno_of(f.read(&mut buf)), libc::ESTALE);
+    assert!(get(&server.store(), "caps/big").is_none());
 }
 
 /// Copy argv[1] to argv[2] (opened O_TRUNC) 1 MiB at a time, slowly.

@@ -568,9 +568,16 @@ impl CachalotFs {
             // inode's name: this request starts over there.
             drop(self.hidden_ops.lock().await);
             let now = self.inodes.lock().path_of(handle.ino).ok();
-            if let Some(path) = now.filter(|p| *p != view.path) {
-                handle.set_path(path);
-                return Err(ReadError::Moved);
+            match now {
+                Some(path) if path != view.path => {
+                    handle.set_path(path);
+                    return Err(ReadError::Moved);
+                }
+                // Removed while open and not kept (a backend without cheap
+                // renames): its data is gone, as for an NFS file deleted by
+                // another client.
+                None if opened.is_err() => return Err(FsError(libc::ESTALE).into()),
+                _ => {}
             }
         }
         let reader: Arc<dyn ObjectReader> = opened.map_err(FsError::from)?.into();
