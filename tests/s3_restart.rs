@@ -14,17 +14,18 @@
 //! 64 MiB through FUSE next to a `weed mini`, and on a small machine two at
 //! once would mostly measure CPU contention.
 
+mod common;
 mod support_s3;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachalot::backend::{Backend, BackendPath, Identity, WriteStart};
+use common::{close_checked as close, pattern};
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3;
 use object_store::path::Path as StorePath;
@@ -43,19 +44,6 @@ const PREFIX: &str = "vol";
 /// How long the server stays dead: longer than a connection refusal takes
 /// to come back, like a real server restart.
 const DOWN: Duration = Duration::from_secs(1);
-
-/// Bytes that differ at every offset of a 1 MiB period, so a page served
-/// from the wrong offset cannot compare equal.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            ((i / 7) as u32)
-                .wrapping_mul(2654435761)
-                .wrapping_add(seed as u32)
-                .to_le_bytes()[1]
-        })
-        .collect()
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -214,18 +202,6 @@ fn join_within<T>(thread: std::thread::JoinHandle<T>, m: &Mounted) -> T {
         std::thread::sleep(Duration::from_millis(20));
     }
     thread.join().unwrap()
-}
-
-/// close(2) with its result (dropping a `File` ignores it, and close is
-/// where a FUSE file system reports a failed publish).
-fn close(f: fs::File) -> std::io::Result<()> {
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` was just released by the File and is closed once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 #[test]
