@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,23 +90,7 @@ fn child_role() {
 
 /// Re-run this test binary as a child process in `role`.
 fn spawn_child(role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads",
-        "1",
-        "-q",
-    ])
-    .env(ROLE_ENV, role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    spawn_locked(&mut cmd).expect("spawn child")
+    spawn_child_role(ROLE_ENV, role, env, true)
 }
 
 /// Wait for a child (killing it after `timeout`); returns (success, its RESULT line, stderr).

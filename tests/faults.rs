@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -91,23 +91,7 @@ fn child_role() {
 }
 
 fn spawn_child(role: &str, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads",
-        "1",
-        "-q",
-    ])
-    .env(ROLE_ENV, role)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    spawn_locked(&mut cmd).expect("spawn child")
+    spawn_child_role(ROLE_ENV, role, env, false)
 }
 
 /// Files the writer rewrites (existing from the start) ...

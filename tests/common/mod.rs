@@ -927,3 +927,36 @@ impl Mount {
         self.env.push((key.to_string(), value.to_string()));
     }
 }
+
+/// Re-run the current test binary as a child process: it runs only the
+/// test named `child_role`, which dispatches on `role` (passed in the
+/// environment variable `role_env`). `capture_stdout`: pipe stdout (for a
+/// RESULT line) or discard it; stderr is always piped.
+pub fn spawn_child_role(
+    role_env: &str,
+    role: &str,
+    env: &[(&str, String)],
+    capture_stdout: bool,
+) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args([
+        "--exact",
+        "child_role",
+        "--nocapture",
+        "--test-threads",
+        "1",
+        "-q",
+    ])
+    .env(role_env, role)
+    .stdin(Stdio::null())
+    .stdout(if capture_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_locked(&mut cmd).expect("spawn child")
+}
