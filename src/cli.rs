@@ -13,7 +13,7 @@ use crate::backend::Source;
 #[command(
     name = "cachalot",
     version,
-    about = "A cached POSIX view of shared storage (local directory now; NFS and S3 next)"
+    about = "A cached POSIX view of shared storage: local directories, NFS exports and S3 buckets"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,6 +33,11 @@ pub enum Command {
     Cache(CacheCommand),
     /// Run the Kubernetes CSI plugin (identity + controller and/or node).
     Csi(CsiArgs),
+    /// Serve every FUSE session of the node in one long-lived process (CSI
+    /// volumes); a second one started on the same socket takes over live.
+    Mounter(MounterArgs),
+    /// List the FUSE sessions a mounter serves.
+    Sessions(SessionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,9 +60,56 @@ pub struct CsiArgs {
     /// Where the plugin records staged volumes and controller state.
     #[arg(long)]
     pub state_dir: PathBuf,
-    /// How long NodeStageVolume waits for a mount child to be ready.
+    /// How long NodeStageVolume waits for a volume's FUSE session to be ready.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub mount_timeout: Duration,
+    /// Unix socket of the node's `cachalot mounter`: NodeStage asks it to
+    /// serve the volume, so FUSE sessions outlive this plugin. Without it
+    /// every volume runs in a `cachalot mount` child of this plugin and dies
+    /// with the plugin's container (for trying things out only).
+    #[arg(long, value_name = "PATH")]
+    pub mounter_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MounterArgs {
+    /// Unix socket the CSI node plugin (and a successor mounter) talks to.
+    #[arg(
+        long,
+        default_value = "/run/cachalot/mounter.sock",
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+    /// Where the mounter keeps what a successor needs after a crash
+    /// (root-only files).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The node's page cache directory, shared by every session.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: PathBuf,
+    /// Byte quota of the node's page cache (sessions that do not set their own).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub cache_size: Option<u64>,
+    /// How long a successor waits for the running mounter to hand over.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub takeover_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// The mounter's unix socket.
+    #[arg(
+        long,
+        default_value = "/run/cachalot/mounter.sock",
+        value_name = "PATH"
+    )]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing; exit 0 when the mounter answers (a liveness probe).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +254,7 @@ impl S3Args {
             credentials: CredentialSource {
                 file: self.credentials_file.clone(),
                 profile: self.profile.clone(),
+                explicit: None,
             },
             file_mode: self.file_mode.unwrap_or(d.file_mode),
             dir_mode: self.dir_mode.unwrap_or(d.dir_mode),
@@ -215,6 +268,32 @@ impl S3Args {
 }
 
 impl MountArgs {
+    /// The options of the mount these arguments ask for (`source` parsed
+    /// and checked by `source()` and `validate()`).
+    pub fn options(self, source: Source) -> crate::mount::MountOptions {
+        let identity = match (self.uid, self.gid) {
+            (Some(uid), Some(gid)) => Some(crate::backend::Identity { uid, gid }),
+            _ => None,
+        };
+        crate::mount::MountOptions {
+            source,
+            mountpoint: self.mountpoint,
+            cache_dir: self.cache_dir,
+            cache_size: self.cache_size,
+            page_size: self.page_size,
+            metadata_ttl: self.metadata_ttl,
+            read_only: self.read_only,
+            allow_other: self.allow_other,
+            identity,
+            passthrough: !self.no_passthrough,
+            mount_group: self.mount_group,
+            groups: self.groups,
+            s3: self.s3.to_options(),
+            skip_preflight: self.skip_preflight,
+            keepable: false,
+        }
+    }
+
     /// SOURCE, parsed and checked; the message (a usage error, exit 2) never
     /// shows credentials given in the URL.
     pub fn source(&self) -> Result<Source, String> {

@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         groups: Vec::new(),
         s3: Default::default(),
         skip_preflight: false,
+        keepable: false,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

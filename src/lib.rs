@@ -6,3 +6,4 @@ pub mod demo;
 pub mod fs;
 pub mod fuse;
 pub mod mount;
+pub mod mounter;

@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
-use cachalot::backend::{Identity, Source};
-use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs};
-use cachalot::mount::{self, daemon, MountOptions};
+use cachalot::backend::Source;
+use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs, MounterArgs, SessionsArgs};
+use cachalot::mount::{self, daemon};
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -36,26 +36,7 @@ fn run_mount(args: MountArgs, source: Source) -> Result<()> {
         );
         return Ok(());
     }
-    let identity = match (args.uid, args.gid) {
-        (Some(uid), Some(gid)) => Some(Identity { uid, gid }),
-        _ => None,
-    };
-    let mounted = mount::start(MountOptions {
-        source,
-        mountpoint: args.mountpoint,
-        cache_dir: args.cache_dir,
-        cache_size: args.cache_size,
-        page_size: args.page_size,
-        metadata_ttl: args.metadata_ttl,
-        read_only: args.read_only,
-        allow_other: args.allow_other,
-        identity,
-        passthrough: !args.no_passthrough,
-        mount_group: args.mount_group,
-        groups: args.groups,
-        s3: args.s3.to_options(),
-        skip_preflight: args.skip_preflight,
-    })?;
+    let mounted = mount::start(args.options(source))?;
     daemon::report_ready();
     mounted.run_until_signal()
 }
@@ -116,8 +97,66 @@ fn run_csi(args: CsiArgs) -> Result<()> {
             cache_dir: args.cache_dir,
             state_dir: args.state_dir,
             mount_timeout: args.mount_timeout,
+            mounter_socket: args.mounter_socket,
         },
     ))
+}
+
+fn run_mounter(args: MounterArgs) -> Result<()> {
+    cachalot::mounter::run(cachalot::mounter::MounterConfig {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        cache_dir: args.cache_dir,
+        cache_size: args.cache_size,
+        takeover_timeout: args.takeover_timeout,
+    })?;
+    Ok(())
+}
+
+fn run_sessions(args: SessionsArgs) -> Result<()> {
+    let client =
+        cachalot::mounter::MounterClient::new(&args.socket, std::time::Duration::from_secs(10));
+    let list = client.list()?;
+    if args.quiet {
+        return Ok(());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "mounter pid {} (cachalot {}), {} session(s)",
+        list.mounter_pid,
+        list.mounter_version,
+        list.sessions.len()
+    );
+    if list.sessions.is_empty() {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!(
+        "{:<28} {:<32} {:<8} {:<10} {:<40} STAGING",
+        "VOLUME (PV)", "CLAIM", "AGE", "HEALTH", "SOURCE"
+    );
+    for s in &list.sessions {
+        let age = std::time::Duration::from_secs(now.saturating_sub(s.started_unix));
+        let age =
+            humantime::format_duration(std::time::Duration::from_secs(age.as_secs() / 60 * 60))
+                .to_string();
+        println!(
+            "{:<28} {:<32} {:<8} {:<10} {:<40} {}",
+            s.names.pv.as_deref().unwrap_or(&s.volume_id),
+            s.names.claim(),
+            if age.is_empty() { "<1m".into() } else { age },
+            s.health,
+            s.source,
+            s.staging.display()
+        );
+    }
+    Ok(())
 }
 
 /// A usage error of `cachalot mount` (exit 2), with that command's usage line.
@@ -152,6 +191,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => cachalot::demo::run(args),
         Command::Cache(cmd) => run_cache(cmd),
         Command::Csi(args) => run_csi(args),
+        Command::Mounter(args) => run_mounter(args),
+        Command::Sessions(args) => run_sessions(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

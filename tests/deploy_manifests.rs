@@ -116,6 +116,18 @@ fn checker_catches_missing_bidirectional_propagation() {
 }
 
 #[test]
+fn checker_catches_mounter_without_surge() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/mounter.yaml",
+        "maxSurge: 1",
+        "maxSurge: 0",
+    );
+    assert_caught(dir.path(), "kustomize: install invariants", "maxSurge");
+}
+
+#[test]
 fn checker_catches_wrong_registration_path() {
     let dir = scratch_copy();
     mutate(

@@ -17,7 +17,9 @@ What it does, without a cluster:
   * checks the invariants that break real installs (driver name, socket and
     kubelet paths across containers, Bidirectional propagation, provisioner
     flags, RBAC, StorageClass parameter names against src/csi/params.rs,
-    per-component imagePullSecrets override, Helm = kustomize);
+    per-component imagePullSecrets override, Helm = kustomize; the mounter
+    DaemonSet: surge rolling update for the live takeover, its socket shared
+    with the node plugin, FUSE only there);
   * parses the Dockerfile and .dockerignore.
 
 Exit 0 when every check passed, 1 when one failed, 3 when a Python dependency
@@ -42,6 +44,7 @@ except ImportError as e:  # pragma: no cover - reported to the Rust test
     sys.exit(3)
 
 DRIVER = "cachalot.csi.dev"
+BINARY = "/usr/local/bin/cachalot"  # where the Dockerfile puts it (checked there)
 K8S_VERSIONS = ["1.25.0", "1.37.0"]  # chart kubeVersion >=1.25; newest shipped schemas
 CLUSTER_SCOPED = {
     "Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "StorageClass",
@@ -240,8 +243,8 @@ def flag(c, name):
     return None
 
 
-def host_path_of(spec, c, path):
-    """Map a path inside container c to (volume, host path or None)."""
+def mount_of(c, path):
+    """The volumeMount of container c that covers path (longest mountPath)."""
     best = None
     for m in c.get("volumeMounts", []):
         mp = m["mountPath"].rstrip("/")
@@ -249,6 +252,12 @@ def host_path_of(spec, c, path):
             if best is None or len(mp) > len(best["mountPath"].rstrip("/")):
                 best = m
     need(best is not None, f"container {c['name']}: no volumeMount covers {path}")
+    return best
+
+
+def host_path_of(spec, c, path):
+    """Map a path inside container c to (volume, host path or None)."""
+    best = mount_of(c, path)
     vol = next((v for v in spec.get("volumes", []) if v["name"] == best["name"]), None)
     need(vol is not None, f"container {c['name']}: mount {best['name']} has no volume")
     rest = path[len(best["mountPath"].rstrip("/")):]
@@ -263,12 +272,55 @@ def socket_of(c, flagname):
     return v[len("unix://"):] if v.startswith("unix://") else v
 
 
+def covers(host_dir, path):
+    """Whether the host dir host_dir is path or one of its parents."""
+    d = host_dir.rstrip("/")
+    return path == d or path.startswith(d + "/")
+
+
+def argv(c):
+    return list(c.get("command", []) or []) + list(c.get("args", []) or [])
+
+
+def is_mounter(c):
+    return "mounter" in argv(c)
+
+
+def daemonsets_running(objs, pred):
+    return [d for d in by_kind(objs, "DaemonSet") if any(pred(c) for c in pod_spec(d)["containers"])]
+
+
+def node_daemonset(objs):
+    found = daemonsets_running(objs, lambda c: "--node" in c.get("args", []))
+    need(len(found) == 1, f"expected exactly one DaemonSet running `cachalot csi --node`, found {len(found)}")
+    return found[0]
+
+
+def mounter_daemonset(objs):
+    found = daemonsets_running(objs, is_mounter)
+    need(len(found) == 1, f"expected exactly one mounter DaemonSet (a container running "
+                          f"`cachalot mounter`), found {len(found)}")
+    return found[0]
+
+
+def probe_flag(cmd, name):
+    """Value of --name=value or --name value in an exec probe's command."""
+    for i, a in enumerate(cmd):
+        if a == f"--{name}":
+            return cmd[i + 1] if i + 1 < len(cmd) else ""
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
 # --------------------------------------------------------------------------
 # Invariants of a rendered install (kustomize base or Helm render)
 # --------------------------------------------------------------------------
 
 def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cachalot/cache",
-                  state_host="/var/lib/cachalot/state"):
+                  state_host="/var/lib/cachalot/state",
+                  mounter_state_host="/var/lib/cachalot/mounter",
+                  mounter_socket_host="/run/cachalot"):
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
 
     # CSIDriver
@@ -315,7 +367,7 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
     check_rbac(objs, sa, ns)
 
     # Node plugin
-    ds = one(objs, "DaemonSet")
+    ds = node_daemonset(objs)
     spec = pod_spec(ds)
     nsa = spec.get("serviceAccountName")
     need(any(s["metadata"]["name"] == nsa for s in by_kind(objs, "ServiceAccount")),
@@ -359,17 +411,24 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
          f"registrar /registration is {regdir}, want {kubelet_dir}/plugins_registry")
     check_liveness(spec, node, nsock, "node")
 
-    # cache, state, /dev/fuse
-    _, ch = host_path_of(spec, node, flag(node, "cache-dir"))
-    need(ch == cache_host, f"node --cache-dir is {ch} on the host, want {cache_host}")
+    # state; no FUSE and no page cache in the node plugin (the mounter's)
     _, st = host_path_of(spec, node, flag(node, "state-dir"))
     need(st == state_host, f"node --state-dir is {st} on the host, want {state_host}")
-    fvol, fh = host_path_of(spec, node, "/dev/fuse")
-    need(fh == "/dev/fuse" and fvol["hostPath"].get("type") == "CharDevice",
-         "node: /dev/fuse is not a hostPath CharDevice")
+    for v in spec.get("volumes", []):
+        hp = v.get("hostPath", {}).get("path")
+        if hp is None:
+            continue
+        need(not covers(hp, "/dev/fuse"),
+             f"node plugin mounts /dev/fuse (volume {v['name']}, hostPath {hp}): it must not run "
+             "FUSE, the mounter does")
+        need(not covers(hp, cache_host),
+             f"node plugin mounts the page cache {cache_host} (volume {v['name']}): only the "
+             "mounter may")
+    check_mounter(objs, ds, node, kubelet_dir, cache_host, state_host, mounter_state_host,
+                  mounter_socket_host)
 
     # every pod: container ports unique, images pinned
-    for w in (dep, ds):
+    for w in [dep] + by_kind(objs, "DaemonSet"):
         ports = [p["containerPort"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])]
         need(len(ports) == len(set(ports)), f"{w['kind']}: duplicate containerPort {ports}")
         for c in pod_spec(w)["containers"]:
@@ -377,6 +436,105 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
             need(":" in img.split("/")[-1] and not img.endswith(":latest"),
                  f"{w['kind']}/{c['name']}: image {img} is not pinned to a tag")
             need(c.get("resources", {}).get("requests"), f"{w['kind']}/{c['name']}: no requests")
+
+
+def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_state_host,
+                  mounter_socket_host):
+    """The mounter DaemonSet, against the node plugin's DaemonSet nds."""
+    mds = mounter_daemonset(objs)
+    name = mds["metadata"]["name"]
+    need(len(by_kind(objs, "DaemonSet")) == 2,
+         f"expected two DaemonSets (node plugin, mounter), found "
+         f"{[d['metadata']['name'] for d in by_kind(objs, 'DaemonSet')]}")
+
+    # live takeover: the new pod must start beside the old one
+    us = mds["spec"].get("updateStrategy", {})
+    ru = us.get("rollingUpdate", {}) or {}
+    need(us.get("type") == "RollingUpdate" and ru.get("maxSurge") == 1 and ru.get("maxUnavailable") == 0,
+         f"mounter {name}: updateStrategy {us}, want RollingUpdate with maxSurge 1 and "
+         "maxUnavailable 0 (the new mounter must start beside the old one to take its sessions "
+         "over; deleting the old one first kills every mount of the node)")
+
+    spec = pod_spec(mds)
+    nspec = pod_spec(nds)
+    mounters = [c for c in spec["containers"] if is_mounter(c)]
+    need(len(mounters) == 1, f"mounter {name}: {len(mounters)} containers run `cachalot mounter`")
+    mc = mounters[0]
+    av = argv(mc)
+    need(av[:2] == [BINARY, "mounter"],
+         f"mounter {name}: runs {av[:2]}, want [{BINARY!r}, 'mounter'] (the image's entrypoint is "
+         "`cachalot csi`: set command, not only args)")
+    need(mc["image"] == node["image"] and mc.get("imagePullPolicy") == node.get("imagePullPolicy"),
+         f"mounter image {mc['image']} ({mc.get('imagePullPolicy')}) != node plugin image "
+         f"{node['image']} ({node.get('imagePullPolicy')})")
+    need(mc.get("securityContext", {}).get("privileged") is True, "mounter is not privileged")
+    need("RUST_LOG" in {e["name"] for e in mc.get("env", [])}, "mounter: RUST_LOG not set")
+
+    # it must run on every node the node plugin runs on, and not be evicted first
+    for k in ("nodeSelector", "tolerations"):
+        need(spec.get(k) == nspec.get(k),
+             f"mounter {k} {spec.get(k)} != node plugin's {nspec.get(k)} (NodeStage fails on a "
+             "node without a mounter)")
+    for w, sp in ((mds, spec), (nds, nspec)):
+        need(sp.get("priorityClassName") == "system-node-critical",
+             f"{w['metadata']['name']}: priorityClassName {sp.get('priorityClassName')!r}, "
+             "want system-node-critical")
+
+    # the socket: mounter --socket == node plugin --mounter-socket, same host dir, same path
+    msock = flag(mc, "socket")
+    nsock = flag(node, "mounter-socket")
+    need(msock, f"mounter {name}: --socket missing")
+    need(nsock, "node plugin: --mounter-socket missing (it would run FUSE itself)")
+    need(msock == nsock, f"mounter --socket {msock} != node plugin --mounter-socket {nsock}")
+    mm, nm = mount_of(mc, msock), mount_of(node, nsock)
+    mvol, mhost = host_path_of(spec, mc, msock)
+    nvol, nhost = host_path_of(nspec, node, nsock)
+    need(mhost is not None and nhost is not None,
+         f"mounter socket {msock}: volumes {mvol['name']} / {nvol['name']} must be hostPaths "
+         "(the two pods share it through the host)")
+    need(mm["mountPath"].rstrip("/") == nm["mountPath"].rstrip("/") and mhost == nhost,
+         f"mounter socket dir: mounter mounts {mvol['hostPath']['path']} at {mm['mountPath']}, "
+         f"node plugin mounts {nvol['hostPath']['path']} at {nm['mountPath']}: want the same "
+         "host dir at the same path")
+    need(os.path.dirname(mhost) == mounter_socket_host.rstrip("/"),
+         f"mounter socket is {mhost} on the host, want it in {mounter_socket_host}")
+
+    # FUSE: /dev/fuse and the kubelet dir, Bidirectional, same path inside and outside
+    fvol, fh = host_path_of(spec, mc, "/dev/fuse")
+    need(fh == "/dev/fuse" and fvol["hostPath"].get("type") == "CharDevice",
+         "mounter: /dev/fuse is not a hostPath CharDevice")
+    kmounts = [m for m in mc.get("volumeMounts", []) if m["mountPath"].rstrip("/") == kubelet_dir]
+    need(kmounts, f"mounter does not mount the kubelet dir {kubelet_dir}")
+    need(kmounts[0].get("mountPropagation") == "Bidirectional",
+         f"mounter's kubelet mount has mountPropagation {kmounts[0].get('mountPropagation')!r}, "
+         "want Bidirectional (FUSE mounts would not reach the kubelet and the pods)")
+    _, khost = host_path_of(spec, mc, kubelet_dir)
+    need(khost == kubelet_dir, f"mounter kubelet dir hostPath {khost} != mountPath {kubelet_dir}")
+
+    # cache and state
+    for f in ("cache-dir", "state-dir"):
+        need(flag(mc, f), f"mounter: --{f} missing")
+    _, ch = host_path_of(spec, mc, flag(mc, "cache-dir"))
+    need(ch == cache_host, f"mounter --cache-dir is {ch} on the host, want {cache_host}")
+    _, st = host_path_of(spec, mc, flag(mc, "state-dir"))
+    need(st == mounter_state_host, f"mounter --state-dir is {st} on the host, want {mounter_state_host}")
+    need(st != state_host, f"mounter and node plugin share the state dir {st}")
+
+    # liveness: only "does it answer on its socket", and slow to give up
+    lp = mc.get("livenessProbe")
+    if lp is not None:
+        need(set(lp) & {"httpGet", "tcpSocket", "grpc"} == set() and "exec" in lp,
+             f"mounter livenessProbe {sorted(lp)}: want an exec of `cachalot sessions` or none")
+        cmd = lp["exec"].get("command", [])
+        need(cmd[:2] == [BINARY, "sessions"] and probe_flag(cmd, "socket") == msock,
+             f"mounter livenessProbe runs {cmd}, want [{BINARY}, sessions, --socket, {msock}, ...]")
+        budget = lp.get("periodSeconds", 10) * lp.get("failureThreshold", 3)
+        need(budget >= 300, f"mounter livenessProbe restarts it after {budget}s of failures: a "
+                            "restart kills every mount of the node, allow at least 300s")
+
+    res = mc.get("resources", {})
+    need(res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"),
+         f"mounter: resources {res} lack a memory request and limit")
 
 
 def check_liveness(spec, plugin, sock, role):
@@ -540,8 +698,8 @@ def check_helm_mirrors_kustomize(helm_objs, kust_objs):
     need(not diffs, f"Helm (release cachalot, default values) differs from kustomize in {diffs}")
 
 
-def pull_secrets(objs, kind):
-    return [s["name"] for s in pod_spec(one(objs, kind)).get("imagePullSecrets", []) or []]
+def pull_secrets(workload):
+    return [s["name"] for s in pod_spec(workload).get("imagePullSecrets", []) or []]
 
 
 def check_pull_secrets(chart_dir):
@@ -557,9 +715,13 @@ def check_pull_secrets(chart_dir):
     ]
     for values, want_c, want_n in cases:
         objs = render_helm(chart_dir, values)
-        got = (pull_secrets(objs, "Deployment"), pull_secrets(objs, "DaemonSet"))
+        got = (pull_secrets(one(objs, "Deployment")), pull_secrets(node_daemonset(objs)))
         need(got == (want_c, want_n), f"values {values}: controller/node imagePullSecrets {got}, "
                                       f"want {(want_c, want_n)} (a component list replaces the global one)")
+        # the mounter runs the node plugin's image on the same nodes: same secrets
+        gm = pull_secrets(mounter_daemonset(objs))
+        need(gm == want_n, f"values {values}: mounter imagePullSecrets {gm}, want the node "
+                           f"plugin's {want_n}")
 
 
 def check_helm_values(chart_dir):
@@ -569,6 +731,9 @@ def check_helm_values(chart_dir):
         "kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet",
         "cache": {"hostPath": "/mnt/ssd/cachalot", "size": "50GiB"},
         "stateHostPath": "/mnt/ssd/cachalot-state",
+        "mounter": {"cacheSize": "200GiB", "resources": {"limits": {"memory": "16Gi"}},
+                    "stateHostPath": "/mnt/ssd/cachalot-mounter", "socketHostPath": "/run/cachalot-x",
+                    "extraArgs": ["--foo=bar"]},
         "node": {"nodeSelector": {"storage": "fast"}, "tolerations": [{"key": "k", "operator": "Exists"}],
                  "resources": {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1"}},
                  "extraArgs": ["--mount-timeout=60s"]},
@@ -582,9 +747,11 @@ def check_helm_values(chart_dir):
     objs = render_helm(chart_dir, values, name="rel", namespace="storage")
     validate_schemas(objs)
     check_install(objs, kubelet_dir=values["kubeletDir"], cache_host="/mnt/ssd/cachalot",
-                  state_host="/mnt/ssd/cachalot-state")
-    dep, ds = one(objs, "Deployment"), one(objs, "DaemonSet")
-    for w in (dep, ds):
+                  state_host="/mnt/ssd/cachalot-state", mounter_state_host="/mnt/ssd/cachalot-mounter",
+                  mounter_socket_host="/run/cachalot-x")
+    dep, ds, mds = one(objs, "Deployment"), node_daemonset(objs), mounter_daemonset(objs)
+    need(mds["metadata"]["name"] == "rel-mounter", f"mounter DaemonSet name {mds['metadata']['name']}")
+    for w in (dep, ds, mds):
         c = pod_spec(w)["containers"][0]
         need(c["image"] == "example.org/team/cachalot:9.9.9", f"{w['kind']}: image {c['image']}")
         need(c["imagePullPolicy"] == "Always", f"{w['kind']}: pullPolicy {c['imagePullPolicy']}")
@@ -599,8 +766,16 @@ def check_helm_values(chart_dir):
     need(pod_spec(ds)["nodeSelector"] == {"kubernetes.io/os": "linux", "storage": "fast"},
          f"node.nodeSelector {pod_spec(ds)['nodeSelector']}")
     need(pod_spec(ds)["tolerations"] == [{"key": "k", "operator": "Exists"}], "node.tolerations")
-    need(nc["resources"] == {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1", "memory": "128Mi"}},
+    need(nc["resources"] == {"limits": {"memory": "4Gi"}, "requests": {"cpu": "1", "memory": "32Mi"}},
          f"node.resources {nc['resources']}")
+    mc = pod_spec(mds)["containers"][0]
+    need(flag(mc, "cache-size") == "200GiB", f"mounter.cacheSize: --cache-size is {flag(mc, 'cache-size')!r}")
+    need(mc["args"][-1] == "--foo=bar", f"mounter extraArgs not appended: {mc['args']}")
+    need(mc["resources"] == {"limits": {"memory": "16Gi"}, "requests": {"cpu": "50m", "memory": "256Mi"}},
+         f"mounter.resources {mc['resources']}")
+    # node.nodeSelector / node.tolerations apply to the mounter too
+    need(pod_spec(mds)["nodeSelector"] == pod_spec(ds)["nodeSelector"], "mounter nodeSelector")
+    need(pod_spec(mds)["tolerations"] == pod_spec(ds)["tolerations"], "mounter tolerations")
     scs = {s["metadata"]["name"]: s for s in by_kind(objs, "StorageClass")}
     need(set(scs) == {"fast-nfs", "small"}, f"StorageClasses {sorted(scs)}")
     need(scs["fast-nfs"]["parameters"].get("cacheSize") == "50GiB", "cache.size is not the default cacheSize")

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tonic::Status;
@@ -15,21 +14,23 @@ use tonic::Status;
 use super::backend as backends;
 use super::caps::{self, Checked};
 use super::errors::{io_status, missing};
+use super::host::{SessionHost, Start};
 use super::locks::KeyedLocks;
 use super::mounts::{self, Health};
 use super::params::{NodeParams, S3Credentials};
 use super::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
 use super::state::{StagedRecord, StateDir};
-use super::supervisor::{is_mount_child, pid_alive, MountSpec, Supervisor};
+use super::supervisor::MountSpec;
 use super::volume_id::{VolumeId, VolumeIdError};
 use crate::backend::Source;
+use crate::mounter::protocol::VolumeNames;
 
 pub struct NodeService {
     node_id: String,
     cache_dir: PathBuf,
     state: StateDir,
-    sup: Supervisor,
+    sup: Box<dyn SessionHost>,
     locks: KeyedLocks,
     /// Volumes whose mount could not be re-established, with the reason;
     /// reported as an abnormal condition until a stage/publish heals them.
@@ -87,64 +88,6 @@ fn preflight(source: &Source) -> Result<(), Status> {
     }
 }
 
-/// Secret values never leave the plugin, even where the child quoted one
-/// (the S3 backend names the access key id in its errors).
-fn redact(mut msg: String, creds: Option<&S3Credentials>) -> String {
-    if let Some(c) = creds {
-        let mut values = vec![c.access_key_id.as_str(), c.secret_access_key.as_str()];
-        values.extend(c.session_token.as_deref());
-        for v in values.into_iter().filter(|v| !v.is_empty()) {
-            msg = msg.replace(v, "<from the node-stage secret>");
-        }
-    }
-    msg
-}
-
-/// The code for a mount child that failed to mount, from the reason it
-/// logged (quoted in `msg`): configuration problems the operator must fix
-/// are FAILED_PRECONDITION, an unreachable server UNAVAILABLE.
-fn child_failure_status(msg: &str) -> Status {
-    let fixable = [
-        // NFS preflight (squashed root, wrong uid) and export list
-        ("root_squash", ""),
-        (
-            "is not exported by",
-            "\nFix: correct the StorageClass share (the exports are listed above)",
-        ),
-        ("may not create files", ""),
-        // S3 preflight and credentials
-        (
-            "credentials are wrong",
-            "\nFix: put the right accessKeyId/secretAccessKey into the node-stage Secret",
-        ),
-        (
-            "no S3 credentials",
-            "\nFix: set csi.storage.k8s.io/node-stage-secret-name/-namespace in the StorageClass",
-        ),
-        ("NoSuchBucket", ""),
-        ("S3 preflight failed", ""),
-        (
-            "ermission denied",
-            "\nFix: give the mount's identity (uid/gid parameters) access to the source",
-        ),
-    ];
-    if let Some((_, fix)) = fixable.iter().find(|(needle, _)| msg.contains(needle)) {
-        return Status::failed_precondition(format!("{msg}{fix}"));
-    }
-    let unreachable = [
-        "Unavailable",
-        "unavailable",
-        "Connection refused",
-        "timed out",
-    ];
-    if unreachable.iter().any(|n| msg.contains(n)) {
-        return Status::unavailable(format!(
-            "{msg}\nThe source is unreachable; the call is retried"
-        ));
-    }
-    Status::internal(msg.to_string())
-}
-
 fn path_arg(text: &str, field: &str) -> Result<PathBuf, Status> {
     if text.is_empty() {
         return Err(missing(field));
@@ -195,14 +138,13 @@ impl NodeService {
         node_id: String,
         cache_dir: PathBuf,
         state: StateDir,
-        exe: PathBuf,
-        ready_timeout: Duration,
+        host: Box<dyn SessionHost>,
     ) -> NodeService {
         NodeService {
             node_id,
             cache_dir,
             state,
-            sup: Supervisor::new(exe, ready_timeout),
+            sup: host,
             locks: KeyedLocks::default(),
             broken: Mutex::new(HashMap::new()),
         }
@@ -261,7 +203,8 @@ impl NodeService {
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
             preflight(&source)?;
-            self.stage_blocking(&req.volume_id, spec, creds.as_ref())
+            let names = VolumeNames::from_context(&req.volume_context);
+            self.stage_blocking(&req.volume_id, spec, creds.as_ref(), names)
         })?;
         Ok(NodeStageVolumeResponse {})
     }
@@ -271,6 +214,7 @@ impl NodeService {
         volume_id: &str,
         spec: MountSpec,
         creds: Option<&S3Credentials>,
+        names: VolumeNames,
     ) -> Result<(), Status> {
         let previous = self
             .state
@@ -292,14 +236,14 @@ impl NodeService {
                 )));
             }
             if healthy {
-                self.ensure_supervised(&rec);
+                self.sup.adopt(&rec);
                 return Ok(());
             }
             tracing::warn!(volume_id, staging = %rec.staging_path.display(), "staged mount is dead; re-mounting");
             self.retire(&rec);
             targets = rec.targets;
         }
-        let rec = self.mount(volume_id, spec, creds, targets)?;
+        let rec = self.mount(volume_id, spec, creds, names, targets)?;
         self.broken.lock().remove(volume_id);
         tracing::info!(volume_id, staging = %rec.staging_path.display(), pid = rec.pid, "volume staged");
         Ok(())
@@ -312,6 +256,7 @@ impl NodeService {
         volume_id: &str,
         spec: MountSpec,
         creds: Option<&S3Credentials>,
+        names: VolumeNames,
         targets: std::collections::BTreeMap<PathBuf, bool>,
     ) -> Result<StagedRecord, Status> {
         std::fs::create_dir_all(&spec.staging)
@@ -328,11 +273,13 @@ impl NodeService {
                     &e,
                 )
             })?;
-        mounts::detach(&spec.staging).map_err(|e| io_status("clearing the staging path", &e))?;
-        let pid = self
-            .sup
-            .start(&spec, creds, &self.state.log_path(volume_id))
-            .map_err(|msg| child_failure_status(&redact(msg, creds)))?;
+        let pid = self.sup.start(Start {
+            volume_id,
+            spec: &spec,
+            creds,
+            names,
+            log_file: &self.state.log_path(volume_id),
+        })?;
         let rec = StagedRecord {
             volume_id: volume_id.to_string(),
             staging_path: spec.staging.clone(),
@@ -352,15 +299,6 @@ impl NodeService {
             tracing::warn!(error = %e, staging = %rec.staging_path.display(), "detaching a dead mount failed");
         }
         self.sup.stop(&rec.staging_path, rec.pid);
-    }
-
-    fn ensure_supervised(&self, rec: &StagedRecord) {
-        if self.sup.running(&rec.staging_path).is_none()
-            && pid_alive(rec.pid)
-            && is_mount_child(rec.pid, &rec.staging_path)
-        {
-            self.sup.adopt(&rec.staging_path, rec.pid);
-        }
     }
 
     /// Re-establish a dead staged mount and re-bind its published targets,
@@ -384,7 +322,8 @@ impl NodeService {
         self.retire(&rec);
         let volume_id = rec.volume_id.clone();
         let targets = rec.targets.clone();
-        let mut rec = match self.mount(&volume_id, rec.spec, creds, targets) {
+        let mut rec = match self.mount(&volume_id, rec.spec, creds, VolumeNames::default(), targets)
+        {
             Ok(r) => r,
             Err(e) => {
                 self.broken
@@ -427,7 +366,7 @@ impl NodeService {
             };
             match mounts::health(&rec.staging_path) {
                 Health::Healthy => {
-                    self.ensure_supervised(&rec);
+                    self.sup.adopt(&rec);
                     tracing::info!(volume_id = %rec.volume_id, pid = rec.pid, "staged mount still serving; adopted");
                 }
                 state => {
@@ -630,43 +569,5 @@ impl NodeService {
             }),
         }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn child_failures_get_codes_by_cause() {
-        let code = |m: &str| child_failure_status(m).code();
-        assert_eq!(
-            code("uid 0 is most likely squashed to an anonymous user (root_squash)"),
-            tonic::Code::FailedPrecondition
-        );
-        assert_eq!(
-            code("share \"/x\" is not exported by h; exports: /a"),
-            tonic::Code::FailedPrecondition
-        );
-        assert_eq!(
-            code("the S3 credentials are wrong (SignatureDoesNotMatch)"),
-            tonic::Code::FailedPrecondition
-        );
-        assert_eq!(
-            code("S3 at x unavailable after retries"),
-            tonic::Code::Unavailable
-        );
-        assert_eq!(code("something odd"), tonic::Code::Internal);
-    }
-
-    #[test]
-    fn secret_values_are_redacted() {
-        let c = S3Credentials {
-            access_key_id: "AKID123".into(),
-            secret_access_key: "s3cr3t".into(),
-            session_token: Some("tok".into()),
-        };
-        let out = redact("as 'AKID123' with s3cr3t and tok".into(), Some(&c));
-        assert!(!out.contains("AKID123") && !out.contains("s3cr3t") && !out.contains("tok"));
     }
 }

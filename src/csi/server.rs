@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use tonic::{Request, Response, Status};
 
 use super::controller::ControllerService;
+use super::host::{MounterHost, SessionHost};
 use super::identity::IdentityService;
 use super::node::NodeService;
 use super::proto::controller_server::{Controller, ControllerServer};
@@ -17,6 +18,8 @@ use super::proto::identity_server::{Identity, IdentityServer};
 use super::proto::node_server::{Node, NodeServer};
 use super::proto::*;
 use super::state::StateDir;
+use super::supervisor::Supervisor;
+use crate::mounter::MounterClient;
 
 #[derive(Debug, Clone)]
 pub struct CsiConfig {
@@ -27,6 +30,8 @@ pub struct CsiConfig {
     pub cache_dir: PathBuf,
     pub state_dir: PathBuf,
     pub mount_timeout: Duration,
+    /// The node's mounter (see `cachalot mounter`); None: mount children.
+    pub mounter_socket: Option<PathBuf>,
 }
 
 /// `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or `/csi/csi.sock`.
@@ -325,14 +330,33 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
         ))));
     }
     if node {
-        let exe =
-            std::env::current_exe().context("locating the cachalot binary for mount children")?;
+        let host: Box<dyn SessionHost> = match &cfg.mounter_socket {
+            Some(socket) => {
+                // A stage mounts (backend checks included) within the
+                // mount timeout; the exchange may take a little longer.
+                let client =
+                    MounterClient::new(socket, cfg.mount_timeout + Duration::from_secs(15));
+                let host = MounterHost::new(client);
+                match host.refresh_kept() {
+                    Ok(n) => {
+                        tracing::info!(socket = %socket.display(), sessions = n, "using the node's mounter; keeping its sessions' descriptors")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the node's mounter does not answer yet"),
+                }
+                Box::new(host)
+            }
+            None => {
+                tracing::warn!("no --mounter-socket: volumes run in mount children of this plugin and die with its container");
+                let exe = std::env::current_exe()
+                    .context("locating the cachalot binary for mount children")?;
+                Box::new(Supervisor::new(exe, cfg.mount_timeout))
+            }
+        };
         let svc = Arc::new(NodeService::new(
             cfg.node_id.clone(),
             cfg.cache_dir.clone(),
             state.clone(),
-            exe,
-            cfg.mount_timeout,
+            host,
         ));
         // Before serving: kubelet's first calls after a restart must see the
         // re-established mounts.

@@ -2,6 +2,8 @@
 //! tear it down cleanly (signals, external umount, busy mountpoints).
 
 pub mod daemon;
+pub mod spec;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +46,11 @@ pub struct MountOptions {
     pub s3: S3Options,
     /// Skip the mount-time write check of read-write mounts.
     pub skip_preflight: bool,
+    /// The session may be handed to another process (the mounter's live
+    /// takeover and crash recovery): it reads from one `/dev/fuse`
+    /// descriptor, no clones (a clone's unanswered requests die with the
+    /// process that held it), and keeps a duplicate to hand over.
+    pub keepable: bool,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -55,6 +62,9 @@ pub struct MountedFs {
     session: Option<JoinHandle<std::io::Result<()>>>,
     ended: tokio::sync::watch::Receiver<bool>,
     runtime: Arc<tokio::runtime::Runtime>,
+    /// A duplicate of the session's `/dev/fuse` descriptor (keepable
+    /// sessions): what a successor process or a keeper receives.
+    fuse_fd: Option<std::os::fd::OwnedFd>,
 }
 
 async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
@@ -165,7 +175,7 @@ fn fuse_config(opts: &MountOptions) -> Config {
         SessionACL::Owner
     };
     cfg.n_threads = Some(FUSE_THREADS);
-    cfg.clone_fd = true;
+    cfg.clone_fd = !opts.keepable;
     cfg
 }
 
@@ -229,6 +239,17 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
         .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
     fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
+    let fuse_fd = if opts.keepable {
+        use std::os::fd::AsFd;
+        Some(
+            session
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the /dev/fuse descriptor")?,
+        )
+    } else {
+        None
+    };
     let unmounter = session.unmount_callable();
     let (ended_tx, ended) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
@@ -248,12 +269,24 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         session: Some(thread),
         ended,
         runtime,
+        fuse_fd,
     })
 }
 
 impl MountedFs {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The session's `/dev/fuse` descriptor (keepable sessions only).
+    pub fn fuse_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fuse_fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Whether the FUSE session still runs (not unmounted from outside).
+    pub fn is_serving(&self) -> bool {
+        !*self.ended.borrow()
     }
 
     /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted

@@ -14,6 +14,9 @@ pub struct CredentialSource {
     pub file: Option<PathBuf>,
     /// `--profile`: section of the file (default "default").
     pub profile: Option<String>,
+    /// Given by the caller (the CSI node-stage secret handed to the
+    /// mounter): used as they are, nothing else is looked at.
+    pub explicit: Option<Credentials>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -78,6 +81,9 @@ impl Credentials {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Credentials, CredentialsError> {
         let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(given) = &source.explicit {
+            return Ok(given.clone());
+        }
         if let Some(file) = &source.file {
             let profile = source.profile.as_deref().unwrap_or("default");
             return from_file(file, profile);
@@ -192,6 +198,7 @@ aws_session_token = tok
         let mut src = CredentialSource {
             file: Some(path.clone()),
             profile: None,
+            explicit: None,
         };
         let c = Credentials::load_with(&src, no_env).unwrap();
         assert_eq!(c.access_key_id, "AKIDDEFAULT");

@@ -14,6 +14,19 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/*
+The mounter's socket inside both containers (mounter --socket, node plugin
+--mounter-socket); the host dir mounted at its directory is
+.Values.mounter.socketHostPath.
+*/}}
+{{- define "cachalot.mounterSocketDir" -}}
+/run/cachalot
+{{- end -}}
+
+{{- define "cachalot.mounterSocket" -}}
+{{ include "cachalot.mounterSocketDir" . }}/mounter.sock
+{{- end -}}
+
+{{/*
 Pull secrets of one component: its own list when it sets one (even an empty
 list, which means "none"), otherwise the global list. Never merged.
 Call with (dict "component" .Values.node "global" .Values.imagePullSecrets).

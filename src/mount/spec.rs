@@ -1,0 +1,156 @@
+//! What a FUSE session is started with: the source, the staging path and
+//! the cache knobs of one volume, without secrets. The CSI node records it
+//! per staged volume; the mounter and `cachalot mount` children are started
+//! from it, through the same `cachalot mount` arguments (one parser, one set
+//! of checks).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::s3::Credentials;
+use crate::backend::Identity;
+use crate::csi::params::CacheKnobs;
+
+use super::MountOptions;
+
+/// Everything a mount child is started with, except secrets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub staging: PathBuf,
+    pub cache_dir: PathBuf,
+    pub cache_size: Option<u64>,
+    pub page_size: Option<u64>,
+    pub metadata_ttl_ms: Option<u64>,
+    pub read_only: bool,
+    pub owner: Option<(u32, u32)>,
+    pub mount_group: Option<u32>,
+    /// S3 endpoint (`--endpoint`, with `--path-style`) and region; absent
+    /// in records written before S3 volumes existed.
+    #[serde(default)]
+    pub s3_endpoint: Option<String>,
+    #[serde(default)]
+    pub s3_region: Option<String>,
+}
+
+impl MountSpec {
+    pub fn new(
+        source: String,
+        staging: PathBuf,
+        cache_dir: PathBuf,
+        cache: &CacheKnobs,
+        read_only: bool,
+        owner: Option<Identity>,
+        mount_group: Option<u32>,
+    ) -> MountSpec {
+        MountSpec {
+            source,
+            staging,
+            cache_dir,
+            cache_size: cache.cache_size,
+            page_size: cache.page_size,
+            metadata_ttl_ms: cache.metadata_ttl.map(|d| d.as_millis() as u64),
+            read_only: read_only || cache.read_only,
+            owner: owner.map(|i| (i.uid, i.gid)),
+            mount_group,
+            s3_endpoint: None,
+            s3_region: None,
+        }
+    }
+
+    /// Endpoint and region of an S3 volume (nothing else: credentials go
+    /// through the environment).
+    pub fn with_s3(mut self, endpoint: Option<String>, region: Option<String>) -> MountSpec {
+        self.s3_endpoint = endpoint;
+        self.s3_region = region;
+        self
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "mount".to_string(),
+            self.source.clone(),
+            self.staging.display().to_string(),
+            "--foreground".into(),
+            "--allow-other".into(),
+            "--cache-dir".into(),
+            self.cache_dir.display().to_string(),
+        ];
+        if let Some(v) = self.cache_size {
+            a.extend(["--cache-size".into(), v.to_string()]);
+        }
+        if let Some(v) = self.page_size {
+            a.extend(["--page-size".into(), v.to_string()]);
+        }
+        if let Some(v) = self.metadata_ttl_ms {
+            a.extend(["--metadata-ttl".into(), format!("{v}ms")]);
+        }
+        if self.read_only {
+            a.push("--read-only".into());
+        }
+        if let Some((u, g)) = self.owner {
+            a.extend(["--uid".into(), u.to_string(), "--gid".into(), g.to_string()]);
+        }
+        if let Some(g) = self.mount_group {
+            a.extend(["--mount-group".into(), g.to_string()]);
+        }
+        if let Some(e) = &self.s3_endpoint {
+            // S3-compatible servers on a custom endpoint expect path style.
+            a.extend(["--endpoint".into(), e.clone(), "--path-style".into()]);
+        }
+        if let Some(r) = &self.s3_region {
+            a.extend(["--region".into(), r.clone()]);
+        }
+        a
+    }
+}
+
+impl MountSpec {
+    /// The options of the session this spec describes, checked exactly as
+    /// `cachalot mount` checks its arguments. `credentials`: the volume's
+    /// S3 secret (nothing else is looked at then).
+    pub fn options(&self, credentials: Option<Credentials>) -> Result<MountOptions, String> {
+        use clap::Parser;
+        let argv = std::iter::once("cachalot".to_string()).chain(self.args());
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let crate::cli::Command::Mount(args) = cli.command else {
+            return Err("a mount spec must describe a mount".into());
+        };
+        let source = args.source()?;
+        args.validate(&source)?;
+        let mut opts = args.options(source);
+        opts.s3.credentials.explicit = credentials;
+        opts.keepable = true;
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_endpoint_and_region_become_mount_args() {
+        let spec = MountSpec::new(
+            "s3://b/p".into(),
+            "/st".into(),
+            "/c".into(),
+            &CacheKnobs::default(),
+            false,
+            None,
+            None,
+        )
+        .with_s3(Some("http://127.0.0.1:9000".into()), Some("eu-1".into()));
+        let args = spec.args().join(" ");
+        assert!(
+            args.contains("--endpoint http://127.0.0.1:9000 --path-style --region eu-1"),
+            "{args}"
+        );
+        // Records written before these fields existed still load.
+        let old = r#"{"source":"file:///x","staging":"/s","cache_dir":"/c","cache_size":null,
+            "page_size":null,"metadata_ttl_ms":null,"read_only":false,"owner":null,"mount_group":null}"#;
+        let spec: MountSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.s3_endpoint, None);
+    }
+}

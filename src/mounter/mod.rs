@@ -1,0 +1,151 @@
+//! `cachalot mounter`: the node's FUSE sessions in one long-lived process,
+//! apart from the CSI plugin.
+//!
+//! A container's processes die together, so FUSE daemons inside the CSI
+//! plugin's container die on every rollout, liveness restart or OOM kill,
+//! and the pods' mounts answer ENOTCONN for good. The mounter runs in a
+//! container of its own (docs/deploy.md) and is asked by the CSI node
+//! plugin, over a root-only unix socket, to start and stop sessions
+//! (`protocol`). It survives the plugin, and its own lifecycle is covered
+//! twice:
+//!
+//! - **Upgrade (live takeover, `takeover`)**: a second mounter started on
+//!   the same socket asks the running one for its sessions. The old one
+//!   stops answering the kernel at a clean point, sends each session's
+//!   `/dev/fuse` descriptor and the filesystem state the kernel depends on,
+//!   and exits 0 without unmounting; the new one resumes without a FUSE
+//!   INIT and asks the kernel to re-send what was left unanswered.
+//! - **Crash (`recovery`)**: the CSI node plugin keeps duplicates of the
+//!   descriptors (the *keeper*), so a dead mounter's connections stay
+//!   alive and requests wait in the kernel. The next mounter gets the
+//!   descriptors back from the keeper, rebuilds each session from its
+//!   record and journal in `--state-dir`, and has the kernel re-send the
+//!   requests the dead process had read.
+//!
+//! Only when the mounter and the keeper die together is a session lost.
+
+pub mod client;
+pub mod protocol;
+pub mod records;
+pub mod server;
+pub mod wire;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+pub use client::{ClientError, MounterClient};
+pub use server::{Mounter, MounterConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MounterError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MounterError {
+    let what = what.into();
+    move |source| MounterError::Io { what, source }
+}
+
+/// What is at the socket path before we listen there.
+enum Predecessor {
+    None,
+    /// A mounter answers: take its sessions over.
+    Running(UnixStream),
+}
+
+fn predecessor(socket: &Path) -> Result<Predecessor, MounterError> {
+    match UnixStream::connect(socket) {
+        Ok(stream) => Ok(Predecessor::Running(stream)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            if socket.exists() {
+                // Left by a mounter that died: nobody listens.
+                tracing::info!(socket = %socket.display(), "removing a stale mounter socket");
+                std::fs::remove_file(socket).map_err(io_err(format!(
+                    "removing the stale socket {}",
+                    socket.display()
+                )))?;
+            }
+            Ok(Predecessor::None)
+        }
+        Err(e) => Err(MounterError::Io {
+            what: format!("probing {}", socket.display()),
+            source: e,
+        }),
+    }
+}
+
+/// Run the mounter until SIGTERM/SIGINT or until a successor took over.
+/// Sessions are never unmounted on exit: they belong to the pods.
+pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Before any thread exists, so every thread inherits the mask and the
+    // signals wait for `sigwait` below.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| io_err("blocking signals")(e.into()))?;
+
+    std::fs::create_dir_all(&cfg.cache_dir).map_err(io_err(format!(
+        "creating the cache directory {}",
+        cfg.cache_dir.display()
+    )))?;
+    let records = records::Records::open(&cfg.state_dir).map_err(io_err(format!(
+        "opening the state directory {}",
+        cfg.state_dir.display()
+    )))?;
+    if let Some(dir) = cfg.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    let mounter = Arc::new(Mounter::new(cfg.clone(), records));
+    match predecessor(&cfg.socket)? {
+        Predecessor::None => {}
+        Predecessor::Running(_stream) => {
+            return Err(MounterError::Refused(format!(
+                "a mounter already serves {}",
+                cfg.socket.display()
+            )));
+        }
+    }
+    let listener = UnixListener::bind(&cfg.socket)
+        .map_err(io_err(format!("listening on {}", cfg.socket.display())))?;
+    std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("restricting {}", cfg.socket.display())))?;
+    tracing::info!(
+        socket = %cfg.socket.display(),
+        pid = std::process::id(),
+        protocol = protocol::PROTOCOL_VERSION,
+        sessions = mounter.sessions.lock().len(),
+        "mounter serving"
+    );
+    let server = Arc::clone(&mounter);
+    std::thread::Builder::new()
+        .name("mounter-accept".into())
+        .spawn(move || server.serve(listener))
+        .map_err(io_err("starting the accept thread"))?;
+    let signal = signals
+        .wait()
+        .map_err(|e| io_err("waiting for signals")(e.into()))?;
+    let sessions = mounter.sessions.lock().len();
+    tracing::info!(
+        ?signal,
+        sessions,
+        "mounter stopping; its sessions stay mounted for a successor (the CSI node plugin keeps them alive)"
+    );
+    // No destructors: dropping a session would unmount it.
+    std::process::exit(0)
+}
