@@ -315,6 +315,17 @@ impl VolumeParams {
             ctx.insert("uid".into(), id.uid.to_string());
             ctx.insert("gid".into(), id.gid.to_string());
         }
+        // Who the volume is for: the mounter names the PV and PVC in its
+        // logs and `cachalot sessions` (the node ignores these keys).
+        for (key, value) in [
+            (PV_NAME_KEY, &self.claim.pv_name),
+            (PVC_NAME_KEY, &self.claim.pvc_name),
+            (PVC_NAMESPACE_KEY, &self.claim.pvc_namespace),
+        ] {
+            if let Some(v) = value {
+                ctx.insert(key.into(), v.clone());
+            }
+        }
         ctx.into_iter().collect()
     }
 }

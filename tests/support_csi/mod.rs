@@ -33,6 +33,76 @@ pub struct Env {
     pub root: tempfile::TempDir,
     pub plugin: Option<Plugin>,
     pub rust_log: String,
+    /// The node's mounter, in its own emulated container (`with_mounter`);
+    /// the plugin then runs in one too and uses it.
+    pub mounter: Option<Container>,
+    /// Mounters started so far (numbers their log files).
+    mounters_started: u32,
+}
+
+/// A process in its own PID namespace, as a container runs: killing the
+/// container (SIGKILL to `unshare`, whose `--kill-child` then kills the
+/// namespace's init) kills every process inside, whatever `setsid` they did.
+pub struct Container {
+    pub child: Child,
+}
+
+impl Container {
+    pub fn start(cmd: Command, log: &Path) -> Container {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        // The container dies with the test process.
+        unsafe {
+            wrapped.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Container {
+            child: wrapped.spawn().expect("starting unshare (util-linux)"),
+        }
+    }
+
+    /// Kill the container and everything in it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for the container's process to end by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 pub struct Clients {
@@ -58,9 +128,102 @@ impl Env {
             root,
             plugin: None,
             rust_log: rust_log.to_string(),
+            mounter: None,
+            mounters_started: 0,
         };
         env.start_plugin();
         env
+    }
+
+    /// A node as deployed: a mounter and the plugin, each in its own
+    /// emulated container; the plugin asks the mounter to stage.
+    pub fn with_mounter() -> Env {
+        let root = tempfile::Builder::new()
+            .prefix("cachalot-csi-test-")
+            .tempdir()
+            .expect("temp dir");
+        for d in [
+            "source",
+            "cache",
+            "state",
+            "kubelet",
+            "mounter-state",
+            "run",
+        ] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let mut env = Env {
+            root,
+            plugin: None,
+            rust_log: "info".into(),
+            mounter: None,
+            mounters_started: 0,
+        };
+        let mounter = env.start_mounter();
+        env.wait_for_mounter();
+        env.mounter = Some(mounter);
+        env.start_plugin();
+        env
+    }
+
+    pub fn mounter_socket(&self) -> PathBuf {
+        self.path("run/mounter.sock")
+    }
+
+    pub fn mounter_log(&self, n: u32) -> PathBuf {
+        self.path(&format!("mounter-{n}.log"))
+    }
+
+    /// Every mounter's log so far.
+    pub fn mounter_logs(&self) -> String {
+        (1..=self.mounters_started)
+            .map(|n| {
+                format!(
+                    "--- mounter {n} ---\n{}",
+                    std::fs::read_to_string(self.mounter_log(n)).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Start a mounter container on the node's socket (a second one takes
+    /// over from the running one). Does not wait.
+    pub fn start_mounter(&mut self) -> Container {
+        check_binary();
+        self.mounters_started += 1;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cachalot"));
+        cmd.arg("mounter")
+            .arg("--socket")
+            .arg(self.mounter_socket())
+            .arg("--state-dir")
+            .arg(self.path("mounter-state"))
+            .arg("--cache-dir")
+            .arg(self.path("cache"))
+            .env("RUST_LOG", &self.rust_log);
+        Container::start(cmd, &self.mounter_log(self.mounters_started))
+    }
+
+    /// Wait until a mounter answers on the socket.
+    pub fn wait_for_mounter(&self) {
+        let client =
+            cachalot::mounter::MounterClient::new(self.mounter_socket(), Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.list().is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the mounter never answered:\n{}",
+                self.mounter_logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The mounter's sessions, as `cachalot sessions --json` reports them.
+    pub fn sessions(&self) -> cachalot::mounter::protocol::SessionList {
+        cachalot::mounter::MounterClient::new(self.mounter_socket(), Duration::from_secs(10))
+            .list()
+            .expect("listing the mounter's sessions")
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -109,8 +272,17 @@ impl Env {
             .arg(self.path("cache"))
             .arg("--state-dir")
             .arg(self.path("state"))
-            .env("RUST_LOG", &self.rust_log)
-            .stdin(Stdio::null())
+            .env("RUST_LOG", &self.rust_log);
+        if self.mounter.is_some() {
+            cmd.arg("--mounter-socket").arg(self.mounter_socket());
+            let container = Container::start(cmd, &self.log_file());
+            self.plugin = Some(Plugin {
+                child: container.child,
+            });
+            self.wait_for_plugin();
+            return;
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         // The plugin dies with the test process; its mount children do not
@@ -123,6 +295,10 @@ impl Env {
         }
         let child = cmd.spawn().expect("starting cachalot csi");
         self.plugin = Some(Plugin { child });
+        self.wait_for_plugin();
+    }
+
+    fn wait_for_plugin(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
             if let Some(p) = self.plugin.as_mut() {
@@ -256,6 +432,9 @@ pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill_plugin();
+        if let Some(m) = self.mounter.take() {
+            m.kill();
+        }
         let root = self.root.path().to_path_buf();
         for _ in 0..3 {
             for m in mounts_below(&root) {
@@ -272,6 +451,9 @@ impl Drop for Env {
         }
         if std::thread::panicking() {
             eprintln!("--- plugin log ---\n{}", self.log());
+            if self.mounters_started > 0 {
+                eprintln!("{}", self.mounter_logs());
+            }
         }
     }
 }

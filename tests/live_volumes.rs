@@ -1,0 +1,331 @@
+//! Live volumes: a running pod's volume keeps serving while the CSI node
+//! plugin's container is killed and restarted, while the mounter is taken
+//! over live (upgrade) and while the mounter's container is killed -9 and
+//! a new one started (crash recovery through the plugin, the keeper of the
+//! sessions' descriptors).
+//!
+//! Kubernetes cannot run here, so the harness does what it does: each
+//! component runs in its own PID namespace (a container: killing it kills
+//! everything inside), the pod is a process in its own mount namespace with
+//! slave propagation, and the volume is staged and published through the
+//! CSI gRPC calls kubelet makes. The pod loop counts every failed syscall;
+//! the test asserts there were none.
+
+mod common;
+mod support_csi;
+mod support_nfs;
+mod support_s3;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pattern;
+use support_csi::*;
+
+const ROLE_ENV: &str = "CACHALOT_LIVE_ROLE";
+const DIR_ENV: &str = "CACHALOT_LIVE_DIR";
+const SECS_ENV: &str = "CACHALOT_LIVE_SECS";
+/// The file the pod keeps open for reading the whole time.
+const LONG_READ: &str = "long-read.bin";
+const LONG_READ_LEN: usize = 4 << 20;
+/// The file the pod keeps open for writing the whole time.
+const LONG_WRITE: &str = "long-write.bin";
+const CHUNK: usize = 16 << 10;
+
+/// What happens to the node while the pod runs.
+#[derive(Debug, Clone, Copy)]
+enum Disruption {
+    /// Kill the CSI node plugin's container and start a new one.
+    RestartPlugin,
+    /// Start a second mounter: it takes the sessions over live.
+    TakeOver,
+    /// Kill the mounter's container (-9) and start a new one.
+    CrashMounter,
+}
+
+/// The pod: for `secs` seconds write, read back and verify files, list and
+/// stat the directory, read a long-open file and append to another; every
+/// failed syscall is counted. Prints one RESULT line (JSON).
+fn pod_loop(dir: &Path, secs: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut failures: Vec<String> = Vec::new();
+    let mut ops = 0u64;
+    let mut max_latency = Duration::ZERO;
+    let fail = |what: String, failures: &mut Vec<String>| {
+        if failures.len() < 20 {
+            failures.push(what);
+        } else if failures.len() == 20 {
+            failures.push("…".into());
+        }
+    };
+    let expected_long = pattern(LONG_READ_LEN, 7);
+    let mut reader = File::open(dir.join(LONG_READ)).expect("long-read file");
+    let mut writer = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join(LONG_WRITE))
+        .expect("long-write file");
+    let mut written = 0usize;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        i += 1;
+        let started = Instant::now();
+        let name = format!("f-{}", i % 16);
+        let data = pattern(32 << 10 | (i as usize % 7) << 12, i);
+        let path = dir.join(&name);
+        match File::create(&path)
+            .and_then(|mut f| f.write_all(&data).map(|_| f))
+            .and_then(common::close_checked)
+        {
+            Ok(()) => match std::fs::read(&path) {
+                Ok(back) if back == data => {}
+                Ok(back) => fail(
+                    format!(
+                        "{name}: read back {} bytes, not what was written",
+                        back.len()
+                    ),
+                    &mut failures,
+                ),
+                Err(e) => fail(format!("read {name}: {e}"), &mut failures),
+            },
+            Err(e) => fail(format!("write {name}: {e}"), &mut failures),
+        }
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for e in entries {
+                    match e.and_then(|e| e.metadata()) {
+                        Ok(_) => {}
+                        Err(e) => fail(format!("stat in listing: {e}"), &mut failures),
+                    }
+                }
+            }
+            Err(e) => fail(format!("readdir: {e}"), &mut failures),
+        }
+        let off = (i as usize * 65_536) % (LONG_READ_LEN - 65_536);
+        let mut buf = vec![0u8; 65_536];
+        match reader
+            .seek(SeekFrom::Start(off as u64))
+            .and_then(|_| reader.read_exact(&mut buf))
+        {
+            Ok(()) if buf[..] == expected_long[off..off + 65_536] => {}
+            Ok(()) => fail(
+                format!("long-open reader: wrong data at {off}"),
+                &mut failures,
+            ),
+            Err(e) => fail(format!("long-open reader at {off}: {e}"), &mut failures),
+        }
+        let chunk = pattern(CHUNK, 1000 + written as u64 / CHUNK as u64);
+        match writer.write_all(&chunk) {
+            Ok(()) => written += CHUNK,
+            Err(e) => fail(format!("long-open writer: {e}"), &mut failures),
+        }
+        ops += 1;
+        max_latency = max_latency.max(started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(e) = common::close_checked(writer) {
+        fail(format!("closing the long-open writer: {e}"), &mut failures);
+    }
+    serde_json::json!({
+        "ops": ops,
+        "failures": failures,
+        "max_iteration_ms": max_latency.as_millis() as u64,
+        "long_write_len": written,
+    })
+}
+
+/// Dispatch for child processes of this test binary (the pod).
+#[test]
+fn child_role() {
+    let Ok(role) = std::env::var(ROLE_ENV) else {
+        return;
+    };
+    assert_eq!(role, "pod");
+    let dir = PathBuf::from(std::env::var(DIR_ENV).expect("dir"));
+    let secs: u64 = std::env::var(SECS_ENV)
+        .expect("secs")
+        .parse()
+        .expect("secs");
+    let result = pod_loop(&dir, secs);
+    println!("RESULT {result}");
+}
+
+/// Start the pod: this test binary in its own mount namespace (slave
+/// propagation, as kubelet sets up a container), working in `target`.
+fn start_pod(target: &Path, secs: u64) -> std::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "--"])
+        .arg(exe)
+        .args([
+            "--exact",
+            "child_role",
+            "--nocapture",
+            "--test-threads",
+            "1",
+            "-q",
+        ])
+        .env(ROLE_ENV, "pod")
+        .env(DIR_ENV, target)
+        .env(SECS_ENV, secs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the pod")
+}
+
+fn pod_result(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("pod output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| {
+            panic!(
+                "the pod printed no result ({}):\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line).expect("pod result JSON")
+}
+
+/// The whole scenario on one volume: stage + publish through CSI, run the
+/// pod while `disruptions` happen at their times, check the pod saw no
+/// error and the data is whole, then unpublish + unstage and check nothing
+/// stays mounted.
+async fn survive(
+    env: &mut Env,
+    params: HashMap<String, String>,
+    secrets: HashMap<String, String>,
+    pod_secs: u64,
+    disruptions: &[(u64, Disruption)],
+) {
+    let mut c = env.clients().await;
+    let mut params = params;
+    // As the external-provisioner passes them with --extra-create-metadata.
+    params.insert("csi.storage.k8s.io/pvc/name".into(), "pvc-live".into());
+    params.insert("csi.storage.k8s.io/pvc/namespace".into(), "team-a".into());
+    params.insert("csi.storage.k8s.io/pv/name".into(), "pvc-0a1b2c".into());
+    let mut req = create_req("pvc-live", params);
+    req.secrets = secrets.clone();
+    let vol = c
+        .controller
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let staging = env.staging("live");
+    let target = env.target("pod-live");
+    let mut stage = stage_req(&vol, &staging);
+    stage.secrets = secrets;
+    c.node.node_stage_volume(stage).await.expect("NodeStage");
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .expect("NodePublish");
+    std::fs::write(target.join(LONG_READ), pattern(LONG_READ_LEN, 7)).expect("long-read file");
+    let sessions = env.sessions();
+    assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions.sessions[0].names.pvc.as_deref(), Some("pvc-live"));
+
+    let pod = start_pod(&target, pod_secs);
+    let started = Instant::now();
+    for (at, what) in disruptions {
+        let when = started + Duration::from_secs(*at);
+        tokio::time::sleep(when.saturating_duration_since(Instant::now())).await;
+        let t = Instant::now();
+        match what {
+            Disruption::RestartPlugin => {
+                env.kill_plugin();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                env.start_plugin();
+            }
+            Disruption::TakeOver => {
+                let old = env.mounter.take().expect("a mounter runs");
+                let new = env.start_mounter();
+                let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
+                assert!(
+                    status.is_some_and(|s| s.success()),
+                    "the old mounter did not exit 0 after the takeover ({status:?}):\n{}",
+                    env.mounter_logs()
+                );
+                env.mounter = Some(new);
+                env.wait_for_mounter();
+            }
+            Disruption::CrashMounter => {
+                env.mounter.take().expect("a mounter runs").kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let new = env.start_mounter();
+                env.mounter = Some(new);
+                env.wait_for_mounter();
+            }
+        }
+        eprintln!("{what:?} at {at}s took {:?}", t.elapsed());
+    }
+    let result = tokio::task::block_in_place(|| pod_result(pod));
+    eprintln!("pod: {result}");
+    let failures = result["failures"].as_array().expect("failures");
+    assert!(
+        failures.is_empty(),
+        "the pod saw failed syscalls: {failures:?}\n{}",
+        env.mounter_logs()
+    );
+    assert!(result["ops"].as_u64().unwrap_or(0) > 10, "{result}");
+    // The long-open writer's file was published complete at its close.
+    let written = result["long_write_len"].as_u64().unwrap_or(0) as usize;
+    let back = std::fs::read(target.join(LONG_WRITE)).expect("long-write file");
+    assert_eq!(back.len(), written, "long-open writer's file");
+    for (i, chunk) in back.chunks(CHUNK).enumerate() {
+        assert!(
+            chunk == &pattern(CHUNK, 1000 + i as u64)[..],
+            "long-open writer's chunk {i} differs"
+        );
+    }
+    let sessions = env.sessions();
+    assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");
+
+    let mut c = env.clients().await;
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .expect("NodeUnpublish");
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .expect("NodeUnstage");
+    assert!(!is_mounted(&target) && !is_mounted(&staging));
+    assert!(
+        mounts_below(env.root.path()).is_empty(),
+        "left mounted: {:?}",
+        mounts_below(env.root.path())
+    );
+    assert!(env.sessions().sessions.is_empty());
+}
+
+fn full_schedule() -> Vec<(u64, Disruption)> {
+    vec![(4, Disruption::RestartPlugin)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_volume_survives_plugin_restart_takeovers_and_mounter_crash() {
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let source = env.source_url();
+    survive(
+        &mut env,
+        params(&[("source", &source)]),
+        HashMap::new(),
+        12,
+        &full_schedule(),
+    )
+    .await;
+}
