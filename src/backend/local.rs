@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use nix::dir::Type;
 
 use super::path::{temp_name_for, temp_owner};
+use super::SuspendedWrite;
 use super::{
     is_temp_name, AttrChanges, Backend, BackendError, BackendPath, BackendResult, Capabilities,
     DirEntry, ErrorKind, FileKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite,
@@ -1010,6 +1011,54 @@ impl Backend for LocalBackend {
             .await
     }
 
+    async fn resume_write(
+        &self,
+        id: Identity,
+        target: &BackendPath,
+        state: SuspendedWrite,
+    ) -> BackendResult<Box<dyn PendingWrite>> {
+        #[derive(serde::Deserialize)]
+        struct Suspended {
+            temp_name: String,
+            size: u64,
+        }
+        let bad = |why: String| {
+            BackendError::new(ErrorKind::Other, "resume write", target.as_str())
+                .with_backend(self.describe())
+                .with_identity(id)
+                .with_cause(why)
+        };
+        let s: Suspended =
+            serde_json::from_value(state).map_err(|e| bad(format!("bad suspended write: {e}")))?;
+        if !crate::backend::is_temp_name(&s.temp_name) || s.temp_name.contains('/') {
+            return Err(bad(format!("{:?} is not a temp file name", s.temp_name)));
+        }
+        let new_name = self.shared.next_temp_name(target.name());
+        let (old_name, t) = (s.temp_name.clone(), target.clone());
+        let taken = new_name.clone();
+        let file = self
+            .shared
+            .run(id, "resume temp file", target, move |sh| {
+                let dir = sh.dir_beneath(&t.parent())?;
+                let (from, to) = (cstring(old_name.as_bytes())?, cstring(taken.as_bytes())?);
+                sys_renameat2(dir.raw(), &from, dir.raw(), &to, libc::RENAME_NOREPLACE)?;
+                let temp = Loc {
+                    dir,
+                    name: Some(to),
+                };
+                Ok(File::from(temp.open(libc::O_RDWR, 0)?))
+            })
+            .await?;
+        Ok(Box::new(LocalPendingWrite {
+            file: Arc::new(file),
+            temp_name: new_name,
+            size: AtomicU64::new(s.size),
+            finished: AtomicBool::new(false),
+            shared: Arc::clone(&self.shared),
+            id,
+        }))
+    }
+
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
         let root_id = Identity { uid: 0, gid: 0 };
         self.shared
@@ -1246,6 +1295,14 @@ impl PendingWrite for LocalPendingWrite {
             .await?;
         self.finished.store(true, Ordering::Release);
         Ok(meta)
+    }
+
+    async fn suspend(&self) -> BackendResult<SuspendedWrite> {
+        // Nothing is buffered: the temp file holds every write already.
+        Ok(serde_json::json!({
+            "temp_name": self.temp_name,
+            "size": self.size(),
+        }))
     }
 
     async fn abort(&self, target: &BackendPath) {

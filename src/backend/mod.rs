@@ -18,13 +18,13 @@ pub use path::{hidden_name_for, is_temp_name, BackendPath};
 pub use source::{has_userinfo, redacted_url, Source};
 
 /// The identity a backend operation is performed as (AUTH_SYS-like).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FileKind {
     File,
     Directory,
@@ -34,12 +34,16 @@ pub enum FileKind {
     Special,
 }
 
+/// A write session's description for another process (backend-specific
+/// JSON, opaque to the core), from `PendingWrite::suspend`.
+pub type SuspendedWrite = serde_json::Value;
+
 /// Opaque token that changes whenever an object's content may have changed.
 /// Cache pages are keyed by it, so a changed object never serves stale pages.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct VersionToken(pub String);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Metadata {
     pub kind: FileKind,
     pub size: u64,
@@ -62,7 +66,7 @@ pub struct DirEntry {
 
 /// Attribute changes other than size (size changes go through the write path
 /// so that a truncate is as atomic as any other write).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AttrChanges {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -188,6 +192,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Mount-time check that `id` can do what the write path needs (create,
     /// write, rename, remove a temporary object). The error explains the
     /// likely fix. Backends where nothing can go wrong keep the default.
+    /// Continue a write session another process suspended, its
+    /// temporary object belonging to `target`. The object is renamed to a
+    /// name of this process, so cleanups never take it for a dead
+    /// writer's leftover.
+    async fn resume_write(
+        &self,
+        id: Identity,
+        target: &BackendPath,
+        state: SuspendedWrite,
+    ) -> BackendResult<Box<dyn PendingWrite>>;
+
     async fn preflight(&self, _id: Identity) -> BackendResult<()> {
         Ok(())
     }
@@ -222,4 +237,9 @@ pub trait PendingWrite: Send + Sync {
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata>;
     /// Remove the temporary object; the final name is untouched.
     async fn abort(&self, target: &BackendPath);
+    /// Make the temporary object complete where it is (flush what is
+    /// buffered, finish nothing) and describe it, so that another process
+    /// can continue the session with `Backend::resume_write` (live takeover,
+    /// crash recovery). This session must not be used afterwards.
+    async fn suspend(&self) -> BackendResult<SuspendedWrite>;
 }

@@ -14,6 +14,21 @@ pub const NAME_MAX: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct BackendPath(String);
 
+/// Serialised as its text; parsed (and so validated) when read back, so a
+/// damaged or hostile state file cannot smuggle `..` into a path.
+impl serde::Serialize for BackendPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BackendPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        BackendPath::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl BackendPath {
     pub fn root() -> Self {
         BackendPath(String::new())

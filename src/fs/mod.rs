@@ -7,6 +7,7 @@ mod dir;
 mod inode;
 mod process;
 mod read;
+pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod types;

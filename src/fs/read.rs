@@ -74,15 +74,15 @@ pub struct FileHandle {
     /// is asynchronous, so an unlink right after the close must not count
     /// this handle as open.
     pub closed_by_opener: std::sync::atomic::AtomicBool,
-    identity: Identity,
+    pub(super) identity: Identity,
     /// What the handle reads now: the inode's backend path as of the last
     /// read (it follows renames) and the version of the content. The
     /// version token pins the content; the path only namespaces cache keys.
-    view: parking_lot::Mutex<View>,
+    pub(super) view: parking_lot::Mutex<View>,
     /// The inode version (from its metadata) the handle last followed: a
     /// newer one (a publish through this mount, a refresh after the TTL)
     /// moves the handle to it at its next read.
-    followed: parking_lot::Mutex<Option<VersionToken>>,
+    pub(super) followed: parking_lot::Mutex<Option<VersionToken>>,
     /// The inode table's move counter when the view's path was last
     /// rebuilt.
     seen_moves: AtomicU64,

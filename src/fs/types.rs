@@ -33,7 +33,7 @@ pub struct FsConfig {
 }
 
 /// Attributes of one inode as the kernel should see them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Attr {
     pub ino: u64,
     pub kind: FileKind,
@@ -48,7 +48,7 @@ pub struct Attr {
 }
 
 /// One directory entry of a directory listing.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ListedEntry {
     pub name: String,
     pub attr: Attr,

@@ -67,6 +67,46 @@ impl WriteSession {
         }
     }
 
+    /// This session as data for another process (see `snapshot`); the
+    /// backend makes the temporary object complete first.
+    pub async fn export(&self) -> FsResult<super::snapshot::WriteState> {
+        let finished = *self.finished.lock().await;
+        let pending = if finished {
+            serde_json::Value::Null
+        } else {
+            self.pending.suspend().await?
+        };
+        Ok(super::snapshot::WriteState {
+            pending,
+            identity: self.identity,
+            new_object: self.new_object,
+            orphaned: self.is_orphaned(),
+            failed: *self.failed.lock(),
+            finished,
+            base: self.base.lock().clone(),
+            last_target: self.last_target(),
+            deferred_times: self.deferred_times.lock().clone(),
+            replaces_existing: self
+                .replaces_existing
+                .load(std::sync::atomic::Ordering::Acquire),
+        })
+    }
+
+    /// A session exported by another process, over `pending` (resumed by
+    /// the backend).
+    pub fn restore(pending: Box<dyn PendingWrite>, s: super::snapshot::WriteState) -> WriteSession {
+        let mut session =
+            WriteSession::new(pending, s.identity, s.new_object, s.base, s.last_target);
+        session.orphaned.store(s.orphaned, Ordering::Release);
+        *session.failed.lock() = s.failed;
+        *session.finished.get_mut() = s.finished;
+        *session.deferred_times.lock() = s.deferred_times;
+        session
+            .replaces_existing
+            .store(s.replaces_existing, std::sync::atomic::Ordering::Release);
+        session
+    }
+
     pub fn last_target(&self) -> BackendPath {
         self.last_target.lock().clone()
     }

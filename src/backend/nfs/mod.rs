@@ -317,6 +317,15 @@ impl Backend for NfsBackend {
         Ok(Box::new(w))
     }
 
+    async fn resume_write(
+        &self,
+        id: Identity,
+        target: &BackendPath,
+        state: crate::backend::SuspendedWrite,
+    ) -> BackendResult<Box<dyn PendingWrite>> {
+        Ok(Box::new(write::resume(&self.vol, id, target, state).await?))
+    }
+
     async fn mkdir(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata> {
         let vol = &self.vol;
         vol.stale_retry(|| namespace::mkdir(vol, id, path, mode))

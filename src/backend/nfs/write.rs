@@ -24,7 +24,7 @@ use super::read::NfsReader;
 use super::volume::{dirop, Volume};
 use crate::backend::{
     AttrChanges, BackendPath, BackendResult, ErrorKind, Identity, Metadata, ObjectReader,
-    PendingWrite, WriteStart,
+    PendingWrite, SuspendedWrite, WriteStart,
 };
 
 /// Unstable bytes kept for a possible re-send before we force a COMMIT.
@@ -219,6 +219,66 @@ pub async fn begin(
         }
     }
     Ok(write)
+}
+
+/// What `suspend` hands to another process.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Suspended {
+    temp_name: String,
+    size: u64,
+    mode: u32,
+    owner: Option<(Option<u32>, Option<u32>)>,
+}
+
+/// Continue a suspended session (see `Backend::resume_write`): its temp
+/// file, committed by the suspending process, is renamed to a name of ours.
+pub async fn resume(
+    vol: &Arc<Volume>,
+    id: Identity,
+    target: &BackendPath,
+    state: SuspendedWrite,
+) -> BackendResult<NfsPendingWrite> {
+    let ctx = vol.ctx("resume temp file", target, id);
+    let s: Suspended = serde_json::from_value(state)
+        .map_err(|e| ctx.err(ErrorKind::Other, &format!("bad suspended write: {e}")))?;
+    if !crate::backend::is_temp_name(&s.temp_name) || s.temp_name.contains('/') {
+        return Err(ctx.err(
+            ErrorKind::Other,
+            &format!("{:?} is not a temp file name", s.temp_name),
+        ));
+    }
+    let dir = vol.dir_fh(&ctx, &target.parent()).await?;
+    let (_, old) = vol
+        .lookup_in(&ctx, &dir, &s.temp_name)
+        .await?
+        .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the suspended temp file is gone"))?;
+    let temp_name = vol.next_temp_name(target.name());
+    rename_known(
+        vol,
+        &ctx,
+        (&dir, &s.temp_name),
+        (&dir, &temp_name),
+        old.fileid,
+    )
+    .await?;
+    let (fh, a) = vol
+        .lookup_in(&ctx, &dir, &temp_name)
+        .await?
+        .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the resumed temp file vanished"))?;
+    Ok(NfsPendingWrite {
+        vol: Arc::clone(vol),
+        id,
+        temp_name,
+        fh,
+        fileid: a.fileid,
+        size: AtomicU64::new(s.size),
+        state: tokio::sync::Mutex::new(State {
+            mode: s.mode,
+            owner: s.owner,
+            ..State::default()
+        }),
+        finished: AtomicBool::new(false),
+    })
 }
 
 impl NfsPendingWrite {
@@ -458,6 +518,26 @@ impl PendingWrite for NfsPendingWrite {
             st.owner = Some((changes.uid.or(old_uid), changes.gid.or(old_gid)));
         }
         Ok(())
+    }
+
+    async fn suspend(&self) -> BackendResult<SuspendedWrite> {
+        // Committed: the successor starts without a log of unstable writes.
+        let mut st = self.state.lock().await;
+        self.commit_locked(&mut st).await?;
+        st.log.clear();
+        st.log_bytes = 0;
+        serde_json::to_value(Suspended {
+            temp_name: self.temp_name.clone(),
+            size: self.size(),
+            mode: st.mode,
+            owner: st.owner,
+        })
+        .map_err(|e| {
+            let temp = self.temp_path();
+            self.vol
+                .ctx("suspend temp file", &temp, self.id)
+                .err(ErrorKind::Other, &e.to_string())
+        })
     }
 
     async fn retarget(

@@ -231,6 +231,15 @@ impl Backend for S3Backend {
         write::begin(&self.inner, id, path, start).await
     }
 
+    async fn resume_write(
+        &self,
+        id: Identity,
+        target: &BackendPath,
+        state: crate::backend::SuspendedWrite,
+    ) -> BackendResult<Box<dyn PendingWrite>> {
+        write::resume(&self.inner, id, target, state).await
+    }
+
     async fn mkdir(&self, id: Identity, path: &BackendPath, _mode: u32) -> BackendResult<Metadata> {
         namespace::mkdir(&self.inner, id, path).await
     }

@@ -10,6 +10,22 @@ pub struct RangeSet {
 }
 
 impl RangeSet {
+    /// The ranges, in order (for handing a write session to another process).
+    pub fn to_pairs(&self) -> Vec<(u64, u64)> {
+        self.ranges.iter().map(|r| (r.start, r.end)).collect()
+    }
+
+    /// A set from pairs, normalised like any insert.
+    pub fn from_pairs(pairs: &[(u64, u64)]) -> RangeSet {
+        let mut set = RangeSet::default();
+        for (start, end) in pairs {
+            if start < end {
+                set.insert(*start..*end);
+            }
+        }
+        set
+    }
+
     pub fn insert(&mut self, r: Range<u64>) {
         if r.is_empty() {
             return;

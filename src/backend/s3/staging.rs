@@ -78,6 +78,23 @@ impl Staging {
         Ok((file, path, id))
     }
 
+    /// Take over the staging file `id` of another process (live takeover,
+    /// crash recovery): renamed to an id of ours, so the cleanup of dead
+    /// writers' leftovers never removes it. `id` must be a bare staging id.
+    pub fn adopt(&self, id: &str) -> io::Result<(File, PathBuf, String)> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{id:?} is not a staging id"),
+            ));
+        }
+        let new_id = self.next_id();
+        let path = self.dir.join(format!("{new_id}.data"));
+        fs::rename(self.dir.join(format!("{id}.data")), &path)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        Ok((file, path, new_id))
+    }
+
     /// Hidden object name for probes (`.preflight.cachalot-<owner><seq>`).
     pub fn probe_name(&self) -> String {
         temp_name_for(

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 use crate::backend::{
     AttrChanges, BackendPath, BackendResult, ErrorKind, Identity, Metadata, PendingWrite,
-    WriteStart,
+    SuspendedWrite, WriteStart,
 };
 
 use super::ranges::RangeSet;
@@ -105,6 +105,68 @@ pub async fn begin(
             finished: false,
             stream: None,
             stream_off: false,
+        }),
+    }))
+}
+
+/// What `suspend` hands to another process.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Suspended {
+    staging_id: String,
+    size: u64,
+    base: Option<SuspendedBase>,
+    base_limit: u64,
+    present: Vec<(u64, u64)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SuspendedBase {
+    key: String,
+    etag: String,
+    size: u64,
+}
+
+/// Continue a suspended session (see `Backend::resume_write`): the staging
+/// file is renamed to an id of ours; a streamed upload was abandoned by the
+/// suspending process, so publish uploads the staging file.
+pub async fn resume(
+    inner: &Arc<Inner>,
+    id: Identity,
+    target: &BackendPath,
+    state: SuspendedWrite,
+) -> BackendResult<Box<dyn PendingWrite>> {
+    let bad = |why: String| inner.error(ErrorKind::Other, "resume write", target, id, &why);
+    let s: Suspended =
+        serde_json::from_value(state).map_err(|e| bad(format!("bad suspended write: {e}")))?;
+    let base = match s.base {
+        Some(b) => Some(Base {
+            location: inner.store_path(&b.key, "resume write", target, id)?,
+            key: b.key,
+            etag: b.etag,
+            size: b.size,
+        }),
+        None => None,
+    };
+    let (file, file_path, staging_id) = inner
+        .staging
+        .adopt(&s.staging_id)
+        .map_err(|e| inner.io_error(&e, "resume staging file", target, id))?;
+    Ok(Box::new(S3PendingWrite {
+        inner: Arc::clone(inner),
+        id,
+        file: Arc::new(file),
+        file_path,
+        staging_id,
+        origin: target.clone(),
+        size: AtomicU64::new(s.size),
+        state: tokio::sync::Mutex::new(State {
+            size: s.size,
+            base,
+            base_limit: s.base_limit,
+            present: RangeSet::from_pairs(&s.present),
+            finished: false,
+            stream: None,
+            stream_off: true,
         }),
     }))
 }
@@ -394,6 +456,34 @@ impl PendingWrite for S3PendingWrite {
             None => namespace::stat(&self.inner, self.id, target).await?,
         };
         Ok(meta)
+    }
+
+    async fn suspend(&self) -> BackendResult<SuspendedWrite> {
+        let mut state = self.state.lock().await;
+        self.check_open(&state, "suspend")?;
+        // A successor cannot continue a multipart upload it knows nothing
+        // of: abandon it, publish then uploads the staging file.
+        self.abandon_stream(&mut state).await;
+        let suspended = Suspended {
+            staging_id: self.staging_id.clone(),
+            size: state.size,
+            base: state.base.as_ref().map(|b| SuspendedBase {
+                key: b.key.clone(),
+                etag: b.etag.clone(),
+                size: b.size,
+            }),
+            base_limit: state.base_limit,
+            present: state.present.to_pairs(),
+        };
+        serde_json::to_value(suspended).map_err(|e| {
+            self.inner.error(
+                ErrorKind::Other,
+                "suspend",
+                &self.origin,
+                self.id,
+                &e.to_string(),
+            )
+        })
     }
 
     async fn abort(&self, _target: &BackendPath) {
