@@ -93,6 +93,11 @@ pub struct MounterArgs {
     /// How long a successor waits for the running mounter to hand over.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub takeover_timeout: Duration,
+    /// After handing the sessions to a successor, stay alive doing nothing
+    /// until stopped, instead of exiting 0 (in a DaemonSet, whose pods
+    /// restart exited containers).
+    #[arg(long)]
+    pub idle_after_handover: bool,
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,7 @@ fn run_mounter(args: MounterArgs) -> Result<()> {
         cache_dir: args.cache_dir,
         cache_size: args.cache_size,
         takeover_timeout: args.takeover_timeout,
+        idle_after_handover: args.idle_after_handover,
     })?;
     Ok(())
 }

@@ -312,7 +312,11 @@ async fn survive(
 }
 
 fn full_schedule() -> Vec<(u64, Disruption)> {
-    vec![(4, Disruption::RestartPlugin)]
+    vec![
+        (3, Disruption::RestartPlugin),
+        (6, Disruption::TakeOver),
+        (10, Disruption::TakeOver),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1033,20 +1033,36 @@ impl Backend for LocalBackend {
         if !crate::backend::is_temp_name(&s.temp_name) || s.temp_name.contains('/') {
             return Err(bad(format!("{:?} is not a temp file name", s.temp_name)));
         }
-        let new_name = self.shared.next_temp_name(target.name());
         let (old_name, t) = (s.temp_name.clone(), target.clone());
-        let taken = new_name.clone();
-        let file = self
+        let (file, new_name) = self
             .shared
             .run(id, "resume temp file", target, move |sh| {
                 let dir = sh.dir_beneath(&t.parent())?;
-                let (from, to) = (cstring(old_name.as_bytes())?, cstring(taken.as_bytes())?);
-                sys_renameat2(dir.raw(), &from, dir.raw(), &to, libc::RENAME_NOREPLACE)?;
+                let from = cstring(old_name.as_bytes())?;
+                // In a container every mounter is pid 1: a name of ours may
+                // be the very name (then it stays) or another live temp
+                // file's (then the next one is tried).
+                let mut name = sh.next_temp_name(t.name());
+                for _ in 0..64 {
+                    if name == old_name {
+                        break;
+                    }
+                    let to = cstring(name.as_bytes())?;
+                    match sys_renameat2(dir.raw(), &from, dir.raw(), &to, libc::RENAME_NOREPLACE) {
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            name = sh.next_temp_name(t.name());
+                        }
+                        other => {
+                            other?;
+                            break;
+                        }
+                    }
+                }
                 let temp = Loc {
                     dir,
-                    name: Some(to),
+                    name: Some(cstring(name.as_bytes())?),
                 };
-                Ok(File::from(temp.open(libc::O_RDWR, 0)?))
+                Ok((File::from(temp.open(libc::O_RDWR, 0)?), name))
             })
             .await?;
         Ok(Box::new(LocalPendingWrite {

@@ -2,6 +2,14 @@
 //! filesystem core and its results into replies. Every request runs as a task
 //! on the tokio runtime, so a slow backend call never blocks the FUSE worker
 //! threads that read further requests.
+//!
+//! Every request that may change the core's state passes the session's
+//! `Gate` (gate.rs): a takeover closes it, waits until nothing is being
+//! answered, and from then on requests are left unanswered (their replies
+//! dropped without a word), so that the successor, which gets the core's
+//! state as it is now, has the kernel re-send them.
+
+mod gate;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -15,6 +23,8 @@ use fuser::{
     ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+
+pub use gate::Gate;
 
 use crate::backend::{AttrChanges, FileKind};
 use crate::fs::{
@@ -33,6 +43,18 @@ pub struct FuseAdapter {
     rt: tokio::runtime::Handle,
     ttl: Duration,
     backing: Arc<BackingIds>,
+    gate: Arc<Gate>,
+    /// The kernel's FUSE ABI from INIT (or from the predecessor process).
+    abi: Arc<parking_lot::Mutex<Option<(u32, u32)>>>,
+}
+
+/// What a successor process needs from the adapter of a session it takes
+/// over: what INIT negotiated and the passthrough backing ids registered.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AdapterState {
+    pub abi: (u32, u32),
+    /// Backing id registered per inode (FUSE passthrough).
+    pub backing_ids: Vec<(u64, u32)>,
 }
 
 /// Kernel backing-file registrations for passthrough opens. The kernel
@@ -42,6 +64,9 @@ pub struct FuseAdapter {
 struct BackingIds {
     by_inode: parking_lot::Mutex<HashMap<u64, Weak<BackingId>>>,
     by_handle: parking_lot::Mutex<HashMap<u64, Arc<BackingId>>>,
+    /// Ids a predecessor process registered, by inode: wrapped at the next
+    /// open of the inode (its earlier opens use them in the kernel).
+    inherited: parking_lot::Mutex<HashMap<u64, u32>>,
 }
 
 impl BackingIds {
@@ -51,10 +76,16 @@ impl BackingIds {
         let mut refused = false;
         let id = {
             let mut by_inode = self.by_inode.lock();
-            match (
-                &opened.passthrough,
-                by_inode.get(&ino).and_then(Weak::upgrade),
-            ) {
+            let live = by_inode.get(&ino).and_then(Weak::upgrade).or_else(|| {
+                let raw = self.inherited.lock().remove(&ino)?;
+                // SAFETY: registered on this connection by the process we
+                // took it over from, and never closed since (that process
+                // exited without dropping its ids).
+                let id = Arc::new(unsafe { reply.wrap_backing(raw) });
+                by_inode.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            });
+            match (&opened.passthrough, live) {
                 (Passthrough::No, _) => None,
                 (_, Some(existing)) => Some(existing),
                 (Passthrough::New(file), None) => match reply.open_backing(file) {
@@ -89,6 +120,17 @@ impl BackingIds {
     fn release(&self, fh: u64) {
         self.by_handle.lock().remove(&fh);
     }
+
+    fn export(&self) -> Vec<(u64, u32)> {
+        let mut ids: Vec<(u64, u32)> = self
+            .by_inode
+            .lock()
+            .iter()
+            .filter_map(|(ino, id)| id.upgrade().map(|id| (*ino, id.raw())))
+            .collect();
+        ids.extend(self.inherited.lock().iter().map(|(i, r)| (*i, *r)));
+        ids
+    }
 }
 
 impl FuseAdapter {
@@ -99,17 +141,71 @@ impl FuseAdapter {
             rt,
             ttl,
             backing: Arc::new(BackingIds::default()),
+            gate: Arc::new(Gate::default()),
+            abi: Arc::new(parking_lot::Mutex::new(None)),
         }
     }
 
-    /// Run `work` on the runtime with a clone of the filesystem.
+    /// An adapter for a session another process initialized: INIT will
+    /// not come again.
+    pub fn resumed(
+        fs: Arc<CachalotFs>,
+        rt: tokio::runtime::Handle,
+        state: &AdapterState,
+    ) -> FuseAdapter {
+        let adapter = FuseAdapter::new(fs, rt);
+        *adapter.abi.lock() = Some(state.abi);
+        adapter
+            .backing
+            .inherited
+            .lock()
+            .extend(state.backing_ids.iter().copied());
+        adapter
+    }
+
+    pub fn gate(&self) -> Arc<Gate> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Reads the adapter's state for a successor (after the gate drained).
+    pub fn state_reader(&self) -> AdapterStateReader {
+        AdapterStateReader {
+            abi: Arc::clone(&self.abi),
+            backing: Arc::clone(&self.backing),
+        }
+    }
+
+    /// Run `work` on the runtime with a clone of the filesystem, if the
+    /// gate is open; else the request stays unanswered (see `Gate`).
     fn spawn<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        let Some(pass) = self.gate.enter() else {
+            Gate::hold(work);
+            return;
+        };
         let fs = Arc::clone(&self.fs);
-        self.rt.spawn(async move { work(fs).await });
+        self.rt.spawn(async move {
+            work(fs).await;
+            drop(pass);
+        });
+    }
+}
+
+/// Kept by the mount, which outlives the adapter (fuser owns that).
+pub struct AdapterStateReader {
+    abi: Arc<parking_lot::Mutex<Option<(u32, u32)>>>,
+    backing: Arc<BackingIds>,
+}
+
+impl AdapterStateReader {
+    pub fn read(&self) -> Option<AdapterState> {
+        Some(AdapterState {
+            abi: (*self.abi.lock())?,
+            backing_ids: self.backing.export(),
+        })
     }
 }
 
@@ -234,6 +330,8 @@ macro_rules! name_or_reply {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let abi = config.kernel_abi();
+        *self.abi.lock() = Some((abi.0, abi.1));
         let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         let _ = config.set_max_write(MAX_IO);
@@ -434,7 +532,11 @@ impl Filesystem for FuseAdapter {
 
     // batch_forget: fuser's default calls this per inode.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        // Held at a takeover: the successor keeps the reference a little
+        // longer (FORGET has no reply to re-send).
+        if let Some(_pass) = self.gate.enter() {
+            self.fs.forget(ino.0, nlookup);
+        }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -549,6 +651,9 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let Some(_pass) = self.gate.enter() else {
+            return Gate::hold(reply);
+        };
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
@@ -570,6 +675,9 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let Some(_pass) = self.gate.enter() else {
+            return Gate::hold(reply);
+        };
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, mut e) in entries {
@@ -607,6 +715,9 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let Some(_pass) = self.gate.enter() else {
+            return Gate::hold(reply);
+        };
         self.fs.releasedir(fh.0);
         reply.ok();
     }

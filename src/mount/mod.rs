@@ -65,6 +65,20 @@ pub struct MountedFs {
     /// A duplicate of the session's `/dev/fuse` descriptor (keepable
     /// sessions): what a successor process or a keeper receives.
     fuse_fd: Option<std::os::fd::OwnedFd>,
+    /// What a takeover needs to stop this session and describe it.
+    handover: Option<Handover>,
+}
+
+struct Handover {
+    gate: Arc<crate::fuse::Gate>,
+    adapter: crate::fuse::AdapterStateReader,
+    notifier: fuser::Notifier,
+}
+
+/// A stopped session, described for its successor.
+pub struct SessionState {
+    pub adapter: crate::fuse::AdapterState,
+    pub fs: crate::fs::snapshot::FsSnapshot,
 }
 
 async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
@@ -179,21 +193,70 @@ fn fuse_config(opts: &MountOptions) -> Config {
     cfg
 }
 
-/// Mount and return once the kernel handshake is done (the mount is usable).
-pub fn start(opts: MountOptions) -> Result<MountedFs> {
-    let runtime = Arc::new(
+fn new_runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+    Ok(Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("cachalot-worker")
             .build()
             .context("starting the async runtime")?,
-    );
-    let cache = PageStore::open(PageStoreConfig::new(
+    ))
+}
+
+fn open_cache(opts: &MountOptions) -> Result<Arc<PageStore>> {
+    PageStore::open(PageStoreConfig::new(
         opts.cache_dir.clone(),
         opts.cache_size,
         opts.page_size,
     ))
-    .context("opening the page cache")?;
+    .context("opening the page cache")
+}
+
+fn fs_config(opts: &MountOptions) -> FsConfig {
+    FsConfig {
+        metadata_ttl: opts.metadata_ttl,
+        read_only: opts.read_only,
+        fixed_identity: opts.identity,
+        passthrough: opts.passthrough && opts.read_only,
+        mount_group: opts.mount_group,
+    }
+}
+
+/// Counters for `cachalot cache stats`, readable while we run.
+fn persist_counters(runtime: &tokio::runtime::Runtime, cache: &Arc<PageStore>) {
+    let persisted = Arc::clone(cache);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(COUNTER_PERSIST_INTERVAL).await;
+            let store = Arc::clone(&persisted);
+            let _ = tokio::task::spawn_blocking(move || store.persist_counters()).await;
+        }
+    });
+}
+
+/// Run the session's request loop on its own thread.
+fn run_session(
+    session: fuser::Session<FuseAdapter>,
+) -> Result<(
+    JoinHandle<std::io::Result<()>>,
+    tokio::sync::watch::Receiver<bool>,
+)> {
+    let (ended_tx, ended) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(true);
+            result
+        })
+        .context("starting the FUSE session thread")?;
+    Ok((thread, ended))
+}
+
+/// Mount and return once the kernel handshake is done (the mount is usable).
+pub fn start(opts: MountOptions) -> Result<MountedFs> {
+    let runtime = new_runtime()?;
+    let cache = open_cache(&opts)?;
     let backend = runtime
         .block_on(async {
             let backend = backend_for(&opts).await?;
@@ -201,17 +264,10 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             Ok::<_, anyhow::Error>(backend)
         })
         .with_context(|| format!("mounting {}", opts.source))?;
-    let fs_cfg = FsConfig {
-        metadata_ttl: opts.metadata_ttl,
-        read_only: opts.read_only,
-        fixed_identity: opts.identity,
-        passthrough: opts.passthrough && opts.read_only,
-        mount_group: opts.mount_group,
-    };
     let fs = runtime.block_on(CachalotFs::new(
         Arc::clone(&backend),
         Arc::clone(&cache),
-        fs_cfg,
+        fs_config(&opts),
     ));
     let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
     if !opts.read_only {
@@ -227,18 +283,12 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         });
     }
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime.handle().clone());
-    let persisted = Arc::clone(&cache);
-    runtime.spawn(async move {
-        // Counters for `cachalot cache stats`, readable while we run.
-        loop {
-            tokio::time::sleep(COUNTER_PERSIST_INTERVAL).await;
-            let store = Arc::clone(&persisted);
-            let _ = tokio::task::spawn_blocking(move || store.persist_counters()).await;
-        }
-    });
+    let (gate, adapter_state) = (adapter.gate(), adapter.state_reader());
+    persist_counters(&runtime, &cache);
     let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
         .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
     fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
+    let notifier = session.notifier();
     let fuse_fd = if opts.keepable {
         use std::os::fd::AsFd;
         Some(
@@ -251,15 +301,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         None
     };
     let unmounter = session.unmount_callable();
-    let (ended_tx, ended) = tokio::sync::watch::channel(false);
-    let thread = std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let result = session.run();
-            let _ = ended_tx.send(true);
-            result
-        })
-        .context("starting the FUSE session thread")?;
+    let (thread, ended) = run_session(session)?;
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
     Ok(MountedFs {
         fs,
@@ -270,6 +312,69 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         ended,
         runtime,
         fuse_fd,
+        handover: Some(Handover {
+            gate,
+            adapter: adapter_state,
+            notifier,
+        }),
+    })
+}
+
+/// Serve a session another process initialized and handed over: its
+/// `/dev/fuse` descriptor, the adapter's and the core's state. No INIT, no
+/// preflight and no cleanup of temp files (the predecessor's writes are
+/// ours now); the kernel is asked to re-send what the predecessor read and
+/// left unanswered.
+pub fn resume(
+    opts: MountOptions,
+    fd: std::os::fd::OwnedFd,
+    adapter_state: crate::fuse::AdapterState,
+    snapshot: crate::fs::snapshot::FsSnapshot,
+) -> Result<MountedFs> {
+    let runtime = new_runtime()?;
+    let cache = open_cache(&opts)?;
+    let backend = runtime
+        .block_on(backend_for(&opts))
+        .with_context(|| format!("connecting to {}", opts.source))?;
+    let fs = runtime
+        .block_on(CachalotFs::restore(
+            Arc::clone(&backend),
+            Arc::clone(&cache),
+            fs_config(&opts),
+            snapshot,
+        ))
+        .with_context(|| format!("restoring the session of {}", opts.source))?;
+    let fs = Arc::new(fs);
+    let keep = fd
+        .try_clone()
+        .context("duplicating the /dev/fuse descriptor")?;
+    let adapter = FuseAdapter::resumed(Arc::clone(&fs), runtime.handle().clone(), &adapter_state);
+    let (gate, reader) = (adapter.gate(), adapter.state_reader());
+    persist_counters(&runtime, &cache);
+    let config = fuse_config(&opts);
+    let abi = fuser::Version(adapter_state.abi.0, adapter_state.abi.1);
+    let session = fuser::Session::resume_from_fd(adapter, fd, config.acl, config, abi);
+    fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
+    let notifier = session.notifier();
+    let (thread, ended) = run_session(session)?;
+    if let Err(e) = notifier.resend() {
+        tracing::warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND (Linux < 6.9?): requests the previous process had read stay unanswered");
+    }
+    tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "session resumed");
+    Ok(MountedFs {
+        fs,
+        cache,
+        mountpoint: opts.mountpoint,
+        unmounter: None,
+        session: Some(thread),
+        ended,
+        runtime,
+        fuse_fd: Some(keep),
+        handover: Some(Handover {
+            gate,
+            adapter: reader,
+            notifier,
+        }),
     })
 }
 
@@ -287,6 +392,39 @@ impl MountedFs {
     /// Whether the FUSE session still runs (not unmounted from outside).
     pub fn is_serving(&self) -> bool {
         !*self.ended.borrow()
+    }
+
+    /// Stop answering the kernel (requests wait) and describe the session
+    /// for a successor. `None` if it would not drain within `timeout` or
+    /// could not be described; call `thaw` then.
+    pub fn freeze(&self, timeout: Duration) -> Result<SessionState> {
+        let h = self
+            .handover
+            .as_ref()
+            .context("this session cannot be handed over")?;
+        if !h.gate.close_and_drain(timeout) {
+            anyhow::bail!("requests still being answered after {timeout:?}");
+        }
+        let adapter = h
+            .adapter
+            .read()
+            .context("the session's INIT is not known")?;
+        let fs = self
+            .runtime
+            .block_on(self.fs.snapshot())
+            .map_err(|e| anyhow::anyhow!("describing the filesystem: errno {}", e.errno()))?;
+        Ok(SessionState { adapter, fs })
+    }
+
+    /// Answer the kernel again after a failed handover, including the
+    /// requests left unanswered meanwhile.
+    pub fn thaw(&self) {
+        if let Some(h) = &self.handover {
+            h.gate.open();
+            if let Err(e) = h.notifier.resend() {
+                tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND failed: requests held during the handover stay unanswered");
+            }
+        }
     }
 
     /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted
@@ -314,12 +452,19 @@ impl MountedFs {
 
     /// Unmount (lazily if the mountpoint is busy) and wait for the session.
     pub fn unmount(&mut self) -> Result<()> {
-        if let Some(mut u) = self.unmounter.take() {
-            if let Err(e) = u.unmount() {
-                tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
-                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                    .with_context(|| format!("lazy unmount of {}", self.mountpoint.display()))?;
+        let unmounted = match self.unmounter.take() {
+            Some(mut u) => u.unmount().map_err(anyhow::Error::from),
+            // Resumed from another process: fuser holds no mount guard.
+            None if self.session.is_some() && self.is_serving() => {
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())
+                    .map_err(anyhow::Error::from)
             }
+            None => Ok(()),
+        };
+        if let Err(e) = unmounted {
+            tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
+            nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .with_context(|| format!("lazy unmount of {}", self.mountpoint.display()))?;
         }
         if let Some(thread) = self.session.take() {
             // After a lazy unmount the kernel keeps the session until the last

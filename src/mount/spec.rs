@@ -112,7 +112,14 @@ impl MountSpec {
     /// S3 secret (nothing else is looked at then).
     pub fn options(&self, credentials: Option<Credentials>) -> Result<MountOptions, String> {
         use clap::Parser;
-        let argv = std::iter::once("cachalot".to_string()).chain(self.args());
+        let mut args = self.args();
+        // The staging path is checked by whoever mounts there, not here: a
+        // stat of a session that is being taken over would wait for the
+        // session itself (nobody answers it yet).
+        if let Some(mountpoint) = args.get_mut(2) {
+            *mountpoint = "/".into();
+        }
+        let argv = std::iter::once("cachalot".to_string()).chain(args);
         let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         let crate::cli::Command::Mount(args) = cli.command else {
             return Err("a mount spec must describe a mount".into());
@@ -120,6 +127,7 @@ impl MountSpec {
         let source = args.source()?;
         args.validate(&source)?;
         let mut opts = args.options(source);
+        opts.mountpoint = self.staging.clone();
         opts.s3.credentials.explicit = credentials;
         opts.keepable = true;
         Ok(opts)

@@ -28,6 +28,7 @@ pub mod client;
 pub mod protocol;
 pub mod records;
 pub mod server;
+pub mod takeover;
 pub mod wire;
 
 use std::os::unix::fs::PermissionsExt;
@@ -114,11 +115,23 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
     let mounter = Arc::new(Mounter::new(cfg.clone(), records));
     match predecessor(&cfg.socket)? {
         Predecessor::None => {}
-        Predecessor::Running(_stream) => {
-            return Err(MounterError::Refused(format!(
-                "a mounter already serves {}",
-                cfg.socket.display()
-            )));
+        Predecessor::Running(stream) => {
+            let started = std::time::Instant::now();
+            tracing::info!(socket = %cfg.socket.display(), "a mounter runs on this socket; taking its sessions over");
+            let handed = takeover::take_from(stream, cfg.takeover_timeout)?;
+            // The old process is gone: its socket file is a leftover.
+            let _ = std::fs::remove_file(&cfg.socket);
+            let (sessions, handles) = handed
+                .iter()
+                .fold((0, 0), |(s, h), (x, _)| (s + 1, h + x.fs.handles.len()));
+            mounter.resume_handed(handed);
+            tracing::info!(
+                sessions,
+                handles,
+                resumed = mounter.sessions.lock().len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "took over from the previous mounter"
+            );
         }
     }
     let listener = UnixListener::bind(&cfg.socket)

@@ -131,10 +131,33 @@ pub enum Response {
     Fds {
         staging: Vec<PathBuf>,
     },
+    /// The sessions a mounter hands to its successor; followed by one
+    /// `/dev/fuse` descriptor per session, in this order.
+    Handover {
+        sessions: Vec<HandedSession>,
+    },
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// One session as handed to a successor mounter.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HandedSession {
+    pub record: super::records::SessionRecord,
+    pub adapter: crate::fuse::AdapterState,
+    pub fs: crate::fs::snapshot::FsSnapshot,
+}
+
+/// The successor's answer to a `Handover`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum HandoverAnswer {
+    /// Everything received: exit without unmounting.
+    Accepted,
+    /// Keep serving (the successor exits).
+    Refused { message: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,9 @@ pub struct MounterConfig {
     pub cache_dir: PathBuf,
     pub cache_size: Option<u64>,
     pub takeover_timeout: Duration,
+    /// After handing the sessions to a successor, stay alive (idle) until
+    /// stopped instead of exiting (see `takeover`).
+    pub idle_after_handover: bool,
 }
 
 /// One volume served by this process.
@@ -102,7 +105,10 @@ impl Mounter {
             return;
         }
         let response = match self.read_request(&mut stream) {
-            Ok(Request::Takeover) => error(ErrorCode::BadRequest, "takeover: not yet"),
+            Ok(Request::Takeover) => {
+                self.hand_over(stream);
+                return;
+            }
             Ok(Request::Adopt { .. }) => error(ErrorCode::BadRequest, "adopt: not yet"),
             Ok(Request::Fds) => return self.send_fds(stream),
             Ok(request) => self.handle(request),
@@ -217,6 +223,48 @@ impl Mounter {
         }
     }
 
+    /// Serve sessions handed over by the predecessor (its process is gone).
+    pub fn resume_handed(
+        &self,
+        handed: Vec<(super::protocol::HandedSession, std::os::fd::OwnedFd)>,
+    ) {
+        for (session, fd) in handed {
+            let staging = session.record.spec.staging.clone();
+            let resumed = self.options(&session.record).and_then(|opts| {
+                mount::resume(opts, fd, session.adapter, session.fs)
+                    .map_err(|e| error(ErrorCode::MountFailed, format!("{e:#}")))
+            });
+            match resumed {
+                Ok(mounted) => {
+                    self.sessions.lock().insert(
+                        staging,
+                        Hosted {
+                            record: session.record,
+                            origin: "takeover",
+                            mounted,
+                        },
+                    );
+                }
+                Err(Response::Error { message, .. }) => {
+                    tracing::error!(staging = %staging.display(), %message, "a handed-over session could not be resumed: its requests wait until the volume is staged again");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The mount options of a session, as this mounter runs it.
+    fn options(&self, record: &SessionRecord) -> Result<mount::MountOptions, Response> {
+        let mut spec = record.spec.clone();
+        spec.cache_dir = self.cfg.cache_dir.clone();
+        if spec.cache_size.is_none() {
+            spec.cache_size = self.cfg.cache_size;
+        }
+        let credentials = record.secret.as_ref().map(|s| s.credentials());
+        spec.options(credentials)
+            .map_err(|e| error(ErrorCode::BadRequest, format!("invalid mount spec: {e}")))
+    }
+
     /// Mount a session afresh at its staging path.
     pub(super) fn mount(&self, record: &SessionRecord) -> Result<MountedFs, Response> {
         let staging = &record.spec.staging;
@@ -238,15 +286,7 @@ impl Mounter {
                 format!("clearing the staging path {}: {e}", staging.display()),
             )
         })?;
-        let mut spec = record.spec.clone();
-        spec.cache_dir = self.cfg.cache_dir.clone();
-        if spec.cache_size.is_none() {
-            spec.cache_size = self.cfg.cache_size;
-        }
-        let credentials = record.secret.as_ref().map(|s| s.credentials());
-        let opts = spec
-            .options(credentials)
-            .map_err(|e| error(ErrorCode::BadRequest, format!("invalid mount spec: {e}")))?;
+        let opts = self.options(record)?;
         mount::start(opts).map_err(|e| error(ErrorCode::MountFailed, format!("{e:#}")))
     }
 

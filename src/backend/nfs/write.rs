@@ -252,15 +252,26 @@ pub async fn resume(
         .lookup_in(&ctx, &dir, &s.temp_name)
         .await?
         .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the suspended temp file is gone"))?;
-    let temp_name = vol.next_temp_name(target.name());
-    rename_known(
-        vol,
-        &ctx,
-        (&dir, &s.temp_name),
-        (&dir, &temp_name),
-        old.fileid,
-    )
-    .await?;
+    // In a container every mounter is pid 1: a name of ours may be the
+    // very name (then it stays) or another live temp file's (NFS RENAME
+    // would replace that one: the next name is tried).
+    let mut temp_name = vol.next_temp_name(target.name());
+    for _ in 0..64 {
+        if temp_name == s.temp_name || vol.lookup_in(&ctx, &dir, &temp_name).await?.is_none() {
+            break;
+        }
+        temp_name = vol.next_temp_name(target.name());
+    }
+    if temp_name != s.temp_name {
+        rename_known(
+            vol,
+            &ctx,
+            (&dir, &s.temp_name),
+            (&dir, &temp_name),
+            old.fileid,
+        )
+        .await?;
+    }
     let (fh, a) = vol
         .lookup_in(&ctx, &dir, &temp_name)
         .await?

@@ -88,9 +88,20 @@ impl Staging {
                 format!("{id:?} is not a staging id"),
             ));
         }
-        let new_id = self.next_id();
+        // In a container every mounter is pid 1: an id of ours may be the
+        // very id (then it stays) or another live staging file's (then the
+        // next one is tried; rename would replace it).
+        let mut new_id = self.next_id();
+        for _ in 0..64 {
+            if new_id == id || !self.dir.join(format!("{new_id}.data")).exists() {
+                break;
+            }
+            new_id = self.next_id();
+        }
         let path = self.dir.join(format!("{new_id}.data"));
-        fs::rename(self.dir.join(format!("{id}.data")), &path)?;
+        if new_id != id {
+            fs::rename(self.dir.join(format!("{id}.data")), &path)?;
+        }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         Ok((file, path, new_id))
     }

@@ -35,6 +35,12 @@ pub struct BackingId {
 }
 
 impl BackingId {
+    /// The id as the kernel knows it, without giving up ownership (to
+    /// describe it to a process that takes the session over).
+    pub fn raw(&self) -> u32 {
+        self.backing_id
+    }
+
     /// Creates a new backing file reference for the given file descriptor.
     ///
     /// Usually, you will want to use [`ReplyOpen::open_backing()`](crate::ReplyOpen::open_backing)
