@@ -296,6 +296,7 @@ impl MountArgs {
             s3: self.s3.to_options(),
             skip_preflight: self.skip_preflight,
             keepable: false,
+            journal_dir: None,
         }
     }
 

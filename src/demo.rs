@@ -93,6 +93,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         s3: Default::default(),
         skip_preflight: false,
         keepable: false,
+        journal_dir: None,
     })?;
     println!("mounted at:        {}\n", mnt.display());
 

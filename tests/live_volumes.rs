@@ -311,11 +311,15 @@ async fn survive(
     assert!(env.sessions().sessions.is_empty());
 }
 
+/// How long the pod runs: the disruptions below, with room after the last.
+const POD_SECS: u64 = 22;
+
 fn full_schedule() -> Vec<(u64, Disruption)> {
     vec![
         (3, Disruption::RestartPlugin),
         (6, Disruption::TakeOver),
         (10, Disruption::TakeOver),
+        (14, Disruption::CrashMounter),
     ]
 }
 
@@ -328,7 +332,7 @@ async fn file_volume_survives_plugin_restart_takeovers_and_mounter_crash() {
         &mut env,
         params(&[("source", &source)]),
         HashMap::new(),
-        12,
+        POD_SECS,
         &full_schedule(),
     )
     .await;

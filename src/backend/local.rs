@@ -1020,7 +1020,8 @@ impl Backend for LocalBackend {
         #[derive(serde::Deserialize)]
         struct Suspended {
             temp_name: String,
-            size: u64,
+            /// Absent when described at begin (after a crash): measured.
+            size: Option<u64>,
         }
         let bad = |why: String| {
             BackendError::new(ErrorKind::Other, "resume write", target.as_str())
@@ -1034,7 +1035,7 @@ impl Backend for LocalBackend {
             return Err(bad(format!("{:?} is not a temp file name", s.temp_name)));
         }
         let (old_name, t) = (s.temp_name.clone(), target.clone());
-        let (file, new_name) = self
+        let (file, new_name): (File, String) = self
             .shared
             .run(id, "resume temp file", target, move |sh| {
                 let dir = sh.dir_beneath(&t.parent())?;
@@ -1065,10 +1066,17 @@ impl Backend for LocalBackend {
                 Ok((File::from(temp.open(libc::O_RDWR, 0)?), name))
             })
             .await?;
+        let size = match s.size {
+            Some(size) => size,
+            None => file
+                .metadata()
+                .map_err(|e| BackendError::from_io(&e, "resume temp file", target.as_str()))?
+                .len(),
+        };
         Ok(Box::new(LocalPendingWrite {
             file: Arc::new(file),
             temp_name: new_name,
-            size: AtomicU64::new(s.size),
+            size: AtomicU64::new(size),
             finished: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             id,
@@ -1311,6 +1319,10 @@ impl PendingWrite for LocalPendingWrite {
             .await?;
         self.finished.store(true, Ordering::Release);
         Ok(meta)
+    }
+
+    fn describe(&self) -> SuspendedWrite {
+        serde_json::json!({ "temp_name": self.temp_name })
     }
 
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {

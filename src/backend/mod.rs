@@ -242,4 +242,9 @@ pub trait PendingWrite: Send + Sync {
     /// can continue the session with `Backend::resume_write` (live takeover,
     /// crash recovery). This session must not be used afterwards.
     async fn suspend(&self) -> BackendResult<SuspendedWrite>;
+
+    /// The temporary object as `suspend` describes it, without flushing
+    /// anything and with the size left out (the successor measures it):
+    /// logged when the session begins, for a successor after a crash.
+    fn describe(&self) -> SuspendedWrite;
 }

@@ -158,6 +158,50 @@ impl MounterHost {
         self.kept.lock()
     }
 
+    /// The keeper's loop (a thread for the life of the plugin): when a new
+    /// mounter process appears that lacks sessions we keep descriptors of,
+    /// its predecessor died: hand them over, so the kernel connections,
+    /// whose requests waited meanwhile, are served again.
+    pub fn keep(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        let mut known_instance: Option<String> = None;
+        loop {
+            std::thread::sleep(every);
+            let Ok(list) = self.client.list() else {
+                continue; // down: the kept descriptors hold its sessions
+            };
+            if known_instance.as_deref() == Some(list.instance.as_str()) {
+                continue;
+            }
+            let served: std::collections::HashSet<PathBuf> =
+                list.sessions.iter().map(|s| s.staging.clone()).collect();
+            let orphans: Vec<(PathBuf, OwnedFd)> = self
+                .kept
+                .lock()
+                .iter()
+                .filter(|(p, _)| !served.contains(p))
+                .filter_map(|(p, fd)| fd.try_clone().ok().map(|fd| (p.clone(), fd)))
+                .collect();
+            if !orphans.is_empty() {
+                tracing::warn!(sessions = orphans.len(), "the mounter restarted without its sessions (it died?); handing it the kept descriptors");
+                match self.client.adopt(&orphans) {
+                    Ok(()) => tracing::info!(
+                        sessions = orphans.len(),
+                        "the new mounter serves the kept sessions again"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the new mounter could not take the kept sessions; retrying");
+                        continue;
+                    }
+                }
+            }
+            if known_instance.is_some() || !orphans.is_empty() {
+                tracing::info!(instance = %list.instance, "keeping the descriptors of a new mounter process");
+            }
+            self.keep_fresh();
+            known_instance = Some(list.instance);
+        }
+    }
+
     fn keep_fresh(&self) {
         if let Err(e) = self.refresh_kept() {
             tracing::warn!(error = %e, "could not fetch the sessions' descriptors from the mounter; a mounter crash now would break them");
@@ -175,6 +219,18 @@ fn client_status(e: ClientError, creds: Option<&S3Credentials>) -> Status {
         Some(ErrorCode::ShuttingDown) => Status::unavailable(msg),
         Some(ErrorCode::Internal) => Status::internal(msg),
         None => Status::unavailable(msg),
+    }
+}
+
+impl SessionHost for std::sync::Arc<MounterHost> {
+    fn start(&self, start: Start<'_>) -> Result<u32, Status> {
+        MounterHost::start(self, start)
+    }
+    fn stop(&self, staging: &Path, recorded_pid: u32) {
+        MounterHost::stop(self, staging, recorded_pid)
+    }
+    fn adopt(&self, rec: &StagedRecord) {
+        MounterHost::adopt(self, rec)
     }
 }
 

@@ -300,6 +300,9 @@ async fn shutdown_signal() {
     tracing::info!("signal received: stopping the gRPC server (mounts stay up)");
 }
 
+/// How often the keeper looks for a mounter that restarted.
+const KEEPER_POLL: Duration = Duration::from_millis(250);
+
 /// Run the plugin until SIGTERM/SIGINT. Staged mounts are left running on
 /// exit: they belong to the pods, and the next plugin process adopts them.
 pub async fn run(cfg: CsiConfig) -> Result<()> {
@@ -336,13 +339,18 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
                 // mount timeout; the exchange may take a little longer.
                 let client =
                     MounterClient::new(socket, cfg.mount_timeout + Duration::from_secs(15));
-                let host = MounterHost::new(client);
+                let host = Arc::new(MounterHost::new(client));
                 match host.refresh_kept() {
                     Ok(n) => {
                         tracing::info!(socket = %socket.display(), sessions = n, "using the node's mounter; keeping its sessions' descriptors")
                     }
                     Err(e) => tracing::warn!(error = %e, "the node's mounter does not answer yet"),
                 }
+                let keeper = Arc::clone(&host);
+                std::thread::Builder::new()
+                    .name("keeper".into())
+                    .spawn(move || keeper.keep(KEEPER_POLL))
+                    .context("starting the keeper thread")?;
                 Box::new(host)
             }
             None => {

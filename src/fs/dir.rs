@@ -16,6 +16,14 @@ pub struct DirHandle {
 
 impl CachalotFs {
     pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
+        let entries = self.listing(caller, ino).await?;
+        let fh = self.new_fh();
+        self.add_handle(fh, Handle::Dir(Arc::new(DirHandle { ino, entries })));
+        Ok(fh)
+    }
+
+    /// The entries of directory `ino`, `.` and `..` first.
+    pub(super) async fn listing(&self, caller: Caller, ino: u64) -> FsResult<Vec<ListedEntry>> {
         let path = self.path_of(ino)?;
         let listed_at = Instant::now();
         let listed = self.backend.list(self.identity(caller), &path).await?;
@@ -68,11 +76,7 @@ impl CachalotFs {
                 }
             }
         }
-        let fh = self.new_fh();
-        self.handles
-            .lock()
-            .insert(fh, Handle::Dir(Arc::new(DirHandle { ino, entries })));
-        Ok(fh)
+        Ok(entries)
     }
 
     /// Entries from `offset` on (offset = index into the snapshot).
@@ -115,6 +119,6 @@ impl CachalotFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        self.remove_handle(fh);
     }
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::backend::{BackendPath, FileKind, Metadata, ObjectReader, VersionToken};
 
+use super::journal::{Event, JournalSink};
 use super::types::{FsError, FsResult, ROOT_INO};
 use super::write::WriteSession;
 
@@ -135,6 +136,9 @@ pub struct InodeTable {
     /// Bumped whenever a name is attached or removed: a handle rebuilds its
     /// path only when this moved since it last looked (not on every read).
     moves: u64,
+    /// Told of every name given or taken and every inode dropped (see
+    /// `journal`).
+    journal: Option<Arc<dyn JournalSink>>,
 }
 
 impl InodeTable {
@@ -185,6 +189,7 @@ impl InodeTable {
             children: HashMap::new(),
             next_ino,
             moves: 0,
+            journal: None,
         };
         let mut attached = Vec::new();
         for (s, write) in states {
@@ -245,6 +250,17 @@ impl InodeTable {
             children: HashMap::new(),
             next_ino: ROOT_INO + 1,
             moves: 0,
+            journal: None,
+        }
+    }
+
+    pub fn set_journal(&mut self, journal: Arc<dyn JournalSink>) {
+        self.journal = Some(journal);
+    }
+
+    fn log(&self, event: Event) {
+        if let Some(j) = &self.journal {
+            j.record(&event);
         }
     }
 
@@ -421,6 +437,13 @@ impl InodeTable {
             inode.parent = parent;
             inode.name = name.to_string();
             inode.attached = true;
+            let kind = inode.kind;
+            self.log(Event::Attach {
+                ino,
+                parent,
+                name: name.to_string(),
+                kind,
+            });
         }
     }
 
@@ -429,6 +452,7 @@ impl InodeTable {
     fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
         let ino = self.children.remove(&(parent, name.to_string()))?;
         self.moves += 1;
+        self.log(Event::Detach { ino });
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
         }
@@ -500,6 +524,7 @@ impl InodeTable {
             return;
         }
         if let Some(inode) = self.inodes.remove(&ino) {
+            self.log(Event::Drop { ino });
             if inode.attached {
                 self.children.remove(&(inode.parent, inode.name));
                 if let Some(p) = self.inodes.get_mut(&inode.parent) {

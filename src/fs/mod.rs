@@ -5,6 +5,7 @@
 
 mod dir;
 mod inode;
+pub mod journal;
 mod process;
 mod read;
 pub mod snapshot;
@@ -126,6 +127,8 @@ pub struct CachalotFs {
     assembling: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The kernel's caches (set by the adapter once mounted).
     kernel: Mutex<Option<Arc<dyn KernelCache>>>,
+    /// Where handles and write sessions are logged (see `journal`).
+    journal: Mutex<Option<Arc<dyn journal::JournalSink>>>,
     /// Sequence for hidden names of unlinked open files.
     hidden_seq: AtomicU64,
     /// Serialises moves and removals of hidden objects (a release removing
@@ -161,6 +164,7 @@ impl CachalotFs {
             assembling: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
             kernel: Mutex::new(None),
+            journal: Mutex::new(None),
             hidden_seq: AtomicU64::new(0),
             hidden_ops: tokio::sync::Mutex::new(()),
             namespace_settled: tokio::sync::Notify::new(),
@@ -170,6 +174,63 @@ impl CachalotFs {
 
     pub fn config(&self) -> &FsConfig {
         &self.cfg
+    }
+
+    /// Log what the kernel may depend on from now on (before the session
+    /// answers its first request).
+    pub fn set_journal(&self, sink: Arc<dyn journal::JournalSink>) {
+        self.inodes.lock().set_journal(Arc::clone(&sink));
+        *self.journal.lock() = Some(sink);
+    }
+
+    fn log(&self, event: journal::Event) {
+        if let Some(j) = self.journal.lock().as_ref() {
+            j.record(&event);
+        }
+    }
+
+    /// Register an open handle (logged first: the reply names it).
+    fn add_handle(&self, fh: u64, handle: Handle) {
+        let event = match &handle {
+            Handle::File(f) => journal::Event::Open {
+                fh,
+                ino: f.ino,
+                dir: false,
+                writable: f.writable,
+                append: f.append,
+                opener: f.opener,
+                identity: f.identity,
+            },
+            Handle::Dir(d) => journal::Event::Open {
+                fh,
+                ino: d.ino,
+                dir: true,
+                writable: false,
+                append: false,
+                opener: 0,
+                identity: crate::backend::Identity { uid: 0, gid: 0 },
+            },
+        };
+        self.log(event);
+        self.handles.lock().insert(fh, handle);
+    }
+
+    fn remove_handle(&self, fh: u64) -> Option<Handle> {
+        let handle = self.handles.lock().remove(&fh);
+        if handle.is_some() {
+            self.log(journal::Event::Release { fh });
+        }
+        handle
+    }
+
+    /// Log a write session begun for `ino` (its temporary object).
+    fn log_write_begin(&self, ino: u64, session: &WriteSession) {
+        if self.journal.lock().is_some() {
+            self.log(journal::Event::WriteBegin {
+                ino,
+                write: Box::new(session.describe()),
+            });
+        }
     }
 
     /// Called by the mount once the kernel session exists.
@@ -907,9 +968,7 @@ impl CachalotFs {
         if !matches!(passthrough, Passthrough::No) {
             handle.passthrough.store(true, Ordering::Release);
         }
-        self.handles
-            .lock()
-            .insert(fh, Handle::File(Arc::new(handle)));
+        self.add_handle(fh, Handle::File(Arc::new(handle)));
         Ok(Opened {
             fh,
             keep_cache,
@@ -971,6 +1030,7 @@ impl CachalotFs {
         let ino = {
             let mut table = self.inodes.lock();
             let ino = table.upsert_entry(parent, name, base.clone(), Instant::now());
+            self.log_write_begin(ino, &session);
             let inode = table.get_mut(ino)?;
             inode.write = Some(session);
             inode.meta = None;
@@ -990,9 +1050,7 @@ impl CachalotFs {
             0,
             process::process_of(caller.pid),
         );
-        self.handles
-            .lock()
-            .insert(fh, Handle::File(Arc::new(handle)));
+        self.add_handle(fh, Handle::File(Arc::new(handle)));
         Ok((
             self.attr_of(ino, &base),
             Opened {
@@ -1039,7 +1097,10 @@ impl CachalotFs {
             .begin_write(id, &path, start, base_meta.mode)
             .await?;
         let session = Arc::new(WriteSession::new(pending, id, false, base_meta, path));
-        self.inodes.lock().get_mut(ino)?.write = Some(Arc::clone(&session));
+        let mut table = self.inodes.lock();
+        table.get_mut(ino)?.write = Some(Arc::clone(&session));
+        self.log_write_begin(ino, &session);
+        drop(table);
         Ok(session)
     }
 
@@ -1109,6 +1170,7 @@ impl CachalotFs {
                     .is_some_and(|w| Arc::ptr_eq(w, &session))
                 {
                     inode.write = None;
+                    self.log(journal::Event::WriteEnd { ino });
                 }
                 if let Some(meta) = &published {
                     inode.meta = Some((meta.clone(), Instant::now()));
@@ -1186,7 +1248,7 @@ impl CachalotFs {
     /// Last close of a handle. The last writer publishes anything still
     /// pending (e.g. writes through mmap) or discards an orphaned write.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let handle = match self.handles.lock().remove(&fh) {
+        let handle = match self.remove_handle(fh) {
             Some(Handle::File(h)) => h,
             Some(Handle::Dir(_)) | None => return Ok(()),
         };

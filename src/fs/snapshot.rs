@@ -168,6 +168,7 @@ impl CachalotFs {
         cache: Arc<PageStore>,
         cfg: FsConfig,
         snapshot: FsSnapshot,
+        journal: Option<Arc<dyn super::journal::JournalSink>>,
     ) -> Result<CachalotFs, BackendError> {
         let invalid = |why: String| {
             BackendError::new(ErrorKind::InvalidArgument, "restore state", "")
@@ -229,6 +230,27 @@ impl CachalotFs {
             handles.insert(fh, handle);
         }
         *fs.inodes.lock() = table;
+        if let Some(journal) = journal {
+            fs.set_journal(journal);
+        }
+        // A directory handle rebuilt from the journal has no listing: list
+        // again (its offsets were into the old listing; close enough).
+        let root = super::types::Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        for handle in handles.values_mut() {
+            if let Handle::Dir(d) = handle {
+                if d.entries.is_empty() {
+                    let entries = fs.listing(root, d.ino).await.unwrap_or_default();
+                    *handle = Handle::Dir(Arc::new(DirHandle {
+                        ino: d.ino,
+                        entries,
+                    }));
+                }
+            }
+        }
         *fs.handles.lock() = handles;
         fs.next_fh.store(snapshot.next_fh, Ordering::Release);
         if snapshot.passthrough_active {
@@ -313,6 +335,9 @@ impl PendingWrite for LostWrite {
         self.fail()
     }
     async fn abort(&self, _target: &BackendPath) {}
+    fn describe(&self) -> SuspendedWrite {
+        SuspendedWrite::Null
+    }
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {
         self.fail()
     }

@@ -92,6 +92,23 @@ impl WriteSession {
         })
     }
 
+    /// This session as logged when it begins (see `journal`): the backend's
+    /// description of the temporary object, nothing flushed.
+    pub fn describe(&self) -> super::snapshot::WriteState {
+        super::snapshot::WriteState {
+            pending: self.pending.describe(),
+            identity: self.identity,
+            new_object: self.new_object,
+            orphaned: false,
+            failed: None,
+            finished: false,
+            base: self.base.lock().clone(),
+            last_target: self.last_target(),
+            deferred_times: AttrChanges::default(),
+            replaces_existing: false,
+        }
+    }
+
     /// A session exported by another process, over `pending` (resumed by
     /// the backend).
     pub fn restore(pending: Box<dyn PendingWrite>, s: super::snapshot::WriteState) -> WriteSession {

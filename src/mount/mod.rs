@@ -2,6 +2,7 @@
 //! tear it down cleanly (signals, external umount, busy mountpoints).
 
 pub mod daemon;
+pub mod journal;
 pub mod spec;
 pub mod table;
 
@@ -51,6 +52,9 @@ pub struct MountOptions {
     /// descriptor, no clones (a clone's unanswered requests die with the
     /// process that held it), and keeps a duplicate to hand over.
     pub keepable: bool,
+    /// Journal what the kernel depends on in this directory (mounter
+    /// sessions), so a successor can rebuild it after a crash.
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -301,6 +305,15 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         None
     };
     let unmounter = session.unmount_callable();
+    if let Some(dir) = &opts.journal_dir {
+        let abi = adapter_state
+            .read()
+            .map(|s| s.abi)
+            .context("INIT did not record the kernel's FUSE version")?;
+        let journal = journal::FileJournal::create(dir, None, abi)
+            .with_context(|| format!("starting the session journal in {}", dir.display()))?;
+        fs.set_journal(Arc::new(journal));
+    }
     let (thread, ended) = run_session(session)?;
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
     Ok(MountedFs {
@@ -336,12 +349,22 @@ pub fn resume(
     let backend = runtime
         .block_on(backend_for(&opts))
         .with_context(|| format!("connecting to {}", opts.source))?;
+    // The journal starts from the state handed over (before a request can
+    // change it).
+    let journal: Option<Arc<dyn crate::fs::journal::JournalSink>> = match &opts.journal_dir {
+        Some(dir) => Some(Arc::new(
+            journal::FileJournal::create(dir, Some(&snapshot), adapter_state.abi)
+                .with_context(|| format!("starting the session journal in {}", dir.display()))?,
+        )),
+        None => None,
+    };
     let fs = runtime
         .block_on(CachalotFs::restore(
             Arc::clone(&backend),
             Arc::clone(&cache),
             fs_config(&opts),
             snapshot,
+            journal,
         ))
         .with_context(|| format!("restoring the session of {}", opts.source))?;
     let fs = Arc::new(fs);

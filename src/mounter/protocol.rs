@@ -179,6 +179,9 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionList {
     pub mounter_pid: u32,
+    /// Changes with every mounter process: a keeper sees a restart by it.
+    #[serde(default)]
+    pub instance: String,
     pub mounter_version: String,
     pub sessions: Vec<SessionInfo>,
 }

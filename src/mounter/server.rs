@@ -51,6 +51,8 @@ pub struct Mounter {
     /// Set once the sessions went to a successor: every later request is
     /// refused, and the process exits.
     pub(super) handed_over: AtomicBool,
+    /// Tells this process from its predecessors (pids repeat in containers).
+    pub(super) instance: String,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -74,6 +76,14 @@ impl Mounter {
             records,
             control: Mutex::new(()),
             handed_over: AtomicBool::new(false),
+            instance: format!(
+                "{:x}-{:x}",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            ),
         }
     }
 
@@ -109,7 +119,7 @@ impl Mounter {
                 self.hand_over(stream);
                 return;
             }
-            Ok(Request::Adopt { .. }) => error(ErrorCode::BadRequest, "adopt: not yet"),
+            Ok(Request::Adopt { staging }) => self.adopt(&stream, staging),
             Ok(Request::Fds) => return self.send_fds(stream),
             Ok(request) => self.handle(request),
             Err(response) => response,
@@ -261,8 +271,83 @@ impl Mounter {
             spec.cache_size = self.cfg.cache_size;
         }
         let credentials = record.secret.as_ref().map(|s| s.credentials());
-        spec.options(credentials)
-            .map_err(|e| error(ErrorCode::BadRequest, format!("invalid mount spec: {e}")))
+        let mut opts = spec
+            .options(credentials)
+            .map_err(|e| error(ErrorCode::BadRequest, format!("invalid mount spec: {e}")))?;
+        opts.journal_dir = Some(self.records.journal_dir(&record.spec.staging));
+        Ok(opts)
+    }
+
+    /// After the previous mounter died: serve the sessions whose
+    /// descriptors the keeper kept, from their records and journals.
+    pub(super) fn adopt(&self, stream: &UnixStream, staging: Vec<PathBuf>) -> Response {
+        let fds = match wire::recv_fds(stream, staging.len()) {
+            Ok(fds) => fds,
+            Err(e) => return error(ErrorCode::BadRequest, format!("receiving descriptors: {e}")),
+        };
+        let _control = self.control.lock();
+        let started = std::time::Instant::now();
+        let mut recovered = 0usize;
+        let mut failed = Vec::new();
+        for (path, fd) in staging.into_iter().zip(fds) {
+            if self.sessions.lock().contains_key(&path) {
+                // Served already (taken over, or adopted before): the
+                // keeper's copy is just another reference.
+                continue;
+            }
+            match self.recover_one(&path, fd) {
+                Ok(hosted) => {
+                    tracing::info!(
+                        volume_id = %hosted.record.volume_id,
+                        pvc = %hosted.record.names.claim(),
+                        staging = %path.display(),
+                        "session recovered from the keeper's descriptor and the journal"
+                    );
+                    self.sessions.lock().insert(path, hosted);
+                    recovered += 1;
+                }
+                Err(message) => {
+                    tracing::error!(staging = %path.display(), %message, "a session could not be recovered");
+                    failed.push(format!("{}: {message}", path.display()));
+                }
+            }
+        }
+        tracing::info!(
+            recovered,
+            failed = failed.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "recovered sessions from the keeper (requests the dead mounter held are re-sent)"
+        );
+        if failed.is_empty() {
+            Response::Ok
+        } else {
+            error(ErrorCode::MountFailed, failed.join("; "))
+        }
+    }
+
+    fn recover_one(&self, staging: &Path, fd: std::os::fd::OwnedFd) -> Result<Hosted, String> {
+        let record = self
+            .records
+            .load(staging)
+            .map_err(|e| format!("reading its record: {e}"))?
+            .ok_or("no record of it in the state dir")?;
+        let (snapshot, abi) = mount::journal::FileJournal::load(&self.records.journal_dir(staging))
+            .map_err(|e| format!("reading its journal: {e}"))?;
+        let opts = match self.options(&record) {
+            Ok(o) => o,
+            Err(Response::Error { message, .. }) => return Err(message),
+            Err(_) => return Err("invalid options".into()),
+        };
+        let adapter = crate::fuse::AdapterState {
+            abi,
+            backing_ids: Vec::new(),
+        };
+        let mounted = mount::resume(opts, fd, adapter, snapshot).map_err(|e| format!("{e:#}"))?;
+        Ok(Hosted {
+            record,
+            origin: "recovered",
+            mounted,
+        })
     }
 
     /// Mount a session afresh at its staging path.
@@ -323,6 +408,7 @@ impl Mounter {
         let sessions = self.sessions.lock();
         SessionList {
             mounter_pid: std::process::id(),
+            instance: self.instance.clone(),
             mounter_version: crate::csi::DRIVER_VERSION.to_string(),
             sessions: sessions
                 .values()

@@ -225,7 +225,8 @@ pub async fn begin(
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Suspended {
     temp_name: String,
-    size: u64,
+    /// Absent when described at begin (after a crash): measured.
+    size: Option<u64>,
     mode: u32,
     owner: Option<(Option<u32>, Option<u32>)>,
 }
@@ -282,7 +283,7 @@ pub async fn resume(
         temp_name,
         fh,
         fileid: a.fileid,
-        size: AtomicU64::new(s.size),
+        size: AtomicU64::new(s.size.unwrap_or(a.size)),
         state: tokio::sync::Mutex::new(State {
             mode: s.mode,
             owner: s.owner,
@@ -531,6 +532,21 @@ impl PendingWrite for NfsPendingWrite {
         Ok(())
     }
 
+    fn describe(&self) -> SuspendedWrite {
+        // At begin nobody holds the state: mode and owner are the initial ones.
+        let (mode, owner) = match self.state.try_lock() {
+            Ok(st) => (st.mode, st.owner),
+            Err(_) => (0o644, None),
+        };
+        serde_json::to_value(Suspended {
+            temp_name: self.temp_name.clone(),
+            size: None,
+            mode,
+            owner,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {
         // Committed: the successor starts without a log of unstable writes.
         let mut st = self.state.lock().await;
@@ -539,7 +555,7 @@ impl PendingWrite for NfsPendingWrite {
         st.log_bytes = 0;
         serde_json::to_value(Suspended {
             temp_name: self.temp_name.clone(),
-            size: self.size(),
+            size: Some(self.size()),
             mode: st.mode,
             owner: st.owner,
         })

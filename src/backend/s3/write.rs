@@ -113,10 +113,13 @@ pub async fn begin(
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Suspended {
     staging_id: String,
-    size: u64,
+    /// Absent when described at begin (after a crash): measured, and only
+    /// for a write without a copy-on-write base (whose filled ranges are
+    /// not known then).
+    size: Option<u64>,
     base: Option<SuspendedBase>,
     base_limit: u64,
-    present: Vec<(u64, u64)>,
+    present: Option<Vec<(u64, u64)>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -147,10 +150,26 @@ pub async fn resume(
         }),
         None => None,
     };
+    if s.present.is_none() && base.is_some() {
+        return Err(bad(
+            "a partial overwrite of an existing object cannot be recovered after a crash".into(),
+        ));
+    }
     let (file, file_path, staging_id) = inner
         .staging
         .adopt(&s.staging_id)
         .map_err(|e| inner.io_error(&e, "resume staging file", target, id))?;
+    let size = match s.size {
+        Some(size) => size,
+        None => file
+            .metadata()
+            .map_err(|e| inner.io_error(&e, "resume staging file", target, id))?
+            .len(),
+    };
+    let present = match &s.present {
+        Some(pairs) => RangeSet::from_pairs(pairs),
+        None => RangeSet::from_pairs(&[(0, size)]),
+    };
     Ok(Box::new(S3PendingWrite {
         inner: Arc::clone(inner),
         id,
@@ -158,12 +177,12 @@ pub async fn resume(
         file_path,
         staging_id,
         origin: target.clone(),
-        size: AtomicU64::new(s.size),
+        size: AtomicU64::new(size),
         state: tokio::sync::Mutex::new(State {
-            size: s.size,
+            size,
             base,
             base_limit: s.base_limit,
-            present: RangeSet::from_pairs(&s.present),
+            present,
             finished: false,
             stream: None,
             stream_off: true,
@@ -458,6 +477,28 @@ impl PendingWrite for S3PendingWrite {
         Ok(meta)
     }
 
+    fn describe(&self) -> SuspendedWrite {
+        let (base, base_limit) = match self.state.try_lock() {
+            Ok(st) => (
+                st.base.as_ref().map(|b| SuspendedBase {
+                    key: b.key.clone(),
+                    etag: b.etag.clone(),
+                    size: b.size,
+                }),
+                st.base_limit,
+            ),
+            Err(_) => (None, 0),
+        };
+        serde_json::to_value(Suspended {
+            staging_id: self.staging_id.clone(),
+            size: None,
+            base,
+            base_limit,
+            present: None,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {
         let mut state = self.state.lock().await;
         self.check_open(&state, "suspend")?;
@@ -466,14 +507,14 @@ impl PendingWrite for S3PendingWrite {
         self.abandon_stream(&mut state).await;
         let suspended = Suspended {
             staging_id: self.staging_id.clone(),
-            size: state.size,
+            size: Some(state.size),
             base: state.base.as_ref().map(|b| SuspendedBase {
                 key: b.key.clone(),
                 etag: b.etag.clone(),
                 size: b.size,
             }),
             base_limit: state.base_limit,
-            present: state.present.to_pairs(),
+            present: Some(state.present.to_pairs()),
         };
         serde_json::to_value(suspended).map_err(|e| {
             self.inner.error(
