@@ -10,6 +10,7 @@
 //! state as it is now, has the kernel re-send them.
 
 mod gate;
+mod resent;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -25,6 +26,7 @@ use fuser::{
 };
 
 pub use gate::Gate;
+use resent::{already_applied, is_resent, Change};
 
 use crate::backend::{AttrChanges, FileKind};
 use crate::fs::{
@@ -280,6 +282,33 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// A re-sent removal that finds nothing to remove: done by the first
+/// attempt (see `resent`).
+fn removed_before(resent: bool, change: Change, done: Result<(), FsError>) -> Result<(), FsError> {
+    match done {
+        Err(e) if already_applied(resent, change, e.errno()) => Ok(()),
+        other => other,
+    }
+}
+
+/// A re-sent creation that finds its name taken: made by the first
+/// attempt; answer with the entry (see `resent`).
+async fn created_before(
+    fs: &CachalotFs,
+    c: Caller,
+    resent: bool,
+    parent: u64,
+    name: &str,
+    made: Result<Attr, FsError>,
+) -> Result<Attr, FsError> {
+    match made {
+        Err(e) if already_applied(resent, Change::Create, e.errno()) => {
+            fs.lookup(c, parent, name).await.or(Err(e))
+        }
+        other => other,
+    }
+}
+
 fn reply_entry(reply: ReplyEntry, ttl: &Duration, result: Result<Attr, FsError>) {
     match result {
         Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
@@ -431,10 +460,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let (c, ttl) = (caller(req), self.ttl);
+        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
             let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-            reply_entry(reply, &ttl, fs.mknod(c, parent.0, &name, mode).await)
+            let made = fs.mknod(c, parent.0, &name, mode).await;
+            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
+            reply_entry(reply, &ttl, made)
         });
     }
 
@@ -448,28 +479,30 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let (c, ttl) = (caller(req), self.ttl);
+        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
-            reply_entry(
-                reply,
-                &ttl,
-                fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await,
-            )
+            let made = fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await;
+            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
+            reply_entry(reply, &ttl, made)
         });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        let c = caller(req);
-        self.spawn(
-            move |fs| async move { reply_empty(reply, fs.unlink(c, parent.0, &name).await) },
-        );
+        let (c, resent) = (caller(req), is_resent(req));
+        self.spawn(move |fs| async move {
+            let done = fs.unlink(c, parent.0, &name).await;
+            reply_empty(reply, removed_before(resent, Change::Remove, done))
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        let c = caller(req);
-        self.spawn(move |fs| async move { reply_empty(reply, fs.rmdir(c, parent.0, &name).await) });
+        let (c, resent) = (caller(req), is_resent(req));
+        self.spawn(move |fs| async move {
+            let done = fs.rmdir(c, parent.0, &name).await;
+            reply_empty(reply, removed_before(resent, Change::Remove, done))
+        });
     }
 
     fn symlink(
@@ -482,9 +515,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        let (c, ttl) = (caller(req), self.ttl);
+        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
-            reply_entry(reply, &ttl, fs.symlink(c, parent.0, &name, &target).await)
+            let made = fs.symlink(c, parent.0, &name, &target).await;
+            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
+            reply_entry(reply, &ttl, made)
         });
     }
 
@@ -505,13 +540,21 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let c = caller(req);
+        let (c, resent) = (caller(req), is_resent(req));
         self.spawn(move |fs| async move {
-            reply_empty(
-                reply,
-                fs.rename(c, parent.0, &name, newparent.0, &newname, no_replace)
-                    .await,
-            )
+            let mut done = fs
+                .rename(c, parent.0, &name, newparent.0, &newname, no_replace)
+                .await;
+            // Re-sent after the first attempt moved it: the source is gone
+            // and the target is there.
+            if let Err(e) = done {
+                if already_applied(resent, Change::Rename, e.errno())
+                    && fs.lookup(c, newparent.0, &newname).await.is_ok()
+                {
+                    done = Ok(());
+                }
+            }
+            reply_empty(reply, done)
         });
     }
 
@@ -524,9 +567,11 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(newname, reply);
-        let (c, ttl) = (caller(req), self.ttl);
+        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
-            reply_entry(reply, &ttl, fs.link(c, ino.0, newparent.0, &name).await)
+            let made = fs.link(c, ino.0, newparent.0, &name).await;
+            let made = created_before(&fs, c, resent, newparent.0, &name, made).await;
+            reply_entry(reply, &ttl, made)
         });
     }
 

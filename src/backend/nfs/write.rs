@@ -241,11 +241,11 @@ pub async fn resume(
 ) -> BackendResult<NfsPendingWrite> {
     let ctx = vol.ctx("resume temp file", target, id);
     let s: Suspended = serde_json::from_value(state)
-        .map_err(|e| ctx.err(ErrorKind::Other, &format!("bad suspended write: {e}")))?;
+        .map_err(|e| ctx.err(ErrorKind::Other, format!("bad suspended write: {e}")))?;
     if !crate::backend::is_temp_name(&s.temp_name) || s.temp_name.contains('/') {
         return Err(ctx.err(
             ErrorKind::Other,
-            &format!("{:?} is not a temp file name", s.temp_name),
+            format!("{:?} is not a temp file name", s.temp_name),
         ));
     }
     let dir = vol.dir_fh(&ctx, &target.parent()).await?;
@@ -563,7 +563,7 @@ impl PendingWrite for NfsPendingWrite {
             let temp = self.temp_path();
             self.vol
                 .ctx("suspend temp file", &temp, self.id)
-                .err(ErrorKind::Other, &e.to_string())
+                .err(ErrorKind::Other, e.to_string())
         })
     }
 

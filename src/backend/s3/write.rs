@@ -522,7 +522,7 @@ impl PendingWrite for S3PendingWrite {
                 "suspend",
                 &self.origin,
                 self.id,
-                &e.to_string(),
+                e.to_string(),
             )
         })
     }
