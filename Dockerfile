@@ -1,17 +1,20 @@
-# cachalot container image: one image for both CSI roles.
+# cachalot container image: one image for the three workloads.
 #
 #   docker build -t cachalot:0.1.0 .
 #
 # The controller runs `cachalot csi --controller ...`, the node plugin
-# `cachalot csi --node ...` (see deploy/kubernetes/). The entrypoint is
-# `cachalot csi`, so the manifests pass only the role and its flags.
+# `cachalot csi --node --mounter-socket=...`, the mounter `cachalot mounter
+# ...` (see deploy/kubernetes/). The entrypoint is `cachalot csi`, so the
+# controller and node manifests pass only the role and its flags; the
+# mounter's sets `command` to the binary.
 #
-# Why the node plugin cannot run as non-root: every volume is a FUSE mount
-# (mount(2) of a fuse.cachalot filesystem on /dev/fuse at the kubelet's
-# staging path) followed by a bind mount of it into the pod's directory under
-# /var/lib/kubelet. Both need CAP_SYS_ADMIN in the host's mount namespace, and
-# the mounts must propagate back to the host (mountPropagation: Bidirectional),
-# which Kubernetes only allows for privileged containers. The controller role
+# Why the node plugin and the mounter cannot run as non-root: every volume is
+# a FUSE mount (mount(2) of a fuse.cachalot filesystem on /dev/fuse at the
+# kubelet's staging path, done by the mounter) followed by a bind mount of it
+# into the pod's directory under /var/lib/kubelet (done by the node plugin).
+# Both need CAP_SYS_ADMIN in the host's mount namespace, and the mounts must
+# propagate back to the host (mountPropagation: Bidirectional), which
+# Kubernetes only allows for privileged containers. The controller role
 # mounts nothing (it talks to NFS/S3 from userspace) and needs no privileges.
 
 # --- build stage -------------------------------------------------------------

@@ -128,6 +128,22 @@ fn checker_catches_mounter_without_surge() {
 }
 
 #[test]
+fn checker_catches_mounter_without_idle_after_handover() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/mounter.yaml",
+        "            - --idle-after-handover\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "--idle-after-handover",
+    );
+}
+
+#[test]
 fn checker_catches_wrong_registration_path() {
     let dir = scratch_copy();
     mutate(

@@ -18,8 +18,9 @@ What it does, without a cluster:
     kubelet paths across containers, Bidirectional propagation, provisioner
     flags, RBAC, StorageClass parameter names against src/csi/params.rs,
     per-component imagePullSecrets override, Helm = kustomize; the mounter
-    DaemonSet: surge rolling update for the live takeover, its socket shared
-    with the node plugin, FUSE only there);
+    DaemonSet: surge rolling update for the live takeover, gated by a
+    readinessProbe on its socket and minReadySeconds, --idle-after-handover,
+    its socket shared with the node plugin, FUSE only there);
   * parses the Dockerfile and .dockerignore.
 
 Exit 0 when every check passed, 1 when one failed, 3 when a Python dependency
@@ -453,7 +454,7 @@ def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_
     need(us.get("type") == "RollingUpdate" and ru.get("maxSurge") == 1 and ru.get("maxUnavailable") == 0,
          f"mounter {name}: updateStrategy {us}, want RollingUpdate with maxSurge 1 and "
          "maxUnavailable 0 (the new mounter must start beside the old one to take its sessions "
-         "over; deleting the old one first kills every mount of the node)")
+         "over; deleting the old one first turns an upgrade into a crash recovery)")
 
     spec = pod_spec(mds)
     nspec = pod_spec(nds)
@@ -520,6 +521,28 @@ def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_
     need(st == mounter_state_host, f"mounter --state-dir is {st} on the host, want {mounter_state_host}")
     need(st != state_host, f"mounter and node plugin share the state dir {st}")
 
+    # After a takeover the old mounter must stay alive: exiting 0 would make
+    # the kubelet restart its container, and the restarted mounter would take
+    # the sessions back from the new pod.
+    need("--idle-after-handover" in argv(mc),
+         f"mounter {name}: --idle-after-handover missing (the old mounter would exit after a "
+         "takeover, the kubelet would restart it and it would take the sessions back)")
+
+    # readiness gates the rolling update: the new pod only becomes Ready once
+    # it answers on the socket, i.e. once it took the sessions over
+    rp = mc.get("readinessProbe")
+    need(rp is not None and "exec" in rp,
+         f"mounter {name}: no exec readinessProbe (want `cachalot sessions --socket {msock} "
+         "--quiet`: without it the old pod is deleted before the new one took the sessions over)")
+    rcmd = rp["exec"].get("command", [])
+    need(rcmd[:2] == [BINARY, "sessions"] and probe_flag(rcmd, "socket") == msock
+         and "--quiet" in rcmd,
+         f"mounter {name}: readinessProbe runs {rcmd}, want [{BINARY}, sessions, --socket, "
+         f"{msock}, --quiet]")
+    mrs = mds["spec"].get("minReadySeconds", 0)
+    need(mrs >= 1, f"mounter {name}: minReadySeconds {mrs}, want at least 1 (the probe reaches "
+                   "the old mounter on the shared socket until the new one contacted it)")
+
     # liveness: only "does it answer on its socket", and slow to give up
     lp = mc.get("livenessProbe")
     if lp is not None:
@@ -530,7 +553,8 @@ def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_
              f"mounter livenessProbe runs {cmd}, want [{BINARY}, sessions, --socket, {msock}, ...]")
         budget = lp.get("periodSeconds", 10) * lp.get("failureThreshold", 3)
         need(budget >= 300, f"mounter livenessProbe restarts it after {budget}s of failures: a "
-                            "restart kills every mount of the node, allow at least 300s")
+                            "restart pauses every mount of the node (crash recovery), allow at "
+                            "least 300s")
 
     res = mc.get("resources", {})
     need(res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"),
