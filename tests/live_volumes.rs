@@ -337,3 +337,81 @@ async fn file_volume_survives_plugin_restart_takeovers_and_mounter_crash() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nfs_volume_survives_plugin_restart_takeovers_and_mounter_crash() {
+    common::require_root_and_fuse();
+    let server = support_nfs::ganesha();
+    let (_disk, url) = server.area("live");
+    let mut env = Env::with_mounter();
+    survive(
+        &mut env,
+        params(&[("source", &url), ("onDelete", "delete")]),
+        HashMap::new(),
+        POD_SECS,
+        &full_schedule(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_volume_survives_plugin_restart_takeovers_and_mounter_crash() {
+    use support_s3::{S3Server, BUCKET, KEY_ID, SECRET};
+    common::require_root_and_fuse();
+    let server = S3Server::seaweed();
+    let mut env = Env::with_mounter();
+    survive(
+        &mut env,
+        params(&[
+            ("bucket", BUCKET),
+            ("prefix", "live"),
+            ("endpoint", &server.endpoint()),
+            ("region", "us-east-1"),
+            ("onDelete", "delete"),
+        ]),
+        params(&[("accessKeyId", KEY_ID), ("secretAccessKey", SECRET)]),
+        POD_SECS,
+        &full_schedule(),
+    )
+    .await;
+}
+
+fn five_crashes() -> Vec<(u64, Disruption)> {
+    (1..=5).map(|n| (n * 3, Disruption::CrashMounter)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_mounter_crashes_lose_nothing_on_nfs() {
+    common::require_root_and_fuse();
+    let server = support_nfs::ganesha();
+    let (_disk, url) = server.area("crashes");
+    let mut env = Env::with_mounter();
+    survive(
+        &mut env,
+        params(&[("source", &url), ("onDelete", "delete")]),
+        HashMap::new(),
+        18,
+        &five_crashes(),
+    )
+    .await;
+}
+
+/// Crash recovery at many moments: the mounter's container is killed -9
+/// five times while the pod works (each time somewhere else in its
+/// create / write / close / read cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_mounter_crashes_lose_nothing() {
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let source = env.source_url();
+    let crashes: Vec<(u64, Disruption)> =
+        (1..=5).map(|n| (n * 3, Disruption::CrashMounter)).collect();
+    survive(
+        &mut env,
+        params(&[("source", &source)]),
+        HashMap::new(),
+        18,
+        &crashes,
+    )
+    .await;
+}

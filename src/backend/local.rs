@@ -34,12 +34,12 @@ use async_trait::async_trait;
 use nix::dir::Type;
 
 use super::path::{temp_name_for, temp_owner};
-use super::SuspendedWrite;
 use super::{
     is_temp_name, AttrChanges, Backend, BackendError, BackendPath, BackendResult, Capabilities,
     DirEntry, ErrorKind, FileKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite,
     VersionToken, WriteStart,
 };
+use super::{Resumed, SuspendedWrite};
 
 /// Temp objects of dead writers older than this are removed even when we
 /// cannot tell whether their writer (another host) is alive.
@@ -88,7 +88,7 @@ impl LocalBackend {
                 is_root: nix::unistd::geteuid().is_root(),
                 owner_tag,
                 host_tag,
-                temp_seq: AtomicU64::new(0),
+                temp_seq: AtomicU64::new(super::path::first_seq()),
             }),
         }
     }
@@ -1016,12 +1016,14 @@ impl Backend for LocalBackend {
         id: Identity,
         target: &BackendPath,
         state: SuspendedWrite,
-    ) -> BackendResult<Box<dyn PendingWrite>> {
+    ) -> BackendResult<Resumed> {
         #[derive(serde::Deserialize)]
         struct Suspended {
             temp_name: String,
             /// Absent when described at begin (after a crash): measured.
             size: Option<u64>,
+            /// The temp file's inode number: the target is it once published.
+            ino: Option<u64>,
         }
         let bad = |why: String| {
             BackendError::new(ErrorKind::Other, "resume write", target.as_str())
@@ -1035,11 +1037,29 @@ impl Backend for LocalBackend {
             return Err(bad(format!("{:?} is not a temp file name", s.temp_name)));
         }
         let (old_name, t) = (s.temp_name.clone(), target.clone());
-        let (file, new_name): (File, String) = self
+        let ino = s.ino;
+        let found: Option<(File, String)> = self
             .shared
             .run(id, "resume temp file", target, move |sh| {
                 let dir = sh.dir_beneath(&t.parent())?;
                 let from = cstring(old_name.as_bytes())?;
+                let temp = Loc {
+                    dir: dir.borrow(),
+                    name: Some(from.clone()),
+                };
+                if let Err(e) = temp.meta() {
+                    let published = Loc {
+                        dir: dir.borrow(),
+                        name: Some(cstring(t.name().as_bytes())?),
+                    };
+                    let target_ino = published
+                        .open(libc::O_RDONLY, 0)
+                        .and_then(|fd| Ok(sys_fstat(File::from(fd).as_raw_fd())?.st_ino as u64));
+                    return match (ino, target_ino) {
+                        (Some(i), Ok(t)) if i == t => Ok(None),
+                        _ => Err(e),
+                    };
+                }
                 // In a container every mounter is pid 1: a name of ours may
                 // be the very name (then it stays) or another live temp
                 // file's (then the next one is tried).
@@ -1063,9 +1083,12 @@ impl Backend for LocalBackend {
                     dir,
                     name: Some(cstring(name.as_bytes())?),
                 };
-                Ok((File::from(temp.open(libc::O_RDWR, 0)?), name))
+                Ok(Some((File::from(temp.open(libc::O_RDWR, 0)?), name)))
             })
             .await?;
+        let Some((file, new_name)) = found else {
+            return Ok(Resumed::Published);
+        };
         let size = match s.size {
             Some(size) => size,
             None => file
@@ -1073,14 +1096,14 @@ impl Backend for LocalBackend {
                 .map_err(|e| BackendError::from_io(&e, "resume temp file", target.as_str()))?
                 .len(),
         };
-        Ok(Box::new(LocalPendingWrite {
+        Ok(Resumed::Pending(Box::new(LocalPendingWrite {
             file: Arc::new(file),
             temp_name: new_name,
             size: AtomicU64::new(size),
             finished: AtomicBool::new(false),
             shared: Arc::clone(&self.shared),
             id,
-        }))
+        })))
     }
 
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
@@ -1322,14 +1345,21 @@ impl PendingWrite for LocalPendingWrite {
     }
 
     fn describe(&self) -> SuspendedWrite {
-        serde_json::json!({ "temp_name": self.temp_name })
+        let ino = sys_fstat(self.file.as_raw_fd())
+            .ok()
+            .map(|st| st.st_ino as u64);
+        serde_json::json!({ "temp_name": self.temp_name, "ino": ino })
     }
 
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {
         // Nothing is buffered: the temp file holds every write already.
+        let ino = sys_fstat(self.file.as_raw_fd())
+            .ok()
+            .map(|st| st.st_ino as u64);
         Ok(serde_json::json!({
             "temp_name": self.temp_name,
             "size": self.size(),
+            "ino": ino,
         }))
     }
 

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use error::{BackendError, BackendResult, ErrorKind};
-pub use path::{hidden_name_for, is_temp_name, BackendPath};
+pub use path::{first_seq, hidden_name_for, is_temp_name, BackendPath};
 pub use source::{has_userinfo, redacted_url, Source};
 
 /// The identity a backend operation is performed as (AUTH_SYS-like).
@@ -32,6 +32,14 @@ pub enum FileKind {
     Fifo,
     /// Sockets and device nodes: listed, never opened.
     Special,
+}
+
+/// A write session another process suspended, as this one found it.
+pub enum Resumed {
+    Pending(Box<dyn PendingWrite>),
+    /// The temporary object is gone and the target is that very object:
+    /// the other process published it and died before it could say so.
+    Published,
 }
 
 /// A write session's description for another process (backend-specific
@@ -201,7 +209,7 @@ pub trait Backend: Send + Sync + 'static {
         id: Identity,
         target: &BackendPath,
         state: SuspendedWrite,
-    ) -> BackendResult<Box<dyn PendingWrite>>;
+    ) -> BackendResult<Resumed>;
 
     async fn preflight(&self, _id: Identity) -> BackendResult<()> {
         Ok(())

@@ -117,6 +117,18 @@ pub const TEMP_OWNER_LEN: usize = 16;
 /// Name of a temporary object for `final_name`, unique per writer:
 /// `.<name>.cachalot-<owner><seq>`, all hex. The name part is shortened (on a char
 /// boundary) so the result always fits NAME_MAX.
+/// Where a process's sequence numbers of temp and hidden names start: the
+/// current time in nanoseconds, so a process never picks a name a previous
+/// one with the same pid used (in a container every first process is pid
+/// 1, and a mounter taking over or recovering sessions keeps its
+/// predecessor's temp files).
+pub fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 pub fn temp_name_for(final_name: &str, owner: &str, seq: u64) -> String {
     let suffix = format!("{TEMP_MARKER}{owner}{seq:x}");
     let room = NAME_MAX - 1 - suffix.len();

@@ -132,7 +132,7 @@ impl PageStore {
             index: Mutex::new(LruCache::unbounded()),
             ledger,
             counters: Counters::default(),
-            temp_seq: AtomicU64::new(0),
+            temp_seq: AtomicU64::new(crate::backend::first_seq()),
             index_ready: AtomicBool::new(false),
             cfg,
         });

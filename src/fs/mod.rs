@@ -165,7 +165,7 @@ impl CachalotFs {
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
             kernel: Mutex::new(None),
             journal: Mutex::new(None),
-            hidden_seq: AtomicU64::new(0),
+            hidden_seq: AtomicU64::new(crate::backend::first_seq()),
             hidden_ops: tokio::sync::Mutex::new(()),
             namespace_settled: tokio::sync::Notify::new(),
             counters: Counters::default(),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Resumed;
 use crate::backend::{
     AttrChanges, Backend, BackendError, BackendPath, BackendResult, ErrorKind, FileKind, Identity,
     Metadata, PendingWrite, SuspendedWrite, VersionToken,
@@ -121,8 +122,19 @@ impl CachalotFs {
         for inode in &mut inodes {
             inode.write = writes.remove(&inode.ino);
         }
-        let handles = self
-            .handles
+        let handles = self.export_handles();
+        Ok(FsSnapshot {
+            version: SNAPSHOT_VERSION,
+            next_ino,
+            next_fh: self.next_fh.load(Ordering::Acquire),
+            passthrough_active: self.passthrough_active(),
+            inodes,
+            handles,
+        })
+    }
+
+    fn export_handles(&self) -> Vec<HandleState> {
+        self.handles
             .lock()
             .iter()
             .map(|(fh, h)| match h {
@@ -149,15 +161,32 @@ impl CachalotFs {
                     entries: d.entries.clone(),
                 },
             })
-            .collect();
-        Ok(FsSnapshot {
+            .collect()
+    }
+
+    /// The state as the journal starts from it (see `journal`): write
+    /// sessions as described at their begin, nothing flushed. While no
+    /// request is answered yet (a session being resumed).
+    pub fn journal_base(&self) -> FsSnapshot {
+        let table = self.inodes.lock();
+        let (mut inodes, next_ino) = table.export();
+        for inode in &mut inodes {
+            inode.write = table
+                .get(inode.ino)
+                .ok()
+                .and_then(|i| i.write.as_ref())
+                .filter(|w| !w.is_finished_now())
+                .map(|w| w.describe());
+        }
+        drop(table);
+        FsSnapshot {
             version: SNAPSHOT_VERSION,
             next_ino,
             next_fh: self.next_fh.load(Ordering::Acquire),
             passthrough_active: self.passthrough_active(),
             inodes,
-            handles,
-        })
+            handles: self.export_handles(),
+        }
     }
 
     /// The filesystem another process exported. Write sessions whose
@@ -168,7 +197,6 @@ impl CachalotFs {
         cache: Arc<PageStore>,
         cfg: FsConfig,
         snapshot: FsSnapshot,
-        journal: Option<Arc<dyn super::journal::JournalSink>>,
     ) -> Result<CachalotFs, BackendError> {
         let invalid = |why: String| {
             BackendError::new(ErrorKind::InvalidArgument, "restore state", "")
@@ -230,9 +258,6 @@ impl CachalotFs {
             handles.insert(fh, handle);
         }
         *fs.inodes.lock() = table;
-        if let Some(journal) = journal {
-            fs.set_journal(journal);
-        }
         // A directory handle rebuilt from the journal has no listing: list
         // again (its offsets were into the old listing; close enough).
         let root = super::types::Caller {
@@ -273,7 +298,19 @@ async fn resume_write(backend: &dyn Backend, w: WriteState) -> WriteSession {
         .resume_write(w.identity, &w.last_target, w.pending.clone())
         .await
     {
-        Ok(p) => p,
+        Ok(Resumed::Pending(p)) => p,
+        Ok(Resumed::Published) => {
+            // Published by the process that died before it could say so:
+            // the re-sent close finds nothing left to publish.
+            let mut w = w;
+            w.finished = true;
+            let done = LostWrite::new(BackendError::new(
+                ErrorKind::Other,
+                "resume write",
+                w.last_target.as_str(),
+            ));
+            return WriteSession::restore(Box::new(done), w);
+        }
         Err(e) => {
             tracing::error!(error = %e, path = w.last_target.as_str(), "a write in progress could not be taken over: its writes and close fail with EIO");
             let mut w = w;

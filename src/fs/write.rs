@@ -109,6 +109,12 @@ impl WriteSession {
         }
     }
 
+    /// Finished (published or aborted), seen without waiting for a data
+    /// operation in progress (which then counts as not finished).
+    pub fn is_finished_now(&self) -> bool {
+        self.finished.try_lock().map(|f| *f).unwrap_or(false)
+    }
+
     /// A session exported by another process, over `pending` (resumed by
     /// the backend).
     pub fn restore(pending: Box<dyn PendingWrite>, s: super::snapshot::WriteState) -> WriteSession {

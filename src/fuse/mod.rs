@@ -856,13 +856,17 @@ impl Filesystem for FuseAdapter {
             truncate: flags & libc::O_TRUNC != 0,
             append: flags & libc::O_APPEND != 0,
         };
-        let (c, ttl) = (caller(req), self.ttl);
+        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
             let mode = mode & 0o7777 & !umask;
-            match fs
+            let mut made = fs
                 .create(c, parent.0, &name, mode, exclusive, open_mode)
-                .await
-            {
+                .await;
+            // Re-sent O_EXCL create that the first attempt made: open it.
+            if matches!(&made, Err(e) if already_applied(resent, Change::Create, e.errno())) {
+                made = fs.create(c, parent.0, &name, mode, false, open_mode).await;
+            }
+            match made {
                 Ok((a, o)) => reply.created(
                     &ttl,
                     &file_attr(&a),

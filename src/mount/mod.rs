@@ -349,25 +349,23 @@ pub fn resume(
     let backend = runtime
         .block_on(backend_for(&opts))
         .with_context(|| format!("connecting to {}", opts.source))?;
-    // The journal starts from the state handed over (before a request can
-    // change it).
-    let journal: Option<Arc<dyn crate::fs::journal::JournalSink>> = match &opts.journal_dir {
-        Some(dir) => Some(Arc::new(
-            journal::FileJournal::create(dir, Some(&snapshot), adapter_state.abi)
-                .with_context(|| format!("starting the session journal in {}", dir.display()))?,
-        )),
-        None => None,
-    };
     let fs = runtime
         .block_on(CachalotFs::restore(
             Arc::clone(&backend),
             Arc::clone(&cache),
             fs_config(&opts),
             snapshot,
-            journal,
         ))
         .with_context(|| format!("restoring the session of {}", opts.source))?;
     let fs = Arc::new(fs);
+    // The journal starts from the state as restored (temp objects under
+    // their new names), before the first request can change it.
+    if let Some(dir) = &opts.journal_dir {
+        let journal =
+            journal::FileJournal::create(dir, Some(&fs.journal_base()), adapter_state.abi)
+                .with_context(|| format!("starting the session journal in {}", dir.display()))?;
+        fs.set_journal(Arc::new(journal));
+    }
     let keep = fd
         .try_clone()
         .context("duplicating the /dev/fuse descriptor")?;

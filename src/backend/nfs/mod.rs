@@ -322,8 +322,8 @@ impl Backend for NfsBackend {
         id: Identity,
         target: &BackendPath,
         state: crate::backend::SuspendedWrite,
-    ) -> BackendResult<Box<dyn PendingWrite>> {
-        Ok(Box::new(write::resume(&self.vol, id, target, state).await?))
+    ) -> BackendResult<crate::backend::Resumed> {
+        write::resume(&self.vol, id, target, state).await
     }
 
     async fn mkdir(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata> {

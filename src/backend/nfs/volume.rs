@@ -81,7 +81,7 @@ impl Volume {
             stable_writes,
             owner_tag: format!("{host_tag}{:08x}", std::process::id()),
             host_tag,
-            temp_seq: AtomicU64::new(0),
+            temp_seq: AtomicU64::new(crate::backend::first_seq()),
         }
     }
 

@@ -225,6 +225,9 @@ pub async fn begin(
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Suspended {
     temp_name: String,
+    /// The temp file's fileid: the target is it once published.
+    #[serde(default)]
+    fileid: Option<u64>,
     /// Absent when described at begin (after a crash): measured.
     size: Option<u64>,
     mode: u32,
@@ -238,7 +241,7 @@ pub async fn resume(
     id: Identity,
     target: &BackendPath,
     state: SuspendedWrite,
-) -> BackendResult<NfsPendingWrite> {
+) -> BackendResult<crate::backend::Resumed> {
     let ctx = vol.ctx("resume temp file", target, id);
     let s: Suspended = serde_json::from_value(state)
         .map_err(|e| ctx.err(ErrorKind::Other, format!("bad suspended write: {e}")))?;
@@ -249,10 +252,16 @@ pub async fn resume(
         ));
     }
     let dir = vol.dir_fh(&ctx, &target.parent()).await?;
-    let (_, old) = vol
-        .lookup_in(&ctx, &dir, &s.temp_name)
-        .await?
-        .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the suspended temp file is gone"))?;
+    let Some((_, old)) = vol.lookup_in(&ctx, &dir, &s.temp_name).await? else {
+        let target_id = vol
+            .lookup_in(&ctx, &dir, target.name())
+            .await?
+            .map(|(_, a)| a.fileid);
+        if s.fileid.is_some() && target_id == s.fileid {
+            return Ok(crate::backend::Resumed::Published);
+        }
+        return Err(ctx.err(ErrorKind::NotFound, "the suspended temp file is gone"));
+    };
     // In a container every mounter is pid 1: a name of ours may be the
     // very name (then it stays) or another live temp file's (NFS RENAME
     // would replace that one: the next name is tried).
@@ -277,20 +286,22 @@ pub async fn resume(
         .lookup_in(&ctx, &dir, &temp_name)
         .await?
         .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the resumed temp file vanished"))?;
-    Ok(NfsPendingWrite {
-        vol: Arc::clone(vol),
-        id,
-        temp_name,
-        fh,
-        fileid: a.fileid,
-        size: AtomicU64::new(s.size.unwrap_or(a.size)),
-        state: tokio::sync::Mutex::new(State {
-            mode: s.mode,
-            owner: s.owner,
-            ..State::default()
-        }),
-        finished: AtomicBool::new(false),
-    })
+    Ok(crate::backend::Resumed::Pending(Box::new(
+        NfsPendingWrite {
+            vol: Arc::clone(vol),
+            id,
+            temp_name,
+            fh,
+            fileid: a.fileid,
+            size: AtomicU64::new(s.size.unwrap_or(a.size)),
+            state: tokio::sync::Mutex::new(State {
+                mode: s.mode,
+                owner: s.owner,
+                ..State::default()
+            }),
+            finished: AtomicBool::new(false),
+        },
+    )))
 }
 
 impl NfsPendingWrite {
@@ -540,6 +551,7 @@ impl PendingWrite for NfsPendingWrite {
         };
         serde_json::to_value(Suspended {
             temp_name: self.temp_name.clone(),
+            fileid: Some(self.fileid),
             size: None,
             mode,
             owner,
@@ -555,6 +567,7 @@ impl PendingWrite for NfsPendingWrite {
         st.log_bytes = 0;
         serde_json::to_value(Suspended {
             temp_name: self.temp_name.clone(),
+            fileid: Some(self.fileid),
             size: Some(self.size()),
             mode: st.mode,
             owner: st.owner,

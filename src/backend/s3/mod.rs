@@ -236,7 +236,7 @@ impl Backend for S3Backend {
         id: Identity,
         target: &BackendPath,
         state: crate::backend::SuspendedWrite,
-    ) -> BackendResult<Box<dyn PendingWrite>> {
+    ) -> BackendResult<crate::backend::Resumed> {
         write::resume(&self.inner, id, target, state).await
     }
 

@@ -48,7 +48,7 @@ impl Staging {
             owner: format!("{host}{:08x}", std::process::id()),
             host,
             dir,
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(crate::backend::first_seq()),
         })
     }
 

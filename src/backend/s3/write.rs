@@ -137,7 +137,7 @@ pub async fn resume(
     id: Identity,
     target: &BackendPath,
     state: SuspendedWrite,
-) -> BackendResult<Box<dyn PendingWrite>> {
+) -> BackendResult<crate::backend::Resumed> {
     let bad = |why: String| inner.error(ErrorKind::Other, "resume write", target, id, &why);
     let s: Suspended =
         serde_json::from_value(state).map_err(|e| bad(format!("bad suspended write: {e}")))?;
@@ -155,10 +155,15 @@ pub async fn resume(
             "a partial overwrite of an existing object cannot be recovered after a crash".into(),
         ));
     }
-    let (file, file_path, staging_id) = inner
-        .staging
-        .adopt(&s.staging_id)
-        .map_err(|e| inner.io_error(&e, "resume staging file", target, id))?;
+    // The staging file is private: only a publish or an abort of ours
+    // removes it, so gone means the other process finished it.
+    let (file, file_path, staging_id) = match inner.staging.adopt(&s.staging_id) {
+        Ok(adopted) => adopted,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(crate::backend::Resumed::Published)
+        }
+        Err(e) => return Err(inner.io_error(&e, "resume staging file", target, id)),
+    };
     let size = match s.size {
         Some(size) => size,
         None => file
@@ -170,7 +175,7 @@ pub async fn resume(
         Some(pairs) => RangeSet::from_pairs(pairs),
         None => RangeSet::from_pairs(&[(0, size)]),
     };
-    Ok(Box::new(S3PendingWrite {
+    Ok(crate::backend::Resumed::Pending(Box::new(S3PendingWrite {
         inner: Arc::clone(inner),
         id,
         file: Arc::new(file),
@@ -187,7 +192,7 @@ pub async fn resume(
             stream: None,
             stream_off: true,
         }),
-    }))
+    })))
 }
 
 impl S3PendingWrite {
