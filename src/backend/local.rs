@@ -682,6 +682,12 @@ fn rename_noreplace(from: &Loc<'_>, to: &Loc<'_>) -> io::Result<()> {
     }
 }
 
+/// `st_ino` as u64 (its type differs between architectures).
+#[allow(clippy::unnecessary_cast)]
+fn inode_number(st: &libc::stat) -> u64 {
+    st.st_ino as u64
+}
+
 #[async_trait]
 impl Backend for LocalBackend {
     fn describe(&self) -> &str {
@@ -1054,7 +1060,7 @@ impl Backend for LocalBackend {
                     };
                     let target_ino = published
                         .open(libc::O_RDONLY, 0)
-                        .and_then(|fd| Ok(sys_fstat(File::from(fd).as_raw_fd())?.st_ino as u64));
+                        .and_then(|fd| Ok(inode_number(&sys_fstat(File::from(fd).as_raw_fd())?)));
                     return match (ino, target_ino) {
                         (Some(i), Ok(t)) if i == t => Ok(None),
                         _ => Err(e),
@@ -1347,7 +1353,7 @@ impl PendingWrite for LocalPendingWrite {
     fn describe(&self) -> SuspendedWrite {
         let ino = sys_fstat(self.file.as_raw_fd())
             .ok()
-            .map(|st| st.st_ino as u64);
+            .map(|st| inode_number(&st));
         serde_json::json!({ "temp_name": self.temp_name, "ino": ino })
     }
 
@@ -1355,7 +1361,7 @@ impl PendingWrite for LocalPendingWrite {
         // Nothing is buffered: the temp file holds every write already.
         let ino = sys_fstat(self.file.as_raw_fd())
             .ok()
-            .map(|st| st.st_ino as u64);
+            .map(|st| inode_number(&st));
         Ok(serde_json::json!({
             "temp_name": self.temp_name,
             "size": self.size(),
