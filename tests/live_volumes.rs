@@ -415,3 +415,182 @@ async fn repeated_mounter_crashes_lose_nothing() {
     )
     .await;
 }
+
+/// Stage one file:// volume through CSI and publish it; returns the target.
+async fn staged_volume(env: &Env) -> PathBuf {
+    let mut c = env.clients().await;
+    let source = env.source_url();
+    let mut p = params(&[("source", &source)]);
+    p.insert("csi.storage.k8s.io/pvc/name".into(), "pvc-bad".into());
+    p.insert("csi.storage.k8s.io/pvc/namespace".into(), "team-b".into());
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-bad", p))
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let staging = env.staging("bad");
+    let target = env.target("pod-bad");
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .expect("NodeStage");
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .expect("NodePublish");
+    target
+}
+
+/// A write through the volume from another thread, bounded in time: a
+/// frozen or dead session makes it time out instead of hanging the test.
+fn write_within(path: PathBuf, timeout: Duration) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(&path, b"still served").map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(timeout)
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+fn raw_request(socket: &Path, frame: &serde_json::Value) -> std::os::unix::net::UnixStream {
+    use cachalot::mounter::wire;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("mounter socket");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    wire::write_frame(&mut stream, frame).expect("sending a frame");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_cannot_take_over_leaves_the_running_mounter_serving() {
+    use cachalot::mounter::protocol::{ErrorCode, Response};
+    use cachalot::mounter::wire;
+    common::require_root_and_fuse();
+    let env = Env::with_mounter();
+    let target = staged_volume(&env).await;
+    let socket = env.mounter_socket();
+
+    // Another protocol version: refused with both versions named.
+    let mut s = raw_request(&socket, &serde_json::json!({"v": 999, "op": "takeover"}));
+    match wire::read_frame::<Response>(&mut s).expect("answer") {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::VersionMismatch);
+            assert!(
+                message.contains("protocol 1") && message.contains("999"),
+                "{message}"
+            );
+        }
+        other => panic!("a mismatched takeover was answered {other:?}"),
+    }
+    // Garbage: a clear error, nothing else happens.
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(&mut s, &8u32.to_be_bytes()).unwrap();
+    std::io::Write::write_all(&mut s, b"not json").unwrap();
+    assert!(matches!(
+        wire::read_frame::<Response>(&mut s).expect("answer"),
+        Response::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
+    write_within(target.join("a"), Duration::from_secs(10)).expect("served after refusals");
+
+    // A successor that receives the sessions, then dies before accepting:
+    // the old mounter serves again, including what it held meanwhile.
+    let mut s = raw_request(&socket, &serde_json::json!({"v": 1, "op": "takeover"}));
+    let Response::Handover { sessions } = wire::read_frame::<Response>(&mut s).expect("handover")
+    else {
+        panic!("no handover");
+    };
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].record.names.pvc.as_deref(), Some("pvc-bad"));
+    let fds = wire::recv_fds(&s, 1).expect("descriptors");
+    // Frozen now: a write waits.
+    let held = {
+        let path = target.join("held");
+        std::thread::spawn(move || std::fs::write(path, b"held, then served"))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!held.is_finished(), "a frozen session answered a write");
+    drop(fds);
+    drop(s);
+    held.join()
+        .unwrap()
+        .expect("the held write completes once the mounter serves again");
+    assert_eq!(
+        std::fs::read(target.join("held")).unwrap(),
+        b"held, then served"
+    );
+    write_within(target.join("b"), Duration::from_secs(10))
+        .expect("served after a failed takeover");
+
+    // `cachalot sessions` names the claim.
+    let out = Command::new(env!("CARGO_BIN_EXE_cachalot"))
+        .args(["sessions", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("team-b/pvc-bad") && text.contains("serving"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_of_an_unknown_session_are_refused_without_harm() {
+    use cachalot::mounter::MounterClient;
+    common::require_root_and_fuse();
+    let env = Env::with_mounter();
+    let target = staged_volume(&env).await;
+    let client = MounterClient::new(env.mounter_socket(), Duration::from_secs(10));
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let bogus = vec![(
+        PathBuf::from("/nonexistent/staging"),
+        std::os::fd::OwnedFd::from(null),
+    )];
+    let e = client
+        .adopt(&bogus)
+        .expect_err("an unknown session must be refused");
+    assert!(e.to_string().contains("no record"), "{e}");
+    write_within(target.join("c"), Duration::from_secs(10)).expect("served after the refusal");
+    assert_eq!(env.sessions().sessions.len(), 1);
+}
+
+#[test]
+fn a_stale_socket_or_file_at_the_socket_path_is_replaced() {
+    common::require_root_and_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("mounter.sock");
+    // A socket nobody listens on any more.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cachalot"))
+            .args(["mounter", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let client = cachalot::mounter::MounterClient::new(&socket, Duration::from_secs(5));
+        let up = common::wait_until(Duration::from_secs(20), || client.list().is_ok());
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            up,
+            "round {round}: no mounter on a stale socket: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Round 2: a plain file in the way.
+        let _ = std::fs::remove_file(&socket);
+        std::fs::write(&socket, b"in the way").unwrap();
+    }
+}
