@@ -594,3 +594,82 @@ fn a_stale_socket_or_file_at_the_socket_path_is_replaced() {
         std::fs::write(&socket, b"in the way").unwrap();
     }
 }
+
+/// Takeovers under fio (random 4 KiB reads + sequential 1 MiB writes, in
+/// the pod's mount namespace): fio sees no error. Prints the longest
+/// completion latency fio saw: the pause a takeover costs an application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeovers_under_fio_load_cause_no_error() {
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let target = staged_volume(&env).await;
+    let out = target.join("fio.json");
+    let fio = Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "--", "fio"])
+        .arg(format!("--directory={}", target.display()))
+        .args([
+            "--output-format=json",
+            "--time_based",
+            "--runtime=9",
+            "--group_reporting=0",
+            "--name=randread",
+            "--rw=randread",
+            "--bs=4k",
+            "--size=32m",
+            "--ioengine=psync",
+            "--name=seqwrite",
+            "--rw=write",
+            "--bs=1m",
+            "--size=64m",
+            "--ioengine=psync",
+        ])
+        .arg(format!(
+            "--output={}",
+            std::env::temp_dir()
+                .join(format!("cachalot-fio-{}.json", std::process::id()))
+                .display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fio (Debian package fio)");
+    let _ = out;
+    for at in [3u64, 6] {
+        tokio::time::sleep(Duration::from_secs(if at == 3 { 3 } else { 3 })).await;
+        let old = env.mounter.take().expect("a mounter runs");
+        let new = env.start_mounter();
+        let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{}",
+            env.mounter_logs()
+        );
+        env.mounter = Some(new);
+        env.wait_for_mounter();
+    }
+    let result = tokio::task::block_in_place(|| fio.wait_with_output()).expect("fio");
+    let report_path =
+        std::env::temp_dir().join(format!("cachalot-fio-{}.json", std::process::id()));
+    let report = std::fs::read_to_string(&report_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&report_path);
+    assert!(
+        result.status.success(),
+        "fio failed ({}): {}\n{report}\n{}",
+        result.status,
+        String::from_utf8_lossy(&result.stderr),
+        env.mounter_logs()
+    );
+    let json: serde_json::Value = serde_json::from_str(&report).expect("fio JSON");
+    for job in json["jobs"].as_array().expect("jobs") {
+        let name = job["jobname"].as_str().unwrap_or("?");
+        assert_eq!(job["error"].as_i64(), Some(0), "{name}: {job}");
+        let max_ms = |dir: &str| job[dir]["clat_ns"]["max"].as_f64().unwrap_or(0.0) / 1e6;
+        eprintln!(
+            "fio {name}: read {:.0} IOPS, write {:.0} MiB/s; longest read {:.1} ms, longest write {:.1} ms",
+            job["read"]["iops"].as_f64().unwrap_or(0.0),
+            job["write"]["bw"].as_f64().unwrap_or(0.0) / 1024.0,
+            max_ms("read"),
+            max_ms("write"),
+        );
+    }
+}
