@@ -603,7 +603,8 @@ async fn takeovers_under_fio_load_cause_no_error() {
     common::require_root_and_fuse();
     let mut env = Env::with_mounter();
     let target = staged_volume(&env).await;
-    let out = target.join("fio.json");
+    let report_path =
+        std::env::temp_dir().join(format!("cachalot-fio-{}.json", std::process::id()));
     let fio = Command::new("unshare")
         .args(["--mount", "--propagation", "slave", "--", "fio"])
         .arg(format!("--directory={}", target.display()))
@@ -623,19 +624,14 @@ async fn takeovers_under_fio_load_cause_no_error() {
             "--size=64m",
             "--ioengine=psync",
         ])
-        .arg(format!(
-            "--output={}",
-            std::env::temp_dir()
-                .join(format!("cachalot-fio-{}.json", std::process::id()))
-                .display()
-        ))
+        .arg(format!("--output={}", report_path.display()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("fio (Debian package fio)");
-    let _ = out;
-    for at in [3u64, 6] {
-        tokio::time::sleep(Duration::from_secs(if at == 3 { 3 } else { 3 })).await;
+    // Two takeovers, 3 s apart, while fio runs.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let old = env.mounter.take().expect("a mounter runs");
         let new = env.start_mounter();
         let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
@@ -648,8 +644,6 @@ async fn takeovers_under_fio_load_cause_no_error() {
         env.wait_for_mounter();
     }
     let result = tokio::task::block_in_place(|| fio.wait_with_output()).expect("fio");
-    let report_path =
-        std::env::temp_dir().join(format!("cachalot-fio-{}.json", std::process::id()));
     let report = std::fs::read_to_string(&report_path).unwrap_or_default();
     let _ = std::fs::remove_file(&report_path);
     assert!(
