@@ -76,7 +76,7 @@ fn pod_loop(dir: &Path, secs: u64) -> serde_json::Value {
         i += 1;
         let started = Instant::now();
         let name = format!("f-{}", i % 16);
-        let data = pattern(32 << 10 | (i as usize % 7) << 12, i);
+        let data = version(i);
         let path = dir.join(&name);
         match File::create(&path)
             .and_then(|mut f| f.write_all(&data).map(|_| f))
@@ -137,6 +137,19 @@ fn pod_loop(dir: &Path, secs: u64) -> serde_json::Value {
         "max_iteration_ms": max_latency.as_millis() as u64,
         "long_write_len": written,
     })
+}
+
+/// The content the pod writes to `f-{i % 16}` in iteration `i`.
+fn version(i: u64) -> Vec<u8> {
+    pattern(32 << 10 | (i as usize % 7) << 12, i)
+}
+
+/// Whether `bytes` is one complete version of `f-{n}` (never a partial
+/// file under the final name).
+fn is_complete_version(n: u64, bytes: &[u8], iterations: u64) -> bool {
+    (1..=iterations)
+        .filter(|i| i % 16 == n)
+        .any(|i| bytes == version(i).as_slice())
 }
 
 /// Dispatch for child processes of this test binary (the pod).
@@ -289,6 +302,17 @@ async fn survive(
             chunk == &pattern(CHUNK, 1000 + i as u64)[..],
             "long-open writer's chunk {i} differs"
         );
+    }
+    // Every file under its final name is one complete version.
+    let iterations = result["ops"].as_u64().unwrap_or(0);
+    for n in 0..16 {
+        if let Ok(bytes) = std::fs::read(target.join(format!("f-{n}"))) {
+            assert!(
+                is_complete_version(n, &bytes, iterations),
+                "f-{n} ({} bytes) is not a complete version",
+                bytes.len()
+            );
+        }
     }
     let sessions = env.sessions();
     assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");

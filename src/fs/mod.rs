@@ -10,6 +10,8 @@ mod process;
 mod read;
 pub mod snapshot;
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
 mod types;
 mod unlinked;

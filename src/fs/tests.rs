@@ -17,7 +17,7 @@ const RO: OpenMode = OpenMode {
     truncate: false,
     append: false,
 };
-const RW: OpenMode = OpenMode {
+pub(super) const RW: OpenMode = OpenMode {
     writable: true,
     truncate: false,
     append: false,
@@ -28,10 +28,10 @@ const RW_TRUNC: OpenMode = OpenMode {
     append: false,
 };
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    backing: std::path::PathBuf,
-    fs: Arc<CachalotFs>,
+pub(super) struct Fixture {
+    pub(super) _dir: tempfile::TempDir,
+    pub(super) backing: std::path::PathBuf,
+    pub(super) fs: Arc<CachalotFs>,
 }
 
 const ROOT: Caller = Caller {
@@ -41,14 +41,14 @@ const ROOT: Caller = Caller {
 };
 
 /// Root, as this test process (so the opener check sees the same process).
-fn me() -> Caller {
+pub(super) fn me() -> Caller {
     Caller {
         pid: std::process::id(),
         ..ROOT
     }
 }
 
-async fn fixture(read_only: bool) -> Fixture {
+pub(super) async fn fixture(read_only: bool) -> Fixture {
     fixture_with_pages(read_only, 4096).await
 }
 
