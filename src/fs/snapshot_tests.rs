@@ -31,8 +31,11 @@ impl MemoryJournal {
     }
 }
 
+/// (ino, parent, name) of every attached inode; (fh, ino) of every handle.
+type KernelView = (BTreeSet<(u64, u64, String)>, BTreeSet<(u64, u64)>);
+
 /// Attached names and open handles of a state: what the kernel knows.
-fn kernel_view(s: &snapshot::FsSnapshot) -> (BTreeSet<(u64, u64, String)>, BTreeSet<(u64, u64)>) {
+fn kernel_view(s: &snapshot::FsSnapshot) -> KernelView {
     let names = s
         .inodes
         .iter()
