@@ -51,13 +51,17 @@ enum Disruption {
 /// stat the directory, read a long-open file and append to another; every
 /// failed syscall is counted. Prints one RESULT line (JSON).
 fn pod_loop(dir: &Path, secs: u64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started_at = Instant::now();
+    let deadline = started_at + Duration::from_secs(secs);
     let mut failures: Vec<String> = Vec::new();
     let mut ops = 0u64;
     let mut max_latency = Duration::ZERO;
     let fail = |what: String, failures: &mut Vec<String>| {
         if failures.len() < 20 {
-            failures.push(what);
+            failures.push(format!(
+                "[{:.2}s] {what}",
+                started_at.elapsed().as_secs_f64()
+            ));
         } else if failures.len() == 20 {
             failures.push("…".into());
         }
@@ -86,8 +90,10 @@ fn pod_loop(dir: &Path, secs: u64) -> serde_json::Value {
                 Ok(back) if back == data => {}
                 Ok(back) => fail(
                     format!(
-                        "{name}: read back {} bytes, not what was written",
-                        back.len()
+                        "{name} (iteration {i}): read back {} bytes, wrote {}, first difference at {:?}",
+                        back.len(),
+                        data.len(),
+                        back.iter().zip(&data).position(|(a, b)| a != b)
                     ),
                     &mut failures,
                 ),

@@ -261,7 +261,10 @@ impl CachalotFs {
                     return Ok(data);
                 }
                 Err(ReadError::Changed { version, size }) => {
-                    if !self.inode_follows(&handle, &version) {
+                    // A handle rebuilt after a crash does not know the
+                    // version it opened: it reads the one it finds.
+                    let unknown = view.version.0.is_empty();
+                    if !unknown && !self.inode_follows(&handle, &version) {
                         return Err(self.replaced_behind(&handle, &view));
                     }
                     self.version_changed(&handle, &view.version, &version, size)

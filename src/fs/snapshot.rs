@@ -171,6 +171,12 @@ impl CachalotFs {
         let table = self.inodes.lock();
         let (mut inodes, next_ino) = table.export();
         for inode in &mut inodes {
+            // Metadata changes are not journaled: what is known now would
+            // be stale after a crash (an open file's old version would make
+            // its republished name look replaced behind the mount). A
+            // recovered inode fetches its metadata afresh.
+            inode.meta = None;
+            inode.last_open_version = None;
             inode.write = table
                 .get(inode.ino)
                 .ok()
