@@ -342,14 +342,14 @@ async fn survive(
 }
 
 /// How long the pod runs: the disruptions below, with room after the last.
-const POD_SECS: u64 = 22;
+const POD_SECS: u64 = 40;
 
 fn full_schedule() -> Vec<(u64, Disruption)> {
     vec![
-        (3, Disruption::RestartPlugin),
-        (6, Disruption::TakeOver),
-        (10, Disruption::TakeOver),
-        (14, Disruption::CrashMounter),
+        (5, Disruption::RestartPlugin),
+        (12, Disruption::TakeOver),
+        (20, Disruption::TakeOver),
+        (28, Disruption::CrashMounter),
     ]
 }
 
