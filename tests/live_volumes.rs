@@ -181,14 +181,7 @@ fn start_pod(target: &Path, secs: u64) -> std::process::Child {
     Command::new("unshare")
         .args(["--mount", "--propagation", "slave", "--"])
         .arg(exe)
-        .args([
-            "--exact",
-            "child_role",
-            "--nocapture",
-            "--test-threads",
-            "1",
-            "-q",
-        ])
+        .args(common::CHILD_ROLE_ARGS)
         .env(ROLE_ENV, "pod")
         .env(DIR_ENV, target)
         .env(SECS_ENV, secs.to_string())

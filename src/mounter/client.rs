@@ -64,9 +64,8 @@ impl MounterClient {
         }
     }
 
-    /// Send `request`; the answer and the connection (descriptors may follow).
-    fn exchange(&self, request: Request) -> Result<(Response, UnixStream), ClientError> {
-        let mut stream =
+    fn connect(&self) -> Result<UnixStream, ClientError> {
+        let stream =
             UnixStream::connect(&self.socket).map_err(|source| ClientError::Unreachable {
                 socket: self.socket.display().to_string(),
                 source,
@@ -75,6 +74,12 @@ impl MounterClient {
             .set_read_timeout(Some(self.timeout))
             .and_then(|_| stream.set_write_timeout(Some(self.timeout)))
             .map_err(|e| self.io(e))?;
+        Ok(stream)
+    }
+
+    /// Send `request`; the answer and the connection (descriptors may follow).
+    fn exchange(&self, request: Request) -> Result<(Response, UnixStream), ClientError> {
+        let mut stream = self.connect()?;
         let envelope = Envelope {
             v: PROTOCOL_VERSION,
             request,
@@ -130,14 +135,7 @@ impl MounterClient {
     /// Hand kept descriptors to a mounter that lost its sessions (it died).
     pub fn adopt(&self, kept: &[(PathBuf, OwnedFd)]) -> Result<(), ClientError> {
         use std::os::fd::AsFd;
-        let mut stream =
-            UnixStream::connect(&self.socket).map_err(|source| ClientError::Unreachable {
-                socket: self.socket.display().to_string(),
-                source,
-            })?;
-        stream
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|e| self.io(e))?;
+        let mut stream = self.connect()?;
         let envelope = Envelope {
             v: PROTOCOL_VERSION,
             request: Request::Adopt {

@@ -928,6 +928,16 @@ impl Mount {
     }
 }
 
+/// Arguments that make the test binary run only its `child_role` test.
+pub const CHILD_ROLE_ARGS: [&str; 6] = [
+    "--exact",
+    "child_role",
+    "--nocapture",
+    "--test-threads",
+    "1",
+    "-q",
+];
+
 /// Re-run the current test binary as a child process: it runs only the
 /// test named `child_role`, which dispatches on `role` (passed in the
 /// environment variable `role_env`). `capture_stdout`: pipe stdout (for a
@@ -939,22 +949,15 @@ pub fn spawn_child_role(
     capture_stdout: bool,
 ) -> Child {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
-    cmd.args([
-        "--exact",
-        "child_role",
-        "--nocapture",
-        "--test-threads",
-        "1",
-        "-q",
-    ])
-    .env(role_env, role)
-    .stdin(Stdio::null())
-    .stdout(if capture_stdout {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stderr(Stdio::piped());
+    cmd.args(CHILD_ROLE_ARGS)
+        .env(role_env, role)
+        .stdin(Stdio::null())
+        .stdout(if capture_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
