@@ -690,3 +690,100 @@ async fn takeovers_under_fio_load_cause_no_error() {
         );
     }
 }
+
+/// A read-only volume serves fully cached files by FUSE passthrough; a
+/// takeover hands the kernel's backing ids over, so descriptors opened
+/// before it keep reading and new opens of the same files work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_opens_survive_a_takeover() {
+    use cachalot::csi::proto::volume_capability::access_mode::Mode;
+    use std::io::Read;
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let source = env.source_url();
+    let mut c = env.clients().await;
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-ro", params(&[("source", &source)])))
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let data = pattern(3 << 20, 11);
+    std::fs::write(env.source().join("pvc-ro/model.bin"), &data).unwrap();
+    let staging = env.staging("ro");
+    let target = env.target("pod-ro");
+    let mut stage = stage_req(&vol, &staging);
+    stage.volume_capability = Some(mount_cap(Mode::MultiNodeReaderOnly));
+    c.node.node_stage_volume(stage).await.expect("NodeStage");
+    let mut publish = publish_req(&vol, &staging, &target, true);
+    publish.volume_capability = Some(mount_cap(Mode::MultiNodeReaderOnly));
+    c.node
+        .node_publish_volume(publish)
+        .await
+        .expect("NodePublish");
+    let file = target.join("model.bin");
+    let served_pages = || {
+        let stats: serde_json::Value = serde_json::from_slice(
+            &common::getxattr(&target, cachalot::fs::STATS_XATTR).expect("stats"),
+        )
+        .unwrap();
+        common::stat_u64(&stats, "cache_hits") + common::stat_u64(&stats, "cache_misses")
+    };
+    // Read whole until an open is handed to the kernel (the file is first
+    // assembled in the cache and verified): then reads leave our counters
+    // alone.
+    let mut before = None;
+    for _ in 0..50 {
+        let mut f = std::fs::File::open(&file).unwrap();
+        common::drop_caches();
+        let served = served_pages();
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert!(back == data);
+        if served_pages() == served {
+            before = Some(f);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut before = before.expect("no open was served by passthrough");
+    use std::io::Seek;
+    before.rewind().unwrap();
+    let old = env.mounter.take().expect("a mounter runs");
+    let new = env.start_mounter();
+    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{}",
+        env.mounter_logs()
+    );
+    env.mounter = Some(new);
+    env.wait_for_mounter();
+    common::drop_caches();
+    let served = served_pages();
+    let mut back = Vec::new();
+    before
+        .read_to_end(&mut back)
+        .expect("a descriptor opened before the takeover");
+    assert!(back == data, "read through the old descriptor differs");
+    assert_eq!(
+        served_pages(),
+        served,
+        "the kernel read the old descriptor directly"
+    );
+    // New opens reuse the backing id handed over (the kernel allows one
+    // per inode): they work, and are served by the kernel too.
+    for _ in 0..2 {
+        common::drop_caches();
+        let served = served_pages();
+        let again = std::fs::read(&file).expect("an open after the takeover");
+        assert!(again == data, "read after the takeover differs");
+        assert_eq!(
+            served_pages(),
+            served,
+            "a new open after the takeover was not passthrough"
+        );
+    }
+}

@@ -69,6 +69,8 @@ struct BackingIds {
     /// Ids a predecessor process registered, by inode: wrapped at the next
     /// open of the inode (its earlier opens use them in the kernel).
     inherited: parking_lot::Mutex<HashMap<u64, u32>>,
+    /// Inherited ids once wrapped.
+    inherited_kept: parking_lot::Mutex<Vec<Arc<BackingId>>>,
 }
 
 impl BackingIds {
@@ -85,6 +87,9 @@ impl BackingIds {
                 // exited without dropping its ids).
                 let id = Arc::new(unsafe { reply.wrap_backing(raw) });
                 by_inode.insert(ino, Arc::downgrade(&id));
+                // Handles opened before the takeover use it in the kernel
+                // but hold no reference here: keep it until unmount.
+                self.inherited_kept.lock().push(Arc::clone(&id));
                 Some(id)
             });
             match (&opened.passthrough, live) {
