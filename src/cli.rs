@@ -112,7 +112,8 @@ pub struct SessionsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Print nothing; exit 0 when the mounter answers (a liveness probe).
+    /// Print nothing; exit 0 when a mounter of this cachalot version
+    /// answers (the DaemonSet's probes).
     #[arg(long)]
     pub quiet: bool,
 }

@@ -119,6 +119,16 @@ fn run_sessions(args: SessionsArgs) -> Result<()> {
         cachalot::mounter::MounterClient::new(&args.socket, std::time::Duration::from_secs(10));
     let list = client.list()?;
     if args.quiet {
+        // A probe: in a rolling update the socket may still be answered by
+        // the previous version's mounter, which is not this container's.
+        if list.mounter_version != cachalot::csi::DRIVER_VERSION {
+            anyhow::bail!(
+                "the mounter answering on {} is cachalot {}, not {}",
+                args.socket.display(),
+                list.mounter_version,
+                cachalot::csi::DRIVER_VERSION
+            );
+        }
         return Ok(());
     }
     if args.json {

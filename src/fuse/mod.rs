@@ -9,36 +9,42 @@
 //! dropped without a word), so that the successor, which gets the core's
 //! state as it is now, has the kernel re-send them.
 
+mod backing;
+mod convert;
 mod gate;
 mod resent;
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use backing::BackingIds;
+pub use backing::{AdapterState, AdapterStateReader};
+pub use convert::KernelNotifier;
+use convert::{
+    caller, created_before, errno, file_attr, file_type, open_flags, removed_before, reply_attr,
+    reply_empty, reply_entry, time, utf8,
+};
 pub use gate::Gate;
 use resent::{already_applied, is_resent, Change};
 
-use crate::backend::{AttrChanges, FileKind};
-use crate::fs::{
-    Attr, CachalotFs, Caller, FsError, KernelCache, OpenMode, Opened, Passthrough, STATS_XATTR,
-};
+use crate::backend::AttrChanges;
+use crate::fs::{CachalotFs, OpenMode, STATS_XATTR};
 
 /// Largest read/write request we ask the kernel for.
 const MAX_IO: u32 = 1024 * 1024;
 /// Requests the kernel may keep in flight in the background (readahead,
 /// async writes); fuser's default of 16 throttles parallel readers.
 const MAX_BACKGROUND: u16 = 128;
-const BLOCK_SIZE: u32 = 128 * 1024;
+pub(crate) const BLOCK_SIZE: u32 = 128 * 1024;
 
 pub struct FuseAdapter {
     fs: Arc<CachalotFs>,
@@ -48,96 +54,6 @@ pub struct FuseAdapter {
     gate: Arc<Gate>,
     /// The kernel's FUSE ABI from INIT (or from the predecessor process).
     abi: Arc<parking_lot::Mutex<Option<(u32, u32)>>>,
-}
-
-/// What a successor process needs from the adapter of a session it takes
-/// over: what INIT negotiated and the passthrough backing ids registered.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct AdapterState {
-    pub abi: (u32, u32),
-    /// Backing id registered per inode (FUSE passthrough).
-    pub backing_ids: Vec<(u64, u32)>,
-}
-
-/// Kernel backing-file registrations for passthrough opens. The kernel
-/// requires every concurrent passthrough open of an inode to use the same
-/// backing id, so ids are shared per inode and dropped with the last handle.
-#[derive(Default)]
-struct BackingIds {
-    by_inode: parking_lot::Mutex<HashMap<u64, Weak<BackingId>>>,
-    by_handle: parking_lot::Mutex<HashMap<u64, Arc<BackingId>>>,
-    /// Ids a predecessor process registered, by inode: wrapped at the next
-    /// open of the inode (its earlier opens use them in the kernel).
-    inherited: parking_lot::Mutex<HashMap<u64, u32>>,
-    /// Inherited ids once wrapped.
-    inherited_kept: parking_lot::Mutex<Vec<Arc<BackingId>>>,
-}
-
-impl BackingIds {
-    /// Reply to an open, registering or reusing the inode's backing file.
-    fn reply(&self, fs: &CachalotFs, ino: u64, opened: Opened, reply: ReplyOpen) {
-        let flags = open_flags(opened.keep_cache);
-        let mut refused = false;
-        let id = {
-            let mut by_inode = self.by_inode.lock();
-            let live = by_inode.get(&ino).and_then(Weak::upgrade).or_else(|| {
-                let raw = self.inherited.lock().remove(&ino)?;
-                // SAFETY: registered on this connection by the process we
-                // took it over from, and never closed since (that process
-                // exited without dropping its ids).
-                let id = Arc::new(unsafe { reply.wrap_backing(raw) });
-                by_inode.insert(ino, Arc::downgrade(&id));
-                // Handles opened before the takeover use it in the kernel
-                // but hold no reference here: keep it until unmount.
-                self.inherited_kept.lock().push(Arc::clone(&id));
-                Some(id)
-            });
-            match (&opened.passthrough, live) {
-                (Passthrough::No, _) => None,
-                (_, Some(existing)) => Some(existing),
-                (Passthrough::New(file), None) => match reply.open_backing(file) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        by_inode.insert(ino, Arc::downgrade(&id));
-                        Some(id)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kernel refused a passthrough backing file; passthrough disabled for this mount");
-                        refused = true;
-                        None
-                    }
-                },
-                (Passthrough::Reuse, None) => None,
-            }
-        };
-        match id {
-            Some(id) => {
-                self.by_handle.lock().insert(opened.fh, Arc::clone(&id));
-                reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
-            }
-            None => {
-                if !matches!(opened.passthrough, Passthrough::No) {
-                    fs.passthrough_refused(opened.fh, refused);
-                }
-                reply.opened(FileHandle(opened.fh), flags);
-            }
-        }
-    }
-
-    fn release(&self, fh: u64) {
-        self.by_handle.lock().remove(&fh);
-    }
-
-    fn export(&self) -> Vec<(u64, u32)> {
-        let mut ids: Vec<(u64, u32)> = self
-            .by_inode
-            .lock()
-            .iter()
-            .filter_map(|(ino, id)| id.upgrade().map(|id| (*ino, id.raw())))
-            .collect();
-        ids.extend(self.inherited.lock().iter().map(|(i, r)| (*i, *r)));
-        ids
-    }
 }
 
 impl FuseAdapter {
@@ -198,155 +114,6 @@ impl FuseAdapter {
             work(fs).await;
             drop(pass);
         });
-    }
-}
-
-/// Kept by the mount, which outlives the adapter (fuser owns that).
-pub struct AdapterStateReader {
-    abi: Arc<parking_lot::Mutex<Option<(u32, u32)>>>,
-    backing: Arc<BackingIds>,
-}
-
-impl AdapterStateReader {
-    pub fn read(&self) -> Option<AdapterState> {
-        Some(AdapterState {
-            abi: (*self.abi.lock())?,
-            backing_ids: self.backing.export(),
-        })
-    }
-}
-
-/// The core's view of the kernel caches, through FUSE notifications.
-pub struct KernelNotifier(pub Notifier);
-
-impl KernelCache for KernelNotifier {
-    fn invalidate_inode(&self, ino: u64) {
-        // ENOENT: the kernel does not have the inode cached; nothing to do.
-        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0) {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
-            }
-        }
-    }
-
-    fn invalidate_entry(&self, parent: u64, name: &str) {
-        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::new(name)) {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::debug!(parent, name, error = %e, "kernel entry invalidation failed");
-            }
-        }
-    }
-}
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-    }
-}
-
-fn errno(e: FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-/// Names from the kernel are bytes; backends take UTF-8 names.
-fn utf8(name: &OsStr) -> Result<String, Errno> {
-    name.to_str()
-        .map(str::to_string)
-        .ok_or(Errno::from_i32(libc::EINVAL))
-}
-
-fn file_type(kind: FileKind) -> FileType {
-    match kind {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-        FileKind::Symlink => FileType::Symlink,
-        FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Special => FileType::Socket,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: file_type(a.kind),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: 0,
-        blksize: BLOCK_SIZE,
-        flags: 0,
-    }
-}
-
-/// A re-sent removal that finds nothing to remove: done by the first
-/// attempt (see `resent`).
-fn removed_before(resent: bool, change: Change, done: Result<(), FsError>) -> Result<(), FsError> {
-    match done {
-        Err(e) if already_applied(resent, change, e.errno()) => Ok(()),
-        other => other,
-    }
-}
-
-/// A re-sent creation that finds its name taken: made by the first
-/// attempt; answer with the entry (see `resent`).
-async fn created_before(
-    fs: &CachalotFs,
-    c: Caller,
-    resent: bool,
-    parent: u64,
-    name: &str,
-    made: Result<Attr, FsError>,
-) -> Result<Attr, FsError> {
-    match made {
-        Err(e) if already_applied(resent, Change::Create, e.errno()) => {
-            fs.lookup(c, parent, name).await.or(Err(e))
-        }
-        other => other,
-    }
-}
-
-fn reply_entry(reply: ReplyEntry, ttl: &Duration, result: Result<Attr, FsError>) {
-    match result {
-        Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn reply_attr(reply: ReplyAttr, ttl: &Duration, result: Result<Attr, FsError>) {
-    match result {
-        Ok(a) => reply.attr(ttl, &file_attr(&a)),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
-    }
-}
-
-fn time(t: TimeOrNow) -> SystemTime {
-    match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
-    }
-}
-
-fn open_flags(keep_cache: bool) -> FopenFlags {
-    if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
     }
 }
 

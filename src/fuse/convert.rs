@@ -1,0 +1,153 @@
+//! Between fuser's types and the core's: callers, errnos, attributes,
+//! replies, and the answers to re-sent requests.
+
+use std::ffi::OsStr;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileType, FopenFlags, Generation, INodeNo, Notifier, ReplyAttr, ReplyEmpty,
+    ReplyEntry, Request, TimeOrNow,
+};
+
+use super::resent::{already_applied, Change};
+use super::BLOCK_SIZE;
+use crate::backend::FileKind;
+use crate::fs::{Attr, CachalotFs, Caller, FsError, KernelCache};
+
+/// The core's view of the kernel caches, through FUSE notifications.
+pub struct KernelNotifier(pub Notifier);
+
+impl KernelCache for KernelNotifier {
+    fn invalidate_inode(&self, ino: u64) {
+        // ENOENT: the kernel does not have the inode cached; nothing to do.
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), 0, 0) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "kernel cache invalidation failed");
+            }
+        }
+    }
+
+    fn invalidate_entry(&self, parent: u64, name: &str) {
+        if let Err(e) = self.0.inval_entry(INodeNo(parent), OsStr::new(name)) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(parent, name, error = %e, "kernel entry invalidation failed");
+            }
+        }
+    }
+}
+
+pub(super) fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+pub(super) fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Names from the kernel are bytes; backends take UTF-8 names.
+pub(super) fn utf8(name: &OsStr) -> Result<String, Errno> {
+    name.to_str()
+        .map(str::to_string)
+        .ok_or(Errno::from_i32(libc::EINVAL))
+}
+
+pub(super) fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Special => FileType::Socket,
+    }
+}
+
+pub(super) fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+/// A re-sent removal that finds nothing to remove: done by the first
+/// attempt (see `resent`).
+pub(super) fn removed_before(
+    resent: bool,
+    change: Change,
+    done: Result<(), FsError>,
+) -> Result<(), FsError> {
+    match done {
+        Err(e) if already_applied(resent, change, e.errno()) => Ok(()),
+        other => other,
+    }
+}
+
+/// A re-sent creation that finds its name taken: made by the first
+/// attempt; answer with the entry (see `resent`).
+pub(super) async fn created_before(
+    fs: &CachalotFs,
+    c: Caller,
+    resent: bool,
+    parent: u64,
+    name: &str,
+    made: Result<Attr, FsError>,
+) -> Result<Attr, FsError> {
+    match made {
+        Err(e) if already_applied(resent, Change::Create, e.errno()) => {
+            fs.lookup(c, parent, name).await.or(Err(e))
+        }
+        other => other,
+    }
+}
+
+pub(super) fn reply_entry(reply: ReplyEntry, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+pub(super) fn reply_attr(reply: ReplyAttr, ttl: &Duration, result: Result<Attr, FsError>) {
+    match result {
+        Ok(a) => reply.attr(ttl, &file_attr(&a)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+pub(super) fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+pub(super) fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+pub(super) fn open_flags(keep_cache: bool) -> FopenFlags {
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
