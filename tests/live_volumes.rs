@@ -787,3 +787,42 @@ async fn passthrough_opens_survive_a_takeover() {
         );
     }
 }
+
+/// `cachalot sessions --quiet` (the DaemonSet's probes) succeeds only when
+/// a mounter of its own version answers.
+#[test]
+fn the_probe_does_not_count_another_versions_mounter() {
+    use cachalot::mounter::protocol::{Response, SessionList};
+    use cachalot::mounter::wire;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("mounter.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        for version in [cachalot::csi::DRIVER_VERSION, "0.0.0-older"] {
+            let (mut s, _) = listener.accept().unwrap();
+            let _: serde_json::Value = wire::read_frame(&mut s).unwrap();
+            let list = SessionList {
+                mounter_pid: 1,
+                instance: "x".into(),
+                mounter_version: version.into(),
+                sessions: Vec::new(),
+            };
+            wire::write_frame(&mut s, &Response::Sessions(list)).unwrap();
+        }
+    });
+    let probe = || {
+        Command::new(env!("CARGO_BIN_EXE_cachalot"))
+            .args(["sessions", "--quiet", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    assert!(probe().status.success(), "same version: ready");
+    let other = probe();
+    assert!(
+        !other.status.success(),
+        "another version's mounter is not ours"
+    );
+    assert!(String::from_utf8_lossy(&other.stderr).contains("0.0.0-older"));
+    server.join().unwrap();
+}
