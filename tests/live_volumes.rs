@@ -826,3 +826,43 @@ fn the_probe_does_not_count_another_versions_mounter() {
     assert!(String::from_utf8_lossy(&other.stderr).contains("0.0.0-older"));
     server.join().unwrap();
 }
+
+/// The mounter and the node plugin die together (both containers, or a
+/// node restart of both): the sessions are lost — the keeper died with its
+/// descriptors — and the restarted plugin stages the volume afresh through
+/// the new mounter and binds it into the published targets again: new
+/// opens in the pod work again (what was open is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_mounter_and_plugin_die_together_the_volume_is_staged_afresh() {
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let target = staged_volume(&env).await;
+    std::fs::write(target.join("before"), b"written before").unwrap();
+    env.kill_plugin();
+    env.mounter.take().expect("a mounter runs").kill();
+    let mut dead = Vec::new();
+    let path = target.join("before");
+    let probe = std::thread::spawn(move || std::fs::read(path).map_err(|e| e.raw_os_error()));
+    std::thread::sleep(Duration::from_millis(300));
+    if probe.is_finished() {
+        dead.push(probe.join().unwrap());
+    }
+    assert!(
+        matches!(
+            dead.first(),
+            Some(Err(Some(libc::ENOTCONN | libc::ECONNABORTED)))
+        ),
+        "with mounter and keeper gone the session is dead: {dead:?}"
+    );
+    let mounter = env.start_mounter();
+    env.mounter = Some(mounter);
+    env.wait_for_mounter();
+    env.start_plugin();
+    // The plugin re-establishes the staged volume before it serves.
+    assert_eq!(
+        std::fs::read(target.join("before")).expect("the target serves again"),
+        b"written before"
+    );
+    write_within(target.join("after"), Duration::from_secs(10)).expect("writes work again");
+    assert_eq!(env.sessions().sessions.len(), 1);
+}
