@@ -320,6 +320,18 @@ impl MountArgs {
         if self.s3.part_size.is_some_and(|p| p < 5 << 20) {
             return Err("--part-size must be at least 5MiB (an S3 limit)".into());
         }
+        // A second mount there would stack on the first, and one umount
+        // would then take both down.
+        let stacked = crate::mount::table::mount_table()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|m| m.mount_point == self.mountpoint && m.fs_type == "fuse.cachalot");
+        if stacked {
+            return Err(format!(
+                "{} is already a cachalot mount; unmount it first (`umount {0}`)",
+                self.mountpoint.display()
+            ));
+        }
         Ok(())
     }
 }
@@ -353,6 +365,12 @@ fn parse_mountpoint(text: &str) -> Result<PathBuf, String> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Ok(path),
         Ok(_) => Err(format!("mountpoint {text} is not a directory")),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            Err(format!(
+                "mountpoint {text}: {e}: a dead FUSE mount is there (its daemon is gone); \
+             `fusermount3 -u {text}` (or `umount -l {text}`) removes it"
+            ))
+        }
         Err(e) => Err(format!("mountpoint {text}: {e}")),
     }
 }

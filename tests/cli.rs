@@ -331,3 +331,39 @@ fn remount_after_clean_stop_works_and_keeps_data() {
     let s = m.stats();
     assert!(s.get("backend_reads").is_some(), "{s}");
 }
+
+/// Mounting where a cachalot mount already is would stack a second mount
+/// (one umount then takes down both): refused with exit 2, and the first
+/// mount keeps serving. A dead one is named with the command that clears it.
+#[test]
+fn a_second_mount_on_a_cachalot_mount_is_refused() {
+    let mut m = Mount::new();
+    let mnt = m.mnt().to_string_lossy().into_owned();
+    let source = format!("file://{}", m.backing().display());
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_string_lossy().into_owned();
+    let args = [
+        "mount",
+        &source,
+        &mnt,
+        "--cache-dir",
+        &cache_dir,
+        "--foreground",
+    ];
+    let (status, _, err) = run_cli(&args, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("already a cachalot mount"), "{err}");
+    std::fs::write(m.m("still"), b"served").expect("the first mount still serves");
+
+    // The daemon dies and leaves its mount dead (ENOTCONN).
+    let pid = m.pid().expect("daemon pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || std::fs::metadata(
+        m.mnt()
+    )
+    .is_err()));
+    let (status, _, err) = run_cli(&args, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("fusermount3 -u"), "{err}");
+    m.kill9();
+}

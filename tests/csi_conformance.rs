@@ -588,6 +588,17 @@ async fn node_required_fields_and_unknown_volumes() {
         .0,
         Code::NotFound
     );
+    // A relative path is no published or staged path either (the spec's
+    // NOT_FOUND, as csi-sanity expects), not a malformed request.
+    assert_eq!(
+        code(
+            c.node
+                .node_get_volume_stats(stats(&vol.volume_id, std::path::Path::new("some/relative")))
+                .await
+        )
+        .0,
+        Code::NotFound
+    );
 
     let mut u = unpublish_req(&vol, &target);
     u.target_path.clear();

@@ -296,3 +296,26 @@ fn non_utf8_names_do_not_break_the_directory_or_the_mount() {
     fs::write(m.m("after"), b"ok").unwrap();
     assert_eq!(fs::read(m.b("after")).unwrap(), b"ok");
 }
+
+/// ioctl on a file answers ENOTTY, as on a file without ioctls, and
+/// quietly (Python asks TCGETS at every open: a log line each flooded the
+/// daemon's log).
+#[test]
+fn ioctl_answers_enotty_quietly() {
+    let m = Mount::new();
+    fs::write(m.m("f"), b"x").unwrap();
+    let f = File::open(m.m("f")).unwrap();
+    for _ in 0..3 {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS fills a termios on success; it fails here.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, termios.as_mut_ptr()) };
+        assert_eq!(rc, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+    drop(f);
+    let log = m.log_text();
+    assert!(!log.contains("ioctl"), "ioctl was logged: {log}");
+}

@@ -520,7 +520,13 @@ impl NodeService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        let path = path_arg(&req.volume_path, "volume_path")?;
+        if req.volume_path.is_empty() {
+            return Err(missing("volume_path"));
+        }
+        // Any other path that is not where the volume is staged or
+        // published (a relative one included) is NOT_FOUND, as the spec
+        // asks of this call.
+        let path = PathBuf::from(&req.volume_path);
         decode(&req.volume_id)?;
         let rec = match self.state.load_staged(&req.volume_id) {
             Ok(Some(r)) => r,

@@ -650,4 +650,21 @@ impl Filesystem for FuseAdapter {
             }
         });
     }
+
+    /// No ioctl is supported. ENOTTY is what the kernel answers for a file
+    /// without them (Python's `open()` asks for TCGETS on every file), and
+    /// it is answered quietly: one log line per call drowned the logs.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
 }
