@@ -866,3 +866,29 @@ async fn after_mounter_and_plugin_die_together_the_volume_is_staged_afresh() {
     write_within(target.join("after"), Duration::from_secs(10)).expect("writes work again");
     assert_eq!(env.sessions().sessions.len(), 1);
 }
+
+/// A session the new mounter cannot rebuild (its journal is gone) is let
+/// go by the keeper: its mount fails at once instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_cannot_be_recovered_fails_instead_of_hanging() {
+    common::require_root_and_fuse();
+    let mut env = Env::with_mounter();
+    let target = staged_volume(&env).await;
+    env.mounter.take().expect("a mounter runs").kill();
+    std::fs::remove_dir_all(env.path("mounter-state/journal")).unwrap();
+    let mounter = env.start_mounter();
+    env.mounter = Some(mounter);
+    env.wait_for_mounter();
+    let e = write_within(target.join("x"), Duration::from_secs(10))
+        .expect_err("a lost session cannot serve");
+    assert!(
+        !e.contains("no answer"),
+        "the mount waits forever instead of failing: {e}"
+    );
+    assert!(env.sessions().sessions.is_empty());
+    assert!(
+        env.log().contains("could not rebuild some kept sessions"),
+        "{}",
+        env.log()
+    );
+}

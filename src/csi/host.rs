@@ -188,8 +188,15 @@ impl MounterHost {
                         sessions = orphans.len(),
                         "the new mounter serves the kept sessions again"
                     ),
+                    // What it could not rebuild (no record, damaged journal)
+                    // it never will: said once, and those descriptors are
+                    // let go below, so their mounts fail (ECONNABORTED)
+                    // instead of waiting forever; NodeStage stages afresh.
+                    Err(ClientError::Refused { message, .. }) => {
+                        tracing::error!(%message, "the new mounter could not rebuild some kept sessions; letting them go")
+                    }
                     Err(e) => {
-                        tracing::error!(error = %e, "the new mounter could not take the kept sessions; retrying");
+                        tracing::warn!(error = %e, "handing the kept sessions over failed; retrying");
                         continue;
                     }
                 }
