@@ -319,3 +319,22 @@ fn ioctl_answers_enotty_quietly() {
     let log = m.log_text();
     assert!(!log.contains("ioctl"), "ioctl was logged: {log}");
 }
+
+/// A truncate(2) that fails (EFBIG) removes its temporary object at once
+/// and leaves the file as it was.
+#[test]
+fn a_failed_truncate_leaves_no_temp_file() {
+    let m = Mount::new();
+    fs::write(m.m("f"), b"content").unwrap();
+    expect_errno(
+        truncate_path(&m.m("f"), 1 << 62),
+        libc::EFBIG,
+        "huge truncate",
+    );
+    assert!(
+        all_temp_files(m.backing()).is_empty(),
+        "temp left: {:?}",
+        all_temp_files(m.backing())
+    );
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"content");
+}

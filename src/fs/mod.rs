@@ -462,8 +462,17 @@ impl CachalotFs {
         };
         loop {
             let session = self.write_session(caller, ino, start).await?;
-            if session.truncate(size).await? {
-                break;
+            match session.truncate(size).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    // truncate(2) on a path: nobody will close it, so the
+                    // failed session (and its temporary object) goes now.
+                    if writers == 0 {
+                        let _ = self.publish(ino).await;
+                    }
+                    return Err(e);
+                }
             }
         }
         if writers == 0 {
