@@ -338,3 +338,31 @@ fn a_failed_truncate_leaves_no_temp_file() {
     );
     assert_eq!(fs::read(m.m("f")).unwrap(), b"content");
 }
+
+/// This mount's own changes to a directory show in its mtime at once (the
+/// metadata TTL is for changes made by others).
+#[test]
+fn a_directory_mtime_follows_this_mounts_own_changes_at_once() {
+    let m = Mount::new();
+    fs::create_dir(m.m("d")).unwrap();
+    let mtime = |p: &std::path::Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec())
+    };
+    let before = mtime(&m.m("d"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(m.m("d/new"), b"x").unwrap();
+    let after_create = mtime(&m.m("d"));
+    assert!(
+        after_create > before,
+        "create: {before:?} -> {after_create:?}"
+    );
+    assert_eq!(after_create, mtime(&m.b("d")), "what the backend says");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::remove_file(m.m("d/new")).unwrap();
+    let after_unlink = mtime(&m.m("d"));
+    assert!(
+        after_unlink > after_create,
+        "unlink: {after_create:?} -> {after_unlink:?}"
+    );
+}

@@ -432,6 +432,9 @@ impl InodeTable {
         self.children.insert((parent, name.to_string()), ino);
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children += 1;
+            // Its mtime/ctime changed (or a listing just found a name):
+            // our own changes show at once, the TTL is for others'.
+            p.expire_meta();
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.parent = parent;
@@ -455,6 +458,7 @@ impl InodeTable {
         self.log(Event::Detach { ino });
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
+            p.expire_meta();
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.attached = false;
