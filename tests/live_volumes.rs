@@ -208,6 +208,21 @@ fn pod_result(child: std::process::Child) -> serde_json::Value {
     serde_json::from_str(line).expect("pod result JSON")
 }
 
+/// Start a second mounter on the node's socket and wait until it took the
+/// sessions over and the old one exited 0.
+fn take_over(env: &mut Env) {
+    let old = env.mounter.take().expect("a mounter runs");
+    let new = env.start_mounter();
+    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old mounter did not exit 0 after the takeover ({status:?}):\n{}",
+        env.mounter_logs()
+    );
+    env.mounter = Some(new);
+    env.wait_for_mounter();
+}
+
 /// The whole scenario on one volume: stage + publish through CSI, run the
 /// pod while `disruptions` happen at their times, check the pod saw no
 /// error and the data is whole, then unpublish + unstage and check nothing
@@ -261,18 +276,7 @@ async fn survive(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 env.start_plugin();
             }
-            Disruption::TakeOver => {
-                let old = env.mounter.take().expect("a mounter runs");
-                let new = env.start_mounter();
-                let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
-                assert!(
-                    status.is_some_and(|s| s.success()),
-                    "the old mounter did not exit 0 after the takeover ({status:?}):\n{}",
-                    env.mounter_logs()
-                );
-                env.mounter = Some(new);
-                env.wait_for_mounter();
-            }
+            Disruption::TakeOver => take_over(env),
             Disruption::CrashMounter => {
                 env.mounter.take().expect("a mounter runs").kill();
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -655,16 +659,7 @@ async fn takeovers_under_fio_load_cause_no_error() {
     // Two takeovers, 3 s apart, while fio runs.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let old = env.mounter.take().expect("a mounter runs");
-        let new = env.start_mounter();
-        let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{}",
-            env.mounter_logs()
-        );
-        env.mounter = Some(new);
-        env.wait_for_mounter();
+        take_over(&mut env);
     }
     let result = tokio::task::block_in_place(|| fio.wait_with_output()).expect("fio");
     let report = std::fs::read_to_string(&report_path).unwrap_or_default();
@@ -751,16 +746,7 @@ async fn passthrough_opens_survive_a_takeover() {
     let mut before = before.expect("no open was served by passthrough");
     use std::io::Seek;
     before.rewind().unwrap();
-    let old = env.mounter.take().expect("a mounter runs");
-    let new = env.start_mounter();
-    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(60)));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{}",
-        env.mounter_logs()
-    );
-    env.mounter = Some(new);
-    env.wait_for_mounter();
+    take_over(&mut env);
     common::drop_caches();
     let served = served_pages();
     let mut back = Vec::new();
