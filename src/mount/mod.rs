@@ -416,8 +416,8 @@ impl MountedFs {
     }
 
     /// Stop answering the kernel (requests wait) and describe the session
-    /// for a successor. `None` if it would not drain within `timeout` or
-    /// could not be described; call `thaw` then.
+    /// for a successor. An error if it would not drain within `timeout` or
+    /// could not be described; call `thaw` then (it waits for the drain).
     pub fn freeze(&self, timeout: Duration) -> Result<SessionState> {
         let h = self
             .handover
@@ -441,6 +441,9 @@ impl MountedFs {
     /// requests left unanswered meanwhile.
     pub fn thaw(&self) {
         if let Some(h) = &self.handover {
+            // Re-sending a request this process is still answering would
+            // apply it twice: wait until nothing is in flight.
+            h.gate.close_and_drain(Duration::from_secs(24 * 3600));
             h.gate.open();
             if let Err(e) = h.notifier.resend() {
                 tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND failed: requests held during the handover stay unanswered");
