@@ -141,21 +141,12 @@ impl MounterHost {
         }
     }
 
-    pub fn client(&self) -> &MounterClient {
-        &self.client
-    }
-
     /// Fetch fresh duplicates of every session's descriptor.
     pub fn refresh_kept(&self) -> Result<usize, ClientError> {
         let fds = self.client.fds()?;
         let n = fds.len();
         *self.kept.lock() = fds;
         Ok(n)
-    }
-
-    /// The descriptors held now, to hand to a mounter that lost them.
-    pub fn kept(&self) -> parking_lot::MutexGuard<'_, Vec<(PathBuf, OwnedFd)>> {
-        self.kept.lock()
     }
 
     /// The keeper's loop (a thread for the life of the plugin): when a new

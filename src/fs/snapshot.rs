@@ -23,7 +23,7 @@ use crate::cache::PageStore;
 use super::dir::DirHandle;
 use super::inode::InodeTable;
 use super::read::FileHandle;
-use super::types::{FsConfig, FsError, FsResult, ListedEntry};
+use super::types::{FsConfig, FsResult, ListedEntry};
 use super::write::WriteSession;
 use super::{CachalotFs, Handle};
 
@@ -291,66 +291,59 @@ impl CachalotFs {
     }
 }
 
-async fn resume_write(backend: &dyn Backend, w: WriteState) -> WriteSession {
-    if w.finished {
-        let lost = LostWrite::new(BackendError::new(
-            ErrorKind::Other,
-            "resume write",
-            w.last_target.as_str(),
-        ));
-        return WriteSession::restore(Box::new(lost), w);
-    }
-    let pending = match backend
-        .resume_write(w.identity, &w.last_target, w.pending.clone())
-        .await
-    {
-        Ok(Resumed::Pending(p)) => p,
+async fn resume_write(backend: &dyn Backend, mut w: WriteState) -> WriteSession {
+    let resumed = if w.finished {
+        Ok(Resumed::Published)
+    } else {
+        backend
+            .resume_write(w.identity, &w.last_target, w.pending.clone())
+            .await
+    };
+    match resumed {
+        Ok(Resumed::Pending(pending)) => WriteSession::restore(pending, w),
         Ok(Resumed::Published) => {
-            // Published by the process that died before it could say so:
-            // the re-sent close finds nothing left to publish.
-            let mut w = w;
+            // Finished, or published by the process that died before it
+            // could say so: the re-sent close finds nothing to publish.
             w.finished = true;
-            let done = LostWrite::new(BackendError::new(
-                ErrorKind::Other,
-                "resume write",
-                w.last_target.as_str(),
-            ));
-            return WriteSession::restore(Box::new(done), w);
+            let done = LostWrite::boxed(ErrorKind::Other, &w);
+            WriteSession::restore(done, w)
         }
         Err(e) => {
-            tracing::error!(error = %e, path = w.last_target.as_str(), "a write in progress could not be taken over: its writes and close fail with EIO");
-            let mut w = w;
-            w.failed = Some(FsError::from(e).errno().max(libc::EIO));
-            return WriteSession::restore(
-                Box::new(LostWrite::new(BackendError::new(
-                    ErrorKind::Other,
-                    "resume write",
-                    w.last_target.as_str(),
-                ))),
-                w,
-            );
+            // The unpublished data is lost. A permission or space problem
+            // keeps its errno; for a temporary object that vanished no
+            // errno says more than EIO.
+            let kind = match e.kind {
+                ErrorKind::NotFound => ErrorKind::Other,
+                kind => kind,
+            };
+            tracing::error!(error = %e, path = w.last_target.as_str(), errno = kind.errno(), "a write in progress could not be taken over: its writes and close fail");
+            w.failed = Some(kind.errno());
+            let lost = LostWrite::boxed(kind, &w);
+            WriteSession::restore(lost, w)
         }
-    };
-    WriteSession::restore(pending, w)
+    }
 }
 
 /// Stands in for a write session whose temporary object could not be taken
-/// over: every operation fails.
+/// over (or needs none any more): every operation fails with `kind`.
 struct LostWrite {
-    error: parking_lot::Mutex<BackendError>,
+    kind: ErrorKind,
+    path: String,
 }
 
 impl LostWrite {
-    fn new(error: BackendError) -> LostWrite {
-        LostWrite {
-            error: parking_lot::Mutex::new(error),
-        }
+    fn boxed(kind: ErrorKind, w: &WriteState) -> Box<dyn PendingWrite> {
+        Box::new(LostWrite {
+            kind,
+            path: w.last_target.as_str().to_string(),
+        })
     }
 
     fn fail<T>(&self) -> BackendResult<T> {
-        let e = self.error.lock();
-        Err(BackendError::new(e.kind, e.operation, e.path.clone())
-            .with_cause("the write in progress was lost at a takeover"))
+        Err(
+            BackendError::new(self.kind, "resume write", self.path.clone())
+                .with_cause("the write in progress was lost at a takeover"),
+        )
     }
 }
 

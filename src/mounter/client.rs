@@ -53,10 +53,6 @@ impl MounterClient {
         }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     fn io(&self, source: std::io::Error) -> ClientError {
         ClientError::Io {
             socket: self.socket.display().to_string(),

@@ -153,6 +153,9 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
     let signal = signals
         .wait()
         .map_err(|e| io_err("waiting for signals")(e.into()))?;
+    // A handover in progress finishes first (it holds the control lock and
+    // ends the process itself when it succeeds).
+    let _control = mounter.control.lock();
     let sessions = mounter.sessions.lock().len();
     tracing::info!(
         ?signal,
