@@ -2,6 +2,7 @@
 //! metadata changes on a descriptor open for writing (cp -p / install -m), statfs.
 
 mod common;
+mod support_posix;
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -365,4 +366,22 @@ fn a_directory_mtime_follows_this_mounts_own_changes_at_once() {
         after_unlink > after_create,
         "unlink: {after_create:?} -> {after_unlink:?}"
     );
+}
+
+#[test]
+fn hard_links_are_one_inode() {
+    let m = Mount::new();
+    support_posix::hard_links_are_one_inode(m.mnt(), m.backing());
+}
+
+#[test]
+fn inode_numbers_stay_under_churn_and_forget() {
+    let m = Mount::new();
+    support_posix::inode_numbers_stay(m.mnt());
+}
+
+#[test]
+fn directory_link_counts_follow_moves() {
+    let m = Mount::new();
+    support_posix::directory_link_counts_follow_moves(m.mnt());
 }

@@ -2,6 +2,7 @@
 //! directory on disk (ground truth).
 
 mod support_nfs;
+mod support_posix;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -191,4 +192,28 @@ fn a_wrong_export_fails_the_mount_with_the_export_list() {
         "{}",
         failure.stderr
     );
+}
+
+#[test]
+fn hard_links_are_one_inode() {
+    let server = ganesha();
+    let (disk, url) = server.area("posix-links");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::hard_links_are_one_inode(&m.path(""), &disk);
+}
+
+#[test]
+fn inode_numbers_stay_under_churn_and_forget() {
+    let server = ganesha();
+    let (_disk, url) = server.area("posix-stable");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::inode_numbers_stay(&m.path(""));
+}
+
+#[test]
+fn directory_link_counts_follow_moves() {
+    let server = ganesha();
+    let (_disk, url) = server.area("posix-dirlinks");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::directory_link_counts_follow_moves(&m.path(""));
 }

@@ -639,7 +639,16 @@ fn metadata_of(st: &libc::stat) -> Metadata {
         mtime: to_time(mtime, mtime_nsec),
         ctime: to_time(st.st_ctime as i64, st.st_ctime_nsec as i64),
         version: VersionToken(format!("{:x}-{:x}-{:x}", st.st_ino as u64, size, mtime_ns)),
+        object_id: Some(object_id(st.st_dev as u64, st.st_ino as u64)),
     }
+}
+
+/// One number for (device, inode): the inode number itself on the usual
+/// one-device tree, with the device folded into the high bits so that two
+/// devices under one volume (a mount inside the backing directory) do not
+/// share numbers for the inode numbers real filesystems hand out.
+pub(crate) fn object_id(dev: u64, ino: u64) -> u64 {
+    ino ^ dev.rotate_left(40)
 }
 
 #[allow(clippy::unnecessary_cast)]
@@ -1348,6 +1357,54 @@ impl PendingWrite for LocalPendingWrite {
             .await?;
         self.finished.store(true, Ordering::Release);
         Ok(meta)
+    }
+
+    async fn publish_in_place(&self, target: &BackendPath) -> BackendResult<Metadata> {
+        let file = Arc::clone(&self.file);
+        let t = target.clone();
+        let temp_name = self.temp_name.clone();
+        let size = self.size();
+        let meta = self
+            .shared
+            .run(
+                self.id,
+                "publish in place (copy into the linked file)",
+                target,
+                move |s| {
+                    let target = s.locate(&t)?;
+                    let out = File::from(target.open(libc::O_WRONLY, 0)?);
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut offset = 0;
+                    while offset < size {
+                        let want = (size - offset).min(buf.len() as u64) as usize;
+                        let n = file.read_at(&mut buf[..want], offset)?;
+                        if n == 0 {
+                            break;
+                        }
+                        out.write_all_at(&buf[..n], offset)?;
+                        offset += n as u64;
+                    }
+                    out.set_len(offset)?;
+                    // A chmod made while writing belongs to the file too.
+                    let mode = sys_fstat(file.as_raw_fd())?.st_mode;
+                    if sys_fstat(out.as_raw_fd())?.st_mode != mode {
+                        fchmod(&out, mode)?;
+                    }
+                    out.sync_data()?;
+                    let temp = temp_loc(s, &t, &temp_name)?;
+                    sys_unlinkat(temp.dir(), temp.name(), 0)?;
+                    target.meta()
+                },
+            )
+            .await?;
+        self.finished.store(true, Ordering::Release);
+        Ok(meta)
+    }
+
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    fn object_id(&self) -> Option<u64> {
+        let st = sys_fstat(self.file.as_raw_fd()).ok()?;
+        Some(object_id(st.st_dev as u64, st.st_ino as u64))
     }
 
     fn describe(&self) -> SuspendedWrite {

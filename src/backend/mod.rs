@@ -64,6 +64,13 @@ pub struct Metadata {
     pub mtime: SystemTime,
     pub ctime: SystemTime,
     pub version: VersionToken,
+    /// The backend's number for the object, shared by its hard links and
+    /// stable while it exists (local: the backing file's inode number,
+    /// mixed with its device; NFS: fileid; S3: a hash of the key). The
+    /// kernel sees it as `st_ino`. `None` where not known yet (a new file
+    /// before its first publish).
+    #[serde(default)]
+    pub object_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +250,21 @@ pub trait PendingWrite: Send + Sync {
     /// Durably and atomically publish under `target`. Consumes the temporary
     /// object on success; on failure the caller must `abort`.
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata>;
+    /// Publish by copying the data into the existing object at `target`
+    /// instead of replacing it: for a file with several hard links, which
+    /// a rename would cut apart (the other names would keep the old data).
+    /// Durable, but not atomic: a reader may see the copy in progress.
+    /// Consumes the temporary object on success; on failure the caller
+    /// must `abort`. Backends without hard links publish as usual.
+    async fn publish_in_place(&self, target: &BackendPath) -> BackendResult<Metadata> {
+        self.publish(target).await
+    }
+    /// The number the object will have once published (see
+    /// `Metadata::object_id`), where the temporary object already is it
+    /// (a rename keeps it).
+    fn object_id(&self) -> Option<u64> {
+        None
+    }
     /// Remove the temporary object; the final name is untouched.
     async fn abort(&self, target: &BackendPath);
     /// Make the temporary object complete where it is (flush what is

@@ -21,6 +21,11 @@ use super::journal::{Event, JournalSink};
 use super::types::{FsError, FsResult, ROOT_INO};
 use super::write::WriteSession;
 
+/// Inode numbers for objects without a number of their own (or whose
+/// number is taken) start here, away from the small numbers filesystems
+/// hand out.
+const FALLBACK_INO_BASE: u64 = 1 << 62;
+
 pub struct Inode {
     pub parent: u64,
     pub name: String,
@@ -69,6 +74,10 @@ pub struct Inode {
     /// Attached children: a directory with known children is never dropped,
     /// their paths go through it.
     children: u32,
+    /// The object's other names (hard links) besides `parent`/`name`, which
+    /// is the one its path is built from. When that name goes, one of
+    /// these takes its place.
+    pub links: Vec<(u64, String)>,
 }
 
 /// What `InodeTable::refresh` did with new metadata.
@@ -125,14 +134,32 @@ impl Inode {
             superseded: false,
             nlookup: 0,
             children: 0,
+            links: Vec::new(),
         }
+    }
+
+    /// The backend object this inode serves, as far as known.
+    pub fn object_id(&self) -> Option<u64> {
+        self.meta.as_ref().and_then(|(m, _)| m.object_id)
+    }
+
+    fn is_named(&self, parent: u64, name: &str) -> bool {
+        self.parent == parent && self.name == name
     }
 }
 
 pub struct InodeTable {
     inodes: HashMap<u64, Inode>,
     children: HashMap<(u64, String), u64>,
+    /// Backend object → the inode serving it: a name found to be another
+    /// link of a known object joins its inode.
+    by_object: HashMap<u64, u64>,
+    /// Where numbers for inodes without a usable object number of their
+    /// own are taken from (see `number_for`).
     next_ino: u64,
+    /// Names taken off an inode because its object changed under another
+    /// of its names: the kernel must look them up again (`take_split`).
+    split: Vec<(u64, String)>,
     /// Bumped whenever a name is attached or removed: a handle rebuilds its
     /// path only when this moved since it last looked (not on every read).
     moves: u64,
@@ -165,6 +192,7 @@ impl InodeTable {
                 hidden: i.hidden,
                 superseded: i.superseded,
                 write: None,
+                links: i.links.clone(),
             })
             .collect();
         (inodes, self.next_ino)
@@ -187,17 +215,16 @@ impl InodeTable {
         let mut table = InodeTable {
             inodes: HashMap::new(),
             children: HashMap::new(),
+            by_object: HashMap::new(),
             next_ino,
+            split: Vec::new(),
             moves: 0,
             journal: None,
         };
         let mut attached = Vec::new();
         for (s, write) in states {
-            if s.ino >= next_ino || s.ino == 0 {
-                return Err(format!(
-                    "inode {} outside the table (next {next_ino})",
-                    s.ino
-                ));
+            if s.ino == 0 {
+                return Err("inode number 0".into());
             }
             let mut inode = Inode::new(s.parent, &s.name, s.kind, s.meta.map(|m| (m, long_ago)));
             inode.write = write;
@@ -212,7 +239,9 @@ impl InodeTable {
             inode.superseded = s.superseded;
             inode.attached = false;
             if s.attached && s.ino != ROOT_INO {
+                // The name paths are built from goes first.
                 attached.push((s.parent, s.name.clone(), s.ino));
+                attached.extend(s.links.iter().map(|(p, n)| (*p, n.clone(), s.ino)));
             }
             if table.inodes.insert(s.ino, inode).is_some() {
                 return Err(format!("inode {} twice", s.ino));
@@ -231,6 +260,13 @@ impl InodeTable {
             }
             table.attach(parent, &name, ino);
         }
+        let objects: Vec<(u64, u64)> = table
+            .inodes
+            .iter()
+            .filter(|(_, i)| i.attached)
+            .filter_map(|(ino, i)| i.object_id().map(|id| (id, *ino)))
+            .collect();
+        table.by_object.extend(objects);
         Ok(table)
     }
 
@@ -248,10 +284,78 @@ impl InodeTable {
         InodeTable {
             inodes,
             children: HashMap::new(),
-            next_ino: ROOT_INO + 1,
+            by_object: HashMap::new(),
+            next_ino: FALLBACK_INO_BASE,
+            split: Vec::new(),
             moves: 0,
             journal: None,
         }
+    }
+
+    /// The number for a new inode of `meta`'s object: the object's own
+    /// number (so `st_ino` is the same for every name of it, and the same
+    /// again when the kernel looks it up after forgetting it), unless that
+    /// number is free of meaning (0, the root's) or still taken by another
+    /// inode the kernel knows (a rewritten file keeps its number while the
+    /// backend may hand the old object's number to a new one). Then one
+    /// from a range apart, never one in use.
+    fn number_for(&mut self, meta: &Metadata) -> u64 {
+        if let Some(id) = meta.object_id {
+            if id > ROOT_INO && !self.inodes.contains_key(&id) {
+                return id;
+            }
+        }
+        loop {
+            let ino = self.next_ino;
+            self.next_ino = match self.next_ino.checked_add(1) {
+                Some(next) => next,
+                None => FALLBACK_INO_BASE,
+            };
+            if ino > ROOT_INO && !self.inodes.contains_key(&ino) {
+                return ino;
+            }
+        }
+    }
+
+    /// Record `ino`'s current metadata (a publish, a setattr), keeping the
+    /// object index right: if the object changed (a file rewritten through
+    /// this mount is a new object under the name it was written through),
+    /// the inode's other names still lead to the old object and leave it.
+    pub fn set_meta(&mut self, ino: u64, meta: Metadata, fetched: Instant) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        let old = inode.object_id();
+        let new = meta.object_id;
+        inode.meta = Some((meta, fetched));
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            if self.by_object.get(&old) == Some(&ino) {
+                self.by_object.remove(&old);
+            }
+        }
+        if let Some(new) = new {
+            self.by_object.insert(new, ino);
+        }
+        if old.is_none() || new.is_none() {
+            return;
+        }
+        let links = self
+            .inodes
+            .get(&ino)
+            .map(|i| i.links.clone())
+            .unwrap_or_default();
+        for (parent, name) in links {
+            self.unattach(parent, &name);
+            self.split.push((parent, name));
+        }
+    }
+
+    /// Names split off by `set_meta` since the last call.
+    pub fn take_split(&mut self) -> Vec<(u64, String)> {
+        std::mem::take(&mut self.split)
     }
 
     pub fn set_journal(&mut self, journal: Arc<dyn JournalSink>) {
@@ -334,21 +438,74 @@ impl InodeTable {
     /// `refresh`).
     pub fn upsert(&mut self, parent: u64, name: &str, meta: Metadata, fetched: Instant) -> u64 {
         if let Some(ino) = self.child(parent, name) {
-            let same_kind = self.inodes.get(&ino).is_some_and(|i| i.kind == meta.kind);
+            let (same_kind, other_link) = match self.inodes.get(&ino) {
+                Some(i) => (
+                    i.kind == meta.kind,
+                    // One of several names of an inode now leads to
+                    // another object: that name alone leaves it.
+                    !i.links.is_empty()
+                        && meta.object_id.is_some()
+                        && i.object_id().is_some()
+                        && i.object_id() != meta.object_id,
+                ),
+                None => (false, false),
+            };
             if !same_kind {
                 self.detach(parent, name);
+            } else if other_link {
+                self.unattach(parent, name);
             } else if self.refresh(ino, meta.clone(), fetched) != Ok(Refreshed::Superseded) {
                 return ino;
             }
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        if let Some(ino) = self.known_link(&meta) {
+            self.attach(parent, name, ino);
+            let _ = self.refresh(ino, meta, fetched);
+            return ino;
+        }
+        let ino = self.number_for(&meta);
+        let object = meta.object_id;
         self.inodes.insert(
             ino,
             Inode::new(parent, name, meta.kind, Some((meta, fetched))),
         );
+        if let Some(id) = object {
+            self.by_object.insert(id, ino);
+        }
         self.attach(parent, name, ino);
         ino
+    }
+
+    /// The inode already serving the object `meta` describes, when that
+    /// object has several names (hard links): the new name joins it, so
+    /// the kernel sees one inode with one link count.
+    fn known_link(&self, meta: &Metadata) -> Option<u64> {
+        if meta.nlink < 2 || meta.kind == FileKind::Directory {
+            return None;
+        }
+        let ino = *self.by_object.get(&meta.object_id?)?;
+        let inode = self.inodes.get(&ino)?;
+        let usable = inode.attached && !inode.unlinked && !inode.superseded;
+        (usable && inode.kind == meta.kind && inode.object_id() == meta.object_id).then_some(ino)
+    }
+
+    /// A new name `parent/name` for `ino` (after the backend linked it),
+    /// with the object's metadata after the link; counts the kernel
+    /// reference the reply creates.
+    pub fn add_link(
+        &mut self,
+        ino: u64,
+        parent: u64,
+        name: &str,
+        meta: Metadata,
+        fetched: Instant,
+    ) {
+        if self.child(parent, name).is_some() {
+            self.detach(parent, name);
+        }
+        self.attach(parent, name, ino);
+        self.set_meta(ino, meta, fetched);
+        self.remember(ino);
     }
 
     /// As `upsert`, and count the kernel reference the reply will create.
@@ -381,7 +538,7 @@ impl InodeTable {
             return Ok(Refreshed::Outdated);
         }
         if !inode.replaced_behind_open_descriptors(&meta) {
-            inode.meta = Some((meta, fetched));
+            self.set_meta(ino, meta, fetched);
             return Ok(Refreshed::Updated);
         }
         self.supersede(ino);
@@ -395,9 +552,15 @@ impl InodeTable {
             return;
         };
         inode.superseded = true;
-        let (parent, name) = (inode.parent, inode.name.clone());
+        // Every name leads to the new version now.
+        let mut names = std::mem::take(&mut inode.links);
         if inode.attached {
-            self.detach(parent, &name);
+            names.push((inode.parent, inode.name.clone()));
+        }
+        for (parent, name) in names {
+            if self.child(parent, &name) == Some(ino) {
+                self.detach(parent, &name);
+            }
         }
     }
 
@@ -427,6 +590,8 @@ impl InodeTable {
         self.moves
     }
 
+    /// Give `ino` the name `parent/name`: its first (paths are built from
+    /// it), or one more link to it.
     fn attach(&mut self, parent: u64, name: &str, ino: u64) {
         self.moves += 1;
         self.children.insert((parent, name.to_string()), ino);
@@ -437,42 +602,71 @@ impl InodeTable {
             p.expire_meta();
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.parent = parent;
-            inode.name = name.to_string();
-            inode.attached = true;
+            let link = inode.attached && !inode.is_named(parent, name);
+            if link {
+                inode.links.push((parent, name.to_string()));
+            } else {
+                inode.parent = parent;
+                inode.name = name.to_string();
+                inode.attached = true;
+            }
             let kind = inode.kind;
             self.log(Event::Attach {
                 ino,
                 parent,
                 name: name.to_string(),
                 kind,
+                link,
             });
         }
     }
 
-    /// Take `parent/name` out of the children map (the inode keeps its
-    /// parent and name for diagnostics).
-    fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
+    /// Take the name `parent/name` off its inode (without dropping
+    /// anything): another of its links becomes the name its path is built
+    /// from; with none left it is no longer attached (and keeps its last
+    /// parent and name for where its objects are and for diagnostics).
+    fn take_name(&mut self, parent: u64, name: &str) -> Option<u64> {
         let ino = self.children.remove(&(parent, name.to_string()))?;
         self.moves += 1;
-        self.log(Event::Detach { ino });
+        self.log(Event::Detach {
+            ino,
+            at: Some((parent, name.to_string())),
+        });
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
             p.expire_meta();
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.attached = false;
+            if inode.is_named(parent, name) {
+                match inode.links.pop() {
+                    Some((p, n)) => (inode.parent, inode.name) = (p, n),
+                    None => inode.attached = false,
+                }
+            } else {
+                inode.links.retain(|(p, n)| !(*p == parent && n == name));
+            }
+            // Its link count and ctime changed.
+            inode.expire_meta();
         }
+        Some(ino)
+    }
+
+    /// `take_name`, then drop the directory if nothing holds it any more.
+    fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.take_name(parent, name)?;
         self.maybe_drop(parent);
         Some(ino)
     }
 
     /// Remove `parent/name` from the namespace. The inode lives on while
-    /// the kernel references it or handles are open; returns it.
+    /// it has other names, the kernel references it or handles are open;
+    /// returns it.
     pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
         let ino = self.unattach(parent, name)?;
         if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.unlinked = true;
+            if !inode.attached {
+                inode.unlinked = true;
+            }
         }
         self.maybe_drop(ino);
         Some(ino)
@@ -529,12 +723,21 @@ impl InodeTable {
         }
         if let Some(inode) = self.inodes.remove(&ino) {
             self.log(Event::Drop { ino });
-            if inode.attached {
-                self.children.remove(&(inode.parent, inode.name));
-                if let Some(p) = self.inodes.get_mut(&inode.parent) {
-                    p.children = p.children.saturating_sub(1);
+            if let Some(id) = inode.object_id() {
+                if self.by_object.get(&id) == Some(&ino) {
+                    self.by_object.remove(&id);
                 }
-                self.maybe_drop(inode.parent);
+            }
+            if inode.attached {
+                let mut names = inode.links;
+                names.push((inode.parent, inode.name));
+                for (parent, name) in names {
+                    self.children.remove(&(parent, name));
+                    if let Some(p) = self.inodes.get_mut(&parent) {
+                        p.children = p.children.saturating_sub(1);
+                    }
+                    self.maybe_drop(parent);
+                }
             }
         }
     }
@@ -548,13 +751,11 @@ impl InodeTable {
         if self.child(new_parent, new_name) == Some(ino) {
             return;
         }
-        // Keep the moving inode alive while its old entry goes away.
-        self.children.remove(&(parent, name.to_string()));
+        // Neither the moving inode nor the directory it leaves may be
+        // dropped in between.
         self.detach(new_parent, new_name);
+        self.take_name(parent, name);
         self.attach(new_parent, new_name, ino);
-        if let Some(p) = self.inodes.get_mut(&parent) {
-            p.children = p.children.saturating_sub(1);
-        }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.expire_meta(); // ctime changed; refetch
         }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendPath, FileKind, Identity, VersionToken};
+use crate::backend::{is_temp_name, BackendPath, FileKind, Identity, VersionToken};
 
 use super::snapshot::{FsSnapshot, HandleState, InodeState, WriteState, SNAPSHOT_VERSION};
 use super::types::ROOT_INO;
@@ -22,16 +22,22 @@ pub const NLOOKUP_PINNED: u64 = 1 << 40;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "e", rename_all = "snake_case")]
 pub enum Event {
-    /// `ino` has the name `parent/name` (new, renamed, or hidden).
+    /// `ino` has the name `parent/name` (new, renamed, or hidden); with
+    /// `link`, as one more name besides those it has (a hard link).
     Attach {
         ino: u64,
         parent: u64,
         name: String,
         kind: FileKind,
+        #[serde(default)]
+        link: bool,
     },
-    /// `ino` lost its name (unlinked or replaced; still known).
+    /// `ino` lost the name `at` (unlinked, replaced, renamed away); without
+    /// `at` (journals of versions before hard links), its only name.
     Detach {
         ino: u64,
+        #[serde(default)]
+        at: Option<(u64, String)>,
     },
     /// `ino` is gone from the table.
     Drop {
@@ -95,19 +101,37 @@ pub fn replay(base: Option<FsSnapshot>, events: impl IntoIterator<Item = Event>)
                 parent,
                 name,
                 kind,
+                link,
             } => {
                 let inode = inodes
                     .entry(ino)
                     .or_insert_with(|| blank(ino, parent, &name, kind));
-                inode.parent = parent;
-                inode.name = name;
-                inode.attached = true;
-                next_ino = next_ino.max(ino + 1);
+                if link && inode.attached {
+                    inode.links.push((parent, name));
+                } else {
+                    // A hidden name keeps the file unlinked for users.
+                    inode.unlinked = inode.unlinked && is_temp_name(&name);
+                    inode.parent = parent;
+                    inode.name = name;
+                    inode.attached = true;
+                }
+                next_ino = next_ino.max(ino.saturating_add(1));
             }
-            Event::Detach { ino } => {
+            Event::Detach { ino, at } => {
                 if let Some(i) = inodes.get_mut(&ino) {
-                    i.attached = false;
-                    i.unlinked = true;
+                    let primary = at
+                        .as_ref()
+                        .is_none_or(|(p, n)| i.parent == *p && i.name == *n);
+                    match (primary, at) {
+                        (false, Some(name)) => i.links.retain(|l| *l != name),
+                        _ => match i.links.pop() {
+                            Some((p, n)) => (i.parent, i.name) = (p, n),
+                            None => {
+                                i.attached = false;
+                                i.unlinked = true;
+                            }
+                        },
+                    }
                 }
             }
             Event::Drop { ino } => {
@@ -224,6 +248,7 @@ fn blank(ino: u64, parent: u64, name: &str, kind: FileKind) -> InodeState {
         hidden: false,
         superseded: false,
         write: None,
+        links: Vec::new(),
     }
 }
 
@@ -264,6 +289,7 @@ mod tests {
             parent,
             name: name.into(),
             kind,
+            link: false,
         }
     }
 
@@ -292,7 +318,7 @@ mod tests {
                 opener: 9,
                 identity: id,
             },
-            Event::Detach { ino: 4 },
+            Event::Detach { ino: 4, at: None },
             Event::Drop { ino: 4 },
             attach(3, 1, "moved", FileKind::File),
             Event::Open {
@@ -333,7 +359,7 @@ mod tests {
         let snap = replay(
             None,
             vec![
-                Event::Detach { ino: 99 },
+                Event::Detach { ino: 99, at: None },
                 Event::WriteEnd { ino: 42 },
                 Event::Drop { ino: 1000 },
             ],

@@ -263,6 +263,22 @@ impl CachalotFs {
         }
     }
 
+    /// Make the kernel look up again the names `set_meta` split off an
+    /// inode (they lead to another object now).
+    fn relookup_split_names(&self, table: &mut InodeTable) {
+        let split = table.take_split();
+        if split.is_empty() {
+            return;
+        }
+        if let Some(kernel) = self.kernel.lock().clone() {
+            tokio::task::spawn_blocking(move || {
+                for (parent, name) in split {
+                    kernel.invalidate_entry(parent, &name);
+                }
+            });
+        }
+    }
+
     /// FORGET from the kernel.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         self.inodes.lock().forget(ino, nlookup);
@@ -394,6 +410,7 @@ impl CachalotFs {
         let meta = self.backend.stat(self.identity(caller), &path).await?;
         let mut table = self.inodes.lock();
         let refreshed = table.refresh(ino, meta.clone(), asked)?;
+        self.relookup_split_names(&mut table);
         if refreshed == Refreshed::Superseded {
             // The kernel's entry still points here: make its next path walk
             // look the name up (and meet the new version's inode).
@@ -438,9 +455,7 @@ impl CachalotFs {
                     .backend
                     .set_attr(self.identity(caller), &path, &changes)
                     .await?;
-                if let Ok(inode) = self.inodes.lock().get_mut(ino) {
-                    inode.meta = Some((meta, Instant::now()));
-                }
+                self.inodes.lock().set_meta(ino, meta, Instant::now());
             }
         }
         self.getattr(caller, ino).await
@@ -579,10 +594,14 @@ impl CachalotFs {
             }
             _ => self.backend.unlink(id, &path).await?,
         }
-        if let Some(s) = session {
-            s.orphan();
+        let mut table = self.inodes.lock();
+        if let Some(ino) = table.detach(parent, name) {
+            // With another name left, the file's write goes on under it.
+            let named = table.get(ino).is_ok_and(|i| i.attached);
+            if let Some(s) = session.filter(|_| !named) {
+                s.orphan();
+            }
         }
-        self.inodes.lock().detach(parent, name);
         Ok(())
     }
 
@@ -801,15 +820,12 @@ impl CachalotFs {
             .backend
             .link(self.identity(caller), &existing, &path)
             .await?;
-        let new_ino =
-            self.inodes
-                .lock()
-                .upsert_entry(new_parent, new_name, meta.clone(), Instant::now());
-        // The link count of the original changed.
-        if let Ok(inode) = self.inodes.lock().get_mut(ino) {
-            inode.meta = None;
-        }
-        Ok(self.attr_of(new_ino, &meta))
+        // One inode, one more name: the kernel updates the link count and
+        // ctime every name shows from this reply.
+        let mut table = self.inodes.lock();
+        table.add_link(ino, new_parent, new_name, meta.clone(), Instant::now());
+        self.relookup_split_names(&mut table);
+        Ok(self.attr_of(ino, &meta))
     }
 
     /// mknod: FIFOs where the backend supports them, and regular files
@@ -1030,6 +1046,7 @@ impl CachalotFs {
             mtime: now,
             ctime: now,
             version: VersionToken(String::new()),
+            object_id: pending.object_id(),
         };
         let session = Arc::new(WriteSession::new(
             pending,
@@ -1044,6 +1061,7 @@ impl CachalotFs {
             self.log_write_begin(ino, &session);
             let inode = table.get_mut(ino)?;
             inode.write = Some(session);
+            // Nothing on the backend yet: its attributes are the session's.
             inode.meta = None;
             // The creating handle always publishes, even if opened O_RDONLY.
             inode.writers += 1;
@@ -1150,7 +1168,7 @@ impl CachalotFs {
     /// Publish the inode's write session, if any. On failure the temporary
     /// object is gone, the final name untouched, and the errno returned.
     async fn publish(&self, ino: u64) -> FsResult<()> {
-        let (session, path) = {
+        let (session, path, linked) = {
             let table = self.inodes.lock();
             let inode = table.get(ino)?;
             let Some(session) = inode.write.clone() else {
@@ -1165,9 +1183,13 @@ impl CachalotFs {
             let path = table
                 .last_path(ino)
                 .unwrap_or_else(|_| session.last_target());
-            (session, path)
+            // Replacing a file that has other names would cut it off them.
+            let linked = inode.attached
+                && (!inode.links.is_empty()
+                    || inode.meta.as_ref().is_some_and(|(m, _)| m.nlink > 1));
+            (session, path, linked)
         };
-        let result = session.finish(&path).await;
+        let result = session.finish(&path, linked).await;
         let published = match &result {
             Ok(Finished::Published(meta)) => Some(meta.clone()),
             _ => None,
@@ -1183,9 +1205,12 @@ impl CachalotFs {
                     inode.write = None;
                     self.log(journal::Event::WriteEnd { ino });
                 }
-                if let Some(meta) = &published {
-                    inode.meta = Some((meta.clone(), Instant::now()));
-                }
+            }
+            if let Some(meta) = published {
+                // A hard-linked file written through here is a new object
+                // under the name it was published to (see `set_meta`).
+                table.set_meta(ino, meta, Instant::now());
+                self.relookup_split_names(&mut table);
             }
         }
         match result {
@@ -1197,9 +1222,7 @@ impl CachalotFs {
                         .backend
                         .set_attr(session.identity, &path, &deferred)
                         .await?;
-                    if let Ok(inode) = self.inodes.lock().get_mut(ino) {
-                        inode.meta = Some((meta, Instant::now()));
-                    }
+                    self.inodes.lock().set_meta(ino, meta, Instant::now());
                 }
                 Ok(())
             }

@@ -58,6 +58,9 @@ pub struct InodeState {
     pub hidden: bool,
     pub superseded: bool,
     pub write: Option<WriteState>,
+    /// Other names of the object (hard links); see `Inode::links`.
+    #[serde(default)]
+    pub links: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

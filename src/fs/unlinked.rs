@@ -71,6 +71,8 @@ impl CachalotFs {
             return None;
         }
         let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
+        // Another name (hard link) keeps the object anyway.
+        let keepable = keepable && inode.links.is_empty();
         // A new file exists only as its write session's temporary object,
         // which its handles keep anyway.
         let published = inode.write.as_ref().is_none_or(|w| !w.is_new());

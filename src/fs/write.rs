@@ -266,8 +266,10 @@ impl WriteSession {
     }
 
     /// Publish under `target` (or discard if orphaned). On failure the
-    /// temporary object is removed and the final name is untouched.
-    pub async fn finish(&self, target: &BackendPath) -> FsResult<Finished> {
+    /// temporary object is removed and the final name is untouched. With
+    /// `in_place`, the data is copied into the object at `target` (a file
+    /// with several hard links, see `PendingWrite::publish_in_place`).
+    pub async fn finish(&self, target: &BackendPath, in_place: bool) -> FsResult<Finished> {
         let mut finished = self.finished.lock().await;
         if *finished {
             return Ok(Finished::Nothing);
@@ -284,7 +286,11 @@ impl WriteSession {
                 "a write failed earlier: discarded the temporary file, the final name is untouched");
             return Err(FsError(errno));
         }
-        match self.pending.publish(target).await {
+        let published = match in_place && !self.is_new() {
+            true => self.pending.publish_in_place(target).await,
+            false => self.pending.publish(target).await,
+        };
+        match published {
             Ok(meta) => Ok(Finished::Published(meta)),
             Err(e) => {
                 self.pending.abort(target).await;

@@ -199,6 +199,7 @@ mod tests {
             parent: 1,
             name: "a".into(),
             kind: FileKind::File,
+            link: false,
         });
         drop(j);
         let mut log = OpenOptions::new()
@@ -222,6 +223,7 @@ mod tests {
                 parent: 1,
                 name: format!("f{ino}"),
                 kind: FileKind::File,
+                link: false,
             });
         }
         j.compact(&mut j.log.lock()).unwrap();

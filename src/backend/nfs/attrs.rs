@@ -52,6 +52,7 @@ pub fn metadata(a: &fattr3) -> Metadata {
         mtime: time(&a.mtime),
         ctime: time(&a.ctime),
         version: version(a),
+        object_id: Some(a.fileid),
     }
 }
 

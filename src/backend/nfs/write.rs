@@ -346,7 +346,8 @@ impl NfsPendingWrite {
             let end = (done + self.vol.limits.wtmax as usize).min(data.len());
             let piece = &data[done..end];
             let at = offset + done as u64;
-            let (written, committed, verf) = self.send_write(&ctx, at, piece, stable).await?;
+            let (written, committed, verf) =
+                self.send_write(&ctx, &self.fh, at, piece, stable).await?;
             if committed == stable_how::UNSTABLE {
                 st.log.push(Logged::Write {
                     offset: at,
@@ -372,15 +373,18 @@ impl NfsPendingWrite {
         Ok(())
     }
 
+    /// One WRITE to `file` (the temp file, or the target of an in-place
+    /// publish).
     async fn send_write(
         &self,
         ctx: &Ctx<'_>,
+        file: &nfs_fh3,
         offset: u64,
         data: &[u8],
         stable: stable_how,
     ) -> BackendResult<(usize, stable_how, writeverf3)> {
         let args = WRITE3args {
-            file: self.fh.clone(),
+            file: file.clone(),
             offset,
             count: data.len() as u32,
             stable,
@@ -420,6 +424,7 @@ impl NfsPendingWrite {
                         let (n, _, _) = self
                             .send_write(
                                 ctx,
+                                &self.fh,
                                 offset + done as u64,
                                 &data[done..],
                                 stable_how::FILE_SYNC,
@@ -635,6 +640,55 @@ impl PendingWrite for NfsPendingWrite {
         .await?;
         self.finished.store(true, Ordering::Release);
         let a = self.vol.getattr(&ctx, &self.fh).await?;
+        Ok(attrs::metadata(&a))
+    }
+
+    fn object_id(&self) -> Option<u64> {
+        Some(self.fileid)
+    }
+
+    async fn publish_in_place(&self, target: &BackendPath) -> BackendResult<Metadata> {
+        let _st = self.state.lock().await;
+        if self.finished.load(Ordering::Acquire) {
+            return Err(self
+                .vol
+                .ctx("publish", target, self.id)
+                .err(ErrorKind::InvalidArgument, "already published or aborted"));
+        }
+        let ctx = self.vol.ctx(
+            "publish in place (copy into the linked file)",
+            target,
+            self.id,
+        );
+        let (out, _) = self.vol.lookup(&ctx, target).await?;
+        let size = self.size();
+        let mut offset = 0;
+        while offset < size {
+            let want = (size - offset).min(COPY_CHUNK as u64) as usize;
+            let data = self.read_locked(offset, want).await?;
+            if data.is_empty() {
+                break;
+            }
+            let mut done = 0;
+            while done < data.len() {
+                let (n, _, _) = self
+                    .send_write(
+                        &ctx,
+                        &out,
+                        offset + done as u64,
+                        &data[done..],
+                        stable_how::FILE_SYNC,
+                    )
+                    .await?;
+                done += n;
+            }
+            offset += data.len() as u64;
+        }
+        setattr(&self.vol, &ctx, &out, attrs::size_only(offset)).await?;
+        let dir = self.vol.dir_fh(&ctx, &target.parent()).await?;
+        remove_name(&self.vol, &ctx, &dir, &self.temp_name).await?;
+        self.finished.store(true, Ordering::Release);
+        let a = self.vol.getattr(&ctx, &out).await?;
         Ok(attrs::metadata(&a))
     }
 

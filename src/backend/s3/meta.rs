@@ -20,7 +20,20 @@ pub fn version(etag: &str, size: u64) -> VersionToken {
     VersionToken(format!("{}-{size:x}", bare_etag(etag)))
 }
 
-pub fn file(inner: &Inner, size: u64, mtime: SystemTime, etag: &str) -> Metadata {
+/// The object number of a key (or a directory's prefix): FNV-1a, fixed by
+/// definition, so a successor process built by another compiler gives the
+/// same `st_ino`. A key is the object, so renaming it (copy + delete) makes
+/// a new one, as it does on S3.
+pub fn key_id(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+pub fn file(inner: &Inner, key: &str, size: u64, mtime: SystemTime, etag: &str) -> Metadata {
     Metadata {
         kind: FileKind::File,
         size,
@@ -32,10 +45,12 @@ pub fn file(inner: &Inner, size: u64, mtime: SystemTime, etag: &str) -> Metadata
         mtime,
         ctime: mtime,
         version: version(etag, size),
+        object_id: Some(key_id(key)),
     }
 }
 
-pub fn dir(inner: &Inner, mtime: SystemTime) -> Metadata {
+/// A directory, from its prefix (`dir/`, or empty for the root).
+pub fn dir(inner: &Inner, prefix: &str, mtime: SystemTime) -> Metadata {
     Metadata {
         kind: FileKind::Directory,
         size: 0,
@@ -47,12 +62,14 @@ pub fn dir(inner: &Inner, mtime: SystemTime) -> Metadata {
         mtime,
         ctime: mtime,
         version: VersionToken("dir".into()),
+        object_id: Some(key_id(prefix)),
     }
 }
 
 pub fn from_object_meta(inner: &Inner, m: &object_store::ObjectMeta) -> Metadata {
     file(
         inner,
+        m.location.as_ref(),
         m.size,
         SystemTime::from(m.last_modified),
         m.e_tag.as_deref().unwrap_or(""),

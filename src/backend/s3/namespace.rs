@@ -53,9 +53,9 @@ pub async fn find_dir(
         .map_err(|e| inner.raw_err(&e, "stat", path, &prefix, id))?;
     match first.first() {
         // The marker sorts first: it carries the directory's mtime.
-        Some(o) if o.key == prefix => Ok(Some(meta::dir(inner, o.modified()))),
-        Some(_) => Ok(Some(meta::dir(inner, inner.started))),
-        None if path.is_root() => Ok(Some(meta::dir(inner, inner.started))),
+        Some(o) if o.key == prefix => Ok(Some(meta::dir(inner, &prefix, o.modified()))),
+        Some(_) => Ok(Some(meta::dir(inner, &prefix, inner.started))),
+        None if path.is_root() => Ok(Some(meta::dir(inner, &prefix, inner.started))),
         None => Ok(None),
     }
 }
@@ -105,6 +105,7 @@ pub async fn list(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRes
             name: name.to_string(),
             meta: meta::file(
                 inner,
+                &object.key,
                 object.size,
                 object.modified(),
                 object.e_tag.as_deref().unwrap_or(""),
@@ -121,7 +122,7 @@ pub async fn list(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRes
         }
         out.push(DirEntry {
             name: name.to_string(),
-            meta: meta::dir(inner, inner.started),
+            meta: meta::dir(inner, sub, inner.started),
         });
     }
     Ok(out)
@@ -156,7 +157,7 @@ pub async fn mkdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRe
         .put_empty(&marker)
         .await
         .map_err(|e| inner.raw_err(&e, "mkdir (put marker)", path, &marker, id))?;
-    Ok(meta::dir(inner, SystemTime::now()))
+    Ok(meta::dir(inner, &marker, SystemTime::now()))
 }
 
 pub async fn rmdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendResult<()> {

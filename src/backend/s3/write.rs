@@ -367,7 +367,7 @@ impl PendingWrite for S3PendingWrite {
     }
 
     async fn set_attr(&self, changes: &AttrChanges) -> BackendResult<()> {
-        let fixed = meta::file(&self.inner, 0, SystemTime::now(), "");
+        let fixed = meta::file(&self.inner, "", 0, SystemTime::now(), "");
         meta::check_fixed_attrs(&self.inner, &fixed, changes, self.id, &self.origin)
     }
 
@@ -476,7 +476,7 @@ impl PendingWrite for S3PendingWrite {
         state.finished = true;
         let _ = std::fs::remove_file(&self.file_path);
         let meta = match result.e_tag {
-            Some(etag) => meta::file(&self.inner, size, SystemTime::now(), &etag),
+            Some(etag) => meta::file(&self.inner, &key, size, SystemTime::now(), &etag),
             None => namespace::stat(&self.inner, self.id, target).await?,
         };
         Ok(meta)

@@ -1,0 +1,145 @@
+//! POSIX identity checks run on a mount of every backend that can store
+//! what they need (file:// and nfs://): one inode per object, numbers that
+//! stay, link counts and times as a kernel filesystem keeps them. Each
+//! takes the mount's directory and the backing directory (ground truth).
+#![allow(dead_code)] // each test binary uses some of them
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Make the kernel forget every inode it does not need (FORGET to the
+/// daemon): the next stat looks each name up again.
+pub fn forget_inodes() {
+    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "2") {
+        panic!("cannot write /proc/sys/vm/drop_caches: {e}");
+    }
+}
+
+fn stat(p: &Path) -> fs::Metadata {
+    fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+}
+
+fn ctime(m: &fs::Metadata) -> (i64, i64) {
+    (m.ctime(), m.ctime_nsec())
+}
+
+/// `link()` gives the object one more name: one `st_ino`, one link count
+/// every name shows at once, a new ctime; unlinking a name drops the count
+/// for the others; writing through any name changes the data every name
+/// shows; a link made behind the mount joins the same inode.
+pub fn hard_links_are_one_inode(mnt: &Path, backing: &Path) {
+    let (m, b) = (mnt.join("links"), backing.join("links"));
+    fs::create_dir(&m).unwrap();
+    fs::create_dir(m.join("sub")).unwrap();
+    fs::write(m.join("a"), b"one").unwrap();
+    let before = stat(&m.join("a"));
+    std::thread::sleep(Duration::from_millis(20));
+    fs::hard_link(m.join("a"), m.join("b")).unwrap();
+    let (a, bb) = (stat(&m.join("a")), stat(&m.join("b")));
+    assert_eq!(a.ino(), bb.ino(), "two names of one file, one inode");
+    assert_eq!((a.nlink(), bb.nlink()), (2, 2), "link counts after link()");
+    assert!(
+        ctime(&a) > ctime(&before),
+        "link() changes the file's ctime"
+    );
+
+    fs::hard_link(m.join("b"), m.join("sub/c")).unwrap();
+    for name in ["a", "b", "sub/c"] {
+        assert_eq!(stat(&m.join(name)).nlink(), 3, "nlink of {name}");
+    }
+    assert_eq!(stat(&b.join("a")).nlink(), 3, "the backend has the links");
+
+    fs::remove_file(m.join("b")).unwrap();
+    assert_eq!(stat(&m.join("a")).nlink(), 2, "unlink drops the count");
+    assert_eq!(stat(&m.join("sub/c")).nlink(), 2);
+
+    // The same answers once the kernel forgot and looks the names up again.
+    forget_inodes();
+    assert_eq!(stat(&m.join("sub/c")).ino(), a.ino(), "number after forget");
+    assert_eq!(stat(&m.join("a")).ino(), a.ino());
+
+    // A write through one name is the file's new content under every name.
+    fs::write(m.join("sub/c"), b"two, longer").unwrap();
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"two, longer");
+    assert_eq!(fs::read(b.join("a")).unwrap(), b"two, longer");
+    let (a2, c2) = (stat(&m.join("a")), stat(&m.join("sub/c")));
+    assert_eq!((a2.ino(), a2.nlink()), (c2.ino(), 2), "still one file");
+    assert_eq!(a2.len(), 11);
+
+    // A link made behind the mount is the same inode too.
+    fs::hard_link(b.join("a"), b.join("d")).unwrap();
+    let d = stat(&m.join("d"));
+    assert_eq!(d.ino(), a.ino(), "a link made in the backend");
+    assert_eq!(d.nlink(), 3);
+
+    // Renaming another file over one name leaves the others their file.
+    fs::write(m.join("new"), b"replacement").unwrap();
+    fs::rename(m.join("new"), m.join("a")).unwrap();
+    assert_eq!(fs::read(m.join("a")).unwrap(), b"replacement");
+    assert_eq!(fs::read(m.join("d")).unwrap(), b"two, longer");
+    assert_ne!(stat(&m.join("a")).ino(), a.ino());
+    assert_eq!(stat(&m.join("d")).nlink(), 2, "d and sub/c are left");
+}
+
+/// `st_ino` of an untouched file and directory stays the same while the
+/// mount is busy with other names and after the kernel forgot them.
+pub fn inode_numbers_stay(mnt: &Path) {
+    let root = mnt.join("stable");
+    fs::create_dir_all(root.join("dir")).unwrap();
+    fs::create_dir_all(root.join("churn")).unwrap();
+    fs::write(root.join("file"), b"x").unwrap();
+    let want = (
+        stat(&root.join("file")).ino(),
+        stat(&root.join("dir")).ino(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (dir, stop) = (root.join("churn"), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p = dir.join(format!("f{}", i % 64));
+                let _ = fs::write(&p, b"churn");
+                if i.is_multiple_of(3) {
+                    let _ = fs::remove_file(&p);
+                }
+                i += 1;
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_secs(3) {
+        if round.is_multiple_of(5) {
+            forget_inodes();
+        }
+        let got = (
+            stat(&root.join("file")).ino(),
+            stat(&root.join("dir")).ino(),
+        );
+        assert_eq!(got, want, "inode numbers changed in round {round}");
+        round += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+}
+
+/// Moving a directory to another parent changes both parents' link counts
+/// (their `..` entries), seen at once.
+pub fn directory_link_counts_follow_moves(mnt: &Path) {
+    let root = mnt.join("dirlinks");
+    fs::create_dir_all(root.join("p1/s")).unwrap();
+    fs::create_dir_all(root.join("p2")).unwrap();
+    assert_eq!(stat(&root.join("p1")).nlink(), 3);
+    assert_eq!(stat(&root.join("p2")).nlink(), 2);
+    fs::rename(root.join("p1/s"), root.join("p2/s")).unwrap();
+    assert_eq!(stat(&root.join("p1")).nlink(), 2, "old parent");
+    assert_eq!(stat(&root.join("p2")).nlink(), 3, "new parent");
+    fs::remove_dir(root.join("p2/s")).unwrap();
+    assert_eq!(stat(&root.join("p2")).nlink(), 2, "after rmdir");
+}
