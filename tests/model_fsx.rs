@@ -121,6 +121,11 @@ enum Op {
     Unlink {
         path: String,
     },
+    /// link(2): one more name for a file (st_ino and st_nlink are compared).
+    Link {
+        from: String,
+        to: String,
+    },
     Mkdir {
         path: String,
         mode: u32,
@@ -208,6 +213,7 @@ impl std::fmt::Display for Op {
             Op::Stat { path } => write!(f, "stat {path}"),
             Op::Rename { from, to } => write!(f, "rename {from} -> {to}"),
             Op::Unlink { path } => write!(f, "unlink {path}"),
+            Op::Link { from, to } => write!(f, "link {from} -> {to}"),
             Op::Mkdir { path, mode } => write!(f, "mkdir {path} {mode:o}"),
             Op::Rmdir { path } => write!(f, "rmdir {path}"),
             Op::Readdir { path } => write!(f, "readdir {path:?}"),
@@ -238,6 +244,7 @@ enum Out {
         kind: char,
         size: Option<u64>,
         mode: u32,
+        nlink: u64,
     },
     Names(Vec<String>),
 }
@@ -300,6 +307,7 @@ fn stat_out(st: &libc::stat) -> Out {
         kind,
         size: (kind == 'f').then_some(st.st_size as u64),
         mode: st.st_mode & 0o7777,
+        nlink: st.st_nlink,
     }
 }
 
@@ -484,6 +492,7 @@ impl World {
                     rc(libc::rename(self.c(from).as_ptr(), self.c(to).as_ptr()))
                 }
                 Op::Unlink { path } => rc(libc::unlink(self.c(path).as_ptr())),
+                Op::Link { from, to } => rc(libc::link(self.c(from).as_ptr(), self.c(to).as_ptr())),
                 Op::Mkdir { path, mode } => {
                     rc(libc::mkdir(self.c(path).as_ptr(), *mode as libc::mode_t))
                 }
@@ -560,13 +569,27 @@ impl Drop for World {
 
 #[derive(Debug, PartialEq)]
 enum Entry {
-    File { mode: u32, data: Vec<u8> },
-    Dir { mode: u32 },
-    Other { mode: u32 },
+    File {
+        mode: u32,
+        nlink: u64,
+        data: Vec<u8>,
+    },
+    Dir {
+        mode: u32,
+        nlink: u64,
+    },
+    Other {
+        mode: u32,
+    },
 }
 
-/// Everything below `root` (relative path -> entry), reading files completely.
-fn tree(root: &Path) -> Result<BTreeMap<String, Entry>, String> {
+/// Names that are links of one file, as sets of paths (st_ino decides).
+type LinkGroups = BTreeSet<Vec<String>>;
+
+/// Everything below `root` (relative path -> entry), reading files
+/// completely, and which names share an inode.
+fn tree_and_links(root: &Path) -> Result<(BTreeMap<String, Entry>, LinkGroups), String> {
+    let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -577,10 +600,12 @@ fn tree(root: &Path) -> Result<BTreeMap<String, Entry>, String> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let md = fs::symlink_metadata(&p).map_err(|e| format!("lstat {rel}: {e}"))?;
             let mode = md.mode() & 0o7777;
+            let nlink = md.nlink();
             let entry = if md.is_dir() {
                 stack.push(p.clone());
-                Entry::Dir { mode }
+                Entry::Dir { mode, nlink }
             } else if md.is_file() {
+                by_ino.entry(md.ino()).or_default().push(rel.clone());
                 let data = read_all(&p).map_err(|e| format!("read {rel}: {e}"))?;
                 if data.len() as u64 != md.len() {
                     return Err(format!(
@@ -589,19 +614,26 @@ fn tree(root: &Path) -> Result<BTreeMap<String, Entry>, String> {
                         data.len()
                     ));
                 }
-                Entry::File { mode, data }
+                Entry::File { mode, nlink, data }
             } else {
                 Entry::Other { mode }
             };
             out.insert(rel, entry);
         }
     }
-    Ok(out)
+    let links = by_ino
+        .into_values()
+        .map(|mut names| {
+            names.sort();
+            names
+        })
+        .collect();
+    Ok((out, links))
 }
 
 fn compare_trees(what: &str, actual: &Path, reference: &Path) -> Result<(), String> {
-    let a = tree(actual).map_err(|e| format!("{what}: {e}"))?;
-    let r = tree(reference).map_err(|e| format!("reference: {e}"))?;
+    let (a, links_a) = tree_and_links(actual).map_err(|e| format!("{what}: {e}"))?;
+    let (r, links_r) = tree_and_links(reference).map_err(|e| format!("reference: {e}"))?;
     let names_a: BTreeSet<&String> = a.keys().collect();
     let names_r: BTreeSet<&String> = r.keys().collect();
     if names_a != names_r {
@@ -615,15 +647,34 @@ fn compare_trees(what: &str, actual: &Path, reference: &Path) -> Result<(), Stri
         let er = &r[name];
         if ea != er {
             let detail = match (ea, er) {
-                (Entry::File { mode: ma, data: da }, Entry::File { mode: mr, data: dr }) => {
-                    format!("mode {ma:o} vs {mr:o}; {}", data_diff(da, dr))
-                }
+                (
+                    Entry::File {
+                        mode: ma,
+                        nlink: na,
+                        data: da,
+                    },
+                    Entry::File {
+                        mode: mr,
+                        nlink: nr,
+                        data: dr,
+                    },
+                ) => format!(
+                    "mode {ma:o} vs {mr:o}; nlink {na} vs {nr}; {}",
+                    data_diff(da, dr)
+                ),
                 (x, y) => format!("{x:?} vs {y:?}"),
             };
             return Err(format!(
                 "{what}: {name} differs from the reference: {detail}"
             ));
         }
+    }
+    if links_a != links_r {
+        return Err(format!(
+            "{what}: names sharing an inode differ: {:?} vs the reference's {:?}",
+            links_a.difference(&links_r).collect::<Vec<_>>(),
+            links_r.difference(&links_a).collect::<Vec<_>>()
+        ));
     }
     Ok(())
 }
@@ -1217,7 +1268,7 @@ impl Gen {
     fn op(&mut self, k: &Known, r: &World) -> Op {
         let has_open = !k.open.is_empty();
         loop {
-            let choice = self.rng.random_range(0..120);
+            let choice = self.rng.random_range(0..124);
             let op = match choice {
                 0..=13 if !k.free.is_empty() => {
                     let slot = *pick(&mut self.rng, &k.free);
@@ -1365,6 +1416,10 @@ impl Gen {
                 },
                 117..=119 if has_open => Op::DropCache {
                     slot: *pick(&mut self.rng, &k.open),
+                },
+                120..=123 => Op::Link {
+                    from: self.file_path(k),
+                    to: self.file_path(k),
                 },
                 _ => continue,
             };

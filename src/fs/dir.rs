@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::Metadata;
-
 use super::types::{Caller, FsResult, ListedEntry};
 use super::{CachalotFs, Handle};
 
@@ -51,15 +49,14 @@ impl CachalotFs {
             for entry in listed {
                 let child = table.upsert(ino, &entry.name, entry.meta.clone(), listed_at);
                 // A file being rewritten reports its in-progress attributes.
-                let meta: Metadata = table
-                    .get(child)
-                    .ok()
-                    .and_then(|i| i.write.as_ref().map(|w| w.attributes()))
-                    .unwrap_or_else(|| entry.meta.clone());
+                let attr = match self.local_attr_in(&table, child) {
+                    Ok(Some(attr)) => attr,
+                    _ => self.attr_of(child, &entry.meta),
+                };
                 seen.insert(entry.name.clone());
                 entries.push(ListedEntry {
                     name: entry.name,
-                    attr: self.attr_of(child, &meta),
+                    attr,
                     meta: Some(entry.meta),
                 });
             }

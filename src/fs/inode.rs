@@ -143,7 +143,9 @@ impl Inode {
         self.meta.as_ref().and_then(|(m, _)| m.object_id)
     }
 
-    fn is_named(&self, parent: u64, name: &str) -> bool {
+    /// Whether `parent/name` is its first name (the one paths are built
+    /// from).
+    pub fn is_named(&self, parent: u64, name: &str) -> bool {
         self.parent == parent && self.name == name
     }
 }
@@ -667,6 +669,13 @@ impl InodeTable {
             if !inode.attached {
                 inode.unlinked = true;
             }
+            // The object has one link less: known at once, also while a
+            // write in progress keeps it from being fetched.
+            if inode.kind != FileKind::Directory {
+                if let Some((meta, _)) = &mut inode.meta {
+                    meta.nlink = meta.nlink.saturating_sub(1);
+                }
+            }
         }
         self.maybe_drop(ino);
         Some(ino)
@@ -753,9 +762,23 @@ impl InodeTable {
         }
         // Neither the moving inode nor the directory it leaves may be
         // dropped in between.
+        let first = self
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.is_named(parent, name));
         self.detach(new_parent, new_name);
         self.take_name(parent, name);
         self.attach(new_parent, new_name, ino);
+        if let Some(inode) = self.inodes.get_mut(&ino).filter(|_| first) {
+            // The first name stays first under its new name (a write's
+            // temporary object is next to it and moved along).
+            let new = (new_parent, new_name.to_string());
+            if let Some(at) = inode.links.iter().position(|l| *l == new) {
+                let old_first = (inode.parent, std::mem::take(&mut inode.name));
+                inode.links[at] = old_first;
+                (inode.parent, inode.name) = new;
+            }
+        }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.expire_meta(); // ctime changed; refetch
         }

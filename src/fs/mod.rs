@@ -341,7 +341,13 @@ impl CachalotFs {
     fn local_attr_in(&self, table: &InodeTable, ino: u64) -> FsResult<Option<Attr>> {
         let inode = table.get(ino)?;
         let attr = match (&inode.write, &inode.meta) {
-            (Some(session), _) => self.attr_of(ino, &session.attributes()),
+            // The write's own size and times; the object's link count.
+            (Some(session), Some((meta, _))) => {
+                let mut attr = self.attr_of(ino, &session.attributes());
+                attr.nlink = meta.nlink;
+                attr
+            }
+            (Some(session), None) => self.attr_of(ino, &session.attributes()),
             (None, Some((meta, at))) if self.fresh(*at) => self.attr_of(ino, meta),
             // Gone from the backend namespace: what we last knew is all
             // there is (fstat of an open, removed directory).
@@ -594,12 +600,26 @@ impl CachalotFs {
             }
             _ => self.backend.unlink(id, &path).await?,
         }
-        let mut table = self.inodes.lock();
-        if let Some(ino) = table.detach(parent, name) {
+        let (ino, named, first) = {
+            let mut table = self.inodes.lock();
+            let first = table
+                .child(parent, name)
+                .and_then(|ino| table.get(ino).ok())
+                .is_some_and(|i| i.is_named(parent, name));
+            let ino = table.detach(parent, name);
+            let named = ino
+                .and_then(|i| table.get(i).ok())
+                .is_some_and(|i| i.attached);
+            (ino, named, first)
+        };
+        match (ino, named) {
             // With another name left, the file's write goes on under it.
-            let named = table.get(ino).is_ok_and(|i| i.attached);
-            if let Some(s) = session.filter(|_| !named) {
-                s.orphan();
+            (Some(ino), true) if first => self.follow_first_name(ino, &path).await?,
+            (Some(_), true) => {}
+            _ => {
+                if let Some(s) = session {
+                    s.orphan();
+                }
             }
         }
         Ok(())
@@ -628,9 +648,19 @@ impl CachalotFs {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(new_parent, new_name)?;
         let id = self.identity(caller);
-        let (source, target) = {
+        let (source, target, from_first, to_first) = {
             let table = self.inodes.lock();
-            (table.child(parent, name), table.child(new_parent, new_name))
+            let (source, target) = (table.child(parent, name), table.child(new_parent, new_name));
+            let first = |ino: Option<u64>, p: u64, n: &str| {
+                ino.and_then(|i| table.get(i).ok())
+                    .is_none_or(|i| i.is_named(p, n))
+            };
+            (
+                source,
+                target,
+                first(source, parent, name),
+                first(target, new_parent, new_name),
+            )
         };
         if source.is_some() && source == target {
             return Ok(()); // same inode: POSIX says do nothing
@@ -670,18 +700,20 @@ impl CachalotFs {
                 .child(parent, name)
                 .and_then(|ino| table.get(ino).ok())
                 .and_then(|i| i.write.clone());
-            // A kept file's write session goes on under its hidden name.
+            // A kept file's write session goes on under its hidden name,
+            // a file with other names under those.
             let replaced = table
                 .child(new_parent, new_name)
                 .filter(|_| kept.is_none())
                 .and_then(|ino| table.get(ino).ok())
+                .filter(|i| i.links.is_empty())
                 .and_then(|i| i.write.clone());
             (session, replaced)
         };
         let moved = self
             .rename_objects(
                 id,
-                &from,
+                (&from, from_first),
                 &to,
                 session.as_ref(),
                 new_parent,
@@ -703,6 +735,28 @@ impl CachalotFs {
             Some((r, hidden)) => self.record_hidden(id, r, hidden, rename_entry).await,
             None => rename_entry(&mut self.inodes.lock()),
         }
+        if let (Some(target), true, None) = (target, to_first, &kept) {
+            self.follow_first_name(target, &to).await?;
+        }
+        Ok(())
+    }
+
+    /// A file with several names lost its first one (`old`), and another
+    /// took its place: a write in progress keeps its temporary object next
+    /// to the first name (where it is published, and where an rmdir of the
+    /// old directory would otherwise find it), so it moves over.
+    async fn follow_first_name(&self, ino: u64, old: &BackendPath) -> FsResult<()> {
+        let (session, now) = {
+            let table = self.inodes.lock();
+            let inode = table.get(ino)?;
+            match (&inode.write, inode.attached) {
+                (Some(s), true) => (Arc::clone(s), table.path_of(ino)?),
+                _ => return Ok(()),
+            }
+        };
+        if now.parent() != old.parent() {
+            session.retarget(old, &now).await?;
+        }
         Ok(())
     }
 
@@ -713,7 +767,7 @@ impl CachalotFs {
     async fn rename_objects(
         &self,
         id: Identity,
-        from: &BackendPath,
+        (from, from_first): (&BackendPath, bool),
         to: &BackendPath,
         session: Option<&Arc<WriteSession>>,
         new_parent: u64,
@@ -725,8 +779,15 @@ impl CachalotFs {
                 if no_replace && self.exists(id, new_parent, new_name, to).await? {
                     return Err(FsError(libc::EEXIST));
                 }
-                let existing = self.backend_kind(id, to).await?;
-                if existing == Some(FileKind::Directory) {
+                let existing = match self.backend.stat(id, to).await {
+                    Ok(meta) => Some(meta),
+                    Err(e) if e.kind == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.into()),
+                };
+                if existing
+                    .as_ref()
+                    .is_some_and(|m| m.kind == FileKind::Directory)
+                {
                     return Err(FsError(libc::EISDIR));
                 }
                 s.retarget(from, to).await?;
@@ -735,27 +796,24 @@ impl CachalotFs {
                 if s.take_replaced() {
                     self.remove_replaced(id, from).await?;
                 }
-                if existing.is_some() {
-                    s.set_replaced();
+                match existing {
+                    // A file with other names loses this one now (its link
+                    // count shows it at once); it lives on under the others.
+                    Some(m) if m.nlink > 1 => self.remove_replaced(id, to).await?,
+                    Some(_) => s.set_replaced(),
+                    None => {}
                 }
             }
             _ => {
                 self.backend.rename(id, from, to, no_replace).await?;
-                if let Some(s) = session {
+                // Its temporary object is next to the file's first name
+                // (see `follow_first_name`) and moves along with it.
+                if let Some(s) = session.filter(|_| from_first) {
                     s.retarget(from, to).await?;
                 }
             }
         }
         Ok(())
-    }
-
-    /// Kind of the backend object at `path`, if any.
-    async fn backend_kind(&self, id: Identity, path: &BackendPath) -> FsResult<Option<FileKind>> {
-        match self.backend.stat(id, path).await {
-            Ok(meta) => Ok(Some(meta.kind)),
-            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 
     async fn exists(
@@ -816,16 +874,26 @@ impl CachalotFs {
         }
         let existing = self.path_of(ino)?;
         let path = self.child_path(new_parent, new_name)?;
+        // A file not published yet exists only as its temporary object:
+        // publish it (as fsync would) so there is an object to link.
+        let unpublished = self.inodes.lock().get(ino)?.write.clone();
+        if unpublished.is_some_and(|w| w.is_new()) {
+            self.publish(ino).await?;
+        }
         let meta = self
             .backend
             .link(self.identity(caller), &existing, &path)
             .await?;
         // One inode, one more name: the kernel updates the link count and
-        // ctime every name shows from this reply.
+        // ctime every name shows from this reply (a write in progress
+        // reports its own size).
         let mut table = self.inodes.lock();
         table.add_link(ino, new_parent, new_name, meta.clone(), Instant::now());
         self.relookup_split_names(&mut table);
-        Ok(self.attr_of(ino, &meta))
+        match self.local_attr_in(&table, ino) {
+            Ok(Some(attr)) => Ok(attr),
+            _ => Ok(self.attr_of(ino, &meta)),
+        }
     }
 
     /// mknod: FIFOs where the backend supports them, and regular files
