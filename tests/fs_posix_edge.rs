@@ -385,3 +385,9 @@ fn directory_link_counts_follow_moves() {
     let m = Mount::new();
     support_posix::directory_link_counts_follow_moves(m.mnt());
 }
+
+#[test]
+fn device_nodes_and_sockets_are_stored() {
+    let m = Mount::new();
+    support_posix::special_files_are_stored(m.mnt(), m.backing());
+}

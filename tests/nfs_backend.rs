@@ -12,7 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cachalot::backend::nfs::{NfsBackend, NfsOptions};
 use cachalot::backend::{
-    AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity, Source, WriteStart,
+    AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity, Source, SpecialFile,
+    WriteStart,
 };
 
 use support_nfs::{ganesha, SQUASHED_OWNER};
@@ -200,9 +201,27 @@ async fn every_operation_matches_the_export_on_disk() {
     assert_eq!(on_disk.permissions().mode() & 0o7777, 0o600);
     assert_eq!(on_disk.mtime(), 1_600_000_000);
 
-    // mkfifo, list, unlink, rmdir
-    let f = b.mkfifo(ROOT, &p("dir/fifo"), 0o644).await.unwrap();
+    // mknod (FIFO, device, socket), list, unlink, rmdir
+    let f = b
+        .mknod(ROOT, &p("dir/fifo"), SpecialFile::Fifo, 0o644)
+        .await
+        .unwrap();
     assert_eq!(f.kind, FileKind::Fifo);
+    let dev = libc::makedev(1, 3);
+    let c = b
+        .mknod(ROOT, &p("dir/null"), SpecialFile::CharDevice(dev), 0o644)
+        .await
+        .unwrap();
+    assert_eq!((c.kind, c.rdev), (FileKind::CharDevice, dev));
+    assert_eq!(fs::metadata(disk.join("dir/null")).unwrap().rdev(), dev);
+    let s = b
+        .mknod(ROOT, &p("dir/sock"), SpecialFile::Socket, 0o644)
+        .await
+        .unwrap();
+    assert_eq!(s.kind, FileKind::Socket);
+    for name in ["dir/null", "dir/sock"] {
+        b.unlink(ROOT, &p(name)).await.unwrap();
+    }
     let names: BTreeSet<String> = b
         .list(ROOT, &p("dir"))
         .await

@@ -217,3 +217,11 @@ fn directory_link_counts_follow_moves() {
     let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
     support_posix::directory_link_counts_follow_moves(&m.path(""));
 }
+
+#[test]
+fn device_nodes_and_sockets_are_stored() {
+    let server = ganesha();
+    let (disk, url) = server.area("posix-special");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::special_files_are_stored(&m.path(""), &disk);
+}

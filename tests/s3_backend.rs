@@ -253,13 +253,16 @@ async fn every_operation() {
 
     // What S3 cannot do.
     let caps = b.capabilities();
-    assert!(!caps.hard_links && !caps.symlinks && !caps.fifos);
+    assert!(!caps.hard_links && !caps.symlinks && !caps.special_files);
     assert_eq!(
         b.link(ME, &p("x"), &p("l")).await.unwrap_err().kind,
         ErrorKind::NotPermitted
     );
     assert_eq!(
-        b.mkfifo(ME, &p("ff"), 0o644).await.unwrap_err().kind,
+        b.mknod(ME, &p("ff"), cachalot::backend::SpecialFile::Fifo, 0o644)
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotPermitted
     );
     assert_eq!(

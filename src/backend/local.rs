@@ -39,7 +39,7 @@ use super::{
     DirEntry, ErrorKind, FileKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite,
     VersionToken, WriteStart,
 };
-use super::{Resumed, SuspendedWrite};
+use super::{Resumed, SpecialFile, SuspendedWrite};
 
 /// Temp objects of dead writers older than this are removed even when we
 /// cannot tell whether their writer (another host) is alive.
@@ -623,6 +623,9 @@ fn metadata_of(st: &libc::stat) -> Metadata {
         libc::S_IFDIR => FileKind::Directory,
         libc::S_IFLNK => FileKind::Symlink,
         libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFBLK => FileKind::BlockDevice,
+        libc::S_IFSOCK => FileKind::Socket,
         _ => FileKind::Special,
     };
     let (mtime, mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
@@ -640,6 +643,10 @@ fn metadata_of(st: &libc::stat) -> Metadata {
         ctime: to_time(st.st_ctime as i64, st.st_ctime_nsec as i64),
         version: VersionToken(format!("{:x}-{:x}-{:x}", st.st_ino as u64, size, mtime_ns)),
         object_id: Some(object_id(st.st_dev as u64, st.st_ino as u64)),
+        rdev: match kind {
+            FileKind::CharDevice | FileKind::BlockDevice => st.st_rdev as u64,
+            _ => 0,
+        },
     }
 }
 
@@ -707,7 +714,7 @@ impl Backend for LocalBackend {
         Capabilities {
             hard_links: true,
             symlinks: true,
-            fifos: true,
+            special_files: true,
             cheap_rename: true,
         }
     }
@@ -969,14 +976,31 @@ impl Backend for LocalBackend {
             .await
     }
 
-    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata> {
+    async fn mknod(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        node: SpecialFile,
+        mode: u32,
+    ) -> BackendResult<Metadata> {
         let p = path.clone();
+        let (format, rdev) = match node {
+            SpecialFile::Fifo => (libc::S_IFIFO, 0),
+            SpecialFile::Socket => (libc::S_IFSOCK, 0),
+            SpecialFile::CharDevice(rdev) => (libc::S_IFCHR, rdev),
+            SpecialFile::BlockDevice(rdev) => (libc::S_IFBLK, rdev),
+        };
         self.shared
-            .run(id, "mkfifo", path, move |s| {
+            .run(id, "mknod", path, move |s| {
                 let loc = s.locate(&p)?;
                 // SAFETY: valid NUL-terminated string.
                 cvt(unsafe {
-                    libc::mknodat(loc.dir(), loc.name().as_ptr(), libc::S_IFIFO | 0o600, 0)
+                    libc::mknodat(
+                        loc.dir(),
+                        loc.name().as_ptr(),
+                        format | 0o600,
+                        rdev as libc::dev_t,
+                    )
                 })?;
                 loc.chmod(mode)?;
                 s.assign_owner(&loc, id)?;
@@ -1626,7 +1650,12 @@ mod tests {
                 b.link(me(), &at("victim"), &p("hard")).await.map(drop),
                 "link from",
             );
-            not_dir(b.mkfifo(me(), &at("fifo"), 0o644).await.map(drop), "mkfifo");
+            not_dir(
+                b.mknod(me(), &at("fifo"), SpecialFile::Fifo, 0o644)
+                    .await
+                    .map(drop),
+                "mknod",
+            );
             let chmod = AttrChanges {
                 mode: Some(0o777),
                 ..AttrChanges::default()

@@ -30,8 +30,32 @@ pub enum FileKind {
     Directory,
     Symlink,
     Fifo,
-    /// Sockets and device nodes: listed, never opened.
+    CharDevice,
+    BlockDevice,
+    Socket,
+    /// Anything else: listed, never opened.
     Special,
+}
+
+/// A special file to create (`Backend::mknod`); devices carry their number
+/// as `dev_t` (`libc::makedev`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialFile {
+    Fifo,
+    CharDevice(u64),
+    BlockDevice(u64),
+    Socket,
+}
+
+impl SpecialFile {
+    pub fn kind(self) -> FileKind {
+        match self {
+            SpecialFile::Fifo => FileKind::Fifo,
+            SpecialFile::CharDevice(_) => FileKind::CharDevice,
+            SpecialFile::BlockDevice(_) => FileKind::BlockDevice,
+            SpecialFile::Socket => FileKind::Socket,
+        }
+    }
 }
 
 /// A write session another process suspended, as this one found it.
@@ -71,6 +95,9 @@ pub struct Metadata {
     /// before its first publish).
     #[serde(default)]
     pub object_id: Option<u64>,
+    /// Device number of a device node (`dev_t`), else 0.
+    #[serde(default)]
+    pub rdev: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -127,7 +154,8 @@ pub enum WriteStart {
 pub struct Capabilities {
     pub hard_links: bool,
     pub symlinks: bool,
-    pub fifos: bool,
+    /// FIFOs, device nodes and sockets can be stored.
+    pub special_files: bool,
     /// A rename is a metadata operation, not a copy: an open file that is
     /// unlinked or replaced can be kept readable under a hidden name until
     /// its last handle closes (as NFS clients do).
@@ -191,7 +219,14 @@ pub trait Backend: Send + Sync + 'static {
         existing: &BackendPath,
         new: &BackendPath,
     ) -> BackendResult<Metadata>;
-    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata>;
+    /// Create a FIFO, device node or socket (where `special_files`).
+    async fn mknod(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        node: SpecialFile,
+        mode: u32,
+    ) -> BackendResult<Metadata>;
     async fn set_attr(
         &self,
         id: Identity,

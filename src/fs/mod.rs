@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::backend::{
     is_temp_name, AttrChanges, Backend, BackendPath, ErrorKind, FileKind, FsStats, Identity,
-    Metadata, VersionToken, WriteStart,
+    Metadata, SpecialFile, VersionToken, WriteStart,
 };
 use crate::cache::PageStore;
 
@@ -328,6 +328,7 @@ impl CachalotFs {
             atime: meta.atime,
             mtime: meta.mtime,
             ctime: meta.ctime,
+            rdev: meta.rdev,
         }
     }
 
@@ -896,21 +897,36 @@ impl CachalotFs {
         }
     }
 
-    /// mknod: FIFOs where the backend supports them, and regular files
-    /// (published empty at once). Device nodes are refused.
+    /// mknod: regular files (published empty at once), and FIFOs, device
+    /// nodes (`rdev` as `dev_t`) and sockets where the backend can store
+    /// them (EPERM elsewhere, as on filesystems without them). Creating a
+    /// device node takes CAP_MKNOD as always: the backend refuses it to
+    /// anyone but root.
     pub async fn mknod(
         &self,
         caller: Caller,
         parent: u64,
         name: &str,
         mode: u32,
+        rdev: u64,
     ) -> FsResult<Attr> {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         let id = self.identity(caller);
+        let special = match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(SpecialFile::Fifo),
+            libc::S_IFSOCK => Some(SpecialFile::Socket),
+            libc::S_IFCHR => Some(SpecialFile::CharDevice(rdev)),
+            libc::S_IFBLK => Some(SpecialFile::BlockDevice(rdev)),
+            _ => None,
+        };
         let meta = match mode & libc::S_IFMT {
-            libc::S_IFIFO if self.backend.capabilities().fifos => {
-                self.backend.mkfifo(id, &path, mode & 0o7777).await?
+            _ if special.is_some() && !self.backend.capabilities().special_files => {
+                return Err(FsError(libc::EPERM));
+            }
+            _ if special.is_some() => {
+                let node = special.ok_or(FsError(libc::EINVAL))?;
+                self.backend.mknod(id, &path, node, mode & 0o7777).await?
             }
             libc::S_IFREG | 0 => {
                 if self.exists(id, parent, name, &path).await? {
@@ -928,7 +944,7 @@ impl CachalotFs {
                     }
                 }
             }
-            _ => return Err(FsError(libc::EPERM)),
+            _ => return Err(FsError(libc::EINVAL)),
         };
         let ino = self
             .inodes
@@ -1115,6 +1131,7 @@ impl CachalotFs {
             ctime: now,
             version: VersionToken(String::new()),
             object_id: pending.object_id(),
+            rdev: 0,
         };
         let session = Arc::new(WriteSession::new(
             pending,

@@ -137,7 +137,10 @@ async fn a_restored_filesystem_goes_on_with_the_same_inodes_handles_and_writes()
     );
     assert_eq!(restored.lookup(me(), d.ino, "a").await.unwrap().ino, a.ino);
     // Both names of a hard-linked file still lead to one inode.
-    assert_eq!(restored.lookup(me(), ROOT_INO, "l2").await.unwrap().ino, l.ino);
+    assert_eq!(
+        restored.lookup(me(), ROOT_INO, "l2").await.unwrap().ino,
+        l.ino
+    );
     assert_eq!(restored.lookup(me(), d.ino, "l1").await.unwrap().ino, l.ino);
     restored
         .write(me(), open_a.fh, 12, b"second half")

@@ -45,6 +45,9 @@ pub struct Attr {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Device number (`dev_t`) of a device node.
+    #[serde(default)]
+    pub rdev: u64,
 }
 
 /// One directory entry of a directory listing.

@@ -61,7 +61,9 @@ pub(super) fn file_type(kind: FileKind) -> FileType {
         FileKind::Directory => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
         FileKind::Fifo => FileType::NamedPipe,
-        FileKind::Special => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Socket | FileKind::Special => FileType::Socket,
     }
 }
 
@@ -79,7 +81,7 @@ pub(super) fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: kernel_dev(a.rdev),
         blksize: BLOCK_SIZE,
         flags: 0,
     }
@@ -149,5 +151,32 @@ pub(super) fn open_flags(keep_cache: bool) -> FopenFlags {
         FopenFlags::FOPEN_KEEP_CACHE
     } else {
         FopenFlags::empty()
+    }
+}
+
+/// A `dev_t` as the FUSE protocol carries it: the kernel's 32-bit
+/// encoding (`new_encode_dev`: 12 bits of major, 20 of minor).
+pub(super) fn kernel_dev(rdev: u64) -> u32 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// The kernel's 32-bit device encoding (`mknod` requests) as a `dev_t`.
+pub(super) fn dev_from_kernel(rdev: u32) -> u64 {
+    let major = (rdev & 0xfff00) >> 8;
+    let minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+#[cfg(test)]
+mod dev_tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_round_trip_through_the_kernel_encoding() {
+        for (major, minor) in [(1, 3), (8, 0), (259, 65_537), (4095, 1_048_575)] {
+            let dev = libc::makedev(major, minor);
+            assert_eq!(dev_from_kernel(kernel_dev(dev)), dev, "{major}:{minor}");
+        }
     }
 }

@@ -228,14 +228,15 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
         let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
         self.spawn(move |fs| async move {
             let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-            let made = fs.mknod(c, parent.0, &name, mode).await;
+            let rdev = convert::dev_from_kernel(rdev);
+            let made = fs.mknod(c, parent.0, &name, mode, rdev).await;
             let made = created_before(&fs, c, resent, parent.0, &name, made).await;
             reply_entry(reply, &ttl, made)
         });

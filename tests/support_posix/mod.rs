@@ -143,3 +143,45 @@ pub fn directory_link_counts_follow_moves(mnt: &Path) {
     fs::remove_dir(root.join("p2/s")).unwrap();
     assert_eq!(stat(&root.join("p2")).nlink(), 2, "after rmdir");
 }
+
+/// Device nodes (made by root) and sockets (`bind()`) are stored in the
+/// backend and come back with their kind and device number; opening a
+/// socket gives ENXIO, as everywhere.
+pub fn special_files_are_stored(mnt: &Path, backing: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    let root = mnt.join("special");
+    fs::create_dir(&root).unwrap();
+    let mknod = |name: &str, format: libc::mode_t, dev: libc::dev_t| {
+        let p = CString::new(root.join(name).as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        let rc = unsafe { libc::mknod(p.as_ptr(), format | 0o640, dev) };
+        assert_eq!(rc, 0, "mknod {name}: {}", std::io::Error::last_os_error());
+    };
+    let (null, loop0) = (libc::makedev(1, 3), libc::makedev(7, 0));
+    mknod("null", libc::S_IFCHR, null);
+    mknod("loop", libc::S_IFBLK, loop0);
+    mknod("fifo", libc::S_IFIFO, 0);
+    let listener = std::os::unix::net::UnixListener::bind(root.join("sock"))
+        .unwrap_or_else(|e| panic!("bind a unix socket on the mount: {e}"));
+    for dir in [root.clone(), backing.join("special")] {
+        let c = stat(&dir.join("null"));
+        assert!(c.file_type().is_char_device(), "{}", dir.display());
+        assert_eq!((c.rdev(), c.mode() & 0o7777), (null, 0o640));
+        let b = stat(&dir.join("loop"));
+        assert!(b.file_type().is_block_device());
+        assert_eq!(b.rdev(), loop0);
+        assert!(stat(&dir.join("fifo")).file_type().is_fifo());
+        assert!(stat(&dir.join("sock")).file_type().is_socket());
+    }
+    let err = fs::File::open(root.join("sock")).expect_err("open of a socket");
+    assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}");
+    drop(listener);
+    // After the kernel forgot them, they are looked up as what they are.
+    forget_inodes();
+    assert_eq!(stat(&root.join("null")).rdev(), null);
+    for name in ["null", "loop", "fifo", "sock"] {
+        fs::remove_file(root.join(name)).unwrap();
+    }
+}

@@ -12,7 +12,9 @@ pub fn kind_of(t: ftype3) -> FileKind {
         ftype3::NF3DIR => FileKind::Directory,
         ftype3::NF3LNK => FileKind::Symlink,
         ftype3::NF3FIFO => FileKind::Fifo,
-        ftype3::NF3BLK | ftype3::NF3CHR | ftype3::NF3SOCK => FileKind::Special,
+        ftype3::NF3CHR => FileKind::CharDevice,
+        ftype3::NF3BLK => FileKind::BlockDevice,
+        ftype3::NF3SOCK => FileKind::Socket,
     }
 }
 
@@ -53,6 +55,10 @@ pub fn metadata(a: &fattr3) -> Metadata {
         ctime: time(&a.ctime),
         version: version(a),
         object_id: Some(a.fileid),
+        rdev: match a.type_ {
+            ftype3::NF3CHR | ftype3::NF3BLK => libc::makedev(a.rdev.specdata1, a.rdev.specdata2),
+            _ => 0,
+        },
     }
 }
 

@@ -40,7 +40,8 @@ use self::read::NfsReader;
 use self::volume::{machine_name, Limits, Volume};
 use super::{
     AttrChanges, Backend, BackendError, BackendPath, BackendResult, Capabilities, DirEntry,
-    ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, Source, WriteStart,
+    ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, Source, SpecialFile,
+    WriteStart,
 };
 
 /// How long a directory's handle is trusted for path walks (see `handles`).
@@ -253,7 +254,7 @@ impl Backend for NfsBackend {
         Capabilities {
             hard_links: true,
             symlinks: true,
-            fifos: true,
+            special_files: true,
             cheap_rename: true,
         }
     }
@@ -381,9 +382,15 @@ impl Backend for NfsBackend {
             .await
     }
 
-    async fn mkfifo(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata> {
+    async fn mknod(
+        &self,
+        id: Identity,
+        path: &BackendPath,
+        node: SpecialFile,
+        mode: u32,
+    ) -> BackendResult<Metadata> {
         let vol = &self.vol;
-        vol.stale_retry(|| namespace::mkfifo(vol, id, path, mode))
+        vol.stale_retry(|| namespace::mknod(vol, id, path, node, mode))
             .await
     }
 

@@ -3,10 +3,10 @@
 //! turn into EEXIST for the application).
 
 use nfs3_types::nfs3::{
-    ftype3, mknoddata3, nfspath3, nfsstat3, sattr3, symlinkdata3, FSSTAT3args, FSSTAT3res,
-    LINK3args, LINK3res, MKDIR3args, MKDIR3res, MKNOD3args, MKNOD3res, Nfs3Option, Nfs3Result,
-    READLINK3args, READLINK3res, RENAME3args, RENAME3res, RMDIR3args, RMDIR3res, SYMLINK3args,
-    SYMLINK3res, NFS_PROGRAM,
+    devicedata3, ftype3, mknoddata3, nfspath3, nfsstat3, sattr3, specdata3, symlinkdata3,
+    FSSTAT3args, FSSTAT3res, LINK3args, LINK3res, MKDIR3args, MKDIR3res, MKNOD3args, MKNOD3res,
+    Nfs3Option, Nfs3Result, READLINK3args, READLINK3res, RENAME3args, RENAME3res, RMDIR3args,
+    RMDIR3res, SYMLINK3args, SYMLINK3res, NFS_PROGRAM,
 };
 use nfs3_types::xdr_codec::Opaque;
 
@@ -14,7 +14,7 @@ use super::attrs;
 use super::volume::{dir_removed, dirop, stale_dir, Volume};
 use super::write::{remove_name, setattr};
 use crate::backend::{
-    AttrChanges, BackendPath, BackendResult, ErrorKind, FsStats, Identity, Metadata,
+    AttrChanges, BackendPath, BackendResult, ErrorKind, FsStats, Identity, Metadata, SpecialFile,
 };
 
 /// What a create-type reply carries.
@@ -88,17 +88,32 @@ pub async fn mkdir(
     finish_create(vol, &ctx, path, created, reply.resent, ftype3::NF3DIR).await
 }
 
-pub async fn mkfifo(
+pub async fn mknod(
     vol: &Volume,
     id: Identity,
     path: &BackendPath,
+    node: SpecialFile,
     mode: u32,
 ) -> BackendResult<Metadata> {
-    let ctx = vol.ctx("mkfifo", path, id);
+    let ctx = vol.ctx("mknod", path, id);
     let dir = vol.dir_fh(&ctx, &path.parent()).await?;
+    let attributes = attrs::mode_only(mode);
+    let device = |rdev: u64| devicedata3 {
+        dev_attributes: attrs::mode_only(mode),
+        spec: specdata3 {
+            specdata1: libc::major(rdev),
+            specdata2: libc::minor(rdev),
+        },
+    };
+    let (what, type_) = match node {
+        SpecialFile::Fifo => (mknoddata3::NF3FIFO(attributes), ftype3::NF3FIFO),
+        SpecialFile::Socket => (mknoddata3::NF3SOCK(attributes), ftype3::NF3SOCK),
+        SpecialFile::CharDevice(rdev) => (mknoddata3::NF3CHR(device(rdev)), ftype3::NF3CHR),
+        SpecialFile::BlockDevice(rdev) => (mknoddata3::NF3BLK(device(rdev)), ftype3::NF3BLK),
+    };
     let args = MKNOD3args {
         where_: dirop(&dir, path.name()),
-        what: mknoddata3::NF3FIFO(attrs::mode_only(mode)),
+        what,
     };
     let reply = vol
         .rpc::<_, _, _>(&ctx, NFS_PROGRAM::NFSPROC3_MKNOD, &args)
@@ -111,7 +126,7 @@ pub async fn mkfifo(
         }),
         Nfs3Result::Err((s, fail)) => Nfs3Result::Err((s, fail.dir_wcc.after)),
     };
-    finish_create(vol, &ctx, path, created, reply.resent, ftype3::NF3FIFO).await
+    finish_create(vol, &ctx, path, created, reply.resent, type_).await
 }
 
 pub async fn symlink(

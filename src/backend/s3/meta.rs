@@ -46,6 +46,7 @@ pub fn file(inner: &Inner, key: &str, size: u64, mtime: SystemTime, etag: &str) 
         ctime: mtime,
         version: version(etag, size),
         object_id: Some(key_id(key)),
+        rdev: 0,
     }
 }
 
@@ -63,6 +64,7 @@ pub fn dir(inner: &Inner, prefix: &str, mtime: SystemTime) -> Metadata {
         ctime: mtime,
         version: VersionToken("dir".into()),
         object_id: Some(key_id(prefix)),
+        rdev: 0,
     }
 }
 

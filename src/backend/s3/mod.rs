@@ -36,7 +36,7 @@ use object_store::aws::AmazonS3;
 
 use super::{
     AttrChanges, Backend, BackendError, BackendPath, BackendResult, Capabilities, DirEntry,
-    ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, WriteStart,
+    ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, SpecialFile, WriteStart,
 };
 
 pub use config::{S3Config, S3Options, DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
@@ -200,7 +200,7 @@ impl Backend for S3Backend {
         Capabilities {
             hard_links: false,
             symlinks: false,
-            fifos: false,
+            special_files: false,
             cheap_rename: false,
         }
     }
@@ -302,18 +302,19 @@ impl Backend for S3Backend {
         ))
     }
 
-    async fn mkfifo(
+    async fn mknod(
         &self,
         id: Identity,
         path: &BackendPath,
+        _node: SpecialFile,
         _mode: u32,
     ) -> BackendResult<Metadata> {
         Err(self.inner.error(
             ErrorKind::NotPermitted,
-            "mkfifo",
+            "mknod",
             path,
             id,
-            "S3 has no FIFOs",
+            "S3 cannot store FIFOs, device nodes or sockets",
         ))
     }
 
