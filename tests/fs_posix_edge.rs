@@ -391,3 +391,25 @@ fn device_nodes_and_sockets_are_stored() {
     let m = Mount::new();
     support_posix::special_files_are_stored(m.mnt(), m.backing());
 }
+
+#[test]
+fn fallocate_modes_where_the_backend_has_them() {
+    let m = Mount::new();
+    support_posix::fallocate_modes(m.mnt(), m.backing(), true);
+    assert!(
+        !m.log_text().contains("Not Implemented"),
+        "{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn copy_file_range_is_served() {
+    let m = Mount::new();
+    support_posix::copy_file_range_copies(m.mnt(), m.backing());
+    let log = m.log_text();
+    assert!(
+        !log.contains("Not Implemented"),
+        "the kernel fell back: {log}"
+    );
+}

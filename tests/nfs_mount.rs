@@ -225,3 +225,19 @@ fn device_nodes_and_sockets_are_stored() {
     let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
     support_posix::special_files_are_stored(&m.path(""), &disk);
 }
+
+#[test]
+fn fallocate_extends_and_refuses_what_nfs_cannot() {
+    let server = ganesha();
+    let (disk, url) = server.area("posix-fallocate");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::fallocate_modes(&m.path(""), &disk, false);
+}
+
+#[test]
+fn copy_file_range_is_served() {
+    let server = ganesha();
+    let (disk, url) = server.area("posix-copy");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::copy_file_range_copies(&m.path(""), &disk);
+}

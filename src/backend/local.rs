@@ -1425,6 +1425,26 @@ impl PendingWrite for LocalPendingWrite {
         Ok(meta)
     }
 
+    async fn allocate(&self, offset: u64, len: u64, mode: i32) -> BackendResult<()> {
+        let file = Arc::clone(&self.file);
+        let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
+        let (at, length) = (
+            i64::try_from(offset).unwrap_or(i64::MAX),
+            i64::try_from(len).unwrap_or(i64::MAX),
+        );
+        self.shared
+            .run(self.id, "fallocate temp file", &temp, move |_| {
+                // SAFETY: a valid open descriptor.
+                cvt(unsafe { libc::fallocate(file.as_raw_fd(), mode, at, length) })
+            })
+            .await?;
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            self.size
+                .fetch_max(offset.saturating_add(len), Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
     fn object_id(&self) -> Option<u64> {
         let st = sys_fstat(self.file.as_raw_fd()).ok()?;

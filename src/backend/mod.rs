@@ -294,6 +294,20 @@ pub trait PendingWrite: Send + Sync {
     async fn publish_in_place(&self, target: &BackendPath) -> BackendResult<Metadata> {
         self.publish(target).await
     }
+    /// fallocate(2) on the temporary object (`mode` as for the syscall:
+    /// 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE[|KEEP_SIZE]). Where
+    /// space cannot be reserved, mode 0 extends the size (zeros, no
+    /// reservation) and other modes are `Unsupported`.
+    async fn allocate(&self, offset: u64, len: u64, mode: i32) -> BackendResult<()> {
+        if mode != 0 {
+            return Err(BackendError::new(ErrorKind::Unsupported, "fallocate", ""));
+        }
+        let end = offset.saturating_add(len);
+        if end > self.size() {
+            self.truncate(end).await?;
+        }
+        Ok(())
+    }
     /// The number the object will have once published (see
     /// `Metadata::object_id`), where the temporary object already is it
     /// (a rename keeps it).

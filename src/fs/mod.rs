@@ -3,6 +3,7 @@
 //! directly. Reads go through the page store; writes go to a temporary
 //! object in the backend that is published atomically on close/fsync.
 
+mod copy;
 mod dir;
 mod inode;
 pub mod journal;

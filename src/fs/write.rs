@@ -212,6 +212,20 @@ impl WriteSession {
         Ok(true)
     }
 
+    /// fallocate(2) on the temporary object (see `CachalotFs::fallocate`).
+    /// A refusal (no space, unsupported) leaves the data as it was: the
+    /// session stays usable. `Ok(false)`: already finished, start anew.
+    pub async fn allocate(&self, offset: u64, len: u64, mode: i32) -> FsResult<bool> {
+        let finished = self.finished.lock().await;
+        if *finished {
+            return Ok(false);
+        }
+        self.check_not_failed()?;
+        self.pending.allocate(offset, len, mode).await?;
+        self.touch();
+        Ok(true)
+    }
+
     pub async fn read(&self, offset: u64, len: usize) -> FsResult<Option<Vec<u8>>> {
         let finished = self.finished.lock().await;
         if *finished {

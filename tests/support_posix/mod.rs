@@ -185,3 +185,124 @@ pub fn special_files_are_stored(mnt: &Path, backing: &Path) {
         fs::remove_file(root.join(name)).unwrap();
     }
 }
+
+fn fallocate(f: &fs::File, mode: i32, offset: i64, len: i64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor.
+    match unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// fallocate(2): mode 0 extends the file (on every backend); where the
+/// backend can reserve space (`full`: file://), KEEP_SIZE reserves it and
+/// PUNCH_HOLE / ZERO_RANGE zero a range; modes that shift data are
+/// EOPNOTSUPP. Published at close like a write.
+pub fn fallocate_modes(mnt: &Path, backing: &Path, full: bool) {
+    use std::os::unix::fs::FileExt;
+    const MIB: u64 = 1 << 20;
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 + 1).collect();
+    fs::write(mnt.join("alloc"), &data).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(mnt.join("alloc"))
+        .unwrap();
+    fallocate(&f, 0, 0, MIB as i64).unwrap_or_else(|e| panic!("fallocate mode 0: {e}"));
+    assert_eq!(f.metadata().unwrap().len(), MIB, "mode 0 extends");
+    let keep = fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, MIB as i64, MIB as i64);
+    let punch = fallocate(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        4096,
+    );
+    let zero = fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 4096, 2048);
+    let collapse = fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096);
+    assert_eq!(
+        collapse.expect_err("collapse").raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
+    let mut expect = data.clone();
+    expect.resize(MIB as usize, 0);
+    if full {
+        keep.unwrap_or_else(|e| panic!("KEEP_SIZE: {e}"));
+        punch.unwrap_or_else(|e| panic!("PUNCH_HOLE: {e}"));
+        zero.unwrap_or_else(|e| panic!("ZERO_RANGE: {e}"));
+        expect[..6144].fill(0);
+    } else {
+        for (what, r) in [
+            ("KEEP_SIZE", keep),
+            ("PUNCH_HOLE", punch),
+            ("ZERO_RANGE", zero),
+        ] {
+            let e = r.expect_err(what);
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{what}: {e}");
+        }
+    }
+    assert_eq!(f.metadata().unwrap().len(), MIB, "KEEP_SIZE keeps it");
+    let mut head = vec![0u8; 8192];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == expect[..8192], "content after fallocate");
+    drop(f);
+    let published = fs::read(backing.join("alloc")).unwrap();
+    assert_eq!(published.len() as u64, MIB);
+    assert!(published == expect, "published content");
+    if full {
+        let blocks = stat(&backing.join("alloc")).blocks() * 512;
+        assert!(
+            blocks >= 2 * MIB - 8192,
+            "KEEP_SIZE reserved space: {blocks} bytes"
+        );
+    }
+}
+
+/// copy_file_range(2) through the mount copies exactly the range asked,
+/// short at the end of the input, into the target's next publish.
+pub fn copy_file_range_copies(mnt: &Path, backing: &Path) {
+    use std::os::fd::AsRawFd;
+    let src: Vec<u8> = (0..(3 << 20) + 4321u32)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
+    fs::write(mnt.join("copy-src"), &src).unwrap();
+    let input = fs::File::open(mnt.join("copy-src")).unwrap();
+    let output = fs::File::create(mnt.join("copy-dst")).unwrap();
+    let copy = |off_in: i64, off_out: i64, len: usize| -> usize {
+        let (mut i, mut o) = (off_in, off_out);
+        let mut total = 0;
+        loop {
+            // SAFETY: valid descriptors and offsets.
+            let n = unsafe {
+                libc::copy_file_range(
+                    input.as_raw_fd(),
+                    &mut i,
+                    output.as_raw_fd(),
+                    &mut o,
+                    len - total,
+                    0,
+                )
+            };
+            assert!(
+                n >= 0,
+                "copy_file_range: {}",
+                std::io::Error::last_os_error()
+            );
+            if n == 0 {
+                return total;
+            }
+            total += n as usize;
+            if total == len {
+                return total;
+            }
+        }
+    };
+    assert_eq!(copy(0, 0, src.len()), src.len());
+    // Past the end of the input: only what is there.
+    assert_eq!(copy(3 << 20, 100, 1 << 20), 4321);
+    drop(output);
+    let mut expect = src.clone();
+    expect[100..100 + 4321].copy_from_slice(&src[3 << 20..]);
+    assert!(fs::read(backing.join("copy-dst")).unwrap() == expect);
+    assert!(fs::read(mnt.join("copy-dst")).unwrap() == expect);
+}
