@@ -413,3 +413,9 @@ fn copy_file_range_is_served() {
         "the kernel fell back: {log}"
     );
 }
+
+#[test]
+fn in_place_rewrite_behind_the_mount_gives_estale() {
+    let m = Mount::new();
+    support_posix::in_place_rewrite_gives_estale(m.mnt(), m.backing());
+}

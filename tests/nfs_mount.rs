@@ -241,3 +241,11 @@ fn copy_file_range_is_served() {
     let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
     support_posix::copy_file_range_copies(&m.path(""), &disk);
 }
+
+#[test]
+fn in_place_rewrite_behind_the_mount_gives_estale() {
+    let server = ganesha();
+    let (disk, url) = server.area("posix-inplace");
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::in_place_rewrite_gives_estale(&m.path(""), &disk);
+}

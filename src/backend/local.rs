@@ -1253,11 +1253,20 @@ impl ObjectReader for LocalReader {
         self.size
     }
 
+    /// The descriptor reads the file as it is now: if it was changed in
+    /// place behind the mount (its version moved on), what was read may
+    /// mix two versions, so the read fails with ESTALE (as the NFS reader
+    /// does) instead of returning it.
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
         let file = Arc::clone(&self.file);
+        let version = self.version.clone();
         self.shared
             .run(self.id, "read", &self.path, move |_| {
-                read_full_at(&file, offset, len)
+                let data = read_full_at(&file, offset, len)?;
+                if metadata_of(&sys_fstat(file.as_raw_fd())?).version != version {
+                    return Err(io::Error::from_raw_os_error(libc::ESTALE));
+                }
+                Ok(data)
             })
             .await
     }

@@ -301,7 +301,7 @@ impl CachalotFs {
     /// gets ESTALE (reopening reads the new version). The inode leaves the
     /// namespace so that the reopen gets a new inode.
     fn replaced_behind(&self, handle: &FileHandle, view: &View) -> FsError {
-        tracing::info!(
+        tracing::warn!(
             path = %view.path,
             ino = handle.ino,
             "file replaced behind the mount while open; this descriptor's version is gone (ESTALE, reopen to read the new one)"
@@ -528,15 +528,42 @@ impl CachalotFs {
             });
         }
         let page_size = self.cache.page_size();
-        let data = reader
-            .read_at(index * page_size, page_size as usize)
-            .await
-            .map_err(FsError::from)?;
+        let data = match reader.read_at(index * page_size, page_size as usize).await {
+            Ok(data) => data,
+            // The object the reader has open changed in place (another
+            // writer, behind the mount): what it reads now is not the
+            // view's version. Which version is there decides (see `read`).
+            Err(e) if e.kind == ErrorKind::Stale => {
+                return Err(self.changed_in_place(handle, view).await);
+            }
+            Err(e) => return Err(FsError::from(e).into()),
+        };
         self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
         self.counters
             .backend_read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(Arc::new(data))
+    }
+
+    /// The reader of `view` found its object changed in place: forget that
+    /// reader, and report the version the backend has now (`Changed`), or
+    /// ESTALE if there is nothing to follow.
+    async fn changed_in_place(&self, handle: &FileHandle, view: &View) -> ReadError {
+        handle.reader.lock().take();
+        if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+            inode.reader = None;
+        }
+        match self.backend.stat(handle.identity, &view.path).await {
+            Ok(meta) if meta.version != view.version => ReadError::Changed {
+                version: meta.version,
+                size: meta.size,
+            },
+            _ => {
+                tracing::warn!(path = %view.path, ino = handle.ino,
+                    "file changed in place behind the mount while open; this descriptor's version is gone (ESTALE)");
+                ReadError::Fs(FsError(libc::ESTALE))
+            }
+        }
     }
 
     /// The reader another descriptor of the inode opened, if of `version`.

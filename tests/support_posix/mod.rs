@@ -306,3 +306,41 @@ pub fn copy_file_range_copies(mnt: &Path, backing: &Path) {
     assert!(fs::read(backing.join("copy-dst")).unwrap() == expect);
     assert!(fs::read(mnt.join("copy-dst")).unwrap() == expect);
 }
+
+/// A file rewritten in place behind the mount while a descriptor reads it:
+/// the descriptor never gets a mix of the two versions; what it can no
+/// longer read of its version fails with ESTALE, and a new open reads the
+/// new content.
+pub fn in_place_rewrite_gives_estale(mnt: &Path, backing: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    const LEN: usize = 64 << 20;
+    let old = vec![b'o'; LEN];
+    fs::write(backing.join("inplace"), &old).unwrap();
+    let reader = fs::File::open(mnt.join("inplace")).unwrap();
+    let mut head = vec![0u8; 4096];
+    reader.read_exact_at(&mut head, 0).unwrap();
+    assert!(head.iter().all(|b| *b == b'o'));
+    // Another writer rewrites the same bytes in place (no rename, same size).
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .open(backing.join("inplace"))
+        .unwrap();
+    w.seek(SeekFrom::Start(0)).unwrap();
+    w.write_all(&vec![b'n'; LEN]).unwrap();
+    w.sync_all().unwrap();
+    drop(w);
+    let mut tail = vec![0u8; 4096];
+    match reader.read_exact_at(&mut tail, (LEN - 8192) as u64) {
+        Ok(()) => assert!(
+            tail.iter().all(|b| *b == b'o'),
+            "a descriptor read bytes of another version than it opened"
+        ),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}"),
+    }
+    drop(reader);
+    let fresh = fs::File::open(mnt.join("inplace")).unwrap();
+    fresh.read_exact_at(&mut tail, (LEN - 8192) as u64).unwrap();
+    assert!(tail.iter().all(|b| *b == b'n'), "a new open reads the new content");
+    fs::remove_file(mnt.join("inplace")).unwrap();
+}
