@@ -278,7 +278,7 @@ impl MountArgs {
     /// and checked by `source()` and `validate()`).
     pub fn options(self, source: Source) -> crate::mount::MountOptions {
         let identity = match (self.uid, self.gid) {
-            (Some(uid), Some(gid)) => Some(crate::backend::Identity { uid, gid }),
+            (Some(uid), Some(gid)) => Some(crate::backend::Identity::new(uid, gid)),
             _ => None,
         };
         crate::mount::MountOptions {

@@ -419,3 +419,29 @@ fn in_place_rewrite_behind_the_mount_gives_estale() {
     let m = Mount::new();
     support_posix::in_place_rewrite_gives_estale(m.mnt(), m.backing());
 }
+
+#[test]
+fn utimensat_of_a_symlink_sets_its_own_times() {
+    let m = Mount::new();
+    fs::write(m.b("target"), b"t").unwrap();
+    std::os::unix::fs::symlink("target", m.m("link")).unwrap();
+    let out = std::process::Command::new("touch")
+        .args(["-h", "-d", "@1500000000"])
+        .arg(m.m("link"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::symlink_metadata(m.b("link")).unwrap().mtime(),
+        1_500_000_000
+    );
+    assert_eq!(
+        fs::symlink_metadata(m.m("link")).unwrap().mtime(),
+        1_500_000_000
+    );
+    assert_ne!(fs::metadata(m.b("target")).unwrap().mtime(), 1_500_000_000);
+}

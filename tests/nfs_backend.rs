@@ -18,7 +18,7 @@ use cachalot::backend::{
 
 use support_nfs::{ganesha, SQUASHED_OWNER};
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 
 fn p(s: &str) -> BackendPath {
     BackendPath::parse(s).unwrap()
@@ -296,10 +296,7 @@ async fn permission_errors_stay_permission_errors() {
     let err = b.mkdir(ROOT, &p("d"), 0o755).await.unwrap_err();
     assert_eq!(err.errno(), libc::EACCES);
     // the owner may write
-    let owner = Identity {
-        uid: SQUASHED_OWNER,
-        gid: SQUASHED_OWNER,
-    };
+    let owner = Identity::new(SQUASHED_OWNER, SQUASHED_OWNER);
     write_file(&b, owner, "by-owner", b"ok", 0o644).await;
     let on_disk = fs::metadata(server.squashed_dir().join("by-owner")).unwrap();
     assert_eq!(
@@ -307,10 +304,7 @@ async fn permission_errors_stay_permission_errors() {
         (SQUASHED_OWNER, SQUASHED_OWNER)
     );
     // and others get EACCES on its 0644 file when writing, EPERM on chown
-    let other = Identity {
-        uid: 4321,
-        gid: 4321,
-    };
+    let other = Identity::new(4321, 4321);
     let err = b
         .set_attr(
             other,
@@ -365,25 +359,16 @@ async fn identities_reach_the_server() {
     fs::set_permissions(&disk, fs::Permissions::from_mode(0o777)).unwrap();
     // caller mode: the identity of each call
     let b = connect(&url, None).await;
-    let alice = Identity {
-        uid: 2001,
-        gid: 2002,
-    };
+    let alice = Identity::new(2001, 2002);
     write_file(&b, alice, "alice.txt", b"a", 0o600).await;
     let m = fs::metadata(disk.join("alice.txt")).unwrap();
     assert_eq!((m.uid(), m.gid()), (2001, 2002));
-    let bob = Identity {
-        uid: 3001,
-        gid: 3002,
-    };
+    let bob = Identity::new(3001, 3002);
     let err = b.open_read(bob, &p("alice.txt")).await.unwrap();
     let err = err.read_at(0, 1).await.unwrap_err();
     assert_eq!(err.errno(), libc::EACCES, "{err}");
     // fixed mode: every call as the configured identity
-    let fixed = Identity {
-        uid: 4001,
-        gid: 4002,
-    };
+    let fixed = Identity::new(4001, 4002);
     let b = connect(&url, Some(fixed)).await;
     let d = b.mkdir(fixed, &p("sub"), 0o755).await.unwrap();
     assert_eq!((d.uid, d.gid), (4001, 4002));
@@ -401,10 +386,7 @@ async fn preflight_explains_root_squash() {
     assert!(text.contains("root_squash"), "{text}");
     assert!(text.contains("uid 0"), "{text}");
     assert!(text.contains("--uid 1000 --gid 1000"), "{text}");
-    let owner = Identity {
-        uid: SQUASHED_OWNER,
-        gid: SQUASHED_OWNER,
-    };
+    let owner = Identity::new(SQUASHED_OWNER, SQUASHED_OWNER);
     b.preflight(owner).await.unwrap();
     let b = connect("nfs://127.0.0.1/export", None).await;
     b.preflight(ROOT).await.unwrap();

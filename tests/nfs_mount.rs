@@ -249,3 +249,102 @@ fn in_place_rewrite_behind_the_mount_gives_estale() {
     let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
     support_posix::in_place_rewrite_gives_estale(&m.path(""), &disk);
 }
+
+/// Run `script` with `sh` as `uid`, primary group `groups[0]` and all of
+/// `groups` as supplementary groups.
+fn as_user(uid: u32, groups: &[u32], script: &str) -> std::process::Output {
+    let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+    std::process::Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &list[0]])
+        .args(["--groups", &list.join(","), "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn assert_ran(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the kernel does for ownership and times, on NFS: a write by a
+/// user other than the owner clears setuid/setgid and keeps the owner; a
+/// chgrp to one of the caller's supplementary groups works; utimensat of a
+/// symlink acts on the symlink, not its target; UTIME_NOW by a non-owner with
+/// write permission works.
+#[test]
+fn owners_groups_and_times_as_the_kernel_keeps_them() {
+    use std::os::unix::fs::chown;
+    let server = ganesha();
+    let (disk, url) = server.area("posix-ids");
+    fs::set_permissions(&disk, fs::Permissions::from_mode(0o777)).unwrap();
+    let m = mount(&url, &["--allow-other"]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let mnt = |name: &str| m.path(name).display().to_string();
+
+    fs::write(disk.join("suid"), b"x").unwrap();
+    chown(disk.join("suid"), Some(1000), Some(2000)).unwrap();
+    fs::set_permissions(disk.join("suid"), fs::Permissions::from_mode(0o6775)).unwrap();
+    let out = as_user(
+        1001,
+        &[1001, 2000],
+        &format!("printf more >> {}", mnt("suid")),
+    );
+    assert_ran(
+        &format!("a group member appends to a setuid file ({})", m.stderr()),
+        &out,
+    );
+    let st = fs::metadata(disk.join("suid")).unwrap();
+    assert_eq!(
+        st.mode() & 0o7777,
+        0o775,
+        "setuid/setgid cleared: {}",
+        m.stderr()
+    );
+    assert_eq!((st.uid(), st.gid()), (1000, 2000), "owner kept");
+    assert_eq!(fs::read(disk.join("suid")).unwrap(), b"xmore");
+
+    let out = as_user(
+        1001,
+        &[1001, 2000],
+        &format!("touch {0} && chgrp 2000 {0}", mnt("mine")),
+    );
+    assert_ran("chgrp to a supplementary group", &out);
+    assert_eq!(fs::metadata(disk.join("mine")).unwrap().gid(), 2000);
+
+    // utimensat(AT_SYMLINK_NOFOLLOW) acts on the symlink itself, never on
+    // its target. (nfs-ganesha's VFS backend accepts a symlink's times and
+    // keeps them unchanged, so only the target is checked here; the local
+    // backend test checks the symlink's own times.)
+    fs::write(disk.join("target"), b"t").unwrap();
+    let target_before = filetime_of(&disk.join("target"));
+    std::os::unix::fs::symlink("target", disk.join("link")).unwrap();
+    let out = std::process::Command::new("touch")
+        .args(["-h", "-d", "@1500000000", &mnt("link")])
+        .output()
+        .unwrap();
+    assert_ran("touch -h of a symlink", &out);
+    assert_eq!(
+        filetime_of(&disk.join("target")),
+        target_before,
+        "target untouched"
+    );
+
+    fs::write(disk.join("shared"), b"s").unwrap();
+    chown(disk.join("shared"), Some(1000), Some(1000)).unwrap();
+    fs::set_permissions(disk.join("shared"), fs::Permissions::from_mode(0o666)).unwrap();
+    let old = filetime_of(&disk.join("shared"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = as_user(1001, &[1001], &format!("touch {}", mnt("shared")));
+    assert_ran("UTIME_NOW by a non-owner with write permission", &out);
+    assert!(
+        filetime_of(&disk.join("shared")) > old,
+        "mtime moved to now"
+    );
+}
+
+fn filetime_of(p: &std::path::Path) -> (i64, i64) {
+    let m = fs::metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}

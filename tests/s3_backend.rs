@@ -17,10 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use support_s3::S3Server;
 
-const ME: Identity = Identity {
-    uid: 1000,
-    gid: 1000,
-};
+const ME: Identity = Identity::new(1000, 1000);
 
 fn p(s: &str) -> BackendPath {
     BackendPath::parse(s).unwrap()

@@ -34,10 +34,7 @@ use support_s3::mount::Mounted;
 use support_s3::{PreparedRestart, S3Server};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-const ME: Identity = Identity {
-    uid: 1000,
-    gid: 1000,
-};
+const ME: Identity = Identity::new(1000, 1000);
 const MIB: usize = 1 << 20;
 const SIZE: usize = 64 * MIB;
 const PREFIX: &str = "vol";

@@ -97,7 +97,9 @@ pub struct BackendError {
     pub operation: &'static str,
     /// Path relative to the volume root (empty = root).
     pub path: String,
-    pub identity: Option<Identity>,
+    /// Boxed: an identity with its groups would make every `Result` of
+    /// the backend large.
+    pub identity: Option<Box<Identity>>,
     pub cause: String,
 }
 
@@ -137,7 +139,7 @@ impl BackendError {
     }
 
     pub fn with_identity(mut self, identity: Identity) -> Self {
-        self.identity = Some(identity);
+        self.identity = Some(Box::new(identity));
         self
     }
 
@@ -160,6 +162,11 @@ impl fmt::Display for BackendError {
         )?;
         if let Some(id) = &self.identity {
             write!(f, " as uid {} gid {}", id.uid, id.gid)?;
+            let groups = id.groups.as_slice();
+            if !groups.is_empty() {
+                let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+                write!(f, " groups {}", list.join(","))?;
+            }
         }
         write!(f, " failed: {:?}", self.kind)?;
         if !self.cause.is_empty() {
@@ -194,7 +201,7 @@ mod tests {
     fn display_names_path_operation_and_identity() {
         let err = BackendError::new(ErrorKind::PermissionDenied, "create temp file", "a/b")
             .with_backend("file:///srv")
-            .with_identity(Identity { uid: 7, gid: 8 })
+            .with_identity(Identity::new(7, 8))
             .with_cause("Permission denied (os error 13)");
         let text = err.to_string();
         assert!(text.contains("create temp file"), "{text}");

@@ -410,7 +410,10 @@ impl Loc<'_> {
         if changes.atime.is_none() && changes.mtime.is_none() {
             return Ok(());
         }
-        let times = [timespec(changes.atime), timespec(changes.mtime)];
+        let times = [
+            timespec(changes.atime, changes.atime_now),
+            timespec(changes.mtime, changes.mtime_now),
+        ];
         let (dir, name, flags) = match &self.name {
             Some(name) => (self.dir(), name.clone(), libc::AT_SYMLINK_NOFOLLOW),
             // The root is a directory: following /proc/self/fd/N reaches it.
@@ -663,8 +666,14 @@ fn mtime_of(st: &libc::stat) -> SystemTime {
     to_time(st.st_mtime as i64, st.st_mtime_nsec as i64)
 }
 
-fn timespec(t: Option<SystemTime>) -> libc::timespec {
+/// A time for utimensat: omitted, now (UTIME_NOW: write permission is
+/// enough), or the given one.
+fn timespec(t: Option<SystemTime>, now: bool) -> libc::timespec {
     match t {
+        Some(_) if now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
         Some(t) => {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
             libc::timespec {
@@ -1146,7 +1155,7 @@ impl Backend for LocalBackend {
     }
 
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
-        let root_id = Identity { uid: 0, gid: 0 };
+        let root_id = Identity::new(0, 0);
         self.shared
             .run(
                 root_id,
@@ -1511,10 +1520,10 @@ mod tests {
     }
 
     fn me() -> Identity {
-        Identity {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-        }
+        Identity::new(
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
     }
 
     fn p(s: &str) -> BackendPath {

@@ -22,6 +22,56 @@ pub use source::{has_userinfo, redacted_url, Source};
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups of the caller (sent in AUTH_SYS by NFS; the
+    /// kernel already checked them for local files).
+    #[serde(default)]
+    pub groups: Groups,
+}
+
+impl Identity {
+    pub const fn new(uid: u32, gid: u32) -> Identity {
+        Identity {
+            uid,
+            gid,
+            groups: Groups::NONE,
+        }
+    }
+
+    pub fn with_groups(self, groups: Groups) -> Identity {
+        Identity { groups, ..self }
+    }
+}
+
+/// Up to 16 supplementary group ids (the AUTH_SYS limit), kept inline so
+/// an identity stays a plain value.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct Groups {
+    len: u8,
+    ids: [u32; Groups::MAX],
+}
+
+impl Groups {
+    pub const MAX: usize = 16;
+    pub const NONE: Groups = Groups {
+        len: 0,
+        ids: [0; Groups::MAX],
+    };
+
+    /// The first `MAX` of `ids` (AUTH_SYS carries no more).
+    pub fn from_ids(ids: impl IntoIterator<Item = u32>) -> Groups {
+        let mut groups = Groups::NONE;
+        for id in ids.into_iter().take(Groups::MAX) {
+            groups.ids[usize::from(groups.len)] = id;
+            groups.len += 1;
+        }
+        groups
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..usize::from(self.len).min(Groups::MAX)]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -115,6 +165,13 @@ pub struct AttrChanges {
     pub gid: Option<u32>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
+    /// The time was asked as "now" (UTIME_NOW): a backend that can set it
+    /// to its own clock does, which (unlike an explicit time) needs only
+    /// write permission, not ownership.
+    #[serde(default)]
+    pub atime_now: bool,
+    #[serde(default)]
+    pub mtime_now: bool,
 }
 
 impl AttrChanges {

@@ -17,7 +17,7 @@ use super::state::{ControllerRecord, StateDir};
 use super::volume_id::{VolumeId, VolumeIdError};
 use crate::backend::{AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity};
 
-const ROOT: Identity = Identity { uid: 0, gid: 0 };
+const ROOT: Identity = Identity::new(0, 0);
 /// Mode of intermediate directories created for nested subDirs.
 const PARENT_DIR_MODE: u32 = 0o755;
 
@@ -432,10 +432,7 @@ where
 /// it), elsewhere root.
 fn acting_identity(location: &Location, dir: &crate::backend::Metadata) -> Identity {
     match location {
-        Location::Nfs { .. } => Identity {
-            uid: dir.uid,
-            gid: dir.gid,
-        },
+        Location::Nfs { .. } => Identity::new(dir.uid, dir.gid),
         _ => ROOT,
     }
 }

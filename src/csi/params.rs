@@ -464,10 +464,10 @@ fn parse_id(key: &str, text: &str) -> Result<u32, InvalidArgument> {
 fn parse_owner(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Identity>, InvalidArgument> {
     match (uid, gid) {
         (None, None) => Ok(None),
-        (Some(u), Some(g)) => Ok(Some(Identity {
-            uid: parse_id("uid", u)?,
-            gid: parse_id("gid", g)?,
-        })),
+        (Some(u), Some(g)) => Ok(Some(Identity::new(
+            parse_id("uid", u)?,
+            parse_id("gid", g)?,
+        ))),
         _ => Err(invalid("parameters uid and gid must be given together")),
     }
 }
@@ -832,13 +832,7 @@ mod tests {
         );
         assert_eq!(p.on_delete, OnDelete::Archive);
         assert_eq!(p.mount_permissions, 0o770);
-        assert_eq!(
-            p.owner,
-            Some(Identity {
-                uid: 1000,
-                gid: 2000
-            })
-        );
+        assert_eq!(p.owner, Some(Identity::new(1000, 2000)));
         assert_eq!(p.sub_path("pvc-123").unwrap().as_str(), "team-a/data");
         let ctx = p.volume_context();
         assert_eq!(ctx["cacheSize"], (1u64 << 30).to_string());

@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn replay_rebuilds_names_handles_and_counters() {
-        let id = Identity { uid: 1, gid: 2 };
+        let id = Identity::new(1, 2);
         let events = vec![
             attach(2, 1, "d", FileKind::Directory),
             attach(3, 2, "a", FileKind::File),

@@ -140,6 +140,8 @@ pub struct CachalotFs {
     /// Woken when an unlink or rename-over ends: opens of the file it
     /// removed wait for it (see `unlinked`).
     namespace_settled: tokio::sync::Notify,
+    /// Supplementary groups of callers (see `identity`).
+    groups: process::GroupCache,
     pub counters: Counters,
 }
 
@@ -150,7 +152,7 @@ impl CachalotFs {
         cache: Arc<PageStore>,
         cfg: FsConfig,
     ) -> Result<CachalotFs, crate::backend::BackendError> {
-        let root_id = cfg.fixed_identity.unwrap_or(Identity { uid: 0, gid: 0 });
+        let root_id = cfg.fixed_identity.unwrap_or(Identity::new(0, 0));
         let root = backend.stat(root_id, &BackendPath::root()).await?;
         let page_size = cache.page_size();
         Ok(CachalotFs {
@@ -171,6 +173,7 @@ impl CachalotFs {
             hidden_seq: AtomicU64::new(crate::backend::first_seq()),
             hidden_ops: tokio::sync::Mutex::new(()),
             namespace_settled: tokio::sync::Notify::new(),
+            groups: process::GroupCache::default(),
             counters: Counters::default(),
         })
     }
@@ -211,7 +214,7 @@ impl CachalotFs {
                 writable: false,
                 append: false,
                 opener: 0,
-                identity: crate::backend::Identity { uid: 0, gid: 0 },
+                identity: crate::backend::Identity::new(0, 0),
             },
         };
         self.log(event);
@@ -286,10 +289,12 @@ impl CachalotFs {
     }
 
     fn identity(&self, caller: Caller) -> Identity {
-        self.cfg.fixed_identity.unwrap_or(Identity {
-            uid: caller.uid,
-            gid: self.cfg.mount_group.unwrap_or(caller.gid),
-        })
+        if let Some(fixed) = self.cfg.fixed_identity {
+            return fixed;
+        }
+        let gid = self.cfg.mount_group.unwrap_or(caller.gid);
+        let groups = self.groups.groups_of(caller.pid, caller.uid);
+        Identity::new(caller.uid, gid).with_groups(groups)
     }
 
     fn check_writable(&self) -> FsResult<()> {
@@ -1203,7 +1208,7 @@ impl CachalotFs {
         let path = self.path_of(ino)?;
         let id = self.identity(caller);
         let cached = self.inodes.lock().get(ino)?.meta.clone();
-        let base_meta = match cached {
+        let mut base_meta = match cached {
             Some((m, _)) => m,
             None => self.backend.stat(id, &path).await?,
         };
@@ -1211,6 +1216,23 @@ impl CachalotFs {
             .backend
             .begin_write(id, &path, start, base_meta.mode)
             .await?;
+        // A change of content by anyone but root drops setuid (and setgid
+        // with group execute), as the kernel does for any write.
+        let privileges = match base_meta.mode & libc::S_IXGRP {
+            0 => libc::S_ISUID,
+            _ => libc::S_ISUID | libc::S_ISGID,
+        };
+        if id.uid != 0 && base_meta.mode & privileges != 0 {
+            base_meta.mode &= !privileges;
+            let dropped = AttrChanges {
+                mode: Some(base_meta.mode),
+                ..AttrChanges::default()
+            };
+            if let Err(e) = pending.set_attr(&dropped).await {
+                pending.abort(&path).await;
+                return Err(e.into());
+            }
+        }
         let session = Arc::new(WriteSession::new(pending, id, false, base_meta, path));
         let mut table = self.inodes.lock();
         table.get_mut(ino)?.write = Some(Arc::clone(&session));

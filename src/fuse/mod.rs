@@ -148,6 +148,11 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_BIG_WRITES,
+            // We drop setuid/setgid ourselves when content changes (see
+            // `CachalotFs::write_session`): the kernel would otherwise send
+            // a chmod as the writer first, which a backend refuses to a
+            // user who is not the owner.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks FUSE capability");
@@ -204,6 +209,8 @@ impl Filesystem for FuseAdapter {
             gid,
             atime: atime.map(time),
             mtime: mtime.map(time),
+            atime_now: matches!(atime, Some(TimeOrNow::Now)),
+            mtime_now: matches!(mtime, Some(TimeOrNow::Now)),
         };
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {

@@ -107,7 +107,7 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
             check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
             let probe = s3_backend(opts, bucket, prefix, check)?;
             probe
-                .stat(Identity { uid: 0, gid: 0 }, &BackendPath::root())
+                .stat(Identity::new(0, 0), &BackendPath::root())
                 .await
                 .context("reaching the bucket")?;
             if !opts.read_only && !opts.skip_preflight {
@@ -154,10 +154,10 @@ fn s3_backend(
     let credentials = Credentials::load(&opts.s3.credentials)?;
     // S3 stores no owners: everything belongs to --uid/--gid, else to the
     // identity that mounted.
-    let owner = opts.identity.unwrap_or(Identity {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    });
+    let owner = opts.identity.unwrap_or(Identity::new(
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    ));
     let config = S3Config {
         bucket: bucket.to_string(),
         prefix: prefix.to_string(),

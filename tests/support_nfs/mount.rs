@@ -52,7 +52,10 @@ pub fn mount(url: &str, args: &[&str]) -> Result<Mounted, MountFailure> {
         .arg("--foreground")
         .args(["--metadata-ttl", "0s"])
         .args(args)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("CACHALOT_TEST_LOG").unwrap_or("info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&stderr).unwrap());

@@ -341,6 +341,9 @@ pub fn in_place_rewrite_gives_estale(mnt: &Path, backing: &Path) {
     drop(reader);
     let fresh = fs::File::open(mnt.join("inplace")).unwrap();
     fresh.read_exact_at(&mut tail, (LEN - 8192) as u64).unwrap();
-    assert!(tail.iter().all(|b| *b == b'n'), "a new open reads the new content");
+    assert!(
+        tail.iter().all(|b| *b == b'n'),
+        "a new open reads the new content"
+    );
     fs::remove_file(mnt.join("inplace")).unwrap();
 }

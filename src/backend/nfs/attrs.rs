@@ -87,12 +87,16 @@ pub fn sattr(changes: &AttrChanges, is_symlink: bool) -> sattr3 {
         uid: changes.uid.map_or(Nfs3Option::None, Nfs3Option::Some),
         gid: changes.gid.map_or(Nfs3Option::None, Nfs3Option::Some),
         size: Nfs3Option::None,
-        atime: changes.atime.map_or(set_atime::DONT_CHANGE, |t| {
-            set_atime::SET_TO_CLIENT_TIME(nfstime(t))
-        }),
-        mtime: changes.mtime.map_or(set_mtime::DONT_CHANGE, |t| {
-            set_mtime::SET_TO_CLIENT_TIME(nfstime(t))
-        }),
+        atime: match (changes.atime, changes.atime_now) {
+            (Some(_), true) => set_atime::SET_TO_SERVER_TIME,
+            (Some(t), false) => set_atime::SET_TO_CLIENT_TIME(nfstime(t)),
+            (None, _) => set_atime::DONT_CHANGE,
+        },
+        mtime: match (changes.mtime, changes.mtime_now) {
+            (Some(_), true) => set_mtime::SET_TO_SERVER_TIME,
+            (Some(t), false) => set_mtime::SET_TO_CLIENT_TIME(nfstime(t)),
+            (None, _) => set_mtime::DONT_CHANGE,
+        },
     }
 }
 

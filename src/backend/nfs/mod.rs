@@ -68,10 +68,10 @@ pub struct NfsBackend {
 /// The identity of this process, used where no caller exists (MOUNT,
 /// preflight and cleanup without `--uid/--gid`).
 pub fn process_identity() -> Identity {
-    Identity {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-    }
+    Identity::new(
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
 }
 
 fn connect_error(describe: &str, kind: ErrorKind, cause: String) -> BackendError {

@@ -89,7 +89,7 @@ impl Volume {
         let gids = if Some(id) == self.fixed {
             self.groups.clone()
         } else {
-            Vec::new()
+            id.groups.as_slice().to_vec()
         };
         Credential {
             uid: id.uid,

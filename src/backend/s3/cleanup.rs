@@ -17,7 +17,7 @@ const FOREIGN_UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn run(inner: &Inner) -> BackendResult<usize> {
     let root = BackendPath::root();
-    let id = Identity { uid: 0, gid: 0 };
+    let id = Identity::new(0, 0);
     let mut aborted = 0;
     let leftovers = inner.staging.leftovers();
     for dead in &leftovers.uploads {

@@ -177,7 +177,7 @@ impl S3Backend {
         let root = BackendPath::root();
         let prefix = self.inner.keys.dir(&root);
         let uploads = self.inner.raw.list_uploads(&prefix).await.map_err(|e| {
-            let id = Identity { uid: 0, gid: 0 };
+            let id = Identity::new(0, 0);
             self.inner
                 .raw_err(&e, "list multipart uploads", &root, &prefix, id)
         })?;
