@@ -181,6 +181,43 @@ fn what_s3_cannot_do_fails_with_a_clear_errno() {
         libc::EPERM
     );
     assert!(!m.path("g").exists() && !m.path("p").exists() && !m.path("s").exists());
+    let dev = nix::sys::stat::mknod(
+        &m.path("null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+        libc::makedev(1, 3),
+    );
+    assert_eq!(dev, Err(nix::errno::Errno::EPERM), "device nodes");
+
+    // fallocate: mode 0 extends the object (published at close); modes that
+    // need real space management are EOPNOTSUPP.
+    {
+        use std::os::fd::AsRawFd;
+        let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+        // SAFETY: a valid descriptor.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 10_000) };
+        assert_eq!(
+            rc,
+            0,
+            "fallocate mode 0: {}",
+            std::io::Error::last_os_error()
+        );
+        let keep = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 20_000) };
+        assert_eq!(keep, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+    let mut expect = b"x".to_vec();
+    expect.resize(10_000, 0);
+    assert!(get(&server.store(), "caps/f").unwrap() == expect);
+
+    // st_ino is the key's: the same after the kernel forgot the file.
+    use std::os::unix::fs::MetadataExt;
+    let ino = fs::metadata(m.path("f")).unwrap().ino();
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    assert_eq!(fs::metadata(m.path("f")).unwrap().ino(), ino);
 
     // No hidden names on S3 (a rename is a copy): an open file unlinked
     // before its data was cached has nothing left to read: ESTALE, as NFS

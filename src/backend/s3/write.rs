@@ -56,7 +56,8 @@ pub struct S3PendingWrite {
     file: Arc<File>,
     file_path: PathBuf,
     staging_id: String,
-    /// Path at begin; only for messages (targets are passed per call).
+    /// Path at begin: for messages and the object number (targets are
+    /// passed per call).
     origin: BackendPath,
     size: AtomicU64,
     state: tokio::sync::Mutex<State>,
@@ -480,6 +481,13 @@ impl PendingWrite for S3PendingWrite {
             None => namespace::stat(&self.inner, self.id, target).await?,
         };
         Ok(meta)
+    }
+
+    /// The key's number (see `meta::key_id`), for the name the write was
+    /// begun under (a rename before the first publish makes another key:
+    /// the kernel sees that number once it looks the file up again).
+    fn object_id(&self) -> Option<u64> {
+        Some(meta::key_id(&self.inner.keys.object(&self.origin)))
     }
 
     fn describe(&self) -> SuspendedWrite {
