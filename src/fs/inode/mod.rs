@@ -21,6 +21,9 @@ use super::journal::{Event, JournalSink};
 use super::types::{FsError, FsResult, ROOT_INO};
 use super::write::WriteSession;
 
+mod names;
+mod state;
+
 /// Inode numbers for objects without a number of their own (or whose
 /// number is taken) start here, away from the small numbers filesystems
 /// hand out.
@@ -171,107 +174,6 @@ pub struct InodeTable {
 }
 
 impl InodeTable {
-    /// Every inode as data, and the next inode number (see `snapshot`).
-    /// Write sessions are exported separately (that needs the backend).
-    pub fn export(&self) -> (Vec<super::snapshot::InodeState>, u64) {
-        let inodes = self
-            .inodes
-            .iter()
-            .map(|(ino, i)| super::snapshot::InodeState {
-                ino: *ino,
-                parent: i.parent,
-                name: i.name.clone(),
-                kind: i.kind,
-                meta: i.meta.as_ref().map(|(m, _)| m.clone()),
-                nlookup: i.nlookup,
-                writers: i.writers,
-                open_handles: i.open_handles,
-                closing: i.closing,
-                passthrough_opens: i.passthrough_opens,
-                last_open_version: i.last_open_version.clone(),
-                unlinked: i.unlinked,
-                attached: i.attached,
-                hidden: i.hidden,
-                superseded: i.superseded,
-                write: None,
-                links: i.links.clone(),
-            })
-            .collect();
-        (inodes, self.next_ino)
-    }
-
-    /// A table from exported inodes (their write sessions resumed by the
-    /// caller). Metadata counts as expired: it is fetched again at first
-    /// use. Inconsistent input (no root, a child of an unknown directory,
-    /// two inodes under one name) is an error, never a panic.
-    pub fn restore(
-        states: Vec<(
-            super::snapshot::InodeState,
-            Option<std::sync::Arc<WriteSession>>,
-        )>,
-        next_ino: u64,
-    ) -> Result<InodeTable, String> {
-        let long_ago = Instant::now()
-            .checked_sub(std::time::Duration::from_secs(365 * 86400))
-            .unwrap_or_else(Instant::now);
-        let mut table = InodeTable {
-            inodes: HashMap::new(),
-            children: HashMap::new(),
-            by_object: HashMap::new(),
-            next_ino,
-            split: Vec::new(),
-            moves: 0,
-            journal: None,
-        };
-        let mut attached = Vec::new();
-        for (s, write) in states {
-            if s.ino == 0 {
-                return Err("inode number 0".into());
-            }
-            let mut inode = Inode::new(s.parent, &s.name, s.kind, s.meta.map(|m| (m, long_ago)));
-            inode.write = write;
-            inode.nlookup = s.nlookup;
-            inode.writers = s.writers;
-            inode.open_handles = s.open_handles;
-            inode.closing = s.closing;
-            inode.passthrough_opens = s.passthrough_opens;
-            inode.last_open_version = s.last_open_version;
-            inode.unlinked = s.unlinked;
-            inode.hidden = s.hidden;
-            inode.superseded = s.superseded;
-            inode.attached = false;
-            if s.attached && s.ino != ROOT_INO {
-                // The name paths are built from goes first.
-                attached.push((s.parent, s.name.clone(), s.ino));
-                attached.extend(s.links.iter().map(|(p, n)| (*p, n.clone(), s.ino)));
-            }
-            if table.inodes.insert(s.ino, inode).is_some() {
-                return Err(format!("inode {} twice", s.ino));
-            }
-        }
-        match table.inodes.get_mut(&ROOT_INO) {
-            Some(root) => root.attached = true,
-            None => return Err("no root inode".into()),
-        }
-        for (parent, name, ino) in attached {
-            if !table.inodes.contains_key(&parent) {
-                return Err(format!("inode {ino} in unknown directory {parent}"));
-            }
-            if table.children.contains_key(&(parent, name.clone())) {
-                return Err(format!("two inodes named {name:?} in directory {parent}"));
-            }
-            table.attach(parent, &name, ino);
-        }
-        let objects: Vec<(u64, u64)> = table
-            .inodes
-            .iter()
-            .filter(|(_, i)| i.attached)
-            .filter_map(|(ino, i)| i.object_id().map(|id| (id, *ino)))
-            .collect();
-        table.by_object.extend(objects);
-        Ok(table)
-    }
-
     pub fn new(root_meta: Metadata) -> InodeTable {
         let mut inodes = HashMap::new();
         let mut root = Inode::new(
@@ -592,128 +494,6 @@ impl InodeTable {
         self.moves
     }
 
-    /// Give `ino` the name `parent/name`: its first (paths are built from
-    /// it), or one more link to it.
-    fn attach(&mut self, parent: u64, name: &str, ino: u64) {
-        self.moves += 1;
-        self.children.insert((parent, name.to_string()), ino);
-        if let Some(p) = self.inodes.get_mut(&parent) {
-            p.children += 1;
-            // Its mtime/ctime changed (or a listing just found a name):
-            // our own changes show at once, the TTL is for others'.
-            p.expire_meta();
-        }
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            let link = inode.attached && !inode.is_named(parent, name);
-            if link {
-                inode.links.push((parent, name.to_string()));
-            } else {
-                inode.parent = parent;
-                inode.name = name.to_string();
-                inode.attached = true;
-            }
-            let kind = inode.kind;
-            self.log(Event::Attach {
-                ino,
-                parent,
-                name: name.to_string(),
-                kind,
-                link,
-            });
-        }
-    }
-
-    /// Take the name `parent/name` off its inode (without dropping
-    /// anything): another of its links becomes the name its path is built
-    /// from; with none left it is no longer attached (and keeps its last
-    /// parent and name for where its objects are and for diagnostics).
-    fn take_name(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.children.remove(&(parent, name.to_string()))?;
-        self.moves += 1;
-        self.log(Event::Detach {
-            ino,
-            at: Some((parent, name.to_string())),
-        });
-        if let Some(p) = self.inodes.get_mut(&parent) {
-            p.children = p.children.saturating_sub(1);
-            p.expire_meta();
-        }
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            if inode.is_named(parent, name) {
-                match inode.links.pop() {
-                    Some((p, n)) => (inode.parent, inode.name) = (p, n),
-                    None => inode.attached = false,
-                }
-            } else {
-                inode.links.retain(|(p, n)| !(*p == parent && n == name));
-            }
-            // Its link count and ctime changed.
-            inode.expire_meta();
-        }
-        Some(ino)
-    }
-
-    /// `take_name`, then drop the directory if nothing holds it any more.
-    fn unattach(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.take_name(parent, name)?;
-        self.maybe_drop(parent);
-        Some(ino)
-    }
-
-    /// Remove `parent/name` from the namespace. The inode lives on while
-    /// it has other names, the kernel references it or handles are open;
-    /// returns it.
-    pub fn detach(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.unattach(parent, name)?;
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            if !inode.attached {
-                inode.unlinked = true;
-            }
-            // The object has one link less: known at once, also while a
-            // write in progress keeps it from being fetched.
-            if inode.kind != FileKind::Directory {
-                if let Some((meta, _)) = &mut inode.meta {
-                    meta.nlink = meta.nlink.saturating_sub(1);
-                }
-            }
-        }
-        self.maybe_drop(ino);
-        Some(ino)
-    }
-
-    /// Keep an open file's backend object under a hidden name in the same
-    /// directory: unlinked for users, still readable for its handles.
-    pub fn hide(&mut self, ino: u64, hidden_name: &str) {
-        let Some((parent, name)) = self.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) else {
-            return;
-        };
-        self.unattach(parent, &name);
-        self.attach(parent, hidden_name, ino);
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.unlinked = true;
-            inode.hidden = true;
-        }
-    }
-
-    /// Hidden inodes (unlinked open files) whose object lives in `dir`.
-    pub fn hidden_children(&self, dir: u64) -> Vec<(String, u64)> {
-        self.children
-            .iter()
-            .filter(|((p, _), ino)| *p == dir && self.inodes.get(ino).is_some_and(|i| i.hidden))
-            .map(|((_, name), ino)| (name.clone(), *ino))
-            .collect()
-    }
-
-    /// Move a hidden inode's entry to another directory (after the backend
-    /// moved its object).
-    pub fn move_hidden(&mut self, ino: u64, new_parent: u64) {
-        let Some((parent, name)) = self.inodes.get(&ino).map(|i| (i.parent, i.name.clone())) else {
-            return;
-        };
-        self.unattach(parent, &name);
-        self.attach(new_parent, &name, ino);
-    }
-
     /// Drop an inode nobody can reach any more: no kernel reference, no
     /// handle, no write in progress, no attached child. Its metadata is
     /// refetched at the next lookup.
@@ -749,40 +529,6 @@ impl InodeTable {
                 }
             }
         }
-    }
-
-    /// Move an inode to a new name (after the backend renamed it). Whatever
-    /// was at the target is detached first.
-    pub fn rename(&mut self, parent: u64, name: &str, new_parent: u64, new_name: &str) {
-        let Some(ino) = self.child(parent, name) else {
-            return;
-        };
-        if self.child(new_parent, new_name) == Some(ino) {
-            return;
-        }
-        // Neither the moving inode nor the directory it leaves may be
-        // dropped in between.
-        let first = self
-            .inodes
-            .get(&ino)
-            .is_some_and(|i| i.is_named(parent, name));
-        self.detach(new_parent, new_name);
-        self.take_name(parent, name);
-        self.attach(new_parent, new_name, ino);
-        if let Some(inode) = self.inodes.get_mut(&ino).filter(|_| first) {
-            // The first name stays first under its new name (a write's
-            // temporary object is next to it and moved along).
-            let new = (new_parent, new_name.to_string());
-            if let Some(at) = inode.links.iter().position(|l| *l == new) {
-                let old_first = (inode.parent, std::mem::take(&mut inode.name));
-                inode.links[at] = old_first;
-                (inode.parent, inode.name) = new;
-            }
-        }
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.expire_meta(); // ctime changed; refetch
-        }
-        self.maybe_drop(parent);
     }
 
     /// Children known to exist only locally (files being created): listings
