@@ -406,7 +406,7 @@ fn fallocate_modes_where_the_backend_has_them() {
 #[test]
 fn copy_file_range_is_served() {
     let m = Mount::new();
-    support_posix::copy_file_range_copies(m.mnt(), m.backing());
+    support_posix::copy_file_range_copies(m.mnt(), Some(m.backing()));
     let log = m.log_text();
     assert!(
         !log.contains("Not Implemented"),

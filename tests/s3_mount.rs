@@ -2,6 +2,7 @@
 //! against the bucket with an independent object_store client. Needs root
 //! (FUSE) and `scripts/install-s3-deps.sh`.
 
+mod support_posix;
 mod support_s3;
 
 use std::fs::{self, OpenOptions};
@@ -212,6 +213,9 @@ fn what_s3_cannot_do_fails_with_a_clear_errno() {
     let mut expect = b"x".to_vec();
     expect.resize(10_000, 0);
     assert!(get(&server.store(), "caps/f").unwrap() == expect);
+
+    support_posix::copy_file_range_copies(&m.path(""), None);
+    assert!(get(&server.store(), "caps/copy-dst").is_some());
 
     // st_ino is the key's: the same after the kernel forgot the file.
     use std::os::unix::fs::MetadataExt;

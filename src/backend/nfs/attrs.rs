@@ -104,6 +104,19 @@ pub fn sattr(changes: &AttrChanges, is_symlink: bool) -> sattr3 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn times_outside_nfsv3_seconds_are_clamped() {
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(nfstime(before_1970).seconds, 0);
+        let after_2106 = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 10);
+        assert_eq!(nfstime(after_2106).seconds, u32::MAX);
+        let fine = UNIX_EPOCH + Duration::new(1_500_000_000, 7);
+        assert_eq!(
+            (nfstime(fine).seconds, nfstime(fine).nseconds),
+            (1_500_000_000, 7)
+        );
+    }
+
     fn attrs() -> fattr3 {
         fattr3 {
             type_: ftype3::NF3REG,
