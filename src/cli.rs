@@ -317,6 +317,12 @@ impl MountArgs {
                 given.join(", "),
             ));
         }
+        if self.cache_dir.exists() && !self.cache_dir.is_dir() {
+            return Err(format!(
+                "--cache-dir {} is not a directory; give a directory (created if missing)",
+                self.cache_dir.display()
+            ));
+        }
         if self.s3.part_size.is_some_and(|p| p < 5 << 20) {
             return Err("--part-size must be at least 5MiB (an S3 limit)".into());
         }

@@ -194,6 +194,16 @@ fn main() -> ExitCode {
             }
             Some(source)
         }
+        Command::Cache(
+            CacheCommand::Stats { cache_dir, .. } | CacheCommand::Clear { cache_dir },
+        ) => {
+            if let Some(why) = cachalot::cache::not_a_cache(cache_dir) {
+                let mut cli = Cli::command();
+                cli.build();
+                cli.error(ErrorKind::ValueValidation, why).exit();
+            }
+            None
+        }
         _ => None,
     };
     init_logging();

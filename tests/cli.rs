@@ -367,3 +367,111 @@ fn a_second_mount_on_a_cachalot_mount_is_refused() {
     assert!(err.contains("fusermount3 -u"), "{err}");
     m.kill9();
 }
+
+/// The synopsis lines of `command` in the README: every line starting
+/// with it, and the indented lines continuing each.
+fn readme_synopsis(readme: &str, command: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in readme.lines() {
+        let starts = line.trim_start().starts_with(command)
+            && line.trim_start()[command.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == ' ');
+        if starts {
+            inside = true;
+        } else if !(inside && line.starts_with(' ')) {
+            inside = false;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The README's synopsis of each subcommand names every flag its `--help`
+/// shows: a new flag fails this test until the README mentions it.
+#[test]
+fn the_readme_synopsis_names_every_flag() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands: [&[&str]; 7] = [
+        &["mount"],
+        &["demo"],
+        &["cache", "stats"],
+        &["cache", "clear"],
+        &["csi"],
+        &["mounter"],
+        &["sessions"],
+    ];
+    let mut missing = Vec::new();
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let (st, help, err) = run_expect_exit(&args, None);
+        assert!(st.success(), "cachalot {args:?}: {err}");
+        let synopsis = readme_synopsis(&readme, &format!("cachalot {}", command.join(" ")));
+        assert!(
+            !synopsis.is_empty(),
+            "no synopsis of cachalot {command:?} in the README"
+        );
+        let flags = help
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .filter(|w| !matches!(*w, "--help" | "--version"));
+        for flag in flags {
+            if !synopsis.contains(flag) {
+                missing.push(format!("cachalot {} {flag}", command.join(" ")));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "flags the README's synopses omit: {missing:?}"
+    );
+}
+
+#[test]
+fn a_cache_dir_that_is_a_file_exits_2() {
+    let d = dirs();
+    let file = d.cache.join("a-file");
+    fs::write(&file, b"x").unwrap();
+    let args = vec![
+        "mount".to_string(),
+        format!("file://{}", d.backing.display()),
+        d.mnt.display().to_string(),
+        "--cache-dir".into(),
+        file.display().to_string(),
+    ];
+    assert_usage_error(&strs(&args), Some(&d.mnt), "is not a directory");
+}
+
+/// `cache stats` and `cache clear` on a directory that holds other things
+/// refuse (exit 2) and leave it as it was.
+#[test]
+fn cache_commands_refuse_a_directory_that_is_not_a_cache() {
+    let d = dirs();
+    fs::write(d.backing.join("notes.txt"), b"mine").unwrap();
+    let dir = d.backing.display().to_string();
+    for cmd in ["stats", "clear"] {
+        assert_usage_error(
+            &["cache", cmd, "--cache-dir", &dir],
+            None,
+            "is not a cachalot cache directory",
+        );
+    }
+    let left: Vec<_> = fs::read_dir(&d.backing)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("notes.txt")]);
+    assert_usage_error(
+        &["cache", "clear", "--cache-dir", "/nonexistent/cachalot"],
+        None,
+        "does not exist",
+    );
+}

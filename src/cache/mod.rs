@@ -699,6 +699,29 @@ pub struct DirectorySummary {
     pub processes_reporting: usize,
 }
 
+/// Why `dir` is not a cache directory `cache stats`/`cache clear` may
+/// act on: missing, not a directory, or holding other things (never
+/// written into: a mistyped path must not gain a `usage` file). An empty
+/// directory is an empty cache.
+pub fn not_a_cache(dir: &Path) -> Option<String> {
+    if !dir.exists() {
+        return Some(format!("{} does not exist", dir.display()));
+    }
+    if !dir.is_dir() {
+        return Some(format!("{} is not a directory", dir.display()));
+    }
+    let empty = fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    let ours = ["pages", "files", "quota", "usage", "stats"]
+        .iter()
+        .any(|marker| dir.join(marker).exists());
+    (!empty && !ours).then(|| {
+        format!(
+            "{} is not a cachalot cache directory (no pages/, files/ or quota in it)",
+            dir.display()
+        )
+    })
+}
+
 pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
     if !dir.is_dir() {
         return Err(io::Error::new(
@@ -727,6 +750,9 @@ pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
 
 /// Remove every page and whole file (running mounts simply refetch).
 pub fn clear(dir: &Path) -> io::Result<u64> {
+    if let Some(why) = not_a_cache(dir) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    }
     let ledger = Ledger::open(dir)?;
     let guard = ledger.lock()?;
     let mut removed = 0;
