@@ -348,3 +348,29 @@ fn filetime_of(p: &std::path::Path) -> (i64, i64) {
     let m = fs::metadata(p).unwrap();
     (m.mtime(), m.mtime_nsec())
 }
+
+/// A background mount that fails quotes the lines it logged itself, not
+/// older lines other mounts left in the shared log file.
+#[test]
+fn a_failed_background_mount_quotes_only_its_own_log_lines() {
+    let _server = ganesha();
+    let dirs = tempfile::tempdir().unwrap();
+    let (cache, mnt) = (dirs.path().join("cache"), dirs.path().join("mnt"));
+    fs::create_dir_all(&cache).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    fs::write(cache.join("cachalot-mount.log"), "OLD UNRELATED ERROR LINE\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachalot"))
+        .args(["mount", "nfs://127.0.0.1/squashed"])
+        .arg(&mnt)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        panic!("the mount of a squashed export as root should fail its preflight");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("squash"), "the daemon's own reason: {err}");
+    assert!(!err.contains("OLD UNRELATED"), "an older line quoted: {err}");
+}

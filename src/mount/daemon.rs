@@ -22,6 +22,9 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
         .append(true)
         .open(log_file)
         .with_context(|| format!("opening log file {}", log_file.display()))?;
+    // Several mounts may share the log file: a failure quotes only what
+    // was written after this one started.
+    let start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe = std::env::current_exe().context("locating the cachalot binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
@@ -47,11 +50,13 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
         return Ok(pid);
     }
     let status = child.wait().ok();
-    let tail = std::fs::read_to_string(log_file)
-        .map(|t| {
-            t.lines()
+    let tail = std::fs::read(log_file)
+        .map(|bytes| {
+            let ours = bytes.get(start as usize..).unwrap_or_default();
+            String::from_utf8_lossy(ours)
+                .lines()
                 .rev()
-                .take(5)
+                .take(8)
                 .collect::<Vec<_>>()
                 .into_iter()
                 .rev()
@@ -60,7 +65,7 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
         })
         .unwrap_or_default();
     bail!(
-        "mount daemon failed ({}); last log lines from {}:\n{}",
+        "mount daemon failed ({}); its log lines from {}:\n{}",
         status
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown status".into()),
