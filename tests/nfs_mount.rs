@@ -196,57 +196,43 @@ fn a_wrong_export_fails_the_mount_with_the_export_list() {
 
 #[test]
 fn hard_links_are_one_inode() {
-    let server = ganesha();
-    let (disk, url) = server.area("posix-links");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (disk, m) = posix_area("posix-links");
     support_posix::hard_links_are_one_inode(&m.path(""), &disk);
 }
 
 #[test]
 fn inode_numbers_stay_under_churn_and_forget() {
-    let server = ganesha();
-    let (_disk, url) = server.area("posix-stable");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (_disk, m) = posix_area("posix-stable");
     support_posix::inode_numbers_stay(&m.path(""));
 }
 
 #[test]
 fn directory_link_counts_follow_moves() {
-    let server = ganesha();
-    let (_disk, url) = server.area("posix-dirlinks");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (_disk, m) = posix_area("posix-dirlinks");
     support_posix::directory_link_counts_follow_moves(&m.path(""));
 }
 
 #[test]
 fn device_nodes_and_sockets_are_stored() {
-    let server = ganesha();
-    let (disk, url) = server.area("posix-special");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (disk, m) = posix_area("posix-special");
     support_posix::special_files_are_stored(&m.path(""), &disk);
 }
 
 #[test]
 fn fallocate_extends_and_refuses_what_nfs_cannot() {
-    let server = ganesha();
-    let (disk, url) = server.area("posix-fallocate");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (disk, m) = posix_area("posix-fallocate");
     support_posix::fallocate_modes(&m.path(""), &disk, false);
 }
 
 #[test]
 fn copy_file_range_is_served() {
-    let server = ganesha();
-    let (disk, url) = server.area("posix-copy");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (disk, m) = posix_area("posix-copy");
     support_posix::copy_file_range_copies(&m.path(""), Some(&disk));
 }
 
 #[test]
 fn in_place_rewrite_behind_the_mount_gives_estale() {
-    let server = ganesha();
-    let (disk, url) = server.area("posix-inplace");
-    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    let (disk, m) = posix_area("posix-inplace");
     support_posix::in_place_rewrite_gives_estale(&m.path(""), &disk);
 }
 
@@ -358,7 +344,11 @@ fn a_failed_background_mount_quotes_only_its_own_log_lines() {
     let (cache, mnt) = (dirs.path().join("cache"), dirs.path().join("mnt"));
     fs::create_dir_all(&cache).unwrap();
     fs::create_dir_all(&mnt).unwrap();
-    fs::write(cache.join("cachalot-mount.log"), "OLD UNRELATED ERROR LINE\n").unwrap();
+    fs::write(
+        cache.join("cachalot-mount.log"),
+        "OLD UNRELATED ERROR LINE\n",
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachalot"))
         .args(["mount", "nfs://127.0.0.1/squashed"])
         .arg(&mnt)
@@ -372,5 +362,15 @@ fn a_failed_background_mount_quotes_only_its_own_log_lines() {
     }
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("squash"), "the daemon's own reason: {err}");
-    assert!(!err.contains("OLD UNRELATED"), "an older line quoted: {err}");
+    assert!(
+        !err.contains("OLD UNRELATED"),
+        "an older line quoted: {err}"
+    );
+}
+
+/// A fresh area of the export and a mount of it (the POSIX checks).
+fn posix_area(name: &str) -> (std::path::PathBuf, support_nfs::mount::Mounted) {
+    let (disk, url) = ganesha().area(name);
+    let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    (disk, m)
 }

@@ -5,6 +5,16 @@
 use super::*;
 
 impl CachalotFs {
+    /// A name the backend just created: its inode (with the reference the
+    /// reply gives the kernel) and attributes.
+    fn entered(&self, parent: u64, name: &str, meta: &Metadata) -> Attr {
+        let ino = self
+            .inodes
+            .lock()
+            .upsert_entry(parent, name, meta.clone(), Instant::now());
+        self.attr_of(ino, meta)
+    }
+
     pub async fn mkdir(
         &self,
         caller: Caller,
@@ -18,11 +28,7 @@ impl CachalotFs {
             .backend
             .mkdir(self.identity(caller), &path, mode)
             .await?;
-        let ino = self
-            .inodes
-            .lock()
-            .upsert_entry(parent, name, meta.clone(), Instant::now());
-        Ok(self.attr_of(ino, &meta))
+        Ok(self.entered(parent, name, &meta))
     }
 
     pub async fn rmdir(&self, caller: Caller, parent: u64, name: &str) -> FsResult<()> {
@@ -321,11 +327,7 @@ impl CachalotFs {
             .backend
             .symlink(self.identity(caller), &path, target)
             .await?;
-        let ino = self
-            .inodes
-            .lock()
-            .upsert_entry(parent, name, meta.clone(), Instant::now());
-        Ok(self.attr_of(ino, &meta))
+        Ok(self.entered(parent, name, &meta))
     }
 
     pub async fn link(
@@ -412,10 +414,6 @@ impl CachalotFs {
             }
             _ => return Err(FsError(libc::EINVAL)),
         };
-        let ino = self
-            .inodes
-            .lock()
-            .upsert_entry(parent, name, meta.clone(), Instant::now());
-        Ok(self.attr_of(ino, &meta))
+        Ok(self.entered(parent, name, &meta))
     }
 }
