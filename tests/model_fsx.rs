@@ -1053,6 +1053,11 @@ impl Session {
         if !self.a.any_open() {
             self.checks.1 += 1;
             if let Some(b) = self.target.backing() {
+                // close(2) returns before the kernel's RELEASE reaches the
+                // daemon: the hidden object of a file unlinked while open
+                // (or the temporary file of a write nobody will publish)
+                // goes a moment later.
+                wait_until(Duration::from_secs(2), || all_temp_files(b).is_empty());
                 compare_trees("backing dir", b, &self.r.root)?;
                 let temps = all_temp_files(b);
                 if !temps.is_empty() {
