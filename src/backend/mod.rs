@@ -5,6 +5,7 @@
 mod error;
 pub mod local;
 pub mod nfs;
+pub mod owner;
 mod path;
 pub mod s3;
 mod source;

@@ -149,14 +149,7 @@ const HIDDEN_SEQ_BASE: u64 = 1 << 48;
 /// next mount's cleanup removes it like any dead writer's temp.
 pub fn hidden_name_for(final_name: &str, seq: u64) -> String {
     static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let owner = OWNER.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        format!(
-            "{:08x}{:08x}",
-            crc32c::crc32c(host.trim().as_bytes()),
-            std::process::id()
-        )
-    });
+    let owner = OWNER.get_or_init(super::owner::own_tag);
     temp_name_for(final_name, owner, HIDDEN_SEQ_BASE + seq)
 }
 

@@ -250,19 +250,6 @@ impl Shared {
         let age = SystemTime::now()
             .duration_since(modified)
             .unwrap_or_default();
-        if age > FOREIGN_TEMP_MAX_AGE {
-            return true;
-        }
-        let Some(owner) = temp_owner(name) else {
-            return false;
-        };
-        let (host, pid) = owner.split_at(8);
-        if host != self.host_tag {
-            return false;
-        }
-        let Ok(pid) = u32::from_str_radix(pid, 16) else {
-            return false;
-        };
-        !writer_alive(pid)
+        owner::is_stale(temp_owner(name), &self.host_tag, age)
     }
 }

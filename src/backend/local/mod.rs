@@ -18,8 +18,9 @@
 //! is an object of its own (stat, readlink, rename, unlink it); following it is
 //! the client kernel's business, with the client's permissions.
 
+use crate::backend::owner;
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -53,7 +54,6 @@ use sys::*;
 
 /// Temp objects of dead writers older than this are removed even when we
 /// cannot tell whether their writer (another host) is alive.
-const FOREIGN_TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityMode {
@@ -86,8 +86,8 @@ impl LocalBackend {
     /// A backend on `root`. If the root cannot be opened, every operation
     /// fails with that error; [`LocalBackend::open`] reports it at once.
     pub fn new(root: PathBuf, mode: IdentityMode) -> LocalBackend {
-        let host_tag = host_tag();
-        let owner_tag = format!("{host_tag}{:08x}", std::process::id());
+        let host_tag = owner::host_tag();
+        let owner_tag = owner::own_tag();
         let root_fd = open_root(&root).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         LocalBackend {
             shared: Arc::new(Shared {
@@ -111,11 +111,6 @@ impl LocalBackend {
     }
 }
 
-fn host_tag() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{:08x}", crc32c::crc32c(host.trim().as_bytes()))
-}
-
 fn open_root(root: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(root.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -125,16 +120,6 @@ fn open_root(root: &Path) -> io::Result<OwnedFd> {
 // ---------------------------------------------------------------------------
 // Thin wrappers over the *at system calls (all errors as io::Error).
 // ---------------------------------------------------------------------------
-
-fn writer_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) => comm.trim() == "cachalot",
-        Err(_) => false,
-    }
-}
 
 struct ImpersonationGuard {
     active: bool,

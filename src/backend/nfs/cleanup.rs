@@ -10,41 +10,19 @@ use nfs3_types::nfs3::{ftype3, nfs_fh3};
 use super::list::read_dir;
 use super::volume::Volume;
 use super::write::remove_name;
+use crate::backend::owner;
 use crate::backend::path::temp_owner;
 use crate::backend::{is_temp_name, BackendPath, BackendResult, Identity};
 
-const FOREIGN_TEMP_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const WALK_BUDGET: Duration = Duration::from_secs(10);
-
-fn writer_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) => comm.trim() == "cachalot",
-        Err(_) => false,
-    }
-}
 
 fn is_stale(vol: &Volume, name: &str, mtime_secs: u32) -> bool {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    if now.saturating_sub(u64::from(mtime_secs)) > FOREIGN_TEMP_MAX_AGE.as_secs() {
-        return true;
-    }
-    let Some(owner) = temp_owner(name) else {
-        return false;
-    };
-    let (host, pid) = owner.split_at(8);
-    if host != vol.host_tag {
-        return false;
-    }
-    match u32::from_str_radix(pid, 16) {
-        Ok(pid) => !writer_alive(pid),
-        Err(_) => false,
-    }
+    let age = Duration::from_secs(now.saturating_sub(u64::from(mtime_secs)));
+    owner::is_stale(temp_owner(name), &vol.host_tag, age)
 }
 
 pub async fn run(vol: &Volume, id: Identity) -> BackendResult<usize> {

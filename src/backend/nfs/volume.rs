@@ -67,7 +67,7 @@ impl Volume {
         groups: Vec<u32>,
         stable_writes: bool,
     ) -> Volume {
-        let host_tag = host_tag();
+        let host_tag = crate::backend::owner::host_tag();
         Volume {
             client,
             describe,
@@ -79,7 +79,7 @@ impl Volume {
             fixed,
             groups,
             stable_writes,
-            owner_tag: format!("{host_tag}{:08x}", std::process::id()),
+            owner_tag: crate::backend::owner::own_tag(),
             host_tag,
             temp_seq: AtomicU64::new(crate::backend::first_seq()),
         }
@@ -273,11 +273,6 @@ pub fn dir_removed(attrs: &Nfs3Option<fattr3>) -> bool {
 
 pub fn stale_dir(ctx: &Ctx<'_>) -> crate::backend::BackendError {
     ctx.err(ErrorKind::Stale, "the directory was removed (link count 0)")
-}
-
-pub fn host_tag() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{:08x}", crc32c::crc32c(host.trim().as_bytes()))
 }
 
 pub fn machine_name() -> String {

@@ -8,6 +8,7 @@
 //! multipart upload of that file, `.../<owner><seq>-<upload tag>.upload`
 //! (two lines: key, upload id).
 
+use crate::backend::owner;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -43,7 +44,7 @@ impl Staging {
         let hash = blake3::hash(volume.as_bytes()).to_hex();
         let dir = root.join(&hash.as_str()[..16]);
         fs::create_dir_all(&dir)?;
-        let host = host_tag();
+        let host = owner::host_tag();
         Ok(Staging {
             owner: format!("{host}{:08x}", std::process::id()),
             host,
@@ -176,31 +177,8 @@ impl Staging {
 
     /// The staging dir is local to this host, but may sit on a shared
     /// volume: only owners from this host with a dead pid are dead.
-    fn is_dead(&self, owner: &str) -> bool {
-        let (host, pid) = owner.split_at(8);
-        if host != self.host {
-            return false;
-        }
-        match u32::from_str_radix(pid, 16) {
-            Ok(pid) => !writer_alive(pid),
-            Err(_) => false,
-        }
-    }
-}
-
-// Same scheme as the local backend's temp names (kept private there).
-fn host_tag() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{:08x}", crc32c::crc32c(host.trim().as_bytes()))
-}
-
-fn writer_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    match fs::read_to_string(format!("/proc/{pid}/comm")) {
-        Ok(comm) => comm.trim() == "cachalot",
-        Err(_) => false,
+    fn is_dead(&self, writer: &str) -> bool {
+        owner::is_dead(writer, &self.host)
     }
 }
 
