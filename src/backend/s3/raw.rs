@@ -5,8 +5,9 @@
 //! object_store's own `AwsAuthorizer` and send through its HTTP client, so
 //! TLS, timeouts and signing behave exactly like the rest of the backend.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use object_store::aws::{AwsAuthorizer, AwsCredential};
@@ -130,29 +131,16 @@ impl RawClient {
         headers: &[(&'static str, String)],
     ) -> Result<RawResponse, RawError> {
         let url = self.url(key, query);
-        let started = Instant::now();
-        let mut attempt = 0usize;
-        loop {
-            let outcome = self.send_once(&method, &url, headers).await;
-            let retryable = match &outcome {
-                Ok(_) => false,
-                Err(e) => match e.status {
-                    Some(s) => s >= 500 || s == 429 || s == 408,
-                    None => true,
-                },
-            };
-            if !retryable || attempt >= self.max_retries || started.elapsed() >= self.retry_timeout
-            {
-                return outcome;
-            }
-            let delay = backoff(attempt);
-            if let Err(e) = &outcome {
-                tracing::info!(%method, key, error = %e, retry = attempt + 1,
-                    "S3 request failed, retrying in {delay:?}");
-            }
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+        (|| self.send_once(&method, &url, headers))
+            .retry(retry_policy(self.max_retries, self.retry_timeout))
+            .when(|e: &RawError| match e.status {
+                Some(s) => s >= 500 || s == 429 || s == 408,
+                None => true,
+            })
+            .notify(|e, delay| {
+                tracing::info!(%method, key, error = %e, "S3 request failed, retrying in {delay:?}");
+            })
+            .await
     }
 
     async fn send_once(
@@ -341,15 +329,15 @@ fn error_from(status: StatusCode, body: &[u8]) -> RawError {
     }
 }
 
-/// 100 ms doubling up to 5 s, with up to 50% jitter so many clients do not
-/// retry in lockstep.
-fn backoff(attempt: usize) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
+/// 100 ms doubling up to 5 s, randomly jittered so many clients do not
+/// retry in lockstep; at most `times` retries and `total` of waiting.
+fn retry_policy(times: usize, total: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(times)
+        .with_total_delay(Some(total))
+        .with_jitter()
 }
 
 #[cfg(test)]
@@ -387,10 +375,19 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_bounded() {
-        assert!(backoff(0) <= Duration::from_millis(100));
-        assert!(backoff(10) <= Duration::from_secs(5));
-        assert!(backoff(10) >= Duration::from_millis(2_500));
+    fn retries_are_bounded_in_count_and_in_time() {
+        use backon::BackoffBuilder;
+        let delays: Vec<Duration> = retry_policy(10, Duration::from_secs(3600))
+            .build()
+            .collect();
+        assert_eq!(delays.len(), 10);
+        assert!(delays[0] >= Duration::from_millis(100));
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(10)),
+            "{delays:?}"
+        );
+        let total: Duration = retry_policy(100, Duration::from_secs(3)).build().sum();
+        assert!(total <= Duration::from_secs(3), "{total:?}");
     }
 
     #[tokio::test]

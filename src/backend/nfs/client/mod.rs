@@ -8,6 +8,7 @@ pub mod pool;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use nfs3_client::RpcError;
 use nfs3_types::nfs3::{nfsstat3, Nfs3Result, NFS_PROGRAM, PROGRAM, VERSION};
 use nfs3_types::xdr_codec::{Pack, Unpack};
@@ -124,7 +125,12 @@ impl NfsClient {
         Nfs3Result<T, E>: Unpack,
     {
         let started = Instant::now();
-        let mut delay = FIRST_BACKOFF;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(FIRST_BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
+            .without_max_times()
+            .with_jitter()
+            .build();
         let mut attempts = 0u32;
         let mut sent_before = false;
         loop {
@@ -187,6 +193,7 @@ impl NfsClient {
                     cause
                 }
             };
+            let delay = delays.next().unwrap_or(MAX_BACKOFF);
             if started.elapsed() + delay > self.policy.budget {
                 tracing::error!(procedure = %proc, attempts, cause = %retry_cause,
                     "NFS server unreachable; giving up after the retry budget");
@@ -199,7 +206,6 @@ impl NfsClient {
                 tracing::warn!(procedure = %proc, cause = %retry_cause, "NFS call failed; retrying");
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(MAX_BACKOFF);
         }
     }
 }
