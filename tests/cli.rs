@@ -461,7 +461,7 @@ fn cache_commands_refuse_a_directory_that_is_not_a_cache() {
         assert_usage_error(
             &["cache", cmd, "--cache-dir", &dir],
             None,
-            "is not a cachalot cache directory",
+            "is not a cache directory: it holds other files",
         );
     }
     let left: Vec<_> = fs::read_dir(&d.backing)

@@ -704,22 +704,21 @@ pub struct DirectorySummary {
 /// written into: a mistyped path must not gain a `usage` file). An empty
 /// directory is an empty cache.
 pub fn not_a_cache(dir: &Path) -> Option<String> {
-    if !dir.exists() {
-        return Some(format!("{} does not exist", dir.display()));
-    }
-    if !dir.is_dir() {
-        return Some(format!("{} is not a directory", dir.display()));
-    }
-    let empty = fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
-    let ours = ["pages", "files", "quota", "usage", "stats"]
-        .iter()
-        .any(|marker| dir.join(marker).exists());
-    (!empty && !ours).then(|| {
-        format!(
-            "{} is not a cachalot cache directory (no pages/, files/ or quota in it)",
-            dir.display()
-        )
-    })
+    let why = if !dir.exists() {
+        "it does not exist"
+    } else if !dir.is_dir() {
+        "it is not a directory"
+    } else {
+        let empty = fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+        let ours = ["pages", "files", "quota", "usage", "stats"]
+            .iter()
+            .any(|marker| dir.join(marker).exists());
+        if empty || ours {
+            return None;
+        }
+        "it holds other files and no pages/, files/ or quota"
+    };
+    Some(format!("{} is not a cache directory: {why}", dir.display()))
 }
 
 pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
