@@ -226,6 +226,14 @@ pub trait Backend: Send + Sync + 'static {
     /// cache key and every error message.
     fn describe(&self) -> &str;
 
+    /// Names this source in the page store's keys (and S3's staging
+    /// directory). Unlike `describe`, which is for messages and may be
+    /// reworded, its form is frozen: a change would orphan every cached
+    /// page on every node. Each backend builds it with a function of its
+    /// own (`cache_identity` in its module), today giving the text earlier
+    /// versions keyed by.
+    fn cache_identity(&self) -> &str;
+
     fn capabilities(&self) -> Capabilities;
 
     /// Metadata of the object itself (symlinks are not followed).

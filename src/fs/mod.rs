@@ -584,7 +584,7 @@ impl CachalotFs {
             .as_ref()
             .map(|(m, _)| m.version.0.clone())?;
         let key = crate::cache::PageKey {
-            source: self.backend.describe().to_string(),
+            source: self.backend.cache_identity().to_string(),
             path: path.as_str().to_string(),
             version,
             index: 0,

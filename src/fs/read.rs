@@ -452,7 +452,7 @@ impl CachalotFs {
 
     pub(super) fn page_key(&self, view: &View, index: u64) -> PageKey {
         PageKey {
-            source: self.backend.describe().to_string(),
+            source: self.backend.cache_identity().to_string(),
             path: view.path.as_str().to_string(),
             version: view.version.0.clone(),
             index,

@@ -69,6 +69,8 @@ struct Shared {
     /// beneath it. The error (errno) if it could not be opened.
     root_fd: Result<OwnedFd, i32>,
     describe: String,
+    /// See `Backend::cache_identity`.
+    cache_identity: String,
     mode: IdentityMode,
     is_root: bool,
     /// `<host><pid>` (8 + 8 hex digits): names temp objects so a later mount can tell whether
@@ -82,6 +84,11 @@ pub struct LocalBackend {
     shared: Arc<Shared>,
 }
 
+/// See `Backend::cache_identity`. Frozen: `file://` and the root path.
+fn cache_identity(root: &Path) -> String {
+    format!("file://{}", root.display())
+}
+
 impl LocalBackend {
     /// A backend on `root`. If the root cannot be opened, every operation
     /// fails with that error; [`LocalBackend::open`] reports it at once.
@@ -92,6 +99,7 @@ impl LocalBackend {
         LocalBackend {
             shared: Arc::new(Shared {
                 describe: format!("file://{}", root.display()),
+                cache_identity: cache_identity(&root),
                 root,
                 root_fd,
                 mode,
@@ -252,6 +260,10 @@ fn inode_number(st: &libc::stat) -> u64 {
 impl Backend for LocalBackend {
     fn describe(&self) -> &str {
         &self.shared.describe
+    }
+
+    fn cache_identity(&self) -> &str {
+        &self.shared.cache_identity
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -301,3 +301,10 @@ async fn temp_cleanup_does_not_descend_into_linked_directories() {
     assert!(outside.join(&dead).exists());
     assert!(!top.path().join("vol/real").join(&dead).exists());
 }
+
+/// Frozen: caches written by earlier versions are keyed by it.
+#[test]
+fn the_cache_identity_keeps_its_form() {
+    let b = LocalBackend::new(PathBuf::from("/srv/data"), IdentityMode::Caller);
+    assert_eq!(b.cache_identity(), "file:///srv/data");
+}

@@ -74,6 +74,19 @@ pub fn process_identity() -> Identity {
     )
 }
 
+/// See `Backend::cache_identity`. Frozen: `nfs://host[:port]/path`, an
+/// IPv6 host in brackets.
+fn cache_identity(host: &str, port: Option<u16>, path: &str) -> String {
+    let host = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_string(),
+    };
+    match port {
+        Some(p) => format!("nfs://{host}:{p}{path}"),
+        None => format!("nfs://{host}{path}"),
+    }
+}
+
 fn connect_error(describe: &str, kind: ErrorKind, cause: String) -> BackendError {
     BackendError::new(kind, "mount NFS export", "")
         .with_backend(describe)
@@ -161,7 +174,7 @@ impl NfsBackend {
         let root_path = BackendPath::root();
         let mut vol = Volume::new(
             client,
-            describe.clone(),
+            (describe.clone(), cache_identity(host, *port, path)),
             host.clone(),
             path.clone(),
             export_fh,
@@ -248,6 +261,10 @@ async fn fetch_limits(vol: &Volume, id: Identity) -> BackendResult<Limits> {
 impl Backend for NfsBackend {
     fn describe(&self) -> &str {
         &self.vol.describe
+    }
+
+    fn cache_identity(&self) -> &str {
+        &self.vol.cache_identity
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -416,5 +433,23 @@ impl Backend for NfsBackend {
 
     async fn preflight(&self, id: Identity) -> BackendResult<()> {
         preflight::run(&self.vol, id).await
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::cache_identity;
+
+    /// Frozen: caches written by earlier versions are keyed by these.
+    #[test]
+    fn the_cache_identity_keeps_its_form() {
+        assert_eq!(
+            cache_identity("10.0.0.5", None, "/export/a"),
+            "nfs://10.0.0.5/export/a"
+        );
+        assert_eq!(
+            cache_identity("::1", Some(2049), "/e"),
+            "nfs://[::1]:2049/e"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub struct Volume {
     pub client: NfsClient,
     /// `nfs://host/path`: cache keys and error messages.
     pub describe: String,
+    /// See `Backend::cache_identity`.
+    pub cache_identity: String,
     pub host: String,
     /// The URL path (the export or a directory below it).
     pub path: String,
@@ -57,7 +59,7 @@ impl Volume {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: NfsClient,
-        describe: String,
+        (describe, cache_identity): (String, String),
         host: String,
         path: String,
         root_fh: nfs_fh3,
@@ -71,6 +73,7 @@ impl Volume {
         Volume {
             client,
             describe,
+            cache_identity,
             host,
             path,
             root_fh,

@@ -63,26 +63,50 @@ pub fn build(cfg: S3Config) -> Result<Inner, String> {
         .endpoint
         .clone()
         .unwrap_or_else(|| format!("AWS S3 ({})", addr.region));
-    let mut describe = format!("s3://{}", cfg.bucket);
-    if !keys.prefix().is_empty() {
-        describe.push('/');
-        describe.push_str(keys.prefix());
-    }
-    if let Some(e) = &opts.endpoint {
-        // Part of every cache key: the same bucket name on two servers is
-        // two different volumes.
-        describe.push_str(&format!(" at {}", e.trim_end_matches('/')));
-    }
-    let staging = Staging::new(&cfg.staging_dir, &describe)
+    let cache_identity = cache_identity(&cfg.bucket, keys.prefix(), opts.endpoint.as_deref());
+    // Messages say the same today; reword them here, never in the identity.
+    let describe = cache_identity.clone();
+    let staging = Staging::new(&cfg.staging_dir, &cache_identity)
         .map_err(|e| format!("staging directory {}: {e}", cfg.staging_dir.display()))?;
     Ok(Inner {
         keys,
         store,
         raw,
         describe,
+        cache_identity,
         endpoint,
         staging,
         started: SystemTime::now(),
         cfg,
     })
+}
+
+/// See `Backend::cache_identity`. Frozen: `s3://bucket[/prefix]`, and
+/// ` at <endpoint>` for another server than AWS (the same bucket name on two
+/// servers is two different volumes).
+fn cache_identity(bucket: &str, prefix: &str, endpoint: Option<&str>) -> String {
+    let mut id = format!("s3://{bucket}");
+    if !prefix.is_empty() {
+        id.push('/');
+        id.push_str(prefix);
+    }
+    if let Some(e) = endpoint {
+        id.push_str(&format!(" at {}", e.trim_end_matches('/')));
+    }
+    id
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::cache_identity;
+
+    /// Frozen: caches written by earlier versions are keyed by these.
+    #[test]
+    fn the_cache_identity_keeps_its_form() {
+        assert_eq!(cache_identity("b", "", None), "s3://b");
+        assert_eq!(
+            cache_identity("b", "p/q", Some("http://127.0.0.1:8333/")),
+            "s3://b/p/q at http://127.0.0.1:8333"
+        );
+    }
 }

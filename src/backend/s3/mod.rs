@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub store: AmazonS3,
     pub raw: RawClient,
     pub describe: String,
+    /// See `Backend::cache_identity`.
+    pub cache_identity: String,
     /// Endpoint as shown in messages.
     pub endpoint: String,
     pub staging: Staging,
@@ -194,6 +196,10 @@ impl S3Backend {
 impl Backend for S3Backend {
     fn describe(&self) -> &str {
         &self.inner.describe
+    }
+
+    fn cache_identity(&self) -> &str {
+        &self.inner.cache_identity
     }
 
     fn capabilities(&self) -> Capabilities {
