@@ -1,0 +1,239 @@
+use super::*;
+
+fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn parses_a_full_local_storage_class() {
+    let p = VolumeParams::parse(&map(&[
+        ("source", "file:///srv/data"),
+        ("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}"),
+        ("onDelete", "archive"),
+        ("mountPermissions", "0770"),
+        ("uid", "1000"),
+        ("gid", "2000"),
+        ("cacheSize", "1GiB"),
+        ("pageSize", "256KiB"),
+        ("metadataTTL", "500ms"),
+        ("readOnly", "false"),
+        (PVC_NAME_KEY, "data"),
+        (PVC_NAMESPACE_KEY, "team-a"),
+        (PV_NAME_KEY, "pvc-123"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        p.location,
+        Location::Local {
+            root: "/srv/data".into()
+        }
+    );
+    assert_eq!(p.on_delete, OnDelete::Archive);
+    assert_eq!(p.mount_permissions, 0o770);
+    assert_eq!(p.owner, Some(Identity::new(1000, 2000)));
+    assert_eq!(p.sub_path("pvc-123").unwrap().as_str(), "team-a/data");
+    let ctx = p.volume_context();
+    assert_eq!(ctx["cacheSize"], (1u64 << 30).to_string());
+    let node = NodeParams::parse(&ctx).unwrap();
+    assert_eq!(node.cache, p.cache);
+    assert_eq!(node.owner, p.owner);
+}
+
+#[test]
+fn default_sub_dir_is_the_volume_name() {
+    let p = VolumeParams::parse(&map(&[("source", "file:///srv")])).unwrap();
+    assert_eq!(p.sub_path("pvc-1").unwrap().as_str(), "pvc-1");
+    assert!(p.sub_path("../x").is_err());
+    assert_eq!(p.on_delete, OnDelete::Delete);
+    assert_eq!(p.mount_permissions, DEFAULT_MOUNT_PERMISSIONS);
+}
+
+#[test]
+fn nfs_and_s3_forms_parse_into_typed_locations() {
+    let a =
+        VolumeParams::parse(&map(&[("server", "10.0.0.5"), ("share", "/exports/k8s/")])).unwrap();
+    assert_eq!(
+        a.location,
+        Location::Nfs {
+            server: "10.0.0.5".into(),
+            port: None,
+            export: "/exports/k8s".into()
+        }
+    );
+    let b = VolumeParams::parse(&map(&[("source", "nfs://nas.local:2049/exports/k8s")])).unwrap();
+    assert!(matches!(
+        b.location,
+        Location::Nfs {
+            port: Some(2049),
+            ..
+        }
+    ));
+    let c = VolumeParams::parse(&map(&[
+        ("source", "s3://my-bucket/team/a/"),
+        ("endpoint", "http://127.0.0.1:8333"),
+        ("region", "us-east-1"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        c.location,
+        Location::S3 {
+            bucket: "my-bucket".into(),
+            prefix: "team/a".into(),
+            endpoint: Some("http://127.0.0.1:8333".into()),
+            region: Some("us-east-1".into())
+        }
+    );
+    let d = VolumeParams::parse(&map(&[("bucket", "my-bucket")])).unwrap();
+    assert!(matches!(d.location, Location::S3 { ref prefix, .. } if prefix.is_empty()));
+}
+
+#[test]
+fn unknown_parameter_is_named_and_known_ones_listed() {
+    let e = VolumeParams::parse(&map(&[("source", "file:///srv"), ("colour", "red")])).unwrap_err();
+    assert!(e.0.contains("'colour'"), "{e}");
+    assert!(e.0.contains("subDir") && e.0.contains("onDelete"), "{e}");
+}
+
+#[test]
+fn parameter_names_match_case_insensitively_like_csi_driver_nfs() {
+    let p = VolumeParams::parse(&map(&[("SOURCE", "file:///srv"), ("subdir", "x")])).unwrap();
+    assert_eq!(p.sub_dir.as_deref(), Some("x"));
+    let e =
+        VolumeParams::parse(&map(&[("source", "file:///a"), ("Source", "file:///b")])).unwrap_err();
+    assert!(e.0.contains("twice"), "{e}");
+}
+
+#[test]
+fn malformed_values_are_rejected_with_the_parameter_name() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("source", "not a url")], "source"),
+        (&[("source", "ftp://h/x")], "source"),
+        (&[("source", "file://host/x")], "source"),
+        (&[("source", "file:///srv/../etc")], "source"),
+        (&[("source", "file:///srv/a%2F..%2Fb")], "source"),
+        (&[("source", "s3://UPPER/x")], "bucket"),
+        (&[("source", "s3://user:pw@bucket/x")], "credentials"),
+        (&[("server", "h")], "together"),
+        (&[("server", "h"), ("share", "relative")], "share"),
+        (
+            &[("source", "file:///a"), ("server", "h"), ("share", "/x")],
+            "exactly one",
+        ),
+        (
+            &[("source", "file:///a"), ("onDelete", "shred")],
+            "onDelete",
+        ),
+        (
+            &[("source", "file:///a"), ("mountPermissions", "999")],
+            "mountPermissions",
+        ),
+        (&[("source", "file:///a"), ("uid", "5")], "together"),
+        (
+            &[("source", "file:///a"), ("uid", "x"), ("gid", "1")],
+            "uid",
+        ),
+        (&[("source", "file:///a"), ("pageSize", "1000")], "pageSize"),
+        (
+            &[("source", "file:///a"), ("metadataTTL", "soon")],
+            "metadataTTL",
+        ),
+        (
+            &[("source", "file:///a"), ("readOnly", "maybe")],
+            "readOnly",
+        ),
+        (
+            &[("source", "file:///a"), ("endpoint", "http://x")],
+            "S3 sources only",
+        ),
+        (&[("bucket", "bkt"), ("endpoint", "ftp://x")], "endpoint"),
+        (&[("bucket", "bkt"), ("region", "US EAST")], "region"),
+        (
+            &[("source", "file:///a"), ("subDir", "${nope}")],
+            "unknown variable",
+        ),
+        (
+            &[("source", "file:///a"), ("subDir", "${pvc.metadata.name")],
+            "unterminated",
+        ),
+    ];
+    for (pairs, needle) in cases {
+        let e = VolumeParams::parse(&map(pairs)).expect_err(&format!("{pairs:?}"));
+        assert!(e.0.contains(needle), "{pairs:?}: {e}");
+    }
+}
+
+#[test]
+fn templates_cannot_leave_the_source() {
+    let bad_templates = [
+        "../x",
+        "/abs",
+        "a/../../b",
+        "a//b",
+        "./a",
+        "${pvc.metadata.name}/..",
+    ];
+    for t in bad_templates {
+        let p = VolumeParams::parse(&map(&[
+            ("source", "file:///srv"),
+            ("subDir", t),
+            (PVC_NAME_KEY, "data"),
+        ]))
+        .unwrap();
+        assert!(p.sub_path("pvc-1").is_err(), "{t}");
+    }
+    for evil in ["..", ".", "a/b", ""] {
+        let p = VolumeParams::parse(&map(&[
+            ("source", "file:///srv"),
+            ("subDir", "x/${pvc.metadata.name}"),
+            (PVC_NAME_KEY, evil),
+        ]))
+        .unwrap();
+        assert!(p.sub_path("pvc-1").is_err(), "{evil:?}");
+    }
+}
+
+#[test]
+fn missing_template_metadata_says_how_to_fix_it() {
+    let p = VolumeParams::parse(&map(&[
+        ("source", "file:///srv"),
+        ("subDir", "${pvc.metadata.namespace}"),
+    ]))
+    .unwrap();
+    let e = p.sub_path("pvc-1").unwrap_err();
+    assert!(e.0.contains("--extra-create-metadata"), "{e}");
+}
+
+#[test]
+fn secrets_are_typed_and_never_echoed() {
+    let creds = S3Credentials::from_secrets(&map(&[
+        ("accessKeyId", "AKIAEXAMPLE"),
+        ("secretAccessKey", "TOPSECRETVALUE"),
+    ]))
+    .unwrap()
+    .unwrap();
+    assert!(!format!("{creds:?}").contains("TOPSECRET"));
+    assert_eq!(creds.env()[1].1, "TOPSECRETVALUE");
+    let e = S3Credentials::from_secrets(&map(&[("password", "TOPSECRETVALUE")])).unwrap_err();
+    assert!(
+        e.0.contains("password") && !e.0.contains("TOPSECRET"),
+        "{e}"
+    );
+    let e = S3Credentials::from_secrets(&map(&[("accessKeyId", "TOPSECRETVALUE")])).unwrap_err();
+    assert!(!e.0.contains("TOPSECRET"), "{e}");
+    assert_eq!(S3Credentials::from_secrets(&HashMap::new()).unwrap(), None);
+}
+
+#[test]
+fn node_context_ignores_kubernetes_keys_but_not_unknown_ones() {
+    let ok = NodeParams::parse(&map(&[
+        ("csi.storage.k8s.io/pod.name", "p"),
+        ("storage.kubernetes.io/csiProvisionerIdentity", "x"),
+        ("readOnly", "true"),
+    ]))
+    .unwrap();
+    assert!(ok.cache.read_only);
+    assert!(NodeParams::parse(&map(&[("colour", "red")])).is_err());
+}
