@@ -58,12 +58,12 @@ fn scratch_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = repo();
     copy_tree(&src.join("deploy"), &dir.path().join("deploy"));
-    fs::create_dir_all(dir.path().join("src/csi")).expect("mkdir src/csi");
+    fs::create_dir_all(dir.path().join("src/csi/params")).expect("mkdir src/csi/params");
     for f in [
         "Dockerfile",
         ".dockerignore",
         "Cargo.toml",
-        "src/csi/params.rs",
+        "src/csi/params/mod.rs",
     ] {
         fs::copy(src.join(f), dir.path().join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
     }

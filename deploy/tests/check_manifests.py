@@ -16,7 +16,7 @@ What it does, without a cluster:
     and the newest supported version;
   * checks the invariants that break real installs (driver name, socket and
     kubelet paths across containers, Bidirectional propagation, provisioner
-    flags, RBAC, StorageClass parameter names against src/csi/params.rs,
+    flags, RBAC, StorageClass parameter names against src/csi/params/mod.rs,
     per-component imagePullSecrets override, Helm = kustomize; the mounter
     DaemonSet: surge rolling update for the live takeover, gated by a
     readinessProbe on its socket and minReadySeconds, --idle-after-handover,
@@ -612,14 +612,14 @@ def check_rbac(objs, sa, ns):
 # --------------------------------------------------------------------------
 
 def params_keys(root):
-    """STORAGE_CLASS_KEYS and VOLUME_CONTEXT keys from src/csi/params.rs."""
-    src = open(os.path.join(root, "src/csi/params.rs"), encoding="utf-8").read()
+    """STORAGE_CLASS_KEYS and VOLUME_CONTEXT keys from src/csi/params/mod.rs."""
+    src = open(os.path.join(root, "src/csi/params/mod.rs"), encoding="utf-8").read()
     lists = re.findall(r"const [A-Z_]+: &\[&str\] = &\[(.*?)\];", src, re.S)
-    need(len(lists) >= 2, "src/csi/params.rs: parameter lists not found")
+    need(len(lists) >= 2, "src/csi/params/mod.rs: parameter lists not found")
     parsed = [re.findall(r'"([^"]+)"', l) for l in lists]
     sc = next((p for p in parsed if "server" in p), None)
     ctx = next((p for p in parsed if "server" not in p and "cacheSize" in p), None)
-    need(sc and ctx, "src/csi/params.rs: STORAGE_CLASS_KEYS / context keys not found")
+    need(sc and ctx, "src/csi/params/mod.rs: STORAGE_CLASS_KEYS / context keys not found")
     return {k.lower() for k in sc}, {k.lower() for k in ctx}
 
 
