@@ -10,8 +10,10 @@ pub mod errors;
 pub mod host;
 pub mod identity;
 pub mod locks;
-pub use crate::mount::table as mounts;
+pub mod mounts;
 pub mod node;
+#[cfg(test)]
+mod node_tests;
 pub mod params;
 pub mod proto;
 pub mod server;

@@ -16,7 +16,7 @@ use super::caps::{self, Checked};
 use super::errors::{io_status, missing};
 use super::host::{SessionHost, Start};
 use super::locks::KeyedLocks;
-use super::mounts::{self, Health};
+use super::mounts::{Health, HostMounts, MountTable};
 use super::params::{NodeParams, S3Credentials};
 use super::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
@@ -31,6 +31,7 @@ pub struct NodeService {
     cache_dir: PathBuf,
     state: StateDir,
     sup: Box<dyn SessionHost>,
+    mounts: Box<dyn MountTable>,
     locks: KeyedLocks,
     /// Volumes whose mount could not be re-established, with the reason;
     /// reported as an abnormal condition until a stage/publish heals them.
@@ -145,9 +146,16 @@ impl NodeService {
             cache_dir,
             state,
             sup: host,
+            mounts: Box::new(HostMounts),
             locks: KeyedLocks::default(),
             broken: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same service on another mount table (unit tests).
+    pub fn with_mounts(mut self, mounts: Box<dyn MountTable>) -> NodeService {
+        self.mounts = mounts;
+        self
     }
 
     pub fn get_info(&self) -> NodeGetInfoResponse {
@@ -222,7 +230,7 @@ impl NodeService {
             .map_err(|e| Status::internal(format!("reading the stage record: {e}")))?;
         let mut targets = Default::default();
         if let Some(rec) = previous {
-            let healthy = mounts::health(&rec.staging_path) == Health::Healthy;
+            let healthy = self.mounts.health(&rec.staging_path) == Health::Healthy;
             if rec.staging_path != spec.staging && healthy {
                 return Err(Status::already_exists(format!(
                     "volume {volume_id} is already staged at {} on this node",
@@ -261,7 +269,7 @@ impl NodeService {
     ) -> Result<StagedRecord, Status> {
         std::fs::create_dir_all(&spec.staging)
             .or_else(|e| {
-                if mounts::is_mount_point(&spec.staging).unwrap_or(false) {
+                if self.mounts.is_mount_point(&spec.staging).unwrap_or(false) {
                     Ok(())
                 } else {
                     Err(e)
@@ -295,7 +303,7 @@ impl NodeService {
 
     /// Stop a record's child and detach its (dead) mount.
     fn retire(&self, rec: &StagedRecord) {
-        if let Err(e) = mounts::detach(&rec.staging_path) {
+        if let Err(e) = self.mounts.detach(&rec.staging_path) {
             tracing::warn!(error = %e, staging = %rec.staging_path.display(), "detaching a dead mount failed");
         }
         self.sup.stop(&rec.staging_path, rec.pid);
@@ -334,10 +342,12 @@ impl NodeService {
         };
         let mut gone = Vec::new();
         for (target, ro) in &rec.targets {
-            match mounts::is_mount_point(target) {
+            match self.mounts.is_mount_point(target) {
                 Ok(true) => {
-                    let rebound = mounts::detach(target)
-                        .and_then(|_| mounts::bind(&rec.staging_path, target, *ro, &[]));
+                    let rebound = self
+                        .mounts
+                        .detach(target)
+                        .and_then(|_| self.mounts.bind(&rec.staging_path, target, *ro, &[]));
                     if let Err(e) = rebound {
                         tracing::warn!(error = %e, target = %target.display(), "re-binding a published target failed");
                     }
@@ -364,7 +374,7 @@ impl NodeService {
                     continue;
                 }
             };
-            match mounts::health(&rec.staging_path) {
+            match self.mounts.health(&rec.staging_path) {
                 Health::Healthy => {
                     self.sup.adopt(&rec);
                     tracing::info!(volume_id = %rec.volume_id, pid = rec.pid, "staged mount still serving; adopted");
@@ -390,7 +400,8 @@ impl NodeService {
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
             let rec = self.state.load_staged(&req.volume_id).ok().flatten();
-            mounts::unmount(&staging)
+            self.mounts
+                .unmount(&staging)
                 .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
             match &rec {
                 Some(r) if r.staging_path == staging => self.sup.stop(&staging, r.pid),
@@ -441,10 +452,10 @@ impl NodeService {
                     req.volume_id, rec.spec.mount_group, cap.mount_group
                 )));
             }
-            if mounts::health(&staging) != Health::Healthy {
+            if self.mounts.health(&staging) != Health::Healthy {
                 rec = self.heal(rec, creds.as_ref())?;
             }
-            match mounts::health(&target) {
+            match self.mounts.health(&target) {
                 Health::Healthy => {
                     return match rec.targets.get(&target) {
                         Some(ro) if *ro == read_only => Ok(NodePublishVolumeResponse {}),
@@ -458,23 +469,26 @@ impl NodeService {
                         ))),
                     };
                 }
-                Health::Dead(_) => {
-                    mounts::detach(&target).map_err(|e| io_status("clearing a dead target", &e))?
-                }
+                Health::Dead(_) => self
+                    .mounts
+                    .detach(&target)
+                    .map_err(|e| io_status("clearing a dead target", &e))?,
                 Health::NotMounted => {}
             }
             std::fs::create_dir_all(&target)
                 .map_err(|e| io_status(&format!("creating target {}", target.display()), &e))?;
-            mounts::bind(&staging, &target, read_only, &cap.mount_flags).map_err(|e| {
-                io_status(
-                    &format!(
-                        "bind-mounting {} on {}",
-                        staging.display(),
-                        target.display()
-                    ),
-                    &e,
-                )
-            })?;
+            self.mounts
+                .bind(&staging, &target, read_only, &cap.mount_flags)
+                .map_err(|e| {
+                    io_status(
+                        &format!(
+                            "bind-mounting {} on {}",
+                            staging.display(),
+                            target.display()
+                        ),
+                        &e,
+                    )
+                })?;
             rec.targets.insert(target.clone(), read_only);
             self.state
                 .save_staged(&rec)
@@ -494,7 +508,8 @@ impl NodeService {
         let target = path_arg(&req.target_path, "target_path")?;
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
-            mounts::unmount(&target)
+            self.mounts
+                .unmount(&target)
                 .map_err(|e| io_status(&format!("unmounting {}", target.display()), &e))?;
             match std::fs::remove_dir(&target) {
                 Ok(()) => {}
