@@ -228,6 +228,11 @@ fn fallocate_extends_and_refuses_what_nfs_cannot() {
 fn copy_file_range_is_served() {
     let (disk, m) = posix_area("posix-copy");
     support_posix::copy_file_range_copies(&m.path(""), Some(&disk));
+    let log = m.stderr();
+    assert!(
+        !log.contains("Not Implemented"),
+        "the kernel fell back: {log}"
+    );
 }
 
 #[test]

@@ -215,6 +215,10 @@ fn what_s3_cannot_do_fails_with_a_clear_errno() {
     assert!(get(&server.store(), "caps/f").unwrap() == expect);
 
     support_posix::copy_file_range_copies(&m.path(""), None);
+    assert!(
+        !m.log_text().contains("Not Implemented"),
+        "the kernel fell back"
+    );
     assert!(get(&server.store(), "caps/copy-dst").is_some());
 
     // st_ino is the key's: the same after the kernel forgot the file.

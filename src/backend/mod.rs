@@ -25,7 +25,7 @@ pub struct Identity {
     pub gid: u32,
     /// Supplementary groups of the caller (sent in AUTH_SYS by NFS; the
     /// kernel already checked them for local files).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Groups::is_empty")]
     pub groups: Groups,
 }
 
@@ -68,6 +68,10 @@ impl Groups {
             groups.len += 1;
         }
         groups
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     pub fn as_slice(&self) -> &[u32] {
@@ -218,12 +222,16 @@ pub struct Capabilities {
     /// unlinked or replaced can be kept readable under a hidden name until
     /// its last handle closes (as NFS clients do).
     pub cheap_rename: bool,
+    /// The backend checks permissions itself with the identity it is sent
+    /// (NFS AUTH_SYS), so callers' supplementary groups must go with it.
+    /// Elsewhere the kernel checked them and they are not looked up.
+    pub caller_groups: bool,
 }
 
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Stable identity of the storage (e.g. `file:///srv/data`); part of every
-    /// cache key and every error message.
+    /// The storage as messages name it (e.g. `file:///srv/data`); cache
+    /// keys use `cache_identity`.
     fn describe(&self) -> &str;
 
     /// Names this source in the page store's keys (and S3's staging

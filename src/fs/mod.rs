@@ -294,9 +294,12 @@ impl CachalotFs {
         if let Some(fixed) = self.cfg.fixed_identity {
             return fixed;
         }
-        let gid = self.cfg.mount_group.unwrap_or(caller.gid);
-        let groups = self.groups.groups_of(caller.pid, caller.uid);
-        Identity::new(caller.uid, gid).with_groups(groups)
+        let identity = Identity::new(caller.uid, self.cfg.mount_group.unwrap_or(caller.gid));
+        // A /proc read per caller thread, only where the backend uses them.
+        match self.backend.capabilities().caller_groups {
+            true => identity.with_groups(self.groups.groups_of(caller.pid, caller.uid)),
+            false => identity,
+        }
     }
 
     fn check_writable(&self) -> FsResult<()> {

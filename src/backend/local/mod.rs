@@ -271,6 +271,7 @@ impl Backend for LocalBackend {
             hard_links: true,
             symlinks: true,
             special_files: true,
+            caller_groups: false,
             cheap_rename: true,
         }
     }

@@ -272,6 +272,7 @@ impl Backend for NfsBackend {
             hard_links: true,
             symlinks: true,
             special_files: true,
+            caller_groups: true,
             cheap_rename: true,
         }
     }

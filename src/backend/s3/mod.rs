@@ -207,6 +207,7 @@ impl Backend for S3Backend {
             hard_links: false,
             symlinks: false,
             special_files: false,
+            caller_groups: false,
             cheap_rename: false,
         }
     }
