@@ -16,8 +16,27 @@ use crate::backend::Source;
     about = "A cached POSIX view of shared storage: local directories, NFS exports and S3 buckets"
 )]
 pub struct Cli {
+    /// Log line format on stderr (and in a background mount's log file):
+    /// `text` for people, `json` (one object per line) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CACHALOT_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 // Parsed once per process: the size of the biggest variant does not matter.

@@ -5,17 +5,31 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
 use cachalot::backend::Source;
-use cachalot::cli::{CacheCommand, Cli, Command, CsiArgs, MountArgs, MounterArgs, SessionsArgs};
+use cachalot::cli::{
+    CacheCommand, Cli, Command, CsiArgs, LogFormat, MountArgs, MounterArgs, SessionsArgs,
+};
 use cachalot::mount::{self, daemon};
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    // Children (background mounts, CSI mount children) log alike.
+    std::env::set_var("CACHALOT_LOG_FORMAT", format.as_str());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // One JSON object per line, the event's fields flattened next to
+        // `level`, `target` and `timestamp`, for log pipelines.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn run_mount(args: MountArgs, source: Source) -> Result<()> {
@@ -206,7 +220,7 @@ fn main() -> ExitCode {
         }
         _ => None,
     };
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Mount(args) => run_mount(args, source.expect("parsed above")),
         Command::Demo(args) => cachalot::demo::run(args),

@@ -410,9 +410,21 @@ fn read_only_mount_refuses_the_remaining_mutations_with_erofs() {
 
 #[test]
 fn trace_log_never_contains_secrets_from_the_environment() {
+    for format in ["text", "json"] {
+        let log = trace_log_of_a_busy_mount(format);
+        if format == "json" {
+            every_line_is_json_and_errors_carry_their_context(&log);
+        }
+    }
+}
+
+/// The whole trace log of a mount (log format `format`) whose environment
+/// holds secrets, after successes and failures of all kinds; asserts that
+/// no secret is in it.
+fn trace_log_of_a_busy_mount(format: &str) -> String {
     let secret = format!("SECRET-{:016x}", rand_u64());
     let token = format!("TOKEN-{:016x}", rand_u64());
-    let mut m = Mount::unmounted(&["--uid", "65534", "--gid", "65534"]);
+    let mut m = Mount::unmounted(&["--uid", "65534", "--gid", "65534", "--log-format", format]);
     fs::write(m.b("readable"), b"data").unwrap();
     fs::set_permissions(m.b("readable"), fs::Permissions::from_mode(0o644)).unwrap();
     m.set_env("RUST_LOG", "trace");
@@ -432,18 +444,44 @@ fn trace_log_never_contains_secrets_from_the_environment() {
     let log = m.log_text();
     assert!(
         log.lines().count() > 10,
-        "trace log suspiciously short:\n{log}"
+        "{format} trace log suspiciously short:\n{log}"
     );
     for s in [&secret, &token] {
         assert!(
             !log.contains(s.as_str()),
-            "the daemon log contains a secret from its environment:\n{}",
+            "the daemon's {format} log contains a secret from its environment:\n{}",
             log.lines()
                 .filter(|l| l.contains(s.as_str()))
                 .collect::<Vec<_>>()
                 .join("\n")
         );
     }
+    log
+}
+
+/// `--log-format json`: one JSON object per line, and the refused write's
+/// line names backend, operation, path and identity as fields of their own.
+fn every_line_is_json_and_errors_carry_their_context(log: &str) {
+    let mut refused = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        if v["message"] == "backend refused" && v["errno"] == libc::EACCES {
+            refused = Some(v);
+        }
+    }
+    let v = refused.unwrap_or_else(|| panic!("no JSON line for the refused write:\n{log}"));
+    assert!(
+        v["backend"].as_str().unwrap_or("").starts_with("file://"),
+        "{v}"
+    );
+    assert!(!v["operation"].as_str().unwrap_or("").is_empty(), "{v}");
+    assert_eq!(v["path"], "/denied", "{v}");
+    assert_eq!(v["identity"], "65534:65534", "{v}");
 }
 
 /// The same with a real S3 mount (SeaweedFS, SigV4): the secret key is used to sign

@@ -82,6 +82,27 @@ impl FsError {
 
 impl From<BackendError> for FsError {
     fn from(e: BackendError) -> FsError {
+        // Structured fields, so a JSON log line can be filtered by backend,
+        // operation, path or identity; the message stays readable as text.
+        let identity = e
+            .identity
+            .as_deref()
+            .map(|id| format!("{}:{}", id.uid, id.gid))
+            .unwrap_or_default();
+        macro_rules! log_at {
+            ($level:ident, $msg:literal) => {
+                tracing::$level!(
+                    backend = %e.backend,
+                    operation = e.operation,
+                    path = %format_args!("/{}", e.path),
+                    identity = %identity,
+                    errno = e.errno(),
+                    cause = %e.cause,
+                    error = %e,
+                    $msg
+                )
+            };
+        }
         match e.kind {
             ErrorKind::NotFound
             | ErrorKind::AlreadyExists
@@ -89,11 +110,11 @@ impl From<BackendError> for FsError {
             | ErrorKind::NotADirectory
             | ErrorKind::IsADirectory
             | ErrorKind::InvalidArgument
-            | ErrorKind::NameTooLong => tracing::debug!(error = %e, "backend refused"),
+            | ErrorKind::NameTooLong => log_at!(debug, "backend refused"),
             ErrorKind::Other | ErrorKind::Unavailable | ErrorKind::Stale => {
-                tracing::error!(error = %e, "backend failure, returning EIO-class error")
+                log_at!(error, "backend failure, returning EIO-class error")
             }
-            _ => tracing::warn!(error = %e, "backend refused"),
+            _ => log_at!(warn, "backend refused"),
         }
         FsError(e.errno())
     }
