@@ -38,6 +38,28 @@ pub struct CounterSnapshot {
 }
 
 impl CounterSnapshot {
+    /// `self - o`, field by field (never below zero).
+    pub fn minus(&self, o: &CounterSnapshot) -> CounterSnapshot {
+        CounterSnapshot {
+            hits: self.hits.saturating_sub(o.hits),
+            memory_hits: self.memory_hits.saturating_sub(o.memory_hits),
+            misses: self.misses.saturating_sub(o.misses),
+            evictions: self.evictions.saturating_sub(o.evictions),
+            corrupt_pages: self.corrupt_pages.saturating_sub(o.corrupt_pages),
+            write_errors: self.write_errors.saturating_sub(o.write_errors),
+            skipped_pages: self.skipped_pages.saturating_sub(o.skipped_pages),
+        }
+    }
+
+    /// Add a volume's counts to a store's: the store counts write errors
+    /// itself, so the volume's are not added twice.
+    pub fn add_volume(&mut self, o: &CounterSnapshot) {
+        self.add(&CounterSnapshot {
+            write_errors: 0,
+            ..*o
+        });
+    }
+
     pub fn add(&mut self, o: &CounterSnapshot) {
         self.hits += o.hits;
         self.memory_hits += o.memory_hits;
@@ -50,6 +72,17 @@ impl CounterSnapshot {
 }
 
 impl Counters {
+    /// Take over the counts of a volume that is gone.
+    pub fn absorb_volume(&self, s: &CounterSnapshot) {
+        let add = |c: &AtomicU64, v: u64| c.fetch_add(v, Ordering::Relaxed);
+        add(&self.hits, s.hits.saturating_sub(s.memory_hits));
+        add(&self.memory_hits, s.memory_hits);
+        add(&self.misses, s.misses);
+        add(&self.evictions, s.evictions);
+        add(&self.corrupt, s.corrupt_pages);
+        add(&self.skipped, s.skipped_pages);
+    }
+
     pub fn snapshot(&self) -> CounterSnapshot {
         CounterSnapshot {
             hits: self.hits.load(Ordering::Relaxed) + self.memory_hits.load(Ordering::Relaxed),

@@ -9,10 +9,22 @@ fn key(path: &str, index: u64) -> PageKey {
     }
 }
 
-fn store(dir: &Path, quota: u64) -> Arc<PageStore> {
-    let s = PageStore::open(PageStoreConfig::new(dir.to_path_buf(), quota, 4096)).unwrap();
+fn store(dir: &Path, quota: u64) -> Arc<VolumeCache> {
+    let s =
+        VolumeCache::open(PageStoreConfig::new(dir.to_path_buf(), quota, 4096), "file:///srv").unwrap();
     assert!(s.wait_index_ready(Duration::from_secs(10)));
     s
+}
+
+/// Drop a volume's handle and wait until its store is gone, so the next
+/// `store()` opens the directory afresh, as a new process would.
+fn close(s: Arc<VolumeCache>) {
+    let weak = Arc::downgrade(s.store());
+    drop(s);
+    let start = std::time::Instant::now();
+    while weak.strong_count() > 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn page_bytes(data_len: usize) -> u64 {
@@ -26,7 +38,7 @@ fn put_then_get_survives_reopen() {
     s.put(&key("a", 0), b"page zero");
     assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
     assert!(s.get(&key("a", 1)).is_none());
-    drop(s);
+    close(s);
     let s = store(dir.path(), 1 << 20);
     assert_eq!(s.stats().pages, 1);
     assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
@@ -87,7 +99,7 @@ fn two_stores_on_one_directory_share_pages_and_quota() {
         b.put(&key("y", i), &page);
         a.put(&key("z", i), &page);
     }
-    let (_, on_disk) = scan_dir(dir.path());
+    let on_disk = scan::scan_dir(dir.path(), false).total;
     assert!(
         on_disk <= one * 4,
         "together within quota: {on_disk} > {}",
@@ -105,11 +117,10 @@ fn index_rebuild_finds_many_pages_in_the_background() {
             s.put(&key("many", i), b"x");
         }
     }
-    let s = PageStore::open(PageStoreConfig::new(
-        dir.path().to_path_buf(),
-        1 << 30,
-        4096,
-    ))
+    let s = VolumeCache::open(
+        PageStoreConfig::new(dir.path().to_path_buf(), 1 << 30, 4096),
+        "file:///srv",
+    )
     .unwrap();
     // Usable before the index is loaded: pages are found on disk directly.
     assert_eq!(s.get(&key("many", 1999)).unwrap(), b"x");
@@ -178,11 +189,11 @@ fn whole_files_replace_pages_serve_reads_and_detect_damage() {
         .expect("assembled files are verified");
     assert_eq!(file.metadata().unwrap().len(), data.len() as u64);
     // A new process must verify before passthrough; damage is detected.
-    drop(s);
+    close(s);
     let s = store(dir.path(), 1 << 20);
     assert!(s.verified_whole_file(&key("w", 0)).is_none());
     let stem = key("w", 0).object_stem();
-    let path = whole::data_path(&dir.path().join("files"), &stem);
+    let path = whole::data_path(&dir.path().join("files").join(s.tag().to_string()), &stem);
     let mut bytes = fs::read(&path).unwrap();
     bytes[5000] ^= 1;
     fs::write(&path, bytes).unwrap();
@@ -308,4 +319,102 @@ fn get_range_reads_from_whole_files() {
         s.get_range(&key("wr", 2), 400, 4096).unwrap(),
         &data[8592..]
     );
+}
+
+fn volume_key(source: &str, path: &str, index: u64) -> PageKey {
+    PageKey {
+        source: source.into(),
+        path: path.into(),
+        version: "v1".into(),
+        index,
+    }
+}
+
+/// A store opened as another process would (its own index, ledger handle
+/// and lock), bypassing this process's registry.
+fn other_process(dir: &Path, quota: u64, identity: &str) -> Arc<VolumeCache> {
+    let store = PageStore::open_dir(PageStoreConfig::new(dir.to_path_buf(), quota, 4096)).unwrap();
+    assert!(store.wait_index_ready(Duration::from_secs(10)));
+    VolumeCache::new(store, identity, 4096)
+}
+
+#[test]
+fn a_volume_streaming_through_the_cache_leaves_a_small_volume_its_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(4096);
+    let big = store(dir.path(), one * 20);
+    let small = VolumeCache::new(Arc::clone(big.store()), "nfs://server/small", 4096);
+    for i in 0..3 {
+        small.put(&volume_key("nfs://server/small", "s", i), &[1u8; 4096]);
+    }
+    for i in 0..100 {
+        big.put(&key("stream", i), &[2u8; 4096]);
+    }
+    assert_eq!(small.stats().skipped_pages, 0);
+    for i in 0..3 {
+        assert!(
+            small.get(&volume_key("nfs://server/small", "s", i)).is_some(),
+            "the small volume's page {i} was evicted by the streaming one"
+        );
+    }
+    assert!(big.stats().volume_bytes <= one * 20);
+    assert_eq!(small.stats().pages, 3);
+}
+
+#[test]
+fn a_process_whose_index_knows_nothing_evicts_another_process_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(4096);
+    // Both processes start on an empty directory; the first fills it.
+    let first = other_process(dir.path(), one * 10, "file:///first");
+    let second = other_process(dir.path(), one * 10, "file:///second");
+    for i in 0..10 {
+        first.put(&volume_key("file:///first", "f", i), &[1u8; 4096]);
+    }
+    for i in 0..3 {
+        second.put(&volume_key("file:///second", "g", i), &[2u8; 4096]);
+    }
+    assert_eq!(
+        second.stats().skipped_pages,
+        0,
+        "the second process cached nothing: it could not make room"
+    );
+    for i in 0..3 {
+        assert!(second.get(&volume_key("file:///second", "g", i)).is_some());
+    }
+    assert!(scan::scan_dir(dir.path(), false).total <= one * 10);
+}
+
+#[test]
+fn the_quota_is_the_directory_s_while_another_process_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = other_process(dir.path(), 1 << 20, "file:///a");
+    let second = other_process(dir.path(), 5 << 20, "file:///b");
+    assert_eq!(second.stats().quota_bytes, 1 << 20, "the recorded quota wins");
+    drop(second);
+    close(first);
+    let third = other_process(dir.path(), 7 << 20, "file:///c");
+    assert_eq!(
+        third.stats().quota_bytes,
+        7 << 20,
+        "alone on the directory, a process sets a new quota"
+    );
+    assert_eq!(summarize(dir.path()).unwrap().quota_bytes, Some(7 << 20));
+}
+
+#[test]
+fn pages_of_the_layout_before_volume_directories_are_removed_and_summarized_by_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join("pages/ab");
+    fs::create_dir_all(&legacy).unwrap();
+    fs::write(legacy.join(format!("{}.page", "ab".repeat(32))), b"old").unwrap();
+    assert_eq!(summarize(dir.path()).unwrap().legacy_bytes, 3);
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), b"one");
+    let sum = summarize(dir.path()).unwrap();
+    assert_eq!(sum.legacy_bytes, 0);
+    assert!(!legacy.exists());
+    assert_eq!(sum.volumes.len(), 1);
+    assert_eq!(sum.volumes[0].pages, 1);
+    assert!(sum.volumes[0].name.starts_with("file:///srv"), "{:?}", sum.volumes);
 }

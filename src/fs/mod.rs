@@ -31,7 +31,7 @@ use crate::backend::{
     is_temp_name, AttrChanges, Backend, BackendPath, ErrorKind, FileKind, FsStats, Identity,
     Metadata, SpecialFile, VersionToken, WriteStart,
 };
-use crate::cache::PageStore;
+use crate::cache::VolumeCache;
 
 use inode::{InodeTable, Refreshed};
 use read::{FileHandle, HotPages, InFlight};
@@ -114,7 +114,7 @@ pub enum Passthrough {
 
 pub struct CachalotFs {
     backend: Arc<dyn Backend>,
-    cache: Arc<PageStore>,
+    cache: Arc<VolumeCache>,
     cfg: FsConfig,
     inodes: Mutex<InodeTable>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -151,7 +151,7 @@ impl CachalotFs {
     /// Check the backend root and build the filesystem.
     pub async fn new(
         backend: Arc<dyn Backend>,
-        cache: Arc<PageStore>,
+        cache: Arc<VolumeCache>,
         cfg: FsConfig,
     ) -> Result<CachalotFs, crate::backend::BackendError> {
         let root_id = cfg.fixed_identity.unwrap_or(Identity::new(0, 0));

@@ -18,7 +18,7 @@ use crate::backend::{
     AttrChanges, Backend, BackendError, BackendPath, BackendResult, ErrorKind, FileKind, Identity,
     Metadata, PendingWrite, SuspendedWrite, VersionToken,
 };
-use crate::cache::PageStore;
+use crate::cache::VolumeCache;
 
 use super::dir::DirHandle;
 use super::inode::InodeTable;
@@ -203,7 +203,7 @@ impl CachalotFs {
     /// EIO (logged with the path) instead of losing data silently.
     pub async fn restore(
         backend: Arc<dyn Backend>,
-        cache: Arc<PageStore>,
+        cache: Arc<VolumeCache>,
         cfg: FsConfig,
         snapshot: FsSnapshot,
     ) -> Result<CachalotFs, BackendError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::local::{IdentityMode, LocalBackend};
 use crate::backend::{AttrChanges, Backend};
-use crate::cache::{PageStore, PageStoreConfig};
+use crate::cache::{PageStoreConfig, VolumeCache};
 
 use super::*;
 
@@ -58,11 +58,10 @@ async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixture {
     fs::create_dir(&backing).unwrap();
     let backend: Arc<dyn Backend> =
         Arc::new(LocalBackend::new(backing.clone(), IdentityMode::Caller));
-    let cache = PageStore::open(PageStoreConfig::new(
-        dir.path().join("cache"),
-        64 << 20,
-        page_size,
-    ))
+    let cache = VolumeCache::open(
+        PageStoreConfig::new(dir.path().join("cache"), 64 << 20, page_size),
+        backend.cache_identity(),
+    )
     .unwrap();
     let fs = CachalotFs::new(
         backend,
@@ -490,9 +489,12 @@ async fn unlink_of_a_new_file_renamed_over_an_open_one_after_its_directory_moved
 
 /// Page files of the fixture's cache directory.
 fn page_files(f: &Fixture) -> Vec<std::path::PathBuf> {
-    let pages = f._dir.path().join("cache/pages");
+    let pages = f._dir.path().join("cache/pages").join(f.fs.cache.tag().to_string());
     let mut out = Vec::new();
     for sub in fs::read_dir(pages).unwrap().flatten() {
+        if !sub.path().is_dir() {
+            continue; // the volume's name file
+        }
         for file in fs::read_dir(sub.path()).unwrap().flatten() {
             if file.path().extension().is_some_and(|e| e == "page") {
                 out.push(file.path());

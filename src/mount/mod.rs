@@ -18,7 +18,7 @@ use crate::backend::local::{IdentityMode, LocalBackend};
 use crate::backend::nfs::{NfsBackend, NfsOptions};
 use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
 use crate::backend::{Backend, BackendPath, Identity, Source};
-use crate::cache::{PageStore, PageStoreConfig};
+use crate::cache::{PageStoreConfig, VolumeCache};
 use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
 
@@ -60,7 +60,7 @@ pub struct MountOptions {
 /// A live mount. Dropping it unmounts.
 pub struct MountedFs {
     pub fs: Arc<CachalotFs>,
-    cache: Arc<PageStore>,
+    cache: Arc<VolumeCache>,
     mountpoint: PathBuf,
     unmounter: Option<fuser::SessionUnmounter>,
     session: Option<JoinHandle<std::io::Result<()>>>,
@@ -207,12 +207,13 @@ fn new_runtime() -> Result<Arc<tokio::runtime::Runtime>> {
     ))
 }
 
-fn open_cache(opts: &MountOptions) -> Result<Arc<PageStore>> {
-    PageStore::open(PageStoreConfig::new(
-        opts.cache_dir.clone(),
-        opts.cache_size,
-        opts.page_size,
-    ))
+/// The node's cache directory, for this volume (named by its backend's
+/// cache identity, so a remount finds its pages).
+fn open_cache(opts: &MountOptions, backend: &dyn Backend) -> Result<Arc<VolumeCache>> {
+    VolumeCache::open(
+        PageStoreConfig::new(opts.cache_dir.clone(), opts.cache_size, opts.page_size),
+        backend.cache_identity(),
+    )
     .context("opening the page cache")
 }
 
@@ -227,7 +228,7 @@ fn fs_config(opts: &MountOptions) -> FsConfig {
 }
 
 /// Counters for `cachalot cache stats`, readable while we run.
-fn persist_counters(runtime: &tokio::runtime::Runtime, cache: &Arc<PageStore>) {
+fn persist_counters(runtime: &tokio::runtime::Runtime, cache: &Arc<VolumeCache>) {
     let persisted = Arc::clone(cache);
     runtime.spawn(async move {
         loop {
@@ -260,7 +261,6 @@ fn run_session(
 /// Mount and return once the kernel handshake is done (the mount is usable).
 pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let runtime = new_runtime()?;
-    let cache = open_cache(&opts)?;
     let backend = runtime
         .block_on(async {
             let backend = backend_for(&opts).await?;
@@ -268,6 +268,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             Ok::<_, anyhow::Error>(backend)
         })
         .with_context(|| format!("mounting {}", opts.source))?;
+    let cache = open_cache(&opts, backend.as_ref())?;
     let fs = runtime.block_on(CachalotFs::new(
         Arc::clone(&backend),
         Arc::clone(&cache),
@@ -345,10 +346,10 @@ pub fn resume(
     snapshot: crate::fs::snapshot::FsSnapshot,
 ) -> Result<MountedFs> {
     let runtime = new_runtime()?;
-    let cache = open_cache(&opts)?;
     let backend = runtime
         .block_on(backend_for(&opts))
         .with_context(|| format!("connecting to {}", opts.source))?;
+    let cache = open_cache(&opts, backend.as_ref())?;
     let fs = runtime
         .block_on(CachalotFs::restore(
             Arc::clone(&backend),

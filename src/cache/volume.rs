@@ -1,0 +1,441 @@
+//! One volume's handle on the node's page store: where its pages live
+//! (`pages/<volume>/`, `files/<volume>/`), its page size and its own
+//! counters; space and eviction are the store's.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::counters::Counters;
+use super::index::{now_secs, Entry, VolumeTag};
+use super::page::{self, PageFormatError, PageKey};
+use super::scan::{VOLUME_NAME_FILE, WHOLE_PREFIX};
+use super::{whole, CacheOpenError, CacheStats, PageStore, PageStoreConfig};
+
+/// A page's access time on disk is refreshed on a hit when older than
+/// this: other processes order their evictions by it, and a write per
+/// read would cost more than a coarse order.
+const TOUCH_GRANULARITY: Duration = Duration::from_secs(30);
+
+pub struct VolumeCache {
+    store: Arc<PageStore>,
+    tag: VolumeTag,
+    page_size: u64,
+    pages_dir: PathBuf,
+    files_dir: PathBuf,
+    counters: Arc<Counters>,
+}
+
+impl VolumeCache {
+    /// Open the cache directory of `cfg` (shared with every other volume
+    /// using it) for the volume whose backend identity is `identity`.
+    pub fn open(cfg: PageStoreConfig, identity: &str) -> Result<Arc<VolumeCache>, CacheOpenError> {
+        let page_size = cfg.page_size;
+        let store = PageStore::open(cfg)?;
+        Ok(VolumeCache::new(store, identity, page_size))
+    }
+
+    pub fn new(store: Arc<PageStore>, identity: &str, page_size: u64) -> Arc<VolumeCache> {
+        let tag = VolumeTag::of(identity, page_size);
+        let pages_dir = store.cfg.dir.join("pages").join(tag.to_string());
+        let files_dir = store.files_dir(tag);
+        // The name lets `cache stats` say whose pages these are; without
+        // it (unwritable cache) the volume still works.
+        let _ = fs::create_dir_all(&pages_dir).and_then(|()| {
+            let name = pages_dir.join(VOLUME_NAME_FILE);
+            if name.exists() {
+                return Ok(());
+            }
+            fs::write(name, format!("{identity}\npage size {page_size}\n"))
+        });
+        let counters = Arc::new(Counters::default());
+        store.volumes.lock().push(Arc::downgrade(&counters));
+        Arc::new(VolumeCache {
+            store,
+            tag,
+            page_size,
+            pages_dir,
+            files_dir,
+            counters,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<PageStore> {
+        &self.store
+    }
+
+    pub fn tag(&self) -> VolumeTag {
+        self.tag
+    }
+
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.store.dir()
+    }
+
+    pub fn index_ready(&self) -> bool {
+        self.store.index_ready()
+    }
+
+    pub fn wait_index_ready(&self, timeout: Duration) -> bool {
+        self.store.wait_index_ready(timeout)
+    }
+
+    pub(super) fn path_of(&self, stem: &str) -> PathBuf {
+        super::page_path(&self.pages_dir, stem)
+    }
+
+    /// True if the page file exists (no verification): used to skip
+    /// read-ahead of pages already cached.
+    pub fn contains(&self, key: &PageKey) -> bool {
+        self.path_of(&key.file_stem()).exists()
+    }
+
+    /// The page's data if it is cached and intact. Corrupt pages are removed
+    /// (and counted) so the caller re-fetches and rewrites them.
+    pub fn get(&self, key: &PageKey) -> Option<Vec<u8>> {
+        let stem = key.file_stem();
+        let path = self.path_of(&stem);
+        let read = File::open(&path).and_then(|mut f| {
+            let meta = f.metadata()?;
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            f.read_to_end(&mut bytes)?;
+            Ok((f, meta, bytes))
+        });
+        let (f, meta, file) = match read {
+            Ok(read) => read,
+            Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
+        };
+        match page::decode(key, &file) {
+            Ok(data) => {
+                let data = data.to_vec();
+                self.hit(stem, &f, &meta);
+                Some(data)
+            }
+            Err(why) => {
+                self.drop_corrupt(stem, &path, file.len() as u64, &why);
+                None
+            }
+        }
+    }
+
+    /// `len` bytes of the page's data from `offset_in_page` (fewer at the
+    /// end of the data), if the page is cached and intact. Reads and
+    /// verifies only the header and the checksum blocks the range touches,
+    /// so a small read of a big page costs about its own size. Hits,
+    /// misses and damaged pages are counted and handled as by
+    /// [`VolumeCache::get`]: a damaged page is dropped whole, even if the
+    /// requested blocks were intact, so the caller refetches and rewrites it.
+    pub fn get_range(&self, key: &PageKey, offset_in_page: u64, len: usize) -> Option<Vec<u8>> {
+        let stem = key.file_stem();
+        let path = self.path_of(&stem);
+        let opened = File::open(&path).and_then(|f| Ok((f.metadata()?, f)));
+        let (meta, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                return self.not_stored(key, &stem, &path, &e, |data| {
+                    let start = usize::try_from(offset_in_page)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len());
+                    let end = start.saturating_add(len).min(data.len());
+                    data[start..end].to_vec()
+                })
+            }
+        };
+        match page::read_range(&file, meta.len(), key, offset_in_page, len) {
+            Ok(data) => {
+                self.hit(stem, &file, &meta);
+                Some(data)
+            }
+            Err(page::RangeError::Format(why)) => {
+                self.drop_corrupt(stem, &path, meta.len(), &why);
+                None
+            }
+            Err(page::RangeError::Io(e)) => {
+                // The file may be fine: leave it, read from the backend.
+                tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A page file was served: count it, keep it in the index as just
+    /// used, and refresh its access time on disk for other processes.
+    fn hit(&self, stem: String, file: &File, meta: &fs::Metadata) {
+        let known = self.store.index.lock().touch(&stem);
+        if !known {
+            // Written by another process, or not indexed yet.
+            self.index_put(stem, meta.len());
+        }
+        let stale = meta
+            .accessed()
+            .ok()
+            .and_then(|a| a.elapsed().ok())
+            .is_none_or(|age| age > TOUCH_GRANULARITY);
+        if stale {
+            let _ = file.set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
+        }
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn index_put(&self, name: String, size: u64) {
+        self.store.index.lock().put(
+            name,
+            Entry {
+                size,
+                volume: self.tag,
+                used: now_secs(),
+            },
+        );
+    }
+
+    /// No page file for `key` (or it cannot be opened): serve the page from
+    /// a whole file if there is one (through `pick`), else count a miss.
+    fn not_stored(
+        &self,
+        key: &PageKey,
+        stem: &str,
+        path: &Path,
+        e: &io::Error,
+        pick: impl FnOnce(Vec<u8>) -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
+        }
+        self.store.index.lock().pop(stem);
+        if let Some(data) = self.get_from_whole(key) {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(pick(data));
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Remove a damaged page file (counted; the first one is logged), so
+    /// the caller's refetch rewrites it.
+    fn drop_corrupt(&self, stem: String, path: &Path, file_len: u64, why: &PageFormatError) {
+        let n = self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            tracing::warn!(path = %path.display(), %why, "dropping a corrupt cache page (further ones of this volume are only counted)");
+        }
+        self.store.index.lock().pop(&stem);
+        if fs::remove_file(path).is_ok() {
+            let _ = self.store.ledger.release(file_len);
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get_from_whole(&self, key: &PageKey) -> Option<Vec<u8>> {
+        let meta = whole::read_meta(&self.files_dir, key)?;
+        let data = whole::read_page(&self.files_dir, key, &meta);
+        if data.is_some() {
+            self.store
+                .index
+                .lock()
+                .touch(&format!("{WHOLE_PREFIX}{}", key.object_stem()));
+        } else {
+            // Damaged: drop it; the pages will be fetched again.
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            self.drop_whole(&key.object_stem());
+        }
+        data
+    }
+
+    fn drop_whole(&self, stem: &str) {
+        self.store
+            .index
+            .lock()
+            .pop(&format!("{WHOLE_PREFIX}{stem}"));
+        self.store.verified_whole.lock().remove(stem);
+        let freed = whole::remove(&self.files_dir, stem);
+        if freed > 0 {
+            let _ = self.store.ledger.release(freed);
+        }
+    }
+
+    /// Assemble the object of `key` (all `size` bytes) into a whole file if
+    /// every page is cached, then drop its page files. Returns true if a
+    /// whole file exists afterwards.
+    pub fn assemble_whole(&self, key: &PageKey, size: u64) -> bool {
+        if whole::read_meta(&self.files_dir, key).is_some() {
+            return true;
+        }
+        let ps = self.page_size;
+        let pages = size.div_ceil(ps);
+        if !(0..pages).all(|i| self.contains(&key.with_index(i)))
+            || !self.store.make_room(size, self.tag, &self.counters)
+        {
+            return false;
+        }
+        let assembled = whole::assemble(&self.files_dir, key, size, ps, |i| {
+            let page_key = key.with_index(i);
+            let file = fs::read(self.path_of(&page_key.file_stem())).ok()?;
+            page::decode(&page_key, &file).ok().map(<[u8]>::to_vec)
+        });
+        let total = match assembled {
+            Ok(total) => total,
+            Err(e) => {
+                let _ = self.store.ledger.release(size);
+                tracing::debug!(error = %e, "could not assemble a whole file");
+                return false;
+            }
+        };
+        // The meta file is small; account it beyond the reservation.
+        let _ = self.store.ledger.reserve(total - size, u64::MAX);
+        let stem = key.object_stem();
+        self.store.verified_whole.lock().insert(stem.clone());
+        self.index_put(format!("{WHOLE_PREFIX}{stem}"), total);
+        for i in 0..pages {
+            let page_stem = key.with_index(i).file_stem();
+            let entry = self.store.index.lock().pop(&page_stem);
+            let path = self.path_of(&page_stem);
+            let size = entry
+                .map(|e| e.size)
+                .or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
+            if fs::remove_file(&path).is_ok() {
+                let _ = self.store.ledger.release(size.unwrap_or(0));
+            }
+        }
+        true
+    }
+
+    /// The whole file of `key`'s object, opened, if this process verified it
+    /// (see [`VolumeCache::verify_whole`]); for FUSE passthrough.
+    pub fn verified_whole_file(&self, key: &PageKey) -> Option<File> {
+        let stem = key.object_stem();
+        if !self.store.verified_whole.lock().contains(&stem) {
+            return None;
+        }
+        let file = File::open(whole::data_path(&self.files_dir, &stem)).ok()?;
+        self.store
+            .index
+            .lock()
+            .touch(&format!("{WHOLE_PREFIX}{stem}"));
+        Some(file)
+    }
+
+    /// Check a whole file completely (once per process). A damaged one is
+    /// removed. Returns true if it can be used for passthrough.
+    pub fn verify_whole(&self, key: &PageKey) -> bool {
+        let stem = key.object_stem();
+        if self.store.verified_whole.lock().contains(&stem) {
+            return true;
+        }
+        let Some(meta) = whole::read_meta(&self.files_dir, key) else {
+            return false;
+        };
+        if whole::verify(&self.files_dir, key, &meta) {
+            self.store.verified_whole.lock().insert(stem);
+            true
+        } else {
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(stem, "dropping a damaged whole file");
+            self.drop_whole(&stem);
+            false
+        }
+    }
+
+    pub fn has_whole(&self, key: &PageKey) -> bool {
+        whole::read_meta(&self.files_dir, key).is_some()
+    }
+
+    /// Store a page. Atomic (temp file + rename): a crash never leaves a
+    /// torn page under its final name. Space is reserved in the shared
+    /// ledger first; when there is no room even after evicting, the page is
+    /// simply not cached. Failures are logged once and counted.
+    pub fn put(&self, key: &PageKey, data: &[u8]) {
+        let encoded = page::encode(key, data);
+        let size = encoded.len() as u64;
+        if size > self.store.cfg.quota_bytes {
+            return;
+        }
+        if !self.store.make_room(size, self.tag, &self.counters) {
+            self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let stem = key.file_stem();
+        match self.write_page_file(&stem, &encoded) {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    let _ = self.store.ledger.release(old);
+                }
+                self.index_put(stem, size);
+                self.store.evict_if_above_high(Some(self.tag));
+            }
+            Err(e) => {
+                let _ = self.store.ledger.release(size);
+                self.store.note_write_error(&e, &self.counters);
+            }
+        }
+    }
+
+    /// Write the page file; returns the size of a file it replaced.
+    fn write_page_file(&self, stem: &str, encoded: &[u8]) -> io::Result<Option<u64>> {
+        let final_path = self.path_of(stem);
+        let dir = final_path.parent().unwrap_or(&self.pages_dir);
+        fs::create_dir_all(dir)?;
+        let seq = self.store.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(encoded)?;
+            let replaced = fs::metadata(&final_path).ok().map(|m| m.len());
+            fs::rename(&temp, &final_path)?;
+            Ok(replaced)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// A page was served from memory above the store (still a cache hit).
+    pub fn count_memory_hit(&self) {
+        self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let c = self.counters.snapshot();
+        let usage = self.store.index.lock().usage(self.tag);
+        CacheStats {
+            hits: c.hits,
+            memory_hits: c.memory_hits,
+            misses: c.misses,
+            evictions: self.store.counters.evictions.load(Ordering::Relaxed),
+            corrupt_pages: c.corrupt_pages,
+            write_errors: c.write_errors,
+            skipped_pages: c.skipped_pages,
+            pages: usage.entries,
+            volume_bytes: usage.bytes,
+            bytes: self.store.ledger.total().unwrap_or(0),
+            quota_bytes: self.store.cfg.quota_bytes,
+            index_ready: self.store.index_ready(),
+        }
+    }
+
+    pub fn persist_counters(&self) {
+        self.store.persist_counters();
+    }
+
+    pub fn retire_counters(&self) {
+        self.store.retire_counters();
+    }
+}
+
+impl Drop for VolumeCache {
+    fn drop(&mut self) {
+        // The process's totals keep this volume's counts.
+        let mut volumes = self.store.volumes.lock();
+        volumes.retain(|v| !std::ptr::eq(v.as_ptr(), Arc::as_ptr(&self.counters)));
+        self.store
+            .counters
+            .absorb_volume(&self.counters.snapshot());
+    }
+}
