@@ -84,6 +84,24 @@ fn run_cache(cmd: CacheCommand) -> Result<()> {
                 println!("write errors     {}", c.write_errors);
                 println!("skipped (full)   {}", c.skipped_pages);
                 println!("reporting mounts {}", s.processes_reporting);
+                if s.legacy_bytes > 0 {
+                    println!(
+                        "old layout       {} MiB (removed by the next mount)",
+                        s.legacy_bytes >> 20
+                    );
+                }
+                if !s.volumes.is_empty() {
+                    println!("volumes");
+                    for v in &s.volumes {
+                        println!(
+                            "  {}  {:>8} MiB {:>8} pages  {}",
+                            v.tag,
+                            v.bytes >> 20,
+                            v.pages,
+                            v.name
+                        );
+                    }
+                }
             }
             Ok(())
         }

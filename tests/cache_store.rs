@@ -70,7 +70,8 @@ fn a_mount_with_100k_cached_pages_is_usable_at_once() {
     let mut m = Mount::unmounted(&[]);
     fs::write(m.b("hello"), b"hello").unwrap();
     // 100 000 page files (names and sizes are all the index scan looks at).
-    let pages = m.cache_dir().join("pages");
+    // Another volume's pages (any volume's count for the node-wide index).
+    let pages = m.cache_dir().join("pages").join("0123456789abcdef");
     for i in 0..100_000u64 {
         let stem = format!("{:064x}", (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let dir = pages.join(&stem[..2]);
@@ -91,7 +92,7 @@ fn a_mount_with_100k_cached_pages_is_usable_at_once() {
         }),
         "index never finished loading"
     );
-    assert!(stat_u64(&m.stats(), "cache_pages") >= 100_000);
+    assert!(stat_u64(&m.stats(), "cache_bytes") >= 100_000);
 }
 
 #[test]
@@ -183,13 +184,12 @@ fn kernel_page_cache_is_kept_while_unchanged_and_dropped_when_changed() {
 
 fn whole_files(cache: &std::path::Path) -> usize {
     let mut n = 0;
-    for sub in fs::read_dir(cache.join("files"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
-            if f.path().extension().is_some_and(|e| e == "meta") {
+    let mut stack = vec![cache.join("files")];
+    while let Some(dir) = stack.pop() {
+        for f in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if f.path().is_dir() {
+                stack.push(f.path());
+            } else if f.path().extension().is_some_and(|e| e == "meta") {
                 n += 1;
             }
         }
@@ -245,4 +245,62 @@ fn read_write_mounts_never_use_passthrough() {
     fs::write(m.m("f"), b"rewritten").unwrap();
     drop(reader);
     assert_eq!(fs::read(m.b("f")).unwrap(), b"rewritten");
+}
+
+/// One cache directory is one cache: two mounts (two processes) share its
+/// recorded quota, and a mount streaming through it cannot starve the
+/// other of the few pages it uses.
+#[test]
+fn two_mounts_on_one_cache_dir_share_its_quota_and_the_small_one_is_not_starved() {
+    let mut a = Mount::with_prepare(&["--cache-size", "24MiB"], |b| {
+        fs::write(b.join("big1"), pattern(40 * MIB, 1)).unwrap();
+        fs::write(b.join("big2"), pattern(40 * MIB, 2)).unwrap();
+    });
+    let mut b = Mount::unmounted(&["--cache-size", "100MiB"]);
+    b.use_cache_dir(a.cache_dir());
+    let small = pattern(4 * MIB, 3);
+    fs::write(b.b("small"), &small).unwrap();
+    b.start();
+    assert_eq!(
+        stat_u64(&b.stats(), "cache_quota_bytes"),
+        24 * MIB as u64,
+        "the second mount must use the directory's recorded quota"
+    );
+    read_all(&a.m("big1")).unwrap();
+    assert_bytes_eq(
+        &read_all(&b.m("small")).unwrap(),
+        &small,
+        "small, first read",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || stat_u64(
+            &b.stats(),
+            "cache_volume_bytes"
+        ) >= 4 * MIB as u64),
+        "the small volume's pages were not cached: {}",
+        b.stats()
+    );
+    read_all(&a.m("big2")).unwrap();
+    // A fresh process for b: only pages on disk can spare the backend.
+    b.stop();
+    b.start();
+    drop_caches();
+    assert_bytes_eq(&read_all(&b.m("small")).unwrap(), &small, "small, again");
+    let s = b.stats();
+    assert_eq!(
+        stat_u64(&s, "backend_reads"),
+        0,
+        "the small volume was starved: {s}"
+    );
+    assert!(stat_u64(&s, "cache_bytes") <= 24 * MIB as u64, "{s}");
+    a.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachalot"))
+        .args(["cache", "stats", "--json", "--cache-dir"])
+        .arg(a.cache_dir())
+        .output()
+        .unwrap();
+    let sum: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(sum["quota_bytes"], 24 * MIB as u64, "{sum}");
+    assert_eq!(sum["volumes"].as_array().map(Vec::len), Some(2), "{sum}");
 }

@@ -49,7 +49,7 @@ pub struct Entry {
     /// Bytes on disk.
     pub size: u64,
     pub volume: VolumeTag,
-    /// Last use, seconds since the epoch.
+    /// Last use, milliseconds since the epoch.
     pub used: u64,
 }
 
@@ -67,12 +67,14 @@ pub struct Found {
     pub entry: Entry,
 }
 
-pub fn now_secs() -> u64 {
-    secs(SystemTime::now())
+pub fn now_millis() -> u64 {
+    millis(SystemTime::now())
 }
 
-pub fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct Index {
@@ -137,7 +139,7 @@ impl Index {
     pub fn touch(&mut self, name: &str) -> bool {
         match self.lru.get_mut(name) {
             Some(e) => {
-                e.used = now_secs();
+                e.used = now_millis();
                 true
             }
             None => false,
@@ -157,15 +159,10 @@ impl Index {
 
     /// Take entries out, least recently used first, until `need` bytes are
     /// chosen. With `fair_share`, entries of a volume that uses no more
-    /// than its share are left alone (unless it is `requester`, which may
-    /// always make room from its own pages): a volume streaming through
-    /// the cache cannot push out a small volume's working set.
-    pub fn take_victims(
-        &mut self,
-        need: u64,
-        requester: Option<VolumeTag>,
-        fair_share: Option<u64>,
-    ) -> Vec<(String, Entry)> {
+    /// than its share are left alone, so a volume streaming through the
+    /// cache cannot push out a small volume's working set (it makes room
+    /// from its own pages, being the one over its share).
+    pub fn take_victims(&mut self, need: u64, fair_share: Option<u64>) -> Vec<(String, Entry)> {
         let mut usage = self.usage.clone();
         let mut chosen = Vec::new();
         let mut bytes = 0;
@@ -174,10 +171,7 @@ impl Index {
                 break;
             }
             let used = usage.get(&e.volume).map_or(0, |u| u.bytes);
-            let evictable = match fair_share {
-                Some(share) => Some(e.volume) == requester || used > share,
-                None => true,
-            };
+            let evictable = fair_share.is_none_or(|share| used > share);
             if evictable {
                 bytes += e.size;
                 if let Some(u) = usage.get_mut(&e.volume) {
@@ -196,7 +190,8 @@ impl Index {
     /// process knows better (its own, more precise, last-use times), in
     /// one order by last use.
     pub fn merge(&mut self, found: Vec<Found>) {
-        let mut all: HashMap<String, Entry> = found.into_iter().map(|f| (f.name, f.entry)).collect();
+        let mut all: HashMap<String, Entry> =
+            found.into_iter().map(|f| (f.name, f.entry)).collect();
         for (name, ours) in self.lru.iter() {
             // Gone from disk (evicted by another process): drop it.
             if let Some(on_disk) = all.get_mut(name) {
@@ -242,11 +237,11 @@ mod tests {
             index.put(format!("a{i}"), entry(1, 10, 10 + i));
         }
         let names = |v: &[(String, Entry)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        let taken = index.take_victims(30, Some(VolumeTag(1)), Some(50));
+        let taken = index.take_victims(30, Some(50));
         assert_eq!(names(&taken), ["a0", "a1", "a2"]);
         assert_eq!(index.usage(VolumeTag(2)).bytes, 20);
         // Without fairness, plain LRU order.
-        let taken = index.take_victims(10, Some(VolumeTag(1)), None);
+        let taken = index.take_victims(10, None);
         assert_eq!(names(&taken), ["b0"]);
     }
 
@@ -268,7 +263,7 @@ mod tests {
         assert!(!index.contains("gone"));
         assert_eq!(index.usage(VolumeTag(1)).entries, 1);
         // theirs (60) is older than mine (100): evicted first.
-        let taken = index.take_victims(10, None, None);
+        let taken = index.take_victims(10, None);
         assert_eq!(taken[0].0, "theirs");
     }
 }

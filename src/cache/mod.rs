@@ -274,7 +274,7 @@ impl PageStore {
         self.index.lock().merge(scan.found);
         *self.last_rescan.lock() = Some(Instant::now());
         self.index_ready.store(true, Ordering::Release);
-        self.evict_if_above_high(None);
+        self.evict_if_above_high();
         tracing::debug!(
             pages = self.index.lock().len(),
             bytes = scan.total,
@@ -309,7 +309,7 @@ impl PageStore {
 
     /// Reserve `size` bytes within the quota and above the disk floor,
     /// evicting down to the low watermark if needed.
-    fn make_room(&self, size: u64, requester: VolumeTag, counters: &Counters) -> bool {
+    fn make_room(&self, size: u64, counters: &Counters) -> bool {
         for attempt in 0..3 {
             let disk_ok = self.disk_has_room(size);
             if disk_ok {
@@ -327,7 +327,7 @@ impl PageStore {
                     .cfg
                     .low()
                     .min(self.cfg.quota_bytes.saturating_sub(size));
-                self.evict_down_to(target, !disk_ok, Some(requester));
+                self.evict_down_to(target, !disk_ok);
             }
         }
         false
@@ -355,9 +355,9 @@ impl PageStore {
         }
     }
 
-    fn evict_if_above_high(&self, requester: Option<VolumeTag>) {
+    fn evict_if_above_high(&self) {
         if self.ledger.total().is_ok_and(|t| t > self.cfg.high()) {
-            self.evict_down_to(self.cfg.low(), false, requester);
+            self.evict_down_to(self.cfg.low(), false);
         }
     }
 
@@ -365,8 +365,8 @@ impl PageStore {
     /// floor, until the disk has room again): least recently used first,
     /// sparing volumes within their fair share of the quota, and learning
     /// other processes' pages when this process's own are not enough.
-    fn evict_down_to(&self, target: u64, for_disk: bool, requester: Option<VolumeTag>) {
-        let mut fair = true;
+    fn evict_down_to(&self, target: u64, for_disk: bool) {
+        let (mut fair, mut rescanned) = (true, false);
         for round in 0..8 {
             let Ok(total) = self.ledger.total() else {
                 return;
@@ -384,22 +384,28 @@ impl PageStore {
             }
             if round == 0 && self.index.lock().bytes() < total / 2 {
                 // Most of the directory is other processes' pages.
-                self.rescan_if_due(total);
+                rescanned = self.rescan_if_due(total);
             }
             let victims = {
                 let mut index = self.index.lock();
-                let share = fair.then(|| self.cfg.low() / index.volumes().max(1) as u64);
-                index.take_victims(need, requester, share)
+                // Each volume may keep an equal part of what stays.
+                let stays = total.saturating_sub(need);
+                let share = fair.then(|| stays / index.volumes().max(1) as u64);
+                index.take_victims(need, share)
             };
             if victims.is_empty() {
-                // What this process knows is spared or gone: learn the
-                // others' pages, then give up on fairness.
-                if !self.rescan_if_due(total) {
-                    if !fair {
-                        return;
-                    }
-                    fair = false;
+                // With a complete index some volume is over its share, so
+                // this process lacks the others' pages: learn them (and
+                // give up until that is due; the page is not cached). If
+                // it just did, a race spared them: go by age alone.
+                if fair && !rescanned && self.rescan_if_due(total) {
+                    rescanned = true;
+                    continue;
                 }
+                if !fair || !rescanned {
+                    return;
+                }
+                fair = false;
                 continue;
             }
             for (name, entry) in victims {

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::index::{secs, Entry, Found, VolumeTag};
+use super::index::{millis, Entry, Found, VolumeTag};
 
 /// Index entries of whole files are their object stem with this prefix.
 pub const WHOLE_PREFIX: &str = "w:";
@@ -77,7 +77,7 @@ impl Scan {
             entry: Entry {
                 size,
                 volume,
-                used: secs(access_time(meta)),
+                used: millis(access_time(meta)),
             },
         });
     }
@@ -177,7 +177,10 @@ pub fn cached_files(dir: &Path) -> Vec<PathBuf> {
     for top in ["pages", "files"] {
         for (_, path, _) in files_in(&dir.join(top), true, &mut scratch) {
             let name = file_name(&path);
-            if [".page", ".data", ".meta"].iter().any(|s| name.ends_with(s)) {
+            if [".page", ".data", ".meta"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            {
                 out.push(path);
             }
         }

@@ -100,9 +100,13 @@ pub fn summarize(dir: &Path) -> io::Result<DirectorySummary> {
 }
 
 fn volume_name(dir: &Path, tag: VolumeTag) -> String {
-    fs::read_to_string(dir.join("pages").join(tag.to_string()).join(VOLUME_NAME_FILE))
-        .map(|s| s.lines().collect::<Vec<_>>().join(", "))
-        .unwrap_or_else(|_| "(unnamed)".to_string())
+    fs::read_to_string(
+        dir.join("pages")
+            .join(tag.to_string())
+            .join(VOLUME_NAME_FILE),
+    )
+    .map(|s| s.lines().collect::<Vec<_>>().join(", "))
+    .unwrap_or_else(|_| "(unnamed)".to_string())
 }
 
 /// Remove every page and whole file (running mounts simply refetch).

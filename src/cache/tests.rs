@@ -10,8 +10,11 @@ fn key(path: &str, index: u64) -> PageKey {
 }
 
 fn store(dir: &Path, quota: u64) -> Arc<VolumeCache> {
-    let s =
-        VolumeCache::open(PageStoreConfig::new(dir.to_path_buf(), quota, 4096), "file:///srv").unwrap();
+    let s = VolumeCache::open(
+        PageStoreConfig::new(dir.to_path_buf(), quota, 4096),
+        "file:///srv",
+    )
+    .unwrap();
     assert!(s.wait_index_ready(Duration::from_secs(10)));
     s
 }
@@ -353,7 +356,9 @@ fn a_volume_streaming_through_the_cache_leaves_a_small_volume_its_pages() {
     assert_eq!(small.stats().skipped_pages, 0);
     for i in 0..3 {
         assert!(
-            small.get(&volume_key("nfs://server/small", "s", i)).is_some(),
+            small
+                .get(&volume_key("nfs://server/small", "s", i))
+                .is_some(),
             "the small volume's page {i} was evicted by the streaming one"
         );
     }
@@ -390,7 +395,11 @@ fn the_quota_is_the_directory_s_while_another_process_uses_it() {
     let dir = tempfile::tempdir().unwrap();
     let first = other_process(dir.path(), 1 << 20, "file:///a");
     let second = other_process(dir.path(), 5 << 20, "file:///b");
-    assert_eq!(second.stats().quota_bytes, 1 << 20, "the recorded quota wins");
+    assert_eq!(
+        second.stats().quota_bytes,
+        1 << 20,
+        "the recorded quota wins"
+    );
     drop(second);
     close(first);
     let third = other_process(dir.path(), 7 << 20, "file:///c");
@@ -416,5 +425,9 @@ fn pages_of_the_layout_before_volume_directories_are_removed_and_summarized_by_v
     assert!(!legacy.exists());
     assert_eq!(sum.volumes.len(), 1);
     assert_eq!(sum.volumes[0].pages, 1);
-    assert!(sum.volumes[0].name.starts_with("file:///srv"), "{:?}", sum.volumes);
+    assert!(
+        sum.volumes[0].name.starts_with("file:///srv"),
+        "{:?}",
+        sum.volumes
+    );
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::counters::Counters;
-use super::index::{now_secs, Entry, VolumeTag};
+use super::index::{now_millis, Entry, VolumeTag};
 use super::page::{self, PageFormatError, PageKey};
 use super::scan::{VOLUME_NAME_FILE, WHOLE_PREFIX};
 use super::{whole, CacheOpenError, CacheStats, PageStore, PageStoreConfig};
@@ -191,7 +191,7 @@ impl VolumeCache {
             Entry {
                 size,
                 volume: self.tag,
-                used: now_secs(),
+                used: now_millis(),
             },
         );
     }
@@ -270,7 +270,7 @@ impl VolumeCache {
         let ps = self.page_size;
         let pages = size.div_ceil(ps);
         if !(0..pages).all(|i| self.contains(&key.with_index(i)))
-            || !self.store.make_room(size, self.tag, &self.counters)
+            || !self.store.make_room(size, &self.counters)
         {
             return false;
         }
@@ -356,7 +356,7 @@ impl VolumeCache {
         if size > self.store.cfg.quota_bytes {
             return;
         }
-        if !self.store.make_room(size, self.tag, &self.counters) {
+        if !self.store.make_room(size, &self.counters) {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -367,7 +367,7 @@ impl VolumeCache {
                     let _ = self.store.ledger.release(old);
                 }
                 self.index_put(stem, size);
-                self.store.evict_if_above_high(Some(self.tag));
+                self.store.evict_if_above_high();
             }
             Err(e) => {
                 let _ = self.store.ledger.release(size);
@@ -434,8 +434,6 @@ impl Drop for VolumeCache {
         // The process's totals keep this volume's counts.
         let mut volumes = self.store.volumes.lock();
         volumes.retain(|v| !std::ptr::eq(v.as_ptr(), Arc::as_ptr(&self.counters)));
-        self.store
-            .counters
-            .absorb_volume(&self.counters.snapshot());
+        self.store.counters.absorb_volume(&self.counters.snapshot());
     }
 }

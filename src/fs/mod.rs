@@ -538,6 +538,7 @@ impl CachalotFs {
             "cache_misses": c.misses,
             "cache_pages": c.pages,
             "cache_bytes": c.bytes,
+            "cache_volume_bytes": c.volume_bytes,
             "cache_quota_bytes": c.quota_bytes,
             "evictions": c.evictions,
             "corrupt_pages": c.corrupt_pages,

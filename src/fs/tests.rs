@@ -489,7 +489,11 @@ async fn unlink_of_a_new_file_renamed_over_an_open_one_after_its_directory_moved
 
 /// Page files of the fixture's cache directory.
 fn page_files(f: &Fixture) -> Vec<std::path::PathBuf> {
-    let pages = f._dir.path().join("cache/pages").join(f.fs.cache.tag().to_string());
+    let pages = f
+        ._dir
+        .path()
+        .join("cache/pages")
+        .join(f.fs.cache.tag().to_string());
     let mut out = Vec::new();
     for sub in fs::read_dir(pages).unwrap().flatten() {
         if !sub.path().is_dir() {
