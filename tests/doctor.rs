@@ -53,9 +53,19 @@ impl Run {
         let got: Vec<(String, String)> = self
             .marks()
             .into_iter()
-            .map(|(m, n)| if n == "kernel" && m == "ℹ" { ("✓".into(), n) } else { (m, n) })
+            .map(|(m, n)| {
+                if n == "kernel" && m == "ℹ" {
+                    ("✓".into(), n)
+                } else {
+                    (m, n)
+                }
+            })
             .collect();
-        assert_eq!(got, want, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            got, want,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
     }
 }
 
@@ -82,6 +92,12 @@ fn doctor(args: &[&str], env: &[(&str, &str)]) -> Run {
     cmd.envs(env.iter().copied());
     let started = Instant::now();
     let out = cmd.output().expect("running cachalot doctor");
+    // Shown for failing tests (and with --nocapture).
+    println!(
+        "$ cachalot doctor {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -110,7 +126,10 @@ fn a_healthy_local_directory_passes_every_check() {
     run.expect(&with_host(&[("✓", "source"), ("✓", "identity")]));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Too big a quota for the disk: ✗ space with the fix, exit non-zero.
-    let run = doctor(&[&src, "--cache-dir", &cache, "--cache-size", "1000000TiB"], &[]);
+    let run = doctor(
+        &[&src, "--cache-dir", &cache, "--cache-size", "1000000TiB"],
+        &[],
+    );
     run.expect(&[
         ("✓", "source"),
         ("✓", "identity"),
@@ -119,7 +138,11 @@ fn a_healthy_local_directory_passes_every_check() {
         ("✓", "fuse"),
         ("✓", "kernel"),
     ]);
-    assert!(run.line("space").contains("fix: lower --cache-size"), "{}", run.stdout);
+    assert!(
+        run.line("space").contains("fix: lower --cache-size"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(run.code, Some(1));
 }
 
@@ -138,7 +161,11 @@ fn a_healthy_nfs_export_passes_every_check() {
         ("✓", "identity"),
     ]));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.line("identity").contains("uid 0 gid 0"), "{}", run.stdout);
+    assert!(
+        run.line("identity").contains("uid 0 gid 0"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -165,7 +192,10 @@ fn root_on_a_root_squash_export_gets_the_fix() {
     assert_ne!(run.code, Some(0));
     // The fix works: as the directory's owner every check passes.
     let uid = SQUASHED_OWNER.to_string();
-    let run = doctor(&["nfs://127.0.0.1/squashed", "--uid", &uid, "--gid", &uid], &[]);
+    let run = doctor(
+        &["nfs://127.0.0.1/squashed", "--uid", &uid, "--gid", &uid],
+        &[],
+    );
     assert!(run.line("identity").starts_with('✓'), "{}", run.stdout);
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
 }
@@ -213,7 +243,10 @@ fn strs(v: &[String]) -> Vec<&str> {
 fn s3_healthy_then_a_wrong_secret() {
     let server = S3Server::seaweed();
     let args = s3_args(&server, "doctor");
-    let good = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let good = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
     let run = doctor(&strs(&args), &good);
     let s3_checks = [
         ("✓", "endpoint"),
@@ -239,7 +272,10 @@ fn s3_healthy_then_a_wrong_secret() {
     );
 
     let wrong = "not-the-secret-at-all";
-    let bad = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", wrong)];
+    let bad = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", wrong),
+    ];
     let run = doctor(&strs(&args), &bad);
     run.expect(&[
         ("✓", "endpoint"),
@@ -256,7 +292,10 @@ fn s3_healthy_then_a_wrong_secret() {
         ("✓", "kernel"),
     ]);
     let line = run.line("access");
-    for part in ["credentials are wrong", "fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"] {
+    for part in [
+        "credentials are wrong",
+        "fix: use the key id and secret that belong together",
+    ] {
         assert!(line.contains(part), "{part:?} missing from: {line}");
     }
     assert!(!run.stdout.contains(wrong) && !run.stderr.contains(wrong));
@@ -265,7 +304,9 @@ fn s3_healthy_then_a_wrong_secret() {
     // No credentials at all: ✗ credentials, with where to put them.
     let run = doctor(&strs(&args), &[]);
     assert!(run.line("credentials").starts_with('✗'), "{}", run.stdout);
-    assert!(run.line("credentials").contains("fix: set AWS_ACCESS_KEY_ID"));
+    assert!(run
+        .line("credentials")
+        .contains("fix: set AWS_ACCESS_KEY_ID"));
     assert_ne!(run.code, Some(0));
 }
 
@@ -278,7 +319,10 @@ fn an_unreachable_endpoint_fails_fast_at_tcp() {
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let env = [("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET)];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+    ];
     let run = doctor(&["s3://test/p", "--endpoint", &endpoint], &env);
     run.expect(&[
         ("✓", "endpoint"),
@@ -306,5 +350,9 @@ fn s3_options_with_another_source_are_a_usage_error() {
     let src = format!("file://{}", dir.path().display());
     let run = doctor(&[&src, "--endpoint", "http://x"], &[]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("only apply to s3:// sources"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("only apply to s3:// sources"),
+        "{}",
+        run.stderr
+    );
 }

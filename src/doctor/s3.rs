@@ -194,7 +194,12 @@ async fn access(probe: Option<&Probe>, req: &Request) -> Result<((), Found), Pro
     let probe = probe.ok_or_else(|| Problem::explained("credentials failed"))?;
     if let Err((f, cause)) = &probe.result {
         if is_credential_failure(f) {
-            return Err(Problem::new(cause.clone(), FIX_CREDENTIALS));
+            return Err(Problem::new(
+                cause.clone(),
+                "use the key id and secret that belong together (AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, the credentials file's profile, or the CSI node-stage \
+                 secret); a session token must not have expired",
+            ));
         }
         if f.code.as_deref() == Some("AuthorizationHeaderMalformed") {
             return Err(Problem::new(
@@ -203,10 +208,19 @@ async fn access(probe: Option<&Probe>, req: &Request) -> Result<((), Found), Pro
             ));
         }
     }
-    let region = req.s3.region.as_deref().unwrap_or("the default region");
+    let region = S3Config {
+        bucket: String::new(),
+        prefix: String::new(),
+        options: req.s3.clone(),
+        credentials: Credentials::new("", "", None),
+        uid: 0,
+        gid: 0,
+        staging_dir: Default::default(),
+    }
+    .region();
     Ok((
         (),
-        format!("the server accepts the signature ({region})").into(),
+        format!("the server accepts the signature (region {region})").into(),
     ))
 }
 

@@ -257,10 +257,22 @@ fn run_session(
     Ok((thread, ended))
 }
 
+/// `cachalot doctor`'s `space` check as a warning, in the background (it
+/// measures the cache, which must not delay the mount).
+fn warn_if_quota_exceeds_disk(runtime: &tokio::runtime::Runtime, opts: &MountOptions) {
+    let (dir, quota) = (opts.cache_dir.clone(), opts.cache_size);
+    runtime.spawn_blocking(move || {
+        if let Err(problem) = crate::doctor::cache_space(&dir, quota) {
+            tracing::warn!("{problem}");
+        }
+    });
+}
+
 /// Mount and return once the kernel handshake is done (the mount is usable).
 pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let runtime = new_runtime()?;
     let cache = open_cache(&opts)?;
+    warn_if_quota_exceeds_disk(&runtime, &opts);
     let backend = runtime
         .block_on(async {
             let backend = backend_for(&opts).await?;
