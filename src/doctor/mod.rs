@@ -110,6 +110,7 @@ impl From<crate::backend::BackendError> for Problem {
 }
 
 /// A passed check: what was found.
+#[derive(Debug)]
 pub struct Found {
     pub message: String,
     pub info: bool,
