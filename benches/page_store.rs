@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cachalot::cache::{PageKey, PageStore, PageStoreConfig};
+use cachalot::cache::{PageKey, PageStoreConfig, VolumeCache};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const PAGE: usize = 1 << 20;
@@ -21,11 +21,10 @@ fn key(index: u64) -> PageKey {
 fn page_store(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = vec![0x5au8; PAGE];
-    let store = PageStore::open(PageStoreConfig::new(
-        dir.path().to_path_buf(),
-        1 << 30,
-        PAGE as u64,
-    ))
+    let store = VolumeCache::open(
+        PageStoreConfig::new(dir.path().to_path_buf(), 1 << 30, PAGE as u64),
+        "file:///bench",
+    )
     .expect("open store");
     store.wait_index_ready(Duration::from_secs(10));
     for i in 0..64 {
@@ -74,11 +73,14 @@ fn page_store(c: &mut Criterion) {
 
     // A quota of 32 pages: every insert past it evicts LRU pages.
     let small_dir = tempfile::tempdir().expect("temp dir");
-    let small = PageStore::open(PageStoreConfig::new(
-        small_dir.path().to_path_buf(),
-        32 * (PAGE as u64 + 256),
-        PAGE as u64,
-    ))
+    let small = VolumeCache::open(
+        PageStoreConfig::new(
+            small_dir.path().to_path_buf(),
+            32 * (PAGE as u64 + 256),
+            PAGE as u64,
+        ),
+        "file:///bench",
+    )
     .expect("open store");
     small.wait_index_ready(Duration::from_secs(10));
     c.bench_function("page_store/put_with_eviction_1MiB", |b| {

@@ -57,6 +57,8 @@ pub enum Command {
     Mounter(MounterArgs),
     /// List the FUSE sessions a mounter serves.
     Sessions(SessionsArgs),
+    /// Check what mounting SOURCE needs, in order, with the cause and the fix of each failure.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -358,6 +360,61 @@ impl MountArgs {
             ));
         }
         Ok(())
+    }
+}
+
+/// `cachalot doctor`: the source and the options of the mount to check.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The source to check, as for `cachalot mount`.
+    // Text, parsed by `source()`: see MountArgs::source.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// Check as this uid (default: the caller's), as `mount --uid`.
+    #[arg(long, requires = "gid")]
+    pub uid: Option<u32>,
+    /// Check as this gid (default: the caller's), as `mount --gid`.
+    #[arg(long, requires = "uid")]
+    pub gid: Option<u32>,
+    /// Supplementary groups sent with --uid/--gid (NFS AUTH_SYS), e.g. 10,20.
+    #[arg(long, requires = "uid", value_delimiter = ',')]
+    pub groups: Vec<u32>,
+    /// Cache directory to check (created if missing, as a mount does).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Cache quota to check against the cache disk's free space.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+impl DoctorArgs {
+    /// SOURCE parsed, S3 options checked against it (a usage error, exit 2).
+    pub fn request(&self) -> Result<crate::doctor::Request, String> {
+        let source = parse_source(&self.source)?;
+        let given = self.s3.given();
+        if !source.is_s3() && !given.is_empty() {
+            return Err(format!(
+                "{} only apply to s3:// sources, not {source}",
+                given.join(", "),
+            ));
+        }
+        let identity = match (self.uid, self.gid) {
+            (Some(uid), Some(gid)) => Some(crate::backend::Identity::new(uid, gid)),
+            _ => None,
+        };
+        Ok(crate::doctor::Request {
+            source,
+            identity,
+            groups: self.groups.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_size: self.cache_size,
+            s3: self.s3.to_options(),
+        })
     }
 }
 

@@ -3,6 +3,7 @@ pub mod cache;
 pub mod cli;
 pub mod csi;
 pub mod demo;
+pub mod doctor;
 pub mod fs;
 pub mod fuse;
 pub mod mount;

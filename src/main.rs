@@ -6,7 +6,8 @@ use clap::{CommandFactory, Parser};
 
 use cachalot::backend::Source;
 use cachalot::cli::{
-    CacheCommand, Cli, Command, CsiArgs, LogFormat, MountArgs, MounterArgs, SessionsArgs,
+    CacheCommand, Cli, Command, CsiArgs, DoctorArgs, LogFormat, MountArgs, MounterArgs,
+    SessionsArgs,
 };
 use cachalot::mount::{self, daemon};
 
@@ -204,12 +205,46 @@ fn run_sessions(args: SessionsArgs) -> Result<()> {
 
 /// A usage error of `cachalot mount` (exit 2), with that command's usage line.
 fn mount_usage_error(kind: ErrorKind, msg: String) -> ! {
+    usage_error("mount", kind, msg)
+}
+
+/// A usage error of a subcommand (exit 2), with its usage line.
+fn usage_error(command: &str, kind: ErrorKind, msg: String) -> ! {
     let mut cli = Cli::command();
     cli.build();
-    match cli.find_subcommand_mut("mount") {
-        Some(mount) => mount.error(kind, msg).exit(),
+    match cli.find_subcommand_mut(command) {
+        Some(sub) => sub.error(kind, msg).exit(),
         None => cli.error(kind, msg).exit(),
     }
+}
+
+/// `cachalot doctor`: one line per check as it ends (or JSON at the end);
+/// fails when a check failed.
+fn run_doctor(args: DoctorArgs) -> Result<()> {
+    use std::io::Write;
+    let request = args
+        .request()
+        .unwrap_or_else(|msg| usage_error("doctor", ErrorKind::ValueValidation, msg));
+    let json = args.json;
+    let mut print = |check: &cachalot::doctor::Check| {
+        if !json {
+            println!("{check}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let checks = cachalot::doctor::run_blocking(&request, &mut print)
+        .context("starting the async runtime")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    }
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == cachalot::doctor::Status::Fail)
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} checks failed", checks.len());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -246,6 +281,7 @@ fn main() -> ExitCode {
         Command::Csi(args) => run_csi(args),
         Command::Mounter(args) => run_mounter(args),
         Command::Sessions(args) => run_sessions(args),
+        Command::Doctor(args) => run_doctor(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -397,8 +397,9 @@ fn readme_synopsis(readme: &str, command: &str) -> String {
 #[test]
 fn the_readme_synopsis_names_every_flag() {
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let commands: [&[&str]; 7] = [
+    let commands: [&[&str]; 8] = [
         &["mount"],
+        &["doctor"],
         &["demo"],
         &["cache", "stats"],
         &["cache", "clear"],

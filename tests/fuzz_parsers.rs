@@ -6,11 +6,11 @@
 //! (proptest shrinks) and are persisted by proptest as usual.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cachalot::backend::{is_temp_name, BackendPath, Source};
-use cachalot::cache::{PageKey, PageStore, PageStoreConfig};
+use cachalot::cache::{PageKey, PageStoreConfig, VolumeCache};
 use cachalot::cli::{parse_duration, parse_size};
 use proptest::prelude::*;
 
@@ -402,14 +402,18 @@ proptest! {
 
 struct Store {
     _dir: tempfile::TempDir,
-    store: std::sync::Arc<PageStore>,
+    store: std::sync::Arc<VolumeCache>,
     root: PathBuf,
 }
 
 fn store(quota: u64) -> Store {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let store = PageStore::open(PageStoreConfig::new(root.clone(), quota, 4096)).unwrap();
+    let store = VolumeCache::open(
+        PageStoreConfig::new(root.clone(), quota, 4096),
+        "file:///fuzz",
+    )
+    .unwrap();
     assert!(store.wait_index_ready(Duration::from_secs(10)));
     Store {
         _dir: dir,
@@ -418,9 +422,11 @@ fn store(quota: u64) -> Store {
     }
 }
 
-fn page_path(root: &Path, key: &PageKey) -> PathBuf {
+fn page_path(s: &Store, key: &PageKey) -> PathBuf {
     let stem = key.file_stem();
-    root.join("pages")
+    s.root
+        .join("pages")
+        .join(s.store.tag().to_string())
         .join(&stem[..2])
         .join(format!("{stem}.page"))
 }
@@ -508,7 +514,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_as_a_page_file_are_never_served(key in key_strategy(), bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let s = store(1 << 30);
-        let p = page_path(&s.root, &key);
+        let p = page_path(&s, &key);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, &bytes).unwrap();
         prop_assert_eq!(s.store.get(&key), None);
@@ -524,7 +530,7 @@ proptest! {
     fn damaged_page_files_are_never_served(key in key_strategy(), data in prop::collection::vec(any::<u8>(), 0..5000), muts in prop::collection::vec(mutation(), 1..4)) {
         let s = store(1 << 30);
         s.store.put(&key, &data);
-        let p = page_path(&s.root, &key);
+        let p = page_path(&s, &key);
         let good = fs::read(&p).unwrap();
         let mut bad = good.clone();
         for m in &muts {
@@ -557,7 +563,7 @@ proptest! {
     ) {
         let s = store(1 << 30);
         s.store.put(&key, &data);
-        let p = page_path(&s.root, &key);
+        let p = page_path(&s, &key);
         let good = fs::read(&p).unwrap();
         let mut bad = good.clone();
         for m in &muts {
@@ -588,8 +594,8 @@ proptest! {
         prop_assume!(a != b);
         let s = store(1 << 30);
         s.store.put(&a, &data);
-        let pa = page_path(&s.root, &a);
-        let pb = page_path(&s.root, &b);
+        let pa = page_path(&s, &a);
+        let pb = page_path(&s, &b);
         fs::create_dir_all(pb.parent().unwrap()).unwrap();
         fs::copy(&pa, &pb).unwrap();
         prop_assert_eq!(s.store.get(&b), None);
@@ -629,7 +635,7 @@ proptest! {
             fs::write(sub.join(n), vec![7u8; sizes[i % sizes.len()]]).unwrap();
         }
         // a quota the stray files exceed: the index rebuild evicts
-        let store = PageStore::open(PageStoreConfig::new(dir.path().to_path_buf(), 16 * 1024, 4096)).unwrap();
+        let store = VolumeCache::open(PageStoreConfig::new(dir.path().to_path_buf(), 16 * 1024, 4096), "s").unwrap();
         prop_assert!(store.wait_index_ready(Duration::from_secs(5)), "index never became ready");
         let key = PageKey { source: "s".into(), path: "p".into(), version: "v".into(), index: 0 };
         for i in 0..8u64 {
@@ -646,11 +652,10 @@ fn a_short_stray_page_name_does_not_kill_the_index() {
     let sub = dir.path().join("pages").join("ab");
     fs::create_dir_all(&sub).unwrap();
     fs::write(sub.join("x.page"), vec![0u8; 30_000]).unwrap();
-    let store = PageStore::open(PageStoreConfig::new(
-        dir.path().to_path_buf(),
-        16 * 1024,
-        4096,
-    ))
+    let store = VolumeCache::open(
+        PageStoreConfig::new(dir.path().to_path_buf(), 16 * 1024, 4096),
+        "s",
+    )
     .unwrap();
     assert!(
         store.wait_index_ready(Duration::from_secs(5)),

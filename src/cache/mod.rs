@@ -200,7 +200,6 @@ impl PageStore {
             cfg,
         });
         store.warn_if_other_quota(asked, "the processes using it");
-        store.warn_if_quota_exceeds_disk();
         let background = Arc::clone(&store);
         let spawned = std::thread::Builder::new()
             .name("cache-index".into())
@@ -219,23 +218,6 @@ impl PageStore {
                 quota_bytes = self.cfg.quota_bytes,
                 "the cache directory's quota was set by {by}; using it, not the one asked for \
                  (stop every mount of this cache directory to change it)"
-            );
-        }
-    }
-
-    fn warn_if_quota_exceeds_disk(&self) {
-        let Ok(v) = nix::sys::statvfs::statvfs(&self.cfg.dir) else {
-            return;
-        };
-        let free = v.blocks_available() * v.fragment_size();
-        let used = self.ledger.total().unwrap_or(0);
-        if self.cfg.quota_bytes > free.saturating_add(used) {
-            tracing::warn!(
-                dir = %self.cfg.dir.display(),
-                quota_bytes = self.cfg.quota_bytes,
-                free_bytes = free,
-                "the cache quota is larger than the free space of the cache disk: the cache \
-                 will stop growing when the disk is nearly full (lower the quota or free space)"
             );
         }
     }

@@ -113,6 +113,14 @@ fn files_in(top: &Path, tidy: bool, scan: &mut Scan) -> Vec<(VolumeTag, PathBuf,
             }
         } else if name.len() == 2 {
             for (path, meta) in plain_files(&dir, tidy) {
+                // Only files we wrote: a stray file is never touched.
+                let name = file_name(&path);
+                let ours = [".page", ".data", ".meta"]
+                    .iter()
+                    .any(|ext| name.strip_suffix(ext).is_some_and(is_stem));
+                if !ours {
+                    continue;
+                }
                 if tidy {
                     let _ = fs::remove_file(&path);
                 } else {

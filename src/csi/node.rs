@@ -59,32 +59,22 @@ fn credentials(
 }
 
 /// Check the volume's directory before starting a child, so that the usual
-/// failures get their proper code and a fix instead of a log tail.
+/// failures get their proper code and a fix instead of a log tail. The
+/// message is `cachalot doctor`'s `source` check.
 fn preflight(source: &Source) -> Result<(), Status> {
+    use crate::doctor::SourceDirError as E;
     match source {
-        Source::Local { root } => match std::fs::metadata(root) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(Status::failed_precondition(format!(
-                "{} is not a directory. Fix: remove what is in the way of the volume directory",
-                root.display()
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Status::not_found(format!(
-                "volume directory {} does not exist (deleted, or the source is not mounted on this node)",
-                root.display()
-            ))),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                Err(Status::failed_precondition(format!(
-                    "volume directory {}: {e}. Fix: the node plugin needs read access to the source",
-                    root.display()
-                )))
+        Source::Local { root } => match crate::doctor::source_dir(root) {
+            Ok(_) => Ok(()),
+            Err(e @ (E::NotADirectory(_) | E::Denied { .. })) => {
+                Err(Status::failed_precondition(e.to_string()))
             }
-            Err(e) => Err(Status::unavailable(format!(
-                "volume directory {}: {e}; the source is unreachable, retry later",
-                root.display()
-            ))),
+            Err(e @ E::Missing(_)) => Err(Status::not_found(e.to_string())),
+            Err(e @ E::Unreachable { .. }) => Err(Status::unavailable(e.to_string())),
         },
-        // The mount child connects and runs the backend's own preflight; its
-        // error (export list, root_squash fix) is returned to the caller.
+        // The mount child connects and runs the backend's own preflight
+        // (doctor's `export` and `identity` checks); its error (export
+        // list, root_squash fix) is returned to the caller.
         Source::Nfs { .. } | Source::S3 { .. } => Ok(()),
     }
 }

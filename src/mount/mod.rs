@@ -258,6 +258,18 @@ fn run_session(
     Ok((thread, ended))
 }
 
+/// `cachalot doctor`'s `space` check as a warning, in the background (it
+/// measures the cache, which must not delay the mount).
+fn warn_if_quota_exceeds_disk(runtime: &tokio::runtime::Runtime, cache: &VolumeCache) {
+    // The directory's quota, which may be another mount's (recorded).
+    let (dir, quota) = (cache.dir().to_path_buf(), cache.store().quota_bytes());
+    runtime.spawn_blocking(move || {
+        if let Err(problem) = crate::doctor::cache_space(&dir, quota) {
+            tracing::warn!("{problem}");
+        }
+    });
+}
+
 /// Mount and return once the kernel handshake is done (the mount is usable).
 pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let runtime = new_runtime()?;
@@ -269,6 +281,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         })
         .with_context(|| format!("mounting {}", opts.source))?;
     let cache = open_cache(&opts, backend.as_ref())?;
+    warn_if_quota_exceeds_disk(&runtime, &cache);
     let fs = runtime.block_on(CachalotFs::new(
         Arc::clone(&backend),
         Arc::clone(&cache),

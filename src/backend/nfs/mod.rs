@@ -106,6 +106,23 @@ async fn resolve(host: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host} has no address"))
 }
 
+/// The error of a share outside every export (mount, CSI and doctor say
+/// the same; the CSI driver recognises it by "is not exported by").
+pub fn not_exported(share: &str, host: &str, listing: &str) -> String {
+    format!("share \"{share}\" is not exported by {host}; exports: {listing}")
+}
+
+/// The export list of the server whose MOUNT service is at `mount_addr`,
+/// asked as `id` (for `cachalot doctor`; a mount asks in `connect`).
+pub async fn export_list(mount_addr: SocketAddr, id: Identity) -> Result<Vec<String>, String> {
+    let cred = Credential {
+        uid: id.uid,
+        gid: id.gid,
+        gids: Vec::new(),
+    };
+    mountproto::exports(mount_addr, &cred, &machine_name()).await
+}
+
 impl NfsBackend {
     /// Mount `source` (which must be `Source::Nfs`): find the export that
     /// holds the path, get its root handle, walk to the path below it, and
@@ -163,7 +180,7 @@ impl NfsBackend {
                     connect_error(
                         &describe,
                         ErrorKind::NotFound,
-                        format!("share \"{path}\" is not exported by {host}; exports: {listing}"),
+                        not_exported(path, host, &listing),
                     )
                 });
             }

@@ -99,6 +99,12 @@ const CREDENTIAL_CODES: &[&str] = &[
     "InvalidClientTokenId",
 ];
 
+/// The server refused the credentials themselves (wrong key id or secret,
+/// expired token), not what they may do.
+pub fn is_credential_failure(f: &S3Failure) -> bool {
+    CREDENTIAL_CODES.contains(&f.code.as_deref().unwrap_or("")) || f.status == Some(401)
+}
+
 /// The kind and an explanation for a failure of `operation` on `key`.
 pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, String) {
     let code = f.code.as_deref().unwrap_or("");

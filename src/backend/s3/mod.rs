@@ -41,8 +41,8 @@ use super::{
 
 pub use config::{S3Config, S3Options, DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use credentials::{CredentialSource, Credentials, CredentialsError};
-pub use errors::{classify, ErrorSite, S3Failure};
-pub use preflight::PreflightError;
+pub use errors::{classify, is_credential_failure, ErrorSite, S3Failure};
+pub use preflight::{PreflightError, Probe};
 
 use errors::backend_error;
 use keys::KeyMap;

@@ -40,7 +40,40 @@ impl std::fmt::Display for PreflightError {
 
 impl std::error::Error for PreflightError {}
 
+/// What one request to the bucket showed (`S3Backend::probe`).
+#[derive(Debug)]
+pub struct Probe {
+    /// The server's `Date` header (RFC 7231), when it answered with one.
+    pub server_date: Option<String>,
+    /// `Err((failure, cause))`: the request failed, the cause worded as
+    /// the backend's errors word it.
+    pub result: Result<(), (S3Failure, String)>,
+}
+
 impl S3Backend {
+    /// One signed listing of at most one key under the prefix, not
+    /// retried: reaches the endpoint, checks the signature (credentials,
+    /// region) and that the bucket exists and may be listed.
+    pub async fn probe(&self) -> Probe {
+        let inner = &self.inner;
+        let prefix = inner.keys.dir(&BackendPath::root());
+        let (server_date, result) = inner.raw.probe(&prefix).await;
+        Probe {
+            server_date,
+            result: result.map_err(|e| {
+                let f = S3Failure::from(&e);
+                let (_, cause) = classify(&f, &inner.site(), &prefix);
+                (f, cause)
+            }),
+        }
+    }
+
+    /// Where the credentials came from ("environment (AWS_ACCESS_KEY_ID)",
+    /// "file F profile [P]"), for messages; never the secret.
+    pub fn credentials_origin(&self) -> &str {
+        &self.inner.cfg.credentials.origin
+    }
+
     /// Check that this mount can write: list, put, copy, delete a probe.
     /// The probes are removed whatever happens.
     pub async fn preflight(&self) -> Result<(), PreflightError> {

@@ -192,6 +192,62 @@ impl RawClient {
         Err(error_from(parts.status, &body))
     }
 
+    /// One signed ListObjectsV2 of at most one key under `prefix`, never
+    /// retried: how the server answered, and its `Date` header (any answer
+    /// carries one, an error too), for `cachalot doctor`'s clock check.
+    pub async fn probe(&self, prefix: &str) -> (Option<String>, Result<(), RawError>) {
+        let transport = |message: String| RawError {
+            status: None,
+            code: None,
+            message,
+        };
+        let url = self.url(
+            "",
+            &[("list-type", "2"), ("max-keys", "1"), ("prefix", prefix)],
+        );
+        let request = http::Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .body(object_store::client::HttpRequestBody::empty());
+        let mut request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    None,
+                    Err(transport(format!("building request for {url}: {e}"))),
+                )
+            }
+        };
+        if let Err(e) = AwsAuthorizer::new(&self.credential, "s3", &self.region)
+            .try_authorize(&mut request, None)
+        {
+            return (None, Err(transport(format!("signing request: {e}"))));
+        }
+        let response = match self.http.execute(request).await {
+            Ok(r) => r,
+            Err(e) => return (None, Err(transport(format!("GET {url}: {e}")))),
+        };
+        let (parts, body) = response.into_parts();
+        let date = parts
+            .headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = match body.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    date,
+                    Err(transport(format!("reading answer to GET {url}: {e}"))),
+                )
+            }
+        };
+        if parts.status.is_success() {
+            return (date, Ok(()));
+        }
+        (date, Err(error_from(parts.status, &body)))
+    }
+
     /// One ListObjectsV2 page.
     pub async fn list_page(
         &self,
