@@ -90,6 +90,9 @@ pub struct CsiArgs {
     /// with the plugin's container (for trying things out only).
     #[arg(long, value_name = "PATH")]
     pub mounter_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9810).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +122,9 @@ pub struct MounterArgs {
     /// restart exited containers).
     #[arg(long)]
     pub idle_after_handover: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9810).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +175,9 @@ pub struct MountArgs {
     /// Directory for cached pages (shared by all mounts of the node).
     #[arg(long)]
     pub cache_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9810).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Upper bound for the cache's disk usage, e.g. 512MiB, 10GiB.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     pub cache_size: u64,
@@ -304,6 +313,7 @@ impl MountArgs {
         };
         crate::mount::MountOptions {
             source,
+            volume: None,
             mountpoint: self.mountpoint,
             cache_dir: self.cache_dir,
             cache_size: self.cache_size,

@@ -79,6 +79,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mounted = mount::start(MountOptions {
         source,
+        volume: None,
         mountpoint: mnt.clone(),
         cache_dir: cache.clone(),
         cache_size: 1 << 30,

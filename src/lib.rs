@@ -6,5 +6,6 @@ pub mod demo;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;
+pub mod metrics;
 pub mod mount;
 pub mod mounter;

@@ -51,7 +51,9 @@ fn run_mount(args: MountArgs, source: Source) -> Result<()> {
         );
         return Ok(());
     }
+    let metrics_addr = args.metrics_addr;
     let mounted = mount::start(args.options(source))?;
+    serve_metrics(metrics_addr)?;
     daemon::report_ready();
     mounted.run_until_signal()
 }
@@ -115,7 +117,15 @@ fn run_cache(cmd: CacheCommand) -> Result<()> {
     }
 }
 
+fn serve_metrics(addr: Option<std::net::SocketAddr>) -> Result<()> {
+    if let Some(addr) = addr {
+        cachalot::metrics::serve_in_background(addr)?;
+    }
+    Ok(())
+}
+
 fn run_csi(args: CsiArgs) -> Result<()> {
+    serve_metrics(args.metrics_addr)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cachalot-csi")
@@ -143,6 +153,7 @@ fn run_mounter(args: MounterArgs) -> Result<()> {
         cache_size: args.cache_size,
         takeover_timeout: args.takeover_timeout,
         idle_after_handover: args.idle_after_handover,
+        metrics_addr: args.metrics_addr,
     })?;
     Ok(())
 }

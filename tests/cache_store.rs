@@ -304,3 +304,82 @@ fn two_mounts_on_one_cache_dir_share_its_quota_and_the_small_one_is_not_starved(
     assert_eq!(sum["quota_bytes"], 24 * MIB as u64, "{sum}");
     assert_eq!(sum["volumes"].as_array().map(Vec::len), Some(2), "{sum}");
 }
+
+/// `GET /metrics` from a local endpoint, the body as text.
+fn scrape(port: u16) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// The value of the sample `name{labels...}` (labels given as a substring).
+fn sample(body: &str, name: &str, labels: &str) -> u64 {
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no sample {name} with {labels} in:\n{body}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `--metrics-addr`: the counters move with the work and agree with the
+/// stats attribute (one source): a second read is all hits and no backend
+/// bytes; errors are counted by errno; backend requests by operation.
+#[test]
+fn metrics_move_with_the_work_and_agree_with_the_stats_attribute() {
+    let port = free_port();
+    let data = pattern(3 * MIB, 4);
+    let d2 = data.clone();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::with_prepare(&["--metrics-addr", &addr], move |b| {
+        fs::write(b.join("f"), &d2).unwrap()
+    });
+    let volume = format!("volume=\"{}\"", m.mnt().display());
+    assert_bytes_eq(&read_all(&m.m("f")).unwrap(), &data, "first read");
+    let _ = fs::read(m.m("missing"));
+    let first = scrape(port);
+    let backend_bytes = sample(&first, "cachalot_backend_read_bytes_total", &volume);
+    assert_eq!(backend_bytes, 3 * MIB as u64, "{first}");
+    assert!(sample(&first, "cachalot_errors_total", "errno=\"ENOENT\"") >= 1);
+    assert!(sample(&first, "cachalot_backend_requests_total", "op=\"read\"") >= 1);
+    assert!(
+        first.contains("cachalot_backend_request_duration_seconds_bucket{"),
+        "{first}"
+    );
+    drop_caches();
+    assert_bytes_eq(&read_all(&m.m("f")).unwrap(), &data, "second read");
+    let second = scrape(port);
+    assert_eq!(
+        sample(&second, "cachalot_backend_read_bytes_total", &volume),
+        backend_bytes,
+        "the second read went to the backend"
+    );
+    let hits = sample(&second, "cachalot_cache_hits_total", &volume);
+    assert!(hits > sample(&first, "cachalot_cache_hits_total", &volume));
+    assert!(sample(&second, "cachalot_read_bytes_total", &volume) >= 6 * MIB as u64);
+    let stats = m.stats();
+    assert_eq!(
+        stat_u64(&stats, "backend_read_bytes"),
+        backend_bytes,
+        "{stats}"
+    );
+    assert_eq!(stat_u64(&stats, "cache_hits"), hits, "{stats}");
+}

@@ -9,6 +9,7 @@ pub mod owner;
 mod path;
 pub mod s3;
 mod source;
+pub mod timed;
 
 use std::time::SystemTime;
 

@@ -52,6 +52,15 @@ pub enum SourceError {
 }
 
 impl Source {
+    /// `file`, `nfs` or `s3` (the `backend` label of the metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Local { .. } => "file",
+            Source::Nfs { .. } => "nfs",
+            Source::S3 { .. } => "s3",
+        }
+    }
+
     /// Parse and check a source URL. Local sources must name an existing
     /// directory, so a typo fails at mount time and not at first use.
     pub fn parse(text: &str) -> Result<Source, SourceError> {

@@ -326,7 +326,9 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
         cache_dir: cfg.cache_dir.clone(),
         state_dir: cfg.state_dir.clone(),
     }));
-    let mut router = tonic::transport::Server::builder().add_service(IdentityServer::new(identity));
+    let mut router = tonic::transport::Server::builder()
+        .layer(crate::metrics::CsiMetricsLayer)
+        .add_service(IdentityServer::new(identity));
     if controller {
         router = router.add_service(ControllerServer::new(ControllerGrpc(Arc::new(
             ControllerService::new(state.clone(), cfg.cache_dir.clone()),

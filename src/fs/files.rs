@@ -285,6 +285,20 @@ impl CachalotFs {
     }
 
     pub async fn write(&self, caller: Caller, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let written = self.write_to_handle(caller, fh, offset, data).await?;
+        self.counters
+            .write_bytes
+            .fetch_add(u64::from(written), Ordering::Relaxed);
+        Ok(written)
+    }
+
+    async fn write_to_handle(
+        &self,
+        caller: Caller,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
         self.check_writable()?;
         let handle = self.file_handle(fh)?;
         if !handle.writable {

@@ -220,7 +220,26 @@ impl FileHandle {
 }
 
 impl CachalotFs {
+    /// Pages being fetched from the backend right now (read-ahead and
+    /// demand reads).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.inflight.0.lock().len()
+    }
+
     pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let data = self.read_from_handle(fh, offset, size).await?;
+        self.counters
+            .read_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
+    }
+
+    async fn read_from_handle(
+        self: &Arc<Self>,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
         let handle = self.file_handle(fh)?;
         let (session, current) = {
             let table = self.inodes.lock();

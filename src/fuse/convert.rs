@@ -118,24 +118,34 @@ pub(super) async fn created_before(
     }
 }
 
-pub(super) fn reply_entry(reply: ReplyEntry, ttl: &Duration, result: Result<Attr, FsError>) {
+pub(super) fn reply_entry(
+    fs: &CachalotFs,
+    reply: ReplyEntry,
+    ttl: &Duration,
+    result: Result<Attr, FsError>,
+) {
     match result {
         Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(errno(fs.count_error(e))),
     }
 }
 
-pub(super) fn reply_attr(reply: ReplyAttr, ttl: &Duration, result: Result<Attr, FsError>) {
+pub(super) fn reply_attr(
+    fs: &CachalotFs,
+    reply: ReplyAttr,
+    ttl: &Duration,
+    result: Result<Attr, FsError>,
+) {
     match result {
         Ok(a) => reply.attr(ttl, &file_attr(&a)),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(errno(fs.count_error(e))),
     }
 }
 
-pub(super) fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
+pub(super) fn reply_empty(fs: &CachalotFs, reply: ReplyEmpty, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(errno(fs.count_error(e))),
     }
 }
 

@@ -176,13 +176,15 @@ impl Filesystem for FuseAdapter {
         let name = name_or_reply!(name, reply);
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            reply_entry(reply, &ttl, fs.lookup(c, parent.0, &name).await)
+            reply_entry(&fs, reply, &ttl, fs.lookup(c, parent.0, &name).await)
         });
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (c, ttl) = (caller(req), self.ttl);
-        self.spawn(move |fs| async move { reply_attr(reply, &ttl, fs.getattr(c, ino.0).await) });
+        self.spawn(
+            move |fs| async move { reply_attr(&fs, reply, &ttl, fs.getattr(c, ino.0).await) },
+        );
     }
 
     fn setattr(
@@ -214,7 +216,7 @@ impl Filesystem for FuseAdapter {
         };
         let (c, ttl) = (caller(req), self.ttl);
         self.spawn(move |fs| async move {
-            reply_attr(reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
+            reply_attr(&fs, reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
         });
     }
 
@@ -223,7 +225,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.readlink(c, ino.0).await {
                 Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -245,7 +247,7 @@ impl Filesystem for FuseAdapter {
             let rdev = convert::dev_from_kernel(rdev);
             let made = fs.mknod(c, parent.0, &name, mode, rdev).await;
             let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(reply, &ttl, made)
+            reply_entry(&fs, reply, &ttl, made)
         });
     }
 
@@ -263,7 +265,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             let made = fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await;
             let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(reply, &ttl, made)
+            reply_entry(&fs, reply, &ttl, made)
         });
     }
 
@@ -272,7 +274,7 @@ impl Filesystem for FuseAdapter {
         let (c, resent) = (caller(req), is_resent(req));
         self.spawn(move |fs| async move {
             let done = fs.unlink(c, parent.0, &name).await;
-            reply_empty(reply, removed_before(resent, Change::Remove, done))
+            reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
         });
     }
 
@@ -281,7 +283,7 @@ impl Filesystem for FuseAdapter {
         let (c, resent) = (caller(req), is_resent(req));
         self.spawn(move |fs| async move {
             let done = fs.rmdir(c, parent.0, &name).await;
-            reply_empty(reply, removed_before(resent, Change::Remove, done))
+            reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
         });
     }
 
@@ -299,7 +301,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             let made = fs.symlink(c, parent.0, &name, &target).await;
             let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(reply, &ttl, made)
+            reply_entry(&fs, reply, &ttl, made)
         });
     }
 
@@ -334,7 +336,7 @@ impl Filesystem for FuseAdapter {
                     done = Ok(());
                 }
             }
-            reply_empty(reply, done)
+            reply_empty(&fs, reply, done)
         });
     }
 
@@ -351,7 +353,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             let made = fs.link(c, ino.0, newparent.0, &name).await;
             let made = created_before(&fs, c, resent, newparent.0, &name, made).await;
-            reply_entry(reply, &ttl, made)
+            reply_entry(&fs, reply, &ttl, made)
         });
     }
 
@@ -375,7 +377,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.open(c, ino.0, mode).await {
                 Ok(o) => backing.reply(&fs, ino.0, o, reply),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -394,7 +396,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -416,7 +418,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.write(c, fh.0, offset, &data).await {
                 Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -430,7 +432,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let c = caller(req);
-        self.spawn(move |fs| async move { reply_empty(reply, fs.flush(c, fh.0).await) });
+        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
     }
 
     fn release(
@@ -444,7 +446,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.backing.release(fh.0);
-        self.spawn(move |fs| async move { reply_empty(reply, fs.release(fh.0).await) });
+        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.release(fh.0).await) });
     }
 
     fn fallocate(
@@ -459,7 +461,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let c = caller(req);
         self.spawn(move |fs| async move {
-            reply_empty(reply, fs.fallocate(c, fh.0, offset, length, mode).await)
+            reply_empty(
+                &fs,
+                reply,
+                fs.fallocate(c, fh.0, offset, length, mode).await,
+            )
         });
     }
 
@@ -485,7 +491,7 @@ impl Filesystem for FuseAdapter {
                 .await;
             match copied {
                 Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -498,7 +504,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -506,7 +512,7 @@ impl Filesystem for FuseAdapter {
         self.spawn(move |fs| async move {
             match fs.opendir(c, ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -531,7 +537,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(self.fs.count_error(e))),
         }
     }
 
@@ -571,7 +577,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(errno(self.fs.count_error(e))),
         }
     }
 
@@ -616,7 +622,7 @@ impl Filesystem for FuseAdapter {
                     s.name_max,
                     s.block_size,
                 ),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }
@@ -697,7 +703,7 @@ impl Filesystem for FuseAdapter {
                     FileHandle(o.fh),
                     open_flags(o.keep_cache),
                 ),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
     }

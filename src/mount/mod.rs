@@ -17,10 +17,12 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::backend::local::{IdentityMode, LocalBackend};
 use crate::backend::nfs::{NfsBackend, NfsOptions};
 use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
+use crate::backend::timed::Timed;
 use crate::backend::{Backend, BackendPath, Identity, Source};
 use crate::cache::{PageStoreConfig, VolumeCache};
 use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
+use crate::metrics;
 
 /// FUSE worker threads reading requests; the work itself runs on tokio.
 const FUSE_THREADS: usize = 2;
@@ -29,6 +31,9 @@ const COUNTER_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     pub source: Source,
+    /// The volume's name in metrics (the CSI volume ID; the mountpoint
+    /// when absent).
+    pub volume: Option<String>,
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
     pub cache_size: u64,
@@ -61,6 +66,8 @@ pub struct MountOptions {
 pub struct MountedFs {
     pub fs: Arc<CachalotFs>,
     cache: Arc<VolumeCache>,
+    /// Serves this volume's counters at `/metrics` while it lives.
+    _metrics: metrics::VolumeRegistration,
     mountpoint: PathBuf,
     unmounter: Option<fuser::SessionUnmounter>,
     session: Option<JoinHandle<std::io::Result<()>>>,
@@ -280,6 +287,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             Ok::<_, anyhow::Error>(backend)
         })
         .with_context(|| format!("mounting {}", opts.source))?;
+    let (backend, backend_stats) = Timed::wrap(backend);
     let cache = open_cache(&opts, backend.as_ref())?;
     warn_if_quota_exceeds_disk(&runtime, &cache);
     let fs = runtime.block_on(CachalotFs::new(
@@ -330,9 +338,19 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     }
     let (thread, ended) = run_session(session)?;
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
+    let metrics = metrics::register_volume(
+        &opts
+            .volume
+            .clone()
+            .unwrap_or_else(|| opts.mountpoint.display().to_string()),
+        opts.source.kind(),
+        &fs,
+        backend_stats,
+    );
     Ok(MountedFs {
         fs,
         cache,
+        _metrics: metrics,
         mountpoint: opts.mountpoint,
         unmounter: Some(unmounter),
         session: Some(thread),
@@ -362,6 +380,7 @@ pub fn resume(
     let backend = runtime
         .block_on(backend_for(&opts))
         .with_context(|| format!("connecting to {}", opts.source))?;
+    let (backend, backend_stats) = Timed::wrap(backend);
     let cache = open_cache(&opts, backend.as_ref())?;
     let fs = runtime
         .block_on(CachalotFs::restore(
@@ -396,9 +415,19 @@ pub fn resume(
         tracing::warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND (Linux < 6.9?): requests the previous process had read stay unanswered");
     }
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "session resumed");
+    let metrics = metrics::register_volume(
+        &opts
+            .volume
+            .clone()
+            .unwrap_or_else(|| opts.mountpoint.display().to_string()),
+        opts.source.kind(),
+        &fs,
+        backend_stats,
+    );
     Ok(MountedFs {
         fs,
         cache,
+        _metrics: metrics,
         mountpoint: opts.mountpoint,
         unmounter: None,
         session: Some(thread),

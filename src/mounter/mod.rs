@@ -145,6 +145,10 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
         sessions = mounter.sessions.lock().len(),
         "mounter serving"
     );
+    if let Some(addr) = cfg.metrics_addr {
+        // After the signal mask (the thread inherits it) and the takeover.
+        crate::metrics::serve_when_free(addr);
+    }
     let server = Arc::clone(&mounter);
     std::thread::Builder::new()
         .name("mounter-accept".into())

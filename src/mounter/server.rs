@@ -32,6 +32,8 @@ pub struct MounterConfig {
     /// After handing the sessions to a successor, stay alive (idle) until
     /// stopped instead of exiting (see `takeover`).
     pub idle_after_handover: bool,
+    /// Serve Prometheus metrics here (once a predecessor let go of it).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// One volume served by this process.
@@ -275,6 +277,7 @@ impl Mounter {
             .options(credentials)
             .map_err(|e| error(ErrorCode::BadRequest, format!("invalid mount spec: {e}")))?;
         opts.journal_dir = Some(self.records.journal_dir(&record.spec.staging));
+        opts.volume = Some(record.volume_id.clone());
         Ok(opts)
     }
 

@@ -103,6 +103,7 @@ impl Mounter {
                     seconds = started.elapsed().as_secs_f64(),
                     "handed over to a successor; exiting without unmounting"
                 );
+                crate::metrics::stop_serving();
                 if self.cfg.idle_after_handover {
                     // Keep the container alive (a DaemonSet would restart
                     // an exited one, and the restart would take the
