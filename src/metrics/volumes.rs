@@ -72,6 +72,9 @@ pub fn register_volume(
     VolumeRegistration { fs: weak }
 }
 
+/// Reads one value of a volume's sample.
+type Reading = dyn Fn(&FsSample) -> u64;
+
 #[derive(Debug)]
 pub(super) struct VolumesCollector;
 
@@ -85,11 +88,11 @@ impl Collector for VolumesCollector {
                 Some((r.labels.clone(), fs.sample(), Arc::clone(&r.backend)))
             })
             .collect();
-        let per_volume = |f: &dyn Fn(&FsSample) -> u64| -> Vec<(VolumeLabels, u64)> {
+        let per_volume = |f: &Reading| -> Vec<(VolumeLabels, u64)> {
             volumes.iter().map(|(l, s, _)| (l.clone(), f(s))).collect()
         };
         use super::{counters, gauges};
-        let volume_counters: [(&str, &str, &dyn Fn(&FsSample) -> u64); 13] = [
+        let volume_counters: [(&str, &str, &Reading); 13] = [
             ("cachalot_cache_evictions", "Pages this process evicted from the volume's cache directory (shared by its volumes)", &|s| s.cache.evictions),
             ("cachalot_cache_hits", "Pages served from the cache (page files, whole files and memory)", &|s| s.cache.hits),
             ("cachalot_cache_memory_hits", "Pages served from memory (part of the hits)", &|s| s.cache.memory_hits),
@@ -124,7 +127,7 @@ impl Collector for VolumesCollector {
             errors,
         )?;
         let bytes = Some(&Unit::Bytes);
-        let as_gauge = |f: &dyn Fn(&FsSample) -> u64| -> Vec<(VolumeLabels, i64)> {
+        let as_gauge = |f: &Reading| -> Vec<(VolumeLabels, i64)> {
             volumes
                 .iter()
                 .map(|(l, s, _)| (l.clone(), i64::try_from(f(s)).unwrap_or(i64::MAX)))
