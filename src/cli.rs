@@ -57,6 +57,8 @@ pub enum Command {
     Mounter(MounterArgs),
     /// List the FUSE sessions a mounter serves.
     Sessions(SessionsArgs),
+    /// Load files of a mounted volume into its cache (resumable).
+    Warm(WarmArgs),
     /// Check what mounting SOURCE needs, in order, with the cause and the fix of each failure.
     Doctor(DoctorArgs),
 }
@@ -125,6 +127,26 @@ pub struct MounterArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9810).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Files or directories (recursively) on a cachalot mount.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Files loaded at the same time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Only files matching this glob (path below PATH, or file name); repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub include: Vec<glob::Pattern>,
+    /// Skip files matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub exclude: Vec<glob::Pattern>,
+}
+
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|e| format!("'{text}' is not a glob: {e}"))
 }
 
 #[derive(Debug, Args)]

@@ -9,3 +9,4 @@ pub mod fuse;
 pub mod metrics;
 pub mod mount;
 pub mod mounter;
+pub mod warm;

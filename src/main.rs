@@ -7,7 +7,7 @@ use clap::{CommandFactory, Parser};
 use cachalot::backend::Source;
 use cachalot::cli::{
     CacheCommand, Cli, Command, CsiArgs, DoctorArgs, LogFormat, MountArgs, MounterArgs,
-    SessionsArgs,
+    SessionsArgs, WarmArgs,
 };
 use cachalot::mount::{self, daemon};
 
@@ -158,6 +158,36 @@ fn run_mounter(args: MounterArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_warm(args: WarmArgs) -> Result<()> {
+    use cachalot::warm::{progress_printer, warm, WarmOptions};
+    let opts = WarmOptions {
+        paths: args.paths,
+        jobs: usize::from(args.jobs),
+        include: args.include,
+        exclude: args.exclude,
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = warm(&opts, progress_printer(terminal))?;
+    println!(
+        "warmed {} files ({} MiB), {} already cached, {} failed",
+        report.files,
+        report.bytes >> 20,
+        report.skipped,
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        return Ok(());
+    }
+    for (path, why) in &report.failed {
+        eprintln!("could not load {}: {why}", path.display());
+    }
+    anyhow::bail!(
+        "{} of {} files could not be loaded",
+        report.failed.len(),
+        report.files
+    )
+}
+
 fn run_sessions(args: SessionsArgs) -> Result<()> {
     let client =
         cachalot::mounter::MounterClient::new(&args.socket, std::time::Duration::from_secs(10));
@@ -292,6 +322,7 @@ fn main() -> ExitCode {
         Command::Csi(args) => run_csi(args),
         Command::Mounter(args) => run_mounter(args),
         Command::Sessions(args) => run_sessions(args),
+        Command::Warm(args) => run_warm(args),
         Command::Doctor(args) => run_doctor(args),
     };
     match result {

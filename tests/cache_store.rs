@@ -383,3 +383,74 @@ fn metrics_move_with_the_work_and_agree_with_the_stats_attribute() {
     );
     assert_eq!(stat_u64(&stats, "cache_hits"), hits, "{stats}");
 }
+
+/// `cachalot warm`: loads 8 files with a progress bar on a terminal (a
+/// pseudo-terminal from `script`), resumes after a partial run (here: one
+/// limited by --include) without loading again what is cached, and after
+/// it a fresh mount reads everything without touching the backend.
+#[test]
+fn warm_loads_a_tree_resumes_and_later_reads_never_touch_the_backend() {
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| {
+            (
+                format!("d{}/f{i}.bin", i % 2),
+                pattern(MIB + i * 1000, i as u64),
+            )
+        })
+        .collect();
+    let to_write = files.clone();
+    let mut m = Mount::with_prepare(&[], move |b| {
+        for (name, data) in &to_write {
+            fs::create_dir_all(b.join(name).parent().unwrap()).unwrap();
+            fs::write(b.join(name), data).unwrap();
+        }
+    });
+    let warm = |extra: &str| {
+        let cmd = format!(
+            "{} warm --jobs 3 {extra} {}",
+            env!("CARGO_BIN_EXE_cachalot"),
+            m.mnt().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qfec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "warm failed: {text}");
+        text
+    };
+    let first = warm("--include 'd0/*'");
+    assert!(first.contains("warmed 4 files"), "{first}");
+    assert!(
+        first.contains("files") && first.contains("ETA"),
+        "no progress bar on a terminal: {first}"
+    );
+    // Page writes land in the background: wait until the daemon has them.
+    assert!(wait_until(Duration::from_secs(10), || {
+        files[..].iter().step_by(2).all(|(name, _)| {
+            let v = getxattr(&m.m(name), "user.cachalot.cached").unwrap_or_default();
+            let v = String::from_utf8_lossy(&v).into_owned();
+            let mut p = v.split(' ').map(|x| x.parse::<u64>().unwrap_or(0));
+            matches!((p.next(), p.next()), (Some(a), Some(b)) if a == b && b > 0)
+        })
+    }));
+    let second = warm("");
+    assert!(second.contains("warmed 8 files"), "{second}");
+    assert!(
+        second.contains("4 already cached"),
+        "the second run loaded again: {second}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.stop();
+    m.start();
+    drop_caches();
+    for (name, data) in &files {
+        assert_bytes_eq(&read_all(&m.m(name)).unwrap(), data, name);
+    }
+    let s = m.stats();
+    assert_eq!(
+        stat_u64(&s, "backend_reads"),
+        0,
+        "reads after warm-up went to the backend: {s}"
+    );
+}

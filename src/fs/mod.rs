@@ -11,6 +11,7 @@ pub mod journal;
 mod namespace;
 mod process;
 mod read;
+mod residency;
 pub mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
@@ -39,6 +40,7 @@ use unlinked::Keep;
 use write::{Finished, WriteSession};
 
 pub use dir::DirHandle;
+pub use residency::CACHED_XATTR;
 pub use types::{Attr, Caller, FsConfig, FsError, FsResult, KernelCache, ListedEntry, ROOT_INO};
 
 /// Tries to assemble a whole file after a read handle closed.

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileType, FopenFlags, Generation, INodeNo, Notifier, ReplyAttr, ReplyEmpty,
-    ReplyEntry, Request, TimeOrNow,
+    ReplyEntry, ReplyXattr, Request, TimeOrNow,
 };
 
 use super::resent::{already_applied, Change};
@@ -188,5 +188,16 @@ mod dev_tests {
             let dev = libc::makedev(major, minor);
             assert_eq!(dev_from_kernel(kernel_dev(dev)), dev, "{major}:{minor}");
         }
+    }
+}
+
+/// An extended attribute's value, or its size when `size` is 0.
+pub(super) fn reply_value(reply: ReplyXattr, size: u32, value: &str) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value.as_bytes());
     }
 }

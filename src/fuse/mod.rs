@@ -31,13 +31,13 @@ pub use backing::{AdapterState, AdapterStateReader};
 pub use convert::KernelNotifier;
 use convert::{
     caller, created_before, errno, file_attr, file_type, open_flags, removed_before, reply_attr,
-    reply_empty, reply_entry, time, utf8,
+    reply_empty, reply_entry, reply_value, time, utf8,
 };
 pub use gate::Gate;
 use resent::{already_applied, is_resent, Change};
 
 use crate::backend::AttrChanges;
-use crate::fs::{CachalotFs, OpenMode, STATS_XATTR};
+use crate::fs::{CachalotFs, OpenMode, CACHED_XATTR, STATS_XATTR};
 
 /// Largest read/write request we ask the kernel for.
 const MAX_IO: u32 = 1024 * 1024;
@@ -627,19 +627,22 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name == CACHED_XATTR {
+            let c = caller(req);
+            self.spawn(move |fs| async move {
+                match fs.cached_bytes(c, ino.0).await {
+                    Ok((cached, total)) => reply_value(reply, size, &format!("{cached} {total}")),
+                    Err(e) => reply.error(errno(e)),
+                }
+            });
+            return;
+        }
         if ino != INodeNo::ROOT || name != STATS_XATTR {
             reply.error(Errno::from_i32(libc::ENODATA));
             return;
         }
-        let value = self.fs.stats_json();
-        if size == 0 {
-            reply.size(value.len() as u32);
-        } else if (size as usize) < value.len() {
-            reply.error(Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(value.as_bytes());
-        }
+        reply_value(reply, size, &self.fs.stats_json());
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
