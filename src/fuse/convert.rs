@@ -178,6 +178,17 @@ pub(super) fn dev_from_kernel(rdev: u32) -> u64 {
     libc::makedev(major, minor)
 }
 
+/// An extended attribute's value, or its size when `size` is 0.
+pub(super) fn reply_value(reply: ReplyXattr, size: u32, value: &str) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod dev_tests {
     use super::*;
@@ -188,16 +199,5 @@ mod dev_tests {
             let dev = libc::makedev(major, minor);
             assert_eq!(dev_from_kernel(kernel_dev(dev)), dev, "{major}:{minor}");
         }
-    }
-}
-
-/// An extended attribute's value, or its size when `size` is 0.
-pub(super) fn reply_value(reply: ReplyXattr, size: u32, value: &str) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if (size as usize) < value.len() {
-        reply.error(Errno::from_i32(libc::ERANGE));
-    } else {
-        reply.data(value.as_bytes());
     }
 }
