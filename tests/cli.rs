@@ -397,8 +397,9 @@ fn readme_synopsis(readme: &str, command: &str) -> String {
 #[test]
 fn the_readme_synopsis_names_every_flag() {
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 9] = [
         &["mount"],
+        &["warm"],
         &["doctor"],
         &["demo"],
         &["cache", "stats"],
@@ -407,7 +408,23 @@ fn the_readme_synopsis_names_every_flag() {
         &["mounter"],
         &["sessions"],
     ];
-    let mut missing = Vec::new();
+    let flags_of = |help: &str| -> Vec<String> {
+        help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .filter(|w| !matches!(*w, "--help" | "--version"))
+            .map(str::to_string)
+            .collect()
+    };
+    // Flags of every command are in the synopsis `cachalot COMMAND ...`.
+    let (st, top_help, err) = run_expect_exit(&["--help"], None);
+    assert!(st.success(), "{err}");
+    let global = flags_of(&top_help);
+    let global_synopsis = readme_synopsis(&readme, "cachalot COMMAND");
+    let mut missing: Vec<String> = global
+        .iter()
+        .filter(|f| !global_synopsis.contains(f.as_str()))
+        .map(|f| format!("cachalot COMMAND {f}"))
+        .collect();
     for command in commands {
         let mut args = command.to_vec();
         args.push("--help");
@@ -418,12 +435,8 @@ fn the_readme_synopsis_names_every_flag() {
             !synopsis.is_empty(),
             "no synopsis of cachalot {command:?} in the README"
         );
-        let flags = help
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-            .filter(|w| w.starts_with("--") && w.len() > 2)
-            .filter(|w| !matches!(*w, "--help" | "--version"));
-        for flag in flags {
-            if !synopsis.contains(flag) {
+        for flag in flags_of(&help).iter().filter(|f| !global.contains(f)) {
+            if !synopsis.contains(flag.as_str()) {
                 missing.push(format!("cachalot {} {flag}", command.join(" ")));
             }
         }
