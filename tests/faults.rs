@@ -541,13 +541,15 @@ fn damaged_whole_files_between_mounts_are_never_served() {
     });
     assert_bytes_eq(&read_all(&m.m("f")).unwrap(), &data, "first read");
     let files_dir = m.cache_dir().join("files");
-    // files/<xx>/<stem> (data) and <stem>.meta
+    // files/<volume>/<xx>/<stem>.data and <stem>.meta
     let whole = || -> Vec<PathBuf> {
         let mut v = Vec::new();
-        for sub in fs::read_dir(&files_dir).into_iter().flatten().flatten() {
-            for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
-                if f.path().is_file() {
-                    v.push(f.path());
+        for vol in fs::read_dir(&files_dir).into_iter().flatten().flatten() {
+            for sub in fs::read_dir(vol.path()).into_iter().flatten().flatten() {
+                for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                    if f.path().is_file() {
+                        v.push(f.path());
+                    }
                 }
             }
         }
