@@ -277,6 +277,20 @@ fn warn_if_quota_exceeds_disk(runtime: &tokio::runtime::Runtime, cache: &VolumeC
     });
 }
 
+/// Serve the volume's counters at `/metrics` (named by its CSI volume ID,
+/// or its mountpoint) while the returned registration lives.
+fn register_metrics(
+    opts: &MountOptions,
+    fs: &Arc<CachalotFs>,
+    backend: Arc<crate::backend::timed::BackendStats>,
+) -> metrics::VolumeRegistration {
+    let volume = match &opts.volume {
+        Some(id) => id.clone(),
+        None => opts.mountpoint.display().to_string(),
+    };
+    metrics::register_volume(&volume, opts.source.kind(), fs, backend)
+}
+
 /// Mount and return once the kernel handshake is done (the mount is usable).
 pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let runtime = new_runtime()?;
@@ -338,15 +352,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     }
     let (thread, ended) = run_session(session)?;
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
-    let metrics = metrics::register_volume(
-        &opts
-            .volume
-            .clone()
-            .unwrap_or_else(|| opts.mountpoint.display().to_string()),
-        opts.source.kind(),
-        &fs,
-        backend_stats,
-    );
+    let metrics = register_metrics(&opts, &fs, backend_stats);
     Ok(MountedFs {
         fs,
         cache,
@@ -415,15 +421,7 @@ pub fn resume(
         tracing::warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND (Linux < 6.9?): requests the previous process had read stay unanswered");
     }
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "session resumed");
-    let metrics = metrics::register_volume(
-        &opts
-            .volume
-            .clone()
-            .unwrap_or_else(|| opts.mountpoint.display().to_string()),
-        opts.source.kind(),
-        &fs,
-        backend_stats,
-    );
+    let metrics = register_metrics(&opts, &fs, backend_stats);
     Ok(MountedFs {
         fs,
         cache,
