@@ -55,6 +55,10 @@ pub enum Command {
     /// Serve every FUSE session of the node in one long-lived process (CSI
     /// volumes); a second one started on the same socket takes over live.
     Mounter(MounterArgs),
+    /// What a mounter re-executes itself as after a handover with
+    /// `--idle-after-handover` (internal).
+    #[command(hide = true)]
+    MounterIdle,
     /// List the FUSE sessions a mounter serves.
     Sessions(SessionsArgs),
     /// Load files of a mounted volume into its cache (resumable).

@@ -305,41 +305,6 @@ fn two_mounts_on_one_cache_dir_share_its_quota_and_the_small_one_is_not_starved(
     assert_eq!(sum["volumes"].as_array().map(Vec::len), Some(2), "{sum}");
 }
 
-/// `GET /metrics` from a local endpoint, the body as text.
-fn scrape(port: u16) -> String {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-/// The value of the sample `name{labels...}` (labels given as a substring).
-fn sample(body: &str, name: &str, labels: &str) -> u64 {
-    body.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or_else(|| panic!("no sample {name} with {labels} in:\n{body}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `--metrics-addr`: the counters move with the work and agree with the
 /// stats attribute (one source): a second read is all hits and no backend
 /// bytes; errors are counted by errno; backend requests by operation.

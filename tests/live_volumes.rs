@@ -878,3 +878,93 @@ async fn a_session_that_cannot_be_recovered_fails_instead_of_hanging() {
         env.log()
     );
 }
+
+/// `--metrics-addr` on the plugin and the mounter: the plugin counts CSI
+/// calls by method and code; the mounter serves the volume's counters
+/// (labelled with its volume ID). After a live takeover with the
+/// predecessor idling as deployed (`--idle-after-handover`), requests are
+/// all answered (the idle process reads no /dev/fuse request) and the
+/// successor serves the metrics on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_survive_a_takeover_and_the_idle_predecessor_takes_no_request() {
+    common::require_root_and_fuse();
+    let (plugin_port, mounter_port) = (common::free_port(), common::free_port());
+    let mut env = Env::with_mounter_metrics(Some((plugin_port, mounter_port)));
+    let target = staged_volume(&env).await;
+    std::fs::write(target.join("f"), b"metrics").unwrap();
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"metrics");
+    // A refused call is counted with its code.
+    let mut c = env.clients().await;
+    let mut bad = stage_req(
+        &cachalot::csi::proto::Volume::default(),
+        &env.staging("none"),
+    );
+    bad.volume_id.clear();
+    assert!(c.node.node_stage_volume(bad).await.is_err());
+    let plugin = common::scrape(plugin_port);
+    assert!(
+        common::sample(
+            &plugin,
+            "cachalot_csi_requests_total",
+            "method=\"NodeStageVolume\",code=\"OK\""
+        ) >= 1,
+        "{plugin}"
+    );
+    assert_eq!(
+        common::sample(
+            &plugin,
+            "cachalot_csi_requests_total",
+            "method=\"NodeStageVolume\",code=\"InvalidArgument\""
+        ),
+        1
+    );
+    assert!(
+        plugin.contains("cachalot_csi_request_duration_seconds_bucket{"),
+        "{plugin}"
+    );
+    let volume_id = env.sessions().sessions[0].volume_id.clone();
+    let label = format!("volume=\"{volume_id}\"");
+    let before = common::scrape(mounter_port);
+    assert!(
+        common::sample(&before, "cachalot_read_bytes_total", &label) >= 7,
+        "{before}"
+    );
+    let mut predecessor = env.mounter.take().expect("a mounter runs");
+    env.mounter = Some(env.start_mounter());
+    env.wait_for_takeover();
+    // Only the successor serves the FUSE session now, so only its counters
+    // see this write: the port shows them once the successor holds it.
+    // Bounded: a predecessor still reading /dev/fuse would take requests
+    // and never answer them.
+    let (done, finished) = std::sync::mpsc::channel();
+    let big_path = target.join("big");
+    std::thread::spawn(move || {
+        let _ = done.send(std::fs::write(big_path, vec![7u8; 1 << 20]));
+    });
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a write after the takeover hung")
+        .expect("writing after the takeover");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        match common::try_scrape(mounter_port) {
+            Ok(body)
+                if body.contains(&label)
+                    && common::sample(&body, "cachalot_write_bytes_total", &label) >= 1 << 20 =>
+            {
+                break body
+            }
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!(
+                "the successor never served the volume's metrics ({other:?}):\n{}",
+                env.mounter_logs()
+            ),
+        }
+    };
+    assert!(after.contains("cachalot_cache_hits_total{"), "{after}");
+    assert!(
+        matches!(predecessor.child.try_wait(), Ok(None)),
+        "the predecessor should idle, not exit"
+    );
+    predecessor.kill();
+}

@@ -28,9 +28,6 @@ pub struct ServeError {
     source: std::io::Error,
 }
 
-/// Stops the endpoint of this process (see [`stop_serving`]).
-static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
 /// Listen on `addr` and serve `/metrics` from a thread of its own (so the
 /// endpoint answers however busy the volumes' runtimes are). The listener
 /// is bound before this returns: a taken port is an error here, not a log
@@ -43,7 +40,8 @@ pub fn serve_in_background(addr: SocketAddr) -> Result<SocketAddr, ServeError> {
 
 /// The same for a process that replaces another on the same address (a
 /// mounter taking over): binding is retried every second until the
-/// predecessor let go of the port.
+/// predecessor let go of the port (it exits or re-executes itself idle, and
+/// the listener, close-on-exec, goes with it).
 pub fn serve_when_free(addr: SocketAddr) {
     let spawned = std::thread::Builder::new()
         .name("metrics-bind".into())
@@ -71,13 +69,6 @@ pub fn serve_when_free(addr: SocketAddr) {
     }
 }
 
-/// Close this process's metrics endpoint (a mounter that handed its
-/// sessions over lets its successor have the port).
-pub fn stop_serving() {
-    STOP.notify_waiters();
-    STOP.notify_one();
-}
-
 fn spawn_server(listener: std::net::TcpListener) -> std::io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
@@ -90,11 +81,7 @@ fn spawn_server(listener: std::net::TcpListener) -> std::io::Result<SocketAddr> 
             runtime.block_on(async move {
                 let app = axum::Router::new().route("/metrics", axum::routing::get(metrics_page));
                 let served = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(STOP.notified())
-                            .await
-                    }
+                    Ok(listener) => axum::serve(listener, app).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = served {

@@ -25,6 +25,7 @@
 //! Only when the mounter and the keeper die together is a session lost.
 
 pub mod client;
+pub mod idle;
 pub mod protocol;
 pub mod records;
 pub mod server;

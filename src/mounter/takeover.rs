@@ -8,7 +8,8 @@
 //!  │                                    │  wait until nothing is in flight,
 //!  │                                    │  describe it (suspend write sessions)
 //!  │◀── Handover{sessions} + fds ───────│
-//!  │── Accepted ───────────────────────▶│  exits 0 (or idles, --idle-after-handover)
+//!  │── Accepted ───────────────────────▶│  exits 0 (or execs an idle process,
+//!  │                                    │  --idle-after-handover, see idle.rs)
 //!  │   waits for the connection to close│
 //!  │   (old gone: nobody reads its fds) │
 //!  │   binds the socket, resumes each   │
@@ -103,15 +104,13 @@ impl Mounter {
                     seconds = started.elapsed().as_secs_f64(),
                     "handed over to a successor; exiting without unmounting"
                 );
-                crate::metrics::stop_serving();
                 if self.cfg.idle_after_handover {
                     // Keep the container alive (a DaemonSet would restart
                     // an exited one, and the restart would take the
-                    // sessions back) until Kubernetes deletes the pod.
-                    drop(stream);
-                    loop {
-                        std::thread::sleep(Duration::from_secs(3600));
-                    }
+                    // sessions back) until Kubernetes deletes the pod, but
+                    // with no thread left reading /dev/fuse (see idle.rs).
+                    let e = super::idle::become_idle();
+                    tracing::error!(error = %e, "could not re-execute as an idle process; exiting instead (the container will restart)");
                 }
                 // No destructors: they would unmount.
                 std::process::exit(0);

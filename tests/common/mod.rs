@@ -963,3 +963,47 @@ pub fn spawn_child_role(
     }
     spawn_locked(&mut cmd).expect("spawn child")
 }
+
+// ---- metrics endpoints ----
+
+/// `GET /metrics` from a local endpoint, the body as text.
+pub fn scrape(port: u16) -> String {
+    try_scrape(port).unwrap_or_else(|e| panic!("scraping 127.0.0.1:{port}: {e}"))
+}
+
+/// The same, an error when nothing answers (yet) or not with 200.
+pub fn try_scrape(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
+        return Err(head.to_string());
+    }
+    Ok(body.to_string())
+}
+
+/// The value of the sample `name{labels...}` (labels given as a substring).
+pub fn sample(body: &str, name: &str, labels: &str) -> u64 {
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no sample {name} with {labels} in:\n{body}"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -38,6 +38,8 @@ pub struct Env {
     pub mounter: Option<Container>,
     /// Mounters started so far (numbers their log files).
     mounters_started: u32,
+    /// `--metrics-addr` ports of the plugin and of every mounter.
+    pub metrics_ports: Option<(u16, u16)>,
 }
 
 /// A process in its own PID namespace, as a container runs: killing the
@@ -130,6 +132,7 @@ impl Env {
             rust_log: rust_log.to_string(),
             mounter: None,
             mounters_started: 0,
+            metrics_ports: None,
         };
         env.start_plugin();
         env
@@ -138,6 +141,12 @@ impl Env {
     /// A node as deployed: a mounter and the plugin, each in its own
     /// emulated container; the plugin asks the mounter to stage.
     pub fn with_mounter() -> Env {
+        Env::with_mounter_metrics(None)
+    }
+
+    /// The same, the plugin and the mounters serving metrics on these
+    /// ports (plugin, mounter).
+    pub fn with_mounter_metrics(metrics_ports: Option<(u16, u16)>) -> Env {
         let root = tempfile::Builder::new()
             .prefix("cachalot-csi-test-")
             .tempdir()
@@ -158,6 +167,7 @@ impl Env {
             rust_log: "info".into(),
             mounter: None,
             mounters_started: 0,
+            metrics_ports,
         };
         let mounter = env.start_mounter();
         env.wait_for_mounter();
@@ -172,6 +182,24 @@ impl Env {
 
     pub fn mounter_log(&self, n: u32) -> PathBuf {
         self.path(&format!("mounter-{n}.log"))
+    }
+
+    /// Wait until the latest mounter took its predecessor's sessions over
+    /// (until then the predecessor still answers on the socket and serves).
+    pub fn wait_for_takeover(&self) {
+        let log = self.mounter_log(self.mounters_started);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("took over from the previous mounter")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the takeover never finished:\n{}",
+                self.mounter_logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every mounter's log so far.
@@ -201,6 +229,13 @@ impl Env {
             .arg("--cache-dir")
             .arg(self.path("cache"))
             .env("RUST_LOG", &self.rust_log);
+        if let Some((_, port)) = self.metrics_ports {
+            // As deployed: the predecessor idles after a handover (its
+            // container must not restart), so it must let go of the port.
+            cmd.arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--idle-after-handover");
+        }
         Container::start(cmd, &self.mounter_log(self.mounters_started))
     }
 
@@ -273,6 +308,9 @@ impl Env {
             .arg("--state-dir")
             .arg(self.path("state"))
             .env("RUST_LOG", &self.rust_log);
+        if let Some((port, _)) = self.metrics_ports {
+            cmd.arg("--metrics-addr").arg(format!("127.0.0.1:{port}"));
+        }
         if self.mounter.is_some() {
             cmd.arg("--mounter-socket").arg(self.mounter_socket());
             let container = Container::start(cmd, &self.log_file());
