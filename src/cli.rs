@@ -149,7 +149,7 @@ pub struct WarmArgs {
     pub exclude: Vec<glob::Pattern>,
 }
 
-fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+pub fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(text).map_err(|e| format!("'{text}' is not a glob: {e}"))
 }
 
@@ -247,6 +247,11 @@ pub struct MountArgs {
     /// and remove in the source (read-write NFS and S3 mounts).
     #[arg(long)]
     pub skip_preflight: bool,
+    /// Once mounted, load the files matching this glob (path below the
+    /// mountpoint, or file name) into the cache in the background, as
+    /// `cachalot warm` would; repeatable or comma-separated.
+    #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = parse_glob)]
+    pub warm: Vec<glob::Pattern>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -353,6 +358,7 @@ impl MountArgs {
             groups: self.groups,
             s3: self.s3.to_options(),
             skip_preflight: self.skip_preflight,
+            warm: self.warm,
             keepable: false,
             journal_dir: None,
         }

@@ -93,6 +93,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         groups: Vec::new(),
         s3: Default::default(),
         skip_preflight: false,
+        warm: Vec::new(),
         keepable: false,
         journal_dir: None,
     })?;

@@ -165,6 +165,7 @@ fn run_warm(args: WarmArgs) -> Result<()> {
         jobs: usize::from(args.jobs),
         include: args.include,
         exclude: args.exclude,
+        cancel: Default::default(),
     };
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let report = warm(&opts, progress_printer(terminal))?;

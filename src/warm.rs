@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ pub struct WarmOptions {
     pub jobs: usize,
     pub include: Vec<glob::Pattern>,
     pub exclude: Vec<glob::Pattern>,
+    /// Set to stop early (an unmount must not wait for a whole dataset):
+    /// files not loaded yet count as neither loaded nor failed.
+    pub cancel: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -102,18 +105,19 @@ fn xattr_get(path: &Path, name: &str) -> Option<String> {
 
 /// Read the file through the mount, from the daemon (not the kernel's
 /// page cache), counting bytes as they arrive.
-fn load(path: &Path, bytes: &AtomicU64) -> io::Result<()> {
+fn load(path: &Path, bytes: &AtomicU64, cancel: &AtomicBool) -> io::Result<()> {
     let mut file = File::open(path)?;
     // SAFETY: a valid descriptor; advice only.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     let mut buf = vec![0u8; 1 << 20];
-    loop {
+    while !cancel.load(Ordering::Relaxed) {
         let n = file.read(&mut buf)?;
         if n == 0 {
             return Ok(());
         }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
+    Ok(())
 }
 
 /// Load every file; `progress` is called about twice a second with the
@@ -135,13 +139,16 @@ pub fn warm(
         for _ in 0..opts.jobs.max(1) {
             scope.spawn(|| {
                 while let Some((path, size)) = queue.lock().next() {
+                    if opts.cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
                     match cached(&path) {
                         Some((have, whole)) if have >= whole => {
                             skipped.fetch_add(1, Ordering::Relaxed);
                             bytes.fetch_add(size, Ordering::Relaxed);
                         }
                         _ => {
-                            if let Err(e) = load(&path, &bytes) {
+                            if let Err(e) = load(&path, &bytes, &opts.cancel) {
                                 failed.lock().push((path, e.to_string()));
                             }
                         }
@@ -214,5 +221,28 @@ pub fn progress_printer(terminal: bool) -> impl Fn(u64, u64, u64, u64) + Sync {
                 bytes as f64 / secs / (1 << 20) as f64
             );
         }
+    }
+}
+
+/// How far a warm-up got, for the metrics of the volume it loads.
+#[derive(Debug, Default)]
+pub struct WarmProgress {
+    /// Bytes of the wanted files loaded or found cached so far.
+    pub done_bytes: AtomicU64,
+    pub wanted_bytes: AtomicU64,
+    /// Files done: loaded, found cached, or failed.
+    pub done_files: AtomicU64,
+    pub wanted_files: AtomicU64,
+    pub failed_files: AtomicU64,
+    pub running: AtomicBool,
+}
+
+impl WarmProgress {
+    /// Record a progress report of [`warm`].
+    pub fn update(&self, bytes: u64, total_bytes: u64, files: u64, total_files: u64) {
+        self.done_bytes.store(bytes, Ordering::Relaxed);
+        self.wanted_bytes.store(total_bytes, Ordering::Relaxed);
+        self.done_files.store(files, Ordering::Relaxed);
+        self.wanted_files.store(total_files, Ordering::Relaxed);
     }
 }

@@ -968,3 +968,116 @@ async fn metrics_survive_a_takeover_and_the_idle_predecessor_takes_no_request() 
     );
     predecessor.kill();
 }
+
+/// The StorageClass parameter `warm`: NodeStage starts loading the matching
+/// files in the background (progress in the mounter's metrics and log);
+/// once done, the pod reads them without one backend byte. An unstage
+/// during a warm-up stops it and unmounts cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_attribute_loads_the_volume_at_stage_and_unstage_stops_it() {
+    common::require_root_and_fuse();
+    let mounter_port = common::free_port();
+    let env = Env::with_mounter_metrics(Some((common::free_port(), mounter_port)));
+    let mut c = env.clients().await;
+    let p = params(&[("source", &env.source_url()), ("warm", "*.bin, keep/**")]);
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-warm", p))
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(vol.volume_context["warm"], "*.bin,keep/**");
+    let dir = env.source().join("pvc-warm");
+    std::fs::create_dir_all(dir.join("keep/deep")).unwrap();
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    let data = |n: usize, seed: u8| (0..n).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>();
+    std::fs::write(dir.join("a.bin"), data(3 << 20, 1)).unwrap();
+    std::fs::write(dir.join("other/b.bin"), data(1 << 20, 2)).unwrap();
+    std::fs::write(dir.join("keep/deep/c.dat"), data(1 << 20, 3)).unwrap();
+    std::fs::write(dir.join("skip.txt"), data(1 << 20, 4)).unwrap();
+    let staging = env.staging("warm");
+    let target = env.target("pod-warm");
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .expect("NodeStage");
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .expect("NodePublish");
+    let label = format!("volume=\"{}\"", vol.volume_id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let warmed = loop {
+        let body = common::try_scrape(mounter_port).unwrap_or_default();
+        if body.contains(&label) && common::sample(&body, "cachalot_warm_running", &label) == 0 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the warm-up never finished:\n{body}\n{}",
+            env.mounter_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let gauge = |name: &str| common::sample(&warmed, name, &label);
+    assert_eq!(gauge("cachalot_warm_wanted_files"), 3, "{warmed}");
+    assert_eq!(gauge("cachalot_warm_done_files"), 3);
+    assert_eq!(gauge("cachalot_warm_failed_files"), 0);
+    assert_eq!(gauge("cachalot_warm_wanted_bytes"), 5 << 20);
+    assert_eq!(gauge("cachalot_warm_done_bytes"), 5 << 20);
+    let fetched = gauge("cachalot_backend_read_bytes_total");
+    assert!(fetched >= 5 << 20, "{warmed}");
+    assert!(env.mounter_logs().contains("warm-up finished"));
+    // The pod's reads of the warmed files come from the cache alone.
+    assert_eq!(
+        std::fs::read(target.join("a.bin")).unwrap(),
+        data(3 << 20, 1)
+    );
+    assert_eq!(
+        std::fs::read(target.join("keep/deep/c.dat")).unwrap(),
+        data(1 << 20, 3)
+    );
+    assert_eq!(
+        std::fs::read(target.join("other/b.bin")).unwrap(),
+        data(1 << 20, 2)
+    );
+    let after = common::scrape(mounter_port);
+    assert_eq!(
+        common::sample(&after, "cachalot_backend_read_bytes_total", &label),
+        fetched,
+        "reads after the warm-up went to the backend:\n{after}"
+    );
+    // What no glob matches was not loaded.
+    std::fs::read(target.join("skip.txt")).unwrap();
+    let last = common::scrape(mounter_port);
+    assert!(common::sample(&last, "cachalot_backend_read_bytes_total", &label) > fetched);
+
+    // A warm-up still running when the volume is unstaged.
+    std::fs::File::create(dir.join("huge.bin"))
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    c.node
+        .node_unpublish_volume(unpublish_req(&vol, &target))
+        .await
+        .expect("NodeUnpublish");
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .expect("NodeUnstage");
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .expect("NodeStage again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.node
+        .node_unstage_volume(unstage_req(&vol, &staging))
+        .await
+        .expect("NodeUnstage during the warm-up");
+    assert!(!is_mounted(&staging));
+    let logs = env.mounter_logs();
+    assert!(logs.contains("warm-up stopped (unmounting)"), "{logs}");
+    assert!(!logs.contains("detaching lazily"), "{logs}");
+}

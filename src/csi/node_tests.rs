@@ -100,12 +100,7 @@ fn fixture() -> Fixture {
         "file:///backing".into(),
         staging.clone(),
         dir.path().join("cache"),
-        &CacheKnobs {
-            cache_size: None,
-            page_size: None,
-            metadata_ttl: None,
-            read_only: false,
-        },
+        &CacheKnobs::default(),
         false,
         None,
         None,

@@ -12,6 +12,7 @@ use prometheus_client::registry::Unit;
 
 use crate::backend::timed::{BackendStats, LATENCY_BUCKETS};
 use crate::fs::{CachalotFs, FsSample};
+use crate::warm::WarmProgress;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VolumeLabels {
@@ -37,6 +38,7 @@ struct Registered {
     labels: VolumeLabels,
     fs: Weak<CachalotFs>,
     backend: Arc<BackendStats>,
+    warm: Option<Arc<WarmProgress>>,
 }
 
 static VOLUMES: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
@@ -53,12 +55,14 @@ impl Drop for VolumeRegistration {
 }
 
 /// Serve `fs`'s counters as volume `volume` (backend kind `backend`:
-/// `file`, `nfs` or `s3`) until the registration is dropped.
+/// `file`, `nfs` or `s3`) until the registration is dropped; with the
+/// progress of its warm-up when it has one.
 pub fn register_volume(
     volume: &str,
     backend: &str,
     fs: &Arc<CachalotFs>,
     stats: Arc<BackendStats>,
+    warm: Option<Arc<WarmProgress>>,
 ) -> VolumeRegistration {
     let weak = Arc::downgrade(fs);
     VOLUMES.lock().push(Registered {
@@ -68,6 +72,7 @@ pub fn register_volume(
         },
         fs: weak.clone(),
         backend: stats,
+        warm,
     });
     VolumeRegistration { fs: weak }
 }
@@ -87,6 +92,12 @@ impl Collector for VolumesCollector {
                 let fs = r.fs.upgrade()?;
                 Some((r.labels.clone(), fs.sample(), Arc::clone(&r.backend)))
             })
+            .collect();
+        let warms: Vec<(VolumeLabels, Arc<WarmProgress>)> = VOLUMES
+            .lock()
+            .iter()
+            .filter(|r| r.fs.strong_count() > 0)
+            .filter_map(|r| Some((r.labels.clone(), Arc::clone(r.warm.as_ref()?))))
             .collect();
         let per_volume = |f: &Reading| -> Vec<(VolumeLabels, u64)> {
             volumes.iter().map(|(l, s, _)| (l.clone(), f(s))).collect()
@@ -162,8 +173,74 @@ impl Collector for VolumesCollector {
             as_gauge(&|s| s.prefetch_in_flight),
         )?;
         backend_requests(&mut enc, &volumes)?;
-        Ok(())
+        warm_progress(&mut enc, &warms)
     }
+}
+
+/// The progress of the volumes' warm-ups (volumes that have one).
+fn warm_progress(
+    enc: &mut DescriptorEncoder,
+    warms: &[(VolumeLabels, Arc<WarmProgress>)],
+) -> Result<(), std::fmt::Error> {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let read = |f: &dyn Fn(&WarmProgress) -> &AtomicU64| -> Vec<(VolumeLabels, i64)> {
+        warms
+            .iter()
+            .map(|(l, w)| {
+                (
+                    l.clone(),
+                    i64::try_from(f(w).load(Relaxed)).unwrap_or(i64::MAX),
+                )
+            })
+            .collect()
+    };
+    let bytes = Some(&Unit::Bytes);
+    type Gauge<'a> = (&'a str, &'a str, Option<&'a Unit>, Vec<(VolumeLabels, i64)>);
+    let gauges: [Gauge; 5] = [
+        (
+            "cachalot_warm_wanted",
+            "Bytes of the files the warm-up loads",
+            bytes,
+            read(&|w| &w.wanted_bytes),
+        ),
+        (
+            "cachalot_warm_done",
+            "Bytes of them loaded or found cached so far",
+            bytes,
+            read(&|w| &w.done_bytes),
+        ),
+        (
+            "cachalot_warm_wanted_files",
+            "Files the warm-up loads",
+            None,
+            read(&|w| &w.wanted_files),
+        ),
+        (
+            "cachalot_warm_done_files",
+            "Files done (loaded, found cached, or failed)",
+            None,
+            read(&|w| &w.done_files),
+        ),
+        (
+            "cachalot_warm_failed_files",
+            "Files the warm-up could not load",
+            None,
+            read(&|w| &w.failed_files),
+        ),
+    ];
+    for (name, help, unit, values) in gauges {
+        super::gauges(enc, name, help, unit, values)?;
+    }
+    let running = warms
+        .iter()
+        .map(|(l, w)| (l.clone(), i64::from(w.running.load(Relaxed))));
+    super::gauges(
+        enc,
+        "cachalot_warm_running",
+        "1 while the warm-up runs",
+        None,
+        running,
+    )
 }
 
 fn backend_requests(

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod journal;
 pub mod spec;
 pub mod table;
+mod warmup;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct MountOptions {
     pub s3: S3Options,
     /// Skip the mount-time write check of read-write mounts.
     pub skip_preflight: bool,
+    /// Files to load into the cache in the background once mounted.
+    pub warm: Vec<glob::Pattern>,
     /// The session may be handed to another process (the mounter's live
     /// takeover and crash recovery): it reads from one `/dev/fuse`
     /// descriptor, no clones (a clone's unanswered requests die with the
@@ -66,8 +69,7 @@ pub struct MountOptions {
 pub struct MountedFs {
     pub fs: Arc<CachalotFs>,
     cache: Arc<VolumeCache>,
-    /// Serves this volume's counters at `/metrics` while it lives.
-    _metrics: metrics::VolumeRegistration,
+    companions: Companions,
     mountpoint: PathBuf,
     unmounter: Option<fuser::SessionUnmounter>,
     session: Option<JoinHandle<std::io::Result<()>>>,
@@ -277,18 +279,38 @@ fn warn_if_quota_exceeds_disk(runtime: &tokio::runtime::Runtime, cache: &VolumeC
     });
 }
 
+/// What runs beside a serving session, started (again, after a takeover)
+/// once it serves.
+struct Companions {
+    /// Serves the volume's counters at `/metrics` while it lives.
+    _metrics: metrics::VolumeRegistration,
+    warmup: Option<warmup::BackgroundWarm>,
+}
+
 /// Serve the volume's counters at `/metrics` (named by its CSI volume ID,
-/// or its mountpoint) while the returned registration lives.
-fn register_metrics(
+/// or its mountpoint) and start its warm-up if asked (resumable: a rerun
+/// skips what is cached).
+fn start_companions(
     opts: &MountOptions,
     fs: &Arc<CachalotFs>,
     backend: Arc<crate::backend::timed::BackendStats>,
-) -> metrics::VolumeRegistration {
+) -> Companions {
     let volume = match &opts.volume {
         Some(id) => id.clone(),
         None => opts.mountpoint.display().to_string(),
     };
-    metrics::register_volume(&volume, opts.source.kind(), fs, backend)
+    let progress = (!opts.warm.is_empty()).then(Default::default);
+    let registration =
+        metrics::register_volume(&volume, opts.source.kind(), fs, backend, progress.clone());
+    let warmup = progress.and_then(|progress| {
+        warmup::BackgroundWarm::start(&opts.mountpoint, opts.warm.clone(), progress)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot start the warm-up"))
+            .ok()
+    });
+    Companions {
+        _metrics: registration,
+        warmup,
+    }
 }
 
 /// Mount and return once the kernel handshake is done (the mount is usable).
@@ -352,11 +374,11 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     }
     let (thread, ended) = run_session(session)?;
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "mounted");
-    let metrics = register_metrics(&opts, &fs, backend_stats);
+    let companions = start_companions(&opts, &fs, backend_stats);
     Ok(MountedFs {
         fs,
         cache,
-        _metrics: metrics,
+        companions,
         mountpoint: opts.mountpoint,
         unmounter: Some(unmounter),
         session: Some(thread),
@@ -421,11 +443,11 @@ pub fn resume(
         tracing::warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND (Linux < 6.9?): requests the previous process had read stay unanswered");
     }
     tracing::info!(source = %opts.source, mountpoint = %opts.mountpoint.display(), "session resumed");
-    let metrics = register_metrics(&opts, &fs, backend_stats);
+    let companions = start_companions(&opts, &fs, backend_stats);
     Ok(MountedFs {
         fs,
         cache,
-        _metrics: metrics,
+        companions,
         mountpoint: opts.mountpoint,
         unmounter: None,
         session: Some(thread),
@@ -517,6 +539,10 @@ impl MountedFs {
 
     /// Unmount (lazily if the mountpoint is busy) and wait for the session.
     pub fn unmount(&mut self) -> Result<()> {
+        // Its open files would make the mountpoint busy.
+        if let Some(warmup) = &mut self.companions.warmup {
+            warmup.stop();
+        }
         let unmounted = match self.unmounter.take() {
             Some(mut u) => u.unmount().map_err(anyhow::Error::from),
             // Resumed from another process: fuser holds no mount guard.

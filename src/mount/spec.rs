@@ -32,6 +32,9 @@ pub struct MountSpec {
     pub s3_endpoint: Option<String>,
     #[serde(default)]
     pub s3_region: Option<String>,
+    /// Globs of the files to warm up in the background once mounted.
+    #[serde(default)]
+    pub warm: Vec<String>,
 }
 
 impl MountSpec {
@@ -56,6 +59,7 @@ impl MountSpec {
             mount_group,
             s3_endpoint: None,
             s3_region: None,
+            warm: cache.warm.clone(),
         }
     }
 
@@ -101,6 +105,10 @@ impl MountSpec {
         }
         if let Some(r) = &self.s3_region {
             a.extend(["--region".into(), r.clone()]);
+        }
+        for glob in &self.warm {
+            // `=`: a glob may start with a dash.
+            a.push(format!("--warm={glob}"));
         }
         a
     }
@@ -160,5 +168,26 @@ mod tests {
             "page_size":null,"metadata_ttl_ms":null,"read_only":false,"owner":null,"mount_group":null}"#;
         let spec: MountSpec = serde_json::from_str(old).unwrap();
         assert_eq!(spec.s3_endpoint, None);
+        assert!(spec.warm.is_empty());
+    }
+
+    #[test]
+    fn warm_globs_reach_the_mount_options() {
+        let knobs = CacheKnobs {
+            warm: vec!["*.bin".into(), "-odd/**".into()],
+            ..CacheKnobs::default()
+        };
+        let spec = MountSpec::new(
+            "file:///tmp".into(),
+            "/st".into(),
+            "/c".into(),
+            &knobs,
+            false,
+            None,
+            None,
+        );
+        let opts = spec.options(None).unwrap();
+        let globs: Vec<&str> = opts.warm.iter().map(|g| g.as_str()).collect();
+        assert_eq!(globs, ["*.bin", "-odd/**"]);
     }
 }

@@ -48,6 +48,7 @@ const STORAGE_CLASS_KEYS: &[&str] = &[
     "pageSize",
     "metadataTTL",
     "readOnly",
+    "warm",
     PVC_NAME_KEY,
     PVC_NAMESPACE_KEY,
     PV_NAME_KEY,
@@ -58,6 +59,7 @@ const CONTEXT_KEYS: &[&str] = &[
     "pageSize",
     "metadataTTL",
     "readOnly",
+    "warm",
     "uid",
     "gid",
 ];
@@ -170,6 +172,8 @@ pub struct CacheKnobs {
     pub page_size: Option<u64>,
     pub metadata_ttl: Option<Duration>,
     pub read_only: bool,
+    /// Globs of the files NodeStage warms up in the background.
+    pub warm: Vec<String>,
 }
 
 impl CacheKnobs {
@@ -187,6 +191,9 @@ impl CacheKnobs {
         if self.read_only {
             ctx.insert("readOnly".into(), "true".into());
         }
+        if !self.warm.is_empty() {
+            ctx.insert("warm".into(), self.warm.join(","));
+        }
     }
 
     /// Returns false when `key` is not a cache knob.
@@ -199,10 +206,28 @@ impl CacheKnobs {
                 self.metadata_ttl = Some(crate::cli::parse_duration(value).map_err(named)?)
             }
             "readOnly" => self.read_only = parse_bool(key, value)?,
+            "warm" => self.warm = parse_globs(value).map_err(named)?,
             _ => return Ok(false),
         }
         Ok(true)
     }
+}
+
+/// `warm`: comma-separated globs (path below the volume root, or file
+/// name), as `cachalot mount --warm` takes them.
+fn parse_globs(value: &str) -> Result<Vec<String>, String> {
+    let globs: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(|g| crate::cli::parse_glob(g).map(|_| g.to_string()))
+        .collect::<Result<_, _>>()?;
+    if globs.is_empty() {
+        return Err(
+            "no glob given (e.g. \"*.bin,data/**\"; leave the key out for no warm-up)".into(),
+        );
+    }
+    Ok(globs)
 }
 
 /// Metadata the provisioner passes about the claim (for subDir templates).
@@ -277,7 +302,7 @@ impl VolumeParams {
             .unwrap_or(DEFAULT_MOUNT_PERMISSIONS);
         let owner = parse_owner(get("uid"), get("gid"))?;
         let mut cache = CacheKnobs::default();
-        for key in ["cacheSize", "pageSize", "metadataTTL", "readOnly"] {
+        for key in ["cacheSize", "pageSize", "metadataTTL", "readOnly", "warm"] {
             if let Some(v) = get(key) {
                 cache.set(key, v)?;
             }

@@ -20,6 +20,7 @@ fn parses_a_full_local_storage_class() {
         ("pageSize", "256KiB"),
         ("metadataTTL", "500ms"),
         ("readOnly", "false"),
+        ("warm", " *.safetensors ,config/** ,"),
         (PVC_NAME_KEY, "data"),
         (PVC_NAMESPACE_KEY, "team-a"),
         (PV_NAME_KEY, "pvc-123"),
@@ -37,6 +38,7 @@ fn parses_a_full_local_storage_class() {
     assert_eq!(p.sub_path("pvc-123").unwrap().as_str(), "team-a/data");
     let ctx = p.volume_context();
     assert_eq!(ctx["cacheSize"], (1u64 << 30).to_string());
+    assert_eq!(ctx["warm"], "*.safetensors,config/**");
     let node = NodeParams::parse(&ctx).unwrap();
     assert_eq!(node.cache, p.cache);
     assert_eq!(node.owner, p.owner);
@@ -236,4 +238,24 @@ fn node_context_ignores_kubernetes_keys_but_not_unknown_ones() {
     .unwrap();
     assert!(ok.cache.read_only);
     assert!(NodeParams::parse(&map(&[("colour", "red")])).is_err());
+}
+
+#[test]
+fn a_warm_list_that_is_no_glob_is_refused_with_the_glob_named() {
+    for (value, says) in [
+        ("data/[x", "'data/[x' is not a glob"),
+        (" , ", "no glob given"),
+    ] {
+        let err = VolumeParams::parse(&map(&[("source", "file:///srv"), ("warm", value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("parameter warm") && err.contains(says),
+            "{err}"
+        );
+    }
+    let err = NodeParams::parse(&map(&[("warm", "[")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a glob"), "{err}");
 }
