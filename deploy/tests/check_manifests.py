@@ -4,16 +4,25 @@
     python3 deploy/tests/check_manifests.py [--root REPO]
 
 What it does, without a cluster:
-  * renders the kustomize base (deploy/kubernetes/kustomization.yaml) itself:
-    resources (files or directories) + the namespace transformer, nothing else
-    (an unknown kustomization key is a failure, not ignored); if `kubectl` is
-    on PATH it also compares with `kubectl kustomize`;
+  * renders the kustomize base (deploy/kubernetes/kustomization.yaml) and the
+    example overlay (deploy/overlays/example) itself: resources (files or
+    directories) + the images and namespace transformers, nothing else (an
+    unknown kustomization key is a failure, not ignored); if `kubectl` is on
+    PATH it also compares with `kubectl kustomize`;
   * renders the Helm chart (deploy/helm/cachalot) with the Helm engine of the
-    `helm-python-sdk` package (offline, no helm binary), for several value sets,
-    and runs `helm lint --strict`;
+    `helm-python-sdk` package (offline, no helm binary), for several value sets
+    (image.repository is required: every render passes one), and runs
+    `helm lint --strict`;
   * validates every object against the Kubernetes OpenAPI schemas of the
     `kubernetes-validate` package (strict: unknown fields fail) for the oldest
-    and the newest supported version;
+    and the newest supported version; it has no schema for prometheus-operator
+    kinds (monitoring.coreos.com), whose structure is checked here instead;
+  * metrics: every cachalot container with --metrics-addr exposes it as a
+    containerPort named `metrics`; the PodMonitors (chart, example) select the
+    controller, node plugin and mounter pods and name a port they have;
+  * the Grafana dashboard (deploy/grafana/cachalot.json): valid JSON, its
+    datasource and variables, and every cachalot_* metric, label and function
+    use in its queries against README.md's "### Metrics" section;
   * checks the invariants that break real installs (driver name, socket and
     kubelet paths across containers, Bidirectional propagation, provisioner
     flags, RBAC, StorageClass parameter names against src/csi/params/mod.rs,
@@ -40,6 +49,7 @@ try:
     import yaml
     import kubernetes_validate
     from helm_python import chart as helm_chart
+    from helm_python import errors as helm_errors
 except ImportError as e:  # pragma: no cover - reported to the Rust test
     print(f"MISSING DEPENDENCY: {e}; run scripts/install-deploy-deps.sh", file=sys.stderr)
     sys.exit(3)
@@ -70,6 +80,10 @@ SECRET_PARAMS = {
     "csi.storage.k8s.io/node-stage-secret-namespace",
 }
 SUBDIR_TEMPLATES = {"${pvc.metadata.name}", "${pvc.metadata.namespace}", "${pv.metadata.name}"}
+METRICS_PORT = 9810  # --metrics-addr of the three cachalot containers (base, chart default)
+METRICS_PORT_NAME = "metrics"
+MONITORING_GROUP = "monitoring.coreos.com"
+IMAGE_NAME = "cachalot"  # the image name in the base, the default of scripts/image.sh
 
 
 class CheckError(Exception):
@@ -140,8 +154,9 @@ def apply_images(objs, images):
 
 
 def render_kustomize(directory):
-    """resources + namespace, like `kustomize build` for this base."""
+    """resources + images + namespace, like `kustomize build` for these files."""
     kfile = os.path.join(directory, "kustomization.yaml")
+    need(os.path.isfile(kfile), f"{directory}: no kustomization.yaml")
     (k,) = load_docs(kfile)
     unknown = set(k) - KUSTOMIZATION_KEYS
     need(not unknown, f"{kfile}: keys {sorted(unknown)} are not understood by this checker "
@@ -150,9 +165,18 @@ def render_kustomize(directory):
     for res in k.get("resources", []):
         path = os.path.join(directory, res)
         if os.path.isdir(path):
+            # kustomize refuses a directory that contains the kustomization
+            # ("cycle detected: candidate root ... contains visited root")
+            need(not covers(os.path.realpath(path), os.path.realpath(directory)),
+                 f"{kfile}: resource {res} contains this kustomization (kustomize fails with "
+                 "'cycle detected'): put the overlay outside the base's directory")
             objs.extend(render_kustomize(path))
         else:
             need(os.path.isfile(path), f"{kfile}: resource {res} does not exist")
+            # kustomize's load restrictor: files only in or below the kustomization
+            need(covers(os.path.realpath(directory), os.path.realpath(path)),
+                 f"{kfile}: resource file {res} is outside the kustomization's directory "
+                 "(kustomize refuses it): list its directory's kustomization instead")
             objs.extend(load_docs(path))
     apply_images(objs, k.get("images", []))
     ns = k.get("namespace")
@@ -200,6 +224,13 @@ def one(objs, kind):
 def validate_schemas(objs):
     problems = []
     for o in objs:
+        if api_group(o) == MONITORING_GROUP:
+            # kubernetes-validate has no schemas for CRDs: our own check
+            try:
+                check_monitoring_structure(o)
+            except CheckError as e:
+                problems.append(f"{key(o)}: {e}")
+            continue
         for v in K8S_VERSIONS:
             try:
                 kubernetes_validate.validate(o, v, strict=True)
@@ -321,7 +352,7 @@ def probe_flag(cmd, name):
 def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cachalot/cache",
                   state_host="/var/lib/cachalot/state",
                   mounter_state_host="/var/lib/cachalot/mounter",
-                  mounter_socket_host="/run/cachalot"):
+                  mounter_socket_host="/run/cachalot", metrics=True):
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
 
     # CSIDriver
@@ -437,6 +468,7 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
             need(":" in img.split("/")[-1] and not img.endswith(":latest"),
                  f"{w['kind']}/{c['name']}: image {img} is not pinned to a tag")
             need(c.get("resources", {}).get("requests"), f"{w['kind']}/{c['name']}: no requests")
+    check_metrics(objs, metrics)
 
 
 def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_state_host,
@@ -608,6 +640,214 @@ def check_rbac(objs, sa, ns):
 
 
 # --------------------------------------------------------------------------
+# Metrics: --metrics-addr, the `metrics` port, PodMonitors
+# --------------------------------------------------------------------------
+
+def cachalot_containers(objs):
+    """(role, workload, container) of the controller plugin, the node plugin
+    and the mounter."""
+    dep = one(objs, "Deployment")
+    ctrl = next((c for c in pod_spec(dep)["containers"] if "--controller" in c.get("args", [])), None)
+    need(ctrl is not None, "controller: no container runs with --controller")
+    nds, mds = node_daemonset(objs), mounter_daemonset(objs)
+    node = next(c for c in pod_spec(nds)["containers"] if "--node" in c.get("args", []))
+    mounter = next(c for c in pod_spec(mds)["containers"] if is_mounter(c))
+    return [("controller", dep, ctrl), ("node plugin", nds, node), ("mounter", mds, mounter)]
+
+
+def parse_listen_addr(value, where):
+    """(host, port) of an ADDR as `cachalot --metrics-addr` takes it (an IP
+    socket address: 0.0.0.0:9810, [::]:9810)."""
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]+)", value or "")
+    need(m, f"{where}: --metrics-addr {value!r} is not IP:PORT (e.g. 0.0.0.0:{METRICS_PORT})")
+    port = int(m.group(3))
+    need(0 < port < 65536, f"{where}: --metrics-addr port {port} out of range")
+    return m.group(1) or m.group(2), port
+
+
+def named_port(c, name):
+    return next((p for p in c.get("ports", []) or [] if p.get("name") == name), None)
+
+
+def check_metrics_port(where, c):
+    """A container's --metrics-addr and its `metrics` containerPort agree."""
+    addr = flag(c, "metrics-addr")
+    port = named_port(c, METRICS_PORT_NAME)
+    if addr is None:
+        need(port is None, f"{where}: containerPort {METRICS_PORT_NAME!r} without --metrics-addr "
+                           "(nothing listens there: add the flag or remove the port)")
+        return
+    host, num = parse_listen_addr(addr, where)
+    need(host in ("0.0.0.0", "::"),
+         f"{where}: --metrics-addr listens on {host}, which cannot be scraped from outside the "
+         "pod: use 0.0.0.0")
+    need(port is not None,
+         f"{where}: --metrics-addr={addr} but no containerPort named {METRICS_PORT_NAME!r} "
+         f"(add `- name: {METRICS_PORT_NAME}, containerPort: {num}`: PodMonitors select it by name)")
+    need(port["containerPort"] == num and port.get("protocol", "TCP") == "TCP",
+         f"{where}: containerPort {METRICS_PORT_NAME!r} is {port['containerPort']}/"
+         f"{port.get('protocol', 'TCP')}, --metrics-addr listens on {num}/TCP")
+
+
+def check_metrics(objs, enabled):
+    """Every container: flag and port agree. The three cachalot containers:
+    all serve metrics (enabled) or none does, on one port."""
+    for w in by_kind(objs, "Deployment") + by_kind(objs, "DaemonSet"):
+        for c in pod_spec(w)["containers"]:
+            check_metrics_port(f"{w['kind']} {w['metadata']['name']}/{c['name']}", c)
+    ports = set()
+    for role, w, c in cachalot_containers(objs):
+        addr = flag(c, "metrics-addr")
+        if enabled:
+            need(addr is not None, f"{role} ({w['metadata']['name']}/{c['name']}): no "
+                                   f"--metrics-addr (want --metrics-addr=0.0.0.0:{METRICS_PORT} "
+                                   f"and a containerPort named {METRICS_PORT_NAME!r})")
+            ports.add(parse_listen_addr(addr, role)[1])
+        else:
+            need(addr is None, f"{role}: --metrics-addr={addr} although metrics are disabled")
+    need(len(ports) <= 1, f"metrics ports differ between the pods: {sorted(ports)} (one port "
+                          "for all: each pod has its own network namespace)")
+
+
+DURATION = re.compile(r"(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)")
+LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+PODMONITOR_SPEC_KEYS = {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel",
+                        "podTargetLabels", "sampleLimit", "targetLimit", "labelLimit",
+                        "attachMetadata"}
+ENDPOINT_KEYS = {"port", "portNumber", "path", "scheme", "params", "interval", "scrapeTimeout",
+                 "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings"}
+RELABEL_KEYS = {"sourceLabels", "separator", "targetLabel", "regex", "modulus", "replacement",
+                "action"}
+RELABEL_ACTIONS = {"replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                   "lowercase", "uppercase", "keepequal", "dropequal"}
+SELECTOR_OPS = {"In", "NotIn", "Exists", "DoesNotExist"}
+
+
+def api_group(o):
+    av = o.get("apiVersion", "")
+    return av.split("/")[0] if "/" in av else ""
+
+
+def only_keys(d, allowed, where):
+    need(isinstance(d, dict), f"{where}: not a mapping")
+    extra = set(d) - allowed
+    need(not extra, f"{where}: unknown fields {sorted(extra)} (known: {sorted(allowed)})")
+
+
+def check_labels(labels, where):
+    need(isinstance(labels, dict), f"{where}: not a mapping")
+    for k, v in labels.items():
+        need(isinstance(k, str) and LABEL_NAME.fullmatch(k), f"{where}: invalid label name {k!r}")
+        need(isinstance(v, str) and LABEL_VALUE.fullmatch(v) and len(v) <= 63,
+             f"{where}: label {k}: invalid value {v!r} (a string of at most 63 "
+             "alphanumerics, '-', '_', '.'; quote numbers)")
+
+
+def check_label_selector(sel, where):
+    only_keys(sel, {"matchLabels", "matchExpressions"}, where)
+    check_labels(sel.get("matchLabels", {}), f"{where}.matchLabels")
+    for i, e in enumerate(sel.get("matchExpressions", []) or []):
+        only_keys(e, {"key", "operator", "values"}, f"{where}.matchExpressions[{i}]")
+        need(e.get("operator") in SELECTOR_OPS, f"{where}.matchExpressions[{i}]: operator "
+                                                f"{e.get('operator')!r} not in {sorted(SELECTOR_OPS)}")
+    need(sel.get("matchLabels") or sel.get("matchExpressions"),
+         f"{where}: empty selector (would select every pod of the namespace)")
+
+
+def check_monitoring_structure(o):
+    """A strict subset of the prometheus-operator CRDs (kubernetes-validate
+    has no schema for them): only PodMonitor, with the fields used here."""
+    kind = o.get("kind")
+    need(kind == "PodMonitor", f"no structural check for {o.get('apiVersion')} {kind} "
+                               "(extend check_monitoring_structure)")
+    need(o.get("apiVersion") == f"{MONITORING_GROUP}/v1",
+         f"PodMonitor apiVersion {o.get('apiVersion')!r}, want {MONITORING_GROUP}/v1")
+    only_keys(o, {"apiVersion", "kind", "metadata", "spec"}, "PodMonitor")
+    meta = o.get("metadata", {})
+    # ObjectMeta through a kind that has a schema
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta},
+                                         v, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise CheckError(f"PodMonitor metadata: {e.message} at {list(e.path)}")
+    need(meta.get("name"), "PodMonitor: no metadata.name")
+    check_labels(meta.get("labels", {}) or {}, "PodMonitor metadata.labels")
+    spec = o.get("spec")
+    only_keys(spec, PODMONITOR_SPEC_KEYS, "PodMonitor spec")
+    need("selector" in spec, "PodMonitor spec: no selector")
+    check_label_selector(spec["selector"], "PodMonitor spec.selector")
+    nss = spec.get("namespaceSelector", {})
+    only_keys(nss, {"any", "matchNames"}, "PodMonitor spec.namespaceSelector")
+    eps = spec.get("podMetricsEndpoints")
+    need(isinstance(eps, list) and eps, "PodMonitor spec.podMetricsEndpoints: empty")
+    for i, ep in enumerate(eps):
+        where = f"PodMonitor spec.podMetricsEndpoints[{i}]"
+        only_keys(ep, ENDPOINT_KEYS, where)
+        need(isinstance(ep.get("port"), str) and ep["port"],
+             f"{where}: no port name (select the containerPort by name)")
+        need(str(ep.get("path", "/metrics")).startswith("/"), f"{where}: path {ep.get('path')!r}")
+        for d in ("interval", "scrapeTimeout"):
+            if d in ep:
+                need(isinstance(ep[d], str) and ep[d] and DURATION.fullmatch(ep[d]),
+                     f"{where}.{d} {ep[d]!r} is not a Prometheus duration (e.g. 30s, 1m)")
+        for j, r in enumerate(ep.get("relabelings", []) or []):
+            only_keys(r, RELABEL_KEYS, f"{where}.relabelings[{j}]")
+            need(r.get("action", "replace").lower() in RELABEL_ACTIONS,
+                 f"{where}.relabelings[{j}]: action {r.get('action')!r}")
+            need(isinstance(r.get("sourceLabels", []), list), f"{where}.relabelings[{j}].sourceLabels")
+
+
+def selector_matches(sel, labels):
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in sel.get("matchExpressions") or []:
+        k, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(k) not in vals:
+            return False
+        if op == "NotIn" and k in labels and labels[k] in vals:
+            return False
+        if op == "Exists" and k not in labels:
+            return False
+        if op == "DoesNotExist" and k in labels:
+            return False
+    return True
+
+
+def check_example_podmonitors(examples, base):
+    pms = by_kind(examples, "PodMonitor")
+    need(pms, "no example PodMonitor for the kustomize install")
+    for pm in pms:
+        check_podmonitor(pm, base)
+
+
+def check_podmonitor(pm, objs):
+    """The PodMonitor pm scrapes the controller, node plugin and mounter pods
+    of the install objs: same namespace (or selected), selector matches their
+    pod labels, every endpoint's port name is a containerPort of theirs."""
+    name = pm["metadata"]["name"]
+    spec = pm["spec"]
+    nss = spec.get("namespaceSelector", {}) or {}
+    for role, w, c in cachalot_containers(objs):
+        wns = w["metadata"].get("namespace")
+        in_ns = nss.get("any") is True or wns in (nss.get("matchNames") or
+                                                  [pm["metadata"].get("namespace")])
+        need(in_ns, f"PodMonitor {name} (namespace {pm['metadata'].get('namespace')}, "
+                    f"namespaceSelector {nss}) does not look in {wns}, the {role}'s namespace")
+        labels = w["spec"]["template"]["metadata"].get("labels", {})
+        need(selector_matches(spec["selector"], labels),
+             f"PodMonitor {name}: selector {spec['selector']} does not match the {role} pods "
+             f"({w['metadata']['name']}, labels {labels})")
+        names = {p.get("name") for cc in pod_spec(w)["containers"] for p in cc.get("ports", []) or []}
+        for ep in spec["podMetricsEndpoints"]:
+            need(ep["port"] in names,
+                 f"PodMonitor {name}: port {ep['port']!r} is not a containerPort of the {role} "
+                 f"pods ({w['metadata']['name']} has {sorted(n for n in names if n)})")
+
+
+# --------------------------------------------------------------------------
 # Examples
 # --------------------------------------------------------------------------
 
@@ -738,7 +978,7 @@ def check_pull_secrets(chart_dir):
         ({"controller": {"imagePullSecrets": [{"name": "c"}]}}, ["c"], []),
     ]
     for values, want_c, want_n in cases:
-        objs = render_helm(chart_dir, values)
+        objs = render_helm(chart_dir, with_image(values))
         got = (pull_secrets(one(objs, "Deployment")), pull_secrets(node_daemonset(objs)))
         need(got == (want_c, want_n), f"values {values}: controller/node imagePullSecrets {got}, "
                                       f"want {(want_c, want_n)} (a component list replaces the global one)")
@@ -812,11 +1052,146 @@ def check_helm_values(chart_dir):
     need(crb["subjects"][0]["namespace"] == "storage", "ClusterRoleBinding subject namespace")
 
 
+def check_helm_metrics(chart_dir):
+    """metrics.port, metrics.enabled=false, the PodMonitor and its values."""
+    objs = render_helm(chart_dir, with_image({}))
+    need(not by_kind(objs, "PodMonitor"), "a PodMonitor is rendered by default (the CRD may be "
+                                          "missing: metrics.podMonitor.enabled defaults to false)")
+
+    objs = render_helm(chart_dir, with_image({"metrics": {"port": 9900}}))
+    check_install(objs)
+    for role, _, c in cachalot_containers(objs):
+        need(flag(c, "metrics-addr") == "0.0.0.0:9900" and
+             named_port(c, METRICS_PORT_NAME)["containerPort"] == 9900,
+             f"metrics.port=9900: the {role} serves {flag(c, 'metrics-addr')!r}")
+
+    objs = render_helm(chart_dir, with_image({"metrics": {"enabled": False}}))
+    check_install(objs, metrics=False)
+    need(not by_kind(objs, "PodMonitor"), "metrics.enabled=false still renders a PodMonitor")
+
+    values = {"metrics": {"podMonitor": {"enabled": True, "interval": "15s",
+                                         "labels": {"release": "kube-prometheus-stack"}}}}
+    objs = render_helm(chart_dir, with_image(values), name="rel", namespace="storage")
+    validate_schemas(objs)
+    pm = one(objs, "PodMonitor")
+    check_podmonitor(pm, objs)
+    need(pm["metadata"]["namespace"] == "storage", f"PodMonitor namespace {pm['metadata']}")
+    need(pm["metadata"].get("labels", {}).get("release") == "kube-prometheus-stack",
+         f"metrics.podMonitor.labels not on the PodMonitor: {pm['metadata'].get('labels')}")
+    need(all(ep.get("interval") == "15s" for ep in pm["spec"]["podMetricsEndpoints"]),
+         "metrics.podMonitor.interval not applied")
+    # the selector must not reach another release's pods
+    other = render_helm(chart_dir, with_image({}), name="other", namespace="storage")
+    for w in by_kind(other, "Deployment") + by_kind(other, "DaemonSet"):
+        need(not selector_matches(pm["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"]),
+             f"PodMonitor of release rel selects {w['metadata']['name']} of release other")
+
+    values["metrics"]["enabled"] = False
+    try:
+        render_helm(chart_dir, with_image(values))
+    except helm_errors.HelmRenderError as e:
+        need("metrics.enabled" in str(e), f"podMonitor without metrics fails with {e}")
+    else:
+        raise CheckError("metrics.podMonitor.enabled with metrics.enabled=false renders: it "
+                         "would scrape a port the pods do not have (make the template fail)")
+
+
 def check_helm_lint(chart_dir):
-    report = helm_chart.lint(chart_dir, strict=True, kube_version="v1.30.0")
+    report = helm_chart.lint(chart_dir, with_image({}), strict=True, kube_version="v1.30.0")
     msgs = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
     need(not report.get("errors") and not msgs,
          f"helm lint --strict: errors {report.get('errors')} messages {msgs}")
+
+
+# --------------------------------------------------------------------------
+# The image: base name, the chart's required repository, the overlay
+# --------------------------------------------------------------------------
+
+def cargo_version(root):
+    text = open(os.path.join(root, "Cargo.toml"), encoding="utf-8").read()
+    m = re.search(r'^\[package\][^\[]*?^version\s*=\s*"([^"]+)"', text, re.M | re.S)
+    need(m, "Cargo.toml: no [package] version")
+    return m.group(1)
+
+
+def split_image(ref):
+    """(name, tag or None) of an image reference without a digest."""
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = ref.rsplit(":", 1)
+        return name, tag
+    return ref, None
+
+
+def with_image(values, repository=IMAGE_NAME):
+    """values with image.repository set (the chart requires it) unless given."""
+    v = copy.deepcopy(values)
+    v.setdefault("image", {}).setdefault("repository", repository)
+    return v
+
+
+def cachalot_images(objs):
+    return {f"{role} ({c['name']})": c["image"] for role, _, c in cachalot_containers(objs)}
+
+
+def check_base_image(objs, root):
+    """The base runs IMAGE_NAME:<Cargo version>, what scripts/image.sh builds
+    by default (so a cluster that loaded it runs the base as is), and the
+    chart's appVersion (its default tag) is that version too."""
+    version = cargo_version(root)
+    want = f"{IMAGE_NAME}:{version}"
+    for where, img in cachalot_images(objs).items():
+        need(img == want, f"{where}: image {img}, want {want} (scripts/image.sh builds "
+                          f"{IMAGE_NAME}:<Cargo.toml version>; overlays replace the name "
+                          f"{IMAGE_NAME!r})")
+    (chart,) = load_docs(os.path.join(root, "deploy/helm/cachalot/Chart.yaml"))
+    need(str(chart.get("appVersion")) == version,
+         f"Chart.yaml appVersion {chart.get('appVersion')!r} != Cargo.toml version {version} "
+         "(the chart's default image tag)")
+
+
+def check_helm_image_required(chart_dir):
+    """Without image.repository the chart refuses to render, naming the fix."""
+    (values,) = load_docs(os.path.join(chart_dir, "values.yaml"))
+    need(not values.get("image", {}).get("repository"),
+         f"values.yaml image.repository defaults to {values['image']['repository']!r}: there is "
+         "no public image, leave it empty (required)")
+    try:
+        render_helm(chart_dir, {})
+    except helm_errors.HelmRenderError as e:
+        msg = str(e)
+        need("image.repository is required" in msg and "scripts/image.sh" in msg,
+             f"rendering without image.repository fails with {msg!r}: want a message naming "
+             "image.repository and scripts/image.sh")
+        return
+    raise CheckError("the chart renders without image.repository: make it "
+                     "{{ required \"image.repository is required: ...\" }}")
+
+
+def strip_images(objs):
+    out = copy.deepcopy(objs)
+    for o in out:
+        spec = o.get("spec", {}).get("template", {}).get("spec")
+        for c in (spec or {}).get("containers", []):
+            c.pop("image", None)
+    return out
+
+
+def check_overlay(odir, base):
+    """The example overlay: the base with the cachalot image replaced,
+    nothing else changed."""
+    objs = render_kustomize(odir)
+    (k,) = load_docs(os.path.join(odir, "kustomization.yaml"))
+    entry = next((i for i in k.get("images", []) if i.get("name") == IMAGE_NAME), None)
+    need(entry and entry.get("newName"),
+         f"{odir}: no images entry with name {IMAGE_NAME!r} and a newName")
+    _, base_tag = split_image(next(iter(cachalot_images(base).values())))
+    want = f"{entry['newName']}:{entry.get('newTag', base_tag)}"
+    for where, img in cachalot_images(objs).items():
+        need(img == want, f"overlay: {where} runs {img}, want {want} (the images entry)")
+    need(strip_images(objs) == strip_images(base),
+         "overlay: differs from the base in more than the cachalot image")
+    check_install(objs)
 
 
 # --------------------------------------------------------------------------
@@ -945,6 +1320,7 @@ def main():
     ROOT = os.path.abspath(ap.parse_args().root)
     kdir = os.path.join(ROOT, "deploy/kubernetes")
     edir = os.path.join(kdir, "examples")
+    odir = os.path.join(ROOT, "deploy/overlays/example")
     cdir = os.path.join(ROOT, "deploy/helm/cachalot")
     r = Runner()
     state = {}
@@ -958,6 +1334,7 @@ def main():
     r.check("kustomize: matches kubectl kustomize", check_kubectl_kustomize, kdir, base)
     r.check("kustomize: schemas (strict)", validate_schemas, base)
     r.check("kustomize: install invariants", check_install, base)
+    r.check("kustomize: image (what scripts/image.sh builds)", check_base_image, base, ROOT)
 
     def load_examples():
         objs = []
@@ -970,11 +1347,21 @@ def main():
     ex = state.get("examples", [])
     r.check("examples: schemas (strict)", validate_schemas, ex)
     r.check("examples: driver, parameters, references", check_examples, ROOT, ex)
+    r.check("examples: PodMonitor scrapes the base's pods", check_example_podmonitors, ex, base)
+
+    r.check("overlay: example replaces the image", check_overlay, odir, base)
+
+    def load_overlay():
+        state["overlay"] = render_kustomize(odir)
+
+    r.check("overlay: matches kubectl kustomize",
+            lambda: (load_overlay(), check_kubectl_kustomize(odir, state["overlay"])))
 
     def helm_default():
-        state["helm"] = render_helm(cdir, {})
+        state["helm"] = render_helm(cdir, with_image({}))
 
-    r.check("helm: render default values", helm_default)
+    r.check("helm: image.repository required", check_helm_image_required, cdir)
+    r.check(f"helm: render default values (image.repository={IMAGE_NAME})", helm_default)
     hobjs = state.get("helm", [])
     r.check("helm: schemas (strict)", validate_schemas, hobjs)
     r.check("helm: install invariants", check_install, hobjs)
@@ -982,6 +1369,7 @@ def main():
     r.check("helm: imagePullSecrets per-component override", check_pull_secrets, cdir)
     r.check("helm: values (image, log level, paths, extraArgs, scheduling, classes)",
             check_helm_values, cdir)
+    r.check("helm: metrics values (port, disabled, PodMonitor)", check_helm_metrics, cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
     r.check("docker: Dockerfile", check_dockerfile, ROOT)
     r.check("docker: .dockerignore", check_dockerignore, ROOT)
