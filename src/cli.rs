@@ -252,6 +252,10 @@ pub struct MountArgs {
     /// `cachalot warm` would; repeatable or comma-separated.
     #[arg(long, value_name = "GLOB", value_delimiter = ',', value_parser = parse_glob)]
     pub warm: Vec<glob::Pattern>,
+    /// Byte quota of the volume (e.g. 10GiB): writes that would take the
+    /// files' total size past it fail with EDQUOT; df shows it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub capacity: Option<u64>,
     #[command(flatten)]
     pub s3: S3Args,
 }
@@ -359,6 +363,7 @@ impl MountArgs {
             s3: self.s3.to_options(),
             skip_preflight: self.skip_preflight,
             warm: self.warm,
+            capacity: self.capacity,
             keepable: false,
             journal_dir: None,
         }

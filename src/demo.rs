@@ -94,6 +94,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         s3: Default::default(),
         skip_preflight: false,
         warm: Vec::new(),
+        capacity: None,
         keepable: false,
         journal_dir: None,
     })?;

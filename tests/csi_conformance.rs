@@ -2,6 +2,7 @@
 //! capability consistency) and bad input, against a real plugin process.
 
 mod support_csi;
+mod support_nfs;
 
 use cachalot::csi::proto::controller_service_capability::rpc::Type as CtlCap;
 use cachalot::csi::proto::node_service_capability::rpc::Type as NodeCap;
@@ -86,16 +87,22 @@ async fn identity_and_capabilities_are_consistent() {
         .0,
         Code::Unimplemented
     );
-    assert!(!ctl.contains(&(CtlCap::GetCapacity as i32)));
-    assert_eq!(
-        code(
-            c.controller
-                .get_capacity(GetCapacityRequest::default())
-                .await
-        )
-        .0,
-        Code::Unimplemented
-    );
+    // Advertised and implemented (capacity and get-volume tests below).
+    for want in [
+        CtlCap::GetCapacity,
+        CtlCap::GetVolume,
+        CtlCap::VolumeCondition,
+    ] {
+        assert!(ctl.contains(&(want as i32)), "{want:?}");
+    }
+    // Parameters are optional: without a source nothing is available.
+    let none = c
+        .controller
+        .get_capacity(GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(none.available_capacity, 0);
     assert!(!ctl.contains(&(CtlCap::PublishUnpublishVolume as i32)));
     assert_eq!(
         code(
@@ -744,5 +751,244 @@ async fn secrets_never_reach_a_log_line_or_an_error() {
     for e in std::fs::read_dir(env.path("state/logs")).unwrap() {
         let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
         assert!(!text.contains(SECRET), "secret leaked in a mount log");
+    }
+}
+
+/// Bytes available to unprivileged writers on the filesystem of `dir`.
+fn statvfs_available(dir: &std::path::Path) -> i64 {
+    let v = nix::sys::statvfs::statvfs(dir).unwrap();
+    (v.blocks_available() as u128 * v.fragment_size() as u128) as i64
+}
+
+/// `reported` lies within `slack` of the range the filesystem showed
+/// around the call (other tests write to the same filesystem).
+fn assert_near(reported: i64, before: i64, after: i64, what: &str) {
+    const SLACK: i64 = 256 << 20;
+    let (lo, hi) = (before.min(after) - SLACK, before.max(after) + SLACK);
+    assert!(
+        (lo..=hi).contains(&reported),
+        "{what}: GetCapacity said {reported}, statvfs {before}..{after}"
+    );
+}
+
+fn capacity_req(pairs: &[(&str, &str)]) -> GetCapacityRequest {
+    GetCapacityRequest {
+        parameters: params(pairs),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_capacity_is_the_free_space_of_the_source() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let url = env.source_url();
+    for pairs in [
+        vec![("source", url.as_str())],
+        vec![("source", &url), ("uid", "1234"), ("gid", "2345")],
+    ] {
+        let before = statvfs_available(&env.source());
+        let got = c
+            .controller
+            .get_capacity(GetCapacityRequest {
+                volume_capabilities: vec![rwx()],
+                ..capacity_req(&pairs)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let after = statvfs_available(&env.source());
+        assert_near(got.available_capacity, before, after, &format!("{pairs:?}"));
+        assert!(got.available_capacity > 0);
+        assert_eq!(got.maximum_volume_size, None);
+        assert_eq!(got.minimum_volume_size, None);
+    }
+
+    // Bad parameters: INVALID_ARGUMENT with CreateVolume's message.
+    for pairs in [
+        vec![("source", url.as_str()), ("colour", "blue")],
+        vec![("source", "file:///srv/../etc")],
+        vec![("source", &url), ("onDelete", "shred")],
+        vec![("colour", "blue")],
+    ] {
+        let (cd, msg) = code(c.controller.get_capacity(capacity_req(&pairs)).await);
+        assert_eq!(cd, Code::InvalidArgument, "{pairs:?}: {msg}");
+        let (_, create_msg) = code(
+            c.controller
+                .create_volume(create_req("pvc-cap", params(&pairs)))
+                .await,
+        );
+        assert_eq!(msg, create_msg, "{pairs:?}");
+    }
+    let block = VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        ..rwx()
+    };
+    let (cd, msg) = code(
+        c.controller
+            .get_capacity(GetCapacityRequest {
+                volume_capabilities: vec![block],
+                ..capacity_req(&[("source", &url)])
+            })
+            .await,
+    );
+    assert_eq!(cd, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("block"), "{msg}");
+
+    // A missing source: FAILED_PRECONDITION naming it and the fix.
+    let gone = format!("file://{}", env.path("no-such-source").display());
+    let (cd, msg) = code(
+        c.controller
+            .get_capacity(capacity_req(&[("source", &gone)]))
+            .await,
+    );
+    assert_eq!(cd, Code::FailedPrecondition, "{msg}");
+    assert!(
+        msg.contains("no-such-source") && msg.contains("Fix"),
+        "{msg}"
+    );
+
+    // An unreachable NFS server: UNAVAILABLE.
+    let (cd, msg) = code(
+        c.controller
+            .get_capacity(capacity_req(&[("source", "nfs://nfs.invalid/export")]))
+            .await,
+    );
+    assert_eq!(cd, Code::Unavailable, "{msg}");
+
+    // S3: no capacity limit, answered without a request to the bucket
+    // (this endpoint answers nothing).
+    let s3 = c
+        .controller
+        .get_capacity(capacity_req(&[
+            ("source", "s3://bucket/prefix"),
+            ("endpoint", "http://127.0.0.1:9"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s3.available_capacity, i64::MAX);
+    assert_eq!(s3.maximum_volume_size, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_capacity_of_an_nfs_export() {
+    let server = support_nfs::ganesha();
+    let (disk, url) = server.area("csi-capacity");
+    let env = Env::new();
+    let mut c = env.clients().await;
+    for pairs in [
+        vec![("source", url.as_str())],
+        vec![("source", &url), ("uid", "1234"), ("gid", "2345")],
+    ] {
+        let before = statvfs_available(&disk);
+        let got = c
+            .controller
+            .get_capacity(capacity_req(&pairs))
+            .await
+            .unwrap()
+            .into_inner();
+        let after = statvfs_available(&disk);
+        assert_near(got.available_capacity, before, after, &format!("{pairs:?}"));
+    }
+    let (cd, msg) = code(
+        c.controller
+            .get_capacity(capacity_req(&[("source", "nfs://127.0.0.1/not-exported")]))
+            .await,
+    );
+    assert_eq!(cd, Code::FailedPrecondition, "{msg}");
+}
+
+async fn get(
+    c: &mut Clients,
+    id: &str,
+) -> Result<tonic::Response<ControllerGetVolumeResponse>, tonic::Status> {
+    c.controller
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: id.into(),
+        })
+        .await
+}
+
+fn condition(r: &ControllerGetVolumeResponse) -> (bool, String) {
+    let c = r
+        .status
+        .as_ref()
+        .and_then(|s| s.volume_condition.as_ref())
+        .expect("VOLUME_CONDITION: the condition is always set");
+    (c.abnormal, c.message.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_get_volume_condition_and_codes() {
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let vol = new_volume(&env, &mut c, "pvc-get").await;
+    let dir = env.source().join("pvc-get");
+
+    let ok = get(&mut c, &vol.volume_id).await.unwrap().into_inner();
+    let v = ok.volume.as_ref().expect("volume is required");
+    assert_eq!(v.volume_id, vol.volume_id);
+    assert_eq!(v.capacity_bytes, 0);
+    let status = ok.status.as_ref().expect("status is required");
+    assert!(status.published_node_ids.is_empty());
+    let (abnormal, msg) = condition(&ok);
+    assert!(!abnormal, "{msg}");
+    assert!(msg.contains("pvc-get"), "{msg}");
+
+    // A file in place of the directory: abnormal, naming the cause and fix.
+    std::fs::remove_dir(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let r = get(&mut c, &vol.volume_id).await.unwrap().into_inner();
+    let (abnormal, msg) = condition(&r);
+    assert!(abnormal, "{msg}");
+    assert!(
+        msg.contains("no longer a directory") && msg.contains("Fix"),
+        "{msg}"
+    );
+    std::fs::remove_file(&dir).unwrap();
+
+    // The directory deleted from under it: NOT_FOUND.
+    let (cd, msg) = code(get(&mut c, &vol.volume_id).await);
+    assert_eq!(cd, Code::NotFound, "{msg}");
+
+    // The whole source missing (not mounted on the controller?): abnormal,
+    // not NOT_FOUND, since the volume may come back.
+    let moved = env.path("source-away");
+    std::fs::rename(env.source(), &moved).unwrap();
+    let r = get(&mut c, &vol.volume_id).await.unwrap().into_inner();
+    std::fs::rename(&moved, env.source()).unwrap();
+    let (abnormal, msg) = condition(&r);
+    assert!(abnormal, "{msg}");
+    assert!(
+        msg.contains("does not exist") && msg.contains("Fix"),
+        "{msg}"
+    );
+
+    // An unreachable NFS server: abnormal, not an error.
+    let nfs_id = "v1#nfs#nfs.invalid##/export#pvc-x#delete";
+    let r = get(&mut c, nfs_id).await.unwrap().into_inner();
+    let (abnormal, msg) = condition(&r);
+    assert!(abnormal, "{msg}");
+    assert!(msg.contains("nfs.invalid"), "{msg}");
+
+    // IDs: empty and malformed → INVALID_ARGUMENT; not ours → NOT_FOUND
+    // (the volume does not exist, as csi-sanity expects).
+    let src = env.source().display().to_string();
+    for (id, want) in [
+        (String::new(), Code::InvalidArgument),
+        (
+            format!("v1#file#{src}#../victim#delete"),
+            Code::InvalidArgument,
+        ),
+        (format!("v1#file#{src}#pvc-get"), Code::InvalidArgument),
+        ("reallyfakevolumeid".to_string(), Code::NotFound),
+        (
+            format!("v1#file#{src}#never-created#delete"),
+            Code::NotFound,
+        ),
+    ] {
+        let (cd, msg) = code(get(&mut c, &id).await);
+        assert_eq!(cd, want, "{id}: {msg}");
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -400,4 +401,71 @@ fn full_cache_disk_never_fails_reads() {
         &data[..1 << 20],
         "write with a full cache disk",
     );
+}
+
+fn df(path: &Path) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    let block = st.fragment_size() as u64;
+    (
+        st.blocks() as u64 * block,
+        st.blocks_available() as u64 * block,
+    )
+}
+
+/// `--capacity`: the files already there count; a write, an extending
+/// truncate or a fallocate past the capacity fails with EDQUOT and leaves
+/// the file as it was; deleting frees room; df shows the capacity; a new
+/// capacity set on the root (what NodeExpandVolume does) applies live.
+#[test]
+fn capacity_is_a_quota_with_edquot() {
+    const MIB: usize = 1 << 20;
+    let m = Mount::with_prepare(&["--capacity", "4MiB"], |b| {
+        fs::create_dir(b.join("d")).unwrap();
+        fs::write(b.join("d/old"), pattern(2 * MIB, 1)).unwrap();
+    });
+    // The walk at mount counts the 2 MiB already there.
+    assert!(
+        wait_until(Duration::from_secs(10), || df(m.mnt()).1
+            <= (2 * MIB) as u64),
+        "df: {:?}\n{}",
+        df(m.mnt()),
+        m.log_text()
+    );
+    assert_eq!(df(m.mnt()).0, (4 * MIB) as u64);
+    fs::write(m.m("fits"), pattern(MIB, 2)).unwrap();
+    let err = fs::write(m.m("too-big"), pattern(2 * MIB, 3)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    assert!(!m.b("too-big").exists() || fs::metadata(m.b("too-big")).unwrap().len() == 0);
+    assert_eq!(fs::read(m.m("d/old")).unwrap(), pattern(2 * MIB, 1));
+    // Growing a file past it: the file keeps its content.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.m("fits"))
+        .unwrap();
+    let err = f.set_len(3 * MIB as u64).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    drop(f);
+    assert_eq!(fs::read(m.m("fits")).unwrap(), pattern(MIB, 2));
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.m("fits"))
+        .unwrap();
+    let r = nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        4 * MIB as i64,
+    );
+    assert_eq!(r, Err(nix::errno::Errno::EDQUOT));
+    drop(f);
+    // Deleting makes room at once.
+    fs::remove_file(m.m("d/old")).unwrap();
+    fs::write(m.m("now-fits"), pattern(2 * MIB, 4)).unwrap();
+    assert_eq!(fs::read(m.m("now-fits")).unwrap(), pattern(2 * MIB, 4));
+    // Expansion, live: only root may set it, and a number is required.
+    let set = |value: &str| setxattr(m.mnt(), "user.cachalot.capacity", value.as_bytes());
+    assert_eq!(set("lots").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    set(&(16 * MIB).to_string()).unwrap();
+    assert_eq!(df(m.mnt()).0, (16 * MIB) as u64);
+    fs::write(m.m("after-expansion"), pattern(8 * MIB, 5)).unwrap();
 }

@@ -7,6 +7,7 @@ pub mod local;
 pub mod nfs;
 pub mod owner;
 mod path;
+pub mod quota;
 pub mod s3;
 mod source;
 pub mod timed;
@@ -330,6 +331,15 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn preflight(&self, _id: Identity) -> BackendResult<()> {
         Ok(())
+    }
+
+    /// Change the volume's byte quota while mounted (an expansion): only a
+    /// backend wrapped by [`quota::Quota`] has one.
+    async fn set_capacity(&self, _bytes: u64) -> BackendResult<()> {
+        Err(
+            BackendError::new(ErrorKind::Unsupported, "set capacity", "")
+                .with_cause("this mount has no capacity (mounted without --capacity)"),
+        )
     }
 }
 

@@ -70,7 +70,7 @@ impl ControllerService {
 
     /// Open `location/sub` with the request's secrets (S3 only; other
     /// backends ignore them).
-    async fn open(
+    pub(super) async fn open(
         &self,
         location: &Location,
         sub: &BackendPath,
@@ -92,6 +92,11 @@ impl ControllerService {
         let caps = [
             rpc::Type::CreateDeleteVolume,
             rpc::Type::SingleNodeMultiWriter,
+            // capacity.rs
+            rpc::Type::GetCapacity,
+            // get_volume.rs
+            rpc::Type::GetVolume,
+            rpc::Type::VolumeCondition,
         ];
         ControllerGetCapabilitiesResponse {
             capabilities: caps

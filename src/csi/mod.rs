@@ -4,9 +4,11 @@
 //! message types, so tests can call them without gRPC.
 
 pub mod backend;
+pub mod capacity;
 pub mod caps;
 pub mod controller;
 pub mod errors;
+pub mod get_volume;
 pub mod host;
 pub mod identity;
 pub mod locks;

@@ -170,9 +170,13 @@ impl Controller for ControllerGrpc {
     }
     async fn get_capacity(
         &self,
-        _: Request<GetCapacityRequest>,
+        r: Request<GetCapacityRequest>,
     ) -> Result<Response<GetCapacityResponse>, Status> {
-        unimplemented("GetCapacity")
+        call!(
+            "GetCapacity",
+            "-",
+            self.0.get_capacity(r.into_inner()).await
+        )
     }
     async fn controller_get_capabilities(
         &self,
@@ -210,9 +214,15 @@ impl Controller for ControllerGrpc {
     }
     async fn controller_get_volume(
         &self,
-        _: Request<ControllerGetVolumeRequest>,
+        r: Request<ControllerGetVolumeRequest>,
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
-        unimplemented("ControllerGetVolume")
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!(
+            "ControllerGetVolume",
+            id,
+            self.0.controller_get_volume(r).await
+        )
     }
     async fn controller_modify_volume(
         &self,

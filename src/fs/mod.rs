@@ -50,6 +50,8 @@ const ASSEMBLY_ATTEMPTS: u32 = 10;
 
 /// Extended attribute on the mount root that returns the counters as JSON.
 pub const STATS_XATTR: &str = "user.cachalot.stats";
+/// Set on the root by root: the volume's new capacity in bytes.
+pub const CAPACITY_XATTR: &str = "user.cachalot.capacity";
 
 enum Handle {
     File(Arc<FileHandle>),
@@ -518,6 +520,17 @@ impl CachalotFs {
 
     pub async fn statfs(&self, caller: Caller) -> FsResult<FsStats> {
         Ok(self.backend.statfs(self.identity(caller)).await?)
+    }
+
+    /// A new byte quota for the volume, live (CSI NodeExpandVolume sets
+    /// the root's `user.cachalot.capacity`); root only.
+    pub async fn set_capacity(&self, caller: Caller, bytes: u64) -> FsResult<()> {
+        if caller.uid != 0 {
+            return Err(FsError(libc::EPERM));
+        }
+        self.backend.set_capacity(bytes).await?;
+        tracing::info!(capacity = bytes, "the volume's capacity changed");
+        Ok(())
     }
 
     // ---- passthrough -----------------------------------------------------

@@ -37,7 +37,7 @@ pub use gate::Gate;
 use resent::{already_applied, is_resent, Change};
 
 use crate::backend::AttrChanges;
-use crate::fs::{CachalotFs, OpenMode, CACHED_XATTR, STATS_XATTR};
+use crate::fs::{CachalotFs, OpenMode, CACHED_XATTR, CAPACITY_XATTR, STATS_XATTR};
 
 /// Largest read/write request we ask the kernel for.
 const MAX_IO: u32 = 1024 * 1024;
@@ -656,15 +656,32 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        if ino != INodeNo::ROOT || name != CAPACITY_XATTR {
+            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+            return;
+        }
+        let Some(bytes) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            reply.error(Errno::from_i32(libc::EINVAL));
+            return;
+        };
+        let c = caller(req);
+        self.spawn(move |fs| async move {
+            match fs.set_capacity(c, bytes).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(fs.count_error(e))),
+            }
+        });
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {

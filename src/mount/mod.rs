@@ -55,6 +55,8 @@ pub struct MountOptions {
     pub skip_preflight: bool,
     /// Files to load into the cache in the background once mounted.
     pub warm: Vec<glob::Pattern>,
+    /// The volume's byte quota (see `backend::quota`); `None`: unlimited.
+    pub capacity: Option<u64>,
     /// The session may be handed to another process (the mounter's live
     /// takeover and crash recovery): it reads from one `/dev/fuse`
     /// descriptor, no clones (a clone's unanswered requests die with the
@@ -279,6 +281,38 @@ fn warn_if_quota_exceeds_disk(runtime: &tokio::runtime::Runtime, cache: &VolumeC
     });
 }
 
+/// The backend with the volume's quota, if it has one, its usage measured
+/// in the background. A capacity an expansion set while another process
+/// served the session (kept in its journal directory) wins over the one
+/// the volume was created with.
+fn with_capacity(
+    runtime: &tokio::runtime::Runtime,
+    backend: Arc<dyn Backend>,
+    opts: &MountOptions,
+) -> Arc<dyn Backend> {
+    let Some(created_with) = opts.capacity else {
+        return backend;
+    };
+    let kept_in = opts.journal_dir.as_ref().map(|d| d.join("capacity"));
+    let capacity = kept_in
+        .as_deref()
+        .and_then(crate::backend::quota::kept_capacity)
+        .unwrap_or(created_with);
+    let (backend, state) = crate::backend::quota::Quota::wrap(backend, capacity, kept_in);
+    let id = opts.identity.clone().unwrap_or_else(|| {
+        crate::backend::Identity::new(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    runtime.spawn(crate::backend::quota::keep_walking(
+        Arc::downgrade(&backend),
+        state,
+        id,
+    ));
+    backend
+}
+
 /// What runs beside a serving session, started (again, after a takeover)
 /// once it serves.
 struct Companions {
@@ -324,6 +358,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         })
         .with_context(|| format!("mounting {}", opts.source))?;
     let (backend, backend_stats) = Timed::wrap(backend);
+    let backend = with_capacity(&runtime, backend, &opts);
     let cache = open_cache(&opts, backend.as_ref())?;
     warn_if_quota_exceeds_disk(&runtime, &cache);
     let fs = runtime.block_on(CachalotFs::new(
@@ -409,6 +444,7 @@ pub fn resume(
         .block_on(backend_for(&opts))
         .with_context(|| format!("connecting to {}", opts.source))?;
     let (backend, backend_stats) = Timed::wrap(backend);
+    let backend = with_capacity(&runtime, backend, &opts);
     let cache = open_cache(&opts, backend.as_ref())?;
     let fs = runtime
         .block_on(CachalotFs::restore(

@@ -234,6 +234,25 @@ pub fn getxattr(path: &Path, name: &str) -> io::Result<Vec<u8>> {
 }
 
 /// Get one counter from a stats JSON object; panics with the JSON if absent.
+pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 pub fn stat_u64(stats: &serde_json::Value, key: &str) -> u64 {
     stats
         .get(key)

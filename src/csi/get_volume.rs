@@ -1,0 +1,201 @@
+//! ControllerGetVolume: whether a volume's directory (S3: prefix) still
+//! exists, and its condition as the controller sees it.
+//!
+//! The volume ID carries the location and the sub-path, so no state is
+//! read. The answer is NOT_FOUND only when the directory is gone from a
+//! source that is still there; a source the controller cannot reach, or a
+//! directory that is no longer a directory, is an abnormal condition (the
+//! volume may well come back), never an error. The request carries no
+//! secrets: S3 volumes are checked with the plugin's own credentials (its
+//! `AWS_*` environment), and when it has none, or they may not read the
+//! bucket, the condition is reported as not checked (`abnormal: false`).
+//!
+//! `capacity_bytes` is 0 (unknown: file-backed volumes have no quota) and
+//! `published_node_ids` is empty: there is no ControllerPublish, so the
+//! controller does not know which nodes use a volume.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+
+use super::controller::ControllerService;
+use super::errors::missing;
+use super::params::Location;
+use super::proto::controller_get_volume_response::VolumeStatus;
+use super::proto::{
+    ControllerGetVolumeRequest, ControllerGetVolumeResponse, Volume, VolumeCondition,
+};
+use super::volume_id::{VolumeId, VolumeIdError};
+use crate::backend::{BackendError, BackendPath, ErrorKind, FileKind, Identity};
+
+const ROOT: Identity = Identity::new(0, 0);
+
+/// What the controller found out about a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    Normal(String),
+    Abnormal(String),
+    /// Could not be checked for a reason that says nothing about the volume
+    /// (S3 without usable controller credentials).
+    Unchecked(String),
+    /// The directory is gone from a source that is still there.
+    Gone(String),
+}
+
+fn is_s3(location: &Location) -> bool {
+    matches!(location, Location::S3 { .. })
+}
+
+/// S3 refusing the controller's own credentials: says nothing about the
+/// volume, which is used with the node-stage secret.
+fn s3_credentials_refused(location: &Location, e: &BackendError) -> bool {
+    is_s3(location)
+        && (matches!(
+            e.kind,
+            ErrorKind::PermissionDenied | ErrorKind::NotPermitted
+        ) || e.to_string().contains("S3 credentials are wrong"))
+}
+
+fn unchecked_s3(why: &str) -> Health {
+    Health::Unchecked(format!(
+        "condition not checked: ControllerGetVolume carries no secrets and {why}. Fix (to \
+         have S3 volumes checked): give the controller credentials that may list the bucket \
+         (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment)"
+    ))
+}
+
+/// The condition of a backend error met while checking `what`.
+fn failed(location: &Location, what: &str, e: &BackendError) -> Health {
+    if s3_credentials_refused(location, e) {
+        return unchecked_s3(&format!(
+            "the controller's own credentials were refused ({e})"
+        ));
+    }
+    Health::Abnormal(match e.kind {
+        ErrorKind::Unavailable | ErrorKind::Stale => format!(
+            "the controller cannot reach {location}: {e}. Fix: check that the storage is up and \
+             reachable from the controller; the volume's data is untouched"
+        ),
+        ErrorKind::PermissionDenied | ErrorKind::NotPermitted => format!(
+            "the controller may not read {what}: {e}. Fix: give the plugin read access to the \
+             source (NFS: a root_squash export maps root to nobody; the directories above the \
+             volume must be searchable by others)"
+        ),
+        ErrorKind::NotADirectory => format!(
+            "{what} is no longer a directory: {e}. Fix: a file is in the way of the volume \
+             directory; move it away and restore the directory, or delete the volume"
+        ),
+        _ => format!("checking {what} failed: {e}"),
+    })
+}
+
+/// Look at the volume's directory in its source.
+async fn check(service: &ControllerService, id: &VolumeId) -> Health {
+    let location = &id.location;
+    let backend = match service
+        .open(location, &BackendPath::root(), &HashMap::new())
+        .await
+    {
+        Ok(b) => b,
+        // S3 without ambient credentials (the volume's are in a Secret).
+        Err(s) if is_s3(location) && s.code() == Code::FailedPrecondition => {
+            return unchecked_s3("the controller has no S3 credentials of its own");
+        }
+        Err(s) => {
+            return Health::Abnormal(format!(
+                "the controller cannot open {location}: {}",
+                s.message()
+            ))
+        }
+    };
+    let dir = if id.sub.is_root() {
+        format!("source {location}")
+    } else {
+        format!("volume directory {} in {location}", id.sub)
+    };
+    match backend.stat(ROOT, &id.sub).await {
+        Ok(m) if m.kind == FileKind::Directory => {
+            Health::Normal(format!("{dir} exists and is reachable"))
+        }
+        Ok(m) => Health::Abnormal(format!(
+            "{dir} is no longer a directory (a {:?} is in its place). Fix: move it away and \
+             restore the directory, or delete the volume",
+            m.kind
+        )),
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            source_gone_or_volume_gone(&*backend, id, &dir).await
+        }
+        Err(e) => failed(location, &dir, &e),
+    }
+}
+
+/// The volume's directory is missing: NOT_FOUND if its source is there,
+/// abnormal if the source itself is missing (not mounted on the
+/// controller, say): the volume may come back.
+async fn source_gone_or_volume_gone(
+    backend: &dyn crate::backend::Backend,
+    id: &VolumeId,
+    dir: &str,
+) -> Health {
+    let location = &id.location;
+    if id.sub.is_root() {
+        return Health::Abnormal(format!(
+            "{dir} does not exist. Fix: create it (or mount the storage there on the \
+             controller) or correct the PersistentVolume"
+        ));
+    }
+    match backend.stat(ROOT, &BackendPath::root()).await {
+        Ok(m) if m.kind == FileKind::Directory => Health::Gone(format!("{dir} does not exist")),
+        Ok(_) => Health::Abnormal(format!(
+            "source {location} is not a directory. Fix: point the StorageClass source at a \
+             directory"
+        )),
+        Err(e) if e.kind == ErrorKind::NotFound => Health::Abnormal(format!(
+            "source {location} of {dir} does not exist. Fix: create it (or mount the storage \
+             there on the controller) or correct the StorageClass"
+        )),
+        Err(e) => failed(location, &format!("source {location}"), &e),
+    }
+}
+
+impl ControllerService {
+    pub async fn controller_get_volume(
+        &self,
+        req: ControllerGetVolumeRequest,
+    ) -> Result<ControllerGetVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        let id = match VolumeId::decode(&req.volume_id) {
+            Ok(id) => id,
+            Err(VolumeIdError::Foreign) => {
+                return Err(Status::not_found(format!(
+                    "volume {} does not exist (not issued by this driver)",
+                    req.volume_id
+                )))
+            }
+            Err(e) => return Err(Status::invalid_argument(e.to_string())),
+        };
+        let (abnormal, message) = match check(self, &id).await {
+            Health::Gone(why) => return Err(Status::not_found(why)),
+            Health::Normal(m) | Health::Unchecked(m) => (false, m),
+            Health::Abnormal(m) => {
+                tracing::warn!(volume_id = %req.volume_id, condition = %m, "volume abnormal");
+                (true, m)
+            }
+        };
+        Ok(ControllerGetVolumeResponse {
+            volume: Some(Volume {
+                capacity_bytes: 0,
+                volume_id: req.volume_id,
+                volume_context: HashMap::new(),
+                content_source: None,
+                accessible_topology: Vec::new(),
+            }),
+            status: Some(VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(VolumeCondition { abnormal, message }),
+            }),
+        })
+    }
+}
