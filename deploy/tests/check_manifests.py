@@ -1286,6 +1286,8 @@ def dashboard_variables(d, where):
     q = q.get("query") if isinstance(q, dict) else q
     need(re.fullmatch(r"label_values\(\s*cachalot_\w+\s*,\s*volume\s*\)", q or ""),
          f"{where}: volume variable query {q!r}, want label_values(<a cachalot metric>, volume)")
+    need(vol.get("definition", q) == q,
+         f"{where}: volume variable: definition {vol.get('definition')!r} != query {q!r}")
     need(vol.get("includeAll") and vol.get("multi"), f"{where}: volume variable: multi + All")
     return vs, q
 
@@ -1319,6 +1321,38 @@ def check_dashboard(root):
     missing = DASHBOARD_MUST_USE - used
     need(not missing, f"{where}: no panel queries {sorted(missing)} (docs/deploy.md lists "
                       "those panels)")
+
+
+def dashboard_exprs(root):
+    with open(os.path.join(root, "deploy/grafana/cachalot.json"), encoding="utf-8") as f:
+        d = json.load(f)
+    return [(p["title"], t["refId"], t["expr"]) for p in all_panels(d.get("panels", []))
+            for t in p.get("targets") or [] if t.get("expr")]
+
+
+def check_dashboard_promtool(root):
+    """Cross-check: Prometheus's own parser (promtool check rules) accepts
+    every query, Grafana variables replaced by values. Optional, like
+    kubectl: run when promtool is on PATH (Debian package prometheus)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        print("info promtool not on PATH: dashboard queries not parsed by Prometheus")
+        return
+    exprs = dashboard_exprs(root)
+    rules = []
+    for i, (_, _, e) in enumerate(exprs):
+        e = re.sub(r"\$\{?__(rate_)?interval\}?", "5m", e)
+        rules.append({"record": f"dashboard:query_{i}", "expr": re.sub(r"\$\{?\w+\}?", ".*", e)})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rules.yml")
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+        out = subprocess.run([promtool, "check", "rules", path], capture_output=True, text=True,
+                             timeout=60)
+    text = out.stdout + out.stderr
+    bad = [f"panel {t!r} query {r}: " + re.search(rf'"dashboard:query_{i}": (.*)', text).group(1)
+           for i, (t, r, _) in enumerate(exprs) if re.search(rf'"dashboard:query_{i}"', text)]
+    need(out.returncode == 0, f"promtool rejects the dashboard's queries: {bad or text.strip()}")
 
 
 # --------------------------------------------------------------------------
@@ -1590,6 +1624,7 @@ def main():
     r.check("helm: metrics values (port, disabled, PodMonitor)", check_helm_metrics, cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
     r.check("grafana: dashboard (JSON, datasource, variables, README metrics)", check_dashboard, ROOT)
+    r.check("grafana: queries parse with promtool", check_dashboard_promtool, ROOT)
     r.check("docker: Dockerfile", check_dockerfile, ROOT)
     r.check("docker: .dockerignore", check_dockerignore, ROOT)
 
