@@ -1081,3 +1081,138 @@ async fn a_warm_attribute_loads_the_volume_at_stage_and_unstage_stops_it() {
     assert!(logs.contains("warm-up stopped (unmounting)"), "{logs}");
     assert!(!logs.contains("detaching lazily"), "{logs}");
 }
+
+/// The PVC size is a quota: a write past it fails with EDQUOT and loses
+/// nothing; NodeGetVolumeStats reports the volume, not the backing disk;
+/// ControllerExpandVolume + NodeExpandVolume raise it while the pod writes,
+/// and the raised capacity survives a mounter takeover and a repeated
+/// NodeStage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_is_enforced_and_expands_live() {
+    use cachalot::csi::proto::*;
+    common::require_root_and_fuse();
+    const MIB: i64 = 1 << 20;
+    let mut env = Env::with_mounter();
+    let mut c = env.clients().await;
+    let mut req = create_req("pvc-quota", params(&[("source", &env.source_url())]));
+    req.capacity_range = Some(CapacityRange {
+        required_bytes: 2 * MIB,
+        limit_bytes: 0,
+    });
+    let vol = c
+        .controller
+        .create_volume(req)
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(vol.capacity_bytes, 2 * MIB);
+    let staging = env.staging("quota");
+    let target = env.target("pod-quota");
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .expect("NodeStage");
+    c.node
+        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .await
+        .expect("NodePublish");
+    let kept = vec![9u8; MIB as usize];
+    std::fs::write(target.join("kept"), &kept).unwrap();
+    let err = std::fs::write(target.join("big"), vec![1u8; 2 * MIB as usize]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    assert_eq!(std::fs::read(target.join("kept")).unwrap(), kept);
+    let total = |stats: NodeGetVolumeStatsResponse| {
+        stats
+            .usage
+            .iter()
+            .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+            .map(|u| u.total)
+            .expect("byte usage")
+    };
+    let stats_req = NodeGetVolumeStatsRequest {
+        volume_id: vol.volume_id.clone(),
+        volume_path: target.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_req.clone())
+        .await
+        .unwrap();
+    assert_eq!(total(stats.into_inner()), 2 * MIB);
+
+    let expand = |bytes: i64| CapacityRange {
+        required_bytes: bytes,
+        limit_bytes: 0,
+    };
+    let answer = c
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            capacity_range: Some(expand(8 * MIB)),
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerExpandVolume")
+        .into_inner();
+    assert!(answer.node_expansion_required);
+    assert_eq!(answer.capacity_bytes, 8 * MIB);
+    let node_answer = c
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(expand(8 * MIB)),
+            ..Default::default()
+        })
+        .await
+        .expect("NodeExpandVolume")
+        .into_inner();
+    assert_eq!(node_answer.capacity_bytes, 8 * MIB);
+    std::fs::write(target.join("big"), vec![1u8; 4 * MIB as usize]).unwrap();
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_req.clone())
+        .await
+        .unwrap();
+    assert_eq!(total(stats.into_inner()), 8 * MIB);
+
+    // A successor serves the volume with the expanded capacity.
+    let predecessor = env.mounter.take().expect("a mounter runs");
+    env.mounter = Some(env.start_mounter());
+    env.wait_for_takeover();
+    let _ = predecessor.wait_exit(Duration::from_secs(30));
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_req.clone())
+        .await
+        .unwrap();
+    assert_eq!(total(stats.into_inner()), 8 * MIB, "{}", env.mounter_logs());
+    let err = std::fs::write(target.join("too-big"), vec![1u8; 4 * MIB as usize]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    // The kubelet staging again with the volume's original context is fine.
+    c.node
+        .node_stage_volume(stage_req(&vol, &staging))
+        .await
+        .expect("NodeStage again after the expansion");
+    // Unknown paths and volumes are NOT_FOUND.
+    let mut wrong = NodeExpandVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        volume_path: env.path("nowhere").display().to_string(),
+        capacity_range: Some(expand(16 * MIB)),
+        ..Default::default()
+    };
+    let code = c
+        .node
+        .node_expand_volume(wrong.clone())
+        .await
+        .unwrap_err()
+        .code();
+    assert_eq!(code, tonic::Code::NotFound);
+    wrong.volume_path = target.display().to_string();
+    wrong.capacity_range = None;
+    let code = c.node.node_expand_volume(wrong).await.unwrap_err().code();
+    assert_eq!(code, tonic::Code::InvalidArgument);
+}

@@ -37,8 +37,8 @@ fn digest(params: &std::collections::HashMap<String, String>) -> String {
     blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
 }
 
-/// Requested capacity: file-backed volumes have no quota, so we report what
-/// was asked for (like csi-driver-nfs).
+/// Requested capacity: required_bytes, else limit_bytes (0: none). It
+/// becomes the volume's quota, enforced by the mount (`backend::quota`).
 fn capacity(range: Option<&CapacityRange>) -> Result<i64, Status> {
     let Some(r) = range else { return Ok(0) };
     if r.required_bytes < 0 || r.limit_bytes < 0 {
@@ -97,6 +97,7 @@ impl ControllerService {
             // get_volume.rs
             rpc::Type::GetVolume,
             rpc::Type::VolumeCondition,
+            rpc::Type::ExpandVolume,
         ];
         ControllerGetCapabilitiesResponse {
             capabilities: caps
@@ -170,7 +171,10 @@ impl ControllerService {
                 params_digest,
             })
             .map_err(|e| Status::internal(format!("recording volume {}: {e}", req.name)))?;
-        tracing::info!(name = %req.name, %volume_id, "volume created");
+        tracing::info!(name = %req.name, %volume_id, capacity_bytes, "volume created");
+        let mut params = params;
+        // The PVC size is the volume's quota (0: none asked, none kept).
+        params.cache.capacity = u64::try_from(capacity_bytes).ok().filter(|c| *c > 0);
         Ok(CreateVolumeResponse {
             volume: Some(Volume {
                 capacity_bytes,
@@ -179,6 +183,34 @@ impl ControllerService {
                 content_source: None,
                 accessible_topology: Vec::new(),
             }),
+        })
+    }
+
+    /// The new capacity becomes the volume's quota where it is mounted:
+    /// NodeExpandVolume applies it live (node expansion is required; the
+    /// volume stays in use).
+    pub async fn expand_volume(
+        &self,
+        req: ControllerExpandVolumeRequest,
+    ) -> Result<ControllerExpandVolumeResponse, Status> {
+        if req.volume_id.is_empty() {
+            return Err(missing("volume_id"));
+        }
+        VolumeId::decode(&req.volume_id).map_err(|e| match e {
+            VolumeIdError::Foreign => Status::not_found(format!(
+                "volume {} does not exist (not issued by this driver)",
+                req.volume_id
+            )),
+            e => Status::invalid_argument(e.to_string()),
+        })?;
+        let capacity_bytes = capacity(req.capacity_range.as_ref())?;
+        if capacity_bytes == 0 {
+            return Err(missing("capacity_range"));
+        }
+        tracing::info!(volume_id = %req.volume_id, capacity_bytes, "volume expansion accepted");
+        Ok(ControllerExpandVolumeResponse {
+            capacity_bytes,
+            node_expansion_required: true,
         })
     }
 

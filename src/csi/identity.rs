@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use tonic::Status;
 
-use super::proto::plugin_capability::{service, Service, Type as CapType};
+use super::proto::plugin_capability::{
+    service, volume_expansion, Service, Type as CapType, VolumeExpansion,
+};
 use super::proto::*;
 use super::state::StateDir;
 use super::{DRIVER_NAME, DRIVER_VERSION};
@@ -34,6 +36,13 @@ impl IdentityService {
                 })),
             });
         }
+        // Expansion while the volume is in use (NodeExpandVolume raises the
+        // mount's quota live).
+        capabilities.push(PluginCapability {
+            r#type: Some(CapType::VolumeExpansion(VolumeExpansion {
+                r#type: volume_expansion::Type::Online as i32,
+            })),
+        });
         GetPluginCapabilitiesResponse { capabilities }
     }
 

@@ -208,9 +208,11 @@ impl Controller for ControllerGrpc {
     }
     async fn controller_expand_volume(
         &self,
-        _: Request<ControllerExpandVolumeRequest>,
+        r: Request<ControllerExpandVolumeRequest>,
     ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
-        unimplemented("ControllerExpandVolume")
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("ControllerExpandVolume", id, self.0.expand_volume(r).await)
     }
     async fn controller_get_volume(
         &self,
@@ -276,9 +278,11 @@ impl Node for NodeGrpc {
     }
     async fn node_expand_volume(
         &self,
-        _: Request<NodeExpandVolumeRequest>,
+        r: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
-        unimplemented("NodeExpandVolume")
+        let r = r.into_inner();
+        let id = r.volume_id.clone();
+        call!("NodeExpandVolume", id, self.0.expand_volume(r).await)
     }
     async fn node_get_capabilities(
         &self,

@@ -396,6 +396,9 @@ impl CachalotFs {
                 // The kernel may hold pages of the data that was never
                 // published.
                 self.invalidate_kernel(ino);
+                if session.is_new() {
+                    self.forget_unpublished_name(ino);
+                }
                 self.counters
                     .publish_failures
                     .fetch_add(1, Ordering::Relaxed);
@@ -404,6 +407,21 @@ impl CachalotFs {
                 Err(e)
             }
         }
+    }
+
+    /// A new file whose first publish failed never existed in the backend:
+    /// its name goes, so that a retry creates it afresh instead of finding
+    /// a name with nothing behind it (ENOENT). What the name held before a
+    /// rename over it is still there and is looked up again.
+    fn forget_unpublished_name(&self, ino: u64) {
+        let mut table = self.inodes.lock();
+        let Ok(inode) = table.get(ino) else { return };
+        if !inode.attached {
+            return;
+        }
+        let (parent, name) = (inode.parent, inode.name.clone());
+        self.invalidate_kernel_entry(&table, ino);
+        table.detach(parent, &name);
     }
 
     /// close(2) of one descriptor: publish what this handle wrote.

@@ -35,6 +35,9 @@ pub struct MountSpec {
     /// Globs of the files to warm up in the background once mounted.
     #[serde(default)]
     pub warm: Vec<String>,
+    /// The volume's byte quota.
+    #[serde(default)]
+    pub capacity: Option<u64>,
 }
 
 impl MountSpec {
@@ -60,6 +63,7 @@ impl MountSpec {
             s3_endpoint: None,
             s3_region: None,
             warm: cache.warm.clone(),
+            capacity: cache.capacity,
         }
     }
 
@@ -105,6 +109,9 @@ impl MountSpec {
         }
         if let Some(r) = &self.s3_region {
             a.extend(["--region".into(), r.clone()]);
+        }
+        if let Some(v) = self.capacity {
+            a.extend(["--capacity".into(), v.to_string()]);
         }
         for glob in &self.warm {
             // `=`: a glob may start with a dash.

@@ -26,6 +26,8 @@ use super::volume_id::{VolumeId, VolumeIdError};
 use crate::backend::Source;
 use crate::mounter::protocol::VolumeNames;
 
+mod expand;
+
 pub struct NodeService {
     node_id: String,
     cache_dir: PathBuf,
@@ -163,6 +165,7 @@ impl NodeService {
             rpc::Type::VolumeCondition,
             rpc::Type::SingleNodeMultiWriter,
             rpc::Type::VolumeMountGroup,
+            rpc::Type::ExpandVolume,
         ];
         NodeGetCapabilitiesResponse {
             capabilities: caps
@@ -210,7 +213,7 @@ impl NodeService {
     fn stage_blocking(
         &self,
         volume_id: &str,
-        spec: MountSpec,
+        mut spec: MountSpec,
         creds: Option<&S3Credentials>,
         names: VolumeNames,
     ) -> Result<(), Status> {
@@ -220,6 +223,9 @@ impl NodeService {
             .map_err(|e| Status::internal(format!("reading the stage record: {e}")))?;
         let mut targets = Default::default();
         if let Some(rec) = previous {
+            // An expansion (expand.rs) recorded a capacity larger than the
+            // one the volume was created with, which the context still has.
+            spec.capacity = spec.capacity.max(rec.spec.capacity);
             let healthy = self.mounts.health(&rec.staging_path) == Health::Healthy;
             if rec.staging_path != spec.staging && healthy {
                 return Err(Status::already_exists(format!(

@@ -55,6 +55,7 @@ const STORAGE_CLASS_KEYS: &[&str] = &[
 ];
 
 const CONTEXT_KEYS: &[&str] = &[
+    "capacity",
     "cacheSize",
     "pageSize",
     "metadataTTL",
@@ -174,6 +175,10 @@ pub struct CacheKnobs {
     pub read_only: bool,
     /// Globs of the files NodeStage warms up in the background.
     pub warm: Vec<String>,
+    /// The volume's byte quota: the PVC size of a provisioned volume (set
+    /// by CreateVolume, not a StorageClass parameter), or a static PV's
+    /// `capacity` attribute.
+    pub capacity: Option<u64>,
 }
 
 impl CacheKnobs {
@@ -194,6 +199,9 @@ impl CacheKnobs {
         if !self.warm.is_empty() {
             ctx.insert("warm".into(), self.warm.join(","));
         }
+        if let Some(v) = self.capacity {
+            ctx.insert("capacity".into(), v.to_string());
+        }
     }
 
     /// Returns false when `key` is not a cache knob.
@@ -207,6 +215,7 @@ impl CacheKnobs {
             }
             "readOnly" => self.read_only = parse_bool(key, value)?,
             "warm" => self.warm = parse_globs(value).map_err(named)?,
+            "capacity" => self.capacity = Some(crate::cli::parse_size(value).map_err(named)?),
             _ => return Ok(false),
         }
         Ok(true)
