@@ -1,6 +1,8 @@
-//! Offline checks of the deployment files: the kustomize base, the examples,
-//! the Helm chart and the Dockerfile, through `deploy/tests/check_manifests.py`
-//! (schemas from `kubernetes-validate`, Helm rendering from `helm-python-sdk`).
+//! Offline checks of the deployment files: the kustomize base, the example
+//! overlay, the examples, the Helm chart, the Grafana dashboard and the
+//! Dockerfile, through `deploy/tests/check_manifests.py` (schemas from
+//! `kubernetes-validate`, Helm rendering from `helm-python-sdk`); and
+//! `scripts/image.sh`, run with fake docker/podman/kind/minikube commands.
 //!
 //! Nothing is skipped: without python3 or its packages the tests fail and say
 //! to run `scripts/install-deploy-deps.sh`. Each negative test copies the files
@@ -63,6 +65,7 @@ fn scratch_copy() -> tempfile::TempDir {
         "Dockerfile",
         ".dockerignore",
         "Cargo.toml",
+        "README.md",
         "src/csi/params/mod.rs",
     ] {
         fs::copy(src.join(f), dir.path().join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
@@ -100,7 +103,7 @@ fn deploy_files_pass_every_check() {
     assert!(!out.contains("FAIL "), "{out}");
     // every check ran (a check silently dropped from the checker fails here)
     let oks = out.lines().filter(|l| l.starts_with("ok   ")).count();
-    assert!(oks >= 17, "only {oks} checks ran:\n{out}");
+    assert!(oks >= 25, "only {oks} checks ran:\n{out}");
 }
 
 #[test]
@@ -229,4 +232,297 @@ fn checker_catches_wrong_binary_path_in_dockerfile() {
         "/src/target/debug/cachalot",
     );
     assert_caught(dir.path(), "docker: Dockerfile", "target/release/cachalot");
+}
+
+#[test]
+fn checker_catches_unknown_dashboard_metric() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/grafana/cachalot.json",
+        "sum by (errno) (rate(cachalot_errors_total{",
+        "sum by (errno) (rate(cachalot_errnos_total{",
+    );
+    assert_caught(
+        dir.path(),
+        "grafana: dashboard",
+        "cachalot_errnos_total is not a metric of README.md's Metrics section",
+    );
+}
+
+#[test]
+fn checker_catches_dashboard_that_is_not_json() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/grafana/cachalot.json",
+        "\"uid\": \"cachalot\",",
+        "\"uid\": \"cachalot\",,",
+    );
+    assert_caught(dir.path(), "grafana: dashboard", "not valid JSON");
+}
+
+#[test]
+fn checker_catches_renamed_metrics_port_for_the_podmonitor() {
+    let dir = scratch_copy();
+    // the node plugin's port keeps its number but loses the name the
+    // PodMonitor scrapes
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/node.yaml",
+        "            - name: metrics\n",
+        "            - name: prometheus\n",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: PodMonitor scrapes the base's pods",
+        "port 'metrics' is not a containerPort of the node plugin pods",
+    );
+}
+
+#[test]
+fn checker_catches_chart_podmonitor_on_a_port_the_pods_lack() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/podmonitor.yaml",
+        "    - port: metrics",
+        "    - port: http-metrics",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: metrics values",
+        "port 'http-metrics' is not a containerPort",
+    );
+}
+
+#[test]
+fn checker_catches_metrics_flag_without_port() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/mounter.yaml",
+        "          ports:\n            - name: metrics\n              containerPort: 9810\n              protocol: TCP\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "no containerPort named 'metrics'",
+    );
+}
+
+#[test]
+fn checker_catches_chart_image_repository_not_required() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/values.yaml",
+        "  repository: \"\"",
+        "  repository: cachalot",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: image.repository required",
+        "there is no public image",
+    );
+}
+
+#[test]
+fn checker_catches_overlay_that_keeps_the_image() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/overlays/example/kustomization.yaml",
+        "  - name: cachalot ",
+        "  - name: cachalot-csi ",
+    );
+    assert_caught(
+        dir.path(),
+        "overlay: example replaces the image",
+        "no images entry with name 'cachalot'",
+    );
+}
+
+// --------------------------------------------------------------------------
+// scripts/image.sh, with fake engines (nothing is built or pushed)
+// --------------------------------------------------------------------------
+
+/// The bash of this machine (absolute: the script runs with a PATH that
+/// holds only the fakes).
+fn bash() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("bash"))
+        .find(|p| p.is_file())
+        .expect("bash on PATH")
+}
+
+/// A directory for PATH holding fake commands that append `NAME ARGS` to
+/// `log`; `failing` ones exit 1 after logging.
+fn fake_bin(names: &[&str], failing: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let bin = dir.path().join("bin");
+    fs::create_dir(&bin).expect("mkdir bin");
+    for name in names {
+        let status = if failing.contains(name) { 1 } else { 0 };
+        let body = format!(
+            "#!{}\necho \"{name} $*\" >> \"{}\"\nexit {status}\n",
+            bash().display(),
+            log.display()
+        );
+        // written by a child process: this test process never holds a
+        // writable descriptor of a file that is executed (ETXTBSY when a
+        // concurrent test forks meanwhile)
+        let path = bin.join(name);
+        let ok = Command::new(bash())
+            .arg("-c")
+            .arg("printf '%s' \"$1\" > \"$2\"")
+            .arg("write-fake")
+            .arg(&body)
+            .arg(&path)
+            .status()
+            .expect("write fake")
+            .success();
+        assert!(ok, "cannot write {}", path.display());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod fake");
+    }
+    (dir, bin)
+}
+
+/// Runs scripts/image.sh with PATH = `path_dir` only; (exit code, stdout +
+/// stderr, the fakes' log lines).
+fn run_image_sh(path_dir: &Path, args: &[&str]) -> (i32, String, Vec<String>) {
+    let out = Command::new(bash())
+        .arg(repo().join("scripts/image.sh"))
+        .args(args)
+        .env_clear()
+        .env("PATH", path_dir)
+        .env("TMPDIR", path_dir)
+        .output()
+        .expect("run scripts/image.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fs::read_to_string(path_dir.parent().expect("parent").join("log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (out.status.code().unwrap_or(-1), text, log)
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[test]
+fn image_script_help_exits_zero() {
+    let out = Command::new(bash())
+        .arg(repo().join("scripts/image.sh"))
+        .arg("--help")
+        .output()
+        .expect("run scripts/image.sh --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "--help failed: {out:?}");
+    for word in [
+        "Usage:",
+        "--kind CLUSTER",
+        "--minikube",
+        "--push",
+        "--name",
+        "--tag",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+}
+
+#[test]
+fn image_script_without_docker_or_podman_fails_naming_both() {
+    let (_dir, bin) = fake_bin(&["kind", "minikube"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--kind", "dev"]);
+    assert_ne!(code, 0, "succeeded without an engine:\n{text}");
+    assert!(
+        text.contains("docker") && text.contains("podman"),
+        "the message names neither docker nor podman:\n{text}"
+    );
+    assert!(log.is_empty(), "ran {log:?}");
+}
+
+#[test]
+fn image_script_builds_the_base_image_and_loads_it_with_docker() {
+    let (_dir, bin) = fake_bin(&["docker", "podman", "kind", "minikube"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--kind", "dev", "--minikube"]);
+    assert_eq!(code, 0, "{text}");
+    // the default name and tag are the kustomize base's image (the checker
+    // holds the base to cachalot:<Cargo.toml version>)
+    let image = format!("cachalot:{VERSION}");
+    assert_eq!(
+        log,
+        [
+            format!("docker build -t {image} {}", repo().display()),
+            format!("kind load docker-image {image} --name dev"),
+            format!("minikube image load {image}"),
+        ]
+    );
+}
+
+#[test]
+fn image_script_with_podman_builds_the_name_kubernetes_pulls() {
+    let (_dir, bin) = fake_bin(&["podman", "kind"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--kind=dev", "--tag", "1.2.3"]);
+    assert_eq!(code, 0, "{text}");
+    let archive = format!("{}/cachalot-image-", bin.display());
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(
+        log[0],
+        format!(
+            "podman build -t docker.io/library/cachalot:1.2.3 {}",
+            repo().display()
+        )
+    );
+    assert!(
+        log[1].starts_with(&format!("podman save -o {archive}"))
+            && log[1].ends_with(" docker.io/library/cachalot:1.2.3"),
+        "{log:?}"
+    );
+    assert!(
+        log[2].starts_with(&format!("kind load image-archive {archive}"))
+            && log[2].ends_with(" --name dev"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn image_script_pushes_only_to_a_registry() {
+    let (_dir, bin) = fake_bin(&["docker"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--push"]);
+    assert_ne!(code, 0, "pushed cachalot to Docker Hub's library:\n{text}");
+    assert!(
+        text.contains("--push needs --name with a registry"),
+        "{text}"
+    );
+    assert!(log.is_empty(), "ran {log:?}");
+
+    let name = "registry.example.com:5000/team/cachalot";
+    let (code, text, log) = run_image_sh(&bin, &["--name", name, "--push"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        log,
+        [
+            format!("docker build -t {name}:{VERSION} {}", repo().display()),
+            format!("docker push {name}:{VERSION}"),
+        ]
+    );
+}
+
+#[test]
+fn image_script_stops_when_the_build_fails() {
+    let (_dir, bin) = fake_bin(&["docker", "kind"], &["docker"]);
+    let (code, text, log) = run_image_sh(&bin, &["--kind", "dev"]);
+    assert_ne!(code, 0, "{text}");
+    assert_eq!(log.len(), 1, "loaded after a failed build: {log:?}");
+    assert!(log[0].starts_with("docker build "), "{log:?}");
 }
