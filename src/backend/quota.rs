@@ -176,7 +176,7 @@ pub async fn keep_walking(
         let changed_before = s.changed.load(Ordering::Relaxed);
         drop(s);
         let Some(b) = backend.upgrade() else { return };
-        let walked = walk(b.as_ref(), id.clone()).await;
+        let walked = walk(b.as_ref(), id).await;
         drop(b);
         let took = started.elapsed();
         let Some(s) = state.upgrade() else { return };
@@ -209,7 +209,7 @@ async fn walk(backend: &dyn Backend, id: Identity) -> BackendResult<u64> {
     let mut total = 0u64;
     let mut dirs = vec![BackendPath::root()];
     while let Some(dir) = dirs.pop() {
-        let entries = match backend.list(id.clone(), &dir).await {
+        let entries = match backend.list(id, &dir).await {
             Ok(entries) => entries,
             // Removed while walking.
             Err(e) if e.kind == ErrorKind::NotFound => continue,

@@ -299,7 +299,7 @@ fn with_capacity(
         .and_then(crate::backend::quota::kept_capacity)
         .unwrap_or(created_with);
     let (backend, state) = crate::backend::quota::Quota::wrap(backend, capacity, kept_in);
-    let id = opts.identity.clone().unwrap_or_else(|| {
+    let id = opts.identity.unwrap_or_else(|| {
         crate::backend::Identity::new(
             nix::unistd::geteuid().as_raw(),
             nix::unistd::getegid().as_raw(),
