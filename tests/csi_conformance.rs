@@ -970,7 +970,7 @@ async fn controller_get_volume_condition_and_codes() {
     let r = get(&mut c, nfs_id).await.unwrap().into_inner();
     let (abnormal, msg) = condition(&r);
     assert!(abnormal, "{msg}");
-    assert!(msg.contains("nfs.invalid"), "{msg}");
+    assert!(msg.contains("nfs.invalid") && msg.contains("Fix"), "{msg}");
 
     // IDs: empty and malformed → INVALID_ARGUMENT; not ours → NOT_FOUND
     // (the volume does not exist, as csi-sanity expects).

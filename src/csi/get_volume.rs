@@ -10,8 +10,8 @@
 //! `AWS_*` environment), and when it has none, or they may not read the
 //! bucket, the condition is reported as not checked (`abnormal: false`).
 //!
-//! `capacity_bytes` is 0 (unknown: file-backed volumes have no quota) and
-//! `published_node_ids` is empty: there is no ControllerPublish, so the
+//! `capacity_bytes` is 0 (unknown: the volume ID does not carry the
+//! requested size) and `published_node_ids` is empty: there is no ControllerPublish, so the
 //! controller does not know which nodes use a volume.
 
 use std::collections::HashMap;
@@ -100,6 +100,13 @@ async fn check(service: &ControllerService, id: &VolumeId) -> Health {
         // S3 without ambient credentials (the volume's are in a Secret).
         Err(s) if is_s3(location) && s.code() == Code::FailedPrecondition => {
             return unchecked_s3("the controller has no S3 credentials of its own");
+        }
+        Err(s) if s.code() == Code::Unavailable => {
+            return Health::Abnormal(format!(
+                "the controller cannot reach {location}: {}. Fix: check that the storage is up \
+                 and reachable from the controller; the volume's data is untouched",
+                s.message()
+            ))
         }
         Err(s) => {
             return Health::Abnormal(format!(
