@@ -379,3 +379,13 @@ fn posix_area(name: &str) -> (std::path::PathBuf, support_nfs::mount::Mounted) {
     let m = mount(&url, &[]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
     (disk, m)
 }
+
+#[test]
+fn capacity_is_a_quota_on_nfs() {
+    let server = ganesha();
+    let (disk, url) = server.area("quota");
+    fs::write(disk.join("old"), vec![1u8; 2 << 20]).unwrap();
+    let m = mount(&url, &["--capacity", "3MiB"]).unwrap_or_else(|f| panic!("mount failed: {f:?}"));
+    support_posix::capacity_is_enforced(&m.path(""));
+    assert_eq!(fs::metadata(disk.join("new")).unwrap().len(), 2 << 20);
+}

@@ -508,3 +508,15 @@ fn access_denied_through_the_mount() {
         m.log_text()
     );
 }
+
+#[test]
+fn capacity_is_a_quota_on_s3() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    put(&store, "quota/old", vec![1u8; 2 << 20]);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start(&server, "quota", cache.path(), &["--capacity", "3MiB"]);
+    support_posix::capacity_is_enforced(&m.path(""));
+    assert_eq!(get(&store, "quota/new").map(|d| d.len()), Some(2 << 20));
+    assert_eq!(get(&store, "quota/old"), None);
+}

@@ -349,3 +349,32 @@ pub fn in_place_rewrite_gives_estale(mnt: &Path, backing: &Path) {
     );
     fs::remove_file(mnt.join("inplace")).unwrap();
 }
+
+/// A mount with `--capacity 3MiB` over a volume that already holds a
+/// 2 MiB file `old`: once the walk counted it, 2 MiB more fail with EDQUOT
+/// (`old` intact, nothing published), and after deleting `old` they fit.
+pub fn capacity_is_enforced(mnt: &Path) {
+    const MIB: usize = 1 << 20;
+    let avail = || {
+        let st = nix::sys::statvfs::statvfs(mnt).expect("statvfs");
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while avail() > MIB as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the walk never counted the 2 MiB already there (available {})",
+            avail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let old = std::fs::read(mnt.join("old")).unwrap();
+    assert_eq!(old.len(), 2 * MIB);
+    let err = std::fs::write(mnt.join("new"), vec![7u8; 2 * MIB]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    assert!(std::fs::metadata(mnt.join("new")).is_err());
+    assert_eq!(std::fs::read(mnt.join("old")).unwrap(), old);
+    std::fs::remove_file(mnt.join("old")).unwrap();
+    std::fs::write(mnt.join("new"), vec![7u8; 2 * MIB]).unwrap();
+    assert_eq!(std::fs::read(mnt.join("new")).unwrap(), vec![7u8; 2 * MIB]);
+}
