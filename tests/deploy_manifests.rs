@@ -471,11 +471,11 @@ fn image_script_builds_the_base_image_and_loads_it_with_docker() {
 
 #[test]
 fn image_script_with_podman_builds_the_name_kubernetes_pulls() {
-    let (_dir, bin) = fake_bin(&["podman", "kind"], &[]);
-    let (code, text, log) = run_image_sh(&bin, &["--kind=dev", "--tag", "1.2.3"]);
+    let (_dir, bin) = fake_bin(&["podman", "kind", "minikube"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--kind=dev", "--tag", "1.2.3", "--minikube"]);
     assert_eq!(code, 0, "{text}");
     let archive = format!("{}/cachalot-image-", bin.display());
-    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!(log.len(), 4, "{log:?}");
     assert_eq!(
         log[0],
         format!(
@@ -493,6 +493,23 @@ fn image_script_with_podman_builds_the_name_kubernetes_pulls() {
             && log[2].ends_with(" --name dev"),
         "{log:?}"
     );
+    // one archive for both loaders
+    let file = log[1].split_whitespace().nth(3).expect("archive path");
+    assert_eq!(log[3], format!("minikube image load {file}"));
+}
+
+#[test]
+fn image_script_engine_podman_wins_over_docker() {
+    let (_dir, bin) = fake_bin(&["docker", "podman"], &[]);
+    let (code, text, log) = run_image_sh(&bin, &["--engine", "podman"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        log,
+        [format!(
+            "podman build -t docker.io/library/cachalot:{VERSION} {}",
+            repo().display()
+        )]
+    );
 }
 
 #[test]
@@ -506,16 +523,21 @@ fn image_script_pushes_only_to_a_registry() {
     );
     assert!(log.is_empty(), "ran {log:?}");
 
-    let name = "registry.example.com:5000/team/cachalot";
-    let (code, text, log) = run_image_sh(&bin, &["--name", name, "--push"]);
-    assert_eq!(code, 0, "{text}");
-    assert_eq!(
-        log,
-        [
-            format!("docker build -t {name}:{VERSION} {}", repo().display()),
-            format!("docker push {name}:{VERSION}"),
-        ]
-    );
+    for name in [
+        "registry.example.com/team/cachalot",
+        "localhost:5000/cachalot",
+    ] {
+        let _ = fs::remove_file(bin.parent().expect("parent").join("log"));
+        let (code, text, log) = run_image_sh(&bin, &["--name", name, "--push"]);
+        assert_eq!(code, 0, "{text}");
+        assert_eq!(
+            log,
+            [
+                format!("docker build -t {name}:{VERSION} {}", repo().display()),
+                format!("docker push {name}:{VERSION}"),
+            ]
+        );
+    }
 }
 
 #[test]

@@ -135,7 +135,7 @@ KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images"}
 
 
 def apply_images(objs, images):
-    """The images transformer (what `kustomize edit set image` writes)."""
+    """The images transformer (an overlay's `images:` entries)."""
     for o in objs:
         spec = o.get("spec", {}).get("template", {}).get("spec") or \
             (o.get("spec") if o.get("kind") == "Pod" else None)
@@ -699,6 +699,10 @@ def check_metrics(objs, enabled):
     ports = set()
     for role, w, c in cachalot_containers(objs):
         addr = flag(c, "metrics-addr")
+        need(not pod_spec(w).get("hostNetwork"),
+             f"{role} ({w['metadata']['name']}): hostNetwork: the node plugin and the mounter "
+             "would compete for the metrics port on the host, and a mounter's successor pod "
+             "with its predecessor")
         if enabled:
             need(addr is not None, f"{role} ({w['metadata']['name']}/{c['name']}): no "
                                    f"--metrics-addr (want --metrics-addr=0.0.0.0:{METRICS_PORT} "
@@ -843,6 +847,12 @@ def check_podmonitor(pm, objs):
              f"({w['metadata']['name']}, labels {labels})")
         names = {p.get("name") for cc in pod_spec(w)["containers"] for p in cc.get("ports", []) or []}
         for ep in spec["podMetricsEndpoints"]:
+            node_label = [r for r in ep.get("relabelings", []) or []
+                          if r.get("sourceLabels") == ["__meta_kubernetes_pod_node_name"]
+                          and r.get("targetLabel") == "node" and r.get("action", "replace") == "replace"]
+            need(node_label, f"PodMonitor {name}: endpoint {ep['port']!r} does not set the label "
+                             "`node` from __meta_kubernetes_pod_node_name (docs/deploy.md says "
+                             "it does: which node a mounter's cache is on)")
             need(ep["port"] in names,
                  f"PodMonitor {name}: port {ep['port']!r} is not a containerPort of the {role} "
                  f"pods ({w['metadata']['name']} has {sorted(n for n in names if n)})")
@@ -1088,6 +1098,11 @@ def check_helm_metrics(chart_dir):
         need(not selector_matches(pm["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"]),
              f"PodMonitor of release rel selects {w['metadata']['name']} of release other")
 
+    objs = render_helm(chart_dir, with_image({"metrics": {"podMonitor": {"enabled": True}}}))
+    pm = one(objs, "PodMonitor")
+    need([ep.get("interval") for ep in pm["spec"]["podMetricsEndpoints"]] == ["30s"],
+         f"metrics.podMonitor.interval default: {pm['spec']['podMetricsEndpoints']}, want 30s")
+
     values["metrics"]["enabled"] = False
     try:
         render_helm(chart_dir, with_image(values))
@@ -1123,7 +1138,10 @@ DASHBOARD_MUST_USE = {
     "cachalot_backend_requests_total", "cachalot_backend_request_duration_seconds_bucket",
     "cachalot_errors_total", "cachalot_cache_used_bytes", "cachalot_cache_quota_bytes",
     "cachalot_warm_done_bytes", "cachalot_warm_wanted_bytes", "cachalot_csi_requests_total",
-    "cachalot_csi_request_duration_seconds_bucket",
+    "cachalot_csi_request_duration_seconds_bucket", "cachalot_cache_volume_bytes",
+    "cachalot_cache_evictions_total", "cachalot_prefetch_in_flight", "cachalot_publishes_total",
+    "cachalot_publish_failures_total", "cachalot_warm_done_files", "cachalot_warm_wanted_files",
+    "cachalot_warm_failed_files",
 }
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -1396,6 +1414,11 @@ def check_base_image(objs, root):
         need(img == want, f"{where}: image {img}, want {want} (scripts/image.sh builds "
                           f"{IMAGE_NAME}:<Cargo.toml version>; overlays replace the name "
                           f"{IMAGE_NAME!r})")
+    for role, _, c in cachalot_containers(objs):
+        need(c.get("imagePullPolicy") == "IfNotPresent",
+             f"{role}: imagePullPolicy {c.get('imagePullPolicy')!r}, want IfNotPresent (an "
+             "image loaded into the nodes by scripts/image.sh --kind/--minikube exists in no "
+             "registry)")
     (chart,) = load_docs(os.path.join(root, "deploy/helm/cachalot/Chart.yaml"))
     need(str(chart.get("appVersion")) == version,
          f"Chart.yaml appVersion {chart.get('appVersion')!r} != Cargo.toml version {version} "
