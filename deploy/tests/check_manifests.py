@@ -1626,11 +1626,10 @@ def main():
 
     r.check("overlay: example replaces the image", check_overlay, odir, base)
 
-    def load_overlay():
-        state["overlay"] = render_kustomize(odir)
+    def overlay_vs_kubectl():
+        check_kubectl_kustomize(odir, render_kustomize(odir))
 
-    r.check("overlay: matches kubectl kustomize",
-            lambda: (load_overlay(), check_kubectl_kustomize(odir, state["overlay"])))
+    r.check("overlay: matches kubectl kustomize", overlay_vs_kubectl)
 
     def helm_default():
         state["helm"] = render_helm(cdir, with_image({}))
