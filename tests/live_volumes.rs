@@ -1216,3 +1216,93 @@ async fn capacity_is_enforced_and_expands_live() {
     let code = c.node.node_expand_volume(wrong).await.unwrap_err().code();
     assert_eq!(code, tonic::Code::InvalidArgument);
 }
+
+/// An inline (ephemeral) volume: NodePublish alone stages it (through the
+/// mounter) and binds it; NodeUnpublish unmounts it, ends the session and
+/// leaves the kubelet's directory empty. The data stays in the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_volume_lives_from_publish_to_unpublish() {
+    use cachalot::csi::proto::*;
+    common::require_root_and_fuse();
+    let env = Env::with_mounter();
+    let mut c = env.clients().await;
+    std::fs::create_dir_all(env.source().join("shared/data")).unwrap();
+    std::fs::write(env.source().join("shared/data/hello"), b"inline").unwrap();
+    let target = env.target("pod-inline");
+    let context = |pairs: &[(&str, &str)]| {
+        let mut ctx = params(pairs);
+        ctx.insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        ctx.insert("csi.storage.k8s.io/pod.name".into(), "pod-inline".into());
+        ctx.insert("csi.storage.k8s.io/pod.namespace".into(), "team-c".into());
+        ctx
+    };
+    let source = env.source_url();
+    let publish = NodePublishVolumeRequest {
+        volume_id: "csi-4f1e2d".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(rwx()),
+        volume_context: context(&[("source", &source), ("subDir", "shared/data")]),
+        ..Default::default()
+    };
+    c.node
+        .node_publish_volume(publish.clone())
+        .await
+        .expect("NodePublish of an inline volume");
+    c.node
+        .node_publish_volume(publish.clone())
+        .await
+        .expect("NodePublish again (idempotent)");
+    assert_eq!(std::fs::read(target.join("hello")).unwrap(), b"inline");
+    std::fs::write(target.join("from-pod"), b"written").unwrap();
+    assert_eq!(
+        std::fs::read(env.source().join("shared/data/from-pod")).unwrap(),
+        b"written"
+    );
+    assert_eq!(env.sessions().sessions.len(), 1);
+    let stats = c
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: publish.volume_id.clone(),
+            volume_path: publish.target_path.clone(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("NodeGetVolumeStats of an inline volume")
+        .into_inner();
+    assert!(!stats.volume_condition.expect("condition").abnormal);
+
+    c.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: publish.volume_id.clone(),
+            target_path: publish.target_path.clone(),
+        })
+        .await
+        .expect("NodeUnpublish");
+    assert!(!is_mounted(&target));
+    let volume_dir = target.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(volume_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "left in the kubelet's volume dir: {left:?}"
+    );
+    assert!(mounts_below(&env.root.path().join("kubelet")).is_empty());
+    assert!(env.sessions().sessions.is_empty());
+    assert_eq!(
+        std::fs::read(env.source().join("shared/data/from-pod")).unwrap(),
+        b"written"
+    );
+
+    // Attributes are checked like a StorageClass's.
+    let mut bad = publish.clone();
+    bad.volume_context = context(&[("source", &source), ("subDir", "${pvc.metadata.name}")]);
+    let err = c.node.node_publish_volume(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("subDir"), "{}", err.message());
+    let mut bad = publish.clone();
+    bad.volume_context = context(&[("sauce", &source)]);
+    let err = c.node.node_publish_volume(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("sauce"), "{}", err.message());
+}

@@ -112,6 +112,7 @@ fn fixture() -> Fixture {
             spec,
             pid: 1,
             targets: BTreeMap::new(),
+            ephemeral: false,
         })
         .unwrap();
     let mounts = Arc::new(FakeMounts::default());

@@ -26,6 +26,10 @@ pub struct StagedRecord {
     pub spec: MountSpec,
     /// Mount child of the staging mount (maybe of a previous plugin process).
     pub pid: u32,
+    /// An inline (ephemeral) volume: staged by NodePublish at a private
+    /// path, unstaged when its last target is unpublished.
+    #[serde(default)]
+    pub ephemeral: bool,
     /// Published targets and whether each is read-only.
     #[serde(default)]
     pub targets: BTreeMap<PathBuf, bool>,

@@ -26,7 +26,9 @@ use super::volume_id::{VolumeId, VolumeIdError};
 use crate::backend::Source;
 use crate::mounter::protocol::VolumeNames;
 
+mod ephemeral;
 mod expand;
+mod stats;
 
 pub struct NodeService {
     node_id: String,
@@ -98,32 +100,6 @@ fn capability(cap: Option<&VolumeCapability>) -> Result<Checked, Status> {
     Ok(caps::check(
         cap.ok_or_else(|| missing("volume_capability"))?,
     )?)
-}
-
-/// Byte and inode usage from statfs. (The field types differ between
-/// architectures, hence the casts.)
-#[allow(clippy::unnecessary_cast)]
-fn usage(st: &nix::sys::statfs::Statfs) -> Vec<VolumeUsage> {
-    let frsize = st.block_size() as i64;
-    let blocks = st.blocks() as i64;
-    let bfree = st.blocks_free() as i64;
-    let bavail = st.blocks_available() as i64;
-    let files = st.files() as i64;
-    let ffree = st.files_free() as i64;
-    vec![
-        VolumeUsage {
-            available: bavail * frsize,
-            total: blocks * frsize,
-            used: (blocks - bfree).max(0) * frsize,
-            unit: volume_usage::Unit::Bytes as i32,
-        },
-        VolumeUsage {
-            available: ffree,
-            total: files,
-            used: (files - ffree).max(0),
-            unit: volume_usage::Unit::Inodes as i32,
-        },
-    ]
 }
 
 impl NodeService {
@@ -290,6 +266,7 @@ impl NodeService {
             spec,
             pid,
             targets,
+            ephemeral: false,
         };
         self.state
             .save_staged(&rec)
@@ -394,24 +371,27 @@ impl NodeService {
         }
         let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
         let _guard = self.locks.lock(&req.volume_id).await;
-        tokio::task::block_in_place(|| {
-            let rec = self.state.load_staged(&req.volume_id).ok().flatten();
-            self.mounts
-                .unmount(&staging)
-                .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
-            match &rec {
-                Some(r) if r.staging_path == staging => self.sup.stop(&staging, r.pid),
-                _ => self.sup.stop(&staging, 0),
-            }
-            if rec.is_some_and(|r| r.staging_path == staging) {
-                self.state
-                    .remove_staged(&req.volume_id)
-                    .map_err(|e| Status::internal(format!("removing the stage record: {e}")))?;
-            }
-            self.broken.lock().remove(&req.volume_id);
-            tracing::info!(volume_id = %req.volume_id, staging = %staging.display(), "volume unstaged");
-            Ok(NodeUnstageVolumeResponse {})
-        })
+        tokio::task::block_in_place(|| self.unstage_blocking(&req.volume_id, &staging))?;
+        Ok(NodeUnstageVolumeResponse {})
+    }
+
+    fn unstage_blocking(&self, volume_id: &str, staging: &std::path::Path) -> Result<(), Status> {
+        let rec = self.state.load_staged(volume_id).ok().flatten();
+        self.mounts
+            .unmount(staging)
+            .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
+        match &rec {
+            Some(r) if r.staging_path == staging => self.sup.stop(staging, r.pid),
+            _ => self.sup.stop(staging, 0),
+        }
+        if rec.is_some_and(|r| r.staging_path == staging) {
+            self.state
+                .remove_staged(volume_id)
+                .map_err(|e| Status::internal(format!("removing the stage record: {e}")))?;
+        }
+        self.broken.lock().remove(volume_id);
+        tracing::info!(volume_id, staging = %staging.display(), "volume unstaged");
+        Ok(())
     }
 
     pub async fn publish_volume(
@@ -422,6 +402,9 @@ impl NodeService {
             return Err(missing("volume_id"));
         }
         let target = path_arg(&req.target_path, "target_path")?;
+        if ephemeral::is_inline(&req.volume_context) {
+            return self.publish_inline(req, target).await;
+        }
         let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
         let cap = capability(req.volume_capability.as_ref())?;
         let id = decode(&req.volume_id)?;
@@ -430,7 +413,7 @@ impl NodeService {
         let read_only = req.readonly || cap.wants_ro();
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
-            let mut rec = match self.state.load_staged(&req.volume_id) {
+            let rec = match self.state.load_staged(&req.volume_id) {
                 Ok(Some(r)) if r.staging_path == staging => r,
                 Ok(_) => {
                     return Err(Status::failed_precondition(format!(
@@ -441,57 +424,71 @@ impl NodeService {
                 }
                 Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
             };
-            if cap.mount_group.is_some() && cap.mount_group != rec.spec.mount_group {
-                return Err(Status::failed_precondition(format!(
-                    "volume {} is staged on this node with mount group {:?}, this pod asks for {:?}: \
-                     pods sharing a volume on one node must use the same fsGroup",
-                    req.volume_id, rec.spec.mount_group, cap.mount_group
-                )));
-            }
-            if self.mounts.health(&staging) != Health::Healthy {
-                rec = self.heal(rec, creds.as_ref())?;
-            }
-            match self.mounts.health(&target) {
-                Health::Healthy => {
-                    return match rec.targets.get(&target) {
-                        Some(ro) if *ro == read_only => Ok(NodePublishVolumeResponse {}),
-                        Some(_) => Err(Status::already_exists(format!(
-                            "{} is already published with a different read-only setting",
-                            target.display()
-                        ))),
-                        None => Err(Status::already_exists(format!(
-                            "something else is mounted at {}",
-                            target.display()
-                        ))),
-                    };
-                }
-                Health::Dead(_) => self
-                    .mounts
-                    .detach(&target)
-                    .map_err(|e| io_status("clearing a dead target", &e))?,
-                Health::NotMounted => {}
-            }
-            std::fs::create_dir_all(&target)
-                .map_err(|e| io_status(&format!("creating target {}", target.display()), &e))?;
-            self.mounts
-                .bind(&staging, &target, read_only, &cap.mount_flags)
-                .map_err(|e| {
-                    io_status(
-                        &format!(
-                            "bind-mounting {} on {}",
-                            staging.display(),
-                            target.display()
-                        ),
-                        &e,
-                    )
-                })?;
-            rec.targets.insert(target.clone(), read_only);
-            self.state
-                .save_staged(&rec)
-                .map_err(|e| Status::internal(format!("recording the published target: {e}")))?;
-            tracing::info!(volume_id = %req.volume_id, target = %target.display(), read_only, "volume published");
+            self.bind_target(rec, &target, read_only, &cap, creds.as_ref())?;
             Ok(NodePublishVolumeResponse {})
         })
+    }
+
+    /// Bind the staged volume `rec` on `target` (idempotently) and record it.
+    fn bind_target(
+        &self,
+        mut rec: StagedRecord,
+        target: &std::path::Path,
+        read_only: bool,
+        cap: &Checked,
+        creds: Option<&S3Credentials>,
+    ) -> Result<(), Status> {
+        let staging = rec.staging_path.clone();
+        if cap.mount_group.is_some() && cap.mount_group != rec.spec.mount_group {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is staged on this node with mount group {:?}, this pod asks for {:?}: \
+                 pods sharing a volume on one node must use the same fsGroup",
+                rec.volume_id, rec.spec.mount_group, cap.mount_group
+            )));
+        }
+        if self.mounts.health(&staging) != Health::Healthy {
+            rec = self.heal(rec, creds)?;
+        }
+        match self.mounts.health(target) {
+            Health::Healthy => {
+                return match rec.targets.get(target) {
+                    Some(ro) if *ro == read_only => Ok(()),
+                    Some(_) => Err(Status::already_exists(format!(
+                        "{} is already published with a different read-only setting",
+                        target.display()
+                    ))),
+                    None => Err(Status::already_exists(format!(
+                        "something else is mounted at {}",
+                        target.display()
+                    ))),
+                };
+            }
+            Health::Dead(_) => self
+                .mounts
+                .detach(target)
+                .map_err(|e| io_status("clearing a dead target", &e))?,
+            Health::NotMounted => {}
+        }
+        std::fs::create_dir_all(target)
+            .map_err(|e| io_status(&format!("creating target {}", target.display()), &e))?;
+        self.mounts
+            .bind(&staging, target, read_only, &cap.mount_flags)
+            .map_err(|e| {
+                io_status(
+                    &format!(
+                        "bind-mounting {} on {}",
+                        staging.display(),
+                        target.display()
+                    ),
+                    &e,
+                )
+            })?;
+        rec.targets.insert(target.to_path_buf(), read_only);
+        self.state
+            .save_staged(&rec)
+            .map_err(|e| Status::internal(format!("recording the published target: {e}")))?;
+        tracing::info!(volume_id = %rec.volume_id, target = %target.display(), read_only, "volume published");
+        Ok(())
     }
 
     pub async fn unpublish_volume(
@@ -518,73 +515,15 @@ impl NodeService {
                 if rec.targets.remove(&target).is_some() {
                     let _ = self.state.save_staged(&rec);
                 }
+                if rec.ephemeral && rec.targets.is_empty() {
+                    // Nobody stages an inline volume but its NodePublish.
+                    self.unstage_blocking(&req.volume_id, &rec.staging_path)?;
+                    // The kubelet removes the volume's directory next.
+                    let _ = std::fs::remove_dir(&rec.staging_path);
+                }
             }
             tracing::info!(volume_id = %req.volume_id, target = %target.display(), "volume unpublished");
             Ok(NodeUnpublishVolumeResponse {})
-        })
-    }
-
-    pub async fn get_volume_stats(
-        &self,
-        req: NodeGetVolumeStatsRequest,
-    ) -> Result<NodeGetVolumeStatsResponse, Status> {
-        if req.volume_id.is_empty() {
-            return Err(missing("volume_id"));
-        }
-        if req.volume_path.is_empty() {
-            return Err(missing("volume_path"));
-        }
-        // Any other path that is not where the volume is staged or
-        // published (a relative one included) is NOT_FOUND, as the spec
-        // asks of this call.
-        let path = PathBuf::from(&req.volume_path);
-        decode(&req.volume_id)?;
-        let rec = match self.state.load_staged(&req.volume_id) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                return Err(Status::not_found(format!(
-                    "volume {} is not staged on this node",
-                    req.volume_id
-                )))
-            }
-            Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
-        };
-        let known_path = path == rec.staging_path || rec.targets.contains_key(&path);
-        if !known_path {
-            return Err(Status::not_found(format!(
-                "volume {} is not published at {}",
-                req.volume_id,
-                path.display()
-            )));
-        }
-        let broken = self.broken.lock().get(&req.volume_id).cloned();
-        let condition =
-            |abnormal: bool, message: String| Some(VolumeCondition { abnormal, message });
-        tokio::task::block_in_place(|| {
-            match nix::sys::statfs::statfs(&path) {
-            Ok(st) => Ok(NodeGetVolumeStatsResponse {
-                usage: usage(&st),
-                volume_condition: match broken {
-                    Some(msg) => condition(true, msg),
-                    None => condition(false, "FUSE session is serving".into()),
-                },
-            }),
-            Err(nix::errno::Errno::ENOENT) => Err(Status::not_found(format!("{} does not exist", path.display()))),
-            Err(e) => Ok(NodeGetVolumeStatsResponse {
-                usage: Vec::new(),
-                volume_condition: condition(
-                    true,
-                    broken.unwrap_or_else(|| {
-                        format!(
-                            "FUSE session for this volume is dead ({}: {}); the next NodePublishVolume \
-                             or a plugin restart re-mounts it, running pods must be restarted",
-                            e,
-                            e.desc()
-                        )
-                    }),
-                ),
-            }),
-        }
         })
     }
 }

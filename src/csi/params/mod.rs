@@ -349,6 +349,19 @@ impl VolumeParams {
         }
     }
 
+    /// The directory of an inline (ephemeral) volume below its location:
+    /// `subDir` as a plain path (there is no claim to expand a template
+    /// from), or the location itself.
+    pub fn inline_sub_path(&self) -> Result<BackendPath, InvalidArgument> {
+        match &self.sub_dir {
+            None => Ok(BackendPath::root()),
+            Some(t) if t.contains("${") => Err(invalid(format!(
+                "parameter subDir: '{t}': an inline volume has no claim to expand templates from; give a plain path"
+            ))),
+            Some(t) => parse_sub_path(t).map_err(|e| invalid(format!("parameter subDir: '{t}': {e}"))),
+        }
+    }
+
     /// The volume context handed to the node (no secrets, no location:
     /// those are in the volume ID or the node's secrets).
     pub fn volume_context(&self) -> HashMap<String, String> {
