@@ -1,0 +1,224 @@
+//! Metadata requests: lookup, getattr and setattr (a size change is a
+//! truncate through a write session), readlink, statfs and the volume's
+//! capacity; and the attributes answered from local state while they can
+//! be trusted (a file being written, metadata within its TTL).
+
+use std::time::Instant;
+
+use crate::backend::{AttrChanges, ErrorKind, FileKind, FsStats, Metadata, WriteStart};
+
+use super::inode::{self, InodeTable, Refreshed};
+use super::types::{Attr, Caller, FsError, FsResult};
+use super::CachalotFs;
+
+impl CachalotFs {
+    fn fresh(&self, fetched: Instant) -> bool {
+        fetched.elapsed() < self.cfg.metadata_ttl
+    }
+
+    pub(super) fn attr_of(&self, ino: u64, meta: &Metadata) -> Attr {
+        Attr {
+            ino,
+            kind: meta.kind,
+            size: meta.size,
+            mode: meta.mode,
+            uid: meta.uid,
+            gid: self.cfg.mount_group.unwrap_or(meta.gid),
+            nlink: meta.nlink,
+            atime: meta.atime,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+            rdev: meta.rdev,
+        }
+    }
+
+    /// Attributes from local state if still trustworthy: a file being written
+    /// reports its temporary object, otherwise cached metadata within TTL.
+    pub(super) fn local_attr(&self, ino: u64) -> FsResult<Option<Attr>> {
+        let table = self.inodes.lock();
+        self.local_attr_in(&table, ino)
+    }
+
+    pub(super) fn local_attr_in(&self, table: &InodeTable, ino: u64) -> FsResult<Option<Attr>> {
+        let inode = table.get(ino)?;
+        let attr = match (&inode.write, &inode.meta) {
+            // The write's own size and times; the object's link count.
+            (Some(session), Some((meta, _))) => {
+                let mut attr = self.attr_of(ino, &session.attributes());
+                attr.nlink = meta.nlink;
+                attr
+            }
+            (Some(session), None) => self.attr_of(ino, &session.attributes()),
+            (None, Some((meta, at))) if self.fresh(*at) => self.attr_of(ino, meta),
+            // Gone from the backend namespace: what we last knew is all
+            // there is (fstat of an open, removed directory).
+            (None, Some((meta, _))) if !inode.attached => self.attr_of(ino, meta),
+            (None, None) if !inode.attached => return Err(FsError(libc::ESTALE)),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self::unlinked_view(inode, attr)))
+    }
+
+    /// An unlinked inode (still open somewhere) has no links left.
+    fn unlinked_view(inode: &inode::Inode, mut attr: Attr) -> Attr {
+        if inode.unlinked {
+            attr.nlink = 0;
+        }
+        attr
+    }
+
+    pub async fn lookup(&self, caller: Caller, parent: u64, name: &str) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        {
+            // Resolve and count the kernel's reference under one lock: a
+            // FORGET in between must not drop the inode we reply with.
+            let mut table = self.inodes.lock();
+            if let Some(ino) = table.child(parent, name) {
+                if let Ok(Some(attr)) = self.local_attr_in(&table, ino) {
+                    table.remember(ino);
+                    return Ok(attr);
+                }
+            }
+        }
+        let asked = Instant::now();
+        match self.backend.stat(self.identity(caller), &path).await {
+            Ok(meta) => {
+                let mut table = self.inodes.lock();
+                let ino = table.upsert_entry(parent, name, meta.clone(), asked);
+                // A file being written reports its temporary object.
+                let attr = match self.local_attr_in(&table, ino) {
+                    Ok(Some(attr)) => attr,
+                    _ => self.attr_of(ino, &meta),
+                };
+                Ok(attr)
+            }
+            Err(e) => {
+                if e.kind == ErrorKind::NotFound {
+                    self.inodes.lock().detach(parent, name);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<Attr> {
+        // One look at the table: an inode detached in between (replaced,
+        // superseded) is answered from what was last known, not ENOENT.
+        let path = {
+            let table = self.inodes.lock();
+            if let Some(attr) = self.local_attr_in(&table, ino)? {
+                return Ok(attr);
+            }
+            table.path_of(ino)?
+        };
+        let asked = Instant::now();
+        let meta = self.backend.stat(self.identity(caller), &path).await?;
+        let mut table = self.inodes.lock();
+        let refreshed = table.refresh(ino, meta.clone(), asked)?;
+        self.relookup_split_names(&mut table);
+        if refreshed == Refreshed::Superseded {
+            // The kernel's entry still points here: make its next path walk
+            // look the name up (and meet the new version's inode).
+            self.invalidate_kernel_entry(&table, ino);
+        }
+        let inode = table.get(ino)?;
+        // What is recorded now: the new metadata, or what the open
+        // descriptors read (superseded), or a newer publish (outdated).
+        let attr = match &inode.meta {
+            Some((recorded, _)) => self.attr_of(ino, recorded),
+            None => self.attr_of(ino, &meta),
+        };
+        Ok(Self::unlinked_view(inode, attr))
+    }
+
+    /// Change attributes. A size change is a write: it goes through a write
+    /// session and is published at once unless the file is open for writing
+    /// (then at close), so a truncate is as atomic as any write.
+    pub async fn setattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        size: Option<u64>,
+        changes: AttrChanges,
+    ) -> FsResult<Attr> {
+        self.check_writable()?;
+        if let Some(size) = size {
+            self.truncate(caller, ino, size).await?;
+        }
+        if !changes.is_empty() {
+            let session = self.inodes.lock().get(ino)?.write.clone();
+            let on_backend = match &session {
+                Some(s) => {
+                    s.set_attr(&changes).await?;
+                    !s.is_new()
+                }
+                None => true,
+            };
+            if on_backend {
+                let path = self.path_of(ino)?;
+                let meta = self
+                    .backend
+                    .set_attr(self.identity(caller), &path, &changes)
+                    .await?;
+                self.inodes.lock().set_meta(ino, meta, Instant::now());
+            }
+        }
+        self.getattr(caller, ino).await
+    }
+
+    async fn truncate(&self, caller: Caller, ino: u64, size: u64) -> FsResult<()> {
+        let (kind, writers) = {
+            let table = self.inodes.lock();
+            let inode = table.get(ino)?;
+            (inode.kind, inode.writers)
+        };
+        if kind == FileKind::Directory {
+            return Err(FsError(libc::EISDIR));
+        }
+        let start = if size == 0 {
+            WriteStart::Empty
+        } else {
+            WriteStart::CopyExisting
+        };
+        loop {
+            let session = self.write_session(caller, ino, start).await?;
+            match session.truncate(size).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    // truncate(2) on a path: nobody will close it, so the
+                    // failed session (and its temporary object) goes now.
+                    if writers == 0 {
+                        let _ = self.publish(ino).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        if writers == 0 {
+            // truncate(2) on a path: nobody will close it, publish now.
+            self.publish(ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn readlink(&self, caller: Caller, ino: u64) -> FsResult<String> {
+        let path = self.path_of(ino)?;
+        Ok(self.backend.readlink(self.identity(caller), &path).await?)
+    }
+
+    pub async fn statfs(&self, caller: Caller) -> FsResult<FsStats> {
+        Ok(self.backend.statfs(self.identity(caller)).await?)
+    }
+
+    /// A new byte quota for the volume, live (CSI NodeExpandVolume sets
+    /// the root's `user.cachalot.capacity`); root only.
+    pub async fn set_capacity(&self, caller: Caller, bytes: u64) -> FsResult<()> {
+        if caller.uid != 0 {
+            return Err(FsError(libc::EPERM));
+        }
+        self.backend.set_capacity(bytes).await?;
+        tracing::info!(capacity = bytes, "the volume's capacity changed");
+        Ok(())
+    }
+}
