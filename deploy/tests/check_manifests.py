@@ -62,6 +62,9 @@ CLUSTER_SCOPED = {
     "Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "StorageClass",
     "PersistentVolume",
 }
+# Cluster-wide grants (ClusterRoles bound to the controller's ServiceAccount)
+# each sidecar needs. No Secrets: the provisioner reads its StorageClasses'
+# provisioner Secrets through namespaced Roles (SECRET_RULES).
 PROVISIONER_RULES = {
     ("", "persistentvolumes"): {"get", "list", "watch", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "update"},
@@ -69,10 +72,24 @@ PROVISIONER_RULES = {
     ("", "events"): {"list", "watch", "create", "update", "patch"},
     ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},
-    # provisioner-secret-name (S3 credentials)
-    ("", "secrets"): {"get"},
 }
+# external-resizer v1.x with --handle-volume-inuse-error=false (no pod watch)
+RESIZER_RULES = {
+    ("", "persistentvolumes"): {"get", "list", "watch", "patch"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch"},
+    ("", "persistentvolumeclaims/status"): {"patch"},
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+}
+SIDECAR_RULES = {"csi-provisioner": PROVISIONER_RULES, "csi-resizer": RESIZER_RULES}
+SIDECAR_IMAGES = {"csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v5.",
+                  "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v1."}
 LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
+# provisioner-secret-name (S3 credentials), per secret namespace
+SECRET_RULES = {("", "secrets"): {"get"}}
+# Pod Security Admission: the node plugin and the mounter are privileged
+POD_SECURITY_LABELS = {f"pod-security.kubernetes.io/{m}": "privileged"
+                       for m in ("enforce", "audit", "warn")}
+LIFECYCLE_MODES = ["Persistent", "Ephemeral"]
 SECRET_PARAM_PREFIX = "csi.storage.k8s.io/"
 SECRET_PARAMS = {
     "csi.storage.k8s.io/provisioner-secret-name",
@@ -353,16 +370,24 @@ def probe_flag(cmd, name):
 def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cachalot/cache",
                   state_host="/var/lib/cachalot/state",
                   mounter_state_host="/var/lib/cachalot/mounter",
-                  mounter_socket_host="/run/cachalot", metrics=True):
+                  mounter_socket_host="/run/cachalot", metrics=True, inline=True,
+                  secret_namespaces=None):
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
 
     # CSIDriver
     d = one(objs, "CSIDriver")
     need(d["metadata"]["name"] == DRIVER, f"CSIDriver name {d['metadata']['name']!r} != {DRIVER}")
+    modes = LIFECYCLE_MODES if inline else ["Persistent"]
     want = {"attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "File",
-            "volumeLifecycleModes": ["Persistent"]}
+            "volumeLifecycleModes": modes}
+    why = {"volumeLifecycleModes": " (Ephemeral: inline `csi:` volumes in pod specs, which the "
+                                   "plugin serves; without it the kubelet refuses them)"
+                                   if inline else " (inlineVolumes.enabled=false)",
+           "podInfoOnMount": " (the kubelet marks inline volumes with "
+                             "csi.storage.k8s.io/ephemeral only with podInfoOnMount)"}
     for k, v in want.items():
-        need(d["spec"].get(k) == v, f"CSIDriver spec.{k} = {d['spec'].get(k)!r}, want {v!r}")
+        need(d["spec"].get(k) == v, f"CSIDriver {DRIVER}: spec.{k} = {d['spec'].get(k)!r}, "
+                                    f"want {v!r}{why.get(k, '')}")
 
     for sc in by_kind(objs, "StorageClass"):
         need(sc["provisioner"] == DRIVER, f"StorageClass {sc['metadata']['name']}: provisioner "
@@ -387,8 +412,11 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
     need(flag(prov, "extra-create-metadata") is not None,
          "provisioner lacks --extra-create-metadata (subDir templates would fail)")
     need(flag(prov, "leader-election") is not None, "provisioner lacks --leader-election")
-    need(prov["image"].startswith("registry.k8s.io/sig-storage/csi-provisioner:"),
-         f"provisioner image {prov['image']}")
+    check_resizer(spec, plugin, sock, vol)
+    for name, prefix in SIDECAR_IMAGES.items():
+        img = container(spec, name)["image"]
+        need(img.startswith(prefix), f"controller: {name} image {img}, want {prefix}x (the "
+                                     "version whose flags and RBAC this checker knows)")
     check_liveness(spec, plugin, sock, "controller")
 
     # RBAC of the controller's service account
@@ -397,7 +425,7 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
     ns = dep["metadata"].get("namespace")
     need(any(s["metadata"]["name"] == sa for s in by_kind(objs, "ServiceAccount")),
          f"controller ServiceAccount {sa} is not defined")
-    check_rbac(objs, sa, ns)
+    check_rbac(objs, sa, ns, [c["name"] for c in spec["containers"]], secret_namespaces)
 
     # Node plugin
     ds = node_daemonset(objs)
@@ -594,6 +622,30 @@ def check_mounter(objs, nds, node, kubelet_dir, cache_host, state_host, mounter_
          f"mounter: resources {res} lack a memory request and limit")
 
 
+def check_resizer(spec, plugin, sock, vol):
+    """The csi-resizer sidecar: PVC expansion through ControllerExpandVolume."""
+    names = [c["name"] for c in spec["containers"]]
+    need("csi-resizer" in names,
+         f"controller: no csi-resizer container (have {names}): the plugin advertises "
+         "EXPAND_VOLUME, but without the external-resizer a PVC resize never reaches it (add "
+         "the csi-resizer sidecar on the plugin's socket)")
+    rs = container(spec, "csi-resizer")
+    rsock = socket_of(rs, "csi-address")
+    rvol, _ = host_path_of(spec, rs, rsock)
+    need(rsock == sock and rvol["name"] == vol["name"],
+         f"controller: csi-resizer --csi-address {rsock} (volume {rvol['name']}) is not the "
+         f"plugin's socket {sock} (volume {vol['name']}): mount the same socket volume and "
+         "point --csi-address at it")
+    need(flag(rs, "leader-election") is not None,
+         "controller: csi-resizer lacks --leader-election (with more than one controller "
+         "replica every resizer would expand the same PVC)")
+    need(flag(rs, "handle-volume-inuse-error") == "false",
+         f"controller: csi-resizer --handle-volume-inuse-error is "
+         f"{flag(rs, 'handle-volume-inuse-error')!r}, want false: the plugin expands online "
+         "(it never answers 'volume in use'), and with the default true the resizer watches "
+         "every pod of the cluster, which its RBAC does not grant")
+
+
 def check_liveness(spec, plugin, sock, role):
     lp = container(spec, "liveness-probe")
     _, a = host_path_of(spec, lp, socket_of(lp, "csi-address"))
@@ -610,34 +662,105 @@ def check_liveness(spec, plugin, sock, role):
          f"{role}: plugin livenessProbe targets port {target}, livenessprobe serves {port}")
 
 
-def check_rbac(objs, sa, ns):
-    roles = {}
-    for crb in by_kind(objs, "ClusterRoleBinding"):
-        if any(s.get("kind") == "ServiceAccount" and s["name"] == sa and s.get("namespace") == ns
-               for s in crb.get("subjects", [])):
-            roles[crb["roleRef"]["name"]] = True
+def rule_grants(rules):
+    """{(apiGroup, resource): verbs} of a list of PolicyRules."""
+    granted = {}
+    for r in rules or []:
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                granted.setdefault((g, res), set()).update(r.get("verbs", []))
+    return granted
+
+
+def fmt_grants(g):
+    return sorted((f"{grp}/{res}" if grp else res, sorted(v)) for (grp, res), v in g.items())
+
+
+def binds(binding, sa, ns):
+    return any(s.get("kind") == "ServiceAccount" and s.get("name") == sa and
+               s.get("namespace") == ns for s in binding.get("subjects", []) or [])
+
+
+def check_rbac(objs, sa, ns, sidecars, secret_namespaces=None):
+    """The controller's ServiceAccount ns/sa: cluster-wide exactly what its
+    sidecars need (never Secrets), leases in ns, `get` on Secrets only in
+    secret_namespaces (default: ns) through Roles."""
+    # Secrets are never granted cluster-wide, to anyone in the install
+    for cr in by_kind(objs, "ClusterRole"):
+        g = rule_grants(cr.get("rules"))
+        sec = {v for (grp, res), verbs in g.items() if grp in ("", "*") and
+               res in ("secrets", "*") for v in verbs}
+        need(not sec,
+             f"ClusterRole {cr['metadata']['name']} grants {sorted(sec)} on secrets in every "
+             "namespace: the provisioner only needs `get` on its S3 StorageClasses' provisioner "
+             "Secrets; remove the rule and grant `get` on secrets with a Role + RoleBinding in "
+             "the secret namespaces (kustomize: cachalot-provisioner-secrets; Helm: "
+             "provisioner.secretNamespaces)")
+
+    roles = {crb["roleRef"]["name"] for crb in by_kind(objs, "ClusterRoleBinding")
+             if binds(crb, sa, ns)}
     need(roles, f"no ClusterRoleBinding for ServiceAccount {ns}/{sa}")
+    names = {cr["metadata"]["name"] for cr in by_kind(objs, "ClusterRole")}
+    need(roles <= names, f"ClusterRoleBindings of {ns}/{sa} name missing ClusterRoles "
+                         f"{sorted(roles - names)}")
     granted = {}
     for cr in by_kind(objs, "ClusterRole"):
         if cr["metadata"]["name"] in roles:
-            for r in cr.get("rules", []):
-                for g in r.get("apiGroups", []):
-                    for res in r.get("resources", []):
-                        granted.setdefault((g, res), set()).update(r.get("verbs", []))
-    need(granted == PROVISIONER_RULES,
-         f"provisioner ClusterRole grants {sorted((k, sorted(v)) for k, v in granted.items())}, "
-         f"want exactly {sorted((k, sorted(v)) for k, v in PROVISIONER_RULES.items())}")
-    lease = set()
+            for k, v in rule_grants(cr.get("rules")).items():
+                granted.setdefault(k, set()).update(v)
+    wanted = {}
+    for sidecar, rules in SIDECAR_RULES.items():
+        if sidecar not in sidecars:
+            continue
+        missing = {k: v - granted.get(k, set()) for k, v in rules.items()}
+        missing = {k: v for k, v in missing.items() if v}
+        need(not missing, f"ServiceAccount {ns}/{sa} lacks {fmt_grants(missing)} cluster-wide, "
+                          f"which the {sidecar} sidecar needs: add them to its ClusterRole")
+        for k, v in rules.items():
+            wanted.setdefault(k, set()).update(v)
+    extra = {k: v - wanted.get(k, set()) for k, v in granted.items()}
+    extra = {k: v for k, v in extra.items() if v}
+    need(not extra, f"the ClusterRoles {sorted(roles)} of {ns}/{sa} grant {fmt_grants(extra)}, "
+                    f"which none of its sidecars {sorted(s for s in sidecars if s in SIDECAR_RULES)} "
+                    "needs: remove them (least privilege)")
+
+    # Roles bound to the ServiceAccount: {namespace: grants}
+    per_ns = {}
     for rb in by_kind(objs, "RoleBinding"):
-        if any(s["name"] == sa for s in rb.get("subjects", [])):
-            for r in by_kind(objs, "Role"):
-                if r["metadata"]["name"] == rb["roleRef"]["name"] and \
-                        r["metadata"].get("namespace") == rb["metadata"].get("namespace") == ns:
-                    for rule in r["rules"]:
-                        if "coordination.k8s.io" in rule["apiGroups"] and "leases" in rule["resources"]:
-                            lease.update(rule["verbs"])
-    need(lease == LEASE_VERBS, f"leader election Role grants {sorted(lease)} on leases, "
+        if not binds(rb, sa, ns):
+            continue
+        rns = rb["metadata"].get("namespace")
+        ref = rb["roleRef"]
+        need(ref.get("kind") == "Role",
+             f"RoleBinding {rns}/{rb['metadata']['name']} of {ns}/{sa} refers to a "
+             f"{ref.get('kind')}: bind namespaced Roles")
+        role = next((r for r in by_kind(objs, "Role") if r["metadata"]["name"] == ref["name"]
+                     and r["metadata"].get("namespace") == rns), None)
+        need(role is not None, f"RoleBinding {rns}/{rb['metadata']['name']} binds Role "
+                               f"{rns}/{ref['name']}, which is not defined")
+        for k, v in rule_grants(role.get("rules")).items():
+            per_ns.setdefault(rns, {}).setdefault(k, set()).update(v)
+    lease = per_ns.get(ns, {}).get(("coordination.k8s.io", "leases"), set())
+    need(lease == LEASE_VERBS, f"leader election Role grants {sorted(lease)} on leases in {ns}, "
                                f"want {sorted(LEASE_VERBS)}")
+    want_secret_ns = set(secret_namespaces or [ns])
+    have_secret_ns = {n for n, g in per_ns.items() if ("", "secrets") in g}
+    for n in sorted(want_secret_ns - have_secret_ns):
+        raise CheckError(f"no Role granting `get` on secrets in namespace {n} bound to "
+                         f"ServiceAccount {ns}/{sa}: the provisioner could not read the S3 "
+                         f"provisioner Secrets there (add a Role with get on secrets and a "
+                         f"RoleBinding to {ns}/{sa} in {n})")
+    need(have_secret_ns <= want_secret_ns,
+         f"{ns}/{sa} may read secrets in {sorted(have_secret_ns - want_secret_ns)}, "
+         f"want only {sorted(want_secret_ns)}")
+    for n, g in per_ns.items():
+        allowed = dict(SECRET_RULES) if n in want_secret_ns else {}
+        if n == ns:
+            allowed[("coordination.k8s.io", "leases")] = LEASE_VERBS
+        extra = {k: v - allowed.get(k, set()) for k, v in g.items()}
+        extra = {k: v for k, v in extra.items() if v}
+        need(not extra, f"Roles bound to {ns}/{sa} in {n} grant {fmt_grants(extra)}: want only "
+                        f"{fmt_grants(allowed)} there")
 
 
 # --------------------------------------------------------------------------
@@ -909,6 +1032,7 @@ def check_examples(root, objs):
     for sc in scs.values():
         need(sc["provisioner"] == DRIVER, f"StorageClass {sc['metadata']['name']}: provisioner")
         check_storageclass_params(sc, sc_keys)
+        check_storageclass_expansion(sc)
     p = s3[0]["parameters"]
     for kind in ("provisioner", "node-stage"):
         n = p.get(f"csi.storage.k8s.io/{kind}-secret-name")
@@ -941,12 +1065,127 @@ def check_examples(root, objs):
                  f"static PVC {pvc['metadata']['name']} does not name an example PV")
     pods = by_kind(objs, "Pod")
     need(pods, "no example Pod")
+    inline = 0
     for pod in pods:
         ns = pod["metadata"].get("namespace")
         for v in pod["spec"].get("volumes", []):
             if "persistentVolumeClaim" in v:
                 cn = v["persistentVolumeClaim"]["claimName"]
                 need((ns, cn) in pvcs, f"Pod {pod['metadata']['name']}: PVC {ns}/{cn} not in examples")
+            if "csi" in v:
+                check_inline_volume(pod, v, sc_keys)
+                inline += 1
+    need(inline, "no example Pod with an inline `csi:` volume of the driver")
+
+
+def check_storageclass_expansion(sc):
+    need(sc.get("allowVolumeExpansion") is True,
+         f"StorageClass {sc['metadata']['name']}: allowVolumeExpansion "
+         f"{sc.get('allowVolumeExpansion')!r}, want true (the plugin expands online: without it "
+         "the API server refuses every resize of its PVCs)")
+
+
+INLINE_LOCATIONS = ("source", "server/share", "bucket")
+
+
+def check_inline_volume(pod, v, sc_keys):
+    """An inline `csi:` volume: driver, attributes the plugin accepts
+    (StorageClass parameter names of src/csi/params/mod.rs), subDir a plain
+    relative path, one location, S3 keys through nodePublishSecretRef."""
+    where = f"Pod {pod['metadata'].get('namespace')}/{pod['metadata']['name']} volume {v['name']}"
+    csi = v["csi"]
+    need(csi.get("driver") == DRIVER, f"{where}: inline csi driver {csi.get('driver')!r}, "
+                                      f"want {DRIVER}")
+    attrs = csi.get("volumeAttributes") or {}
+    lower = {k.lower(): val for k, val in attrs.items()}
+    for k, val in attrs.items():
+        need(not k.startswith(SECRET_PARAM_PREFIX),
+             f"{where}: volumeAttributes key {k!r}: the csi.storage.k8s.io/ keys are the "
+             "kubelet's and are ignored; S3 keys come from nodePublishSecretRef")
+        need(k.lower() in sc_keys, f"{where}: volumeAttributes key {k!r} unknown to the driver "
+                                   f"(inline attributes are StorageClass parameters: "
+                                   f"{sorted(sc_keys)})")
+        need(isinstance(val, str), f"{where}: volumeAttributes {k} must be a string (quote it)")
+    sub = lower.get("subdir")
+    if sub is not None:
+        need("${" not in sub, f"{where}: subDir {sub!r} has a ${{...}} template: an inline volume "
+                              "has no claim to expand it from (NodePublish fails with "
+                              "INVALID_ARGUMENT); give a plain path below the source")
+        need(not sub.startswith("/") and ".." not in sub.split("/"),
+             f"{where}: subDir {sub!r} must be a relative path below the source")
+    given = ["source" in lower, "server" in lower or "share" in lower,
+             "bucket" in lower or "prefix" in lower]
+    need(given.count(True) == 1, f"{where}: give exactly one of {INLINE_LOCATIONS} in "
+                                 f"volumeAttributes (has {sorted(attrs)})")
+    if given[0]:
+        need(re.match(r"(file|nfs|s3)://", lower["source"]),
+             f"{where}: source {lower['source']!r} is not file://, nfs:// or s3://")
+    if given[1]:
+        need("server" in lower and "share" in lower, f"{where}: server and share go together")
+    need(("uid" in lower) == ("gid" in lower), f"{where}: uid and gid go together")
+    if "readonly" in lower:
+        need(lower["readonly"].lower() in ("true", "false"),
+             f"{where}: readOnly {lower['readonly']!r}, want \"true\" or \"false\"")
+    s3 = given[2] or lower.get("source", "").startswith("s3://")
+    if s3:
+        need((csi.get("nodePublishSecretRef") or {}).get("name"),
+             f"{where}: an S3 inline volume needs nodePublishSecretRef (its keys); they never "
+             "go into volumeAttributes")
+
+
+def secret_namespaces_of(objs):
+    """Namespaces where the controller's ServiceAccount may get Secrets."""
+    spec = pod_spec(one(objs, "Deployment"))
+    sa, ns = spec.get("serviceAccountName"), one(objs, "Deployment")["metadata"].get("namespace")
+    out = set()
+    for rb in by_kind(objs, "RoleBinding"):
+        if not binds(rb, sa, ns):
+            continue
+        rns = rb["metadata"].get("namespace")
+        for r in by_kind(objs, "Role"):
+            if r["metadata"]["name"] == rb["roleRef"]["name"] and \
+                    r["metadata"].get("namespace") == rns and \
+                    "get" in rule_grants(r.get("rules")).get(("", "secrets"), set()):
+                out.add(rns)
+    return out
+
+
+def check_examples_fit_base(examples, base):
+    """What the examples need from the kustomize base: the S3 provisioner
+    Secret in a namespace the provisioner may read; Ephemeral in the
+    CSIDriver for the inline volumes."""
+    readable = secret_namespaces_of(base)
+    for sc in by_kind(examples, "StorageClass"):
+        ns = sc.get("parameters", {}).get("csi.storage.k8s.io/provisioner-secret-namespace")
+        if ns is None:
+            continue
+        need(ns in readable,
+             f"StorageClass {sc['metadata']['name']}: provisioner-secret-namespace {ns} is not "
+             f"one where the base's provisioner may get Secrets ({sorted(readable)}): keep the "
+             "provisioner Secret in the driver's namespace or add a Role there")
+    modes = one(base, "CSIDriver")["spec"].get("volumeLifecycleModes") or []
+    for pod in by_kind(examples, "Pod"):
+        for v in pod["spec"].get("volumes", []):
+            if "csi" in v:
+                need("Ephemeral" in modes,
+                     f"Pod {pod['metadata']['name']}: inline volume {v['name']}, but the "
+                     f"CSIDriver's volumeLifecycleModes are {modes}: add Ephemeral")
+
+
+def check_namespace_pod_security(objs, name):
+    """The Namespace `name` is in objs, labelled for privileged pods, and
+    every namespaced object of objs is in it."""
+    nss = [o for o in by_kind(objs, "Namespace") if o["metadata"]["name"] == name]
+    need(nss, f"no Namespace {name} (the install's namespace) among the objects")
+    labels = nss[0]["metadata"].get("labels") or {}
+    wrong = {k: labels.get(k) for k, v in POD_SECURITY_LABELS.items() if labels.get(k) != v}
+    need(not wrong, f"Namespace {name}: Pod Security labels {wrong}, want "
+                    f"{POD_SECURITY_LABELS} (the node plugin and the mounter are privileged: "
+                    "a namespace enforcing baseline or restricted refuses their pods)")
+    for o in objs:
+        if o.get("kind") not in CLUSTER_SCOPED:
+            need(o["metadata"].get("namespace") == name,
+                 f"{key(o)} is not in the namespace {name}")
 
 
 # --------------------------------------------------------------------------
@@ -1059,8 +1298,9 @@ def check_helm_values(chart_dir):
     sc_keys, _ = params_keys(ROOT)
     for sc in scs.values():
         check_storageclass_params(sc, sc_keys)
-    crb = one(objs, "ClusterRoleBinding")
-    need(crb["subjects"][0]["namespace"] == "storage", "ClusterRoleBinding subject namespace")
+    for crb in by_kind(objs, "ClusterRoleBinding"):
+        need(crb["subjects"][0]["namespace"] == "storage",
+             f"ClusterRoleBinding {crb['metadata']['name']}: subject namespace")
 
 
 def check_helm_metrics(chart_dir):
@@ -1111,6 +1351,94 @@ def check_helm_metrics(chart_dir):
     else:
         raise CheckError("metrics.podMonitor.enabled with metrics.enabled=false renders: it "
                          "would scrape a port the pods do not have (make the template fail)")
+
+
+def render_notes(chart_dir, values, name="cachalot", namespace="cachalot"):
+    c = helm_chart.Chart.load(chart_dir)
+    out = c.render(values, name=name, namespace=namespace, is_install=True)
+    notes = [t for p, t in out.items() if p.endswith("/NOTES.txt")]
+    need(len(notes) == 1, "the chart renders no NOTES.txt")
+    return notes[0]
+
+
+def label_command(ns):
+    return f"kubectl label namespace {ns} --overwrite " + " ".join(
+        f"{k}={v}" for k, v in POD_SECURITY_LABELS.items())
+
+
+def check_helm_security_values(chart_dir):
+    """namespace.create, provisioner.secretNamespaces, inlineVolumes.enabled,
+    sidecars.resizer, storageClasses[].allowVolumeExpansion."""
+    classes = [{"name": "grow", "parameters": {"server": "nfs", "share": "/x"}},
+               {"name": "fixed", "allowVolumeExpansion": False,
+                "parameters": {"source": "file:///srv"}}]
+    # defaults: no Namespace (helm install needs it beforehand), the label
+    # command in the notes, Secrets readable in the release namespace only
+    values = with_image({"storageClasses": classes})
+    objs = render_helm(chart_dir, values, name="rel", namespace="storage")
+    need(not by_kind(objs, "Namespace"), "a Namespace is rendered by default (namespace.create "
+                                         "defaults to false: `helm install` needs the namespace "
+                                         "before it renders)")
+    check_install(objs, secret_namespaces=["storage"])
+    notes = render_notes(chart_dir, values, name="rel", namespace="storage")
+    need(label_command("storage") in notes,
+         f"NOTES.txt (namespace.create=false) lacks `{label_command('storage')}`")
+    need("only in: storage\n" in notes, "NOTES.txt does not name the secret namespace storage")
+    scs = {sc["metadata"]["name"]: sc for sc in by_kind(objs, "StorageClass")}
+    check_storageclass_expansion(scs["grow"])
+    need(scs["fixed"].get("allowVolumeExpansion") is False,
+         "storageClasses[].allowVolumeExpansion=false renders "
+         f"{scs['fixed'].get('allowVolumeExpansion')!r}")
+
+    # namespace.create=true: the Namespace with the Pod Security labels
+    values = with_image({"namespace": {"create": True}})
+    objs = render_helm(chart_dir, values, name="rel", namespace="storage")
+    validate_schemas(objs)
+    check_namespace_pod_security(objs, "storage")
+    check_install(objs, secret_namespaces=["storage"])
+    notes = render_notes(chart_dir, values, name="rel", namespace="storage")
+    need("kubectl label namespace" not in notes,
+         "NOTES.txt asks to label the namespace although namespace.create=true renders it")
+
+    # provisioner.secretNamespaces: a Role + RoleBinding in each, nowhere else;
+    # a StorageClass naming another namespace fails the render
+    sec = ["storage", "s3-creds"]
+    values = with_image({"provisioner": {"secretNamespaces": sec}, "storageClasses": [
+        {"name": "s3", "parameters": {
+            "bucket": "b", "csi.storage.k8s.io/provisioner-secret-name": "k",
+            "csi.storage.k8s.io/provisioner-secret-namespace": "s3-creds"}}]})
+    objs = render_helm(chart_dir, values, name="rel", namespace="storage")
+    validate_schemas(objs)
+    check_install(objs, secret_namespaces=sec)
+    need(secret_namespaces_of(objs) == set(sec), f"secret namespaces {secret_namespaces_of(objs)}")
+    notes = render_notes(chart_dir, values, name="rel", namespace="storage")
+    need("only in: storage, s3-creds\n" in notes, "NOTES.txt does not list secretNamespaces")
+    values["storageClasses"][0]["parameters"][
+        "csi.storage.k8s.io/provisioner-secret-namespace"] = "${pvc.namespace}"
+    try:
+        render_helm(chart_dir, values, name="rel", namespace="storage")
+    except helm_errors.HelmRenderError as e:
+        need("provisioner.secretNamespaces" in str(e) and "${pvc.namespace}" in str(e),
+             f"a StorageClass's secret namespace outside secretNamespaces fails with {e}")
+    else:
+        raise CheckError("a StorageClass whose provisioner-secret-namespace is not in "
+                         "provisioner.secretNamespaces renders: its provisioning would fail "
+                         "(forbidden); make the template fail")
+
+    # inlineVolumes.enabled=false: Persistent only
+    values = with_image({"inlineVolumes": {"enabled": False}})
+    objs = render_helm(chart_dir, values)
+    check_install(objs, inline=False)
+    need("Inline volumes" not in render_notes(chart_dir, values),
+         "NOTES.txt mentions inline volumes with inlineVolumes.enabled=false")
+
+    # sidecars.resizer
+    values = with_image({"sidecars": {"resizer": {
+        "image": "mirror.example.com/csi-resizer:v1.13.2", "resources": {"limits": {"memory": "1Gi"}}}}})
+    rs = container(pod_spec(one(render_helm(chart_dir, values), "Deployment")), "csi-resizer")
+    need(rs["image"] == "mirror.example.com/csi-resizer:v1.13.2", f"sidecars.resizer.image: {rs['image']}")
+    need(rs["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "10m", "memory": "32Mi"}},
+         f"sidecars.resizer.resources: {rs['resources']}")
 
 
 def check_helm_lint(chart_dir):
@@ -1610,6 +1938,8 @@ def main():
     r.check("kustomize: schemas (strict)", validate_schemas, base)
     r.check("kustomize: install invariants", check_install, base)
     r.check("kustomize: image (what scripts/image.sh builds)", check_base_image, base, ROOT)
+    r.check("kustomize: namespace Pod Security labels", check_namespace_pod_security, base,
+            "cachalot")
 
     def load_examples():
         objs = []
@@ -1623,6 +1953,8 @@ def main():
     r.check("examples: schemas (strict)", validate_schemas, ex)
     r.check("examples: driver, parameters, references", check_examples, ROOT, ex)
     r.check("examples: PodMonitor scrapes the base's pods", check_example_podmonitors, ex, base)
+    r.check("examples: fit the base (secret namespace, inline volumes)", check_examples_fit_base,
+            ex, base)
 
     r.check("overlay: example replaces the image", check_overlay, odir, base)
 
@@ -1644,6 +1976,8 @@ def main():
     r.check("helm: values (image, log level, paths, extraArgs, scheduling, classes)",
             check_helm_values, cdir)
     r.check("helm: metrics values (port, disabled, PodMonitor)", check_helm_metrics, cdir)
+    r.check("helm: namespace, secret namespaces, inline volumes, expansion values",
+            check_helm_security_values, cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
     r.check("grafana: dashboard (JSON, datasource, variables, README metrics)", check_dashboard, ROOT)
     r.check("grafana: queries parse with promtool", check_dashboard_promtool, ROOT)

@@ -44,3 +44,21 @@ imagePullSecrets:
 {{ toYaml . }}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Pod Security Admission labels of the release namespace: the node plugin and
+the mounter are privileged.
+*/}}
+{{- define "cachalot.podSecurityLabels" -}}
+pod-security.kubernetes.io/enforce: privileged
+pod-security.kubernetes.io/audit: privileged
+pod-security.kubernetes.io/warn: privileged
+{{- end -}}
+
+{{/*
+Namespaces where the provisioner may read Secrets (JSON list):
+provisioner.secretNamespaces, or the release namespace.
+*/}}
+{{- define "cachalot.secretNamespaces" -}}
+{{- toJson (.Values.provisioner.secretNamespaces | default (list .Release.Namespace) | uniq) -}}
+{{- end -}}
