@@ -1,0 +1,129 @@
+//! The backend tier of a read: one page of the view's version from the
+//! backend, through the handle's reader of that version (opened at the
+//! first miss, shared between the inode's descriptors), following the
+//! file's object when it moved and noticing when it changed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::backend::{ErrorKind, ObjectReader, VersionToken};
+
+use super::{FileHandle, ReadError, View};
+use crate::fs::types::FsError;
+use crate::fs::CachalotFs;
+
+impl CachalotFs {
+    /// Read one page of the view's version from the backend.
+    pub(super) async fn fetch_page(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        index: u64,
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        let reader = self.reader(handle, view).await?;
+        if *reader.version() != view.version {
+            return Err(ReadError::Changed {
+                version: reader.version().clone(),
+                size: reader.size(),
+            });
+        }
+        let page_size = self.cache.page_size();
+        let data = match reader.read_at(index * page_size, page_size as usize).await {
+            Ok(data) => data,
+            // The object the reader has open changed in place (another
+            // writer, behind the mount): what it reads now is not the
+            // view's version. Which version is there decides (see `read`).
+            Err(e) if e.kind == ErrorKind::Stale => {
+                return Err(self.changed_in_place(handle, view).await);
+            }
+            Err(e) => return Err(FsError::from(e).into()),
+        };
+        self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .backend_read_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(Arc::new(data))
+    }
+
+    /// The reader of `view` found its object changed in place: forget that
+    /// reader, and report the version the backend has now (`Changed`), or
+    /// ESTALE if there is nothing to follow.
+    async fn changed_in_place(&self, handle: &FileHandle, view: &View) -> ReadError {
+        handle.reader.lock().take();
+        if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+            inode.reader = None;
+        }
+        match self.backend.stat(handle.identity, &view.path).await {
+            Ok(meta) if meta.version != view.version => ReadError::Changed {
+                version: meta.version,
+                size: meta.size,
+            },
+            _ => {
+                tracing::warn!(path = %view.path, ino = handle.ino,
+                    "file changed in place behind the mount while open; this descriptor's version is gone (ESTALE)");
+                ReadError::Fs(FsError(libc::ESTALE))
+            }
+        }
+    }
+
+    /// The reader another descriptor of the inode opened, if of `version`.
+    fn shared_reader(&self, ino: u64, version: &VersionToken) -> Option<Arc<dyn ObjectReader>> {
+        let table = self.inodes.lock();
+        let shared = table.get(ino).ok()?.reader.as_ref()?;
+        (shared.version() == version && !version.0.is_empty()).then(|| Arc::clone(shared))
+    }
+
+    /// The handle's backend reader, opened at the view's path if it has none.
+    async fn reader(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+    ) -> Result<Arc<dyn ObjectReader>, ReadError> {
+        if let Some(r) = handle.reader.lock().as_ref() {
+            return Ok(Arc::clone(r));
+        }
+        if let Some(r) = self.shared_reader(handle.ino, &view.version) {
+            *handle.reader.lock() = Some(Arc::clone(&r));
+            return Ok(r);
+        }
+        let opened = self.backend.open_read(handle.identity, &view.path).await;
+        let elsewhere = match &opened {
+            Ok(r) => !view.version.0.is_empty() && *r.version() != view.version,
+            Err(e) => e.kind == ErrorKind::NotFound,
+        };
+        if elsewhere {
+            // The file may have been unlinked or replaced while open: its
+            // object moves to a hidden name (and another file may take the
+            // old one). Wait for any such move to finish and follow the
+            // inode's name: this request starts over there.
+            drop(self.hidden_ops.lock().await);
+            let now = self.inodes.lock().path_of(handle.ino).ok();
+            match now {
+                Some(path) if path != view.path => {
+                    handle.set_path(path);
+                    return Err(ReadError::Moved);
+                }
+                // Removed while open and not kept (a backend without cheap
+                // renames): its data is gone, as for an NFS file deleted by
+                // another client.
+                None if opened.is_err() => return Err(FsError(libc::ESTALE).into()),
+                _ => {}
+            }
+        }
+        let reader: Arc<dyn ObjectReader> = opened.map_err(FsError::from)?.into();
+        if *reader.version() == view.version {
+            if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+                inode.reader = Some(Arc::clone(&reader));
+            }
+        }
+        let mut slot = handle.reader.lock();
+        // Keep a reader another request opened meanwhile if it matches.
+        match slot.as_ref() {
+            Some(r) if r.version() == &view.version => Ok(Arc::clone(r)),
+            _ => {
+                *slot = Some(Arc::clone(&reader));
+                Ok(reader)
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The memory and page-store tiers of a read: recently served pages in
+//! memory (`HotPages`), the part of a stored page a small random read
+//! needs, a whole page loaded from the page store, and a page fetched from
+//! the backend once for all its concurrent readers (`InFlight`) and stored
+//! in the background.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cache::PageKey;
+
+use super::{FileHandle, ReadError, View};
+use crate::fs::CachalotFs;
+
+type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, ReadError>>>;
+
+/// Memory for recently served pages, shared by all handles: the kernel
+/// splits a page into several concurrent requests, and several pods often
+/// read the same file, so each page file is read and verified once.
+const HOT_PAGES_BYTES: u64 = 64 << 20;
+
+pub struct HotPages(parking_lot::Mutex<lru::LruCache<PageKey, Arc<Vec<u8>>>>);
+
+impl HotPages {
+    pub fn new(page_size: u64) -> HotPages {
+        let pages = (HOT_PAGES_BYTES / page_size).max(4) as usize;
+        let cap = std::num::NonZeroUsize::new(pages).unwrap_or(std::num::NonZeroUsize::MIN);
+        HotPages(parking_lot::Mutex::new(lru::LruCache::new(cap)))
+    }
+
+    fn get(&self, key: &PageKey) -> Option<Arc<Vec<u8>>> {
+        self.0.lock().get(key).cloned()
+    }
+
+    fn put(&self, key: PageKey, page: Arc<Vec<u8>>) {
+        self.0.lock().put(key, page);
+    }
+
+    #[cfg(test)]
+    pub(in crate::fs) fn clear(&self) {
+        self.0.lock().clear();
+    }
+
+    #[cfg(test)]
+    pub(in crate::fs) fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
+/// Pages being fetched from the backend right now: concurrent misses on one
+/// page (kernel readahead, parallel readers) wait for a single fetch.
+#[derive(Default)]
+pub struct InFlight(pub(super) parking_lot::Mutex<HashMap<PageKey, PageCell>>);
+
+impl CachalotFs {
+    /// Pages being fetched from the backend right now (read-ahead and
+    /// demand reads).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.inflight.0.lock().len()
+    }
+
+    /// `window` is the read-ahead window of this request: 0 for a random
+    /// read.
+    pub(super) async fn read_pages(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        offset: u64,
+        size: usize,
+        window: u64,
+    ) -> Result<Vec<u8>, ReadError> {
+        let page_size = self.cache.page_size();
+        let mut out = Vec::with_capacity(size);
+        let mut pos = offset;
+        let end = offset + size as u64;
+        while pos < end {
+            let index = pos / page_size;
+            let within = pos - index * page_size;
+            let want = (page_size - within).min(end - pos) as usize;
+            let key = self.page_key(view, index);
+            let page = match self.hot.get(&key) {
+                Some(page) => {
+                    self.cache.count_memory_hit();
+                    page
+                }
+                // (A page being fetched right now: join that fetch below.)
+                None if Self::wants_range(window, want, page_size)
+                    && !self.inflight.0.lock().contains_key(&key) =>
+                {
+                    match self.stored_range(&key, within, want).await {
+                        Some(part) => {
+                            let short = part.len() < want;
+                            pos += part.len() as u64;
+                            out.extend_from_slice(&part);
+                            if short {
+                                break; // the page ends there: end of file
+                            }
+                            continue;
+                        }
+                        // Not stored (get_range counted the miss): fetch
+                        // the whole page from the backend, once, unless a
+                        // fetch that just finished left it in memory.
+                        None => match self.hot.get(&key) {
+                            Some(page) => page,
+                            None => self.load_page_once(handle, view, index, key, false).await?,
+                        },
+                    }
+                }
+                None => self.load_page_once(handle, view, index, key, true).await?,
+            };
+            let within = within as usize;
+            if within >= page.len() {
+                break; // end of file
+            }
+            let take = (page.len() - within).min(want);
+            out.extend_from_slice(&page[within..within + take]);
+            pos += take as u64;
+            if (page.len() as u64) < page_size {
+                break; // short page: end of file
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether to read only the needed part of a stored page rather than
+    /// load it whole into HotPages: for random reads of a small part of a
+    /// page, where reading and verifying the whole page (1 MiB by default)
+    /// would cost far more than the request. Sequential readers load whole
+    /// pages: their next requests use the rest of the page from memory.
+    fn wants_range(window: u64, want: usize, page_size: u64) -> bool {
+        window == 0 && (want as u64) < page_size / 2
+    }
+
+    /// `len` bytes at `within` of the page `key` from the page store, if
+    /// stored (never partial data in HotPages).
+    async fn stored_range(&self, key: &PageKey, within: u64, len: usize) -> Option<Vec<u8>> {
+        let cache = Arc::clone(&self.cache);
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || cache.get_range(&key, within, len))
+            .await
+            .unwrap_or(None)
+    }
+
+    pub(in crate::fs) fn page_key(&self, view: &View, index: u64) -> PageKey {
+        PageKey {
+            source: self.backend.cache_identity().to_string(),
+            path: view.path.as_str().to_string(),
+            version: view.version.0.clone(),
+            index,
+        }
+    }
+
+    /// Load a page from the page store (unless `lookup` is false: the
+    /// caller just found it missing), or else from the backend, once for all
+    /// concurrent readers of it.
+    pub(super) async fn load_page_once(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        index: u64,
+        key: PageKey,
+        lookup: bool,
+    ) -> Result<Arc<Vec<u8>>, ReadError> {
+        let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
+        cell.get_or_init(|| async {
+            let cache = Arc::clone(&self.cache);
+            let stored = key.clone();
+            let cached = if lookup {
+                tokio::task::spawn_blocking(move || cache.get(&stored))
+                    .await
+                    .unwrap_or(None)
+            } else {
+                None
+            };
+            if let Some(data) = cached {
+                let data = Arc::new(data);
+                self.hot.put(key.clone(), Arc::clone(&data));
+                self.inflight.0.lock().remove(&key);
+                return Ok(data);
+            }
+            match self.fetch_page(handle, view, index).await {
+                Ok(data) => {
+                    self.hot.put(key.clone(), Arc::clone(&data));
+                    // Store in the background (the application does not wait
+                    // for the cache write), and keep the in-flight entry until
+                    // the page is on disk so readers arriving meanwhile reuse
+                    // this fetch instead of starting another.
+                    let cache = Arc::clone(&self.cache);
+                    let inflight = Arc::clone(&self.inflight);
+                    let page = Arc::clone(&data);
+                    tokio::task::spawn_blocking(move || {
+                        cache.put(&key, &page);
+                        inflight.0.lock().remove(&key);
+                    });
+                    Ok(data)
+                }
+                Err(e) => {
+                    self.inflight.0.lock().remove(&key);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .clone()
+    }
+}
