@@ -520,3 +520,77 @@ fn capacity_is_a_quota_on_s3() {
     assert_eq!(get(&store, "quota/new").map(|d| d.len()), Some(2 << 20));
     assert_eq!(get(&store, "quota/old"), None);
 }
+
+/// No keys anywhere, but a container credentials endpoint (EKS pod
+/// identity): the mount fetches temporary keys from it with the pod's
+/// token, signs with them (SeaweedFS checks the signatures) in both clients
+/// (object_store and the raw signer), and fetches new ones before they
+/// expire (these expire in 200 s, within the 5 min the cache keeps in
+/// hand, so every use after a short backoff refreshes them).
+#[test]
+fn pod_identity_credentials_are_fetched_and_refreshed() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
+    let fetches = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&fetches);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&conn);
+            let mut auth = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = line[14..].trim().to_string();
+                }
+                line.clear();
+            }
+            seen.lock().unwrap().push(auth);
+            let expires = chrono::Utc::now() + chrono::Duration::seconds(200);
+            let body = format!(
+                r#"{{"AccessKeyId":"{}","SecretAccessKey":"{}","Token":"","Expiration":"{}"}}"#,
+                support_s3::KEY_ID,
+                support_s3::SECRET,
+                expires.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let token = cache.path().join("eks-pod-identity-token");
+    fs::write(&token, "pod-token-123").unwrap();
+    let token = token.display().to_string();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ""),
+        ("AWS_SECRET_ACCESS_KEY", ""),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token.as_str()),
+    ];
+    let m = Mounted::start_with_env(&server, "podid", cache.path(), &[], &env);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"from a pod role").unwrap();
+    assert_eq!(get(&store, "podid/d/f").unwrap(), b"from a pod role");
+    std::thread::sleep(Duration::from_millis(300));
+    // A directory rename goes through the raw signer (listing, copy).
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    assert_eq!(get(&store, "podid/e/f").unwrap(), b"from a pod role");
+    let log = fs::read_to_string(&m.log).unwrap_or_default();
+    assert!(
+        log.contains("container credentials"),
+        "the mount does not say where its credentials came from:\n{log}"
+    );
+    let fetches = fetches.lock().unwrap().clone();
+    assert!(
+        fetches.len() >= 2,
+        "the keys were not refreshed before expiry: {fetches:?}"
+    );
+    assert!(fetches.iter().all(|a| a == "pod-token-123"), "{fetches:?}");
+}

@@ -163,6 +163,7 @@ fn s3_backend(
     options: S3Options,
 ) -> Result<Arc<S3Backend>> {
     let credentials = Credentials::load(&opts.s3.credentials)?;
+    tracing::info!(bucket, access_key_id = %credentials.access_key_id, origin = %credentials.origin, "S3 credentials");
     // S3 stores no owners: everything belongs to --uid/--gid, else to the
     // identity that mounted.
     let owner = opts.identity.unwrap_or(Identity::new(

@@ -174,6 +174,15 @@ impl S3Server {
         out
     }
 
+    /// Everything the server printed (its request log included).
+    pub fn output(&self) -> String {
+        ["weed.log", "weed.err", "moto.log", "moto.err"]
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(self.dir.path().join(name)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// SIGKILL the server (a crash, an OOM kill) and reap it; its ports
     /// close with it. Nothing is restarted (see `prepare_restart`).
     pub fn kill(&mut self) {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 use super::keys::KeyMap;
@@ -36,24 +36,32 @@ pub fn build(cfg: S3Config) -> Result<Inner, String> {
         .with_virtual_hosted_style_request(addr.virtual_hosted)
         .with_client_options(client_options.clone())
         .with_allow_http(addr.allow_http)
-        .with_retry(retry)
-        .with_access_key_id(&creds.access_key_id)
-        .with_secret_access_key(creds.secret_access_key());
-    if let Some(token) = &creds.session_token {
-        builder = builder.with_token(token);
-    }
+        .with_retry(retry);
+    builder = match &creds.cloud {
+        None => {
+            let mut b = builder
+                .with_access_key_id(&creds.access_key_id)
+                .with_secret_access_key(creds.secret_access_key());
+            if let Some(token) = &creds.session_token {
+                b = b.with_token(token);
+            }
+            b
+        }
+        // object_store picks web identity, container credentials or the
+        // instance metadata from these, and refreshes what it got before
+        // it expires.
+        Some(_) => with_cloud_environment(builder),
+    };
     let store = builder
         .build()
         .map_err(|e| format!("configuring the S3 client: {e}"))?;
+    // The raw requests sign with the same provider (the same refreshed
+    // keys), never a copy of them.
     let raw = RawClient::new(
         &client_options,
         &addr.bucket_url,
         &cfg.bucket,
-        AwsCredential {
-            key_id: creds.access_key_id.clone(),
-            secret_key: creds.secret_access_key().to_string(),
-            token: creds.session_token.clone(),
-        },
+        std::sync::Arc::clone(store.credentials()),
         &addr.region,
         opts.max_retries,
         opts.retry_timeout,
@@ -94,6 +102,18 @@ fn cache_identity(bucket: &str, prefix: &str, endpoint: Option<&str>) -> String 
         id.push_str(&format!(" at {}", e.trim_end_matches('/')));
     }
     id
+}
+
+/// The cloud-credential settings of the environment, and nothing else of it.
+fn with_cloud_environment(mut builder: AmazonS3Builder) -> AmazonS3Builder {
+    for name in super::credentials::CLOUD_ENV {
+        let value = std::env::var(name).ok().filter(|v| !v.is_empty());
+        let key = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>();
+        if let (Some(value), Ok(key)) = (value, key) {
+            builder = builder.with_config(key, value);
+        }
+    }
+    builder
 }
 
 #[cfg(test)]

@@ -1,7 +1,11 @@
 //! S3 credentials: the standard AWS environment variables or an AWS
-//! shared-credentials file (INI). The secret never appears in Debug output,
-//! logs or error messages; the access key id does, because it is what an
-//! operator needs to find the right key.
+//! shared-credentials file (INI), else the cloud's own: a web identity
+//! token (IRSA: `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`), container
+//! credentials (EKS pod identity, ECS: `AWS_CONTAINER_CREDENTIALS_*`) or the
+//! instance metadata service. Cloud credentials are fetched and refreshed
+//! before they expire by object_store's providers (see `client.rs`). The
+//! secret never appears in Debug output, logs or error messages; the access
+//! key id does, because it is what an operator needs to find the right key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,7 +30,35 @@ pub struct Credentials {
     pub session_token: Option<String>,
     /// Where they came from, for messages ("environment", "file X profile Y").
     pub origin: String,
+    /// Keys come from the cloud at request time; the fields above are empty.
+    pub cloud: Option<CloudCredentials>,
 }
+
+/// Where temporary keys come from when none are configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloudCredentials {
+    /// `AssumeRoleWithWebIdentity` with the token in the file (IRSA).
+    WebIdentity,
+    /// The container credentials endpoint (EKS pod identity, ECS task role).
+    Container,
+    /// The instance metadata service (the node's instance profile).
+    InstanceMetadata,
+}
+
+/// The environment variables object_store's cloud providers read (nothing
+/// else of the environment reaches the client: endpoint and region are
+/// ours to set).
+pub const CLOUD_ENV: &[&str] = &[
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_METADATA_ENDPOINT",
+    "AWS_IMDSV1_FALLBACK",
+];
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -38,6 +70,7 @@ impl fmt::Debug for Credentials {
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
             .field("origin", &self.origin)
+            .field("cloud", &self.cloud)
             .finish()
     }
 }
@@ -59,6 +92,17 @@ impl Credentials {
             secret_access_key: secret_access_key.to_string(),
             session_token: session_token.map(str::to_string),
             origin: "explicit".into(),
+            cloud: None,
+        }
+    }
+
+    fn from_cloud(kind: CloudCredentials, origin: String) -> Self {
+        Credentials {
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: None,
+            origin,
+            cloud: Some(kind),
         }
     }
 
@@ -110,10 +154,28 @@ impl Credentials {
                     let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
                     from_file(&file, &profile)
                 }
-                _ => Err(CredentialsError::Missing),
+                _ => Ok(cloud(env)),
             },
         }
     }
+}
+
+/// No keys configured: the cloud's, in the order the AWS SDKs try them.
+fn cloud(env: impl Fn(&str) -> Option<String>) -> Credentials {
+    if let (Some(token), Some(role)) = (env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN")) {
+        let origin = format!("web identity (role {role}, token file {token})");
+        return Credentials::from_cloud(CloudCredentials::WebIdentity, origin);
+    }
+    if env("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+    {
+        let origin = "container credentials (EKS pod identity / ECS task role)".to_string();
+        return Credentials::from_cloud(CloudCredentials::Container, origin);
+    }
+    let origin = "instance metadata (no AWS_ACCESS_KEY_ID, credentials file, web identity or \
+                  container credentials were found)"
+        .to_string();
+    Credentials::from_cloud(CloudCredentials::InstanceMetadata, origin)
 }
 
 fn from_file(path: &Path, profile: &str) -> Result<Credentials, CredentialsError> {
@@ -226,10 +288,51 @@ aws_session_token = tok
             Credentials::load_with(&CredentialSource::default(), half),
             Err(CredentialsError::IncompleteEnvironment)
         );
-        assert_eq!(
-            Credentials::load_with(&CredentialSource::default(), no_env),
-            Err(CredentialsError::Missing)
+        let c = Credentials::load_with(&CredentialSource::default(), no_env).unwrap();
+        assert_eq!(c.cloud, Some(CloudCredentials::InstanceMetadata));
+    }
+
+    #[test]
+    fn without_keys_the_cloud_provides_them_in_the_sdk_order() {
+        let load = |vars: &'static [(&'static str, &'static str)]| {
+            let env = move |n: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.to_string())
+            };
+            Credentials::load_with(&CredentialSource::default(), env).unwrap()
+        };
+        let web = load(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials",
+            ),
+        ]);
+        assert_eq!(web.cloud, Some(CloudCredentials::WebIdentity));
+        assert!(
+            web.origin.contains("arn:aws:iam::1:role/r"),
+            "{}",
+            web.origin
         );
+        // A token file without a role is not IRSA.
+        let pod = load(&[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/token"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials",
+            ),
+        ]);
+        assert_eq!(pod.cloud, Some(CloudCredentials::Container));
+        // Keys in the environment win over the cloud.
+        let keys = load(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+        ]);
+        assert_eq!(keys.cloud, None);
     }
 
     #[test]

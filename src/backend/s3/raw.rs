@@ -10,7 +10,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use object_store::aws::{AwsAuthorizer, AwsCredential};
+use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
 use object_store::ClientOptions;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -53,7 +53,7 @@ pub struct RawClient {
     http: HttpClient,
     bucket_url: String,
     bucket: String,
-    credential: AwsCredential,
+    credentials: AwsCredentialProvider,
     region: String,
     max_retries: usize,
     retry_timeout: Duration,
@@ -72,7 +72,7 @@ impl RawClient {
         options: &ClientOptions,
         bucket_url: &str,
         bucket: &str,
-        credential: AwsCredential,
+        credentials: AwsCredentialProvider,
         region: &str,
         max_retries: usize,
         retry_timeout: Duration,
@@ -84,7 +84,7 @@ impl RawClient {
             http,
             bucket_url: bucket_url.trim_end_matches('/').to_string(),
             bucket: bucket.to_string(),
-            credential,
+            credentials,
             region: region.to_string(),
             max_retries,
             retry_timeout,
@@ -161,7 +161,12 @@ impl RawClient {
         let mut request = builder
             .body(object_store::client::HttpRequestBody::empty())
             .map_err(|e| transport(format!("building request for {url}: {e}")))?;
-        AwsAuthorizer::new(&self.credential, "s3", &self.region)
+        let credential = self
+            .credentials
+            .get_credential()
+            .await
+            .map_err(|e| transport(format!("getting credentials: {e}")))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| transport(format!("signing request: {e}")))?;
         let response = self
@@ -218,8 +223,12 @@ impl RawClient {
                 )
             }
         };
-        if let Err(e) = AwsAuthorizer::new(&self.credential, "s3", &self.region)
-            .try_authorize(&mut request, None)
+        let credential = match self.credentials.get_credential().await {
+            Ok(c) => c,
+            Err(e) => return (None, Err(transport(format!("getting credentials: {e}")))),
+        };
+        if let Err(e) =
+            AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)
         {
             return (None, Err(transport(format!("signing request: {e}"))));
         }
@@ -405,11 +414,13 @@ mod tests {
             &ClientOptions::new().with_allow_http(true),
             "http://127.0.0.1:1/bucket/",
             "bucket",
-            AwsCredential {
-                key_id: "k".into(),
-                secret_key: "s".into(),
-                token: None,
-            },
+            std::sync::Arc::new(object_store::StaticCredentialProvider::new(
+                object_store::aws::AwsCredential {
+                    key_id: "k".into(),
+                    secret_key: "s".into(),
+                    token: None,
+                },
+            )),
             "us-east-1",
             0,
             Duration::from_secs(1),
