@@ -103,7 +103,7 @@ fn deploy_files_pass_every_check() {
     assert!(!out.contains("FAIL "), "{out}");
     // every check ran (a check silently dropped from the checker fails here)
     let oks = out.lines().filter(|l| l.starts_with("ok   ")).count();
-    assert!(oks >= 25, "only {oks} checks ran:\n{out}");
+    assert!(oks >= 28, "only {oks} checks ran:\n{out}");
 }
 
 #[test]
@@ -341,6 +341,229 @@ fn checker_catches_overlay_that_keeps_the_image() {
         dir.path(),
         "overlay: example replaces the image",
         "no images entry with name 'cachalot'",
+    );
+}
+
+#[test]
+fn checker_catches_secrets_in_a_cluster_role() {
+    let dir = scratch_copy();
+    // the provisioner reads S3 provisioner Secrets through namespaced Roles:
+    // `get` on every Secret of the cluster is refused
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "    resources: [\"nodes\"]\n    verbs: [\"get\", \"list\", \"watch\"]\n",
+        "    resources: [\"nodes\"]\n    verbs: [\"get\", \"list\", \"watch\"]\n  \
+         - apiGroups: [\"\"]\n    resources: [\"secrets\"]\n    verbs: [\"get\"]\n",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "ClusterRole cachalot-provisioner grants ['get'] on secrets in every namespace",
+    );
+}
+
+#[test]
+fn checker_catches_missing_secrets_role_binding() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "  name: cachalot-provisioner-secrets\n  apiGroup",
+        "  name: cachalot-provisioner-leader-election\n  apiGroup",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "no Role granting `get` on secrets in namespace cachalot bound to ServiceAccount \
+         cachalot/cachalot-controller",
+    );
+}
+
+#[test]
+fn checker_catches_resizer_on_another_socket() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/controller.yaml",
+        "            - --handle-volume-inuse-error=false\n          env:\n            \
+         - name: ADDRESS\n              value: /csi/csi.sock",
+        "            - --handle-volume-inuse-error=false\n          env:\n            \
+         - name: ADDRESS\n              value: /run/csi/socket",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "csi-resizer --csi-address /run/csi/socket is not the plugin's socket /csi/csi.sock",
+    );
+}
+
+#[test]
+fn checker_catches_resizer_watching_pods() {
+    let dir = scratch_copy();
+    // the default --handle-volume-inuse-error=true needs RBAC on every pod
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/controller.yaml",
+        "            - --handle-volume-inuse-error=false\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "--handle-volume-inuse-error is None, want false",
+    );
+}
+
+#[test]
+fn checker_catches_resizer_rbac_without_pvc_status() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "    resources: [\"persistentvolumeclaims/status\"]\n    verbs: [\"patch\"]\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "lacks [('persistentvolumeclaims/status', ['patch'])] cluster-wide, which the \
+         csi-resizer sidecar needs",
+    );
+}
+
+#[test]
+fn checker_catches_storage_class_without_expansion() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/storageclass-s3.yaml",
+        "allowVolumeExpansion: true",
+        "allowVolumeExpansion: false",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: driver, parameters, references",
+        "StorageClass cachalot-s3: allowVolumeExpansion False, want true",
+    );
+}
+
+#[test]
+fn checker_catches_chart_storage_class_without_expansion() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/storageclasses.yaml",
+        "ternary .allowVolumeExpansion true (hasKey . \"allowVolumeExpansion\")",
+        "false",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: namespace, secret namespaces, inline volumes, expansion values",
+        "StorageClass grow: allowVolumeExpansion False, want true",
+    );
+}
+
+#[test]
+fn checker_catches_csidriver_without_ephemeral() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/csidriver.yaml",
+        "    - Ephemeral\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: fit the base",
+        "inline volume datasets, but the CSIDriver's volumeLifecycleModes are ['Persistent']",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "spec.volumeLifecycleModes = ['Persistent'], want ['Persistent', 'Ephemeral']",
+    );
+}
+
+#[test]
+fn checker_catches_inline_volume_with_subdir_template() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/pod-inline.yaml",
+        "subDir: imagenet",
+        "subDir: ${pvc.metadata.name}",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: driver, parameters, references",
+        "subDir '${pvc.metadata.name}' has a ${...} template",
+    );
+}
+
+#[test]
+fn checker_catches_unknown_inline_volume_attribute() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/pod-inline.yaml",
+        "          cacheSize: 20GiB\n",
+        "          cacheSize: 20GiB\n          mountOptions: nolock\n",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: driver, parameters, references",
+        "volumeAttributes key 'mountOptions' unknown to the driver",
+    );
+}
+
+#[test]
+fn checker_catches_namespace_without_pod_security_label() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/namespace.yaml",
+        "    pod-security.kubernetes.io/enforce: privileged\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: namespace Pod Security labels",
+        "Namespace cachalot: Pod Security labels {'pod-security.kubernetes.io/enforce': None}",
+    );
+}
+
+#[test]
+fn checker_catches_chart_namespace_without_pod_security_labels() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/namespace.yaml",
+        "    {{- include \"cachalot.podSecurityLabels\" . | nindent 4 }}\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: namespace, secret namespaces, inline volumes, expansion values",
+        "Namespace storage: Pod Security labels",
+    );
+}
+
+#[test]
+fn checker_catches_chart_class_secret_outside_secret_namespaces() {
+    let dir = scratch_copy();
+    // the chart must refuse a StorageClass whose provisioner Secret the
+    // provisioner may not read
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/storageclasses.yaml",
+        "{{- if not (has (toString .) $secretNamespaces) }}",
+        "{{- if false }}",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: namespace, secret namespaces, inline volumes, expansion values",
+        "not in provisioner.secretNamespaces renders",
     );
 }
 

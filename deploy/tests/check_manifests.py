@@ -631,11 +631,17 @@ def check_resizer(spec, plugin, sock, vol):
          "the csi-resizer sidecar on the plugin's socket)")
     rs = container(spec, "csi-resizer")
     rsock = socket_of(rs, "csi-address")
-    rvol, _ = host_path_of(spec, rs, rsock)
-    need(rsock == sock and rvol["name"] == vol["name"],
-         f"controller: csi-resizer --csi-address {rsock} (volume {rvol['name']}) is not the "
-         f"plugin's socket {sock} (volume {vol['name']}): mount the same socket volume and "
-         "point --csi-address at it")
+    fix = (f"mount the plugin's socket volume {vol['name']} at {os.path.dirname(sock)} and "
+           f"set --csi-address to {sock}")
+    need(rsock == sock, f"controller: csi-resizer --csi-address {rsock} is not the plugin's "
+                        f"socket {sock}: {fix}")
+    try:
+        rvol, _ = host_path_of(spec, rs, rsock)
+    except CheckError as e:
+        raise CheckError(f"controller: csi-resizer: {e}: {fix}")
+    need(rvol["name"] == vol["name"],
+         f"controller: csi-resizer reaches {rsock} through volume {rvol['name']}, the plugin "
+         f"listens in volume {vol['name']}: {fix}")
     need(flag(rs, "leader-election") is not None,
          "controller: csi-resizer lacks --leader-election (with more than one controller "
          "replica every resizer would expand the same PVC)")
