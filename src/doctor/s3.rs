@@ -14,8 +14,9 @@ use crate::backend::Source;
 pub const MAX_SKEW: Duration = Duration::from_secs(5 * 60);
 
 const FIX_CREDENTIALS: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and \
-    AWS_SESSION_TOKEN for temporary keys), or pass --credentials-file/--profile; with the CSI \
-    driver, put them in the StorageClass's node-stage secret";
+    AWS_SESSION_TOKEN for temporary keys), or pass --credentials-file/--profile, or run where a \
+    cloud identity exists (IRSA, EKS pod identity, an instance profile); with the CSI driver, put \
+    them in the StorageClass's node-stage secret";
 
 pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
     let rest = [
@@ -139,9 +140,17 @@ async fn credentials(config: Result<S3Config, Problem>) -> Result<(S3Backend, Fo
     };
     let backend = S3Backend::new(config)
         .map_err(|e| Problem::new(e, "check --endpoint, --region and --part-size"))?;
+    if let Err(why) = backend.check_credentials().await {
+        let cause = why.split("; fix:").next().unwrap_or(&why).to_string();
+        return Err(Problem::new(cause, FIX_CREDENTIALS));
+    }
+    let what = match key.is_empty() {
+        true => "temporary keys".to_string(),
+        false => format!("access key id '{key}'{token}"),
+    };
     Ok((
         backend,
-        format!("access key id '{key}'{token} from {origin} (the secret is not shown)").into(),
+        format!("{what} from {origin} (the secret is not shown)").into(),
     ))
 }
 

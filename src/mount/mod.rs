@@ -118,6 +118,10 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
             check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
             let probe = s3_backend(opts, bucket, prefix, check)?;
             probe
+                .check_credentials()
+                .await
+                .map_err(anyhow::Error::msg)?;
+            probe
                 .stat(Identity::new(0, 0), &BackendPath::root())
                 .await
                 .context("reaching the bucket")?;
@@ -125,7 +129,8 @@ async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
                 probe.preflight().await?;
             }
             let backend = s3_backend(opts, bucket, prefix, opts.s3.clone())?;
-            tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(), "using S3");
+            tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(),
+                credentials = backend.credentials_origin(), "using S3");
             Ok(backend)
         }
         Source::Nfs { .. } => {
@@ -163,7 +168,6 @@ fn s3_backend(
     options: S3Options,
 ) -> Result<Arc<S3Backend>> {
     let credentials = Credentials::load(&opts.s3.credentials)?;
-    tracing::info!(bucket, access_key_id = %credentials.access_key_id, origin = %credentials.origin, "S3 credentials");
     // S3 stores no owners: everything belongs to --uid/--gid, else to the
     // identity that mounted.
     let owner = opts.identity.unwrap_or(Identity::new(

@@ -4,6 +4,9 @@
 
 use object_store::{ObjectStoreExt, PutPayload};
 
+/// How long the cloud may take to hand out credentials at mount time.
+const CLOUD_CREDENTIALS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 use crate::backend::BackendPath;
 
 use super::{classify, S3Backend, S3Failure};
@@ -72,6 +75,28 @@ impl S3Backend {
     /// "file F profile [P]"), for messages; never the secret.
     pub fn credentials_origin(&self) -> &str {
         &self.inner.cfg.credentials.origin
+    }
+
+    /// Cloud credentials (none configured): that the cloud gives some now,
+    /// so a node without a cloud identity fails with the fix instead of
+    /// a signing error on the first request. Configured keys: nothing.
+    pub async fn check_credentials(&self) -> Result<(), String> {
+        let cfg = &self.inner.cfg.credentials;
+        if cfg.cloud.is_none() {
+            return Ok(());
+        }
+        let fetch = self.inner.store.credentials().get_credential();
+        let cause = match tokio::time::timeout(CLOUD_CREDENTIALS_WAIT, fetch).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {CLOUD_CREDENTIALS_WAIT:?}"),
+        };
+        Err(format!(
+            "no S3 credentials: none are configured and {} gave none ({cause}); \
+             fix: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, pass --credentials-file, \
+             or run where a cloud identity exists (IRSA, EKS pod identity, an instance profile)",
+            cfg.origin
+        ))
     }
 
     /// Check that this mount can write: list, put, copy, delete a probe.
