@@ -115,6 +115,25 @@ impl Loc<'_> {
     }
 }
 
+pub(super) fn rename_noreplace(from: &Loc<'_>, to: &Loc<'_>) -> io::Result<()> {
+    match sys_renameat2(
+        from.dir(),
+        from.name(),
+        to.dir(),
+        to.name(),
+        libc::RENAME_NOREPLACE,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // Filesystem without RENAME_NOREPLACE: best effort check-then-rename.
+            if to.lstat().is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            sys_renameat2(from.dir(), from.name(), to.dir(), to.name(), 0)
+        }
+        other => other,
+    }
+}
+
 impl Shared {
     pub(super) fn root_fd(&self) -> io::Result<BorrowedFd<'_>> {
         match &self.root_fd {
@@ -242,14 +261,5 @@ impl Shared {
     pub(super) fn next_temp_name(&self, final_name: &str) -> String {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
         temp_name_for(final_name, &self.owner_tag, seq)
-    }
-
-    /// A temp object is stale when its writer process on this host is gone,
-    /// or when it is older than a day (writer on another host, or unknown).
-    pub(super) fn is_stale_temp(&self, name: &str, modified: SystemTime) -> bool {
-        let age = SystemTime::now()
-            .duration_since(modified)
-            .unwrap_or_default();
-        owner::is_stale(temp_owner(name), &self.host_tag, age)
     }
 }

@@ -17,6 +17,19 @@
 //! calls, never following a symlink there either. A symlink inside the volume
 //! is an object of its own (stat, readlink, rename, unlink it); following it is
 //! the client kernel's business, with the client's permissions.
+//!
+//! This module holds the backend's state and its `Backend` methods; the
+//! blocking work they hand to the blocking pool is in its parts:
+//! - `loc`: where an object is (`Loc`: a directory beneath the root and a
+//!   name), and the shared state that finds it and runs the work;
+//! - `sys`: thin wrappers over the `*at` system calls, opening beneath the
+//!   root;
+//! - `identity`: whose identity the work runs with;
+//! - `meta`: `struct stat` as `Metadata`;
+//! - `read`: listing a directory, reading a file;
+//! - `write`: the temp file a write goes through, from begin (or resume)
+//!   to publish;
+//! - `cleanup`: removing crashed writers' temp files.
 
 use crate::backend::owner;
 use std::ffi::{CStr, CString, OsStr};
@@ -42,26 +55,24 @@ use super::{
 };
 use super::{Resumed, SpecialFile, SuspendedWrite};
 
-mod files;
+mod cleanup;
+mod identity;
 mod loc;
+mod meta;
+mod read;
 mod sys;
 #[cfg(test)]
 mod tests;
+mod write;
 
-use files::{fchmod, LocalPendingWrite, LocalReader};
+use cleanup::remove_stale_temps;
+pub use identity::IdentityMode;
+use identity::ImpersonationGuard;
 use loc::*;
+use meta::*;
+use read::{list_dir, LocalReader};
 use sys::*;
-
-/// Temp objects of dead writers older than this are removed even when we
-/// cannot tell whether their writer (another host) is alive.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityMode {
-    /// Run as the daemon; give new objects to the caller.
-    Caller,
-    /// Run every operation with this identity's fsuid/fsgid.
-    Fixed,
-}
+use write::{create_temp, reopen_temp, LocalPendingWrite};
 
 struct Shared {
     root: PathBuf,
@@ -125,137 +136,6 @@ fn open_root(root: &Path) -> io::Result<OwnedFd> {
     sys_openat(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0)
 }
 
-// ---------------------------------------------------------------------------
-// Thin wrappers over the *at system calls (all errors as io::Error).
-// ---------------------------------------------------------------------------
-
-struct ImpersonationGuard {
-    active: bool,
-}
-
-impl ImpersonationGuard {
-    fn enter(active: bool, id: Identity) -> ImpersonationGuard {
-        if active {
-            // Group first: once fsuid is unprivileged we could not change it.
-            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(id.gid));
-            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(id.uid));
-        }
-        ImpersonationGuard { active }
-    }
-}
-
-impl Drop for ImpersonationGuard {
-    fn drop(&mut self) {
-        if self.active {
-            nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
-            nix::unistd::setfsgid(nix::unistd::Gid::from_raw(0));
-        }
-    }
-}
-
-fn to_time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nsecs.clamp(0, 999_999_999) as u32)
-    } else {
-        UNIX_EPOCH
-    }
-}
-
-// Field types of `struct stat` differ between architectures.
-#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-fn metadata_of(st: &libc::stat) -> Metadata {
-    let kind = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => FileKind::File,
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFIFO => FileKind::Fifo,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        libc::S_IFSOCK => FileKind::Socket,
-        _ => FileKind::Special,
-    };
-    let (mtime, mtime_nsec) = (st.st_mtime as i64, st.st_mtime_nsec as i64);
-    let mtime_ns = mtime as i128 * 1_000_000_000 + mtime_nsec as i128;
-    let size = st.st_size as u64;
-    Metadata {
-        kind,
-        size,
-        mode: (st.st_mode as u32) & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        nlink: (st.st_nlink as u64).min(u32::MAX as u64) as u32,
-        atime: to_time(st.st_atime as i64, st.st_atime_nsec as i64),
-        mtime: to_time(mtime, mtime_nsec),
-        ctime: to_time(st.st_ctime as i64, st.st_ctime_nsec as i64),
-        version: VersionToken(format!("{:x}-{:x}-{:x}", st.st_ino as u64, size, mtime_ns)),
-        object_id: Some(object_id(st.st_dev as u64, st.st_ino as u64)),
-        rdev: match kind {
-            FileKind::CharDevice | FileKind::BlockDevice => st.st_rdev as u64,
-            _ => 0,
-        },
-    }
-}
-
-/// One number for (device, inode): the inode number itself on the usual
-/// one-device tree, with the device folded into the high bits so that two
-/// devices under one volume (a mount inside the backing directory) do not
-/// share numbers for the inode numbers real filesystems hand out.
-pub(crate) fn object_id(dev: u64, ino: u64) -> u64 {
-    ino ^ dev.rotate_left(40)
-}
-
-#[allow(clippy::unnecessary_cast)]
-fn mtime_of(st: &libc::stat) -> SystemTime {
-    to_time(st.st_mtime as i64, st.st_mtime_nsec as i64)
-}
-
-/// A time for utimensat: omitted, now (UTIME_NOW: write permission is
-/// enough), or the given one.
-fn timespec(t: Option<SystemTime>, now: bool) -> libc::timespec {
-    match t {
-        Some(_) if now => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(t) => {
-            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: d.subsec_nanos() as _,
-            }
-        }
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-    }
-}
-
-fn rename_noreplace(from: &Loc<'_>, to: &Loc<'_>) -> io::Result<()> {
-    match sys_renameat2(
-        from.dir(),
-        from.name(),
-        to.dir(),
-        to.name(),
-        libc::RENAME_NOREPLACE,
-    ) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            // Filesystem without RENAME_NOREPLACE: best effort check-then-rename.
-            if to.lstat().is_ok() {
-                return Err(io::Error::from_raw_os_error(libc::EEXIST));
-            }
-            sys_renameat2(from.dir(), from.name(), to.dir(), to.name(), 0)
-        }
-        other => other,
-    }
-}
-
-/// `st_ino` as u64 (its type differs between architectures).
-#[allow(clippy::unnecessary_cast)]
-fn inode_number(st: &libc::stat) -> u64 {
-    st.st_ino as u64
-}
-
 #[async_trait]
 impl Backend for LocalBackend {
     fn describe(&self) -> &str {
@@ -286,38 +166,7 @@ impl Backend for LocalBackend {
     async fn list(&self, id: Identity, path: &BackendPath) -> BackendResult<Vec<DirEntry>> {
         let p = path.clone();
         self.shared
-            .run(id, "list directory", path, move |s| {
-                let fd = s.locate(&p)?.open(libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-                let mut dir = nix::dir::Dir::from(fd).map_err(io::Error::from)?;
-                let dir_fd = dir.as_raw_fd();
-                let mut out = Vec::new();
-                for entry in dir.iter() {
-                    let entry = entry.map_err(io::Error::from)?;
-                    let raw = entry.file_name();
-                    if matches!(raw.to_bytes(), b"." | b"..") {
-                        continue;
-                    }
-                    let Ok(name) = std::str::from_utf8(raw.to_bytes()) else {
-                        tracing::warn!(dir = %s.shown(p.as_str().as_bytes()).display(),
-                            name = ?OsStr::from_bytes(raw.to_bytes()),
-                            "skipping a file name that is not valid UTF-8");
-                        continue;
-                    };
-                    if is_temp_name(name) {
-                        continue;
-                    }
-                    match sys_fstatat(dir_fd, raw, libc::AT_SYMLINK_NOFOLLOW) {
-                        Ok(st) => out.push(DirEntry {
-                            name: name.to_string(),
-                            meta: metadata_of(&st),
-                        }),
-                        // Removed between readdir and stat: not an error.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(out)
-            })
+            .run(id, "list directory", path, move |s| list_dir(s, &p))
             .await
     }
 
@@ -361,53 +210,7 @@ impl Backend for LocalBackend {
         let (file, size) = self
             .shared
             .run(id, "create temp file", path, move |s| {
-                let target = s.locate(&target)?;
-                let temp = Loc {
-                    dir: target.dir.borrow(),
-                    name: Some(cstring(temp.as_bytes())?),
-                };
-                let existing = match target.open(libc::O_RDONLY, 0) {
-                    Ok(fd) => {
-                        let f = File::from(fd);
-                        let st = sys_fstat(f.as_raw_fd())?;
-                        if is_dir(&st) {
-                            return Err(io::Error::from_raw_os_error(libc::EISDIR));
-                        }
-                        Some((f, st))
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
-                    Err(e) => return Err(e),
-                };
-                let mut file =
-                    File::from(temp.open(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)?);
-                let prepared = (|| -> io::Result<u64> {
-                    match &existing {
-                        Some((src, st)) => {
-                            if s.is_root {
-                                std::os::unix::fs::fchown(&file, Some(st.st_uid), Some(st.st_gid))?;
-                            }
-                            fchmod(&file, st.st_mode)?;
-                            if start == WriteStart::CopyExisting {
-                                let mut src = src;
-                                io::copy(&mut src, &mut file)
-                            } else {
-                                Ok(0)
-                            }
-                        }
-                        None => {
-                            s.assign_owner(&temp, id)?;
-                            fchmod(&file, create_mode)?;
-                            Ok(0)
-                        }
-                    }
-                })();
-                match prepared {
-                    Ok(size) => Ok((file, size)),
-                    Err(e) => {
-                        let _ = sys_unlinkat(temp.dir(), temp.name(), 0);
-                        Err(e)
-                    }
-                }
+                create_temp(s, &target, &temp, start, create_mode, id)
             })
             .await?;
         Ok(Box::new(LocalPendingWrite {
@@ -637,49 +440,7 @@ impl Backend for LocalBackend {
         let found: Option<(File, String)> = self
             .shared
             .run(id, "resume temp file", target, move |sh| {
-                let dir = sh.dir_beneath(&t.parent())?;
-                let from = cstring(old_name.as_bytes())?;
-                let temp = Loc {
-                    dir: dir.borrow(),
-                    name: Some(from.clone()),
-                };
-                if let Err(e) = temp.meta() {
-                    let published = Loc {
-                        dir: dir.borrow(),
-                        name: Some(cstring(t.name().as_bytes())?),
-                    };
-                    let target_ino = published
-                        .open(libc::O_RDONLY, 0)
-                        .and_then(|fd| Ok(inode_number(&sys_fstat(File::from(fd).as_raw_fd())?)));
-                    return match (ino, target_ino) {
-                        (Some(i), Ok(t)) if i == t => Ok(None),
-                        _ => Err(e),
-                    };
-                }
-                // In a container every mounter is pid 1: a name of ours may
-                // be the very name (then it stays) or another live temp
-                // file's (then the next one is tried).
-                let mut name = sh.next_temp_name(t.name());
-                for _ in 0..64 {
-                    if name == old_name {
-                        break;
-                    }
-                    let to = cstring(name.as_bytes())?;
-                    match sys_renameat2(dir.raw(), &from, dir.raw(), &to, libc::RENAME_NOREPLACE) {
-                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                            name = sh.next_temp_name(t.name());
-                        }
-                        other => {
-                            other?;
-                            break;
-                        }
-                    }
-                }
-                let temp = Loc {
-                    dir,
-                    name: Some(cstring(name.as_bytes())?),
-                };
-                Ok(Some((File::from(temp.open(libc::O_RDWR, 0)?), name)))
+                reopen_temp(sh, &t, &old_name, ino)
             })
             .await?;
         let Some((file, new_name)) = found else {
@@ -709,62 +470,7 @@ impl Backend for LocalBackend {
                 root_id,
                 "clean up stale temp files",
                 &BackendPath::root(),
-                |s| {
-                    let root = s.root_fd()?.as_raw_fd();
-                    let mut removed = 0;
-                    // Relative paths (bytes: names on disk need not be UTF-8),
-                    // each opened beneath the root when its turn comes, so
-                    // neither a symlink nor a deep tree's open fds get in the way.
-                    let mut stack: Vec<Vec<u8>> = vec![Vec::new()];
-                    while let Some(rel) = stack.pop() {
-                        let opened = if rel.is_empty() {
-                            sys_openat(root, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                        } else {
-                            open_beneath(root, &rel, libc::O_RDONLY | libc::O_DIRECTORY)
-                        };
-                        let Ok(mut dir) =
-                            opened.and_then(|fd| nix::dir::Dir::from(fd).map_err(io::Error::from))
-                        else {
-                            continue;
-                        };
-                        let dir_fd = dir.as_raw_fd();
-                        for entry in dir.iter().flatten() {
-                            let raw = entry.file_name();
-                            let bytes = raw.to_bytes();
-                            if matches!(bytes, b"." | b"..") {
-                                continue;
-                            }
-                            let stat = || sys_fstatat(dir_fd, raw, libc::AT_SYMLINK_NOFOLLOW);
-                            let (is_subdir, is_file) = match entry.file_type() {
-                                Some(t) => (t == Type::Directory, t == Type::File),
-                                None => match stat() {
-                                    Ok(st) => (is_dir(&st), is_regular(&st)),
-                                    Err(_) => continue,
-                                },
-                            };
-                            let mut child = rel.clone();
-                            if !child.is_empty() {
-                                child.push(b'/');
-                            }
-                            child.extend_from_slice(bytes);
-                            let name = String::from_utf8_lossy(bytes);
-                            if is_subdir {
-                                stack.push(child);
-                            } else if is_file
-                                && is_temp_name(&name)
-                                && stat().is_ok_and(|st| {
-                                    is_regular(&st) && s.is_stale_temp(&name, mtime_of(&st))
-                                })
-                                && sys_unlinkat(dir_fd, raw, 0).is_ok()
-                            {
-                                tracing::info!(path = %s.shown(&child).display(),
-                                    "removed temp file left by a crashed writer");
-                                removed += 1;
-                            }
-                        }
-                    }
-                    Ok(removed)
-                },
+                remove_stale_temps,
             )
             .await
     }
