@@ -6,6 +6,9 @@
 #   kubernetes-validate  Kubernetes OpenAPI schemas, shipped in the package
 #   helm-python-sdk      the Helm engine as a library (offline rendering and
 #                        lint, no helm binary; ~75 MB wheel)
+# Not installed: promtool (Debian package prometheus), with which the checker
+# also parses the dashboard's queries when it is on PATH: with its
+# dependencies (libjs-moment-timezone alone ~210 MB) it takes ~320 MB.
 set -euo pipefail
 
 if ! command -v python3 >/dev/null 2>&1; then

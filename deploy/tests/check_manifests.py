@@ -30,6 +30,11 @@ What it does, without a cluster:
     DaemonSet: surge rolling update for the live takeover, gated by a
     readinessProbe on its socket and minReadySeconds, --idle-after-handover,
     its socket shared with the node plugin, FUSE only there);
+  * expansion (the csi-resizer sidecar: plugin socket, leader election,
+    --handle-volume-inuse-error=false, its RBAC; allowVolumeExpansion),
+    inline volumes (CSIDriver Ephemeral, the example pod's attributes),
+    Secrets (never in a ClusterRole; namespaced Roles in the secret
+    namespaces) and Pod Security (the namespace's labels, namespace.create);
   * parses the Dockerfile and .dockerignore.
 
 Exit 0 when every check passed, 1 when one failed, 3 when a Python dependency
@@ -83,6 +88,7 @@ RESIZER_RULES = {
 SIDECAR_RULES = {"csi-provisioner": PROVISIONER_RULES, "csi-resizer": RESIZER_RULES}
 SIDECAR_IMAGES = {"csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v5.",
                   "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v1."}
+CONTROLLER_CONTAINERS = ["cachalot", "csi-provisioner", "csi-resizer", "liveness-probe"]
 LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
 # provisioner-secret-name (S3 credentials), per secret namespace
 SECRET_RULES = {("", "secrets"): {"get"}}
@@ -413,6 +419,10 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
          "provisioner lacks --extra-create-metadata (subDir templates would fail)")
     need(flag(prov, "leader-election") is not None, "provisioner lacks --leader-election")
     check_resizer(spec, plugin, sock, vol)
+    names = [c["name"] for c in spec["containers"]]
+    need(sorted(names) == sorted(CONTROLLER_CONTAINERS),
+         f"controller: containers {names}, want {CONTROLLER_CONTAINERS} (docs/deploy.md: "
+         f"the controller pod is {len(CONTROLLER_CONTAINERS)}/{len(CONTROLLER_CONTAINERS)} ready)")
     for name, prefix in SIDECAR_IMAGES.items():
         img = container(spec, name)["image"]
         need(img.startswith(prefix), f"controller: {name} image {img}, want {prefix}x (the "
@@ -1447,6 +1457,16 @@ def check_helm_security_values(chart_dir):
          f"sidecars.resizer.resources: {rs['resources']}")
 
 
+def check_docs_label_command(root):
+    """docs/deploy.md gives the namespace label command the chart's notes
+    print (and the base's labels), for the install namespace and generally."""
+    text = open(os.path.join(root, "docs/deploy.md"), encoding="utf-8").read()
+    for ns in ("cachalot", "NAMESPACE"):
+        need(label_command(ns) in text,
+             f"docs/deploy.md lacks `{label_command(ns)}` (the Pod Security labels of the base's "
+             "Namespace, as the chart's NOTES.txt prints them)")
+
+
 def check_helm_lint(chart_dir):
     report = helm_chart.lint(chart_dir, with_image({}), strict=True, kube_version="v1.30.0")
     msgs = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
@@ -1985,6 +2005,7 @@ def main():
     r.check("helm: namespace, secret namespaces, inline volumes, expansion values",
             check_helm_security_values, cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
+    r.check("docs: deploy.md's namespace label command", check_docs_label_command, ROOT)
     r.check("grafana: dashboard (JSON, datasource, variables, README metrics)", check_dashboard, ROOT)
     r.check("grafana: queries parse with promtool", check_dashboard_promtool, ROOT)
     r.check("docker: Dockerfile", check_dockerfile, ROOT)
