@@ -1,0 +1,181 @@
+//! Writing the temp file UNSTABLE: WRITEs whose data is kept in a log
+//! until a COMMIT with the same verifier, re-sent with FILE_SYNC when the
+//! verifier shows the server restarted; and reading the temp file back.
+
+use super::*;
+
+impl NfsPendingWrite {
+    pub(super) async fn write_locked(
+        &self,
+        st: &mut State,
+        offset: u64,
+        data: &[u8],
+    ) -> BackendResult<()> {
+        let temp = self.temp_path();
+        let ctx = self.vol.ctx("write temp file", &temp, self.id);
+        let stable = if self.vol.stable_writes {
+            stable_how::FILE_SYNC
+        } else {
+            stable_how::UNSTABLE
+        };
+        let mut done = 0usize;
+        while done < data.len() {
+            let end = (done + self.vol.limits.wtmax as usize).min(data.len());
+            let piece = &data[done..end];
+            let at = offset + done as u64;
+            let (written, committed, verf) =
+                self.send_write(&ctx, &self.fh, at, piece, stable).await?;
+            if committed == stable_how::UNSTABLE {
+                st.log.push(Logged::Write {
+                    offset: at,
+                    data: piece[..written].to_vec(),
+                });
+                st.log_bytes += written;
+            }
+            match st.verf {
+                None => st.verf = Some(verf),
+                Some(v) if v != verf => {
+                    // The server restarted since earlier unstable writes: they
+                    // may be gone. Re-send everything still uncommitted.
+                    self.resend_locked(st, &ctx).await?;
+                    st.verf = Some(verf);
+                }
+                Some(_) => {}
+            }
+            done += written;
+        }
+        if st.log_bytes >= COMMIT_EVERY {
+            self.commit_locked(st).await?;
+        }
+        Ok(())
+    }
+
+    /// One WRITE to `file` (the temp file, or the target of an in-place
+    /// publish).
+    pub(super) async fn send_write(
+        &self,
+        ctx: &Ctx<'_>,
+        file: &nfs_fh3,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> BackendResult<(usize, stable_how, writeverf3)> {
+        let args = WRITE3args {
+            file: file.clone(),
+            offset,
+            count: data.len() as u32,
+            stable,
+            data: Opaque::borrowed(data),
+        };
+        let res: WRITE3res = self
+            .vol
+            .rpc(ctx, NFS_PROGRAM::NFSPROC3_WRITE, &args)
+            .await?
+            .res;
+        match res {
+            Nfs3Result::Ok(ok) => {
+                let written = (ok.count as usize).min(data.len());
+                if written == 0 {
+                    return Err(ctx.err(
+                        ErrorKind::Other,
+                        "the server accepted no data (WRITE count 0)",
+                    ));
+                }
+                Ok((written, ok.committed, ok.verf))
+            }
+            Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
+        }
+    }
+
+    /// Re-send every logged unstable operation with FILE_SYNC, in order.
+    pub(super) async fn resend_locked(&self, st: &mut State, ctx: &Ctx<'_>) -> BackendResult<()> {
+        tracing::warn!(temp = %self.temp_name, bytes = st.log_bytes,
+            "NFS write verifier changed (server restarted); re-sending uncommitted writes with FILE_SYNC");
+        let log = std::mem::take(&mut st.log);
+        st.log_bytes = 0;
+        for op in &log {
+            match op {
+                Logged::Write { offset, data } => {
+                    let mut done = 0;
+                    while done < data.len() {
+                        let (n, _, _) = self
+                            .send_write(
+                                ctx,
+                                &self.fh,
+                                offset + done as u64,
+                                &data[done..],
+                                stable_how::FILE_SYNC,
+                            )
+                            .await?;
+                        done += n;
+                    }
+                }
+                Logged::Truncate(size) => {
+                    setattr(&self.vol, ctx, &self.fh, attrs::size_only(*size)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// COMMIT; if the verifier is not the one our writes got, the server
+    /// lost them: re-send with FILE_SYNC.
+    pub(super) async fn commit_locked(&self, st: &mut State) -> BackendResult<()> {
+        if st.log.is_empty() {
+            return Ok(());
+        }
+        let temp = self.temp_path();
+        let ctx = self.vol.ctx("commit temp file", &temp, self.id);
+        let args = COMMIT3args {
+            file: self.fh.clone(),
+            offset: 0,
+            count: 0,
+        };
+        let res: COMMIT3res = self
+            .vol
+            .rpc(&ctx, NFS_PROGRAM::NFSPROC3_COMMIT, &args)
+            .await?
+            .res;
+        let verf = match res {
+            Nfs3Result::Ok(ok) => ok.verf,
+            Nfs3Result::Err((stat, _)) => return Err(ctx.status(stat)),
+        };
+        if st.verf != Some(verf) {
+            self.resend_locked(st, &ctx).await?;
+        }
+        st.log.clear();
+        st.log_bytes = 0;
+        st.verf = Some(verf);
+        Ok(())
+    }
+
+    pub(super) async fn read_locked(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
+        let temp = self.temp_path();
+        let ctx = self.vol.ctx("read temp file", &temp, self.id);
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let want = (len - out.len()).min(self.vol.limits.rtmax as usize) as u32;
+            let args = READ3args {
+                file: self.fh.clone(),
+                offset: offset + out.len() as u64,
+                count: want,
+            };
+            let res: READ3res = self
+                .vol
+                .rpc(&ctx, NFS_PROGRAM::NFSPROC3_READ, &args)
+                .await?
+                .res;
+            match res {
+                Nfs3Result::Ok(ok) => {
+                    let n = (ok.count as usize).min(ok.data.len());
+                    out.extend_from_slice(&ok.data[..n]);
+                    if ok.eof || n == 0 {
+                        break;
+                    }
+                }
+                Nfs3Result::Err((stat, _)) => return Err(ctx.status(stat)),
+            }
+        }
+        Ok(out)
+    }
+}
