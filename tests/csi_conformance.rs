@@ -237,17 +237,23 @@ async fn create_volume_idempotency_and_codes() {
         code(c.controller.create_volume(negative).await).0,
         Code::InvalidArgument
     );
+    // A content source that names nothing, or a volume that is not ours.
     let mut clone = create_req("pvc-b", p.clone());
+    clone.volume_content_source = Some(VolumeContentSource { r#type: None });
+    assert_eq!(
+        code(c.controller.create_volume(clone.clone()).await).0,
+        Code::InvalidArgument
+    );
     clone.volume_content_source = Some(VolumeContentSource {
         r#type: Some(volume_content_source::Type::Volume(
             volume_content_source::VolumeSource {
-                volume_id: first.volume.unwrap().volume_id,
+                volume_id: "someone-elses-volume".into(),
             },
         )),
     });
     assert_eq!(
         code(c.controller.create_volume(clone).await).0,
-        Code::InvalidArgument
+        Code::NotFound
     );
 
     // Missing source directory: a precondition, with the fix.

@@ -431,3 +431,192 @@ async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
         .unwrap();
     assert!(!is_mounted(&staging));
 }
+
+/// Snapshots and clones on a file:// source, through the provisioner's and
+/// snapshotter's calls: snapshot → change the volume → restore shows the
+/// old content, a clone the current one; ListSnapshots filters and pages;
+/// DeleteSnapshot removes the copy and is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_restore_old_content_and_clones_copy_the_current() {
+    use cachalot::csi::proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let p = params(&[("source", &env.source_url())]);
+    let vol = c
+        .controller
+        .create_volume(create_req("pvc-a", p.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let a = env.source().join("pvc-a");
+    std::fs::create_dir_all(a.join("sub")).unwrap();
+    std::fs::write(a.join("f"), b"version 1").unwrap();
+    std::fs::write(a.join("sub/g"), vec![3u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("f", a.join("link")).unwrap();
+
+    let snapshot = |name: &str, source: &str| CreateSnapshotRequest {
+        source_volume_id: source.to_string(),
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let mut taken = None;
+    for _ in 0..100 {
+        let s = c
+            .controller
+            .create_snapshot(snapshot("snap-1", &vol.volume_id))
+            .await
+            .expect("CreateSnapshot")
+            .into_inner()
+            .snapshot
+            .unwrap();
+        if s.ready_to_use {
+            taken = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let snap = taken.expect("the snapshot never became ready");
+    assert_eq!(snap.source_volume_id, vol.volume_id);
+    assert_eq!(snap.size_bytes, (3 << 20) + 9);
+    // The same name again is the same snapshot; for another volume, a conflict.
+    let again = c
+        .controller
+        .create_snapshot(snapshot("snap-1", &vol.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(again.snapshot_id, snap.snapshot_id);
+    let other = c
+        .controller
+        .create_volume(create_req("pvc-other", p.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let conflict = c
+        .controller
+        .create_snapshot(snapshot("snap-1", &other.volume_id))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+
+    // Change the volume after the snapshot.
+    std::fs::write(a.join("f"), b"version 2").unwrap();
+    std::fs::remove_file(a.join("sub/g")).unwrap();
+
+    let create_from = |name: &str, source: Type| {
+        let mut req = create_req(name, p.clone());
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(source),
+        });
+        req
+    };
+    let mut restored = None;
+    for _ in 0..100 {
+        let from = Type::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        });
+        match c
+            .controller
+            .create_volume(create_from("pvc-restored", from))
+            .await
+        {
+            Ok(r) => {
+                restored = r.into_inner().volume;
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("CreateVolume from the snapshot: {e:?}"),
+        }
+    }
+    let restored = restored.expect("the restore never finished");
+    assert!(restored.content_source.is_some());
+    let r = env.source().join("pvc-restored");
+    assert_eq!(std::fs::read(r.join("f")).unwrap(), b"version 1");
+    assert_eq!(std::fs::read(r.join("sub/g")).unwrap(), vec![3u8; 3 << 20]);
+    assert_eq!(
+        std::fs::read_link(r.join("link")).unwrap(),
+        std::path::Path::new("f")
+    );
+    assert!(!r.join("cachalot-snapshot.json").exists());
+
+    let clone = Type::Volume(VolumeSource {
+        volume_id: vol.volume_id.clone(),
+    });
+    c.controller
+        .create_volume(create_from("pvc-clone", clone))
+        .await
+        .expect("CreateVolume from a volume");
+    let k = env.source().join("pvc-clone");
+    assert_eq!(std::fs::read(k.join("f")).unwrap(), b"version 2");
+    assert!(!k.join("sub/g").exists());
+
+    // Listing: by volume, by ID, in pages.
+    let s2 = c
+        .controller
+        .create_snapshot(snapshot("snap-2", &vol.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(s2.ready_to_use, "a small snapshot is ready at once");
+    let lister = c.controller.clone();
+    let list = |req: ListSnapshotsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_snapshots(req).await.unwrap().into_inner() }
+    };
+    let by_volume = list(ListSnapshotsRequest {
+        source_volume_id: vol.volume_id.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_volume.entries.len(), 2);
+    let first_page = list(ListSnapshotsRequest {
+        max_entries: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(first_page.entries.len(), 1);
+    assert!(!first_page.next_token.is_empty());
+    let second_page = list(ListSnapshotsRequest {
+        max_entries: 1,
+        starting_token: first_page.next_token.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(second_page.entries.len(), 1);
+    assert!(second_page.next_token.is_empty());
+    let by_id = list(ListSnapshotsRequest {
+        snapshot_id: snap.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(by_id.entries.len(), 1);
+
+    // Deleting removes the copy; twice is fine.
+    for _ in 0..2 {
+        c.controller
+            .delete_snapshot(DeleteSnapshotRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("DeleteSnapshot");
+    }
+    assert!(!env.source().join("cachalot-snapshots/snap-1").exists());
+    assert!(list(ListSnapshotsRequest {
+        snapshot_id: snap.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .entries
+    .is_empty());
+}

@@ -22,10 +22,12 @@ const ROOT: Identity = Identity::new(0, 0);
 const PARENT_DIR_MODE: u32 = 0o755;
 
 pub struct ControllerService {
-    state: StateDir,
+    pub(super) state: StateDir,
     /// S3 backends stage uploads below it.
     cache_dir: PathBuf,
-    locks: KeyedLocks,
+    pub(super) locks: KeyedLocks,
+    /// Snapshot, restore and clone copies in progress.
+    pub(super) jobs: super::copy::CopyJobs,
 }
 
 fn digest(params: &std::collections::HashMap<String, String>) -> String {
@@ -65,6 +67,7 @@ impl ControllerService {
             state,
             cache_dir,
             locks: KeyedLocks::default(),
+            jobs: Default::default(),
         }
     }
 
@@ -98,6 +101,10 @@ impl ControllerService {
             rpc::Type::GetVolume,
             rpc::Type::VolumeCondition,
             rpc::Type::ExpandVolume,
+            // snapshots.rs, content.rs
+            rpc::Type::CreateDeleteSnapshot,
+            rpc::Type::ListSnapshots,
+            rpc::Type::CloneVolume,
         ];
         ControllerGetCapabilitiesResponse {
             capabilities: caps
@@ -118,11 +125,6 @@ impl ControllerService {
         }
         caps::check_all(&req.volume_capabilities)?;
         let capacity_bytes = capacity(req.capacity_range.as_ref())?;
-        if req.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volume_content_source is not supported: cachalot cannot clone or restore snapshots",
-            ));
-        }
         let params = VolumeParams::parse(&req.parameters)?;
         if !params.location.needs_credentials() && !req.secrets.is_empty() {
             let keys: Vec<&String> = req.secrets.keys().collect();
@@ -141,7 +143,7 @@ impl ControllerService {
             .await?;
 
         let _guard = self.locks.lock(&req.name).await;
-        match self.state.load_controller(&req.name) {
+        let recorded = match self.state.load_controller(&req.name) {
             Ok(Some(rec)) if rec.volume_id != volume_id || rec.params_digest != params_digest => {
                 return Err(Status::already_exists(format!(
                     "volume {} already exists with other parameters (volume id {})",
@@ -154,15 +156,19 @@ impl ControllerService {
                     req.name, rec.capacity_bytes, capacity_bytes
                 )));
             }
-            Ok(_) => {}
+            Ok(rec) => rec.is_some(),
             Err(e) => {
                 return Err(Status::internal(format!(
                     "reading the record of volume {}: {e}",
                     req.name
                 )))
             }
-        }
+        };
         make_volume_dir(&*backend, &params, &sub).await?;
+        if let (Some(content), false) = (&req.volume_content_source, recorded) {
+            self.fill_from(content, &params, &sub, &volume_id, backend)
+                .await?;
+        }
         self.state
             .save_controller(&ControllerRecord {
                 name: req.name.clone(),
@@ -180,7 +186,7 @@ impl ControllerService {
                 capacity_bytes,
                 volume_id,
                 volume_context: params.volume_context(),
-                content_source: None,
+                content_source: req.volume_content_source.clone(),
                 accessible_topology: Vec::new(),
             }),
         })
@@ -475,7 +481,10 @@ fn acting_identity(location: &Location, dir: &crate::backend::Metadata) -> Ident
 }
 
 /// Remove everything below the backend's root (post-order, iteratively).
-async fn remove_contents(backend: &dyn Backend, id: Identity) -> crate::backend::BackendResult<()> {
+pub(super) async fn remove_contents(
+    backend: &dyn Backend,
+    id: Identity,
+) -> crate::backend::BackendResult<()> {
     let mut stack = vec![(BackendPath::root(), false)];
     while let Some((dir, listed)) = stack.pop() {
         if listed {

@@ -6,7 +6,9 @@
 pub mod backend;
 pub mod capacity;
 pub mod caps;
+mod content;
 pub mod controller;
+mod copy;
 pub mod errors;
 pub mod get_volume;
 pub mod host;
@@ -19,6 +21,7 @@ mod node_tests;
 pub mod params;
 pub mod proto;
 pub mod server;
+pub mod snapshots;
 pub mod state;
 pub mod supervisor;
 pub mod volume_id;

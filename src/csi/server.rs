@@ -190,21 +190,25 @@ impl Controller for ControllerGrpc {
     }
     async fn create_snapshot(
         &self,
-        _: Request<CreateSnapshotRequest>,
+        r: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        unimplemented("CreateSnapshot")
+        let r = r.into_inner();
+        let id = r.source_volume_id.clone();
+        call!("CreateSnapshot", id, self.0.create_snapshot(r).await)
     }
     async fn delete_snapshot(
         &self,
-        _: Request<DeleteSnapshotRequest>,
+        r: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        unimplemented("DeleteSnapshot")
+        let r = r.into_inner();
+        let id = r.snapshot_id.clone();
+        call!("DeleteSnapshot", id, self.0.delete_snapshot(r).await)
     }
     async fn list_snapshots(
         &self,
-        _: Request<ListSnapshotsRequest>,
+        r: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots")
+        call!("ListSnapshots", "-", self.0.list_snapshots(r.into_inner()))
     }
     async fn controller_expand_volume(
         &self,

@@ -45,6 +45,15 @@ pub struct ControllerRecord {
     pub params_digest: String,
 }
 
+/// A snapshot this controller took (ListSnapshots answers from these).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub snapshot_id: String,
+    pub source_volume_id: String,
+    pub size_bytes: i64,
+    pub creation_unix: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
@@ -56,7 +65,7 @@ pub fn key(text: &str) -> String {
 
 impl StateDir {
     pub fn open(root: &Path) -> io::Result<StateDir> {
-        for sub in ["staged", "controller", "logs"] {
+        for sub in ["staged", "controller", "logs", "snapshots"] {
             fs::create_dir_all(root.join(sub))?;
         }
         Ok(StateDir {
@@ -101,6 +110,30 @@ impl StateDir {
     /// Every staged record; unreadable files are reported, not fatal.
     pub fn all_staged(&self) -> Vec<Result<StagedRecord, String>> {
         list_json(&self.root.join("staged"))
+    }
+
+    pub fn save_snapshot(&self, rec: &SnapshotRecord) -> io::Result<()> {
+        write_json(&self.snapshot_path(&rec.snapshot_id), rec)
+    }
+
+    pub fn remove_snapshot(&self, snapshot_id: &str) -> io::Result<()> {
+        remove(&self.snapshot_path(snapshot_id))
+    }
+
+    /// Every snapshot record, ordered by ID; unreadable files are skipped.
+    pub fn all_snapshots(&self) -> Vec<SnapshotRecord> {
+        let mut all: Vec<SnapshotRecord> = list_json(&self.root.join("snapshots"))
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        all
+    }
+
+    fn snapshot_path(&self, snapshot_id: &str) -> PathBuf {
+        self.root
+            .join("snapshots")
+            .join(format!("{}.json", key(snapshot_id)))
     }
 
     pub fn save_controller(&self, rec: &ControllerRecord) -> io::Result<()> {
