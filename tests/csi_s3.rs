@@ -217,3 +217,103 @@ async fn s3_unreachable_endpoint_is_unavailable() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// A snapshot and a restore on S3: the snapshot copies the volume's objects
+/// (with the snapshotter's secrets), the restore copies them back into a
+/// new volume's prefix, old content included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_snapshot_and_restore() {
+    use cachalot::csi::proto::volume_content_source::{SnapshotSource, Type};
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let p = s3_params(&server, "snapvols");
+    let mut req = create_req("pvc-s3-snap", p.clone());
+    req.secrets = secrets(KEY_ID, SECRET);
+    let vol = c
+        .controller
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let put = |key: &str, data: &'static [u8]| {
+        let store = store.clone();
+        let key = ObjPath::from(key);
+        async move { store.put(&key, data.into()).await.unwrap() }
+    };
+    put("snapvols/pvc-s3-snap/a.txt", b"old").await;
+    put("snapvols/pvc-s3-snap/dir/b.txt", b"kept").await;
+    let mut taken = None;
+    for _ in 0..100 {
+        let s = c
+            .controller
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: vol.volume_id.clone(),
+                name: "s3-snap".into(),
+                secrets: secrets(KEY_ID, SECRET),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateSnapshot")
+            .into_inner()
+            .snapshot
+            .unwrap();
+        if s.ready_to_use {
+            taken = Some(s);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let snap = taken.expect("the snapshot never became ready");
+    put("snapvols/pvc-s3-snap/a.txt", b"new").await;
+    let mut req = create_req("pvc-s3-restored", p.clone());
+    req.secrets = secrets(KEY_ID, SECRET);
+    req.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(Type::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
+    });
+    let mut restored = false;
+    for _ in 0..100 {
+        match c.controller.create_volume(req.clone()).await {
+            Ok(_) => {
+                restored = true;
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("CreateVolume from the snapshot: {e:?}"),
+        }
+    }
+    assert!(restored, "the restore never finished");
+    let get = |key: &str| {
+        let store = store.clone();
+        let key = ObjPath::from(key);
+        async move {
+            store
+                .get(&key)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        }
+    };
+    assert_eq!(get("snapvols/pvc-s3-restored/a.txt").await, b"old");
+    assert_eq!(get("snapvols/pvc-s3-restored/dir/b.txt").await, b"kept");
+    c.controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            secrets: secrets(KEY_ID, SECRET),
+        })
+        .await
+        .expect("DeleteSnapshot");
+    assert!(keys_under(&server, "snapvols/cachalot-snapshots/s3-snap")
+        .await
+        .is_empty());
+}
