@@ -461,23 +461,7 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
         name: name.to_string(),
         ..Default::default()
     };
-    let mut taken = None;
-    for _ in 0..100 {
-        let s = c
-            .controller
-            .create_snapshot(snapshot("snap-1", &vol.volume_id))
-            .await
-            .expect("CreateSnapshot")
-            .into_inner()
-            .snapshot
-            .unwrap();
-        if s.ready_to_use {
-            taken = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let snap = taken.expect("the snapshot never became ready");
+    let snap = take_snapshot(&mut c, "snap-1", &vol.volume_id, Default::default()).await;
     assert_eq!(snap.source_volume_id, vol.volume_id);
     assert_eq!(snap.size_bytes, (3 << 20) + 9);
     // The same name again is the same snapshot; for another volume, a conflict.
@@ -516,27 +500,10 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
         });
         req
     };
-    let mut restored = None;
-    for _ in 0..100 {
-        let from = Type::Snapshot(SnapshotSource {
-            snapshot_id: snap.snapshot_id.clone(),
-        });
-        match c
-            .controller
-            .create_volume(create_from("pvc-restored", from))
-            .await
-        {
-            Ok(r) => {
-                restored = r.into_inner().volume;
-                break;
-            }
-            Err(e) if e.code() == tonic::Code::Aborted => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("CreateVolume from the snapshot: {e:?}"),
-        }
-    }
-    let restored = restored.expect("the restore never finished");
+    let from = Type::Snapshot(SnapshotSource {
+        snapshot_id: snap.snapshot_id.clone(),
+    });
+    let restored = create_volume_retrying(&mut c, create_from("pvc-restored", from)).await;
     assert!(restored.content_source.is_some());
     let r = env.source().join("pvc-restored");
     assert_eq!(std::fs::read(r.join("f")).unwrap(), b"version 1");
@@ -550,10 +517,7 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
     let clone = Type::Volume(VolumeSource {
         volume_id: vol.volume_id.clone(),
     });
-    c.controller
-        .create_volume(create_from("pvc-clone", clone))
-        .await
-        .expect("CreateVolume from a volume");
+    create_volume_retrying(&mut c, create_from("pvc-clone", clone)).await;
     let k = env.source().join("pvc-clone");
     assert_eq!(std::fs::read(k.join("f")).unwrap(), b"version 2");
     assert!(!k.join("sub/g").exists());

@@ -246,28 +246,7 @@ async fn s3_snapshot_and_restore() {
     };
     put("snapvols/pvc-s3-snap/a.txt", b"old").await;
     put("snapvols/pvc-s3-snap/dir/b.txt", b"kept").await;
-    let mut taken = None;
-    for _ in 0..100 {
-        let s = c
-            .controller
-            .create_snapshot(CreateSnapshotRequest {
-                source_volume_id: vol.volume_id.clone(),
-                name: "s3-snap".into(),
-                secrets: secrets(KEY_ID, SECRET),
-                ..Default::default()
-            })
-            .await
-            .expect("CreateSnapshot")
-            .into_inner()
-            .snapshot
-            .unwrap();
-        if s.ready_to_use {
-            taken = Some(s);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let snap = taken.expect("the snapshot never became ready");
+    let snap = take_snapshot(&mut c, "s3-snap", &vol.volume_id, secrets(KEY_ID, SECRET)).await;
     put("snapvols/pvc-s3-snap/a.txt", b"new").await;
     let mut req = create_req("pvc-s3-restored", p.clone());
     req.secrets = secrets(KEY_ID, SECRET);
@@ -276,20 +255,7 @@ async fn s3_snapshot_and_restore() {
             snapshot_id: snap.snapshot_id.clone(),
         })),
     });
-    let mut restored = false;
-    for _ in 0..100 {
-        match c.controller.create_volume(req.clone()).await {
-            Ok(_) => {
-                restored = true;
-                break;
-            }
-            Err(e) if e.code() == tonic::Code::Aborted => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("CreateVolume from the snapshot: {e:?}"),
-        }
-    }
-    assert!(restored, "the restore never finished");
+    create_volume_retrying(&mut c, req).await;
     let get = |key: &str| {
         let store = store.clone();
         let key = ObjPath::from(key);

@@ -458,17 +458,31 @@ async fn staged_volume(env: &Env) -> PathBuf {
         .into_inner()
         .volume
         .expect("volume");
-    let staging = env.staging("bad");
-    let target = env.target("pod-bad");
+    stage_and_publish(env, &mut c, &vol, "bad", "pod-bad")
+        .await
+        .1
+}
+
+/// NodeStage at the staging path `name` and NodePublish for `pod`, as the
+/// kubelet does; returns (staging, target).
+async fn stage_and_publish(
+    env: &Env,
+    c: &mut Clients,
+    vol: &cachalot::csi::proto::Volume,
+    name: &str,
+    pod: &str,
+) -> (PathBuf, PathBuf) {
+    let staging = env.staging(name);
+    let target = env.target(pod);
     c.node
-        .node_stage_volume(stage_req(&vol, &staging))
+        .node_stage_volume(stage_req(vol, &staging))
         .await
         .expect("NodeStage");
     c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
+        .node_publish_volume(publish_req(vol, &staging, &target, false))
         .await
         .expect("NodePublish");
-    target
+    (staging, target)
 }
 
 /// A write through the volume from another thread, bounded in time: a
@@ -997,16 +1011,7 @@ async fn a_warm_attribute_loads_the_volume_at_stage_and_unstage_stops_it() {
     std::fs::write(dir.join("other/b.bin"), data(1 << 20, 2)).unwrap();
     std::fs::write(dir.join("keep/deep/c.dat"), data(1 << 20, 3)).unwrap();
     std::fs::write(dir.join("skip.txt"), data(1 << 20, 4)).unwrap();
-    let staging = env.staging("warm");
-    let target = env.target("pod-warm");
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .expect("NodeStage");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .expect("NodePublish");
+    let (staging, target) = stage_and_publish(&env, &mut c, &vol, "warm", "pod-warm").await;
     let label = format!("volume=\"{}\"", vol.volume_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     let warmed = loop {
@@ -1108,16 +1113,7 @@ async fn capacity_is_enforced_and_expands_live() {
         .volume
         .expect("volume");
     assert_eq!(vol.capacity_bytes, 2 * MIB);
-    let staging = env.staging("quota");
-    let target = env.target("pod-quota");
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .expect("NodeStage");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .expect("NodePublish");
+    let (staging, target) = stage_and_publish(&env, &mut c, &vol, "quota", "pod-quota").await;
     let kept = vec![9u8; MIB as usize];
     std::fs::write(target.join("kept"), &kept).unwrap();
     let err = std::fs::write(target.join("big"), vec![1u8; 2 * MIB as usize]).unwrap_err();

@@ -17,7 +17,6 @@ use super::params::VolumeParams;
 use super::proto::volume_content_source::Type as Content;
 use super::proto::VolumeContentSource;
 use super::snapshots::{decode_id, is_marker, read_marker};
-use super::volume_id::{VolumeId, VolumeIdError};
 use crate::backend::{Backend, BackendPath, ErrorKind, Identity};
 
 const ROOT: Identity = Identity::new(0, 0);
@@ -47,12 +46,7 @@ impl ControllerService {
                 (snap, format!("snapshot {}", s.snapshot_id))
             }
             Some(Content::Volume(v)) => {
-                let vol = VolumeId::decode(&v.volume_id).map_err(|e| match e {
-                    VolumeIdError::Foreign => {
-                        Status::not_found(format!("volume {} does not exist", v.volume_id))
-                    }
-                    e => Status::invalid_argument(e.to_string()),
-                })?;
+                let vol = super::volume_id::decode_or_status(&v.volume_id)?;
                 (vol, format!("volume {}", v.volume_id))
             }
             None => {

@@ -202,13 +202,7 @@ impl ControllerService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        VolumeId::decode(&req.volume_id).map_err(|e| match e {
-            VolumeIdError::Foreign => Status::not_found(format!(
-                "volume {} does not exist (not issued by this driver)",
-                req.volume_id
-            )),
-            e => Status::invalid_argument(e.to_string()),
-        })?;
+        super::volume_id::decode_or_status(&req.volume_id)?;
         let capacity_bytes = capacity(req.capacity_range.as_ref())?;
         if capacity_bytes == 0 {
             return Err(missing("capacity_range"));
@@ -299,16 +293,7 @@ impl ControllerService {
         if req.volume_capabilities.is_empty() {
             return Err(missing("volume_capabilities"));
         }
-        let id = match VolumeId::decode(&req.volume_id) {
-            Ok(id) => id,
-            Err(VolumeIdError::Foreign) => {
-                return Err(Status::not_found(format!(
-                    "volume {} does not exist (not issued by this driver)",
-                    req.volume_id
-                )))
-            }
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
-        };
+        let id = super::volume_id::decode_or_status(&req.volume_id)?;
         let parent = self
             .open(&id.location, &BackendPath::root(), &req.secrets)
             .await?;

@@ -25,7 +25,7 @@ use super::proto::controller_get_volume_response::VolumeStatus;
 use super::proto::{
     ControllerGetVolumeRequest, ControllerGetVolumeResponse, Volume, VolumeCondition,
 };
-use super::volume_id::{VolumeId, VolumeIdError};
+use super::volume_id::VolumeId;
 use crate::backend::{BackendError, BackendPath, ErrorKind, FileKind, Identity};
 
 const ROOT: Identity = Identity::new(0, 0);
@@ -173,16 +173,7 @@ impl ControllerService {
         if req.volume_id.is_empty() {
             return Err(missing("volume_id"));
         }
-        let id = match VolumeId::decode(&req.volume_id) {
-            Ok(id) => id,
-            Err(VolumeIdError::Foreign) => {
-                return Err(Status::not_found(format!(
-                    "volume {} does not exist (not issued by this driver)",
-                    req.volume_id
-                )))
-            }
-            Err(e) => return Err(Status::invalid_argument(e.to_string())),
-        };
+        let id = super::volume_id::decode_or_status(&req.volume_id)?;
         let (abnormal, message) = match check(self, &id).await {
             Health::Gone(why) => return Err(Status::not_found(why)),
             Health::Normal(m) | Health::Unchecked(m) => (false, m),

@@ -138,13 +138,7 @@ impl ControllerService {
         if req.source_volume_id.is_empty() {
             return Err(missing("source_volume_id"));
         }
-        let source = VolumeId::decode(&req.source_volume_id).map_err(|e| match e {
-            VolumeIdError::Foreign => Status::not_found(format!(
-                "volume {} does not exist (not issued by this driver)",
-                req.source_volume_id
-            )),
-            e => Status::invalid_argument(e.to_string()),
-        })?;
+        let source = super::volume_id::decode_or_status(&req.source_volume_id)?;
         if source.sub.is_root() {
             return Err(Status::invalid_argument(
                 "a static volume spanning its whole source cannot be snapshotted into it",

@@ -62,6 +62,17 @@ fn enc(s: &str) -> String {
     utf8_percent_encode(s, FIELD).to_string()
 }
 
+/// A volume ID of a request as the CSI spec wants it answered: not ours
+/// → NOT_FOUND, ours but malformed → INVALID_ARGUMENT.
+pub fn decode_or_status(volume_id: &str) -> Result<VolumeId, tonic::Status> {
+    VolumeId::decode(volume_id).map_err(|e| match e {
+        VolumeIdError::Foreign => tonic::Status::not_found(format!(
+            "volume {volume_id} does not exist (not issued by this driver)"
+        )),
+        VolumeIdError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+    })
+}
+
 impl VolumeId {
     pub fn encode(&self) -> String {
         let mut fields: Vec<String> = vec!["v1".into(), self.location.kind().into()];

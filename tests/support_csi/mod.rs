@@ -580,3 +580,48 @@ pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// CreateSnapshot, called again (as the snapshotter does) until the
+/// snapshot is ready.
+pub async fn take_snapshot(
+    c: &mut Clients,
+    name: &str,
+    volume_id: &str,
+    secrets: HashMap<String, String>,
+) -> Snapshot {
+    for _ in 0..300 {
+        let s = c
+            .controller
+            .create_snapshot(CreateSnapshotRequest {
+                source_volume_id: volume_id.to_string(),
+                name: name.to_string(),
+                secrets: secrets.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("CreateSnapshot")
+            .into_inner()
+            .snapshot
+            .expect("a snapshot");
+        if s.ready_to_use {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("snapshot {name} never became ready");
+}
+
+/// CreateVolume, retried (as the provisioner does) while it answers
+/// ABORTED: a restore or clone still copying.
+pub async fn create_volume_retrying(c: &mut Clients, req: CreateVolumeRequest) -> Volume {
+    for _ in 0..300 {
+        match c.controller.create_volume(req.clone()).await {
+            Ok(r) => return r.into_inner().volume.expect("a volume"),
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("CreateVolume {}: {e:?}", req.name),
+        }
+    }
+    panic!("CreateVolume {} never finished", req.name);
+}

@@ -22,7 +22,7 @@ use super::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
 use super::state::{StagedRecord, StateDir};
 use super::supervisor::MountSpec;
-use super::volume_id::{VolumeId, VolumeIdError};
+use super::volume_id::VolumeId;
 use crate::backend::Source;
 use crate::mounter::protocol::VolumeNames;
 
@@ -42,14 +42,7 @@ pub struct NodeService {
     broken: Mutex<HashMap<String, String>>,
 }
 
-fn decode(volume_id: &str) -> Result<VolumeId, Status> {
-    VolumeId::decode(volume_id).map_err(|e| match e {
-        VolumeIdError::Foreign => Status::not_found(format!(
-            "volume {volume_id} does not exist (not issued by this driver)"
-        )),
-        VolumeIdError::Invalid(_) => Status::invalid_argument(e.to_string()),
-    })
-}
+use super::volume_id::decode_or_status as decode;
 
 fn credentials(
     id: &VolumeId,
