@@ -8,11 +8,33 @@
 //! answered, and from then on requests are left unanswered (their replies
 //! dropped without a word), so that the successor, which gets the core's
 //! state as it is now, has the kernel re-send them.
+//!
+//! This module holds the adapter and its `Filesystem` implementation,
+//! which decodes names (UTF-8, or the request fails with EINVAL) and
+//! setattr's changes, and hands each request to the part that answers it:
+//! - `init`: INIT, what is asked of the kernel;
+//! - `attr`: lookup, forget, getattr, setattr, readlink, statfs;
+//! - `namespace`: mknod, mkdir, unlink, rmdir, symlink, rename, link,
+//!   create;
+//! - `file`: open, read, write, flush, release, fsync, fallocate,
+//!   copy_file_range, ioctl;
+//! - `dir`: opendir, readdir, readdirplus, releasedir, fsyncdir;
+//! - `xattr`: getxattr, listxattr, setxattr, removexattr;
+//!
+//! with what they share: `convert` (between fuser's types and the core's),
+//! `resent` (re-sent requests), `backing` (passthrough backing files and
+//! the state a successor inherits), `gate` (takeovers).
 
+mod attr;
 mod backing;
 mod convert;
+mod dir;
+mod file;
 mod gate;
+mod init;
+mod namespace;
 mod resent;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -20,30 +42,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, FileHandle, Filesystem, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use backing::BackingIds;
 pub use backing::{AdapterState, AdapterStateReader};
 pub use convert::KernelNotifier;
-use convert::{
-    caller, created_before, errno, file_attr, file_type, open_flags, removed_before, reply_attr,
-    reply_empty, reply_entry, reply_value, time, utf8,
-};
+use convert::{time, utf8};
 pub use gate::Gate;
-use resent::{already_applied, is_resent, Change};
 
 use crate::backend::AttrChanges;
-use crate::fs::{CachalotFs, OpenMode, CACHED_XATTR, CAPACITY_XATTR, STATS_XATTR};
+use crate::fs::CachalotFs;
 
-/// Largest read/write request we ask the kernel for.
-const MAX_IO: u32 = 1024 * 1024;
-/// Requests the kernel may keep in flight in the background (readahead,
-/// async writes); fuser's default of 16 throttles parallel readers.
-const MAX_BACKGROUND: u16 = 128;
 pub(crate) const BLOCK_SIZE: u32 = 128 * 1024;
 
 pub struct FuseAdapter {
@@ -131,60 +143,16 @@ macro_rules! name_or_reply {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let abi = config.kernel_abi();
-        *self.abi.lock() = Some((abi.0, abi.1));
-        let _ = config.set_max_background(MAX_BACKGROUND);
-        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
-        let _ = config.set_max_write(MAX_IO);
-        if let Err(max) = config.set_max_readahead(MAX_IO) {
-            let _ = config.set_max_readahead(max);
-        }
-        // Each wanted capability on its own: an old kernel lacking one must
-        // not cost us the others.
-        for cap in [
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_BIG_WRITES,
-            // We drop setuid/setgid ourselves when content changes (see
-            // `CachalotFs::write_session`): the kernel would otherwise send
-            // a chmod as the writer first, which a backend refuses to a
-            // user who is not the owner.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                tracing::debug!(?cap, "kernel lacks FUSE capability");
-            }
-        }
-        if self.fs.config().passthrough {
-            // Depth 2: the cache directory may itself be on overlayfs.
-            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(2).is_ok();
-            if granted {
-                self.fs.activate_passthrough();
-                tracing::info!("FUSE passthrough enabled for fully cached files");
-            } else {
-                tracing::info!("kernel without FUSE passthrough; all reads go through cachalot");
-            }
-        }
-        Ok(())
+        init::init(self, config)
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        let (c, ttl) = (caller(req), self.ttl);
-        self.spawn(move |fs| async move {
-            reply_entry(&fs, reply, &ttl, fs.lookup(c, parent.0, &name).await)
-        });
+        attr::lookup(self, req, parent, name, reply)
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (c, ttl) = (caller(req), self.ttl);
-        self.spawn(
-            move |fs| async move { reply_attr(&fs, reply, &ttl, fs.getattr(c, ino.0).await) },
-        );
+        attr::getattr(self, req, ino, reply)
     }
 
     fn setattr(
@@ -214,20 +182,11 @@ impl Filesystem for FuseAdapter {
             atime_now: matches!(atime, Some(TimeOrNow::Now)),
             mtime_now: matches!(mtime, Some(TimeOrNow::Now)),
         };
-        let (c, ttl) = (caller(req), self.ttl);
-        self.spawn(move |fs| async move {
-            reply_attr(&fs, reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
-        });
+        attr::setattr(self, req, ino, size, changes, reply)
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.readlink(c, ino.0).await {
-                Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        attr::readlink(self, req, ino, reply)
     }
 
     fn mknod(
@@ -241,14 +200,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
-        self.spawn(move |fs| async move {
-            let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-            let rdev = convert::dev_from_kernel(rdev);
-            let made = fs.mknod(c, parent.0, &name, mode, rdev).await;
-            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(&fs, reply, &ttl, made)
-        });
+        namespace::mknod(self, req, parent, name, mode, umask, rdev, reply)
     }
 
     fn mkdir(
@@ -261,30 +213,17 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(name, reply);
-        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
-        self.spawn(move |fs| async move {
-            let made = fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await;
-            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(&fs, reply, &ttl, made)
-        });
+        namespace::mkdir(self, req, parent, name, mode, umask, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        let (c, resent) = (caller(req), is_resent(req));
-        self.spawn(move |fs| async move {
-            let done = fs.unlink(c, parent.0, &name).await;
-            reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
-        });
+        namespace::unlink(self, req, parent, name, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        let (c, resent) = (caller(req), is_resent(req));
-        self.spawn(move |fs| async move {
-            let done = fs.rmdir(c, parent.0, &name).await;
-            reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
-        });
+        namespace::rmdir(self, req, parent, name, reply)
     }
 
     fn symlink(
@@ -297,12 +236,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
-        self.spawn(move |fs| async move {
-            let made = fs.symlink(c, parent.0, &name, &target).await;
-            let made = created_before(&fs, c, resent, parent.0, &name, made).await;
-            reply_entry(&fs, reply, &ttl, made)
-        });
+        namespace::symlink(self, req, parent, name, target, reply)
     }
 
     fn rename(
@@ -317,27 +251,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_or_reply!(name, reply);
         let newname = name_or_reply!(newname, reply);
-        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
-        }
-        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        let (c, resent) = (caller(req), is_resent(req));
-        self.spawn(move |fs| async move {
-            let mut done = fs
-                .rename(c, parent.0, &name, newparent.0, &newname, no_replace)
-                .await;
-            // Re-sent after the first attempt moved it: the source is gone
-            // and the target is there.
-            if let Err(e) = done {
-                if already_applied(resent, Change::Rename, e.errno())
-                    && fs.lookup(c, newparent.0, &newname).await.is_ok()
-                {
-                    done = Ok(());
-                }
-            }
-            reply_empty(&fs, reply, done)
-        });
+        namespace::rename(self, req, parent, name, newparent, newname, flags, reply)
     }
 
     fn link(
@@ -349,37 +263,16 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let name = name_or_reply!(newname, reply);
-        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
-        self.spawn(move |fs| async move {
-            let made = fs.link(c, ino.0, newparent.0, &name).await;
-            let made = created_before(&fs, c, resent, newparent.0, &name, made).await;
-            reply_entry(&fs, reply, &ttl, made)
-        });
+        namespace::link(self, req, ino, newparent, name, reply)
     }
 
     // batch_forget: fuser's default calls this per inode.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        // Held at a takeover: the successor keeps the reference a little
-        // longer (FORGET has no reply to re-send).
-        if let Some(_pass) = self.gate.enter() {
-            self.fs.forget(ino.0, nlookup);
-        }
+        attr::forget(self, ino, nlookup)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let mode = OpenMode {
-            writable: flags.acc_mode() != OpenAccMode::O_RDONLY,
-            truncate: flags.0 & libc::O_TRUNC != 0,
-            append: flags.0 & libc::O_APPEND != 0,
-        };
-        let c = caller(req);
-        let backing = Arc::clone(&self.backing);
-        self.spawn(move |fs| async move {
-            match fs.open(c, ino.0, mode).await {
-                Ok(o) => backing.reply(&fs, ino.0, o, reply),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        file::open(self, req, ino, flags, reply)
     }
 
     fn read(
@@ -393,12 +286,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(move |fs| async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        file::read(self, fh, offset, size, reply)
     }
 
     fn write(
@@ -413,14 +301,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let c = caller(req);
-        let data = data.to_vec();
-        self.spawn(move |fs| async move {
-            match fs.write(c, fh.0, offset, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        file::write(self, req, fh, offset, data, reply)
     }
 
     fn flush(
@@ -431,8 +312,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let c = caller(req);
-        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
+        file::flush(self, req, fh, reply)
     }
 
     fn release(
@@ -445,8 +325,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing.release(fh.0);
-        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.release(fh.0).await) });
+        file::release(self, fh, reply)
     }
 
     fn fallocate(
@@ -459,14 +338,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let c = caller(req);
-        self.spawn(move |fs| async move {
-            reply_empty(
-                &fs,
-                reply,
-                fs.fallocate(c, fh.0, offset, length, mode).await,
-            )
-        });
+        file::fallocate(self, req, fh, offset, length, mode, reply)
     }
 
     fn copy_file_range(
@@ -482,18 +354,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let c = caller(req);
-        // The reply's count is 32 bits (the kernel asks for no more).
-        let len = len.min(u64::from(u32::MAX) & !0xfff);
-        self.spawn(move |fs| async move {
-            let copied = fs
-                .copy_file_range(c, (fh_in.0, offset_in), (fh_out.0, offset_out), len)
-                .await;
-            match copied {
-                Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        file::copy_file_range(self, req, fh_in, offset_in, fh_out, offset_out, len, reply)
     }
 
     fn fsync(
@@ -504,17 +365,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
+        file::fsync(self, fh, reply)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.opendir(c, ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        dir::opendir(self, req, ino, reply)
     }
 
     fn readdir(
@@ -523,22 +378,9 @@ impl Filesystem for FuseAdapter {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let Some(_pass) = self.gate.enter() else {
-            return Gate::hold(reply);
-        };
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    if reply.add(INodeNo(e.attr.ino), next, file_type(e.attr.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(self.fs.count_error(e))),
-        }
+        dir::readdir(self, fh, offset, reply)
     }
 
     fn readdirplus(
@@ -547,38 +389,9 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let Some(_pass) = self.gate.enter() else {
-            return Gate::hold(reply);
-        };
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, mut e) in entries {
-                    // Each entry is a kernel reference (except . and ..).
-                    let Some(entry_ino) = self.fs.remember_listed(ino.0, &e) else {
-                        continue;
-                    };
-                    e.attr.ino = entry_ino;
-                    let attr = file_attr(&e.attr);
-                    if reply.add(
-                        INodeNo(entry_ino),
-                        next,
-                        &e.name,
-                        &self.ttl,
-                        &attr,
-                        Generation(0),
-                    ) {
-                        if e.name != "." && e.name != ".." {
-                            self.fs.unremember(entry_ino);
-                        }
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(self.fs.count_error(e))),
-        }
+        dir::readdirplus(self, ino, fh, offset, reply)
     }
 
     fn releasedir(
@@ -589,11 +402,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let Some(_pass) = self.gate.enter() else {
-            return Gate::hold(reply);
-        };
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        dir::releasedir(self, fh, reply)
     }
 
     fn fsyncdir(
@@ -604,54 +413,19 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory operations are synchronous on the backend already.
-        reply.ok();
+        dir::fsyncdir(reply)
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.statfs(c).await {
-                Ok(s) => reply.statfs(
-                    s.blocks,
-                    s.blocks_free,
-                    s.blocks_available,
-                    s.files,
-                    s.files_free,
-                    s.block_size,
-                    s.name_max,
-                    s.block_size,
-                ),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        attr::statfs(self, req, reply)
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if name == CACHED_XATTR {
-            let c = caller(req);
-            self.spawn(move |fs| async move {
-                match fs.cached_bytes(c, ino.0).await {
-                    Ok((cached, total)) => reply_value(reply, size, &format!("{cached} {total}")),
-                    Err(e) => reply.error(errno(e)),
-                }
-            });
-            return;
-        }
-        if ino != INodeNo::ROOT || name != STATS_XATTR {
-            reply.error(Errno::from_i32(libc::ENODATA));
-            return;
-        }
-        reply_value(reply, size, &self.fs.stats_json());
+        xattr::getxattr(self, req, ino, name, size, reply)
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        // No user-visible xattrs (the stats attribute is fetched by name).
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+        xattr::listxattr(size, reply)
     }
 
     fn setxattr(
@@ -664,28 +438,11 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if ino != INodeNo::ROOT || name != CAPACITY_XATTR {
-            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-            return;
-        }
-        let Some(bytes) = std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        else {
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
-        };
-        let c = caller(req);
-        self.spawn(move |fs| async move {
-            match fs.set_capacity(c, bytes).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        xattr::setxattr(self, req, ino, name, value, reply)
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        xattr::removexattr(reply)
     }
 
     fn create(
@@ -699,38 +456,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let name = name_or_reply!(name, reply);
-        let exclusive = flags & libc::O_EXCL != 0;
-        let open_mode = OpenMode {
-            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
-            truncate: flags & libc::O_TRUNC != 0,
-            append: flags & libc::O_APPEND != 0,
-        };
-        let (c, ttl, resent) = (caller(req), self.ttl, is_resent(req));
-        self.spawn(move |fs| async move {
-            let mode = mode & 0o7777 & !umask;
-            let mut made = fs
-                .create(c, parent.0, &name, mode, exclusive, open_mode)
-                .await;
-            // Re-sent O_EXCL create that the first attempt made: open it.
-            if matches!(&made, Err(e) if already_applied(resent, Change::Create, e.errno())) {
-                made = fs.create(c, parent.0, &name, mode, false, open_mode).await;
-            }
-            match made {
-                Ok((a, o)) => reply.created(
-                    &ttl,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(o.fh),
-                    open_flags(o.keep_cache),
-                ),
-                Err(e) => reply.error(errno(fs.count_error(e))),
-            }
-        });
+        namespace::create(self, req, parent, name, mode, umask, flags, reply)
     }
 
-    /// No ioctl is supported. ENOTTY is what the kernel answers for a file
-    /// without them (Python's `open()` asks for TCGETS on every file), and
-    /// it is answered quietly: one log line per call drowned the logs.
     fn ioctl(
         &self,
         _req: &Request,
@@ -742,6 +470,6 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTTY));
+        file::ioctl(reply)
     }
 }

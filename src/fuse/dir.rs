@@ -1,0 +1,95 @@
+//! Directories: opendir, readdir, readdirplus (each entry a kernel
+//! reference), releasedir, fsyncdir. Listings are answered on the FUSE
+//! thread, from the snapshot the handle took at opendir.
+
+use fuser::{
+    FileHandle, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyOpen, Request,
+};
+
+use super::convert::{caller, errno, file_attr, file_type};
+use super::{FuseAdapter, Gate};
+
+pub(super) fn opendir(adapter: &FuseAdapter, req: &Request, ino: INodeNo, reply: ReplyOpen) {
+    let c = caller(req);
+    adapter.spawn(move |fs| async move {
+        match fs.opendir(c, ino.0).await {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(fs.count_error(e))),
+        }
+    });
+}
+
+pub(super) fn readdir(
+    adapter: &FuseAdapter,
+    fh: FileHandle,
+    offset: u64,
+    mut reply: ReplyDirectory,
+) {
+    let Some(_pass) = adapter.gate.enter() else {
+        return Gate::hold(reply);
+    };
+    match adapter.fs.readdir(fh.0, offset) {
+        Ok(entries) => {
+            for (next, e) in entries {
+                if reply.add(INodeNo(e.attr.ino), next, file_type(e.attr.kind), &e.name) {
+                    break;
+                }
+            }
+            reply.ok();
+        }
+        Err(e) => reply.error(errno(adapter.fs.count_error(e))),
+    }
+}
+
+pub(super) fn readdirplus(
+    adapter: &FuseAdapter,
+    ino: INodeNo,
+    fh: FileHandle,
+    offset: u64,
+    mut reply: ReplyDirectoryPlus,
+) {
+    let Some(_pass) = adapter.gate.enter() else {
+        return Gate::hold(reply);
+    };
+    match adapter.fs.readdir(fh.0, offset) {
+        Ok(entries) => {
+            for (next, mut e) in entries {
+                // Each entry is a kernel reference (except . and ..).
+                let Some(entry_ino) = adapter.fs.remember_listed(ino.0, &e) else {
+                    continue;
+                };
+                e.attr.ino = entry_ino;
+                let attr = file_attr(&e.attr);
+                if reply.add(
+                    INodeNo(entry_ino),
+                    next,
+                    &e.name,
+                    &adapter.ttl,
+                    &attr,
+                    Generation(0),
+                ) {
+                    if e.name != "." && e.name != ".." {
+                        adapter.fs.unremember(entry_ino);
+                    }
+                    break;
+                }
+            }
+            reply.ok();
+        }
+        Err(e) => reply.error(errno(adapter.fs.count_error(e))),
+    }
+}
+
+pub(super) fn releasedir(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
+    let Some(_pass) = adapter.gate.enter() else {
+        return Gate::hold(reply);
+    };
+    adapter.fs.releasedir(fh.0);
+    reply.ok();
+}
+
+pub(super) fn fsyncdir(reply: ReplyEmpty) {
+    // Directory operations are synchronous on the backend already.
+    reply.ok();
+}
