@@ -641,3 +641,17 @@ async fn access_denied_is_eacces_with_context() {
     );
     assert!(pre.contains(support_s3::READER_KEY_ID), "{pre}");
 }
+
+/// copy_file is a CopyObject: the copy is whole and the source stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_file_copies_inside_the_bucket() {
+    let fx = Fixture::new();
+    let b = fx.backend("cp");
+    let data = pseudo_random(3 << 20, 7);
+    put(&fx.store, "cp/src.bin", data.clone()).await;
+    assert!(b.copy_file(ME, &p("src.bin"), &p("dst.bin")).await.unwrap());
+    assert_eq!(get(&fx.store, "cp/dst.bin").await.unwrap(), data);
+    assert_eq!(get(&fx.store, "cp/src.bin").await.unwrap(), data);
+    let missing = b.copy_file(ME, &p("nope"), &p("x")).await.unwrap_err();
+    assert_eq!(missing.kind, cachalot::backend::ErrorKind::NotFound);
+}

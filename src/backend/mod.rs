@@ -333,6 +333,18 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Copy the file `from` to `to` within the backend, without the data
+    /// passing through this process (S3: CopyObject). `Ok(false)`: this
+    /// backend cannot; the caller copies the data itself.
+    async fn copy_file(
+        &self,
+        _id: Identity,
+        _from: &BackendPath,
+        _to: &BackendPath,
+    ) -> BackendResult<bool> {
+        Ok(false)
+    }
+
     /// Change the volume's byte quota while mounted (an expansion): only a
     /// backend wrapped by [`quota::Quota`] has one.
     async fn set_capacity(&self, _bytes: u64) -> BackendResult<()> {

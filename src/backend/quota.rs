@@ -475,6 +475,23 @@ impl Backend for Quota {
     async fn preflight(&self, id: Identity) -> BackendResult<()> {
         self.inner.preflight(id).await
     }
+    async fn copy_file(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+    ) -> BackendResult<bool> {
+        let (size, replaced) = (self.size_of(id, from).await, self.size_of(id, to).await);
+        if size > replaced {
+            self.state.reserve(size - replaced, &to.to_string())?;
+            self.state.unreserve(size - replaced);
+        }
+        let copied = self.inner.copy_file(id, from, to).await?;
+        if copied {
+            self.state.changed_by(size as i64 - replaced as i64);
+        }
+        Ok(copied)
+    }
     async fn set_capacity(&self, bytes: u64) -> BackendResult<()> {
         self.state.set_capacity(bytes).map_err(|e| {
             BackendError::new(ErrorKind::Other, "keep the capacity", "").with_cause(e.to_string())

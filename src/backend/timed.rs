@@ -21,7 +21,7 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 ];
 
 /// Backend operations as the metrics name them.
-pub const OPS: [&str; 17] = [
+pub const OPS: [&str; 18] = [
     "stat",
     "list",
     "open_read",
@@ -39,6 +39,7 @@ pub const OPS: [&str; 17] = [
     "statfs",
     "cleanup",
     "resume_write",
+    "copy",
 ];
 
 #[derive(Default)]
@@ -259,5 +260,14 @@ impl Backend for Timed {
     }
     async fn preflight(&self, id: Identity) -> BackendResult<()> {
         self.inner.preflight(id).await
+    }
+    async fn copy_file(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+    ) -> BackendResult<bool> {
+        let call = self.inner.copy_file(id, from, to);
+        self.stats.time("copy", call).await
     }
 }

@@ -1,7 +1,8 @@
 //! Copying a directory tree through the backend API, for snapshots,
-//! restores and clones: one implementation for every backend (a streamed
-//! copy, each file published atomically under its name, so a reader of the
-//! copy never sees half a file). Long copies run as background jobs that a
+//! restores and clones: one implementation for every backend. A file is
+//! copied inside the backend where it can (S3: CopyObject), else streamed
+//! through here; either way it appears whole under its name, so a reader
+//! of the copy never sees half a file. Long copies run as background jobs that a
 //! retried request finds again (the CO retries until the copy is done).
 
 use std::collections::HashMap;
@@ -60,6 +61,10 @@ pub async fn copy_tree(
                 FileKind::Directory => {
                     make_dir(backend, id, &d, entry.meta.mode).await?;
                     dirs.push((s, d.clone()));
+                }
+                FileKind::File if backend.copy_file(id, &s, &d).await? => {
+                    progress.files.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes.fetch_add(entry.meta.size, Ordering::Relaxed);
                 }
                 FileKind::File => copy_file(backend, id, &s, &d, entry.meta.mode, progress).await?,
                 FileKind::Symlink => {

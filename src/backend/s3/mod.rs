@@ -269,6 +269,17 @@ impl Backend for S3Backend {
         rename::rename(&self.inner, id, from, to, no_replace).await
     }
 
+    /// CopyObject: the data stays in the bucket (objects up to 5 GiB;
+    /// a larger one fails and the caller copies it itself).
+    async fn copy_file(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+    ) -> BackendResult<bool> {
+        rename::copy_object(&self.inner, id, from, to).await
+    }
+
     async fn symlink(
         &self,
         id: Identity,

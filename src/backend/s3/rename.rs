@@ -60,6 +60,24 @@ pub async fn rename(
     Ok(())
 }
 
+/// Server-side copy of one file; `Ok(false)` where S3 cannot copy it in
+/// one request (over 5 GiB).
+pub async fn copy_object(
+    inner: &Inner,
+    id: Identity,
+    from: &BackendPath,
+    to: &BackendPath,
+) -> BackendResult<bool> {
+    let (from_key, to_key) = (inner.keys.object(from), inner.keys.object(to));
+    let src = inner.store_path(&from_key, "copy", from, id)?;
+    let dst = inner.store_path(&to_key, "copy", to, id)?;
+    match inner.store.copy(&src, &dst).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.to_string().contains("EntityTooLarge") => Ok(false),
+        Err(e) => Err(inner.store_err(&e, "copy", from, &from_key, id)),
+    }
+}
+
 async fn rename_file(
     inner: &Inner,
     id: Identity,
