@@ -1,0 +1,138 @@
+//! The backend a session serves: opened from the source (with the S3
+//! checks at mount), checked for what writes need (preflight), wrapped
+//! with the volume's quota.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::MountOptions;
+use crate::backend::local::{IdentityMode, LocalBackend};
+use crate::backend::nfs::{NfsBackend, NfsOptions};
+use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
+use crate::backend::{Backend, BackendPath, Identity, Source};
+
+pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
+    match &opts.source {
+        Source::Local { root } => {
+            let mode = if opts.identity.is_some() {
+                IdentityMode::Fixed
+            } else {
+                IdentityMode::Caller
+            };
+            let backend = LocalBackend::open(root.clone(), mode)
+                .with_context(|| format!("opening the source directory {}", root.display()))?;
+            Ok(Arc::new(backend))
+        }
+        Source::S3 { bucket, prefix } => {
+            // The checks run on a client with a short retry budget, so a
+            // wrong endpoint or a dead server fails the mount in seconds
+            // with its cause; the data path rides out a server restart for
+            // the whole retry_timeout.
+            let mut check = opts.s3.clone();
+            check.max_retries = check.max_retries.min(S3_CHECK_RETRIES);
+            check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
+            let probe = s3_backend(opts, bucket, prefix, check)?;
+            probe
+                .check_credentials()
+                .await
+                .map_err(anyhow::Error::msg)?;
+            probe
+                .stat(Identity::new(0, 0), &BackendPath::root())
+                .await
+                .context("reaching the bucket")?;
+            if !opts.read_only && !opts.skip_preflight {
+                probe.preflight().await?;
+            }
+            let backend = s3_backend(opts, bucket, prefix, opts.s3.clone())?;
+            tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(),
+                credentials = backend.credentials_origin(), "using S3");
+            Ok(backend)
+        }
+        Source::Nfs { .. } => {
+            let nfs_opts = NfsOptions {
+                identity: opts.identity,
+                groups: opts.groups.clone(),
+                ..NfsOptions::default()
+            };
+            Ok(Arc::new(NfsBackend::connect(&opts.source, nfs_opts).await?))
+        }
+    }
+}
+
+/// Read-write mounts check at mount time that the identity can write, so a
+/// squashed root or wrong uid fails here with the fix, not at first write.
+pub(super) async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Result<()> {
+    if opts.read_only || opts.skip_preflight {
+        return Ok(());
+    }
+    let id = opts
+        .identity
+        .unwrap_or_else(crate::backend::nfs::process_identity);
+    backend.preflight(id).await?;
+    Ok(())
+}
+
+/// Retry budget of the S3 checks at mount time (see `backend_for`).
+const S3_CHECK_RETRIES: usize = 2;
+const S3_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn s3_backend(
+    opts: &MountOptions,
+    bucket: &str,
+    prefix: &str,
+    options: S3Options,
+) -> Result<Arc<S3Backend>> {
+    let credentials = Credentials::load(&opts.s3.credentials)?;
+    // S3 stores no owners: everything belongs to --uid/--gid, else to the
+    // identity that mounted.
+    let owner = opts.identity.unwrap_or(Identity::new(
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    ));
+    let config = S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.to_string(),
+        options,
+        credentials,
+        uid: owner.uid,
+        gid: owner.gid,
+        staging_dir: opts.cache_dir.join("s3-staging"),
+    };
+    Ok(Arc::new(
+        S3Backend::new(config).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// The backend with the volume's quota, if it has one, its usage measured
+/// in the background. A capacity an expansion set while another process
+/// served the session (kept in its journal directory) wins over the one
+/// the volume was created with.
+pub(super) fn with_capacity(
+    runtime: &tokio::runtime::Runtime,
+    backend: Arc<dyn Backend>,
+    opts: &MountOptions,
+) -> Arc<dyn Backend> {
+    let Some(created_with) = opts.capacity else {
+        return backend;
+    };
+    let kept_in = opts.journal_dir.as_ref().map(|d| d.join("capacity"));
+    let capacity = kept_in
+        .as_deref()
+        .and_then(crate::backend::quota::kept_capacity)
+        .unwrap_or(created_with);
+    let (backend, state) = crate::backend::quota::Quota::wrap(backend, capacity, kept_in);
+    let id = opts.identity.unwrap_or_else(|| {
+        crate::backend::Identity::new(
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        )
+    });
+    runtime.spawn(crate::backend::quota::keep_walking(
+        Arc::downgrade(&backend),
+        state,
+        id,
+    ));
+    backend
+}
