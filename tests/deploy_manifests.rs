@@ -105,7 +105,7 @@ fn deploy_files_pass_every_check() {
     assert!(!out.contains("FAIL "), "{out}");
     // every check ran (a check silently dropped from the checker fails here)
     let oks = out.lines().filter(|l| l.starts_with("ok   ")).count();
-    assert!(oks >= 29, "only {oks} checks ran:\n{out}");
+    assert!(oks >= 32, "only {oks} checks ran:\n{out}");
 }
 
 #[test]
@@ -566,6 +566,321 @@ fn checker_catches_chart_class_secret_outside_secret_namespaces() {
         dir.path(),
         "helm: namespace, secret namespaces, inline volumes, expansion values",
         "not in provisioner.secretNamespaces renders",
+    );
+}
+
+// --------------------------------------------------------------------------
+// Snapshots: the csi-snapshotter sidecar, its RBAC, the examples, the chart
+// --------------------------------------------------------------------------
+
+#[test]
+fn checker_catches_missing_snapshotter() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/controller.yaml",
+        "        - name: csi-snapshotter\n",
+        "        - name: snapshotter\n",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "no csi-snapshotter container",
+    );
+}
+
+#[test]
+fn checker_catches_snapshotter_on_another_socket() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/controller.yaml",
+        "            - --feature-gates=CSIVolumeGroupSnapshot=false\n          env:\n            \
+         - name: ADDRESS\n              value: /csi/csi.sock",
+        "            - --feature-gates=CSIVolumeGroupSnapshot=false\n          env:\n            \
+         - name: ADDRESS\n              value: /run/csi/socket",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "csi-snapshotter --csi-address /run/csi/socket is not the plugin's socket /csi/csi.sock",
+    );
+}
+
+#[test]
+fn checker_catches_chart_snapshotter_without_leader_election() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/controller.yaml",
+        "            - --leader-election\n            # no group controller service",
+        "            # no group controller service",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: install invariants",
+        "csi-snapshotter lacks --leader-election",
+    );
+}
+
+#[test]
+fn checker_catches_snapshotter_watching_group_snapshots() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/controller.yaml",
+        "            - --feature-gates=CSIVolumeGroupSnapshot=false\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "csi-snapshotter --feature-gates is None, want CSIVolumeGroupSnapshot=false",
+    );
+}
+
+#[test]
+fn checker_catches_snapshotter_rbac_without_content_status() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "    resources: [\"volumesnapshotcontents/status\"]\n    verbs: [\"update\", \"patch\"]\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "lacks [('snapshot.storage.k8s.io/volumesnapshotcontents/status', ['patch', 'update'])] \
+         cluster-wide, which the csi-snapshotter sidecar needs",
+    );
+}
+
+#[test]
+fn checker_catches_snapshotter_rbac_granting_more() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "verbs: [\"create\", \"get\", \"list\", \"watch\", \"update\", \"patch\"]",
+        "verbs: [\"create\", \"get\", \"list\", \"watch\", \"update\", \"patch\", \"delete\"]",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "grant [('snapshot.storage.k8s.io/volumesnapshotcontents', ['delete'])], which none of \
+         its sidecars",
+    );
+}
+
+#[test]
+fn checker_catches_provisioner_unable_to_read_snapshots() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/rbac-controller.yaml",
+        "    resources: [\"volumesnapshots\"]\n    verbs: [\"get\", \"list\"]\n",
+        "",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "lacks [('snapshot.storage.k8s.io/volumesnapshots', ['get', 'list'])] cluster-wide, \
+         which the csi-provisioner (restores from VolumeSnapshots) sidecar needs",
+    );
+}
+
+#[test]
+fn checker_catches_chart_snapshot_rbac_when_disabled() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/rbac.yaml",
+        "{{- if .Values.snapshots.enabled }}\n---\n# csi-snapshotter",
+        "{{- if true }}\n---\n# csi-snapshotter",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: snapshot values",
+        "which none of its sidecars ['csi-provisioner', 'csi-resizer'] needs",
+    );
+}
+
+#[test]
+fn checker_catches_chart_snapshotter_when_disabled() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/controller.yaml",
+        "{{- if .Values.snapshots.enabled }}",
+        "{{- if true }}",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: snapshot values",
+        "a csi-snapshotter container although snapshots are disabled",
+    );
+}
+
+#[test]
+fn checker_catches_chart_snapshot_class_without_snapshotter() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/volumesnapshotclass.yaml",
+        "{{- if not .Values.snapshots.enabled }}",
+        "{{- if false }}",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: snapshot values",
+        "render: want the chart to fail naming snapshots.enabled",
+    );
+}
+
+#[test]
+fn checker_catches_chart_snapshot_class_of_another_driver() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/helm/cachalot/templates/volumesnapshotclass.yaml",
+        "driver: {{ .Values.driverName }}",
+        "driver: cachalot",
+    );
+    assert_caught(
+        dir.path(),
+        "helm: snapshot values",
+        "'driver': 'cachalot', 'deletionPolicy': 'Retain'",
+    );
+}
+
+#[test]
+fn checker_catches_snapshot_class_of_another_driver() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/volumesnapshotclass.yaml",
+        "  name: cachalot\ndriver: cachalot.csi.dev",
+        "  name: cachalot\ndriver: nfs.csi.k8s.io",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: snapshots, restores, clones",
+        "VolumeSnapshotClass cachalot: driver 'nfs.csi.k8s.io', want cachalot.csi.dev",
+    );
+}
+
+#[test]
+fn checker_catches_unknown_volume_snapshot_field() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/volumesnapshot.yaml",
+        "  volumeSnapshotClassName: cachalot\n",
+        "  volumeSnapshotClassName: cachalot\n  snapshotClassName: cachalot\n",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: schemas (strict)",
+        "VolumeSnapshot cachalot-data-snapshot spec: unknown fields ['snapshotClassName']",
+    );
+}
+
+#[test]
+fn checker_catches_restore_of_a_missing_snapshot() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/volumesnapshot.yaml",
+        "    name: cachalot-data-snapshot\n",
+        "    name: cachalot-data-snap\n",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: snapshots, restores, clones",
+        "PVC default/cachalot-data-restored: dataSource VolumeSnapshot \
+         default/cachalot-data-snap is not an example VolumeSnapshot",
+    );
+}
+
+#[test]
+fn checker_catches_restore_into_another_source() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/volumesnapshot.yaml",
+        "  storageClassName: cachalot-nfs\n",
+        "  storageClassName: cachalot-s3\n",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: snapshots, restores, clones",
+        "restores and clones stay in one source",
+    );
+}
+
+#[test]
+fn checker_catches_clone_smaller_than_its_source() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/pvc-clone.yaml",
+        "      storage: 10Gi",
+        "      storage: 5Gi",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: snapshots, restores, clones",
+        "PVC default/cachalot-data-clone: requests 5Gi, less than the PVC cachalot-data's 10Gi",
+    );
+}
+
+#[test]
+fn checker_catches_snapshotter_secret_the_controller_cannot_read() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/examples/volumesnapshotclass.yaml",
+        "  csi.storage.k8s.io/snapshotter-secret-namespace: cachalot",
+        "  csi.storage.k8s.io/snapshotter-secret-namespace: default",
+    );
+    assert_caught(
+        dir.path(),
+        "examples: fit the base",
+        "VolumeSnapshotClass cachalot-s3: snapshotter-secret-namespace default is not one where \
+         the base's controller may get Secrets",
+    );
+}
+
+#[test]
+fn checker_catches_docs_snapshot_crds_of_another_release() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "docs/deploy.md",
+        "client/config/crd?ref=v8.6.0",
+        "client/config/crd?ref=v8.2.0",
+    );
+    assert_caught(
+        dir.path(),
+        "docs: deploy.md's snapshot prerequisites",
+        "client/config/crd?ref=v8.6.0\" | kubectl create -f -`",
+    );
+}
+
+#[test]
+fn checker_catches_docs_controller_readiness_count() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "docs/deploy.md",
+        "# controller 5/5;",
+        "# controller 4/4;",
+    );
+    assert_caught(
+        dir.path(),
+        "docs: deploy.md's snapshot prerequisites",
+        "does not say the controller pod is 5/5 ready",
     );
 }
 

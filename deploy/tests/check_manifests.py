@@ -15,8 +15,9 @@ What it does, without a cluster:
     `helm lint --strict`;
   * validates every object against the Kubernetes OpenAPI schemas of the
     `kubernetes-validate` package (strict: unknown fields fail) for the oldest
-    and the newest supported version; it has no schema for prometheus-operator
-    kinds (monitoring.coreos.com), whose structure is checked here instead;
+    and the newest supported version; it has no schema for CRDs: the
+    prometheus-operator kinds (monitoring.coreos.com) and the snapshot kinds
+    (snapshot.storage.k8s.io) have their structure checked here instead;
   * metrics: every cachalot container with --metrics-addr exposes it as a
     containerPort named `metrics`; the PodMonitors (chart, example) select the
     controller, node plugin and mounter pods and name a port they have;
@@ -35,6 +36,13 @@ What it does, without a cluster:
     inline volumes (CSIDriver Ephemeral, the example pod's attributes),
     Secrets (never in a ClusterRole; namespaced Roles in the secret
     namespaces) and Pod Security (the namespace's labels, namespace.create);
+  * snapshots: the csi-snapshotter sidecar (plugin socket, leader election,
+    group snapshots off, its RBAC and the provisioner's restore rules exactly;
+    none of it with the chart's snapshots.enabled=false), the chart's
+    VolumeSnapshotClass, the examples' VolumeSnapshotClasses, VolumeSnapshot,
+    restored and cloned PVCs (references, one source, sizes), and the snapshot
+    CRD / snapshot-controller commands of docs/deploy.md at the sidecar's
+    release;
   * parses the Dockerfile and .dockerignore.
 
 Exit 0 when every check passed, 1 when one failed, 3 when a Python dependency
@@ -65,7 +73,7 @@ BINARY = "/usr/local/bin/cachalot"  # where the Dockerfile puts it (checked ther
 K8S_VERSIONS = ["1.25.0", "1.37.0"]  # chart kubeVersion >=1.25; newest shipped schemas
 CLUSTER_SCOPED = {
     "Namespace", "CSIDriver", "ClusterRole", "ClusterRoleBinding", "StorageClass",
-    "PersistentVolume",
+    "PersistentVolume", "VolumeSnapshotClass",
 }
 # Cluster-wide grants (ClusterRoles bound to the controller's ServiceAccount)
 # each sidecar needs. No Secrets: the provisioner reads its StorageClasses'
@@ -85,10 +93,43 @@ RESIZER_RULES = {
     ("", "persistentvolumeclaims/status"): {"patch"},
     ("", "events"): {"list", "watch", "create", "update", "patch"},
 }
-SIDECAR_RULES = {"csi-provisioner": PROVISIONER_RULES, "csi-resizer": RESIZER_RULES}
+# external-snapshotter v8 (deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml)
+# less its groupsnapshot.storage.k8s.io rules: the sidecar runs with
+# --feature-gates=CSIVolumeGroupSnapshot=false (the plugin has no group
+# controller service)
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+SNAPSHOTTER_RULES = {
+    ("", "events"): {"list", "watch", "create", "update", "patch"},
+    (SNAPSHOT_GROUP, "volumesnapshotclasses"): {"get", "list", "watch"},
+    (SNAPSHOT_GROUP, "volumesnapshotcontents"): {"create", "get", "list", "watch", "update",
+                                                 "patch"},
+    (SNAPSHOT_GROUP, "volumesnapshotcontents/status"): {"update", "patch"},
+}
+# the provisioner, for PVCs restored from a VolumeSnapshot (external-provisioner
+# rbac.yaml); only with the snapshotter
+PROVISIONER_SNAPSHOT_RULES = {
+    (SNAPSHOT_GROUP, "volumesnapshots"): {"get", "list"},
+    (SNAPSHOT_GROUP, "volumesnapshotcontents"): {"get", "list"},
+}
+SNAPSHOTTER_GATES = "CSIVolumeGroupSnapshot=false"
+SIDECAR_RULES = {"csi-provisioner": PROVISIONER_RULES, "csi-resizer": RESIZER_RULES,
+                 "csi-snapshotter": SNAPSHOTTER_RULES}
 SIDECAR_IMAGES = {"csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v5.",
-                  "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v1."}
-CONTROLLER_CONTAINERS = ["cachalot", "csi-provisioner", "csi-resizer", "liveness-probe"]
+                  "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v1.",
+                  "csi-snapshotter": "registry.k8s.io/sig-storage/csi-snapshotter:v8."}
+CONTROLLER_CONTAINERS = ["cachalot", "csi-provisioner", "csi-resizer", "csi-snapshotter",
+                         "liveness-probe"]
+# where the upstream install of the snapshot CRDs and the snapshot-controller
+# lives (docs/deploy.md gives both, at the sidecar's release)
+SNAPSHOTTER_REPO = "https://github.com/kubernetes-csi/external-snapshotter"
+# VolumeSnapshotClass parameters: the plugin reads none but the Secret
+SNAPSHOT_CLASS_PARAMS = {
+    "csi.storage.k8s.io/snapshotter-secret-name",
+    "csi.storage.k8s.io/snapshotter-secret-namespace",
+}
+# StorageClass parameters naming a volume's source (src/csi/params/mod.rs
+# Location): restores and clones stay in one source
+LOCATION_KEYS = {"source", "server", "share", "bucket", "prefix", "endpoint", "region"}
 LEASE_VERBS = {"get", "watch", "list", "delete", "update", "create"}
 # provisioner-secret-name (S3 credentials), per secret namespace
 SECRET_RULES = {("", "secrets"): {"get"}}
@@ -248,10 +289,12 @@ def one(objs, kind):
 def validate_schemas(objs):
     problems = []
     for o in objs:
-        if api_group(o) == MONITORING_GROUP:
+        own = {MONITORING_GROUP: check_monitoring_structure,
+               SNAPSHOT_GROUP: check_snapshot_structure}.get(api_group(o))
+        if own is not None:
             # kubernetes-validate has no schemas for CRDs: our own check
             try:
-                check_monitoring_structure(o)
+                own(o)
             except CheckError as e:
                 problems.append(f"{key(o)}: {e}")
             continue
@@ -377,7 +420,7 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
                   state_host="/var/lib/cachalot/state",
                   mounter_state_host="/var/lib/cachalot/mounter",
                   mounter_socket_host="/run/cachalot", metrics=True, inline=True,
-                  secret_namespaces=None):
+                  secret_namespaces=None, snapshots=True):
     plugin_dir = f"{kubelet_dir}/plugins/{DRIVER}"
 
     # CSIDriver
@@ -419,11 +462,15 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
          "provisioner lacks --extra-create-metadata (subDir templates would fail)")
     need(flag(prov, "leader-election") is not None, "provisioner lacks --leader-election")
     check_resizer(spec, plugin, sock, vol)
+    check_snapshotter(spec, sock, vol, snapshots)
     names = [c["name"] for c in spec["containers"]]
-    need(sorted(names) == sorted(CONTROLLER_CONTAINERS),
-         f"controller: containers {names}, want {CONTROLLER_CONTAINERS} (docs/deploy.md: "
+    want = controller_containers(snapshots)
+    need(sorted(names) == sorted(want),
+         f"controller: containers {names}, want {want} (docs/deploy.md: "
          f"the controller pod is {len(CONTROLLER_CONTAINERS)}/{len(CONTROLLER_CONTAINERS)} ready)")
     for name, prefix in SIDECAR_IMAGES.items():
+        if name not in want:
+            continue
         img = container(spec, name)["image"]
         need(img.startswith(prefix), f"controller: {name} image {img}, want {prefix}x (the "
                                      "version whose flags and RBAC this checker knows)")
@@ -662,6 +709,46 @@ def check_resizer(spec, plugin, sock, vol):
          "every pod of the cluster, which its RBAC does not grant")
 
 
+def controller_containers(snapshots=True):
+    return [c for c in CONTROLLER_CONTAINERS if snapshots or c != "csi-snapshotter"]
+
+
+def check_snapshotter(spec, sock, vol, enabled=True):
+    """The csi-snapshotter sidecar: VolumeSnapshots through CreateSnapshot /
+    DeleteSnapshot (the plugin advertises CREATE_DELETE_SNAPSHOT)."""
+    names = [c["name"] for c in spec["containers"]]
+    if not enabled:
+        need("csi-snapshotter" not in names,
+             "controller: a csi-snapshotter container although snapshots are disabled "
+             "(snapshots.enabled=false)")
+        return
+    need("csi-snapshotter" in names,
+         f"controller: no csi-snapshotter container (have {names}): the plugin advertises "
+         "CREATE_DELETE_SNAPSHOT, but without the external-snapshotter sidecar a VolumeSnapshot "
+         "never reaches it (add the csi-snapshotter sidecar on the plugin's socket)")
+    sn = container(spec, "csi-snapshotter")
+    ssock = socket_of(sn, "csi-address")
+    fix = (f"mount the plugin's socket volume {vol['name']} at {os.path.dirname(sock)} and "
+           f"set --csi-address to {sock}")
+    need(ssock == sock, f"controller: csi-snapshotter --csi-address {ssock} is not the plugin's "
+                        f"socket {sock}: {fix}")
+    try:
+        svol, _ = host_path_of(spec, sn, ssock)
+    except CheckError as e:
+        raise CheckError(f"controller: csi-snapshotter: {e}: {fix}")
+    need(svol["name"] == vol["name"],
+         f"controller: csi-snapshotter reaches {ssock} through volume {svol['name']}, the plugin "
+         f"listens in volume {vol['name']}: {fix}")
+    need(flag(sn, "leader-election") is not None,
+         "controller: csi-snapshotter lacks --leader-election (with more than one controller "
+         "replica every snapshotter would take the same snapshot)")
+    gates = flag(sn, "feature-gates")
+    need(gates is not None and SNAPSHOTTER_GATES in gates.split(","),
+         f"controller: csi-snapshotter --feature-gates is {gates!r}, want {SNAPSHOTTER_GATES}: "
+         "the plugin has no group controller service, and with the gate on the sidecar "
+         "waits for groupsnapshot.storage.k8s.io objects its RBAC does not grant")
+
+
 def check_liveness(spec, plugin, sock, role):
     lp = container(spec, "liveness-probe")
     _, a = host_path_of(spec, lp, socket_of(lp, "csi-address"))
@@ -725,9 +812,11 @@ def check_rbac(objs, sa, ns, sidecars, secret_namespaces=None):
             for k, v in rule_grants(cr.get("rules")).items():
                 granted.setdefault(k, set()).update(v)
     wanted = {}
-    for sidecar, rules in SIDECAR_RULES.items():
-        if sidecar not in sidecars:
-            continue
+    needs = [(s, r) for s, r in SIDECAR_RULES.items() if s in sidecars]
+    if "csi-snapshotter" in sidecars and "csi-provisioner" in sidecars:
+        needs.append(("csi-provisioner (restores from VolumeSnapshots)",
+                      PROVISIONER_SNAPSHOT_RULES))
+    for sidecar, rules in needs:
         missing = {k: v - granted.get(k, set()) for k, v in rules.items()}
         missing = {k: v for k, v in missing.items() if v}
         need(not missing, f"ServiceAccount {ns}/{sa} lacks {fmt_grants(missing)} cluster-wide, "
@@ -909,14 +998,7 @@ def check_monitoring_structure(o):
          f"PodMonitor apiVersion {o.get('apiVersion')!r}, want {MONITORING_GROUP}/v1")
     only_keys(o, {"apiVersion", "kind", "metadata", "spec"}, "PodMonitor")
     meta = o.get("metadata", {})
-    # ObjectMeta through a kind that has a schema
-    for v in K8S_VERSIONS:
-        try:
-            kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta},
-                                         v, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            raise CheckError(f"PodMonitor metadata: {e.message} at {list(e.path)}")
-    need(meta.get("name"), "PodMonitor: no metadata.name")
+    check_object_meta(meta, "PodMonitor")
     check_labels(meta.get("labels", {}) or {}, "PodMonitor metadata.labels")
     spec = o.get("spec")
     only_keys(spec, PODMONITOR_SPEC_KEYS, "PodMonitor spec")
@@ -941,6 +1023,59 @@ def check_monitoring_structure(o):
             need(r.get("action", "replace").lower() in RELABEL_ACTIONS,
                  f"{where}.relabelings[{j}]: action {r.get('action')!r}")
             need(isinstance(r.get("sourceLabels", []), list), f"{where}.relabelings[{j}].sourceLabels")
+
+
+def check_object_meta(meta, kind):
+    """ObjectMeta, through a kind that has a schema."""
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta},
+                                         v, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise CheckError(f"{kind} metadata: {e.message} at {list(e.path)}")
+    need(meta.get("name"), f"{kind}: no metadata.name")
+
+
+def check_snapshot_structure(o):
+    """A strict subset of the snapshot.storage.k8s.io/v1 CRDs (kubernetes-
+    validate has no schema for them): VolumeSnapshotClass and VolumeSnapshot
+    with the fields the external-snapshotter's CRDs define."""
+    kind = o.get("kind")
+    need(kind in ("VolumeSnapshotClass", "VolumeSnapshot"),
+         f"no structural check for {o.get('apiVersion')} {kind} "
+         "(extend check_snapshot_structure)")
+    need(o.get("apiVersion") == f"{SNAPSHOT_GROUP}/v1",
+         f"{kind} apiVersion {o.get('apiVersion')!r}, want {SNAPSHOT_GROUP}/v1 (v1beta1 is "
+         "gone since external-snapshotter v4)")
+    meta = o.get("metadata", {})
+    check_object_meta(meta, kind)
+    name = meta["name"]
+    if kind == "VolumeSnapshotClass":
+        only_keys(o, {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"},
+                  f"VolumeSnapshotClass {name}")
+        need(meta.get("namespace") is None,
+             f"VolumeSnapshotClass {name}: namespace {meta.get('namespace')!r} (cluster-scoped)")
+        need(isinstance(o.get("driver"), str) and o["driver"],
+             f"VolumeSnapshotClass {name}: no driver (required)")
+        need(o.get("deletionPolicy") in ("Delete", "Retain"),
+             f"VolumeSnapshotClass {name}: deletionPolicy {o.get('deletionPolicy')!r}, want "
+             "Delete or Retain (required)")
+        params = o.get("parameters", {})
+        need(isinstance(params, dict) and all(isinstance(v, str) for v in params.values()),
+             f"VolumeSnapshotClass {name}: parameters must map strings to strings (quote them)")
+        return
+    only_keys(o, {"apiVersion", "kind", "metadata", "spec"}, f"VolumeSnapshot {name}")
+    spec = o.get("spec")
+    only_keys(spec, {"source", "volumeSnapshotClassName"}, f"VolumeSnapshot {name} spec")
+    src = spec.get("source")
+    only_keys(src, {"persistentVolumeClaimName", "volumeSnapshotContentName"},
+              f"VolumeSnapshot {name} spec.source")
+    need(len(src) == 1 and all(isinstance(v, str) and v for v in src.values()),
+         f"VolumeSnapshot {name}: spec.source needs exactly one of persistentVolumeClaimName "
+         f"(a new snapshot) or volumeSnapshotContentName (an existing one), has {sorted(src)}")
+    cls = spec.get("volumeSnapshotClassName")
+    need(cls is None or (isinstance(cls, str) and cls),
+         f"VolumeSnapshot {name}: volumeSnapshotClassName {cls!r}")
 
 
 def selector_matches(sel, labels):
@@ -1094,6 +1229,124 @@ def check_examples(root, objs):
     need(inline, "no example Pod with an inline `csi:` volume of the driver")
 
 
+QUANTITY_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def quantity(q, where):
+    """Bytes of a storage quantity (10Gi, 500M, 1e9)."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kMGTP]i?|)", str(q))
+    need(m and m.group(2) in QUANTITY_SUFFIXES, f"{where}: storage {q!r} is not a quantity")
+    return float(m.group(1)) * QUANTITY_SUFFIXES[m.group(2)]
+
+
+def location_of(sc):
+    """The parameters of a StorageClass that name its source (lower-cased)."""
+    return {k.lower(): v for k, v in (sc.get("parameters") or {}).items()
+            if k.lower() in LOCATION_KEYS}
+
+
+def check_snapshot_examples(objs):
+    """VolumeSnapshotClasses, VolumeSnapshots and the PVCs restored from a
+    snapshot or cloned from a PVC: every reference resolves in the examples,
+    restores and clones stay in the source of what they copy (the plugin
+    refuses another: INVALID_ARGUMENT), at least its size."""
+    classes = {o["metadata"]["name"]: o for o in by_kind(objs, "VolumeSnapshotClass")}
+    snaps = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+             for o in by_kind(objs, "VolumeSnapshot")}
+    pvcs = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+            for o in by_kind(objs, "PersistentVolumeClaim")}
+    scs = {o["metadata"]["name"]: o for o in by_kind(objs, "StorageClass")}
+    secrets = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+               for o in by_kind(objs, "Secret")}
+    need(classes, "no example VolumeSnapshotClass")
+    need(snaps, "no example VolumeSnapshot")
+    for name, c in classes.items():
+        where = f"VolumeSnapshotClass {name}"
+        need(c.get("driver") == DRIVER, f"{where}: driver {c.get('driver')!r}, want {DRIVER} "
+                                        "(the csi-snapshotter ignores the snapshots of other "
+                                        "drivers' classes)")
+        params = c.get("parameters") or {}
+        unknown = sorted(set(params) - SNAPSHOT_CLASS_PARAMS)
+        need(not unknown, f"{where}: parameters {unknown}: the plugin takes no snapshot "
+                          f"parameters, only {sorted(SNAPSHOT_CLASS_PARAMS)} (S3 keys)")
+        n = params.get("csi.storage.k8s.io/snapshotter-secret-name")
+        ns = params.get("csi.storage.k8s.io/snapshotter-secret-namespace")
+        need((n is None) == (ns is None),
+             f"{where}: snapshotter-secret-name and -namespace go together")
+        if n is not None:
+            sec = secrets.get((ns, n))
+            need(sec is not None, f"{where}: snapshotter Secret {ns}/{n} is not in the examples")
+            data = set(sec.get("stringData", {})) | set(sec.get("data", {}))
+            need({"accessKeyId", "secretAccessKey"} <= data,
+                 f"{where}: Secret {ns}/{n} lacks accessKeyId/secretAccessKey")
+    need(any(c.get("deletionPolicy") == "Delete" for c in classes.values()),
+         "no example VolumeSnapshotClass with deletionPolicy Delete")
+
+    sources = {}  # snapshot key -> the snapshotted PVC
+    for (ns, name), vs in snaps.items():
+        where = f"VolumeSnapshot {ns}/{name}"
+        cls = vs["spec"].get("volumeSnapshotClassName")
+        need(cls in classes, f"{where}: volumeSnapshotClassName {cls!r} is not an example "
+                             f"VolumeSnapshotClass ({sorted(classes)})")
+        pvc_name = vs["spec"]["source"].get("persistentVolumeClaimName")
+        need(pvc_name, f"{where}: not a snapshot of a PVC (source.persistentVolumeClaimName)")
+        pvc = pvcs.get((ns, pvc_name))
+        need(pvc is not None, f"{where}: source PVC {ns}/{pvc_name} is not in the examples "
+                              "(a snapshot's PVC is in the snapshot's namespace)")
+        scn = pvc["spec"].get("storageClassName")
+        need(scn in scs, f"{where}: source PVC {pvc_name} has StorageClass {scn!r}, not an "
+                         "example class of the driver")
+        sc_params = scs[scn].get("parameters") or {}
+        if "csi.storage.k8s.io/provisioner-secret-name" in sc_params:
+            need("csi.storage.k8s.io/snapshotter-secret-name" in
+                 (classes[cls].get("parameters") or {}),
+                 f"{where}: the source's StorageClass {scn} takes its S3 keys from a Secret, "
+                 f"but the VolumeSnapshotClass {cls} passes none to CreateSnapshot (add "
+                 "csi.storage.k8s.io/snapshotter-secret-name/-namespace)")
+        sources[(ns, name)] = pvc
+
+    kinds = set()
+    for (ns, name), pvc in pvcs.items():
+        where = f"PVC {ns}/{name}"
+        need("dataSourceRef" not in pvc["spec"],
+             f"{where}: dataSourceRef: use dataSource (a VolumeSnapshot or a PVC)")
+        ds = pvc["spec"].get("dataSource")
+        if ds is None:
+            continue
+        kind, group = ds.get("kind"), ds.get("apiGroup") or ""
+        if (kind, group) == ("VolumeSnapshot", SNAPSHOT_GROUP):
+            vs_key = (ns, ds.get("name"))
+            need(vs_key in snaps, f"{where}: dataSource VolumeSnapshot {ns}/{ds.get('name')} is "
+                                  f"not an example VolumeSnapshot ({sorted(n for _, n in snaps)})")
+            src, what = sources[vs_key], f"snapshot {ds['name']}"
+        elif (kind, group) == ("PersistentVolumeClaim", ""):
+            src = pvcs.get((ns, ds.get("name")))
+            need(src is not None, f"{where}: dataSource PVC {ns}/{ds.get('name')} is not an "
+                                  "example PVC (a clone's source is in its namespace)")
+            need(src is not pvc, f"{where}: clones itself")
+            what = f"PVC {ds['name']}"
+        else:
+            raise CheckError(f"{where}: dataSource {kind} (apiGroup {group!r}): the plugin "
+                             "fills volumes from a VolumeSnapshot (apiGroup "
+                             f"{SNAPSHOT_GROUP}) or a PersistentVolumeClaim only")
+        kinds.add(kind)
+        scn, src_scn = pvc["spec"].get("storageClassName"), src["spec"].get("storageClassName")
+        need(scn in scs, f"{where}: StorageClass {scn!r} is not an example class of the driver")
+        need(location_of(scs[scn]) == location_of(scs[src_scn]),
+             f"{where}: StorageClass {scn} has the source {location_of(scs[scn])}, the {what} "
+             f"is in {location_of(scs[src_scn])} ({src_scn}): restores and clones stay in one "
+             "source (the plugin answers INVALID_ARGUMENT)")
+        size = quantity(pvc["spec"]["resources"]["requests"]["storage"], where)
+        src_size = quantity(src["spec"]["resources"]["requests"]["storage"], what)
+        need(size >= src_size, f"{where}: requests {pvc['spec']['resources']['requests']['storage']}, "
+                               f"less than the {what}'s "
+                               f"{src['spec']['resources']['requests']['storage']}")
+    for kind in ("VolumeSnapshot", "PersistentVolumeClaim"):
+        need(kind in kinds, f"no example PVC with a dataSource of kind {kind} "
+                            "(restore from a snapshot, clone of a PVC)")
+
+
 def check_storageclass_expansion(sc):
     need(sc.get("allowVolumeExpansion") is True,
          f"StorageClass {sc['metadata']['name']}: allowVolumeExpansion "
@@ -1179,6 +1432,18 @@ def check_examples_fit_base(examples, base):
              f"StorageClass {sc['metadata']['name']}: provisioner-secret-namespace {ns} is not "
              f"one where the base's provisioner may get Secrets ({sorted(readable)}): keep the "
              "provisioner Secret in the driver's namespace or add a Role there")
+    for c in by_kind(examples, "VolumeSnapshotClass"):
+        ns = (c.get("parameters") or {}).get("csi.storage.k8s.io/snapshotter-secret-namespace")
+        if ns is not None:
+            need(ns in readable,
+                 f"VolumeSnapshotClass {c['metadata']['name']}: snapshotter-secret-namespace {ns} "
+                 f"is not one where the base's controller may get Secrets ({sorted(readable)}): "
+                 "keep the Secret in the driver's namespace or add a Role there")
+    if by_kind(examples, "VolumeSnapshot"):
+        names = [c["name"] for c in pod_spec(one(base, "Deployment"))["containers"]]
+        need("csi-snapshotter" in names,
+             f"the examples take VolumeSnapshots, but the base's controller runs {names}: "
+             "no csi-snapshotter")
     modes = one(base, "CSIDriver")["spec"].get("volumeLifecycleModes") or []
     for pod in by_kind(examples, "Pod"):
         for v in pod["spec"].get("volumes", []):
@@ -1455,6 +1720,115 @@ def check_helm_security_values(chart_dir):
     need(rs["image"] == "mirror.example.com/csi-resizer:v1.13.2", f"sidecars.resizer.image: {rs['image']}")
     need(rs["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "10m", "memory": "32Mi"}},
          f"sidecars.resizer.resources: {rs['resources']}")
+
+
+def snapshot_grants(objs):
+    """Everything the install's ClusterRoles grant in snapshot.storage.k8s.io."""
+    return {(cr["metadata"]["name"], res): sorted(v) for cr in by_kind(objs, "ClusterRole")
+            for (grp, res), v in rule_grants(cr.get("rules")).items() if grp == SNAPSHOT_GROUP}
+
+
+def check_helm_snapshots(chart_dir):
+    """snapshots.enabled, snapshots.volumeSnapshotClass.*, sidecars.snapshotter."""
+    # defaults: the sidecar and its RBAC (check_install), no VolumeSnapshotClass
+    values = with_image({})
+    objs = render_helm(chart_dir, values)
+    check_install(objs)
+    need(not by_kind(objs, "VolumeSnapshotClass"),
+         "a VolumeSnapshotClass is rendered by default (snapshots.volumeSnapshotClass.create "
+         "defaults to false: the CRD may be missing at install)")
+    notes = render_notes(chart_dir, values)
+    need("docs/deploy.md, \"Snapshots and clones\"" in notes,
+         "NOTES.txt does not say where the snapshot CRDs and snapshot-controller come from")
+
+    # snapshots.enabled=false: no sidecar, no snapshot RBAC at all
+    values = with_image({"snapshots": {"enabled": False}})
+    objs = render_helm(chart_dir, values)
+    validate_schemas(objs)
+    check_install(objs, snapshots=False)
+    grants = snapshot_grants(objs)
+    need(not grants, f"snapshots.enabled=false still grants {grants} in {SNAPSHOT_GROUP}")
+    need("VolumeSnapshots" not in render_notes(chart_dir, values),
+         "NOTES.txt mentions VolumeSnapshots with snapshots.enabled=false")
+
+    # the VolumeSnapshotClass
+    vsc = {"create": True, "name": "nightly", "deletionPolicy": "Retain", "parameters": {
+        "csi.storage.k8s.io/snapshotter-secret-name": "keys",
+        "csi.storage.k8s.io/snapshotter-secret-namespace": "s3-creds"}}
+    values = with_image({"snapshots": {"volumeSnapshotClass": vsc},
+                         "provisioner": {"secretNamespaces": ["storage", "s3-creds"]}})
+    objs = render_helm(chart_dir, values, name="rel", namespace="storage")
+    validate_schemas(objs)
+    check_install(objs, secret_namespaces=["storage", "s3-creds"])
+    c = one(objs, "VolumeSnapshotClass")
+    want = {"name": "nightly", "driver": DRIVER, "deletionPolicy": "Retain",
+            "parameters": vsc["parameters"]}
+    got = {"name": c["metadata"]["name"], "driver": c.get("driver"),
+           "deletionPolicy": c.get("deletionPolicy"), "parameters": c.get("parameters")}
+    need(got == want, f"snapshots.volumeSnapshotClass {vsc}: renders {got}, want {want}")
+    need("VolumeSnapshotClass: nightly" in render_notes(chart_dir, values, name="rel",
+                                                        namespace="storage"),
+         "NOTES.txt does not name the VolumeSnapshotClass")
+    c = one(render_helm(chart_dir, with_image({"snapshots": {"volumeSnapshotClass": {
+        "create": True}}})), "VolumeSnapshotClass")
+    need((c["metadata"]["name"], c.get("deletionPolicy"), c.get("parameters")) ==
+         ("cachalot", "Delete", None),
+         f"snapshots.volumeSnapshotClass defaults: {c}, want name cachalot, deletionPolicy "
+         "Delete, no parameters")
+
+    # refusals, each naming the value to fix
+    refused = [
+        ({"snapshots": {"enabled": False, "volumeSnapshotClass": {"create": True}}},
+         "snapshots.enabled"),
+        ({"snapshots": {"volumeSnapshotClass": {"create": True, "deletionPolicy": "Keep"}}},
+         "deletionPolicy"),
+        ({"snapshots": {"volumeSnapshotClass": {"create": True, "parameters": {"tier": "x"}}}},
+         "tier"),
+        ({"snapshots": {"volumeSnapshotClass": {"create": True, "parameters": {
+            "csi.storage.k8s.io/snapshotter-secret-name": "keys",
+            "csi.storage.k8s.io/snapshotter-secret-namespace": "elsewhere"}}}},
+         "provisioner.secretNamespaces"),
+    ]
+    for v, word in refused:
+        try:
+            render_helm(chart_dir, with_image(v))
+        except helm_errors.HelmRenderError as e:
+            need(word in str(e), f"values {v} fail with {e}: want a message naming {word}")
+        else:
+            raise CheckError(f"values {v} render: want the chart to fail naming {word}")
+
+    # sidecars.snapshotter
+    values = with_image({"sidecars": {"snapshotter": {
+        "image": "mirror.example.com/csi-snapshotter:v8.6.0",
+        "resources": {"limits": {"memory": "1Gi"}}}}})
+    sn = container(pod_spec(one(render_helm(chart_dir, values), "Deployment")), "csi-snapshotter")
+    need(sn["image"] == "mirror.example.com/csi-snapshotter:v8.6.0",
+         f"sidecars.snapshotter.image: {sn['image']}")
+    need(sn["resources"] == {"limits": {"memory": "1Gi"}, "requests": {"cpu": "10m", "memory": "32Mi"}},
+         f"sidecars.snapshotter.resources: {sn['resources']}")
+
+
+def snapshot_install_commands(tag):
+    """The upstream install of the snapshot CRDs and the snapshot-controller
+    (external-snapshotter README), at the release `tag`."""
+    return [f'kubectl kustomize "{SNAPSHOTTER_REPO}/client/config/crd?ref={tag}" | kubectl create -f -',
+            f'kubectl -n kube-system kustomize "{SNAPSHOTTER_REPO}/deploy/kubernetes/'
+            f'snapshot-controller?ref={tag}" | kubectl create -f -']
+
+
+def check_docs_snapshots(root, base):
+    """docs/deploy.md installs the snapshot CRDs and the snapshot-controller
+    of the csi-snapshotter's release, and counts the controller's containers."""
+    text = open(os.path.join(root, "docs/deploy.md"), encoding="utf-8").read()
+    img = container(pod_spec(one(base, "Deployment")), "csi-snapshotter")["image"]
+    _, tag = split_image(img)
+    for cmd in snapshot_install_commands(tag):
+        need(cmd in text, f"docs/deploy.md lacks `{cmd}` (the CRDs and the snapshot-controller "
+                          f"of the csi-snapshotter's release, {img})")
+    n = len(CONTROLLER_CONTAINERS)
+    need(f"controller {n}/{n}" in text,
+         f"docs/deploy.md does not say the controller pod is {n}/{n} ready (its containers: "
+         f"{CONTROLLER_CONTAINERS})")
 
 
 def check_docs_label_command(root):
@@ -1979,8 +2353,9 @@ def main():
     r.check("examples: schemas (strict)", validate_schemas, ex)
     r.check("examples: driver, parameters, references", check_examples, ROOT, ex)
     r.check("examples: PodMonitor scrapes the base's pods", check_example_podmonitors, ex, base)
-    r.check("examples: fit the base (secret namespace, inline volumes)", check_examples_fit_base,
-            ex, base)
+    r.check("examples: snapshots, restores, clones", check_snapshot_examples, ex)
+    r.check("examples: fit the base (secret namespaces, inline volumes, snapshotter)",
+            check_examples_fit_base, ex, base)
 
     r.check("overlay: example replaces the image", check_overlay, odir, base)
 
@@ -2004,8 +2379,12 @@ def main():
     r.check("helm: metrics values (port, disabled, PodMonitor)", check_helm_metrics, cdir)
     r.check("helm: namespace, secret namespaces, inline volumes, expansion values",
             check_helm_security_values, cdir)
+    r.check("helm: snapshot values (snapshots.*, sidecars.snapshotter)", check_helm_snapshots,
+            cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
     r.check("docs: deploy.md's namespace label command", check_docs_label_command, ROOT)
+    r.check("docs: deploy.md's snapshot prerequisites and controller N/N", check_docs_snapshots,
+            ROOT, base)
     r.check("grafana: dashboard (JSON, datasource, variables, README metrics)", check_dashboard, ROOT)
     r.check("grafana: queries parse with promtool", check_dashboard_promtool, ROOT)
     r.check("docker: Dockerfile", check_dockerfile, ROOT)
