@@ -565,6 +565,19 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
     .await;
     assert_eq!(by_id.entries.len(), 1);
 
+    // The controller's records lost (its state dir is an emptyDir): a
+    // snapshot asked for by ID is found in its source.
+    for record in std::fs::read_dir(env.path("state/snapshots")).unwrap() {
+        std::fs::remove_file(record.unwrap().path()).unwrap();
+    }
+    let found = list(ListSnapshotsRequest {
+        snapshot_id: s2.snapshot_id.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(found.entries.len(), 1);
+    assert!(found.entries[0].snapshot.as_ref().unwrap().ready_to_use);
+
     // Deleting removes the copy; twice is fine.
     for _ in 0..2 {
         c.controller

@@ -208,7 +208,11 @@ impl Controller for ControllerGrpc {
         &self,
         r: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        call!("ListSnapshots", "-", self.0.list_snapshots(r.into_inner()))
+        call!(
+            "ListSnapshots",
+            "-",
+            self.0.list_snapshots(r.into_inner()).await
+        )
     }
     async fn controller_expand_volume(
         &self,

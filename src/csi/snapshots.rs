@@ -291,11 +291,22 @@ impl ControllerService {
     }
 
     /// From this controller's records (there is no central store to list
-    /// every location's snapshots), filtered, in pages.
-    pub fn list_snapshots(
+    /// every location's snapshots), filtered, in pages. A snapshot asked
+    /// for by ID that is in no record (taken before the controller's state
+    /// was lost, or imported by its handle) is looked up in its source.
+    pub async fn list_snapshots(
         &self,
         req: ListSnapshotsRequest,
     ) -> Result<ListSnapshotsResponse, Status> {
+        if !req.snapshot_id.is_empty()
+            && !self
+                .state
+                .all_snapshots()
+                .iter()
+                .any(|r| r.snapshot_id == req.snapshot_id)
+        {
+            return self.find_snapshot(&req.snapshot_id, &req.secrets).await;
+        }
         let start: usize = match req.starting_token.as_str() {
             "" => 0,
             t => t
@@ -342,6 +353,33 @@ impl ControllerService {
             } else {
                 String::new()
             },
+        })
+    }
+
+    /// The snapshot `snapshot_id` from its marker in the source (an empty
+    /// list when it is not there or not complete).
+    async fn find_snapshot(
+        &self,
+        snapshot_id: &str,
+        secrets: &std::collections::HashMap<String, String>,
+    ) -> Result<ListSnapshotsResponse, Status> {
+        let snap = match decode_id(snapshot_id) {
+            Ok(s) => s,
+            Err(e) if e.code() == tonic::Code::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(e),
+        };
+        let backend = self
+            .open(&snap.location, &BackendPath::root(), secrets)
+            .await?;
+        let entries = match read_marker(backend.as_ref(), &snap.sub).await? {
+            Some(m) => vec![list_snapshots_response::Entry {
+                snapshot: Some(snapshot_of(snapshot_id, &m, true)),
+            }],
+            None => Vec::new(),
+        };
+        Ok(ListSnapshotsResponse {
+            entries,
+            next_token: String::new(),
         })
     }
 }
