@@ -183,3 +183,60 @@ async fn nfs_wrong_share_lists_the_exports() {
         "{msg}"
     );
 }
+
+/// Snapshot, restore and clone on NFS: the copies keep content, modes and
+/// owners (the export lets root chown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nfs_snapshot_restore_and_clone() {
+    use cachalot::csi::proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    use std::os::unix::fs::PermissionsExt;
+    let server = ganesha();
+    let (disk, url) = server.area("csi-snap");
+    let env = Env::new();
+    let mut c = env.clients().await;
+    let p = params(&[("source", &url)]);
+    let vol = create(&mut c, "pvc-nfs-snap", p.clone()).await.unwrap();
+    let dir = disk.join("pvc-nfs-snap");
+    std::fs::create_dir(dir.join("d")).unwrap();
+    std::fs::write(dir.join("d/f"), b"before").unwrap();
+    std::fs::set_permissions(dir.join("d/f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(dir.join("d/f"), Some(1234), Some(2345)).unwrap();
+    let snap = take_snapshot(&mut c, "nfs-snap", &vol.volume_id, Default::default()).await;
+    std::fs::write(dir.join("d/f"), b"after").unwrap();
+
+    let from = |source: Type| {
+        let mut req = create_req("", p.clone());
+        req.volume_content_source = Some(VolumeContentSource {
+            r#type: Some(source),
+        });
+        req
+    };
+    let mut restore = from(Type::Snapshot(SnapshotSource {
+        snapshot_id: snap.snapshot_id.clone(),
+    }));
+    restore.name = "pvc-nfs-restored".into();
+    create_volume_retrying(&mut c, restore).await;
+    let f = disk.join("pvc-nfs-restored/d/f");
+    assert_eq!(std::fs::read(&f).unwrap(), b"before");
+    let meta = std::fs::metadata(&f).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+
+    let mut clone = from(Type::Volume(VolumeSource {
+        volume_id: vol.volume_id.clone(),
+    }));
+    clone.name = "pvc-nfs-clone".into();
+    create_volume_retrying(&mut c, clone).await;
+    assert_eq!(
+        std::fs::read(disk.join("pvc-nfs-clone/d/f")).unwrap(),
+        b"after"
+    );
+    c.controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!disk.join("cachalot-snapshots/nfs-snap").exists());
+}
