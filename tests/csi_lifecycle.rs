@@ -518,6 +518,16 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
         volume_id: vol.volume_id.clone(),
     });
     create_volume_retrying(&mut c, create_from("pvc-clone", clone)).await;
+    // A static volume spanning the whole source would contain its clone.
+    let whole = Type::Volume(VolumeSource {
+        volume_id: format!("v1#file#{}##retain", env.source().display()),
+    });
+    let err = c
+        .controller
+        .create_volume(create_from("pvc-into-itself", whole))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let k = env.source().join("pvc-clone");
     assert_eq!(std::fs::read(k.join("f")).unwrap(), b"version 2");
     assert!(!k.join("sub/g").exists());

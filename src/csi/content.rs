@@ -55,6 +55,16 @@ impl ControllerService {
                 ))
             }
         };
+        let inside = sub.as_str() == source.sub.as_str()
+            || sub
+                .as_str()
+                .starts_with(&format!("{}/", source.sub.as_str()));
+        if source.sub.is_root() || inside {
+            return Err(Status::invalid_argument(format!(
+                "{what} contains the new volume's directory ({sub}): a copy into itself never ends; \
+                 clone volumes that are directories beside it"
+            )));
+        }
         if source.location != params.location {
             return Err(Status::invalid_argument(format!(
                 "{what} is in {}, the new volume in {}: restores and clones stay in one source \
