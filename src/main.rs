@@ -322,7 +322,9 @@ fn main() -> ExitCode {
         Command::Cache(cmd) => run_cache(cmd),
         Command::Csi(args) => run_csi(args),
         Command::Mounter(args) => run_mounter(args),
-        Command::MounterIdle => cachalot::mounter::idle::run().context("idling after a handover"),
+        Command::MounterIdle {
+            parent_death_signal,
+        } => cachalot::mounter::idle::run(parent_death_signal).context("idling after a handover"),
         Command::Sessions(args) => run_sessions(args),
         Command::Warm(args) => run_warm(args),
         Command::Doctor(args) => run_doctor(args),

@@ -980,7 +980,23 @@ async fn metrics_survive_a_takeover_and_the_idle_predecessor_takes_no_request() 
         matches!(predecessor.child.try_wait(), Ok(None)),
         "the predecessor should idle, not exit"
     );
+    // The idle process dies with its container, as the mounter would have.
+    let unshare = predecessor.child.id();
+    let idle: Vec<u32> =
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    assert_eq!(idle.len(), 1, "the container's process: {idle:?}");
     predecessor.kill();
+    common::wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{}", idle[0])).exists()
+    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", idle[0])).exists(),
+        "the idle predecessor outlived its container"
+    );
 }
 
 /// The StorageClass parameter `warm`: NodeStage starts loading the matching

@@ -58,7 +58,12 @@ pub enum Command {
     /// What a mounter re-executes itself as after a handover with
     /// `--idle-after-handover` (internal).
     #[command(hide = true)]
-    MounterIdle,
+    MounterIdle {
+        /// The parent-death signal the mounter had (0: none), set again:
+        /// an execve from another thread than the main one loses it.
+        #[arg(long, default_value_t = 0)]
+        parent_death_signal: i32,
+    },
     /// List the FUSE sessions a mounter serves.
     Sessions(SessionsArgs),
     /// Load files of a mounted volume into its cache (resumable).

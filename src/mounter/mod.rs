@@ -93,6 +93,7 @@ fn predecessor(socket: &Path) -> Result<Predecessor, MounterError> {
 /// Sessions are never unmounted on exit: they belong to the pods.
 pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
     use nix::sys::signal::{SigSet, Signal};
+    idle::remember_parent_death_signal();
     // Before any thread exists, so every thread inherits the mask and the
     // signals wait for `sigwait` below.
     let mut signals = SigSet::empty();
