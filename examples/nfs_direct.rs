@@ -1,4 +1,4 @@
-//! Baseline for benches/nfs_bench.sh: the same workloads spoken directly
+//! Baseline for benches/bench.sh: the same workloads spoken directly
 //! with nfs3_client (one connection, sequential requests, no FUSE, no cache).
 //!
 //! cargo run --release --example nfs_direct -- HOST EXPORT DIR (read FILE | write FILE MIB | ls SUBDIR)

@@ -1,4 +1,4 @@
-//! Direct object_store client for benches/s3_bench.sh: the baseline that
+//! Direct object_store client for benches/bench.sh: the baseline that
 //! cachalot's numbers are compared with. Credentials from AWS_* variables.
 //!
 //! s3_direct ENDPOINT BUCKET put FILE KEY | get KEY | fill PREFIX N | list PREFIX
