@@ -503,3 +503,45 @@ fn cache_is_reused_after_remount() {
     );
     assert!(stat_u64(&s, "cache_hits") >= 2, "{s}");
 }
+
+#[test]
+fn a_sequential_reader_of_stored_pages_is_read_ahead_from_the_page_store() {
+    let data = pattern(32 * MIB, 65);
+    let d2 = data.clone();
+    let mut m = Mount::with_prepare(&[], move |b| fs::write(b.join("f"), &d2).unwrap());
+    assert_bytes_eq(&read_through(&m, "f"), &data, "first mount");
+    let pages_dir = m.cache_dir().join("pages");
+    assert!(wait_until(Duration::from_secs(10), || page_files(
+        &pages_dir
+    )
+    .len()
+        >= 32));
+    m.remount();
+    assert!(
+        wait_until(Duration::from_secs(10), || stat_u64(
+            &m.stats(),
+            "cache_pages"
+        ) >= 32),
+        "cache index not rebuilt after remount: {}",
+        m.stats()
+    );
+    // Read the first 4 MiB in small sequential requests, then stop: the
+    // read-ahead window has grown and loaded later pages from the page
+    // store before anyone asked for them (without it, about one page file
+    // per page read).
+    let f = fs::File::open(m.m("f")).unwrap();
+    const REQUEST: usize = 128 << 10;
+    let mut buf = vec![0u8; REQUEST];
+    for i in 0..32 {
+        f.read_exact_at(&mut buf, (i * REQUEST) as u64).unwrap();
+    }
+    let from_page_files =
+        |s: &serde_json::Value| stat_u64(s, "cache_hits") - stat_u64(s, "cache_memory_hits");
+    assert!(
+        wait_until(Duration::from_secs(5), || from_page_files(&m.stats()) >= 12),
+        "read-ahead did not load pages beyond the reader from the page store: {}",
+        m.stats()
+    );
+    let s = m.stats();
+    assert_eq!(stat_u64(&s, "backend_reads"), 0, "{s}");
+}

@@ -445,3 +445,19 @@ fn utimensat_of_a_symlink_sets_its_own_times() {
     );
     assert_ne!(fs::metadata(m.b("target")).unwrap().mtime(), 1_500_000_000);
 }
+
+#[test]
+fn fsync_of_a_descriptor_with_nothing_pending_succeeds() {
+    let m = Mount::new();
+    fs::write(m.m("f"), b"closed without fsync").unwrap();
+    // Published at close (not flushed to disk on file://): fsync on a
+    // read-only descriptor flushes it now, as on a local filesystem.
+    let f = fs::File::open(m.m("f")).unwrap();
+    f.sync_all().expect("fsync of a published file");
+    f.sync_data().expect("fdatasync of a published file");
+    // Removed behind the mount: nothing of this descriptor's is left to
+    // flush, and fsync does not fail for it.
+    fs::remove_file(m.b("f")).unwrap();
+    f.sync_all()
+        .expect("fsync of a file removed behind the mount");
+}

@@ -310,6 +310,10 @@ pub trait Backend: Send + Sync + 'static {
         changes: &AttrChanges,
     ) -> BackendResult<Metadata>;
     async fn statfs(&self, id: Identity) -> BackendResult<FsStats>;
+    /// Make the published object's data durable: fsync(2) of a descriptor
+    /// with nothing pending (a write closed earlier was published without
+    /// a flush to disk where the backend allows that).
+    async fn sync(&self, id: Identity, path: &BackendPath) -> BackendResult<()>;
 
     /// Remove temporary objects left behind by a crashed writer. Returns how
     /// many were removed.
@@ -379,8 +383,15 @@ pub trait PendingWrite: Send + Sync {
         old_target: &BackendPath,
         new_target: &BackendPath,
     ) -> BackendResult<()>;
-    /// Durably and atomically publish under `target`. Consumes the temporary
-    /// object on success; on failure the caller must `abort`.
+    /// Make what was written so far durable where it is (fsync(2) on a
+    /// descriptor being written), and have `publish` keep the result
+    /// durable: data and the new name survive a crash once it returns.
+    async fn sync(&self) -> BackendResult<()>;
+    /// Atomically publish under `target`: readers see the old object or the
+    /// whole new one, never a part. Durable on NFS (COMMIT) and S3 (the
+    /// upload completes); on a local directory only after `sync` (close(2)
+    /// does not fsync there, as on a local filesystem). Consumes the
+    /// temporary object on success; on failure the caller must `abort`.
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata>;
     /// Publish by copying the data into the existing object at `target`
     /// instead of replacing it: for a file with several hard links, which

@@ -306,6 +306,9 @@ impl PendingWrite for QuotaWrite {
     async fn retarget(&self, old: &BackendPath, new: &BackendPath) -> BackendResult<()> {
         self.inner.retarget(old, new).await
     }
+    async fn sync(&self) -> BackendResult<()> {
+        self.inner.sync().await
+    }
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata> {
         let meta = self.inner.publish(target).await?;
         self.settle(Some(meta.size));
@@ -447,6 +450,9 @@ impl Backend for Quota {
     }
     /// The volume as `df` should see it: the capacity, what is used of it,
     /// and what is left (no more than the backend itself has left).
+    async fn sync(&self, id: Identity, path: &BackendPath) -> BackendResult<()> {
+        self.inner.sync(id, path).await
+    }
     async fn statfs(&self, id: Identity) -> BackendResult<FsStats> {
         let mut stats = self.inner.statfs(id).await?;
         let block = u64::from(stats.block_size.max(1));

@@ -244,6 +244,9 @@ impl Backend for Timed {
     async fn statfs(&self, id: Identity) -> BackendResult<FsStats> {
         self.stats.time("statfs", self.inner.statfs(id)).await
     }
+    async fn sync(&self, id: Identity, path: &BackendPath) -> BackendResult<()> {
+        self.stats.time("sync", self.inner.sync(id, path)).await
+    }
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
         self.stats
             .time("cleanup", self.inner.cleanup_stale_temps())

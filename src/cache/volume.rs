@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+
 use super::counters::Counters;
 use super::index::{now_millis, Entry, VolumeTag};
 use super::page::{self, PageFormatError, PageKey};
@@ -100,6 +102,11 @@ impl VolumeCache {
     /// The page's data if it is cached and intact. Corrupt pages are removed
     /// (and counted) so the caller re-fetches and rewrites them.
     pub fn get(&self, key: &PageKey) -> Option<Vec<u8>> {
+        self.get_bytes(key).map(Vec::from)
+    }
+
+    /// `get`, in the memory the file was read into (no copy of the data).
+    pub fn get_bytes(&self, key: &PageKey) -> Option<Bytes> {
         let stem = key.file_stem();
         let path = self.path_of(&stem);
         let read = File::open(&path).and_then(|mut f| {
@@ -110,13 +117,19 @@ impl VolumeCache {
         });
         let (f, meta, file) = match read {
             Ok(read) => read,
-            Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
+            Err(e) => {
+                return self
+                    .not_stored(key, &stem, &path, &e, |data| data)
+                    .map(Bytes::from)
+            }
         };
         match page::decode(key, &file) {
             Ok(data) => {
-                let data = data.to_vec();
+                // Where the data lies in the file (decode returns a part of it).
+                let at = data.as_ptr() as usize - file.as_ptr() as usize;
+                let range = at..at + data.len();
                 self.hit(stem, &f, &meta);
-                Some(data)
+                Some(Bytes::from(file).slice(range))
             }
             Err(why) => {
                 self.drop_corrupt(stem, &path, file.len() as u64, &why);

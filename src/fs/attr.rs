@@ -67,18 +67,27 @@ impl CachalotFs {
         attr
     }
 
+    /// `lookup` answered from the inode table alone (a known name whose
+    /// attributes are fresh), or `None`: nothing was done.
+    pub fn lookup_known(&self, parent: u64, name: &str) -> Option<Attr> {
+        // Resolve and count the kernel's reference under one lock: a
+        // FORGET in between must not drop the inode we reply with.
+        let mut table = self.inodes.lock();
+        let ino = table.child(parent, name)?;
+        let attr = self.local_attr_in(&table, ino).ok()??;
+        table.remember(ino);
+        Some(attr)
+    }
+
+    /// `getattr` answered from the inode table alone, or `None`.
+    pub fn getattr_known(&self, ino: u64) -> Option<FsResult<Attr>> {
+        self.local_attr_in(&self.inodes.lock(), ino).transpose()
+    }
+
     pub async fn lookup(&self, caller: Caller, parent: u64, name: &str) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
-        {
-            // Resolve and count the kernel's reference under one lock: a
-            // FORGET in between must not drop the inode we reply with.
-            let mut table = self.inodes.lock();
-            if let Some(ino) = table.child(parent, name) {
-                if let Ok(Some(attr)) = self.local_attr_in(&table, ino) {
-                    table.remember(ino);
-                    return Ok(attr);
-                }
-            }
+        if let Some(attr) = self.lookup_known(parent, name) {
+            return Ok(attr);
         }
         let asked = Instant::now();
         match self.backend.stat(self.identity(caller), &path).await {

@@ -12,6 +12,20 @@ pub struct DirHandle {
     pub entries: Vec<ListedEntry>,
 }
 
+impl DirHandle {
+    /// Entries from `offset` on (an index into the snapshot), each with the
+    /// offset of the one after it. Borrowed: a big directory is read in
+    /// many requests, and copying the rest of it for each was quadratic.
+    pub fn from(&self, offset: u64) -> impl Iterator<Item = (u64, &ListedEntry)> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(start)
+            .map(|(i, e)| (i as u64 + 1, e))
+    }
+}
+
 impl CachalotFs {
     pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
         let entries = self.listing(caller, ino).await?;
@@ -76,16 +90,10 @@ impl CachalotFs {
         Ok(entries)
     }
 
-    /// Entries from `offset` on (offset = index into the snapshot).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, ListedEntry)>> {
-        let handle = self.dir_handle(fh)?;
-        Ok(handle
-            .entries
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect())
+    /// The listing of an open directory, read by the kernel in pieces
+    /// (see `DirHandle::from`).
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
+        self.dir_handle(fh)
     }
 
     /// A readdirplus entry is about to reach the kernel: count its

@@ -453,13 +453,28 @@ impl CachalotFs {
         self.publish(handle.ino).await
     }
 
-    /// fsync(2): publish now, whoever asks.
+    /// fsync(2): publish now, whoever asks, and durably: close(2) only
+    /// makes the data visible (see `PendingWrite::publish`). With nothing
+    /// pending, the published data is flushed.
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let handle = self.file_handle(fh)?;
-        if handle.writable {
-            self.publish(handle.ino).await?;
+        let (session, path) = {
+            let table = self.inodes.lock();
+            let session = table.get(handle.ino)?.write.clone();
+            (session, table.last_path(handle.ino))
+        };
+        if let Some(session) = session.filter(|_| handle.writable) {
+            session.sync().await?;
+            return self.publish(handle.ino).await;
         }
-        Ok(())
+        let Ok(path) = path else {
+            return Ok(()); // unlinked: nothing under a name to keep
+        };
+        match self.backend.sync(handle.identity(), &path).await {
+            // Replaced or removed behind the mount: nothing of ours there.
+            Err(e) if e.kind == crate::backend::ErrorKind::NotFound => Ok(()),
+            done => Ok(done?),
+        }
     }
 
     /// Last close of a handle. The last writer publishes anything still

@@ -370,6 +370,9 @@ impl PendingWrite for LostWrite {
     async fn retarget(&self, _old: &BackendPath, _new: &BackendPath) -> BackendResult<()> {
         self.fail()
     }
+    async fn sync(&self) -> BackendResult<()> {
+        self.fail()
+    }
     async fn publish(&self, _target: &BackendPath) -> BackendResult<Metadata> {
         self.fail()
     }

@@ -279,6 +279,19 @@ impl WriteSession {
         Ok(())
     }
 
+    /// fsync(2): make what was written durable, and the publish that
+    /// follows too. A failed or finished session has nothing to flush
+    /// (`finish` reports the failure).
+    pub async fn sync(&self) -> FsResult<()> {
+        let finished = self.finished.lock().await;
+        if *finished || self.is_orphaned() || self.failed.lock().is_some() {
+            return Ok(());
+        }
+        self.pending.sync().await?;
+        drop(finished);
+        Ok(())
+    }
+
     /// Publish under `target` (or discard if orphaned). On failure the
     /// temporary object is removed and the final name is untouched. With
     /// `in_place`, the data is copied into the object at `target` (a file

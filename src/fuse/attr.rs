@@ -15,6 +15,9 @@ pub(super) fn lookup(
     reply: ReplyEntry,
 ) {
     let (c, ttl) = (caller(req), adapter.ttl);
+    if let Some((attr, _pass)) = adapter.answer_now(|fs| fs.lookup_known(parent.0, &name)) {
+        return reply_entry(&adapter.fs, reply, &ttl, Ok(attr));
+    }
     adapter.spawn(move |fs| async move {
         reply_entry(&fs, reply, &ttl, fs.lookup(c, parent.0, &name).await)
     });
@@ -22,6 +25,9 @@ pub(super) fn lookup(
 
 pub(super) fn getattr(adapter: &FuseAdapter, req: &Request, ino: INodeNo, reply: ReplyAttr) {
     let (c, ttl) = (caller(req), adapter.ttl);
+    if let Some((known, _pass)) = adapter.answer_now(|fs| fs.getattr_known(ino.0)) {
+        return reply_attr(&adapter.fs, reply, &ttl, known);
+    }
     adapter
         .spawn(move |fs| async move { reply_attr(&fs, reply, &ttl, fs.getattr(c, ino.0).await) });
 }

@@ -29,9 +29,9 @@ pub(super) fn readdir(
     let Some(_pass) = adapter.gate.enter() else {
         return Gate::hold(reply);
     };
-    match adapter.fs.readdir(fh.0, offset) {
-        Ok(entries) => {
-            for (next, e) in entries {
+    match adapter.fs.readdir(fh.0) {
+        Ok(listing) => {
+            for (next, e) in listing.from(offset) {
                 if reply.add(INodeNo(e.attr.ino), next, file_type(e.attr.kind), &e.name) {
                     break;
                 }
@@ -52,15 +52,15 @@ pub(super) fn readdirplus(
     let Some(_pass) = adapter.gate.enter() else {
         return Gate::hold(reply);
     };
-    match adapter.fs.readdir(fh.0, offset) {
-        Ok(entries) => {
-            for (next, mut e) in entries {
+    match adapter.fs.readdir(fh.0) {
+        Ok(listing) => {
+            for (next, e) in listing.from(offset) {
                 // Each entry is a kernel reference (except . and ..).
-                let Some(entry_ino) = adapter.fs.remember_listed(ino.0, &e) else {
+                let Some(entry_ino) = adapter.fs.remember_listed(ino.0, e) else {
                     continue;
                 };
-                e.attr.ino = entry_ino;
-                let attr = file_attr(&e.attr);
+                let mut attr = file_attr(&e.attr);
+                attr.ino = INodeNo(entry_ino);
                 if reply.add(
                     INodeNo(entry_ino),
                     next,

@@ -42,6 +42,11 @@ pub(super) fn read(
     size: u32,
     reply: ReplyData,
 ) {
+    let answered = adapter.answer_now(|fs| fs.read_from_memory(fh.0, offset, size));
+    if let Some((data, _pass)) = answered {
+        reply.data(&data);
+        return;
+    }
     adapter.spawn(move |fs| async move {
         match fs.read(fh.0, offset, size).await {
             Ok(data) => reply.data(&data),

@@ -110,6 +110,21 @@ impl FuseAdapter {
         }
     }
 
+    /// Try to answer on this thread (the FUSE worker that read the
+    /// request) with `work`, which must not block on anything but memory:
+    /// `None` if it could not, or the gate is closed (the request then
+    /// goes to `spawn`, which holds it). Inside the runtime's context, so
+    /// `work` may start background tasks. Keep the pass until the reply
+    /// is sent.
+    fn answer_now<T>(
+        &self,
+        work: impl FnOnce(&Arc<CachalotFs>) -> Option<T>,
+    ) -> Option<(T, gate::Pass)> {
+        let pass = self.gate.enter()?;
+        let _runtime = self.rt.enter();
+        Some((work(&self.fs)?, pass))
+    }
+
     /// Run `work` on the runtime with a clone of the filesystem, if the
     /// gate is open; else the request stays unanswered (see `Gate`).
     fn spawn<F, Fut>(&self, work: F)

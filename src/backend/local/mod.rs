@@ -213,14 +213,13 @@ impl Backend for LocalBackend {
                 create_temp(s, &target, &temp, start, create_mode, id)
             })
             .await?;
-        Ok(Box::new(LocalPendingWrite {
-            file: Arc::new(file),
+        Ok(Box::new(LocalPendingWrite::new(
+            file,
             temp_name,
-            size: AtomicU64::new(size),
-            finished: AtomicBool::new(false),
-            shared: Arc::clone(&self.shared),
+            size,
+            Arc::clone(&self.shared),
             id,
-        }))
+        )))
     }
 
     async fn mkdir(&self, id: Identity, path: &BackendPath, mode: u32) -> BackendResult<Metadata> {
@@ -393,6 +392,17 @@ impl Backend for LocalBackend {
             .await
     }
 
+    /// A publish without fsync(2) is a plain rename: flush the file now.
+    async fn sync(&self, id: Identity, path: &BackendPath) -> BackendResult<()> {
+        let p = path.clone();
+        self.shared
+            .run(id, "sync", path, move |s| {
+                let file = File::from(s.locate(&p)?.open(libc::O_RDONLY, 0)?);
+                file.sync_data()
+            })
+            .await
+    }
+
     async fn statfs(&self, id: Identity) -> BackendResult<FsStats> {
         self.shared
             .run(id, "statfs", &BackendPath::root(), move |s| {
@@ -453,14 +463,13 @@ impl Backend for LocalBackend {
                 .map_err(|e| BackendError::from_io(&e, "resume temp file", target.as_str()))?
                 .len(),
         };
-        Ok(Resumed::Pending(Box::new(LocalPendingWrite {
-            file: Arc::new(file),
-            temp_name: new_name,
-            size: AtomicU64::new(size),
-            finished: AtomicBool::new(false),
-            shared: Arc::clone(&self.shared),
+        Ok(Resumed::Pending(Box::new(LocalPendingWrite::new(
+            file,
+            new_name,
+            size,
+            Arc::clone(&self.shared),
             id,
-        })))
+        ))))
     }
 
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {

@@ -308,3 +308,25 @@ fn the_cache_identity_keeps_its_form() {
     let b = LocalBackend::new(PathBuf::from("/srv/data"), IdentityMode::Caller);
     assert_eq!(b.cache_identity(), "file:///srv/data");
 }
+
+#[tokio::test]
+async fn an_fsync_makes_the_publish_durable_and_a_published_file_can_be_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("d")).unwrap();
+    let b = backend(dir.path());
+    let w = b
+        .begin_write(me(), &p("d/f"), WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    w.write_at(0, b"durable").await.unwrap();
+    // fsync(2) of the writer: data flushed, then a publish that syncs the
+    // file and its directory.
+    w.sync().await.unwrap();
+    w.publish(&p("d/f")).await.unwrap();
+    assert_eq!(fs::read(dir.path().join("d/f")).unwrap(), b"durable");
+    assert_eq!(visible_names(&dir.path().join("d")), vec!["f"]);
+    // fsync(2) with nothing pending flushes the published file.
+    b.sync(me(), &p("d/f")).await.unwrap();
+    let gone = b.sync(me(), &p("d/missing")).await.unwrap_err();
+    assert_eq!(gone.kind, ErrorKind::NotFound);
+}

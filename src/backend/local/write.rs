@@ -12,6 +12,26 @@ fn fchmod(file: &File, mode: u32) -> io::Result<()> {
     cvt(unsafe { libc::fchmod(file.as_raw_fd(), (mode & 0o7777) as libc::mode_t) })
 }
 
+/// fsync(2) of the directory `dir` (an O_PATH descriptor, which cannot be
+/// synced itself): makes a rename in it durable.
+fn sync_dir(dir: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: a valid descriptor and a NUL-terminated name; the result is
+    // checked before it is owned.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let opened = File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    opened.sync_all()
+}
+
 pub(super) struct LocalPendingWrite {
     pub(super) file: Arc<File>,
     pub(super) temp_name: String,
@@ -20,6 +40,30 @@ pub(super) struct LocalPendingWrite {
     pub(super) finished: AtomicBool,
     pub(super) shared: Arc<Shared>,
     pub(super) id: Identity,
+    /// fsync(2) was asked for: the publish flushes the data and the
+    /// directory too. Without it a publish is a plain rename, as a local
+    /// filesystem's close(2) flushes nothing (2.5 ms per file saved).
+    durable: AtomicBool,
+}
+
+impl LocalPendingWrite {
+    pub(super) fn new(
+        file: File,
+        temp_name: String,
+        size: u64,
+        shared: Arc<Shared>,
+        id: Identity,
+    ) -> LocalPendingWrite {
+        LocalPendingWrite {
+            file: Arc::new(file),
+            temp_name,
+            size: AtomicU64::new(size),
+            finished: AtomicBool::new(false),
+            shared,
+            id,
+            durable: AtomicBool::new(false),
+        }
+    }
 }
 
 /// A temp file: next to `target`, in its parent directory (opened beneath
@@ -109,22 +153,43 @@ impl PendingWrite for LocalPendingWrite {
             .await
     }
 
+    async fn sync(&self) -> BackendResult<()> {
+        self.durable.store(true, Ordering::Release);
+        let file = Arc::clone(&self.file);
+        let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
+        self.shared
+            .run(self.id, "sync temp file", &temp, move |_| file.sync_data())
+            .await
+    }
+
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata> {
         let file = Arc::clone(&self.file);
         let t = target.clone();
         let temp_name = self.temp_name.clone();
+        let durable = self.durable.load(Ordering::Acquire);
+        let op = match durable {
+            true => "publish (sync + rename + sync directory)",
+            false => "publish (rename)",
+        };
         let meta = self
             .shared
-            .run(self.id, "publish (sync + rename)", target, move |s| {
-                // Durable before visible: the rename must never expose data
-                // that a crash could still lose.
-                file.sync_data()?;
+            .run(self.id, op, target, move |s| {
+                if durable {
+                    // Durable before visible: a crash after the rename
+                    // must not leave the name on data it could still lose
+                    // (quick when `sync` just flushed it).
+                    file.sync_data()?;
+                }
                 let temp = temp_loc(s, &t, &temp_name)?;
                 let target = Loc {
                     dir: temp.dir.borrow(),
                     name: Some(cstring(t.name().as_bytes())?),
                 };
                 sys_renameat2(temp.dir(), temp.name(), target.dir(), target.name(), 0)?;
+                if durable {
+                    // The new name itself survives a crash.
+                    sync_dir(temp.dir())?;
+                }
                 target.meta()
             })
             .await?;

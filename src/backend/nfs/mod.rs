@@ -444,6 +444,12 @@ impl Backend for NfsBackend {
         namespace::statfs(&self.vol, id).await
     }
 
+    /// Nothing to do: every publish was COMMITted (as an NFS client commits
+    /// on close), so the data is on the server's stable storage.
+    async fn sync(&self, _id: Identity, _path: &BackendPath) -> BackendResult<()> {
+        Ok(())
+    }
+
     async fn cleanup_stale_temps(&self) -> BackendResult<usize> {
         let id = self.vol.fixed.unwrap_or_else(process_identity);
         cleanup::run(&self.vol, id).await

@@ -348,6 +348,11 @@ impl Backend for S3Backend {
         Ok(meta)
     }
 
+    /// A completed upload is durable: nothing to flush.
+    async fn sync(&self, _id: Identity, _path: &BackendPath) -> BackendResult<()> {
+        Ok(())
+    }
+
     async fn statfs(&self, _id: Identity) -> BackendResult<FsStats> {
         // A bucket has no capacity; report a large, constant, plausible one
         // so tools that check free space before writing proceed.

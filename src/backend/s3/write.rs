@@ -418,6 +418,12 @@ impl PendingWrite for S3PendingWrite {
         }
     }
 
+    /// The object is durable once its upload completes at publish, which
+    /// fsync(2) waits for.
+    async fn sync(&self) -> BackendResult<()> {
+        Ok(())
+    }
+
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata> {
         let mut state = self.state.lock().await;
         self.check_open(&state, "publish")?;

@@ -34,8 +34,11 @@ impl FileHandle {
 }
 
 impl CachalotFs {
-    /// Fetch the next `window` pages after `from` in the background, unless
-    /// cached, already in flight, past end of file, or over the global bound.
+    /// Load the next `window` pages after `from` into memory in the
+    /// background, from the page store or else the backend, unless in
+    /// memory or in flight already, past end of file, or over the global
+    /// bound: a sequential reader then finds its pages in memory, warm or
+    /// cold (and is answered without a hand-off, see `read_from_memory`).
     pub(super) fn read_ahead(
         self: &Arc<Self>,
         handle: &Arc<FileHandle>,
@@ -53,7 +56,7 @@ impl CachalotFs {
                 break;
             }
             let key = self.page_key(view, index);
-            if self.inflight.0.lock().contains_key(&key) || self.cache.contains(&key) {
+            if self.hot.contains(&key) || self.inflight.0.lock().contains_key(&key) {
                 considered = index + 1;
                 continue;
             }

@@ -6,6 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::backend::{ErrorKind, ObjectReader, VersionToken};
 
 use super::{FileHandle, ReadError, View};
@@ -19,7 +21,7 @@ impl CachalotFs {
         handle: &FileHandle,
         view: &View,
         index: u64,
-    ) -> Result<Arc<Vec<u8>>, ReadError> {
+    ) -> Result<Bytes, ReadError> {
         let reader = self.reader(handle, view).await?;
         if *reader.version() != view.version {
             return Err(ReadError::Changed {
@@ -42,7 +44,7 @@ impl CachalotFs {
         self.counters
             .backend_read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(Arc::new(data))
+        Ok(Bytes::from(data))
     }
 
     /// The reader of `view` found its object changed in place: forget that

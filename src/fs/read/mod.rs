@@ -13,6 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::backend::{BackendPath, Identity, ObjectReader, VersionToken};
 
 use super::types::{FsError, FsResult};
@@ -59,7 +61,7 @@ pub struct FileHandle {
     next_offset: AtomicU64,
     window: AtomicU64,
     /// Pages below this were already considered for read-ahead in the
-    /// current sequential run: each page is checked (hash + stat) once, not
+    /// current sequential run: each page is looked up once, not
     /// on every read request.
     ahead_until: AtomicU64,
     /// Object size of the view's version: read-ahead stops at end of file.
@@ -94,6 +96,13 @@ impl From<FsError> for ReadError {
         ReadError::Fs(e)
     }
 }
+
+/// The write in progress on a file's inode, and the inode's version when
+/// a handle has yet to follow it.
+type ReadState = (
+    Option<Arc<super::write::WriteSession>>,
+    Option<(VersionToken, u64)>,
+);
 
 /// Restarts of one read request on a newer version before giving up.
 const VERSION_RETRIES: usize = 3;
@@ -170,7 +179,7 @@ impl FileHandle {
 }
 
 impl CachalotFs {
-    pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let data = self.read_from_handle(fh, offset, size).await?;
         self.counters
             .read_bytes
@@ -178,33 +187,61 @@ impl CachalotFs {
         Ok(data)
     }
 
+    /// A read answered at once on the caller's thread (no hand-off to the
+    /// runtime), when every page it needs is in memory and the file needs
+    /// nothing from the backend (no write in progress, no newer version to
+    /// follow): a sequential reader behind its read-ahead, or several
+    /// readers of one file. `None`: nothing was done, take `read`.
+    pub fn read_from_memory(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Option<Bytes> {
+        let handle = self.file_handle(fh).ok()?;
+        match self.read_state(&handle).ok()? {
+            (None, None) => {}
+            _ => return None,
+        }
+        let view = handle.view();
+        let data = self.pages_in_memory(&view, offset, size as usize)?;
+        let window = handle.observe(offset, u64::from(size));
+        if window > 0 {
+            self.read_ahead(&handle, &view, offset + u64::from(size), window);
+        }
+        self.counters
+            .read_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Some(data)
+    }
+
+    /// What a read of the handle must deal with first: the write in
+    /// progress on its inode, and the inode's version if the handle has
+    /// not followed it yet. Keeps the handle's path up to date.
+    fn read_state(&self, handle: &FileHandle) -> FsResult<ReadState> {
+        let table = self.inodes.lock();
+        let inode = table.get(handle.ino)?;
+        let moves = table.moves();
+        if handle.seen_moves.swap(moves, Ordering::AcqRel) != moves {
+            // An unlinked file without a hidden object keeps its last path.
+            if let Ok(path) = table.path_of(handle.ino) {
+                handle.set_path(path);
+            }
+        }
+        let current = inode
+            .meta
+            .as_ref()
+            .filter(|(m, _)| handle.is_new_to(&m.version))
+            .map(|(m, _)| (m.version.clone(), m.size));
+        Ok((inode.write.clone(), current))
+    }
+
     async fn read_from_handle(
         self: &Arc<Self>,
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<Bytes> {
         let handle = self.file_handle(fh)?;
-        let (session, current) = {
-            let table = self.inodes.lock();
-            let inode = table.get(handle.ino)?;
-            let moves = table.moves();
-            if handle.seen_moves.swap(moves, Ordering::AcqRel) != moves {
-                // An unlinked file without a hidden object keeps its last path.
-                if let Ok(path) = table.path_of(handle.ino) {
-                    handle.set_path(path);
-                }
-            }
-            let current = inode
-                .meta
-                .as_ref()
-                .filter(|(m, _)| handle.is_new_to(&m.version))
-                .map(|(m, _)| (m.version.clone(), m.size));
-            (inode.write.clone(), current)
-        };
+        let (session, current) = self.read_state(&handle)?;
         if let Some(session) = session {
             if let Some(data) = session.read(offset, size as usize).await? {
-                return Ok(data);
+                return Ok(Bytes::from(data));
             }
         }
         if let Some((version, size)) = current {

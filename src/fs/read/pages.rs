@@ -7,19 +7,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
+
 use crate::cache::PageKey;
 
 use super::{FileHandle, ReadError, View};
 use crate::fs::CachalotFs;
 
-type PageCell = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, ReadError>>>;
+type PageCell = Arc<tokio::sync::OnceCell<Result<Bytes, ReadError>>>;
 
 /// Memory for recently served pages, shared by all handles: the kernel
 /// splits a page into several concurrent requests, and several pods often
 /// read the same file, so each page file is read and verified once.
 const HOT_PAGES_BYTES: u64 = 64 << 20;
 
-pub struct HotPages(parking_lot::Mutex<lru::LruCache<PageKey, Arc<Vec<u8>>>>);
+pub struct HotPages(parking_lot::Mutex<lru::LruCache<PageKey, Bytes>>);
 
 impl HotPages {
     pub fn new(page_size: u64) -> HotPages {
@@ -28,11 +30,16 @@ impl HotPages {
         HotPages(parking_lot::Mutex::new(lru::LruCache::new(cap)))
     }
 
-    fn get(&self, key: &PageKey) -> Option<Arc<Vec<u8>>> {
+    fn get(&self, key: &PageKey) -> Option<Bytes> {
         self.0.lock().get(key).cloned()
     }
 
-    fn put(&self, key: PageKey, page: Arc<Vec<u8>>) {
+    /// Without making it recently used.
+    pub(super) fn contains(&self, key: &PageKey) -> bool {
+        self.0.lock().contains(key)
+    }
+
+    fn put(&self, key: PageKey, page: Bytes) {
         self.0.lock().put(key, page);
     }
 
@@ -44,6 +51,33 @@ impl HotPages {
     #[cfg(test)]
     pub(in crate::fs) fn len(&self) -> usize {
         self.0.lock().len()
+    }
+}
+
+/// A request's bytes, gathered page by page: the page's own memory when
+/// the request lies within one page (no copy), else one buffer.
+#[derive(Default)]
+struct Gather {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Gather {
+    fn push(&mut self, part: Bytes) {
+        match &mut self.joined {
+            Some(joined) => joined.extend_from_slice(&part),
+            None if self.first.is_empty() => self.first = part,
+            None => {
+                let mut joined = BytesMut::with_capacity(self.first.len() + part.len());
+                joined.extend_from_slice(&self.first);
+                joined.extend_from_slice(&part);
+                self.joined = Some(joined);
+            }
+        }
+    }
+
+    fn finish(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
     }
 }
 
@@ -68,9 +102,9 @@ impl CachalotFs {
         offset: u64,
         size: usize,
         window: u64,
-    ) -> Result<Vec<u8>, ReadError> {
+    ) -> Result<Bytes, ReadError> {
         let page_size = self.cache.page_size();
-        let mut out = Vec::with_capacity(size);
+        let mut out = Gather::default();
         let mut pos = offset;
         let end = offset + size as u64;
         while pos < end {
@@ -91,7 +125,7 @@ impl CachalotFs {
                         Some(part) => {
                             let short = part.len() < want;
                             pos += part.len() as u64;
-                            out.extend_from_slice(&part);
+                            out.push(Bytes::from(part));
                             if short {
                                 break; // the page ends there: end of file
                             }
@@ -113,13 +147,42 @@ impl CachalotFs {
                 break; // end of file
             }
             let take = (page.len() - within).min(want);
-            out.extend_from_slice(&page[within..within + take]);
+            out.push(page.slice(within..within + take));
             pos += take as u64;
             if (page.len() as u64) < page_size {
                 break; // short page: end of file
             }
         }
-        Ok(out)
+        Ok(out.finish())
+    }
+
+    /// The request's bytes if every page it touches is in memory (up to
+    /// the end of the file); `None` as soon as one is not.
+    pub(super) fn pages_in_memory(&self, view: &View, offset: u64, size: usize) -> Option<Bytes> {
+        let page_size = self.cache.page_size();
+        let mut out = Gather::default();
+        let mut pos = offset;
+        let end = offset + size as u64;
+        let mut hits = 0;
+        while pos < end {
+            let index = pos / page_size;
+            let within = (pos - index * page_size) as usize;
+            let page = self.hot.get(&self.page_key(view, index))?;
+            hits += 1;
+            if within >= page.len() {
+                break; // end of file
+            }
+            let take = (page.len() - within).min((end - pos) as usize);
+            out.push(page.slice(within..within + take));
+            pos += take as u64;
+            if (page.len() as u64) < page_size {
+                break; // short page: end of file
+            }
+        }
+        for _ in 0..hits {
+            self.cache.count_memory_hit();
+        }
+        Some(out.finish())
     }
 
     /// Whether to read only the needed part of a stored page rather than
@@ -160,34 +223,33 @@ impl CachalotFs {
         index: u64,
         key: PageKey,
         lookup: bool,
-    ) -> Result<Arc<Vec<u8>>, ReadError> {
+    ) -> Result<Bytes, ReadError> {
         let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
         cell.get_or_init(|| async {
             let cache = Arc::clone(&self.cache);
             let stored = key.clone();
             let cached = if lookup {
-                tokio::task::spawn_blocking(move || cache.get(&stored))
+                tokio::task::spawn_blocking(move || cache.get_bytes(&stored))
                     .await
                     .unwrap_or(None)
             } else {
                 None
             };
             if let Some(data) = cached {
-                let data = Arc::new(data);
-                self.hot.put(key.clone(), Arc::clone(&data));
+                self.hot.put(key.clone(), data.clone());
                 self.inflight.0.lock().remove(&key);
                 return Ok(data);
             }
             match self.fetch_page(handle, view, index).await {
                 Ok(data) => {
-                    self.hot.put(key.clone(), Arc::clone(&data));
+                    self.hot.put(key.clone(), data.clone());
                     // Store in the background (the application does not wait
                     // for the cache write), and keep the in-flight entry until
                     // the page is on disk so readers arriving meanwhile reuse
                     // this fetch instead of starting another.
                     let cache = Arc::clone(&self.cache);
                     let inflight = Arc::clone(&self.inflight);
-                    let page = Arc::clone(&data);
+                    let page = data.clone();
                     tokio::task::spawn_blocking(move || {
                         cache.put(&key, &page);
                         inflight.0.lock().remove(&key);

@@ -203,6 +203,12 @@ impl PendingWrite for NfsPendingWrite {
         .await
     }
 
+    /// Publishing COMMITs anyway (and the rename is a server operation,
+    /// stable when answered): fsync(2) waits for the publish that follows.
+    async fn sync(&self) -> BackendResult<()> {
+        Ok(())
+    }
+
     async fn publish(&self, target: &BackendPath) -> BackendResult<Metadata> {
         let mut st = self.state.lock().await;
         if self.finished.load(Ordering::Acquire) {
