@@ -772,6 +772,11 @@ if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
     cargo build --release --locked --bin cachalot --example nfs_direct --example s3_direct >&2 ||
         die "cargo build --release failed"
 fi
+# What was built (for the report), taken now: the checkout may change meanwhile.
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+    COMMIT="$COMMIT + uncommitted changes"
+fi
 # Private copies: the shared target dir may be rebuilt while we measure.
 [ -x "$TARGET_DIR/release/cachalot" ] || die "$TARGET_DIR/release/cachalot not found (cargo build --release)"
 cp "$TARGET_DIR/release/cachalot" "$WORK/bin/"
@@ -840,10 +845,6 @@ fi
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-    COMMIT="$COMMIT + uncommitted changes"
-fi
 # The report is the last command: its exit status (1 = below goal with --check)
 # is the script's.
 R_CHECK="$CHECK" R_DROP_OK="$DROP_OK" R_FILES="$BENCH_FILES" R_ARGS="$BENCH_CACHALOT_ARGS" \
