@@ -16,6 +16,7 @@
 mod counters;
 mod index;
 mod ledger;
+mod open_pages;
 mod page;
 mod scan;
 mod summary;
@@ -116,6 +117,7 @@ pub struct PageStore {
     /// Whole files this process checked completely: only those are handed
     /// to the kernel for passthrough.
     verified_whole: Mutex<HashSet<String>>,
+    open_pages: open_pages::OpenPages,
     index: Mutex<Index>,
     ledger: Ledger,
     /// Evictions and write errors of the store, plus the counts of volumes
@@ -189,6 +191,7 @@ impl PageStore {
         let store = Arc::new(PageStore {
             _users: users,
             verified_whole: Mutex::new(HashSet::new()),
+            open_pages: open_pages::OpenPages::new(),
             index: Mutex::new(Index::default()),
             ledger,
             counters: Counters::default(),
@@ -404,10 +407,13 @@ impl PageStore {
                 self.verified_whole.lock().remove(object);
                 whole::remove(&self.files_dir(entry.volume), object)
             }
-            None => match fs::remove_file(self.page_path(entry.volume, name)) {
-                Ok(()) => entry.size,
-                Err(_) => 0,
-            },
+            None => {
+                self.open_pages.forget(entry.volume, name);
+                match fs::remove_file(self.page_path(entry.volume, name)) {
+                    Ok(()) => entry.size,
+                    Err(_) => 0,
+                }
+            }
         };
         if freed > 0 {
             let _ = self.ledger.release(freed);

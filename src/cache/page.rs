@@ -168,16 +168,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A verified v2 header (the data is not verified yet).
-struct HeaderV2<'a> {
+/// A verified v2 header (the data is not verified yet): enough to read and
+/// verify any range of the page file's data.
+pub struct HeaderV2 {
     data_len: usize,
     block_size: usize,
-    crcs: &'a [u8],
+    crcs: Vec<u8>,
     /// Where the data starts in the file.
     data_at: usize,
 }
 
-impl HeaderV2<'_> {
+impl HeaderV2 {
     fn block_crc(&self, block: usize) -> u32 {
         let b = &self.crcs[block * 4..block * 4 + 4];
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -197,7 +198,7 @@ impl HeaderV2<'_> {
 /// Parse and verify the v2 header at the start of `buf` (magic already
 /// checked). `Truncated` if `buf` ends inside the header: the caller may
 /// retry with more of the file.
-fn header_v2<'a>(key: &PageKey, buf: &'a [u8]) -> Result<HeaderV2<'a>, PageFormatError> {
+fn header_v2(key: &PageKey, buf: &[u8]) -> Result<HeaderV2, PageFormatError> {
     let mut r = Reader { buf, at: 0 };
     r.take(MAGIC_V2.len())?;
     let id_len = r.u32()? as usize;
@@ -222,7 +223,7 @@ fn header_v2<'a>(key: &PageKey, buf: &'a [u8]) -> Result<HeaderV2<'a>, PageForma
     Ok(HeaderV2 {
         data_len,
         block_size,
-        crcs,
+        crcs: crcs.to_vec(),
         data_at: r.at,
     })
 }
@@ -314,19 +315,32 @@ pub fn read_range(
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, RangeError> {
+    if let Some(header) = read_header(file, file_len, key)? {
+        return header.read(file, offset, len);
+    }
+    let mut all = vec![0u8; usize::try_from(file_len).map_err(|_| PageFormatError::Truncated)?];
+    read_exact_at(file, &mut all, 0)?;
+    let data = decode_v1(key, &all)?;
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(len).min(data.len());
+    Ok(data[start..end].to_vec())
+}
+
+/// The verified v2 header of the page file `file` of `file_len` bytes, or
+/// `None` for a v1 file (no block checksums: see `read_range`).
+pub fn read_header(
+    file: &std::fs::File,
+    file_len: u64,
+    key: &PageKey,
+) -> Result<Option<HeaderV2>, RangeError> {
     let file_len = usize::try_from(file_len).map_err(|_| PageFormatError::Truncated)?;
     let mut head = vec![0u8; HEADER_PREFETCH.min(file_len)];
     read_exact_at(file, &mut head, 0)?;
     let magic = head.get(..8).ok_or(PageFormatError::Truncated)?;
     if magic == MAGIC_V1 {
-        let mut all = vec![0u8; file_len];
-        read_exact_at(file, &mut all, 0)?;
-        let data = decode_v1(key, &all)?;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(data.len());
-        let end = start.saturating_add(len).min(data.len());
-        return Ok(data[start..end].to_vec());
+        return Ok(None);
     }
     if magic != MAGIC_V2 {
         return Err(PageFormatError::BadMagic.into());
@@ -347,24 +361,38 @@ pub fn read_range(
     if header.data_at.checked_add(header.data_len) != Some(file_len) {
         return Err(PageFormatError::Truncated.into());
     }
-    let start = usize::try_from(offset)
-        .unwrap_or(usize::MAX)
-        .min(header.data_len);
-    let end = start.saturating_add(len).min(header.data_len);
-    if start == end {
-        return Ok(Vec::new());
+    Ok(Some(header))
+}
+
+impl HeaderV2 {
+    /// `len` bytes of the data from `offset` (shorter at its end), read
+    /// from `file` (the page file the header is of) and verified block by
+    /// block.
+    pub fn read(
+        &self,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, RangeError> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.data_len);
+        let end = start.saturating_add(len).min(self.data_len);
+        if start == end {
+            return Ok(Vec::new());
+        }
+        let bs = self.block_size;
+        let first = start / bs;
+        let blocks_start = first * bs;
+        let blocks_end = (end.div_ceil(bs) * bs).min(self.data_len);
+        let mut blocks = vec![0u8; blocks_end - blocks_start];
+        read_exact_at(file, &mut blocks, (self.data_at + blocks_start) as u64)?;
+        self.verify_blocks(first, &blocks)?;
+        // Return the requested bytes without copying them again.
+        blocks.truncate(end - blocks_start);
+        blocks.drain(..start - blocks_start);
+        Ok(blocks)
     }
-    let bs = header.block_size;
-    let first = start / bs;
-    let blocks_start = first * bs;
-    let blocks_end = (end.div_ceil(bs) * bs).min(header.data_len);
-    let mut blocks = vec![0u8; blocks_end - blocks_start];
-    read_exact_at(file, &mut blocks, (header.data_at + blocks_start) as u64)?;
-    header.verify_blocks(first, &blocks)?;
-    // Return the requested bytes without copying them again.
-    blocks.truncate(end - blocks_start);
-    blocks.drain(..start - blocks_start);
-    Ok(blocks)
 }
 
 /// `read_exact_at`, with a short file (shrunk since its length was taken)
@@ -380,199 +408,5 @@ fn read_exact_at(file: &std::fs::File, buf: &mut [u8], at: u64) -> Result<(), Ra
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(index: u64) -> PageKey {
-        PageKey {
-            source: "file:///srv".into(),
-            path: "a/b".into(),
-            version: "v1".into(),
-            index,
-        }
-    }
-
-    #[test]
-    fn round_trip() {
-        let data = vec![7u8; 1000];
-        let file = encode(&key(3), &data);
-        assert_eq!(decode(&key(3), &file).unwrap(), &data[..]);
-    }
-
-    #[test]
-    fn every_single_byte_corruption_is_detected() {
-        let data: Vec<u8> = (0..64u8).collect();
-        let file = encode(&key(1), &data);
-        for i in 0..file.len() {
-            let mut bad = file.clone();
-            bad[i] ^= 0x40;
-            assert!(
-                decode(&key(1), &bad).is_err(),
-                "flip at byte {i} not detected"
-            );
-        }
-    }
-
-    #[test]
-    fn truncation_and_wrong_key_are_detected() {
-        let file = encode(&key(1), b"hello");
-        for len in 0..file.len() {
-            assert!(decode(&key(1), &file[..len]).is_err(), "length {len}");
-        }
-        assert_eq!(decode(&key(2), &file), Err(PageFormatError::WrongKey));
-    }
-
-    /// A page file on disk, opened, for `read_range`.
-    fn on_disk(bytes: &[u8]) -> (tempfile::NamedTempFile, std::fs::File, u64) {
-        let mut tmp = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut tmp, bytes).unwrap();
-        let file = std::fs::File::open(tmp.path()).unwrap();
-        (tmp, file, bytes.len() as u64)
-    }
-
-    fn range(bytes: &[u8], k: &PageKey, offset: u64, len: usize) -> Result<Vec<u8>, RangeError> {
-        let (_tmp, file, file_len) = on_disk(bytes);
-        read_range(&file, file_len, k, offset, len)
-    }
-
-    fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 31 + i / 251) as u8).collect()
-    }
-
-    #[test]
-    fn v2_is_written_with_one_crc_per_block() {
-        let data = pattern(3 * BLOCK_SIZE as usize + 5);
-        let file = encode(&key(0), &data);
-        assert_eq!(&file[..8], MAGIC_V2);
-        let id_len = key(0).object_id().len();
-        // magic, key_len, key, index, data_len, block_size, 4 crcs, header crc
-        assert_eq!(
-            file.len(),
-            8 + 4 + id_len + 8 + 4 + 4 + 4 * 4 + 4 + data.len()
-        );
-        assert_eq!(decode(&key(0), &file).unwrap(), &data[..]);
-    }
-
-    #[test]
-    fn range_reads_at_block_boundaries_and_past_the_end() {
-        let bs = 4096usize;
-        let data = pattern(5 * bs + 100);
-        let file = encode_with_block(&key(2), &data, bs as u32);
-        let cases: &[(usize, usize)] = &[
-            (0, 1),
-            (0, bs),
-            (bs - 1, 2),
-            (bs, bs),
-            (bs - 1, bs + 2),
-            (2 * bs + 7, 4096),
-            (0, data.len()),
-            (5 * bs, 100),
-            (5 * bs + 50, 4096), // past the end: shorter
-            (data.len() - 1, 10),
-            (data.len(), 10), // at the end: empty
-            (data.len() + 4096, 10),
-            (123, 0),
-        ];
-        for &(off, len) in cases {
-            let start = off.min(data.len());
-            let end = (off + len).min(data.len());
-            let got = range(&file, &key(2), off as u64, len).unwrap();
-            assert_eq!(got, &data[start..end], "offset {off} len {len}");
-        }
-        assert!(range(&file, &key(2), u64::MAX, 10).unwrap().is_empty());
-        // An empty page.
-        let empty = encode(&key(2), &[]);
-        assert!(range(&empty, &key(2), 0, 10).unwrap().is_empty());
-        assert_eq!(decode(&key(2), &empty).unwrap(), &[] as &[u8]);
-    }
-
-    #[test]
-    fn a_flipped_data_byte_fails_ranges_over_its_block_only() {
-        let bs = 4096usize;
-        let data = pattern(4 * bs);
-        let good = encode_with_block(&key(1), &data, bs as u32);
-        let data_at = good.len() - data.len();
-        let mut bad = good.clone();
-        bad[data_at + 2 * bs + 10] ^= 0x04; // in block 2
-        assert!(matches!(
-            range(&bad, &key(1), (2 * bs) as u64, 1),
-            Err(RangeError::Format(PageFormatError::DataChecksum))
-        ));
-        assert!(matches!(
-            range(&bad, &key(1), (bs + 4000) as u64, 200), // spans blocks 1 and 2
-            Err(RangeError::Format(PageFormatError::DataChecksum))
-        ));
-        // Other blocks verify on their own (the store drops the page anyway).
-        assert_eq!(range(&bad, &key(1), 0, bs).unwrap(), &data[..bs]);
-        assert_eq!(decode(&key(1), &bad), Err(PageFormatError::DataChecksum));
-    }
-
-    #[test]
-    fn any_header_damage_fails_every_range() {
-        let data = pattern(3 * 4096);
-        let good = encode_with_block(&key(1), &data, 4096);
-        let data_at = good.len() - data.len();
-        for i in 0..data_at {
-            let mut bad = good.clone();
-            bad[i] ^= 0x20;
-            assert!(
-                matches!(range(&bad, &key(1), 0, 10), Err(RangeError::Format(_))),
-                "flip at header byte {i} not detected"
-            );
-        }
-        assert!(matches!(
-            range(&good, &key(7), 0, 10),
-            Err(RangeError::Format(PageFormatError::WrongKey))
-        ));
-        for len in 0..good.len() {
-            assert!(range(&good[..len], &key(1), 0, 10).is_err(), "length {len}");
-        }
-        let mut longer = good.clone();
-        longer.push(0);
-        assert!(range(&longer, &key(1), 0, 10).is_err());
-    }
-
-    #[test]
-    fn a_header_longer_than_the_prefetch_is_read_whole() {
-        let mut k = key(9);
-        k.path = "p".repeat(3 * HEADER_PREFETCH);
-        let data = pattern(70_000);
-        let file = encode_with_block(&k, &data, 512); // 137 crcs too
-        assert_eq!(
-            range(&file, &k, 65_000, 6000).unwrap(),
-            &data[65_000..70_000]
-        );
-    }
-
-    #[test]
-    fn v1_files_are_still_read_and_verified_whole() {
-        let data = pattern(10_000);
-        let v1 = encode_v1(&key(4), &data);
-        assert_eq!(decode(&key(4), &v1).unwrap(), &data[..]);
-        assert_eq!(range(&v1, &key(4), 9000, 4096).unwrap(), &data[9000..]);
-        // A flip anywhere in a v1 file fails every range, even far from it.
-        let mut bad = v1.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(range(&bad, &key(4), 0, 1).is_err());
-        assert!(decode(&key(4), &bad).is_err());
-    }
-
-    #[test]
-    fn zero_block_size_is_rejected_not_a_panic() {
-        let mut file = encode(&key(0), b"abc");
-        let id_len = key(0).object_id().len();
-        let at = 12 + id_len + 12;
-        file[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
-        assert!(decode(&key(0), &file).is_err());
-        assert!(range(&file, &key(0), 0, 3).is_err());
-    }
-
-    #[test]
-    fn stems_differ_per_version_and_index() {
-        let mut other = key(1);
-        other.version = "v2".into();
-        assert_ne!(key(1).file_stem(), other.file_stem());
-        assert_ne!(key(1).file_stem(), key(2).file_stem());
-    }
-}
+#[path = "page_tests.rs"]
+mod tests;

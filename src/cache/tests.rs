@@ -431,3 +431,61 @@ fn pages_of_the_layout_before_volume_directories_are_removed_and_summarized_by_v
         sum.volumes
     );
 }
+
+/// Descriptors of this process on page files under `dir`: (present,
+/// removed from the directory).
+fn open_page_files(dir: &Path) -> (usize, usize) {
+    let (mut present, mut removed) = (0, 0);
+    for fd in fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with(&*dir.to_string_lossy()) || !target.contains(".page") {
+            continue;
+        }
+        match target.ends_with(" (deleted)") {
+            true => removed += 1,
+            false => present += 1,
+        }
+    }
+    (present, removed)
+}
+
+#[test]
+fn range_reads_keep_page_files_open_until_they_are_replaced_or_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(2 * page::BLOCK_SIZE as usize);
+    let one = page::encode(&key("o", 0), &data).len() as u64;
+    // Quota of 10 pages: the 10th evicts down to 7.
+    let s = store(dir.path(), one * 10);
+    for i in 0..9 {
+        s.put(&key("o", i), &data);
+    }
+    for i in 0..9 {
+        assert_eq!(s.get_range(&key("o", i), 7, 9).unwrap(), &data[7..16]);
+    }
+    assert_eq!(
+        open_page_files(dir.path()),
+        (9, 0),
+        "one descriptor per page read"
+    );
+    // A second read of the same page uses the open file.
+    assert_eq!(s.get_range(&key("o", 0), 100, 4).unwrap(), &data[100..104]);
+    assert_eq!(open_page_files(dir.path()), (9, 0));
+    // Rewritten (a refetch after damage elsewhere): the old file is closed.
+    s.put(&key("o", 8), &data);
+    assert_eq!(open_page_files(dir.path()), (8, 0));
+    // Evicted: closed too, so its space is really freed.
+    s.put(&key("o", 9), &data);
+    let (present, removed) = open_page_files(dir.path());
+    assert_eq!(removed, 0, "evicted page files held open");
+    assert!(present <= 7, "{present}");
+    // Removed by another process: noticed at the next read, and closed.
+    let survivor = (0..9)
+        .find(|i| s.get_range(&key("o", *i), 0, 1).is_some())
+        .unwrap();
+    fs::remove_file(s.path_of(&key("o", survivor).file_stem())).unwrap();
+    assert!(s.get_range(&key("o", survivor), 0, 1).is_none());
+    assert_eq!(open_page_files(dir.path()).1, 0);
+}

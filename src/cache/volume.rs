@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use bytes::Bytes;
 
 use super::counters::Counters;
 use super::index::{now_millis, Entry, VolumeTag};
+use super::open_pages::OpenPage;
 use super::page::{self, PageFormatError, PageKey};
 use super::scan::{VOLUME_NAME_FILE, WHOLE_PREFIX};
 use super::{whole, CacheOpenError, CacheStats, PageStore, PageStoreConfig};
@@ -147,6 +149,17 @@ impl VolumeCache {
     /// requested blocks were intact, so the caller refetches and rewrites it.
     pub fn get_range(&self, key: &PageKey, offset_in_page: u64, len: usize) -> Option<Vec<u8>> {
         let stem = key.file_stem();
+        if let Some(open) = self.store.open_pages.get(self.tag, &stem) {
+            match open.file.metadata() {
+                // Removed by another process sharing the directory: close it.
+                Ok(meta) if meta.nlink() == 0 => self.store.open_pages.forget(self.tag, &stem),
+                Ok(meta) => {
+                    let read = open.header.read(&open.file, offset_in_page, len);
+                    return self.range_read(stem, &open.file, &meta, read);
+                }
+                Err(_) => self.store.open_pages.forget(self.tag, &stem),
+            }
+        }
         let path = self.path_of(&stem);
         let opened = File::open(&path).and_then(|f| Ok((f.metadata()?, f)));
         let (meta, file) = match opened {
@@ -161,18 +174,45 @@ impl VolumeCache {
                 })
             }
         };
-        match page::read_range(&file, meta.len(), key, offset_in_page, len) {
+        let read = match page::read_header(&file, meta.len(), key) {
+            Ok(Some(header)) => {
+                let read = header.read(&file, offset_in_page, len);
+                if let (true, Ok(file)) = (read.is_ok(), file.try_clone()) {
+                    let open = OpenPage { file, header };
+                    self.store.open_pages.put(self.tag, stem.clone(), open);
+                }
+                read
+            }
+            // v1: no block checksums, read whole.
+            Ok(None) => page::read_range(&file, meta.len(), key, offset_in_page, len),
+            Err(e) => Err(e),
+        };
+        self.range_read(stem, &file, &meta, read)
+    }
+
+    /// Count and handle the outcome of reading a range of the page file
+    /// `file` (see `get_range`).
+    fn range_read(
+        &self,
+        stem: String,
+        file: &File,
+        meta: &fs::Metadata,
+        read: Result<Vec<u8>, page::RangeError>,
+    ) -> Option<Vec<u8>> {
+        match read {
             Ok(data) => {
-                self.hit(stem, &file, &meta);
+                self.hit(stem, file, meta);
                 Some(data)
             }
             Err(page::RangeError::Format(why)) => {
+                let path = self.path_of(&stem);
                 self.drop_corrupt(stem, &path, meta.len(), &why);
                 None
             }
             Err(page::RangeError::Io(e)) => {
                 // The file may be fine: leave it, read from the backend.
-                tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
+                self.store.open_pages.forget(self.tag, &stem);
+                tracing::debug!(stem, error = %e, "page read failed; reading from backend");
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -239,6 +279,7 @@ impl VolumeCache {
             tracing::warn!(path = %path.display(), %why, "dropping a corrupt cache page (further ones of this volume are only counted)");
         }
         self.store.index.lock().pop(&stem);
+        self.store.open_pages.forget(self.tag, &stem);
         if fs::remove_file(path).is_ok() {
             let _ = self.store.ledger.release(file_len);
         }
@@ -309,6 +350,7 @@ impl VolumeCache {
             let page_stem = key.with_index(i).file_stem();
             let entry = self.store.index.lock().pop(&page_stem);
             let path = self.path_of(&page_stem);
+            self.store.open_pages.forget(self.tag, &page_stem);
             let size = entry
                 .map(|e| e.size)
                 .or_else(|| fs::metadata(&path).ok().map(|m| m.len()));
@@ -401,6 +443,10 @@ impl VolumeCache {
             f.write_all(encoded)?;
             let replaced = fs::metadata(&final_path).ok().map(|m| m.len());
             fs::rename(&temp, &final_path)?;
+            if replaced.is_some() {
+                // The replaced file's blocks are freed once closed.
+                self.store.open_pages.forget(self.tag, stem);
+            }
             Ok(replaced)
         })();
         if result.is_err() {
