@@ -2,6 +2,7 @@
 //! (`local` now; `nfs` and `s3` later). All paths are relative to the volume
 //! root and already validated ([`BackendPath`]), so no backend ever sees `..`.
 
+pub mod blocking;
 mod error;
 pub mod local;
 pub mod nfs;
@@ -228,6 +229,9 @@ pub struct Capabilities {
     /// (NFS AUTH_SYS), so callers' supplementary groups must go with it.
     /// Elsewhere the kernel checked them and they are not looked up.
     pub caller_groups: bool,
+    /// Operations are system calls on a local filesystem, quick enough to
+    /// run on the FUSE worker that asks (see `blocking`).
+    pub inline_io: bool,
 }
 
 #[async_trait]

@@ -81,6 +81,10 @@ pub struct Opened {
     pub fh: u64,
     pub keep_cache: bool,
     pub passthrough: Passthrough,
+    /// The close of a descriptor must reach us (it publishes what was
+    /// written); for a read-only one the kernel need not send it, which
+    /// saves a round trip per close.
+    pub wants_close: bool,
 }
 
 /// Counts an open in progress on an inode until it finished (or failed).
@@ -157,8 +161,9 @@ pub struct CachalotFs {
     /// Woken when an unlink or rename-over ends: opens of the file it
     /// removed wait for it (see `unlinked`).
     namespace_settled: tokio::sync::Notify,
-    /// Supplementary groups of callers (see `identity`).
-    groups: process::GroupCache,
+    /// Callers' processes (who closes a file) and supplementary groups
+    /// (see `identity`).
+    threads: process::Threads,
     pub counters: Counters,
 }
 
@@ -190,9 +195,15 @@ impl CachalotFs {
             hidden_seq: AtomicU64::new(crate::backend::first_seq()),
             hidden_ops: tokio::sync::Mutex::new(()),
             namespace_settled: tokio::sync::Notify::new(),
-            groups: process::GroupCache::default(),
+            threads: process::Threads::default(),
             counters: Counters::default(),
         })
+    }
+
+    /// Requests may be answered on the FUSE worker that read them, backend
+    /// calls included (see `backend::blocking`).
+    pub fn answers_inline(&self) -> bool {
+        self.backend.capabilities().inline_io
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -312,7 +323,7 @@ impl CachalotFs {
         let identity = Identity::new(caller.uid, self.cfg.mount_group.unwrap_or(caller.gid));
         // A /proc read per caller thread, only where the backend uses them.
         match self.backend.capabilities().caller_groups {
-            true => identity.with_groups(self.groups.groups_of(caller.pid, caller.uid)),
+            true => identity.with_groups(self.threads.groups_of(caller.pid, caller.uid)),
             false => identity,
         }
     }

@@ -7,70 +7,80 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Groups;
 
-/// Thread-group id (the process id) of a thread id, from /proc.
-fn tgid_of(tid: u32) -> Option<u32> {
+/// What a calling thread's /proc/<tid>/status tells: its process (thread
+/// group), filesystem uid and supplementary groups.
+#[derive(Clone, Copy)]
+struct ThreadInfo {
+    process: u32,
+    fs_uid: u32,
+    groups: Groups,
+}
+
+fn read_status(tid: u32) -> Option<ThreadInfo> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    let process = field("Tgid:")?.trim().parse().ok()?;
+    // Uid: real, effective, saved, filesystem.
+    let fs_uid = field("Uid:")?.split_whitespace().nth(3)?.parse().ok()?;
+    let ids = field("Groups:")?
+        .split_whitespace()
+        .filter_map(|g| g.parse().ok());
+    Some(ThreadInfo {
+        process,
+        fs_uid,
+        groups: Groups::from_ids(ids),
+    })
 }
 
-/// The process of a calling thread (the thread id itself if it is gone).
-pub fn process_of(tid: u32) -> u32 {
-    tgid_of(tid).unwrap_or(tid)
-}
-
-/// Supplementary groups of calling threads: FUSE tells only uid and gid,
-/// but a backend that checks permissions itself (NFS) must be sent the
-/// groups the kernel checked. Read from /proc/<tid>/status, remembered for
-/// a moment (one read per thread and second, not per request).
+/// The calling threads of recent requests, remembered for a moment: one
+/// read of /proc per thread and two seconds, not one per request (the file
+/// costs tens of microseconds to generate, more than the rest of an open).
 #[derive(Default)]
-pub struct GroupCache {
-    seen: parking_lot::Mutex<HashMap<(u32, u32), (Instant, Groups)>>,
+pub struct Threads {
+    seen: parking_lot::Mutex<HashMap<u32, (Instant, Option<ThreadInfo>)>>,
 }
 
-/// How long a thread's groups are trusted (a process changing its groups
-/// is rare; a thread id reused by another uid misses the key).
-const GROUPS_TTL: Duration = Duration::from_secs(2);
+/// How long a thread's process and groups are trusted (a process changing
+/// its groups is rare; a thread id is reused only after the whole pid
+/// space went round).
+const THREAD_TTL: Duration = Duration::from_secs(2);
 /// Entries kept at most; all are dropped when the map is full.
-const GROUPS_KEPT: usize = 4096;
+const THREADS_KEPT: usize = 4096;
 
-impl GroupCache {
+impl Threads {
+    fn info(&self, tid: u32) -> Option<ThreadInfo> {
+        if let Some((at, info)) = self.seen.lock().get(&tid) {
+            if at.elapsed() < THREAD_TTL {
+                return *info;
+            }
+        }
+        let info = read_status(tid);
+        let mut seen = self.seen.lock();
+        if seen.len() >= THREADS_KEPT {
+            seen.clear();
+        }
+        seen.insert(tid, (Instant::now(), info));
+        info
+    }
+
+    /// The process of a calling thread (the thread id itself if it is gone).
+    pub fn process_of(&self, tid: u32) -> u32 {
+        self.info(tid).map_or(tid, |t| t.process)
+    }
+
+    /// Supplementary groups of a calling thread: FUSE tells only uid and
+    /// gid, but a backend that checks permissions itself (NFS) must be sent
+    /// the groups the kernel checked. None if the thread acts as another
+    /// filesystem uid than the request's by now.
     pub fn groups_of(&self, tid: u32, uid: u32) -> Groups {
         if tid == 0 {
             return Groups::NONE; // not a process we can see
         }
-        let key = (tid, uid);
-        if let Some((at, groups)) = self.seen.lock().get(&key) {
-            if at.elapsed() < GROUPS_TTL {
-                return *groups;
-            }
+        match self.info(tid) {
+            Some(t) if t.fs_uid == uid => t.groups,
+            _ => Groups::NONE,
         }
-        let groups = read_groups(tid, uid).unwrap_or(Groups::NONE);
-        let mut seen = self.seen.lock();
-        if seen.len() >= GROUPS_KEPT {
-            seen.clear();
-        }
-        seen.insert(key, (Instant::now(), groups));
-        groups
     }
-}
-
-/// The `Groups:` line of a thread acting as `uid` (FUSE reports the
-/// filesystem uid); none if the thread id belongs to another user by now.
-fn read_groups(tid: u32, uid: u32) -> Option<Groups> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
-    // Uid: real, effective, saved, filesystem.
-    let fs_uid: u32 = field("Uid:")?.split_whitespace().nth(3)?.parse().ok()?;
-    if fs_uid != uid {
-        return None;
-    }
-    let ids = field("Groups:")?
-        .split_whitespace()
-        .filter_map(|g| g.parse().ok());
-    Some(Groups::from_ids(ids))
 }
 
 #[cfg(test)]
@@ -84,10 +94,11 @@ mod tests {
             .join()
             .unwrap();
         // The spawned thread has exited: fall back to its id...
-        assert!(process_of(tid) == me || process_of(tid) == tid);
+        let threads = Threads::default();
+        assert!(threads.process_of(tid) == me || threads.process_of(tid) == tid);
         // ...while the current thread resolves to this process.
         let current = nix::unistd::gettid().as_raw() as u32;
-        assert_eq!(process_of(current), me);
+        assert_eq!(threads.process_of(current), me);
     }
 
     #[test]
@@ -100,7 +111,7 @@ mod tests {
             .map(|g| g.as_raw())
             .take(Groups::MAX)
             .collect();
-        let cache = GroupCache::default();
+        let cache = Threads::default();
         assert_eq!(cache.groups_of(tid, uid).as_slice(), &mine[..]);
         assert_eq!(cache.groups_of(tid, uid + 1), Groups::NONE);
         assert_eq!(cache.groups_of(0, uid), Groups::NONE);

@@ -35,7 +35,7 @@ pub(super) struct BackingIds {
 impl BackingIds {
     /// Reply to an open, registering or reusing the inode's backing file.
     pub(super) fn reply(&self, fs: &CachalotFs, ino: u64, opened: Opened, reply: ReplyOpen) {
-        let flags = open_flags(opened.keep_cache);
+        let flags = open_flags(&opened);
         let mut refused = false;
         let id = {
             let mut by_inode = self.by_inode.lock();
@@ -72,7 +72,9 @@ impl BackingIds {
         match id {
             Some(id) => {
                 self.by_handle.lock().insert(opened.fh, Arc::clone(&id));
-                reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+                // The kernel reads the backing file: no page cache of ours to keep.
+                let flags = open_flags(&opened) - FopenFlags::FOPEN_KEEP_CACHE;
+                reply.opened_passthrough(FileHandle(opened.fh), flags, &id);
             }
             None => {
                 if !matches!(opened.passthrough, Passthrough::No) {

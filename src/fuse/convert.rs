@@ -12,7 +12,7 @@ use fuser::{
 use super::resent::{already_applied, Change};
 use super::BLOCK_SIZE;
 use crate::backend::FileKind;
-use crate::fs::{Attr, CachalotFs, Caller, FsError, KernelCache};
+use crate::fs::{Attr, CachalotFs, Caller, FsError, KernelCache, Opened};
 
 /// The core's view of the kernel caches, through FUSE notifications.
 pub struct KernelNotifier(pub Notifier);
@@ -156,12 +156,15 @@ pub(super) fn time(t: TimeOrNow) -> SystemTime {
     }
 }
 
-pub(super) fn open_flags(keep_cache: bool) -> FopenFlags {
-    if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+pub(super) fn open_flags(opened: &Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if opened.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if !opened.wants_close {
+        flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    flags
 }
 
 /// A `dev_t` as the FUSE protocol carries it: the kernel's 32-bit

@@ -66,12 +66,16 @@ pub struct FuseAdapter {
     gate: Arc<Gate>,
     /// The kernel's FUSE ABI from INIT (or from the predecessor process).
     abi: Arc<parking_lot::Mutex<Option<(u32, u32)>>>,
+    /// Answer every request on the FUSE worker that read it (a backend on
+    /// the local disk): no hand-off to the runtime and back.
+    inline: bool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<CachalotFs>, rt: tokio::runtime::Handle) -> FuseAdapter {
         let ttl = fs.config().metadata_ttl;
         FuseAdapter {
+            inline: fs.answers_inline(),
             fs,
             rt,
             ttl,
@@ -111,7 +115,8 @@ impl FuseAdapter {
     }
 
     /// Try to answer on this thread (the FUSE worker that read the
-    /// request) with `work`, which must not block on anything but memory:
+    /// request) with `work`, which must not wait for the backend (memory,
+    /// /proc and the page store's local files only):
     /// `None` if it could not, or the gate is closed (the request then
     /// goes to `spawn`, which holds it). Inside the runtime's context, so
     /// `work` may start background tasks. Keep the pass until the reply
@@ -125,8 +130,9 @@ impl FuseAdapter {
         Some((work(&self.fs)?, pass))
     }
 
-    /// Run `work` on the runtime with a clone of the filesystem, if the
-    /// gate is open; else the request stays unanswered (see `Gate`).
+    /// Run `work` on the runtime with a clone of the filesystem (or on this
+    /// thread, see `inline`), if the gate is open; else the request stays
+    /// unanswered (see `Gate`).
     fn spawn<F, Fut>(&self, work: F)
     where
         F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
@@ -137,6 +143,11 @@ impl FuseAdapter {
             return;
         };
         let fs = Arc::clone(&self.fs);
+        if self.inline {
+            crate::backend::blocking::allow_inline(|| self.rt.block_on(work(fs)));
+            drop(pass);
+            return;
+        }
         self.rt.spawn(async move {
             work(fs).await;
             drop(pass);

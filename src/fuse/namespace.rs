@@ -181,7 +181,7 @@ pub(super) fn create(
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),
-                open_flags(o.keep_cache),
+                open_flags(&o),
             ),
             Err(e) => reply.error(errno(fs.count_error(e))),
         }

@@ -28,8 +28,11 @@ use crate::fuse::FuseAdapter;
 use crate::metrics;
 use backend::{backend_for, preflight, with_capacity};
 
-/// FUSE worker threads reading requests; the work itself runs on tokio.
-const FUSE_THREADS: usize = 2;
+/// FUSE worker threads reading requests. The work runs on tokio, except
+/// for a volume on the local disk, whose requests are answered on these
+/// threads (see `FuseAdapter`): then they are also how many requests are
+/// answered at once.
+const FUSE_THREADS: usize = 8;
 const COUNTER_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]

@@ -229,7 +229,7 @@ impl Shared {
         F: FnOnce(&Shared) -> io::Result<T> + Send + 'static,
     {
         let shared = Arc::clone(self);
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = super::super::blocking::run(move || {
             let _as =
                 ImpersonationGuard::enter(shared.mode == IdentityMode::Fixed && shared.is_root, id);
             work(&shared)

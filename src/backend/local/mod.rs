@@ -89,6 +89,8 @@ struct Shared {
     owner_tag: String,
     host_tag: String,
     temp_seq: AtomicU64,
+    /// The root is on a local disk filesystem (see `Capabilities::inline_io`).
+    on_local_disk: bool,
 }
 
 pub struct LocalBackend {
@@ -107,6 +109,7 @@ impl LocalBackend {
         let host_tag = owner::host_tag();
         let owner_tag = owner::own_tag();
         let root_fd = open_root(&root).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let on_local_disk = root_fd.as_ref().is_ok_and(|fd| on_local_disk(fd));
         LocalBackend {
             shared: Arc::new(Shared {
                 describe: format!("file://{}", root.display()),
@@ -118,6 +121,7 @@ impl LocalBackend {
                 owner_tag,
                 host_tag,
                 temp_seq: AtomicU64::new(super::path::first_seq()),
+                on_local_disk,
             }),
         }
     }
@@ -128,6 +132,29 @@ impl LocalBackend {
         backend.shared.root_fd()?;
         Ok(backend)
     }
+}
+
+/// Whether `dir` is on a filesystem of the local disk (or memory), whose
+/// system calls take microseconds: not a network filesystem (a `file://`
+/// source may be a kernel NFS mount), a FUSE one or anything unknown.
+fn on_local_disk(dir: &OwnedFd) -> bool {
+    const LOCAL: [i64; 8] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs
+        0x2FC1_2FC1, // zfs
+        0xF2F5_2010, // f2fs
+        0x8584_58F6, // ramfs
+    ];
+    // SAFETY: a valid descriptor and a zeroed struct for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    LOCAL.contains(&(st.f_type as i64))
 }
 
 fn open_root(root: &Path) -> io::Result<OwnedFd> {
@@ -153,6 +180,7 @@ impl Backend for LocalBackend {
             special_files: true,
             caller_groups: false,
             cheap_rename: true,
+            inline_io: self.shared.on_local_disk,
         }
     }
 

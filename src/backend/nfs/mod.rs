@@ -291,6 +291,7 @@ impl Backend for NfsBackend {
             special_files: true,
             caller_groups: true,
             cheap_rename: true,
+            inline_io: false,
         }
     }
 

@@ -209,6 +209,7 @@ impl Backend for S3Backend {
             special_files: false,
             caller_groups: false,
             cheap_rename: false,
+            inline_io: false,
         }
     }
 

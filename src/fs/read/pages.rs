@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::backend::blocking;
 use crate::cache::PageKey;
 
 use super::{FileHandle, ReadError, View};
@@ -199,7 +200,7 @@ impl CachalotFs {
     async fn stored_range(&self, key: &PageKey, within: u64, len: usize) -> Option<Vec<u8>> {
         let cache = Arc::clone(&self.cache);
         let key = key.clone();
-        tokio::task::spawn_blocking(move || cache.get_range(&key, within, len))
+        blocking::run(move || cache.get_range(&key, within, len))
             .await
             .unwrap_or(None)
     }
@@ -229,7 +230,7 @@ impl CachalotFs {
             let cache = Arc::clone(&self.cache);
             let stored = key.clone();
             let cached = if lookup {
-                tokio::task::spawn_blocking(move || cache.get_bytes(&stored))
+                blocking::run(move || cache.get_bytes(&stored))
                     .await
                     .unwrap_or(None)
             } else {
