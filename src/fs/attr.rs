@@ -74,9 +74,35 @@ impl CachalotFs {
         // FORGET in between must not drop the inode we reply with.
         let mut table = self.inodes.lock();
         let ino = table.child(parent, name)?;
+        if table.get(ino).ok()?.replacing > 0 {
+            return None; // see `removal_settled`
+        }
         let attr = self.local_attr_in(&table, ino).ok()??;
         table.remember(ino);
         Some(attr)
+    }
+
+    /// Wait while the file named `parent/name` is being unlinked or renamed
+    /// over: answering with it now would send the kernel an inode that is
+    /// about to lose the name, and its open would fail (ESTALE) after the
+    /// kernel already retried once.
+    async fn removal_settled(&self, parent: u64, name: &str) {
+        loop {
+            let settled = self.namespace_settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let table = self.inodes.lock();
+                let removing = table
+                    .child(parent, name)
+                    .and_then(|ino| table.get(ino).ok())
+                    .is_some_and(|inode| inode.replacing > 0);
+                if !removing {
+                    return;
+                }
+            }
+            settled.await;
+        }
     }
 
     /// `getattr` answered from the inode table alone, or `None`.
@@ -86,6 +112,7 @@ impl CachalotFs {
 
     pub async fn lookup(&self, caller: Caller, parent: u64, name: &str) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
+        self.removal_settled(parent, name).await;
         if let Some(attr) = self.lookup_known(parent, name) {
             return Ok(attr);
         }

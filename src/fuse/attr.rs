@@ -41,7 +41,7 @@ pub(super) fn setattr(
     reply: ReplyAttr,
 ) {
     let (c, ttl) = (caller(req), adapter.ttl);
-    adapter.spawn(move |fs| async move {
+    adapter.spawn_change(move |fs| async move {
         reply_attr(&fs, reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
     });
 }

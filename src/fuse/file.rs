@@ -27,12 +27,16 @@ pub(super) fn open(
     };
     let c = caller(req);
     let backing = Arc::clone(&adapter.backing);
-    adapter.spawn(move |fs| async move {
+    let work = move |fs: Arc<crate::fs::CachalotFs>| async move {
         match fs.open(c, ino.0, mode).await {
             Ok(o) => backing.reply(&fs, ino.0, o, reply),
             Err(e) => reply.error(errno(fs.count_error(e))),
         }
-    });
+    };
+    match mode.writable || mode.truncate {
+        true => adapter.spawn_change(work),
+        false => adapter.spawn(work),
+    }
 }
 
 pub(super) fn read(
@@ -65,7 +69,7 @@ pub(super) fn write(
 ) {
     let c = caller(req);
     let data = data.to_vec();
-    adapter.spawn(move |fs| async move {
+    adapter.spawn_change(move |fs| async move {
         match fs.write(c, fh.0, offset, &data).await {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(fs.count_error(e))),
@@ -78,12 +82,12 @@ pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply:
     if let Some((done, _pass)) = adapter.answer_now(|fs| fs.flush_read_only(c, fh.0)) {
         return reply_empty(&adapter.fs, reply, done);
     }
-    adapter.spawn(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
+    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
 }
 
 pub(super) fn release(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
     adapter.backing.release(fh.0);
-    adapter.spawn(move |fs| async move { reply_empty(&fs, reply, fs.release(fh.0).await) });
+    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.release(fh.0).await) });
 }
 
 pub(super) fn fallocate(
@@ -96,7 +100,7 @@ pub(super) fn fallocate(
     reply: ReplyEmpty,
 ) {
     let c = caller(req);
-    adapter.spawn(move |fs| async move {
+    adapter.spawn_change(move |fs| async move {
         reply_empty(
             &fs,
             reply,
@@ -119,7 +123,7 @@ pub(super) fn copy_file_range(
     let c = caller(req);
     // The reply's count is 32 bits (the kernel asks for no more).
     let len = len.min(u64::from(u32::MAX) & !0xfff);
-    adapter.spawn(move |fs| async move {
+    adapter.spawn_change(move |fs| async move {
         let copied = fs
             .copy_file_range(c, (fh_in.0, offset_in), (fh_out.0, offset_out), len)
             .await;
@@ -131,7 +135,7 @@ pub(super) fn copy_file_range(
 }
 
 pub(super) fn fsync(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
-    adapter.spawn(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
+    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
 }
 
 /// No ioctl is supported. ENOTTY is what the kernel answers for a file

@@ -138,12 +138,33 @@ impl FuseAdapter {
         F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        self.run(work, self.inline)
+    }
+
+    /// `spawn` for a request that changes the namespace or a file's data:
+    /// always on the runtime. Answered inline too, a writer replacing a
+    /// file by rename did so fast enough that a reader's open, racing two
+    /// replacements, got ESTALE after the kernel's one retry (tests/
+    /// concurrency.rs); lookups, opens and reads are what gains most.
+    fn spawn_change<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.run(work, false)
+    }
+
+    fn run<F, Fut>(&self, work: F, inline: bool)
+    where
+        F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let Some(pass) = self.gate.enter() else {
             Gate::hold(work);
             return;
         };
         let fs = Arc::clone(&self.fs);
-        if self.inline {
+        if inline {
             crate::backend::blocking::allow_inline(|| self.rt.block_on(work(fs)));
             drop(pass);
             return;

@@ -109,7 +109,7 @@ impl LocalBackend {
         let host_tag = owner::host_tag();
         let owner_tag = owner::own_tag();
         let root_fd = open_root(&root).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
-        let on_local_disk = root_fd.as_ref().is_ok_and(|fd| on_local_disk(fd));
+        let on_local_disk = root_fd.as_ref().is_ok_and(on_local_disk);
         LocalBackend {
             shared: Arc::new(Shared {
                 describe: format!("file://{}", root.display()),
