@@ -289,15 +289,15 @@ fn run_doctor(args: DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Buffers of 256 KiB and more (pages are 1 MiB) are mapped and unmapped
-/// by glibc's allocator from now on: by default it raises that threshold
-/// after the first such buffer is freed and then keeps freed pages in its
-/// per-thread arenas, and a mount holding a 64 MiB memory tier grew to
-/// over 250 MiB resident.
+/// Two malloc arenas, not eight per core: with many threads each freeing
+/// page-sized buffers another allocated, glibc kept freed memory in every
+/// arena, and a mount holding a 64 MiB memory tier grew to 180-270 MiB
+/// resident (now 120-190; fixing the mmap threshold instead cut that
+/// further but cost a third of the read throughput in page faults).
 fn keep_resident_memory_close_to_use() {
     // SAFETY: mallopt only changes the allocator's parameters.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
