@@ -433,7 +433,13 @@ impl CachalotFs {
     /// expose a half-written file, so it is left to the writer's own close or
     /// the last release.
     pub async fn flush(&self, caller: Caller, fh: u64) -> FsResult<()> {
-        let (handle, by_opener) = self.note_close(caller, fh)?;
+        let handle = self.file_handle(fh)?;
+        let by_opener = self.threads.process_of(caller.pid) == handle.opener;
+        if by_opener && !handle.closed_by_opener.swap(true, Ordering::AcqRel) {
+            if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
+                inode.closing += 1;
+            }
+        }
         if !handle.writable {
             return Ok(());
         }
@@ -447,29 +453,6 @@ impl CachalotFs {
             return Ok(());
         }
         self.publish(handle.ino).await
-    }
-
-    /// `flush` of a read-only descriptor, which has nothing to publish:
-    /// answered at once. `None` (nothing done) for a writable one.
-    pub fn flush_read_only(&self, caller: Caller, fh: u64) -> Option<FsResult<()>> {
-        match self.file_handle(fh) {
-            Ok(handle) if handle.writable => None,
-            Ok(_) => Some(self.note_close(caller, fh).map(|_| ())),
-            Err(e) => Some(Err(e)),
-        }
-    }
-
-    /// Count the opener's close of `fh` (once); returns the handle and
-    /// whether the caller is its opener.
-    fn note_close(&self, caller: Caller, fh: u64) -> FsResult<(Arc<FileHandle>, bool)> {
-        let handle = self.file_handle(fh)?;
-        let by_opener = self.threads.process_of(caller.pid) == handle.opener;
-        if by_opener && !handle.closed_by_opener.swap(true, Ordering::AcqRel) {
-            if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
-                inode.closing += 1;
-            }
-        }
-        Ok((handle, by_opener))
     }
 
     /// fsync(2): publish now, whoever asks, and durably: close(2) only

@@ -287,9 +287,7 @@ impl WriteSession {
         if *finished || self.is_orphaned() || self.failed.lock().is_some() {
             return Ok(());
         }
-        self.pending.sync().await?;
-        drop(finished);
-        Ok(())
+        Ok(self.pending.sync().await?)
     }
 
     /// Publish under `target` (or discard if orphaned). On failure the

@@ -79,9 +79,6 @@ pub(super) fn write(
 
 pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply: ReplyEmpty) {
     let c = caller(req);
-    if let Some((done, _pass)) = adapter.answer_now(|fs| fs.flush_read_only(c, fh.0)) {
-        return reply_empty(&adapter.fs, reply, done);
-    }
     adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
 }
 

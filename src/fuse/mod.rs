@@ -115,8 +115,8 @@ impl FuseAdapter {
     }
 
     /// Try to answer on this thread (the FUSE worker that read the
-    /// request) with `work`, which must not wait for the backend (memory,
-    /// /proc and the page store's local files only):
+    /// request) with `work`, which must not wait for the backend or the
+    /// disk (memory only):
     /// `None` if it could not, or the gate is closed (the request then
     /// goes to `spawn`, which holds it). Inside the runtime's context, so
     /// `work` may start background tasks. Keep the pass until the reply
