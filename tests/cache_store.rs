@@ -284,15 +284,13 @@ fn two_mounts_on_one_cache_dir_share_its_quota_and_the_small_one_is_not_starved(
         &small,
         "small, first read",
     );
-    // Not starved: the small volume keeps (nearly) all of its 4 pages.
-    // Under CPU load one of them is sometimes evicted as the index of the
-    // other process catches up (an open imprecision of the fair share,
-    // see the issue notes); starvation kept none.
+    // Not starved: the small volume keeps all of its 4 pages (with
+    // evictors that raced each other it lost one or two under CPU load).
     assert!(
         wait_until(Duration::from_secs(10), || stat_u64(
             &b.stats(),
             "cache_volume_bytes"
-        ) >= 3 * MIB as u64),
+        ) >= 4 * MIB as u64),
         "the small volume's pages were not cached: {}",
         b.stats()
     );

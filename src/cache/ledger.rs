@@ -3,14 +3,38 @@
 //! process sharing the directory (one per mounted volume on a node) reserves
 //! space here before writing a page, so together they never overshoot the
 //! quota by more than one page per concurrent writer.
+//!
+//! Eviction is serialized across the same processes and their threads
+//! ([`Ledger::evicting`]): evictors that each computed "total minus target"
+//! from the same total would together remove several times what was needed,
+//! and a volume pushed below its fair share that way makes the next round
+//! take another volume's pages.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 pub struct Ledger {
     file: File,
+    /// `evict.lock`: held (with `in_process`) by the one evictor of the
+    /// directory. A file lock belongs to the open file, so it cannot also
+    /// keep this process's threads apart: the mutex does.
+    evict: Mutex<File>,
+}
+
+/// The right to evict, in this process and the directory; released on drop.
+pub struct EvictGuard<'a> {
+    file: MutexGuard<'a, File>,
+}
+
+impl Drop for EvictGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 /// Holds the exclusive lock; released on drop.
@@ -26,7 +50,37 @@ impl Ledger {
             .create(true)
             .truncate(false)
             .open(dir.join("usage"))?;
-        Ok(Ledger { file })
+        let evict = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("evict.lock"))?;
+        Ok(Ledger {
+            file,
+            evict: Mutex::new(evict),
+        })
+    }
+
+    /// Become the directory's one evictor, waiting up to `wait` for another
+    /// (in this or another process) to finish; `None` if it did not. The
+    /// caller must read the total again afterwards: the other evictor may
+    /// have made the room already.
+    pub fn evicting(&self, wait: Duration) -> Option<EvictGuard<'_>> {
+        let deadline = Instant::now() + wait;
+        let file = self.evict.try_lock_until(deadline)?;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Some(EvictGuard { file }),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // Cannot lock (or waited long enough): evicting without the
+                // lock only risks evicting more than needed, never a wrong
+                // total, but waiting for ever would stall a reader.
+                Err(TryLockError::WouldBlock) => return None,
+                Err(TryLockError::Error(_)) => return Some(EvictGuard { file }),
+            }
+        }
     }
 
     pub fn lock(&self) -> io::Result<LedgerGuard<'_>> {
@@ -96,5 +150,23 @@ mod tests {
         assert!(b.reserve(40, 100).unwrap());
         a.release(60).unwrap();
         assert_eq!(b.total().unwrap(), 40);
+    }
+
+    #[test]
+    fn one_evictor_at_a_time_across_handles_and_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Ledger::open(dir.path()).unwrap();
+        let b = Ledger::open(dir.path()).unwrap();
+        let held = a.evicting(Duration::ZERO).expect("free at first");
+        assert!(
+            b.evicting(Duration::from_millis(20)).is_none(),
+            "other process"
+        );
+        assert!(
+            a.evicting(Duration::from_millis(20)).is_none(),
+            "other thread"
+        );
+        drop(held);
+        assert!(b.evicting(Duration::ZERO).is_some());
     }
 }

@@ -50,6 +50,11 @@ use scan::WHOLE_PREFIX;
 /// knows of less than half the directory's bytes).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a writer that needs room waits for another evictor (of this or
+/// another process) before giving up on caching its page; a rescan of a big
+/// directory under the lock can take this long.
+const EVICTOR_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct PageStoreConfig {
     pub dir: PathBuf,
@@ -351,6 +356,12 @@ impl PageStore {
     /// sparing volumes within their fair share of the quota, and learning
     /// other processes' pages when this process's own are not enough.
     fn evict_down_to(&self, target: u64, for_disk: bool) {
+        // One evictor at a time (see the ledger); the total is read after
+        // the wait. If another evictor is still busy after it, the page that
+        // needed room just goes uncached.
+        let Some(_one_evictor) = self.ledger.evicting(EVICTOR_WAIT) else {
+            return;
+        };
         let (mut fair, mut rescanned) = (true, false);
         for round in 0..8 {
             let Ok(total) = self.ledger.total() else {

@@ -390,6 +390,58 @@ fn a_process_whose_index_knows_nothing_evicts_another_process_pages() {
     assert!(scan::scan_dir(dir.path(), false).total <= one * 10);
 }
 
+/// Many writers in two processes filling one directory: each eviction
+/// stops at the low watermark. Evictors that each computed their share of
+/// the work from the same total took the directory far below it (and then
+/// the small volume's pages, its share being "exceeded" by the shrink).
+#[test]
+fn concurrent_writers_never_evict_below_the_low_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = page_bytes(4096);
+    let quota = one * 40;
+    let processes = [
+        other_process(dir.path(), quota, "file:///first"),
+        other_process(dir.path(), quota, "file:///second"),
+    ];
+    let cfg = PageStoreConfig::new(dir.path().to_path_buf(), quota, 4096);
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let done = AtomicBool::new(false);
+    let lowest = std::thread::scope(|s| {
+        let monitor = s.spawn(|| {
+            let (mut full, mut lowest) = (false, u64::MAX);
+            while !done.load(Ordering::Relaxed) {
+                let total = ledger.total().unwrap();
+                full |= total >= cfg.high();
+                if full {
+                    lowest = lowest.min(total);
+                }
+            }
+            lowest
+        });
+        let writers: Vec<_> = (0..16)
+            .map(|t| {
+                let volume = &processes[t % 2];
+                s.spawn(move || {
+                    for i in 0..100 {
+                        volume.put(&key(&format!("w{t}"), i), &[t as u8; 4096]);
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        monitor.join().unwrap()
+    });
+    assert!(
+        lowest + 2 * one >= cfg.low(),
+        "evicted down to {} pages; the low watermark is {}",
+        lowest / one,
+        cfg.low() / one
+    );
+}
+
 #[test]
 fn the_quota_is_the_directory_s_while_another_process_uses_it() {
     let dir = tempfile::tempdir().unwrap();
