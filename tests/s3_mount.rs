@@ -2,6 +2,7 @@
 //! against the bucket with an independent object_store client. Needs root
 //! (FUSE) and `scripts/install-s3-deps.sh`.
 
+mod common;
 mod support_posix;
 mod support_s3;
 
@@ -306,6 +307,52 @@ fn readers_never_see_partial_content() {
     eprintln!("poller saw the old object {saw_old} times, the new one {saw_new} times");
     assert!(saw_old > 0 && saw_new > 0);
     assert!(get(&store, "atomic/f").unwrap() == new);
+}
+
+/// A sequential cold reader makes few, large GETs (a GET costs the server
+/// about as much as megabytes of data): read-ahead asks for 8 pages at
+/// once, and reader and read-ahead share each fetch. Pages still count one
+/// by one, and a second read is served without the backend.
+#[test]
+fn a_sequential_cold_read_fetches_several_pages_per_get() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let data = pattern(48 << 20, 7);
+    put(&store, "batch/f", data.clone());
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mounted::start(&server, "batch", cache.path(), &["--metrics-addr", &addr]);
+    let mut got = Vec::new();
+    let mut f = fs::File::open(m.path("f")).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "content differs");
+    let first = common::scrape(port);
+    let gets = common::sample(&first, "cachalot_backend_requests_total", "op=\"read\"");
+    let pages = common::sample(&first, "cachalot_backend_reads_total", "volume=");
+    assert!(pages >= 48, "pages read from the backend: {pages}");
+    assert!(
+        gets <= 16,
+        "{gets} GETs for 48 pages read in order: read-ahead did not batch"
+    );
+    common::drop_caches();
+    assert!(
+        fs::read(m.path("f")).unwrap() == data,
+        "second read differs"
+    );
+    let second = common::scrape(port);
+    assert_eq!(
+        common::sample(&second, "cachalot_backend_read_bytes_total", "volume="),
+        common::sample(&first, "cachalot_backend_read_bytes_total", "volume="),
+        "the second read went to the backend"
+    );
 }
 
 #[test]

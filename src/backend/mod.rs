@@ -232,6 +232,9 @@ pub struct Capabilities {
     /// Operations are system calls on a local filesystem, quick enough to
     /// run on the FUSE worker that asks (see `blocking`).
     pub inline_io: bool,
+    /// A request costs far more than the bytes it carries (an HTTP object
+    /// store): sequential read-ahead asks for several pages at once.
+    pub large_reads: bool,
 }
 
 #[async_trait]

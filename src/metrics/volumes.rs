@@ -111,7 +111,7 @@ impl Collector for VolumesCollector {
             ("cachalot_cache_corrupt_pages", "Damaged pages dropped (and fetched again)", &|s| s.cache.corrupt_pages),
             ("cachalot_cache_skipped_pages", "Pages not cached for want of room", &|s| s.cache.skipped_pages),
             ("cachalot_cache_write_errors", "Failed writes of page files", &|s| s.cache.write_errors),
-            ("cachalot_backend_reads", "Reads of data from the backend", &|s| s.backend_reads),
+            ("cachalot_backend_reads", "Pages read from the backend", &|s| s.backend_reads),
             ("cachalot_backend_read_bytes", "Bytes read from the backend", &|s| s.backend_read_bytes),
             ("cachalot_read_bytes", "Bytes applications read", &|s| s.read_bytes),
             ("cachalot_write_bytes", "Bytes applications wrote", &|s| s.write_bytes),

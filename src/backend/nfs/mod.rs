@@ -292,6 +292,9 @@ impl Backend for NfsBackend {
             caller_groups: true,
             cheap_rename: true,
             inline_io: false,
+            // READs are pipelined on one connection and capped by the
+            // server's rtmax: bigger requests would only be split again.
+            large_reads: false,
         }
     }
 

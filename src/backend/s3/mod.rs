@@ -210,6 +210,7 @@ impl Backend for S3Backend {
             caller_groups: false,
             cheap_rename: false,
             inline_io: false,
+            large_reads: true,
         }
     }
 

@@ -5,6 +5,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::future::join_all;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::inflight::Loader;
 use super::{FileHandle, View};
 use crate::fs::CachalotFs;
 
@@ -15,6 +19,15 @@ const READAHEAD_MAX_PAGES: u64 = 16;
 /// Pages fetched ahead at once, over all handles: bounds the memory held by
 /// read-ahead (each in-flight page is one page of memory).
 pub const READAHEAD_GLOBAL_PAGES: usize = 64;
+
+/// Bytes one read-ahead request covers on a backend with `large_reads`
+/// (S3): a GET costs the server about as much as megabytes of data, so
+/// 1 MiB GETs kept it at a fraction of a single whole-object GET's rate
+/// (0.43×; 8 MiB pages reached 0.55× in the same bench).
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Read-ahead requests a sequential reader keeps in flight there.
+const READAHEAD_BATCHES: u64 = 4;
 
 impl FileHandle {
     /// Update the sequential-read detector; returns the read-ahead window.
@@ -39,6 +52,12 @@ impl CachalotFs {
     /// memory or in flight already, past end of file, or over the global
     /// bound: a sequential reader then finds its pages in memory, warm or
     /// cold (and is answered without a hand-off, see `read_from_memory`).
+    ///
+    /// On a backend with `large_reads`, pages go in runs of up to
+    /// [`BATCH_BYTES`], one request each, and the window is several runs
+    /// wide; a run is started only once it fits the window whole (or ends
+    /// the file), so a reader advancing page by page still makes big
+    /// requests.
     pub(super) fn read_ahead(
         self: &Arc<Self>,
         handle: &Arc<FileHandle>,
@@ -48,28 +67,137 @@ impl CachalotFs {
     ) {
         let page_size = self.cache.page_size();
         let size = handle.size.load(Ordering::Acquire);
+        let batch = self.read_ahead_batch();
+        let window = if batch > 1 && window > 0 {
+            window.max(batch * READAHEAD_BATCHES)
+        } else {
+            window
+        };
         let first = from.div_ceil(page_size);
+        let last_page = size.div_ceil(page_size); // one past the last
+        let end = (first + window).min(last_page);
         let start = first.max(handle.ahead_until.load(Ordering::Acquire));
+        if start >= end || (end - start < batch && end < last_page) {
+            return;
+        }
+        let mut run: Vec<(Loader, OwnedSemaphorePermit)> = Vec::new();
         let mut considered = start;
-        for index in start..first + window {
-            if index * page_size >= size {
-                break;
-            }
+        for index in start..end {
             let key = self.page_key(view, index);
-            if self.hot.contains(&key) || self.inflight.0.lock().contains_key(&key) {
+            let loader = if self.hot.contains(&key) {
+                None
+            } else {
+                self.inflight.try_load(&key)
+            };
+            let Some(loader) = loader else {
                 considered = index + 1;
+                self.start_run(handle, view, &mut run, index);
                 continue;
-            }
+            };
             let Ok(permit) = Arc::clone(&self.readahead_permits).try_acquire_owned() else {
                 break;
             };
             considered = index + 1;
-            let (fs, handle, view) = (Arc::clone(self), Arc::clone(handle), view.clone());
-            tokio::spawn(async move {
-                let _ = fs.load_page_once(&handle, &view, index, key, true).await;
-                drop(permit);
-            });
+            run.push((loader, permit));
+            if run.len() as u64 == batch {
+                self.start_run(handle, view, &mut run, index + 1);
+            }
         }
+        self.start_run(handle, view, &mut run, considered);
         handle.ahead_until.fetch_max(considered, Ordering::AcqRel);
+    }
+
+    /// Pages per backend request of read-ahead.
+    fn read_ahead_batch(&self) -> u64 {
+        if self.backend.capabilities().large_reads {
+            (BATCH_BYTES / self.cache.page_size()).max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Load the pages of `run` (consecutive, ending before `next`) in the
+    /// background, and empty it.
+    fn start_run(
+        self: &Arc<Self>,
+        handle: &Arc<FileHandle>,
+        view: &View,
+        run: &mut Vec<(Loader, OwnedSemaphorePermit)>,
+        next: u64,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let first = next - run.len() as u64;
+        let run = std::mem::take(run);
+        let (fs, handle, view) = (Arc::clone(self), Arc::clone(handle), view.clone());
+        tokio::spawn(async move {
+            let (loaders, _permits): (Vec<_>, Vec<_>) = run.into_iter().unzip();
+            fs.load_run(&handle, &view, first, loaders).await;
+        });
+    }
+
+    /// Load consecutive pages from `first` on: the stored ones from the
+    /// page store, the others from the backend, one request per stretch.
+    async fn load_run(&self, handle: &FileHandle, view: &View, first: u64, loaders: Vec<Loader>) {
+        let stored = join_all(loaders.iter().map(|l| self.stored_page(l.key()))).await;
+        let mut missing: Vec<(u64, Loader)> = Vec::new();
+        for ((index, loader), page) in (first..).zip(loaders).zip(stored) {
+            match page {
+                Some(page) => {
+                    self.hot.put(loader.key().clone(), page.clone());
+                    loader.deliver(Ok(page));
+                }
+                None => missing.push((index, loader)),
+            }
+        }
+        for stretch in consecutive(missing) {
+            let from = stretch[0].0;
+            let count = stretch.len() as u64;
+            match self.fetch_pages(handle, view, from, count).await {
+                Ok(pages) => {
+                    let mut fetched = Vec::with_capacity(stretch.len());
+                    for ((_, loader), page) in stretch.into_iter().zip(pages) {
+                        self.hot.put(loader.key().clone(), page.clone());
+                        loader.deliver(Ok(page.clone()));
+                        fetched.push((loader, page));
+                    }
+                    self.store_fetched(fetched);
+                }
+                Err(e) => {
+                    for (_, loader) in stretch {
+                        loader.deliver(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Split `(index, item)` pairs, in ascending index order, into runs of
+/// consecutive indexes.
+fn consecutive<T>(items: Vec<(u64, T)>) -> Vec<Vec<(u64, T)>> {
+    let mut runs: Vec<Vec<(u64, T)>> = Vec::new();
+    for (index, item) in items {
+        match runs.last_mut() {
+            Some(run) if run.last().is_some_and(|(last, _)| last + 1 == index) => {
+                run.push((index, item))
+            }
+            _ => runs.push(vec![(index, item)]),
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn consecutive_splits_at_gaps() {
+        let runs = super::consecutive(vec![(3, 'a'), (4, 'b'), (6, 'c'), (7, 'd'), (9, 'e')]);
+        let shape: Vec<Vec<u64>> = runs
+            .iter()
+            .map(|r| r.iter().map(|(i, _)| *i).collect())
+            .collect();
+        assert_eq!(shape, vec![vec![3, 4], vec![6, 7], vec![9]]);
     }
 }

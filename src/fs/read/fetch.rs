@@ -22,6 +22,19 @@ impl CachalotFs {
         view: &View,
         index: u64,
     ) -> Result<Bytes, ReadError> {
+        let mut pages = self.fetch_pages(handle, view, index, 1).await?;
+        Ok(pages.pop().unwrap_or_default())
+    }
+
+    /// Read `count` pages of the view's version from `first` on, in one
+    /// backend request; past the end of the file the pages are empty.
+    pub(super) async fn fetch_pages(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Bytes>, ReadError> {
         let reader = self.reader(handle, view).await?;
         if *reader.version() != view.version {
             return Err(ReadError::Changed {
@@ -30,7 +43,8 @@ impl CachalotFs {
             });
         }
         let page_size = self.cache.page_size();
-        let data = match reader.read_at(index * page_size, page_size as usize).await {
+        let (offset, len) = (first * page_size, (count * page_size) as usize);
+        let data = match reader.read_at(offset, len).await {
             Ok(data) => data,
             // The object the reader has open changed in place (another
             // writer, behind the mount): what it reads now is not the
@@ -40,11 +54,22 @@ impl CachalotFs {
             }
             Err(e) => return Err(FsError::from(e).into()),
         };
-        self.counters.backend_reads.fetch_add(1, Ordering::Relaxed);
+        let data = Bytes::from(data);
+        let len = data.len() as u64;
+        // Pages, not requests, as the cache counts its hits.
+        let pages = len.div_ceil(page_size).clamp(1, count);
+        self.counters
+            .backend_reads
+            .fetch_add(pages, Ordering::Relaxed);
         self.counters
             .backend_read_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(Bytes::from(data))
+            .fetch_add(len, Ordering::Relaxed);
+        Ok((0..count)
+            .map(|i| {
+                let (start, end) = ((i * page_size).min(len), ((i + 1) * page_size).min(len));
+                data.slice(start as usize..end as usize)
+            })
+            .collect())
     }
 
     /// The reader of `view` found its object changed in place: forget that

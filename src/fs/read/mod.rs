@@ -22,10 +22,12 @@ use super::CachalotFs;
 
 mod ahead;
 mod fetch;
+mod inflight;
 mod pages;
 
 pub use ahead::READAHEAD_GLOBAL_PAGES;
-pub use pages::{HotPages, InFlight};
+pub use inflight::InFlight;
+pub use pages::HotPages;
 
 pub struct FileHandle {
     pub ino: u64,

@@ -1,10 +1,9 @@
 //! The memory and page-store tiers of a read: recently served pages in
 //! memory (`HotPages`), the part of a stored page a small random read
 //! needs, a whole page loaded from the page store, and a page fetched from
-//! the backend once for all its concurrent readers (`InFlight`) and stored
-//! in the background.
+//! the backend once for all its concurrent readers (see `inflight`) and
+//! stored in the background.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -12,10 +11,9 @@ use bytes::{Bytes, BytesMut};
 use crate::backend::blocking;
 use crate::cache::PageKey;
 
+use super::inflight::{Claim, Loader};
 use super::{FileHandle, ReadError, View};
 use crate::fs::CachalotFs;
-
-type PageCell = Arc<tokio::sync::OnceCell<Result<Bytes, ReadError>>>;
 
 /// Memory for recently served pages, shared by all handles: the kernel
 /// splits a page into several concurrent requests, and several pods often
@@ -40,7 +38,7 @@ impl HotPages {
         self.0.lock().contains(key)
     }
 
-    fn put(&self, key: PageKey, page: Bytes) {
+    pub(super) fn put(&self, key: PageKey, page: Bytes) {
         self.0.lock().put(key, page);
     }
 
@@ -82,16 +80,11 @@ impl Gather {
     }
 }
 
-/// Pages being fetched from the backend right now: concurrent misses on one
-/// page (kernel readahead, parallel readers) wait for a single fetch.
-#[derive(Default)]
-pub struct InFlight(pub(super) parking_lot::Mutex<HashMap<PageKey, PageCell>>);
-
 impl CachalotFs {
     /// Pages being fetched from the backend right now (read-ahead and
     /// demand reads).
     pub fn fetches_in_flight(&self) -> usize {
-        self.inflight.0.lock().len()
+        self.inflight.len()
     }
 
     /// `window` is the read-ahead window of this request: 0 for a random
@@ -120,7 +113,7 @@ impl CachalotFs {
                 }
                 // (A page being fetched right now: join that fetch below.)
                 None if Self::wants_range(window, want, page_size)
-                    && !self.inflight.0.lock().contains_key(&key) =>
+                    && !self.inflight.contains(&key) =>
                 {
                     match self.stored_range(&key, within, want).await {
                         Some(part) => {
@@ -223,47 +216,69 @@ impl CachalotFs {
         view: &View,
         index: u64,
         key: PageKey,
+        mut lookup: bool,
+    ) -> Result<Bytes, ReadError> {
+        loop {
+            match self.inflight.claim(&key) {
+                Claim::Load(loader) => {
+                    return self.load_page(handle, view, index, loader, lookup).await
+                }
+                Claim::Wait(waiter) => match waiter.result().await {
+                    Some(result) => return result,
+                    // Its loader gave up: load it here (it may be stored
+                    // by now).
+                    None => lookup = true,
+                },
+            }
+        }
+    }
+
+    async fn load_page(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        index: u64,
+        loader: Loader,
         lookup: bool,
     ) -> Result<Bytes, ReadError> {
-        let cell = Arc::clone(self.inflight.0.lock().entry(key.clone()).or_default());
-        cell.get_or_init(|| async {
-            let cache = Arc::clone(&self.cache);
-            let stored = key.clone();
-            let cached = if lookup {
-                blocking::run(move || cache.get_bytes(&stored))
-                    .await
-                    .unwrap_or(None)
-            } else {
-                None
-            };
-            if let Some(data) = cached {
-                self.hot.put(key.clone(), data.clone());
-                self.inflight.0.lock().remove(&key);
+        if lookup {
+            if let Some(data) = self.stored_page(loader.key()).await {
+                self.hot.put(loader.key().clone(), data.clone());
+                loader.deliver(Ok(data.clone()));
                 return Ok(data);
             }
-            match self.fetch_page(handle, view, index).await {
-                Ok(data) => {
-                    self.hot.put(key.clone(), data.clone());
-                    // Store in the background (the application does not wait
-                    // for the cache write), and keep the in-flight entry until
-                    // the page is on disk so readers arriving meanwhile reuse
-                    // this fetch instead of starting another.
-                    let cache = Arc::clone(&self.cache);
-                    let inflight = Arc::clone(&self.inflight);
-                    let page = data.clone();
-                    tokio::task::spawn_blocking(move || {
-                        cache.put(&key, &page);
-                        inflight.0.lock().remove(&key);
-                    });
-                    Ok(data)
-                }
-                Err(e) => {
-                    self.inflight.0.lock().remove(&key);
-                    Err(e)
-                }
+        }
+        let fetched = self.fetch_page(handle, view, index).await;
+        if let Ok(data) = &fetched {
+            self.hot.put(loader.key().clone(), data.clone());
+        }
+        loader.deliver(fetched.clone());
+        if let Ok(data) = &fetched {
+            self.store_fetched(vec![(loader, data.clone())]);
+        }
+        fetched
+    }
+
+    /// The whole page `key` from the page store, if stored.
+    pub(super) async fn stored_page(&self, key: &PageKey) -> Option<Bytes> {
+        let cache = Arc::clone(&self.cache);
+        let key = key.clone();
+        blocking::run(move || cache.get_bytes(&key))
+            .await
+            .unwrap_or(None)
+    }
+
+    /// Store fetched pages in the background (the application does not
+    /// wait for the cache write); each stays registered as loading until
+    /// it is on disk, so readers that miss it in memory meanwhile reuse
+    /// this fetch instead of starting another.
+    pub(super) fn store_fetched(&self, pages: Vec<(Loader, Bytes)>) {
+        let cache = Arc::clone(&self.cache);
+        tokio::task::spawn_blocking(move || {
+            for (loader, page) in pages {
+                cache.put(loader.key(), &page);
+                loader.finish();
             }
-        })
-        .await
-        .clone()
+        });
     }
 }
