@@ -48,7 +48,7 @@ async fn write_file(b: &NfsBackend, id: Identity, path: &str, data: &[u8], mode:
 
 async fn read_all(b: &NfsBackend, id: Identity, path: &str) -> Vec<u8> {
     let r = b.open_read(id, &p(path)).await.unwrap();
-    r.read_at(0, r.size() as usize + 10).await.unwrap()
+    r.read_at(0, r.size() as usize + 10).await.unwrap().to_vec()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -150,8 +150,8 @@ async fn every_operation() {
     assert_eq!(names, vec!["f"]);
     let r = b.open_read(ME, &p("d/f")).await.unwrap();
     assert_eq!(r.size(), 5);
-    assert_eq!(r.read_at(1, 3).await.unwrap(), b"ell");
-    assert_eq!(r.read_at(4, 100).await.unwrap(), b"o");
+    assert_eq!(r.read_at(1, 3).await.unwrap(), &b"ell"[..]);
+    assert_eq!(r.read_at(4, 100).await.unwrap(), &b"o"[..]);
     assert!(r.read_at(5, 10).await.unwrap().is_empty());
 
     // Append (copy-on-write base fetched lazily), overwrite in the middle, truncate.
@@ -613,7 +613,7 @@ async fn access_denied_is_eacces_with_context() {
 
     // Reading is allowed.
     let r = reader.open_read(ME, &p("existing")).await.unwrap();
-    assert_eq!(r.read_at(0, 100).await.unwrap(), b"readable");
+    assert_eq!(r.read_at(0, 100).await.unwrap(), &b"readable"[..]);
     // Writing is not: EACCES naming bucket, key and access key id.
     let w = reader
         .begin_write(ME, &p("new"), WriteStart::Empty, 0o644)

@@ -371,7 +371,9 @@ pub trait ObjectReader: Send + Sync {
     fn version(&self) -> &VersionToken;
     fn size(&self) -> u64;
     /// Read up to `len` bytes at `offset`; shorter only at end of object.
-    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>>;
+    /// `Bytes`, so that a backend receiving buffers (an HTTP body) hands
+    /// them on without a copy.
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes>;
 }
 
 /// A temporary object being written. Paths are passed in by the caller on

@@ -129,7 +129,7 @@ impl ObjectReader for TimedReader {
     fn size(&self) -> u64 {
         self.inner.size()
     }
-    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
         self.stats
             .time("read", self.inner.read_at(offset, len))
             .await

@@ -41,7 +41,7 @@ impl ObjectReader for LocalReader {
     /// place behind the mount (its version moved on), what was read may
     /// mix two versions, so the read fails with ESTALE (as the NFS reader
     /// does) instead of returning it.
-    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
         let file = Arc::clone(&self.file);
         let version = self.version.clone();
         self.shared
@@ -50,7 +50,7 @@ impl ObjectReader for LocalReader {
                 if metadata_of(&sys_fstat(file.as_raw_fd())?).version != version {
                     return Err(io::Error::from_raw_os_error(libc::ESTALE));
                 }
-                Ok(data)
+                Ok(bytes::Bytes::from(data))
             })
             .await
     }

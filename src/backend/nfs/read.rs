@@ -110,7 +110,7 @@ impl ObjectReader for NfsReader {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
         let mut out = Vec::with_capacity(len);
         let mut refreshed = false;
         while out.len() < len {
@@ -131,6 +131,6 @@ impl ObjectReader for NfsReader {
                 break;
             }
         }
-        Ok(out)
+        Ok(bytes::Bytes::from(out))
     }
 }

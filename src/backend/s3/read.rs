@@ -109,9 +109,9 @@ impl ObjectReader for S3Reader {
         self.size
     }
 
-    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
+    async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
         let end = offset.saturating_add(len as u64).min(self.size);
-        let data = get_range(
+        get_range(
             &self.inner,
             &self.location,
             &self.etag,
@@ -119,7 +119,6 @@ impl ObjectReader for S3Reader {
             end,
             ("read", &self.path, &self.key, self.id),
         )
-        .await?;
-        Ok(data.to_vec())
+        .await
     }
 }

@@ -54,7 +54,6 @@ impl CachalotFs {
             }
             Err(e) => return Err(FsError::from(e).into()),
         };
-        let data = Bytes::from(data);
         let len = data.len() as u64;
         // Pages, not requests, as the cache counts its hits.
         let pages = len.div_ceil(page_size).clamp(1, count);
