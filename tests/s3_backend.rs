@@ -655,3 +655,48 @@ async fn copy_file_copies_inside_the_bucket() {
     let missing = b.copy_file(ME, &p("nope"), &p("x")).await.unwrap_err();
     assert_eq!(missing.kind, cachalot::backend::ErrorKind::NotFound);
 }
+
+/// Above the single-copy limit (5 GiB on S3; lowered to 6 MiB here) files
+/// are copied in UploadPartCopy parts: renaming a file or a directory
+/// holding one and copying one keep every byte, and the result is a
+/// multipart object (its ETag ends in "-<parts>"), not a refused copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_above_the_single_copy_limit_are_copied_in_parts() {
+    let fx = Fixture::new();
+    let mut cfg = fx.server.config("big", fx.staging.path());
+    cfg.options.single_copy_max = 6 << 20;
+    let b = S3Backend::new(cfg).unwrap();
+    let data = pseudo_random(20 << 20, 11);
+    put(&fx.store, "big/src.bin", data.clone()).await;
+    let parts_of = |k: &'static str| {
+        let store = fx.store.clone();
+        async move {
+            let head = store.head(&key(k)).await.unwrap();
+            let etag = head.e_tag.unwrap_or_default();
+            etag.trim_matches('"')
+                .rsplit_once('-')
+                .map(|(_, n)| n.to_string())
+        }
+    };
+    b.rename(ME, &p("src.bin"), &p("moved.bin"), false)
+        .await
+        .unwrap();
+    assert_eq!(get(&fx.store, "big/moved.bin").await.unwrap(), data);
+    assert!(get(&fx.store, "big/src.bin").await.is_none());
+    assert_eq!(parts_of("big/moved.bin").await.as_deref(), Some("4"));
+
+    assert!(b
+        .copy_file(ME, &p("moved.bin"), &p("copy.bin"))
+        .await
+        .unwrap());
+    assert_eq!(get(&fx.store, "big/copy.bin").await.unwrap(), data);
+    assert_eq!(parts_of("big/copy.bin").await.as_deref(), Some("4"));
+
+    b.mkdir(ME, &p("d"), 0o755).await.unwrap();
+    b.rename(ME, &p("copy.bin"), &p("d/in.bin"), false)
+        .await
+        .unwrap();
+    b.rename(ME, &p("d"), &p("e"), false).await.unwrap();
+    assert_eq!(get(&fx.store, "big/e/in.bin").await.unwrap(), data);
+    assert!(get(&fx.store, "big/d/in.bin").await.is_none());
+}

@@ -24,6 +24,10 @@ pub struct S3Options {
     pub rename_dir_max_objects: usize,
     /// Objects at least this big are uploaded in parts of this size.
     pub part_size: u64,
+    /// Largest object copied (renamed, snapshotted) with one CopyObject;
+    /// larger ones are copied in parts of at most this size
+    /// (UploadPartCopy). S3's limit; tests lower it.
+    pub single_copy_max: u64,
     /// Retries of 5xx answers, throttling and connection failures (see
     /// `DEFAULT_MAX_RETRIES`).
     pub max_retries: usize,
@@ -40,6 +44,8 @@ pub const DEFAULT_RENAME_DIR_MAX_OBJECTS: usize = 10_000;
 /// parts reach 160 GiB objects.
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// S3 copies at most 5 GiB in one CopyObject (or one UploadPartCopy).
+pub const MAX_SINGLE_COPY: u64 = 5 << 30;
 /// Large on purpose, so that `retry_timeout` is the bound that applies: a
 /// restarting server is back within seconds, and object_store's jittered
 /// backoff (from 100 ms) spent the 4 retries we used to allow in about one,
@@ -58,6 +64,7 @@ impl Default for S3Options {
             dir_mode: DEFAULT_DIR_MODE,
             rename_dir_max_objects: DEFAULT_RENAME_DIR_MAX_OBJECTS,
             part_size: DEFAULT_PART_SIZE,
+            single_copy_max: MAX_SINGLE_COPY,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),

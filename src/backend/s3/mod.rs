@@ -12,6 +12,7 @@
 mod cleanup;
 mod client;
 mod config;
+mod copy;
 mod credentials;
 mod errors;
 mod keys;
@@ -271,8 +272,8 @@ impl Backend for S3Backend {
         rename::rename(&self.inner, id, from, to, no_replace).await
     }
 
-    /// CopyObject: the data stays in the bucket (objects up to 5 GiB;
-    /// a larger one fails and the caller copies it itself).
+    /// CopyObject (UploadPartCopy parts above 5 GiB): the data stays in
+    /// the bucket.
     async fn copy_file(
         &self,
         id: Identity,

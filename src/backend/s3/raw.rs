@@ -342,6 +342,40 @@ impl RawClient {
             .map(|_| ())
     }
 
+    /// UploadPartCopy: bytes `range` (inclusive) of `from`, pinned to its
+    /// `etag`, as part `part` of the multipart upload `upload_id` of `to`;
+    /// the part's ETag.
+    pub async fn copy_part(
+        &self,
+        from: &str,
+        to: &str,
+        upload_id: &str,
+        part: usize,
+        range: (u64, u64),
+        etag: &str,
+    ) -> Result<String, RawError> {
+        let source = format!("/{}/{}", self.bucket, utf8_percent_encode(from, PATH));
+        let mut headers = vec![
+            ("x-amz-copy-source", source),
+            (
+                "x-amz-copy-source-range",
+                format!("bytes={}-{}", range.0, range.1),
+            ),
+        ];
+        if !etag.is_empty() {
+            headers.push(("x-amz-copy-source-if-match", etag.to_string()));
+        }
+        let number = part.to_string();
+        let query = [("partNumber", number.as_str()), ("uploadId", upload_id)];
+        let answer = self.send_with(Method::PUT, to, &query, &headers).await?;
+        let text = String::from_utf8_lossy(&answer.body);
+        xml::parse_copy_part(&text).ok_or_else(|| RawError {
+            status: None,
+            code: None,
+            message: format!("UploadPartCopy of '{from}' answered without an ETag: {text}"),
+        })
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), RawError> {
         self.send(Method::DELETE, key, &[]).await.map(|_| ())
     }

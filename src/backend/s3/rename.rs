@@ -1,5 +1,6 @@
-//! Rename. S3 has none: a file is copied server-side, and the source is
-//! deleted only after the copy succeeded. A directory is every key under its
+//! Rename. S3 has none: a file is copied server-side (in parts above S3's
+//! 5 GiB copy limit, see `copy`), and the source is deleted only after the
+//! copy succeeded. A directory is every key under its
 //! prefix, copied then deleted one by one: NOT atomic (a crash in between
 //! leaves both trees; a reader meanwhile may see a partial tree), and capped
 //! at `rename_dir_max_objects`; beyond the cap rename fails with EXDEV, which
@@ -10,6 +11,7 @@ use object_store::ObjectStoreExt;
 
 use crate::backend::{BackendPath, BackendResult, ErrorKind, FileKind, Identity};
 
+use super::copy::{copy_key, CopyContext};
 use super::{namespace, Inner};
 
 /// Copies/deletes in flight during a directory rename.
@@ -60,8 +62,7 @@ pub async fn rename(
     Ok(())
 }
 
-/// Server-side copy of one file; `Ok(false)` where S3 cannot copy it in
-/// one request (over 5 GiB).
+/// Server-side copy of one file, of any size (see `copy`).
 pub async fn copy_object(
     inner: &Inner,
     id: Identity,
@@ -69,13 +70,13 @@ pub async fn copy_object(
     to: &BackendPath,
 ) -> BackendResult<bool> {
     let (from_key, to_key) = (inner.keys.object(from), inner.keys.object(to));
-    let src = inner.store_path(&from_key, "copy", from, id)?;
-    let dst = inner.store_path(&to_key, "copy", to, id)?;
-    match inner.store.copy(&src, &dst).await {
-        Ok(()) => Ok(true),
-        Err(e) if e.to_string().contains("EntityTooLarge") => Ok(false),
-        Err(e) => Err(inner.store_err(&e, "copy", from, &from_key, id)),
-    }
+    let cx = CopyContext {
+        op: "copy",
+        path: from,
+        id,
+    };
+    copy_key(inner, &from_key, &to_key, &cx).await?;
+    Ok(true)
 }
 
 async fn rename_file(
@@ -86,12 +87,12 @@ async fn rename_file(
 ) -> BackendResult<()> {
     let (from_key, to_key) = (inner.keys.object(from), inner.keys.object(to));
     let src = inner.store_path(&from_key, "rename", from, id)?;
-    let dst = inner.store_path(&to_key, "rename", to, id)?;
-    inner
-        .store
-        .copy(&src, &dst)
-        .await
-        .map_err(|e| inner.store_err(&e, "rename (copy)", from, &from_key, id))?;
+    let cx = CopyContext {
+        op: "rename (copy)",
+        path: from,
+        id,
+    };
+    copy_key(inner, &from_key, &to_key, &cx).await?;
     inner
         .store
         .delete(&src)
@@ -175,21 +176,28 @@ async fn rename_dir(
         "renaming a directory object by object (not atomic)");
     // Owned items: borrowed ones trip the compiler's higher-ranked
     // lifetime check inside async_trait futures.
-    let copied = futures::stream::iter(pairs.clone())
-        .map(|(src, dst)| async move {
-            // Markers are empty by definition: write a new one rather than
-            // copy (some servers, SeaweedFS among them, cannot copy them).
-            let done = if src.ends_with('/') {
-                inner.raw.put_empty(&dst).await.map(|_| ())
-            } else {
-                inner.raw.copy(&src, &dst).await
-            };
-            done.map(|_| dst)
-                .map_err(|e| inner.raw_err(&e, "rename directory (copy)", from, &src, id))
-        })
-        .buffer_unordered(PARALLEL)
-        .try_collect::<Vec<_>>()
-        .await;
+    let copied =
+        futures::stream::iter(pairs.clone())
+            .map(|(src, dst)| async move {
+                // Markers are empty by definition: write a new one rather than
+                // copy (some servers, SeaweedFS among them, cannot copy them).
+                if src.ends_with('/') {
+                    inner.raw.put_empty(&dst).await.map_err(|e| {
+                        inner.raw_err(&e, "rename directory (copy)", from, &src, id)
+                    })?;
+                } else {
+                    let cx = CopyContext {
+                        op: "rename directory (copy)",
+                        path: from,
+                        id,
+                    };
+                    copy_key(inner, &src, &dst, &cx).await?;
+                }
+                Ok::<_, crate::backend::BackendError>(dst)
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<_>>()
+            .await;
     if let Err(e) = copied {
         // Undo: remove whatever copies exist; the source tree is intact.
         let _ = futures::stream::iter(pairs.clone())

@@ -99,6 +99,18 @@ pub fn parse_error(xml: &str) -> Option<(String, String)> {
     Some((body.code?, body.message.unwrap_or_default()))
 }
 
+#[derive(Debug, Deserialize)]
+struct CopyPartResult {
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+}
+
+/// The ETag of an UploadPartCopy answer (`<CopyPartResult>`).
+pub fn parse_copy_part(xml: &str) -> Option<String> {
+    let body: CopyPartResult = quick_xml::de::from_str(xml).ok()?;
+    body.etag
+}
+
 /// RFC 3339 (`2024-01-02T03:04:05.000Z`) to SystemTime; the epoch if garbled.
 pub fn parse_time(text: &str) -> SystemTime {
     chrono::DateTime::parse_from_rfc3339(text)
@@ -136,6 +148,14 @@ mod tests {
             parse_list("<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
                 .unwrap();
         assert!(empty.contents.is_empty() && !empty.is_truncated);
+    }
+
+    #[test]
+    fn copy_part_answer() {
+        let answer = r#"<?xml version="1.0" encoding="UTF-8"?>
+<CopyPartResult><LastModified>2024-01-02T03:04:05.000Z</LastModified><ETag>"abc123"</ETag></CopyPartResult>"#;
+        assert_eq!(parse_copy_part(answer).as_deref(), Some("\"abc123\""));
+        assert_eq!(parse_copy_part("<CopyPartResult></CopyPartResult>"), None);
     }
 
     #[test]
