@@ -726,3 +726,47 @@ fn read_after_write_through_mount() {
     );
     assert_bytes_eq(&fs::read(m.b("x/y/f")).unwrap(), &v2, "backing v2");
 }
+
+/// A missing name is remembered for the metadata TTL (a negative entry):
+/// asking again costs no backend request; a name created through the mount
+/// shows at once, one created behind it after the TTL.
+#[test]
+fn missing_names_are_remembered_for_the_metadata_ttl() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::with_prepare(&["--metadata-ttl", "3s", "--metrics-addr", &addr], |_| {});
+    let stats = || {
+        sample(
+            &scrape(port),
+            "cachalot_backend_requests_total",
+            "op=\"stat\"",
+        )
+    };
+    expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "first lookup");
+    let asked = stats();
+    for _ in 0..5 {
+        expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "again");
+    }
+    assert_eq!(
+        stats(),
+        asked,
+        "a remembered missing name went to the backend"
+    );
+
+    fs::write(m.m("absent"), b"made here").unwrap();
+    assert_eq!(fs::read(m.m("absent")).unwrap(), b"made here");
+
+    expect_errno(fs::metadata(m.m("behind")), libc::ENOENT, "before");
+    fs::write(m.b("behind"), b"made behind").unwrap();
+    let made = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::metadata(m.m("behind"))
+            .is_ok()),
+        "a name created behind the mount never showed"
+    );
+    assert!(
+        made.elapsed() >= Duration::from_secs(2),
+        "shown after {:?}: the TTL is 3 s",
+        made.elapsed()
+    );
+}

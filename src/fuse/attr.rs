@@ -3,7 +3,7 @@
 
 use fuser::{INodeNo, ReplyAttr, ReplyData, ReplyEntry, ReplyStatfs, Request};
 
-use super::convert::{caller, errno, reply_attr, reply_entry};
+use super::convert::{caller, errno, reply_attr, reply_entry, reply_lookup};
 use super::FuseAdapter;
 use crate::backend::AttrChanges;
 
@@ -19,7 +19,7 @@ pub(super) fn lookup(
         return reply_entry(&adapter.fs, reply, &ttl, Ok(attr));
     }
     adapter.spawn(move |fs| async move {
-        reply_entry(&fs, reply, &ttl, fs.lookup(c, parent.0, &name).await)
+        reply_lookup(&fs, reply, &ttl, fs.lookup(c, parent.0, &name).await)
     });
 }
 

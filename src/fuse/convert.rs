@@ -87,6 +87,28 @@ pub(super) fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// Node 0: the kernel reads the entry as "no such name" (its other fields
+/// are not looked at).
+fn no_such_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
 /// A re-sent removal that finds nothing to remove: done by the first
 /// attempt (see `resent`).
 pub(super) fn removed_before(
@@ -127,6 +149,28 @@ pub(super) fn reply_entry(
     match result {
         Ok(a) => reply.entry(ttl, &file_attr(&a), Generation(0)),
         Err(e) => reply.error(errno(fs.count_error(e))),
+    }
+}
+
+/// The answer to a lookup. A name that does not exist is answered as a
+/// negative entry (node 0) valid for the metadata TTL, not as an error:
+/// the kernel then answers the next lookups of it itself (a Python import
+/// or a shell's PATH search asks for many missing names, each a backend
+/// request on S3). A name created through this mount shows at once (the
+/// kernel replaces its own negative entry); one created behind the mount,
+/// after the TTL, as for every other attribute.
+pub(super) fn reply_lookup(
+    fs: &CachalotFs,
+    reply: ReplyEntry,
+    ttl: &Duration,
+    result: Result<Attr, FsError>,
+) {
+    match result {
+        Err(e) if e.errno() == libc::ENOENT && !ttl.is_zero() => {
+            fs.count_error(e);
+            reply.entry(ttl, &no_such_entry(), Generation(0));
+        }
+        other => reply_entry(fs, reply, ttl, other),
     }
 }
 
