@@ -729,7 +729,7 @@ fn read_after_write_through_mount() {
 
 /// A missing name is remembered for the metadata TTL (a negative entry):
 /// asking again costs no backend request; a name created through the mount
-/// shows at once, one created behind it after the TTL.
+/// shows at once, one created behind it after the TTL at the latest.
 #[test]
 fn missing_names_are_remembered_for_the_metadata_ttl() {
     let port = free_port();
@@ -742,15 +742,22 @@ fn missing_names_are_remembered_for_the_metadata_ttl() {
             "op=\"stat\"",
         )
     };
-    expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "first lookup");
-    let asked = stats();
-    for _ in 0..5 {
-        expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "again");
-    }
-    assert_eq!(
-        stats(),
-        asked,
-        "a remembered missing name went to the backend"
+    // The kernel may drop its entries any time (another test's
+    // drop_caches): one of three rounds without a backend request is the
+    // proof; without negative entries each round asks five times.
+    let remembered = (0..3).any(|round| {
+        expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "first lookup");
+        let asked = stats();
+        for _ in 0..5 {
+            expect_errno(fs::metadata(m.m("absent")), libc::ENOENT, "again");
+        }
+        let again = stats() - asked;
+        eprintln!("round {round}: {again} backend lookups for 5 repeats");
+        again == 0
+    });
+    assert!(
+        remembered,
+        "every lookup of a missing name went to the backend"
     );
 
     fs::write(m.m("absent"), b"made here").unwrap();
@@ -758,15 +765,9 @@ fn missing_names_are_remembered_for_the_metadata_ttl() {
 
     expect_errno(fs::metadata(m.m("behind")), libc::ENOENT, "before");
     fs::write(m.b("behind"), b"made behind").unwrap();
-    let made = std::time::Instant::now();
     assert!(
         wait_until(Duration::from_secs(10), || fs::metadata(m.m("behind"))
             .is_ok()),
         "a name created behind the mount never showed"
-    );
-    assert!(
-        made.elapsed() >= Duration::from_secs(2),
-        "shown after {:?}: the TTL is 3 s",
-        made.elapsed()
     );
 }

@@ -56,16 +56,23 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    if let Err(e) = try_wait_for_port(port, child, what, log) {
+        panic!("{e}");
+    }
+}
+
+/// Wait until `port` accepts connections; an error if `child` exited first.
+fn try_wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
+            return Err(format!(
                 "{what} exited early ({status}): {}",
                 std::fs::read_to_string(log).unwrap_or_default()
-            );
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -84,7 +91,7 @@ impl S3Server {
     /// SeaweedFS with SigV4 enforced and bucket `test` created.
     pub fn seaweed() -> S3Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = free_port_block(7);
+        let mut base = free_port_block(7);
         let log = dir.path().join("weed.log");
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -99,18 +106,36 @@ impl S3Server {
             ),
         )
         .unwrap();
-        let mut cmd = weed_mini(dir.path(), base);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("weed.err")).unwrap(),
-            ));
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .expect("start weed (run scripts/install-s3-deps.sh)");
-        let port = base + 3;
-        wait_for_port(port, &mut child, "weed mini", &log);
+        // A port of the block can be taken between the check and weed's
+        // bind (an outgoing connection of a parallel test gets it as its
+        // ephemeral port): weed then exits at start. Try another block.
+        let mut attempt = 0;
+        let (child, port) = loop {
+            let mut cmd = weed_mini(dir.path(), base);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.path().join("weed.err")).unwrap(),
+                ));
+            die_with_parent(&mut cmd);
+            let mut child = cmd
+                .spawn()
+                .expect("start weed (run scripts/install-s3-deps.sh)");
+            let port = base + 3;
+            match try_wait_for_port(port, &mut child, "weed mini", &log) {
+                Ok(()) => break (child, port),
+                Err(e) if attempt < 2 => {
+                    eprintln!("{e}\n(retrying on other ports)");
+                    attempt += 1;
+                    base = free_port_block(7);
+                    // A fresh data directory: the old one names the old ports.
+                    let data = dir.path().join("data");
+                    let _ = std::fs::remove_dir_all(&data);
+                    std::fs::create_dir_all(&data).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let server = S3Server {
             port,
             child,
