@@ -189,7 +189,9 @@ impl CachalotFs {
             hot: HotPages::new(page_size),
             passthrough_active: AtomicBool::new(false),
             assembling: Arc::new(Mutex::new(std::collections::HashSet::new())),
-            readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::READAHEAD_GLOBAL_PAGES)),
+            readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::readahead_global_pages(
+                page_size,
+            ))),
             kernel: Mutex::new(None),
             journal: Mutex::new(None),
             hidden_seq: AtomicU64::new(crate::backend::first_seq()),

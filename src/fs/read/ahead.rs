@@ -16,9 +16,17 @@ use crate::fs::CachalotFs;
 /// sequential read up to the maximum, and closes on a random read.
 const READAHEAD_MAX_PAGES: u64 = 16;
 
-/// Pages fetched ahead at once, over all handles: bounds the memory held by
-/// read-ahead (each in-flight page is one page of memory).
-pub const READAHEAD_GLOBAL_PAGES: usize = 64;
+/// Bytes fetched ahead at once, over all handles: bounds the memory held by
+/// read-ahead (each in-flight page is one page of memory), whatever the
+/// page size.
+const READAHEAD_GLOBAL_BYTES: u64 = 64 << 20;
+
+/// Pages fetched ahead at once over all handles, for pages of `page_size`:
+/// [`READAHEAD_GLOBAL_BYTES`], but at least 2 pages (a reader of big pages
+/// still gets its next page ahead).
+pub fn readahead_global_pages(page_size: u64) -> usize {
+    (READAHEAD_GLOBAL_BYTES / page_size.max(1)).max(2) as usize
+}
 
 /// Bytes one read-ahead request covers on a backend with `large_reads`
 /// (S3): a GET costs the server about as much as megabytes of data, so
@@ -73,6 +81,8 @@ impl CachalotFs {
         } else {
             window
         };
+        // Never more than the global bound holds (pages of up to 64 MiB).
+        let window = window.min(readahead_global_pages(page_size) as u64);
         let first = from.div_ceil(page_size);
         let last_page = size.div_ceil(page_size); // one past the last
         let end = (first + window).min(last_page);
@@ -191,6 +201,14 @@ fn consecutive<T>(items: Vec<(u64, T)>) -> Vec<Vec<(u64, T)>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_ahead_memory_is_bounded_in_bytes_for_every_page_size() {
+        use super::readahead_global_pages;
+        assert_eq!(readahead_global_pages(1 << 20), 64);
+        assert_eq!(readahead_global_pages(64 << 20), 2, "64 MiB pages");
+        assert!(readahead_global_pages(4 << 10) as u64 * (4 << 10) <= 64 << 20);
+    }
+
     #[test]
     fn consecutive_splits_at_gaps() {
         let runs = super::consecutive(vec![(3, 'a'), (4, 'b'), (6, 'c'), (7, 'd'), (9, 'e')]);

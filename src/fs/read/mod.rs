@@ -25,7 +25,7 @@ mod fetch;
 mod inflight;
 mod pages;
 
-pub use ahead::READAHEAD_GLOBAL_PAGES;
+pub use ahead::readahead_global_pages;
 pub use inflight::InFlight;
 pub use pages::HotPages;
 
