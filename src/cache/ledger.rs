@@ -20,7 +20,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 pub struct Ledger {
     file: File,
-    /// `evict.lock`: held (with `in_process`) by the one evictor of the
+    /// `evict.lock`: held (with this mutex) by the one evictor of the
     /// directory. A file lock belongs to the open file, so it cannot also
     /// keep this process's threads apart: the mutex does.
     evict: Mutex<File>,
