@@ -49,6 +49,11 @@ pub enum MounterError {
     },
     #[error("{0}")]
     Refused(String),
+    /// The running mounter closed the connection before handing anything
+    /// over: it is exiting (killed, or its container stopping), and its
+    /// sessions stay with the keeper for recovery.
+    #[error("the running mounter went away before handing its sessions over: {0}")]
+    PredecessorGone(std::io::Error),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MounterError {
@@ -89,6 +94,49 @@ fn predecessor(socket: &Path) -> Result<Predecessor, MounterError> {
     }
 }
 
+/// How long a successor waits for a mounter that closed the takeover
+/// connection unanswered to stop accepting on the socket.
+const GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Take the sessions of a mounter running on the socket, if any. One that
+/// goes away before handing them over (killed while we connect) leaves
+/// them to recovery: we wait until its socket stops answering, then go on
+/// as if none ran (the sessions come back from the keeper).
+fn take_over_or_recover(cfg: &MounterConfig, mounter: &Mounter) -> Result<(), MounterError> {
+    let deadline = std::time::Instant::now() + GONE_WAIT;
+    loop {
+        let stream = match predecessor(&cfg.socket)? {
+            Predecessor::None => return Ok(()),
+            Predecessor::Running(stream) => stream,
+        };
+        let started = std::time::Instant::now();
+        tracing::info!(socket = %cfg.socket.display(), "a mounter runs on this socket; taking its sessions over");
+        let handed = match takeover::take_from(stream, cfg.takeover_timeout) {
+            Ok(handed) => handed,
+            Err(MounterError::PredecessorGone(e)) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "the running mounter went away before handing its sessions over; waiting for it to be gone, then recovering them");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // The old process is gone: its socket file is a leftover.
+        let _ = std::fs::remove_file(&cfg.socket);
+        let (sessions, handles) = handed
+            .iter()
+            .fold((0, 0), |(s, h), (x, _)| (s + 1, h + x.fs.handles.len()));
+        mounter.resume_handed(handed);
+        tracing::info!(
+            sessions,
+            handles,
+            resumed = mounter.sessions.lock().len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "took over from the previous mounter"
+        );
+        return Ok(());
+    }
+}
+
 /// Run the mounter until SIGTERM/SIGINT or until a successor took over.
 /// Sessions are never unmounted on exit: they belong to the pods.
 pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
@@ -115,27 +163,7 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
     let mounter = Arc::new(Mounter::new(cfg.clone(), records));
-    match predecessor(&cfg.socket)? {
-        Predecessor::None => {}
-        Predecessor::Running(stream) => {
-            let started = std::time::Instant::now();
-            tracing::info!(socket = %cfg.socket.display(), "a mounter runs on this socket; taking its sessions over");
-            let handed = takeover::take_from(stream, cfg.takeover_timeout)?;
-            // The old process is gone: its socket file is a leftover.
-            let _ = std::fs::remove_file(&cfg.socket);
-            let (sessions, handles) = handed
-                .iter()
-                .fold((0, 0), |(s, h), (x, _)| (s + 1, h + x.fs.handles.len()));
-            mounter.resume_handed(handed);
-            tracing::info!(
-                sessions,
-                handles,
-                resumed = mounter.sessions.lock().len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "took over from the previous mounter"
-            );
-        }
-    }
+    take_over_or_recover(&cfg, &mounter)?;
     let listener = UnixListener::bind(&cfg.socket)
         .map_err(io_err(format!("listening on {}", cfg.socket.display())))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))
@@ -170,4 +198,70 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
     );
     // No destructors: dropping a session would unmount it.
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn mounter(dir: &Path) -> Mounter {
+        let cfg = MounterConfig {
+            socket: dir.join("mounter.sock"),
+            state_dir: dir.join("state"),
+            cache_dir: dir.join("cache"),
+            cache_size: None,
+            takeover_timeout: Duration::from_secs(5),
+            idle_after_handover: false,
+            metrics_addr: None,
+        };
+        let records = records::Records::open(&cfg.state_dir).expect("state dir");
+        Mounter::new(cfg, records)
+    }
+
+    /// A predecessor killed while the successor connects accepts the
+    /// connection, then closes it unanswered and stops listening. Its
+    /// sessions are the keeper's to give back: the successor goes on as a
+    /// recovering mounter instead of exiting with "connection reset".
+    #[test]
+    fn a_predecessor_gone_before_answering_leaves_the_sessions_to_recovery() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = mounter(dir.path());
+        let listener = UnixListener::bind(&m.cfg.socket).expect("bind");
+        let dying = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().expect("accept");
+            std::thread::sleep(Duration::from_millis(50));
+            drop(conn);
+            // The socket file stays behind, as after a SIGKILL.
+            drop(listener);
+        });
+        take_over_or_recover(&m.cfg, &m).expect("recovers instead of failing");
+        dying.join().expect("predecessor thread");
+        assert!(m.sessions.lock().is_empty());
+        assert!(!m.cfg.socket.exists(), "the stale socket is removed");
+    }
+
+    /// One that answers with an error keeps its sessions and goes on
+    /// serving: the successor must not take them.
+    #[test]
+    fn a_predecessor_that_refuses_keeps_its_sessions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let m = mounter(dir.path());
+        let listener = UnixListener::bind(&m.cfg.socket).expect("bind");
+        let refusing = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let _: protocol::Envelope = wire::read_frame(&mut conn).expect("request");
+            wire::write_frame(
+                &mut conn,
+                &protocol::Response::Error {
+                    code: protocol::ErrorCode::Internal,
+                    message: "busy".into(),
+                },
+            )
+            .expect("answer");
+        });
+        let e = take_over_or_recover(&m.cfg, &m).expect_err("refused");
+        assert!(matches!(e, MounterError::Refused(_)), "{e}");
+        refusing.join().expect("predecessor thread");
+    }
 }

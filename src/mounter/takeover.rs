@@ -84,8 +84,18 @@ impl Mounter {
             .filter_map(|h| h.mounted.fuse_fd())
             .collect();
         if fds.len() != handed.len() {
-            tracing::error!("a session has no descriptor to hand over; going on serving");
+            let message = "a session has no descriptor to hand over".to_string();
+            tracing::error!("{message}; going on serving");
             thaw(&frozen);
+            // Answered, so the successor does not take the closed
+            // connection for this process going away.
+            let _ = wire::write_frame(
+                &mut stream,
+                &Response::Error {
+                    code: ErrorCode::Internal,
+                    message,
+                },
+            );
             return;
         }
         let count = handed.len();
@@ -149,6 +159,23 @@ pub fn take_from(
     stream
         .set_read_timeout(Some(timeout))
         .map_err(io("setting a timeout"))?;
+    // Until the first answer arrives nothing was handed over: a closed
+    // connection means the old process is going away on its own.
+    let gone_or = |what: &str| {
+        let io = io(what);
+        move |e: std::io::Error| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) {
+                MounterError::PredecessorGone(e)
+            } else {
+                io(e)
+            }
+        }
+    };
     wire::write_frame(
         &mut stream,
         &Envelope {
@@ -156,9 +183,9 @@ pub fn take_from(
             request: Request::Takeover,
         },
     )
-    .map_err(io("asking the running mounter"))?;
+    .map_err(gone_or("asking the running mounter"))?;
     let sessions = match wire::read_frame::<Response>(&mut stream)
-        .map_err(io("waiting for the running mounter's sessions"))?
+        .map_err(gone_or("waiting for the running mounter's sessions"))?
     {
         Response::Handover { sessions } => sessions,
         Response::Error { code, message } => {
