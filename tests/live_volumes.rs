@@ -637,7 +637,8 @@ fn a_stale_socket_or_file_at_the_socket_path_is_replaced() {
 }
 
 /// Takeovers under fio (random 4 KiB reads + sequential 1 MiB writes, in
-/// the pod's mount namespace): fio sees no error. Prints the longest
+/// the pod's mount namespace): fio sees no error. The predecessor stops
+/// its readers before it exits (`MountedFs::stop_serving`). Prints the longest
 /// completion latency fio saw: the pause a takeover costs an application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeovers_under_fio_load_cause_no_error() {
@@ -670,9 +671,11 @@ async fn takeovers_under_fio_load_cause_no_error() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("fio (Debian package fio)");
-    // Two takeovers, 3 s apart, while fio runs.
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+    // Ten takeovers while fio runs: each successor's readers are fresh,
+    // the case where a predecessor exiting during the kernel's copy of a
+    // 1 MiB WRITE into a reader's buffer made that write fail with EIO.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
         take_over(&mut env);
     }
     let result = tokio::task::block_in_place(|| fio.wait_with_output()).expect("fio");
@@ -698,6 +701,99 @@ async fn takeovers_under_fio_load_cause_no_error() {
             max_ms("write"),
         );
     }
+}
+
+/// Threads of this process blocked in read(2) on a `/dev/fuse` descriptor
+/// (from /proc: the syscall each thread is in and its first argument).
+fn threads_reading_dev_fuse() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            let syscall = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+            let mut fields = syscall.split_whitespace();
+            let (Some(nr), Some(fd)) = (fields.next(), fields.next()) else {
+                return false;
+            };
+            let fd = i64::from_str_radix(fd.trim_start_matches("0x"), 16).unwrap_or(-1);
+            nr == libc::SYS_read.to_string()
+                && std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .is_ok_and(|target| target == Path::new("/dev/fuse"))
+        })
+        .count()
+}
+
+/// A process that ends with its sessions left to a successor (takeover,
+/// stop) first gets its FUSE readers out of read(2): killed while the
+/// kernel copies a request into its buffer, a reader makes the kernel fail
+/// that request with EIO (a pod's 1 MiB write failed that way, rarely,
+/// during takeovers). After `stop_serving` no thread is left in read(2).
+#[test]
+fn a_stopped_session_leaves_no_thread_reading_dev_fuse() {
+    common::require_root_and_fuse();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (backing, cache, mnt) = (
+        dir.path().join("backing"),
+        dir.path().join("cache"),
+        dir.path().join("mnt"),
+    );
+    for d in [&backing, &cache, &mnt] {
+        std::fs::create_dir_all(d).expect("dirs");
+    }
+    let source =
+        cachalot::backend::Source::parse(&format!("file://{}", backing.display())).expect("source");
+    let mounted = cachalot::mount::start(cachalot::mount::MountOptions {
+        source,
+        volume: None,
+        mountpoint: mnt.clone(),
+        cache_dir: cache,
+        cache_size: 1 << 30,
+        page_size: 1 << 20,
+        metadata_ttl: Duration::from_secs(1),
+        read_only: false,
+        allow_other: false,
+        identity: None,
+        passthrough: false,
+        mount_group: None,
+        groups: Vec::new(),
+        s3: Default::default(),
+        skip_preflight: true,
+        warm: Vec::new(),
+        capacity: None,
+        keepable: true,
+        journal_dir: None,
+    })
+    .expect("mounted");
+    // Detached whatever happens below, without a request to it (none
+    // would be answered): its readers will not read again, and dropping
+    // it would wait for them. The connection ends with this process.
+    struct Abandon<'a>(&'a Path, Option<cachalot::mount::MountedFs>);
+    impl Drop for Abandon<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            std::mem::forget(self.1.take());
+        }
+    }
+    let session = Abandon(&mnt, Some(mounted));
+    std::fs::write(mnt.join("f"), b"served").expect("write through the mount");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while threads_reading_dev_fuse() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        threads_reading_dev_fuse() > 0,
+        "the session's readers wait in read(2)"
+    );
+    let mounted = session.1.as_ref().expect("mounted");
+    assert!(mounted.stop_serving(Duration::from_secs(1)));
+    assert_eq!(
+        threads_reading_dev_fuse(),
+        0,
+        "a reader is still in read(2) after stop_serving"
+    );
+    drop(session);
 }
 
 /// A read-only volume serves fully cached files by FUSE passthrough; a

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod daemon;
+mod handover;
 pub mod journal;
 pub mod spec;
 pub mod table;
@@ -27,6 +28,8 @@ use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::metrics;
 use backend::{backend_for, preflight, with_capacity};
+use handover::Handover;
+pub use handover::SessionState;
 
 /// FUSE worker threads reading requests. The work runs on tokio, except
 /// for a volume on the local disk, whose requests are answered on these
@@ -88,18 +91,6 @@ pub struct MountedFs {
     fuse_fd: Option<std::os::fd::OwnedFd>,
     /// What a takeover needs to stop this session and describe it.
     handover: Option<Handover>,
-}
-
-struct Handover {
-    gate: Arc<crate::fuse::Gate>,
-    adapter: crate::fuse::AdapterStateReader,
-    notifier: fuser::Notifier,
-}
-
-/// A stopped session, described for its successor.
-pub struct SessionState {
-    pub adapter: crate::fuse::AdapterState,
-    pub fs: crate::fs::snapshot::FsSnapshot,
 }
 
 fn fuse_config(opts: &MountOptions) -> Config {
@@ -285,6 +276,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         None
     };
     let unmounter = session.unmount_callable();
+    let quiescer = session.quiescer();
     if let Some(dir) = &opts.journal_dir {
         let abi = adapter_state
             .read()
@@ -311,6 +303,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             gate,
             adapter: adapter_state,
             notifier,
+            quiescer,
         }),
     })
 }
@@ -361,6 +354,7 @@ pub fn resume(
     let session = fuser::Session::resume_from_fd(adapter, fd, config.acl, config, abi);
     fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
     let notifier = session.notifier();
+    let quiescer = session.quiescer();
     let (thread, ended) = run_session(session)?;
     if let Err(e) = notifier.resend() {
         tracing::warn!(error = %e, "the kernel refused FUSE_NOTIFY_RESEND (Linux < 6.9?): requests the previous process had read stay unanswered");
@@ -381,6 +375,7 @@ pub fn resume(
             gate,
             adapter: reader,
             notifier,
+            quiescer,
         }),
     })
 }
@@ -399,42 +394,6 @@ impl MountedFs {
     /// Whether the FUSE session still runs (not unmounted from outside).
     pub fn is_serving(&self) -> bool {
         !*self.ended.borrow()
-    }
-
-    /// Stop answering the kernel (requests wait) and describe the session
-    /// for a successor. An error if it would not drain within `timeout` or
-    /// could not be described; call `thaw` then (it waits for the drain).
-    pub fn freeze(&self, timeout: Duration) -> Result<SessionState> {
-        let h = self
-            .handover
-            .as_ref()
-            .context("this session cannot be handed over")?;
-        if !h.gate.close_and_drain(timeout) {
-            anyhow::bail!("requests still being answered after {timeout:?}");
-        }
-        let adapter = h
-            .adapter
-            .read()
-            .context("the session's INIT is not known")?;
-        let fs = self
-            .runtime
-            .block_on(self.fs.snapshot())
-            .map_err(|e| anyhow::anyhow!("describing the filesystem: errno {}", e.errno()))?;
-        Ok(SessionState { adapter, fs })
-    }
-
-    /// Answer the kernel again after a failed handover, including the
-    /// requests left unanswered meanwhile.
-    pub fn thaw(&self) {
-        if let Some(h) = &self.handover {
-            // Re-sending a request this process is still answering would
-            // apply it twice: wait until nothing is in flight.
-            h.gate.close_and_drain(Duration::from_secs(24 * 3600));
-            h.gate.open();
-            if let Err(e) = h.notifier.resend() {
-                tracing::warn!(error = %e, "FUSE_NOTIFY_RESEND failed: requests held during the handover stay unanswered");
-            }
-        }
     }
 
     /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted

@@ -94,6 +94,10 @@ fn predecessor(socket: &Path) -> Result<Predecessor, MounterError> {
     }
 }
 
+/// How long a stopping mounter waits for answers in progress (within the
+/// 30 s a pod gets to end after SIGTERM).
+const EXIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a successor waits for a mounter that closed the takeover
 /// connection unanswered to stop accepting on the socket.
 const GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -190,7 +194,10 @@ pub fn run(cfg: MounterConfig) -> Result<(), MounterError> {
     // A handover in progress finishes first (it holds the control lock and
     // ends the process itself when it succeeds).
     let _control = mounter.control.lock();
-    let sessions = mounter.sessions.lock().len();
+    let hosted = mounter.sessions.lock();
+    let sessions = hosted.len();
+    // Their requests wait in the kernel for the successor.
+    takeover::stop_serving(&hosted.values().collect::<Vec<_>>(), EXIT_DRAIN);
     tracing::info!(
         ?signal,
         sessions,

@@ -8,7 +8,9 @@
 //!  │                                    │  wait until nothing is in flight,
 //!  │                                    │  describe it (suspend write sessions)
 //!  │◀── Handover{sessions} + fds ───────│
-//!  │── Accepted ───────────────────────▶│  exits 0 (or execs an idle process,
+//!  │── Accepted ───────────────────────▶│  gets its FUSE readers out of read(2)
+//!  │                                    │  (MountedFs::stop_serving), exits 0
+//!  │                                    │  (or execs an idle process,
 //!  │                                    │  --idle-after-handover, see idle.rs)
 //!  │   waits for the connection to close│
 //!  │   (old gone: nobody reads its fds) │
@@ -108,6 +110,8 @@ impl Mounter {
         match answer {
             Ok(HandoverAnswer::Accepted) => {
                 self.handed_over.store(true, Ordering::SeqCst);
+                // Drained already (frozen): only requests being held pass.
+                stop_serving(&frozen, Duration::from_secs(1));
                 tracing::info!(
                     sessions = count,
                     handles,
@@ -133,6 +137,19 @@ impl Mounter {
                 tracing::warn!(error = %e, "the successor went away during the handover; going on serving");
                 thaw(&frozen);
             }
+        }
+    }
+}
+
+/// Before this process ends: no answer in progress (waited for up to
+/// `drain`) and no reader inside read(2) (see `MountedFs::stop_serving`).
+pub(super) fn stop_serving(sessions: &[&Hosted], drain: Duration) {
+    for hosted in sessions {
+        if !hosted.mounted.stop_serving(drain) {
+            tracing::warn!(
+                staging = %hosted.record.spec.staging.display(),
+                "the session was still busy at exit: a request in progress may fail with EIO or be applied again"
+            );
         }
     }
 }

@@ -37,6 +37,8 @@ use crate::ll;
 use crate::ll::Operation;
 use crate::ll::ResponseErrno;
 use crate::ll::Version;
+use crate::quiesce::QuiesceState;
+use crate::quiesce::Quiescer;
 use crate::ll::flags::init_flags::InitFlags;
 use crate::ll::fuse_abi as abi;
 use crate::mnt::Mount;
@@ -139,6 +141,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Shared with the request loops (see `quiesce`).
+    pub(crate) quiesce: Arc<QuiesceState>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +190,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            quiesce: Arc::default(),
         };
 
         session.handshake()?;
@@ -214,6 +219,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            quiesce: Arc::default(),
         };
 
         session.handshake()?;
@@ -247,6 +253,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: Some(proto_version),
             config,
+            quiesce: Arc::default(),
         }
     }
 
@@ -266,6 +273,11 @@ impl<FS: Filesystem> Session<FS> {
         })
     }
 
+    /// Stops this session's request loops once it runs (see `Quiescer`).
+    pub fn quiescer(&self) -> Quiescer {
+        Quiescer(Arc::clone(&self.quiesce))
+    }
+
     /// Run the session loop that receives kernel requests and dispatches them to method
     /// calls into the filesystem. This read-dispatch-loop is non-concurrent to prevent
     /// having multiple buffers (which take up much memory), but the filesystem methods
@@ -281,6 +293,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            quiesce,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -327,6 +340,7 @@ impl<FS: Filesystem> Session<FS> {
                 ch,
                 allowed,
                 session_owner,
+                quiesce: Arc::clone(&quiesce),
             };
             threads.push(
                 thread::Builder::new()
@@ -547,6 +561,7 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) filesystem: Arc<FilesystemHolder<FS>>,
     pub(crate) allowed: SessionACL,
     pub(crate) session_owner: Uid,
+    pub(crate) quiesce: Arc<QuiesceState>,
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
@@ -555,10 +570,14 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
         // it is reused immediately after dispatching to conserve memory and allocations.
         let mut buf = FuseReadBuf::new();
         let buf = buf.as_mut();
+        let reader = self.quiesce.register();
         loop {
+            if self.quiesce.requested() {
+                reader.park();
+            }
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
-            match self.ch.receive_retrying(buf) {
+            match self.ch.receive(buf) {
                 Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
                     // Dispatch request
                     Some(req) => {
@@ -577,6 +596,11 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                         ));
                     }
                 },
+                // Safe to retry (see `Channel::receive_retrying`); a
+                // quiesce interrupts with EINTR and parks at the top.
+                Err(
+                    nix::errno::Errno::ENOENT | nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN,
+                ) => continue,
                 Err(nix::errno::Errno::ENODEV) => return Ok(()),
                 Err(err) => return Err(err.into()),
             }
