@@ -52,6 +52,7 @@ fn run_mount(args: MountArgs, source: Source) -> Result<()> {
         return Ok(());
     }
     let metrics_addr = args.metrics_addr;
+    mount::hold_stop_signals()?;
     let mounted = mount::start(args.options(source))?;
     serve_metrics(metrics_addr)?;
     daemon::report_ready();

@@ -308,6 +308,24 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     })
 }
 
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Hold SIGTERM and SIGINT until `run_until_signal` handles them (call on
+/// the main thread before `start`, so every thread it starts inherits
+/// it). Delivered while mounting, their default action killed the daemon
+/// and left the mountpoint dead (ENOTCONN) instead of unmounted.
+pub fn hold_stop_signals() -> Result<()> {
+    stop_signals()
+        .thread_block()
+        .context("holding SIGTERM/SIGINT while mounting")
+}
+
 /// Serve a session another process initialized and handed over: its
 /// `/dev/fuse` descriptor, the adapter's and the core's state. No INIT, no
 /// preflight and no cleanup of temp files (the predecessor's writes are
@@ -397,7 +415,7 @@ impl MountedFs {
     }
 
     /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted
-    /// us externally.
+    /// us externally. Call `hold_stop_signals` before `start`.
     pub fn run_until_signal(mut self) -> Result<()> {
         let mut ended = self.ended.clone();
         let runtime = Arc::clone(&self.runtime);
@@ -405,6 +423,9 @@ impl MountedFs {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
+            // Handlers in place: a signal held since `hold_stop_signals`
+            // is delivered now, to them.
+            stop_signals().thread_unblock()?;
             tokio::select! {
                 _ = term.recv() => Ok::<bool, std::io::Error>(true),
                 _ = int.recv() => Ok(true),
