@@ -100,6 +100,8 @@ impl ControllerService {
             // get_volume.rs
             rpc::Type::GetVolume,
             rpc::Type::VolumeCondition,
+            // list_volumes.rs
+            rpc::Type::ListVolumes,
             rpc::Type::ExpandVolume,
             // snapshots.rs, content.rs
             rpc::Type::CreateDeleteSnapshot,

@@ -165,6 +165,27 @@ async fn source_gone_or_volume_gone(
     }
 }
 
+/// The condition of a volume this controller created, as ListVolumes
+/// reports it: one gone from its source is listed as abnormal (deleted
+/// behind the driver's back), not left out.
+pub(super) async fn listed_condition(
+    service: &ControllerService,
+    volume_id: &str,
+) -> VolumeCondition {
+    let (abnormal, message) = match super::volume_id::decode_or_status(volume_id) {
+        Err(s) => (true, format!("the controller's record of this volume is unusable: {}", s.message())),
+        Ok(id) => match check(service, &id).await {
+            Health::Normal(m) | Health::Unchecked(m) => (false, m),
+            Health::Abnormal(m) => (true, m),
+            Health::Gone(m) => (
+                true,
+                format!("{m}: deleted outside Kubernetes? Fix: restore it from a backup or snapshot, or delete the PersistentVolume"),
+            ),
+        },
+    };
+    VolumeCondition { abnormal, message }
+}
+
 impl ControllerService {
     pub async fn controller_get_volume(
         &self,

@@ -13,6 +13,7 @@ pub mod errors;
 pub mod get_volume;
 pub mod host;
 pub mod identity;
+mod list_volumes;
 pub mod locks;
 pub mod mounts;
 pub mod node;

@@ -164,9 +164,13 @@ impl Controller for ControllerGrpc {
     }
     async fn list_volumes(
         &self,
-        _: Request<ListVolumesRequest>,
+        r: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
-        unimplemented("ListVolumes")
+        call!(
+            "ListVolumes",
+            "-",
+            self.0.list_volumes(r.into_inner()).await
+        )
     }
     async fn get_capacity(
         &self,

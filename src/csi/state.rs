@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <state-dir>/staged/<key>.json      one per volume staged on this node
-//! <state-dir>/controller/<key>.json  one per CreateVolume name (idempotency)
+//! <state-dir>/controller/<key>.json  one per CreateVolume name (idempotency,
+//!                                    ListVolumes)
 //! <state-dir>/logs/<key>.log         stderr of the volume's mount child
 //! ```
 //! `<key>` is a hash of the volume ID (or name): IDs contain `/` and `#`.
@@ -142,6 +143,18 @@ impl StateDir {
 
     pub fn load_controller(&self, name: &str) -> io::Result<Option<ControllerRecord>> {
         read_json(&self.controller_path(name))
+    }
+
+    /// Every volume CreateVolume made here, once per volume ID, ordered by
+    /// it; unreadable files are skipped.
+    pub fn all_controller(&self) -> Vec<ControllerRecord> {
+        let mut all: Vec<ControllerRecord> = list_json(&self.root.join("controller"))
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+        all.dedup_by(|a, b| a.volume_id == b.volume_id);
+        all
     }
 
     /// Forget every CreateVolume name that produced `volume_id`.
