@@ -177,7 +177,7 @@ apt_install() {
 # Debian packages the tests and benchmarks use, keyed by a command each provides.
 ensure_apt_packages() {
     local missing=() pair cmd pkg
-    for pair in fusermount3:fuse3 fio:fio rclone:rclone getfattr:attr; do
+    for pair in fusermount3:fuse3 fio:fio rclone:rclone getfattr:attr mkfs.xfs:xfsprogs; do
         cmd="${pair%%:*}"
         pkg="${pair##*:}"
         command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
@@ -185,7 +185,7 @@ ensure_apt_packages() {
     if [ "${#missing[@]}" -gt 0 ]; then
         apt_install "${missing[@]}"
     else
-        log "Debian packages present (fuse3, fio, rclone, attr)"
+        log "Debian packages present (fuse3, fio, rclone, attr, xfsprogs)"
     fi
 }
 

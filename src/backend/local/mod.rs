@@ -56,6 +56,7 @@ use super::{
 use super::{Resumed, SpecialFile, SuspendedWrite};
 
 mod cleanup;
+mod copy;
 mod identity;
 mod loc;
 mod meta;
@@ -447,6 +448,15 @@ impl Backend for LocalBackend {
                 })
             })
             .await
+    }
+
+    async fn copy_file(
+        &self,
+        id: Identity,
+        from: &BackendPath,
+        to: &BackendPath,
+    ) -> BackendResult<bool> {
+        self.copy_within(id, from, to).await
     }
 
     async fn resume_write(

@@ -54,8 +54,19 @@ impl LocalPendingWrite {
         shared: Arc<Shared>,
         id: Identity,
     ) -> LocalPendingWrite {
+        LocalPendingWrite::new_shared(Arc::new(file), temp_name, size, shared, id)
+    }
+
+    /// `new` for a temp file also used elsewhere (a copy in progress).
+    pub(super) fn new_shared(
+        file: Arc<File>,
+        temp_name: String,
+        size: u64,
+        shared: Arc<Shared>,
+        id: Identity,
+    ) -> LocalPendingWrite {
         LocalPendingWrite {
-            file: Arc::new(file),
+            file,
             temp_name,
             size: AtomicU64::new(size),
             finished: AtomicBool::new(false),
