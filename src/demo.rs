@@ -77,27 +77,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     let source = Source::parse(&format!("file://{}", backing.display()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mounted = mount::start(MountOptions {
-        source,
-        volume: None,
-        mountpoint: mnt.clone(),
-        cache_dir: cache.clone(),
-        cache_size: 1 << 30,
-        page_size: 1 << 20,
-        metadata_ttl: Duration::from_secs(1),
-        read_only: false,
-        allow_other: false,
-        identity: None,
-        passthrough: false,
-        mount_group: None,
-        groups: Vec::new(),
-        s3: Default::default(),
-        skip_preflight: false,
-        warm: Vec::new(),
-        capacity: None,
-        keepable: false,
-        journal_dir: None,
-    })?;
+    let mounted = mount::start(MountOptions::new(source, mnt.clone(), cache.clone()))?;
     println!("mounted at:        {}\n", mnt.display());
 
     let file = mnt.join("dataset.bin");

@@ -745,25 +745,9 @@ fn a_stopped_session_leaves_no_thread_reading_dev_fuse() {
     let source =
         cachalot::backend::Source::parse(&format!("file://{}", backing.display())).expect("source");
     let mounted = cachalot::mount::start(cachalot::mount::MountOptions {
-        source,
-        volume: None,
-        mountpoint: mnt.clone(),
-        cache_dir: cache,
-        cache_size: 1 << 30,
-        page_size: 1 << 20,
-        metadata_ttl: Duration::from_secs(1),
-        read_only: false,
-        allow_other: false,
-        identity: None,
-        passthrough: false,
-        mount_group: None,
-        groups: Vec::new(),
-        s3: Default::default(),
         skip_preflight: true,
-        warm: Vec::new(),
-        capacity: None,
         keepable: true,
-        journal_dir: None,
+        ..cachalot::mount::MountOptions::new(source, mnt.clone(), cache)
     })
     .expect("mounted");
     // Detached whatever happens below, without a request to it (none

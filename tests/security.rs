@@ -460,9 +460,11 @@ fn trace_log_of_a_busy_mount(format: &str) -> String {
 }
 
 /// `--log-format json`: one JSON object per line, and the refused write's
-/// line names backend, operation, path and identity as fields of their own.
+/// line names backend, operation, path and identity as fields of their own;
+/// the refusal is logged once (where it is answered to the kernel).
 fn every_line_is_json_and_errors_carry_their_context(log: &str) {
     let mut refused = None;
+    let mut refusals = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
@@ -471,9 +473,11 @@ fn every_line_is_json_and_errors_carry_their_context(log: &str) {
             "{line}"
         );
         if v["message"] == "backend refused" && v["errno"] == libc::EACCES {
+            refusals += 1;
             refused = Some(v);
         }
     }
+    assert_eq!(refusals, 1, "the refused write is logged once:\n{log}");
     let v = refused.unwrap_or_else(|| panic!("no JSON line for the refused write:\n{log}"));
     assert!(
         v["backend"].as_str().unwrap_or("").starts_with("file://"),

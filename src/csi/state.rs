@@ -123,12 +123,9 @@ impl StateDir {
 
     /// Every snapshot record, ordered by ID; unreadable files are skipped.
     pub fn all_snapshots(&self) -> Vec<SnapshotRecord> {
-        let mut all: Vec<SnapshotRecord> = list_json(&self.root.join("snapshots"))
-            .into_iter()
-            .flatten()
-            .collect();
-        all.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
-        all
+        readable_sorted(&self.root.join("snapshots"), |r: &SnapshotRecord| {
+            r.snapshot_id.clone()
+        })
     }
 
     fn snapshot_path(&self, snapshot_id: &str) -> PathBuf {
@@ -148,11 +145,9 @@ impl StateDir {
     /// Every volume CreateVolume made here, once per volume ID, ordered by
     /// it; unreadable files are skipped.
     pub fn all_controller(&self) -> Vec<ControllerRecord> {
-        let mut all: Vec<ControllerRecord> = list_json(&self.root.join("controller"))
-            .into_iter()
-            .flatten()
-            .collect();
-        all.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
+        let mut all = readable_sorted(&self.root.join("controller"), |r: &ControllerRecord| {
+            r.volume_id.clone()
+        });
         all.dedup_by(|a, b| a.volume_id == b.volume_id);
         all
     }
@@ -225,6 +220,13 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<Result<T, String>>
             Err(e) => Err(e.to_string()),
         })
         .collect()
+}
+
+/// The readable records in `dir`, ordered by `key`.
+fn readable_sorted<T: for<'de> Deserialize<'de>>(dir: &Path, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut all: Vec<T> = list_json(dir).into_iter().flatten().collect();
+    all.sort_by_key(|r| key(r));
+    all
 }
 
 fn remove(path: &Path) -> io::Result<()> {

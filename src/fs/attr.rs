@@ -53,7 +53,7 @@ impl CachalotFs {
             // Gone from the backend namespace: what we last knew is all
             // there is (fstat of an open, removed directory).
             (None, Some((meta, _))) if !inode.attached => self.attr_of(ino, meta),
-            (None, None) if !inode.attached => return Err(FsError(libc::ESTALE)),
+            (None, None) if !inode.attached => return Err(FsError::new(libc::ESTALE)),
             _ => return Ok(None),
         };
         Ok(Some(Self::unlinked_view(inode, attr)))
@@ -209,7 +209,7 @@ impl CachalotFs {
             (inode.kind, inode.writers)
         };
         if kind == FileKind::Directory {
-            return Err(FsError(libc::EISDIR));
+            return Err(FsError::new(libc::EISDIR));
         }
         let start = if size == 0 {
             WriteStart::Empty
@@ -251,7 +251,7 @@ impl CachalotFs {
     /// the root's `user.cachalot.capacity`); root only.
     pub async fn set_capacity(&self, caller: Caller, bytes: u64) -> FsResult<()> {
         if caller.uid != 0 {
-            return Err(FsError(libc::EPERM));
+            return Err(FsError::new(libc::EPERM));
         }
         self.backend.set_capacity(bytes).await?;
         tracing::info!(capacity = bytes, "the volume's capacity changed");

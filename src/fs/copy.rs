@@ -34,18 +34,18 @@ impl CachalotFs {
         self.check_writable()?;
         let handle = self.file_handle(fh)?;
         if !handle.writable {
-            return Err(FsError(libc::EBADF));
+            return Err(FsError::new(libc::EBADF));
         }
         if mode & !SERVED_MODES != 0 {
-            return Err(FsError(libc::EOPNOTSUPP));
+            return Err(FsError::new(libc::EOPNOTSUPP));
         }
         if length == 0 {
-            return Err(FsError(libc::EINVAL));
+            return Err(FsError::new(libc::EINVAL));
         }
         offset
             .checked_add(length)
             .filter(|end| *end <= i64::MAX as u64)
-            .ok_or(FsError(libc::EFBIG))?;
+            .ok_or(FsError::new(libc::EFBIG))?;
         loop {
             let session = self
                 .write_session(caller, handle.ino, WriteStart::CopyExisting)

@@ -37,7 +37,7 @@ impl CachalotFs {
                     // Replaced behind the mount after the kernel looked it
                     // up: open the version that lookup saw.
                     Err(_) if table.get(ino)?.superseded => table.last_path(ino)?,
-                    Err(_) => return Err(FsError(libc::ESTALE)),
+                    Err(_) => return Err(FsError::new(libc::ESTALE)),
                 };
                 let inode = table.get_mut(ino)?;
                 if inode.replacing == 0 {
@@ -58,7 +58,7 @@ impl CachalotFs {
         };
         let attr = self.getattr(caller, ino).await?;
         if attr.kind == FileKind::Directory {
-            return Err(FsError(libc::EISDIR));
+            return Err(FsError::new(libc::EISDIR));
         }
         if truncate {
             loop {
@@ -158,7 +158,7 @@ impl CachalotFs {
         if self.exists(id, parent, name, &path).await? {
             drop(held);
             if exclusive {
-                return Err(FsError(libc::EEXIST));
+                return Err(FsError::new(libc::EEXIST));
             }
             let attr = self.lookup(caller, parent, name).await?;
             let opened = self.open(caller, attr.ino, open_mode).await?;
@@ -304,7 +304,7 @@ impl CachalotFs {
         self.check_writable()?;
         let handle = self.file_handle(fh)?;
         if !handle.writable {
-            return Err(FsError(libc::EBADF));
+            return Err(FsError::new(libc::EBADF));
         }
         // O_APPEND: the end of the file is ours to know. The kernel's offset
         // comes from its cached size, which may lag behind (another

@@ -332,7 +332,7 @@ impl CachalotFs {
 
     fn check_writable(&self) -> FsResult<()> {
         if self.cfg.read_only {
-            Err(FsError(libc::EROFS))
+            Err(FsError::new(libc::EROFS))
         } else {
             Ok(())
         }
@@ -345,7 +345,7 @@ impl CachalotFs {
     fn child_path(&self, parent: u64, name: &str) -> FsResult<BackendPath> {
         if is_temp_name(name) {
             // Our temporary objects are invisible and cannot be addressed.
-            return Err(FsError(libc::ENOENT));
+            return Err(FsError::new(libc::ENOENT));
         }
         let dir = self.path_of(parent)?;
         Ok(dir.join(name)?)
@@ -354,14 +354,14 @@ impl CachalotFs {
     fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
         match self.handles.lock().get(&fh) {
             Some(Handle::File(h)) => Ok(Arc::clone(h)),
-            _ => Err(FsError(libc::EBADF)),
+            _ => Err(FsError::new(libc::EBADF)),
         }
     }
 
     fn dir_handle(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
         match self.handles.lock().get(&fh) {
             Some(Handle::Dir(h)) => Ok(Arc::clone(h)),
-            _ => Err(FsError(libc::EBADF)),
+            _ => Err(FsError::new(libc::EBADF)),
         }
     }
 }

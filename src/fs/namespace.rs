@@ -250,7 +250,7 @@ impl CachalotFs {
         match session {
             Some(s) if s.is_new() => {
                 if no_replace && self.exists(id, new_parent, new_name, to).await? {
-                    return Err(FsError(libc::EEXIST));
+                    return Err(FsError::new(libc::EEXIST));
                 }
                 let existing = match self.backend.stat(id, to).await {
                     Ok(meta) => Some(meta),
@@ -261,7 +261,7 @@ impl CachalotFs {
                     .as_ref()
                     .is_some_and(|m| m.kind == FileKind::Directory)
                 {
-                    return Err(FsError(libc::EISDIR));
+                    return Err(FsError::new(libc::EISDIR));
                 }
                 s.retarget(from, to).await?;
                 // Moving on from a name it had replaced: that object is gone
@@ -320,7 +320,7 @@ impl CachalotFs {
     ) -> FsResult<Attr> {
         self.check_writable()?;
         if !self.backend.capabilities().symlinks {
-            return Err(FsError(libc::EPERM));
+            return Err(FsError::new(libc::EPERM));
         }
         let path = self.child_path(parent, name)?;
         let meta = self
@@ -339,7 +339,7 @@ impl CachalotFs {
     ) -> FsResult<Attr> {
         self.check_writable()?;
         if !self.backend.capabilities().hard_links {
-            return Err(FsError(libc::EPERM));
+            return Err(FsError::new(libc::EPERM));
         }
         let existing = self.path_of(ino)?;
         let path = self.child_path(new_parent, new_name)?;
@@ -390,15 +390,15 @@ impl CachalotFs {
         };
         let meta = match mode & libc::S_IFMT {
             _ if special.is_some() && !self.backend.capabilities().special_files => {
-                return Err(FsError(libc::EPERM));
+                return Err(FsError::new(libc::EPERM));
             }
             _ if special.is_some() => {
-                let node = special.ok_or(FsError(libc::EINVAL))?;
+                let node = special.ok_or(FsError::new(libc::EINVAL))?;
                 self.backend.mknod(id, &path, node, mode & 0o7777).await?
             }
             libc::S_IFREG | 0 => {
                 if self.exists(id, parent, name, &path).await? {
-                    return Err(FsError(libc::EEXIST));
+                    return Err(FsError::new(libc::EEXIST));
                 }
                 let pending = self
                     .backend
@@ -412,7 +412,7 @@ impl CachalotFs {
                     }
                 }
             }
-            _ => return Err(FsError(libc::EINVAL)),
+            _ => return Err(FsError::new(libc::EINVAL)),
         };
         Ok(self.entered(parent, name, &meta))
     }

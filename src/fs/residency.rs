@@ -19,7 +19,7 @@ impl CachalotFs {
     pub async fn cached_bytes(&self, caller: Caller, ino: u64) -> FsResult<(u64, u64)> {
         let attr = self.getattr(caller, ino).await?;
         if attr.kind != FileKind::File {
-            return Err(FsError(libc::ENODATA));
+            return Err(FsError::new(libc::ENODATA));
         }
         let (path, version) = {
             let table = self.inodes.lock();
@@ -28,7 +28,7 @@ impl CachalotFs {
                 .meta
                 .as_ref()
                 .map(|(m, _)| m.version.0.clone())
-                .ok_or(FsError(libc::ENODATA))?;
+                .ok_or(FsError::new(libc::ENODATA))?;
             (table.path_of(ino)?, version)
         };
         let key = PageKey {
@@ -49,7 +49,7 @@ impl CachalotFs {
                 .sum()
         })
         .await
-        .map_err(|_| FsError(libc::EIO))?;
+        .map_err(|_| FsError::new(libc::EIO))?;
         Ok((cached, size))
     }
 }

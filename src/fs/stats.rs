@@ -55,8 +55,11 @@ pub struct FsSample {
 }
 
 impl CachalotFs {
-    /// Count an error answered to an application (and pass it on).
+    /// Count an error answered to an application (and pass it on): the
+    /// boundary every error crosses on its way to the kernel, where it is
+    /// also logged with its backend context, once.
     pub fn count_error(&self, e: FsError) -> FsError {
+        e.log();
         if let Some(c) = usize::try_from(e.errno())
             .ok()
             .and_then(|i| self.counters.errors.get(i))

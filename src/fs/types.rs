@@ -1,5 +1,6 @@
 //! Plain types shared by the filesystem core and its FUSE adapter.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backend::{BackendError, ErrorKind, FileKind, Identity, Metadata};
@@ -69,19 +70,41 @@ pub trait KernelCache: Send + Sync {
     fn invalidate_entry(&self, parent: u64, name: &str);
 }
 
-/// An error for the application: just an errno. The context was logged where
-/// the error was created, because the kernel cannot carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FsError(pub i32);
-
-impl FsError {
-    pub fn errno(self) -> i32 {
-        self.0
-    }
+/// An error for the application: its errno and, when a backend refused,
+/// the backend's error with its context (backend, operation, path,
+/// identity). The kernel can carry only the errno, so the context is
+/// logged once, where the error reaches the kernel (`CachalotFs::
+/// count_error`); an error the core handles itself is not logged.
+#[derive(Debug, Clone)]
+pub struct FsError {
+    errno: i32,
+    cause: Option<Arc<BackendError>>,
 }
 
-impl From<BackendError> for FsError {
-    fn from(e: BackendError) -> FsError {
+impl FsError {
+    /// An error of the core itself (no backend involved).
+    pub const fn new(errno: i32) -> FsError {
+        FsError { errno, cause: None }
+    }
+
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// The backend's refusal this error reports, if any.
+    pub fn cause(&self) -> Option<&BackendError> {
+        self.cause.as_deref()
+    }
+
+    /// Log the backend's refusal behind this error (nothing for the
+    /// core's own errors, which need no explanation beyond the errno): as
+    /// debug for answers that are part of normal use (a missing name), an
+    /// error for failures the application sees as EIO-class, else a
+    /// warning (permissions, space, quota).
+    pub fn log(&self) {
+        let Some(e) = self.cause() else {
+            return;
+        };
         // Structured fields, so a JSON log line can be filtered by backend,
         // operation, path or identity; the message stays readable as text.
         let identity = e
@@ -96,7 +119,7 @@ impl From<BackendError> for FsError {
                     operation = e.operation,
                     path = %format_args!("/{}", e.path),
                     identity = %identity,
-                    errno = e.errno(),
+                    errno = self.errno,
                     cause = %e.cause,
                     error = %e,
                     $msg
@@ -116,8 +139,101 @@ impl From<BackendError> for FsError {
             }
             _ => log_at!(warn, "backend refused"),
         }
-        FsError(e.errno())
+    }
+}
+
+/// Errors are the same for the application when their errno is.
+impl PartialEq for FsError {
+    fn eq(&self, other: &FsError) -> bool {
+        self.errno == other.errno
+    }
+}
+
+impl Eq for FsError {}
+
+impl From<BackendError> for FsError {
+    fn from(e: BackendError) -> FsError {
+        FsError {
+            errno: e.errno(),
+            cause: Some(Arc::new(e)),
+        }
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.cause() {
+            Some(e) => write!(f, "{e}"),
+            None => write!(f, "{}", std::io::Error::from_raw_os_error(self.errno)),
+        }
+    }
+}
+
+impl std::error::Error for FsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("log buffer").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = captured.0.lock().expect("log buffer").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// A backend error becomes an errno for the application without a log
+    /// line (the core may handle it); it is logged, with its context, once
+    /// `log` is called where it reaches the kernel.
+    #[test]
+    fn backend_errors_are_logged_where_they_are_reported_not_where_converted() {
+        let refused = || {
+            BackendError::new(ErrorKind::PermissionDenied, "create", "dir/f")
+                .with_backend("file:///data")
+        };
+        let converted = logged(|| {
+            let e = FsError::from(refused());
+            assert_eq!(e.errno(), libc::EACCES);
+        });
+        assert_eq!(converted, "", "converting logged");
+        let reported = logged(|| FsError::from(refused()).log());
+        assert_eq!(reported.lines().count(), 1, "{reported}");
+        for field in [
+            "backend refused",
+            "file:///data",
+            "create",
+            "/dir/f",
+            "errno=13",
+        ] {
+            assert!(reported.contains(field), "{field}: {reported}");
+        }
+        assert_eq!(logged(|| FsError::new(libc::ENOENT).log()), "");
+    }
+}

@@ -159,7 +159,7 @@ impl CachalotFs {
             .and_then(|i| i.write.clone());
         if let Some(s) = session {
             if let Err(e) = s.retarget(hidden, path).await {
-                tracing::warn!(errno = e.0, path = %path, "could not point a write back at its file after a failed rename");
+                tracing::warn!(error = %e, errno = e.errno(), path = %path, "could not point a write back at its file after a failed rename");
             }
         }
         self.drop_hidden_name(id, path, hidden, Keep::Link).await;

@@ -185,7 +185,7 @@ impl WriteSession {
 
     fn check_not_failed(&self) -> FsResult<()> {
         match *self.failed.lock() {
-            Some(errno) => Err(FsError(errno)),
+            Some(errno) => Err(FsError::new(errno)),
             None => Ok(()),
         }
     }
@@ -309,7 +309,7 @@ impl WriteSession {
             self.pending.abort(target).await;
             tracing::warn!(path = %target, errno,
                 "a write failed earlier: discarded the temporary file, the final name is untouched");
-            return Err(FsError(errno));
+            return Err(FsError::new(errno));
         }
         let published = match in_place && !self.is_new() {
             true => self.pending.publish_in_place(target).await,

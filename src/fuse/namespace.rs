@@ -121,7 +121,7 @@ pub(super) fn rename(
             .await;
         // Re-sent after the first attempt moved it: the source is gone
         // and the target is there.
-        if let Err(e) = done {
+        if let Err(e) = &done {
             if already_applied(resent, Change::Rename, e.errno())
                 && fs.lookup(c, newparent.0, &newname).await.is_ok()
             {

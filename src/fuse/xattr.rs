@@ -22,7 +22,7 @@ pub(super) fn getxattr(
         adapter.spawn(move |fs| async move {
             match fs.cached_bytes(c, ino.0).await {
                 Ok((cached, total)) => reply_value(reply, size, &format!("{cached} {total}")),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(errno(fs.count_error(e))),
             }
         });
         return;

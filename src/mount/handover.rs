@@ -76,7 +76,7 @@ impl MountedFs {
         let fs = self
             .runtime
             .block_on(self.fs.snapshot())
-            .map_err(|e| anyhow::anyhow!("describing the filesystem: errno {}", e.errno()))?;
+            .map_err(|e| anyhow::anyhow!("describing the filesystem: {e} (errno {})", e.errno()))?;
         Ok(SessionState { adapter, fs })
     }
 

@@ -93,6 +93,35 @@ pub struct MountedFs {
     handover: Option<Handover>,
 }
 
+impl MountOptions {
+    /// A plain read-write mount of `source` on `mountpoint` as the caller:
+    /// a 1 GiB cache quota, 1 MiB pages, a 1 s metadata TTL, nothing else
+    /// (the demo's; tests start from it).
+    pub fn new(source: Source, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
+        MountOptions {
+            source,
+            volume: None,
+            mountpoint,
+            cache_dir,
+            cache_size: 1 << 30,
+            page_size: 1 << 20,
+            metadata_ttl: Duration::from_secs(1),
+            read_only: false,
+            allow_other: false,
+            identity: None,
+            passthrough: false,
+            mount_group: None,
+            groups: Vec::new(),
+            s3: Default::default(),
+            skip_preflight: false,
+            warm: Vec::new(),
+            capacity: None,
+            keepable: false,
+            journal_dir: None,
+        }
+    }
+}
+
 fn fuse_config(opts: &MountOptions) -> Config {
     let mut cfg = Config::default();
     cfg.mount_options = vec![

@@ -273,11 +273,11 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> FsResult<&Inode> {
-        self.inodes.get(&ino).ok_or(FsError(libc::ENOENT))
+        self.inodes.get(&ino).ok_or(FsError::new(libc::ENOENT))
     }
 
     pub fn get_mut(&mut self, ino: u64) -> FsResult<&mut Inode> {
-        self.inodes.get_mut(&ino).ok_or(FsError(libc::ENOENT))
+        self.inodes.get_mut(&ino).ok_or(FsError::new(libc::ENOENT))
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
@@ -292,16 +292,16 @@ impl InodeTable {
         while at != ROOT_INO {
             let inode = self.get(at)?;
             if !inode.attached {
-                return Err(FsError(libc::ENOENT));
+                return Err(FsError::new(libc::ENOENT));
             }
             names.push(inode.name.as_str());
             at = inode.parent;
             if names.len() > 4096 {
-                return Err(FsError(libc::ELOOP));
+                return Err(FsError::new(libc::ELOOP));
             }
         }
         names.reverse();
-        BackendPath::parse(&names.join("/")).map_err(|_| FsError(libc::EIO))
+        BackendPath::parse(&names.join("/")).map_err(|_| FsError::new(libc::EIO))
     }
 
     /// Where the inode's objects live: its path, or for an inode that lost
@@ -313,7 +313,7 @@ impl InodeTable {
             return self.path_of(ino);
         }
         let dir = self.path_of(inode.parent)?;
-        dir.join(&inode.name).map_err(|_| FsError(libc::EIO))
+        dir.join(&inode.name).map_err(|_| FsError::new(libc::EIO))
     }
 
     /// Unlinked inodes with a write in progress whose temporary object

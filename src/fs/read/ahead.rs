@@ -9,7 +9,7 @@ use futures::future::join_all;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::inflight::Loader;
-use super::{FileHandle, View};
+use super::{FileHandle, ReadError, View};
 use crate::fs::CachalotFs;
 
 /// Read-ahead window bounds, in pages: the window doubles with each
@@ -175,6 +175,11 @@ impl CachalotFs {
                     self.store_fetched(fetched);
                 }
                 Err(e) => {
+                    // Logged where a reader gets it (the FUSE boundary); a
+                    // page nobody asks for again needs no log line.
+                    if let ReadError::Fs(e) = &e {
+                        tracing::debug!(error = %e, from, count, "read-ahead failed");
+                    }
                     for (_, loader) in stretch {
                         loader.deliver(Err(e.clone()));
                     }

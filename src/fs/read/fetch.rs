@@ -87,7 +87,7 @@ impl CachalotFs {
             _ => {
                 tracing::warn!(path = %view.path, ino = handle.ino,
                     "file changed in place behind the mount while open; this descriptor's version is gone (ESTALE)");
-                ReadError::Fs(FsError(libc::ESTALE))
+                ReadError::Fs(FsError::new(libc::ESTALE))
             }
         }
     }
@@ -132,7 +132,7 @@ impl CachalotFs {
                 // Removed while open and not kept (a backend without cheap
                 // renames): its data is gone, as for an NFS file deleted by
                 // another client.
-                None if opened.is_err() => return Err(FsError(libc::ESTALE).into()),
+                None if opened.is_err() => return Err(FsError::new(libc::ESTALE).into()),
                 _ => {}
             }
         }

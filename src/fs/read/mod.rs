@@ -279,7 +279,7 @@ impl CachalotFs {
             ino = handle.ino,
             "the object keeps changing while being read"
         );
-        Err(FsError(libc::ESTALE))
+        Err(FsError::new(libc::ESTALE))
     }
 
     /// Whether `version`, found in the backend at the handle's path, is one
@@ -313,7 +313,7 @@ impl CachalotFs {
             self.invalidate_kernel_entry(&table, handle.ino);
             table.supersede(handle.ino);
         }
-        FsError(libc::ESTALE)
+        FsError::new(libc::ESTALE)
     }
 
     /// The backend has another version than the handle read so far: move
