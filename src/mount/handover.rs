@@ -1,7 +1,7 @@
 //! Handing a live session to another process (the mounter's takeover):
 //! stop answering and describe the session (`freeze`), go back to serving
 //! if the handover fails (`thaw`), and stop reading `/dev/fuse` before
-//! the process ends (`stop_reading`).
+//! the process ends (`stop_serving`).
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -25,7 +25,7 @@ pub struct SessionState {
     pub fs: crate::fs::snapshot::FsSnapshot,
 }
 
-/// Wakes the FUSE request loops out of `read(2)` (see `stop_reading`).
+/// Wakes the FUSE request loops out of `read(2)` (see `stop_serving`).
 const STOP_READING_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR1;
 
 /// How long the readers get to leave read(2).
