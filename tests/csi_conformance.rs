@@ -928,7 +928,11 @@ async fn controller_get_volume_condition_and_codes() {
     let ok = get(&mut c, &vol.volume_id).await.unwrap().into_inner();
     let v = ok.volume.as_ref().expect("volume is required");
     assert_eq!(v.volume_id, vol.volume_id);
-    assert_eq!(v.capacity_bytes, 0);
+    assert_eq!(
+        v.capacity_bytes, vol.capacity_bytes,
+        "the size it was created with"
+    );
+    assert!(v.capacity_bytes > 0);
     let status = ok.status.as_ref().expect("status is required");
     assert!(status.published_node_ids.is_empty());
     let (abnormal, msg) = condition(&ok);

@@ -10,8 +10,9 @@
 //! `AWS_*` environment), and when it has none, or they may not read the
 //! bucket, the condition is reported as not checked (`abnormal: false`).
 //!
-//! `capacity_bytes` is 0 (unknown: the volume ID does not carry the
-//! requested size) and `published_node_ids` is empty: there is no ControllerPublish, so the
+//! `capacity_bytes` is the size the volume was created with when this
+//! controller created it (its CreateVolume records), else 0 (unknown: the
+//! volume ID does not carry it); `published_node_ids` is empty: there is no ControllerPublish, so the
 //! controller does not know which nodes use a volume.
 
 use std::collections::HashMap;
@@ -187,6 +188,16 @@ pub(super) async fn listed_condition(
 }
 
 impl ControllerService {
+    /// The size a volume was created with, if this controller created it
+    /// (its records); 0 (unknown) otherwise.
+    fn created_capacity(&self, volume_id: &str) -> i64 {
+        self.state
+            .all_controller()
+            .into_iter()
+            .find(|r| r.volume_id == volume_id)
+            .map_or(0, |r| r.capacity_bytes)
+    }
+
     pub async fn controller_get_volume(
         &self,
         req: ControllerGetVolumeRequest,
@@ -205,7 +216,7 @@ impl ControllerService {
         };
         Ok(ControllerGetVolumeResponse {
             volume: Some(Volume {
-                capacity_bytes: 0,
+                capacity_bytes: self.created_capacity(&req.volume_id),
                 volume_id: req.volume_id,
                 volume_context: HashMap::new(),
                 content_source: None,
