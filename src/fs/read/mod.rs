@@ -267,7 +267,13 @@ impl CachalotFs {
                     // version it opened: it reads the one it finds.
                     let unknown = view.version.0.is_empty();
                     if !unknown && !self.inode_follows(&handle, &version) {
-                        return Err(self.replaced_behind(&handle, &view));
+                        let (estale, invalidated) = self.replaced_behind(&handle, &view);
+                        // The application reopens on ESTALE: its lookup
+                        // must find the name's new object, not this inode.
+                        if let Some(invalidated) = invalidated {
+                            let _ = invalidated.await;
+                        }
+                        return Err(estale);
                     }
                     self.version_changed(&handle, &view.version, &version, size)
                 }
@@ -302,18 +308,23 @@ impl CachalotFs {
     /// nor readable from the backend any more: as on NFS, the descriptor
     /// gets ESTALE (reopening reads the new version). The inode leaves the
     /// namespace so that the reopen gets a new inode.
-    fn replaced_behind(&self, handle: &FileHandle, view: &View) -> FsError {
+    fn replaced_behind(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+    ) -> (FsError, Option<tokio::task::JoinHandle<()>>) {
         tracing::warn!(
             path = %view.path,
             ino = handle.ino,
             "file replaced behind the mount while open; this descriptor's version is gone (ESTALE, reopen to read the new one)"
         );
         let mut table = self.inodes.lock();
+        let mut invalidated = None;
         if table.get(handle.ino).is_ok_and(|i| i.attached && !i.hidden) {
-            self.invalidate_kernel_entry(&table, handle.ino);
+            invalidated = self.invalidate_kernel_entry(&table, handle.ino);
             table.supersede(handle.ino);
         }
-        FsError::new(libc::ESTALE)
+        (FsError::new(libc::ESTALE), invalidated)
     }
 
     /// The backend has another version than the handle read so far: move
