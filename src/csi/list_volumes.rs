@@ -86,9 +86,7 @@ impl ControllerService {
             next_token,
         })
     }
-}
 
-impl ControllerService {
     async fn entry(&self, record: ControllerRecord) -> Entry {
         let condition = listed_condition(self, &record.volume_id).await;
         Entry {

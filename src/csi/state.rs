@@ -225,7 +225,7 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<Result<T, String>>
 /// The readable records in `dir`, ordered by `key`.
 fn readable_sorted<T: for<'de> Deserialize<'de>>(dir: &Path, key: impl Fn(&T) -> String) -> Vec<T> {
     let mut all: Vec<T> = list_json(dir).into_iter().flatten().collect();
-    all.sort_by_key(|r| key(r));
+    all.sort_by_cached_key(|r| key(r));
     all
 }
 

@@ -8,13 +8,13 @@
 use super::*;
 
 /// Make `dst` a copy of `src`'s data: shared extents if the filesystem
-/// can, else copied in the kernel. Whether the extents are shared.
-fn clone_or_copy(src: &File, dst: &File) -> io::Result<bool> {
+/// can, else copied in the kernel.
+fn clone_or_copy(src: &File, dst: &File) -> io::Result<()> {
     // SAFETY: two valid descriptors; FICLONE takes the source's as its
     // argument.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
     if rc == 0 {
-        return Ok(true);
+        return Ok(());
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
@@ -25,7 +25,7 @@ fn clone_or_copy(src: &File, dst: &File) -> io::Result<bool> {
     // std copies file to file with copy_file_range (falling back to
     // sendfile, then read/write, where the kernel refuses it).
     std::io::copy(&mut &*src, &mut &*dst)?;
-    Ok(false)
+    Ok(())
 }
 
 impl LocalBackend {
