@@ -6,11 +6,12 @@ pub mod blocking;
 mod error;
 pub mod local;
 pub mod nfs;
+mod open;
 pub mod owner;
 mod path;
 pub mod quota;
 pub mod s3;
-mod source;
+pub mod source;
 pub mod timed;
 
 use std::time::SystemTime;
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use error::{BackendError, BackendResult, ErrorKind};
+pub use open::{open, open_s3, s3_config, OpenError, OpenOptions};
 pub use path::{first_seq, hidden_name_for, is_temp_name, BackendPath};
 pub use source::{has_userinfo, redacted_url, Source};
 

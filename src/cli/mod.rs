@@ -270,10 +270,10 @@ pub struct MountArgs {
 #[command(next_help_heading = "S3 options (s3:// sources only)")]
 pub struct S3Args {
     /// URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (default: AWS).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
     pub endpoint: Option<String>,
     /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::backend::s3::parse_region)]
     pub region: Option<String>,
     /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
     #[arg(long)]
@@ -324,8 +324,6 @@ impl S3Args {
     pub fn to_options(&self) -> S3Options {
         let d = S3Options::default();
         S3Options {
-            endpoint: self.endpoint.clone(),
-            region: self.region.clone(),
             path_style: self.path_style,
             credentials: CredentialSource {
                 file: self.credentials_file.clone(),
@@ -374,10 +372,12 @@ impl MountArgs {
         }
     }
 
-    /// SOURCE, parsed and checked; the message (a usage error, exit 2) never
-    /// shows credentials given in the URL.
+    /// SOURCE, parsed and checked, with --endpoint and --region; the
+    /// message (a usage error, exit 2) never shows credentials given in the
+    /// URL.
     pub fn source(&self) -> Result<Source, String> {
-        parse_source(&self.source)
+        Ok(parse_source(&self.source)?
+            .with_s3_site(self.s3.endpoint.clone(), self.s3.region.clone()))
     }
 
     /// Cross-option checks clap cannot express; the message becomes a usage
@@ -447,7 +447,8 @@ pub struct DoctorArgs {
 impl DoctorArgs {
     /// SOURCE parsed, S3 options checked against it (a usage error, exit 2).
     pub fn request(&self) -> Result<crate::doctor::Request, String> {
-        let source = parse_source(&self.source)?;
+        let source = parse_source(&self.source)?
+            .with_s3_site(self.s3.endpoint.clone(), self.s3.region.clone());
         let given = self.s3.given();
         if !source.is_s3() && !given.is_empty() {
             return Err(format!(
@@ -489,9 +490,18 @@ pub struct DemoArgs {
     pub size: u64,
 }
 
-/// Parse SOURCE; errors show the URL with any userinfo redacted.
+/// Parse SOURCE (a local one must be a directory); errors show the URL
+/// with any userinfo redacted.
 pub fn parse_source(text: &str) -> Result<Source, String> {
-    Source::parse(text).map_err(|e| format!("invalid value for <SOURCE>: {e}"))
+    let source = Source::parse(text).map_err(|e| format!("invalid value for <SOURCE>: {e}"))?;
+    source
+        .check_local_directory()
+        .map_err(|e| format!("invalid value for <SOURCE>: {e}"))?;
+    Ok(source)
+}
+
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    crate::backend::s3::parse_endpoint(text).map_err(|e| e.to_string())
 }
 
 fn parse_mountpoint(text: &str) -> Result<PathBuf, String> {

@@ -15,9 +15,9 @@ use tonic::Status;
 use super::caps;
 use super::controller::ControllerService;
 use super::errors::backend_status;
-use super::params::{Location, VolumeParams};
+use super::params::VolumeParams;
 use super::proto::{GetCapacityRequest, GetCapacityResponse};
-use crate::backend::{BackendError, BackendPath, ErrorKind, FsStats, Identity};
+use crate::backend::{BackendError, BackendPath, ErrorKind, FsStats, Identity, Source};
 
 /// `available_capacity` of a storage without a capacity limit (S3).
 ///
@@ -46,7 +46,7 @@ pub fn available_bytes(stats: &FsStats) -> i64 {
 }
 
 /// The status of a failed `statfs` of `location`'s root.
-fn statfs_status(location: &Location, e: &BackendError) -> Status {
+fn statfs_status(location: &Source, e: &BackendError) -> Status {
     match e.kind {
         ErrorKind::NotFound => Status::failed_precondition(format!(
             "source {location} does not exist ({e}). Fix: create it (or mount the storage \
@@ -72,7 +72,7 @@ impl ControllerService {
             return Ok(answer(0));
         }
         let params = VolumeParams::parse(&req.parameters)?;
-        if let Location::S3 { .. } = params.location {
+        if let Source::S3 { .. } = params.location {
             return Ok(answer(UNLIMITED));
         }
         let backend = self

@@ -10,12 +10,12 @@ use super::backend::{self as backends, OpenContext};
 use super::caps;
 use super::errors::{backend_status, missing};
 use super::locks::KeyedLocks;
-use super::params::{Location, NodeParams, OnDelete, S3Credentials, VolumeParams};
+use super::params::{NodeParams, OnDelete, S3Credentials, VolumeParams};
 use super::proto::controller_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
 use super::state::{ControllerRecord, StateDir};
 use super::volume_id::{VolumeId, VolumeIdError};
-use crate::backend::{AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity};
+use crate::backend::{AttrChanges, Backend, BackendPath, ErrorKind, FileKind, Identity, Source};
 
 const ROOT: Identity = Identity::new(0, 0);
 /// Mode of intermediate directories created for nested subDirs.
@@ -75,11 +75,11 @@ impl ControllerService {
     /// backends ignore them).
     pub(super) async fn open(
         &self,
-        location: &Location,
+        location: &Source,
         sub: &BackendPath,
         secrets: &HashMap<String, String>,
     ) -> Result<std::sync::Arc<dyn Backend>, Status> {
-        let creds = if location.needs_credentials() {
+        let creds = if location.is_s3() {
             S3Credentials::from_secrets(secrets)?
         } else {
             None
@@ -128,7 +128,7 @@ impl ControllerService {
         caps::check_all(&req.volume_capabilities)?;
         let capacity_bytes = capacity(req.capacity_range.as_ref())?;
         let params = VolumeParams::parse(&req.parameters)?;
-        if !params.location.needs_credentials() && !req.secrets.is_empty() {
+        if !params.location.is_s3() && !req.secrets.is_empty() {
             let keys: Vec<&String> = req.secrets.keys().collect();
             tracing::warn!(?keys, "secrets given for a backend that uses none; ignored");
         }
@@ -386,14 +386,14 @@ async fn make_volume_dir(
         }
         let (id, mode) = if leaf {
             (params.owner.unwrap_or(ROOT), params.mount_permissions)
-        } else if matches!(params.location, Location::Nfs { .. }) {
+        } else if matches!(params.location, Source::Nfs { .. }) {
             // A root_squash export maps root to nobody: create parents as
             // the volume's owner too, which owns (or may write) the share.
             (params.owner.unwrap_or(ROOT), PARENT_DIR_MODE)
         } else {
             (ROOT, PARENT_DIR_MODE)
         };
-        let nfs = matches!(params.location, Location::Nfs { .. });
+        let nfs = matches!(params.location, Source::Nfs { .. });
         match mkdir_as(backend, id, &path, mode, nfs).await {
             Ok(()) => {}
             Err(e) if e.kind == ErrorKind::AlreadyExists => {}
@@ -460,9 +460,9 @@ where
 /// The fallback identity for deleting or archiving a volume: on NFS the
 /// owner of its directory (a root_squash export does not let root remove
 /// it), elsewhere root.
-fn acting_identity(location: &Location, dir: &crate::backend::Metadata) -> Identity {
+fn acting_identity(location: &Source, dir: &crate::backend::Metadata) -> Identity {
     match location {
-        Location::Nfs { .. } => Identity::new(dir.uid, dir.gid),
+        Source::Nfs { .. } => Identity::new(dir.uid, dir.gid),
         _ => ROOT,
     }
 }

@@ -21,12 +21,12 @@ use tonic::{Code, Status};
 
 use super::controller::ControllerService;
 use super::errors::missing;
-use super::params::Location;
 use super::proto::controller_get_volume_response::VolumeStatus;
 use super::proto::{
     ControllerGetVolumeRequest, ControllerGetVolumeResponse, Volume, VolumeCondition,
 };
 use super::volume_id::VolumeId;
+use crate::backend::Source;
 use crate::backend::{BackendError, BackendPath, ErrorKind, FileKind, Identity};
 
 const ROOT: Identity = Identity::new(0, 0);
@@ -43,13 +43,13 @@ enum Health {
     Gone(String),
 }
 
-fn is_s3(location: &Location) -> bool {
-    matches!(location, Location::S3 { .. })
+fn is_s3(location: &Source) -> bool {
+    matches!(location, Source::S3 { .. })
 }
 
 /// S3 refusing the controller's own credentials: says nothing about the
 /// volume, which is used with the node-stage secret.
-fn s3_credentials_refused(location: &Location, e: &BackendError) -> bool {
+fn s3_credentials_refused(location: &Source, e: &BackendError) -> bool {
     is_s3(location)
         && (matches!(
             e.kind,
@@ -66,7 +66,7 @@ fn unchecked_s3(why: &str) -> Health {
 }
 
 /// The condition of a backend error met while checking `what`.
-fn failed(location: &Location, what: &str, e: &BackendError) -> Health {
+fn failed(location: &Source, what: &str, e: &BackendError) -> Health {
     if s3_credentials_refused(location, e) {
         return unchecked_s3(&format!(
             "the controller's own credentials were refused ({e})"

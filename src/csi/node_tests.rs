@@ -12,13 +12,14 @@ use tonic::{Code, Status};
 use super::host::{SessionHost, Start};
 use super::mounts::{Health, MountTable};
 use super::node::NodeService;
-use super::params::{CacheKnobs, Location, OnDelete};
+use super::params::{CacheKnobs, OnDelete};
 use super::proto::volume_capability::access_mode::Mode;
 use super::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use super::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
 use super::state::{StagedRecord, StateDir};
 use super::volume_id::VolumeId;
 use crate::backend::BackendPath;
+use crate::backend::Source;
 use crate::mount::spec::MountSpec;
 
 /// Mount points and their health, and every change asked for.
@@ -88,7 +89,7 @@ fn fixture() -> Fixture {
     let staging = dir.path().join("staging");
     let target = dir.path().join("pods/p1/volume");
     let volume_id = VolumeId {
-        location: Location::Local {
+        location: Source::Local {
             root: dir.path().join("backing"),
         },
         sub: BackendPath::root(),
@@ -97,7 +98,7 @@ fn fixture() -> Fixture {
     .encode();
     let state = StateDir::open(&dir.path().join("state")).unwrap();
     let spec = MountSpec::new(
-        "file:///backing".into(),
+        &crate::backend::Source::parse("file:///backing").unwrap(),
         staging.clone(),
         dir.path().join("cache"),
         &CacheKnobs::default(),

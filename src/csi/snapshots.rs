@@ -267,21 +267,29 @@ impl ControllerService {
             Err(e) => return Err(e),
         };
         let _guard = self.locks.lock(&req.snapshot_id).await;
-        let inside = self.open(&snap.location, &snap.sub, &req.secrets).await?;
-        match super::controller::remove_contents(inside.as_ref(), ROOT).await {
-            // Already gone (a retry).
-            Err(e) if e.kind == ErrorKind::NotFound => {}
-            Err(e) => return Err(backend_status("removing the snapshot's files", &e)),
-            Ok(()) => {}
-        }
         let root = self
             .open(&snap.location, &BackendPath::root(), &req.secrets)
             .await?;
-        match root.rmdir(ROOT, &snap.sub).await {
-            Err(e) if e.kind != ErrorKind::NotFound => {
-                return Err(backend_status("removing the snapshot's directory", &e))
+        // A retry finds the directory gone: nothing to open below it
+        // (opening a missing directory fails on every backend).
+        let present = match root.stat(ROOT, &snap.sub).await {
+            Ok(_) => true,
+            Err(e) if e.kind == ErrorKind::NotFound => false,
+            Err(e) => return Err(backend_status("looking at the snapshot's directory", &e)),
+        };
+        if present {
+            let inside = self.open(&snap.location, &snap.sub, &req.secrets).await?;
+            match super::controller::remove_contents(inside.as_ref(), ROOT).await {
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(backend_status("removing the snapshot's files", &e)),
+                Ok(()) => {}
             }
-            _ => {}
+            match root.rmdir(ROOT, &snap.sub).await {
+                Err(e) if e.kind != ErrorKind::NotFound => {
+                    return Err(backend_status("removing the snapshot's directory", &e))
+                }
+                _ => {}
+            }
         }
         self.state
             .remove_snapshot(&req.snapshot_id)

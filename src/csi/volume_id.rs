@@ -19,15 +19,18 @@ use std::path::PathBuf;
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
-use super::params::{parse_abs_path, parse_sub_path, InvalidArgument, Location, OnDelete};
-use crate::backend::BackendPath;
+use super::params::{parse_abs_path, parse_sub_path, InvalidArgument, OnDelete};
+use crate::backend::source::{bucket_name_ok, nfs_host};
+use crate::backend::{BackendPath, Source};
 
 const PREFIX: &str = "v1#";
 const FIELD: &AsciiSet = &CONTROLS.add(b'%').add(b'#').add(b' ');
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeId {
-    pub location: Location,
+    /// Where the volume's parent directory lives (for a static volume, the
+    /// volume itself).
+    pub location: Source,
     /// The volume's directory below the location; root for a static volume
     /// that is the whole source.
     pub sub: BackendPath,
@@ -77,17 +80,13 @@ impl VolumeId {
     pub fn encode(&self) -> String {
         let mut fields: Vec<String> = vec!["v1".into(), self.location.kind().into()];
         match &self.location {
-            Location::Local { root } => fields.push(enc(&root.to_string_lossy())),
-            Location::Nfs {
-                server,
-                port,
-                export,
-            } => {
-                fields.push(enc(server));
+            Source::Local { root } => fields.push(enc(&root.to_string_lossy())),
+            Source::Nfs { host, port, path } => {
+                fields.push(enc(host));
                 fields.push(port.map(|p| p.to_string()).unwrap_or_default());
-                fields.push(enc(export));
+                fields.push(enc(path));
             }
-            Location::S3 {
+            Source::S3 {
                 bucket,
                 prefix,
                 endpoint,
@@ -141,7 +140,7 @@ impl VolumeId {
         let location = match kind {
             "file" => {
                 expect(3)?;
-                Location::Local {
+                Source::Local {
                     root: PathBuf::from(abs(&rest[0])?),
                 }
             }
@@ -151,18 +150,18 @@ impl VolumeId {
                     "" => None,
                     p => Some(p.parse().map_err(|_| bad(format!("bad port '{p}'")))?),
                 };
-                if rest[0].is_empty() || rest[0].contains('/') {
-                    return Err(bad("bad NFS server".into()));
-                }
-                Location::Nfs {
-                    server: rest[0].clone(),
+                // Ids issued before hosts were stored without brackets
+                // may carry "[v6]": nfs_host takes both.
+                let host = nfs_host(&rest[0]).ok_or_else(|| bad("bad NFS server".into()))?;
+                Source::Nfs {
+                    host,
                     port,
-                    export: abs(&rest[2])?,
+                    path: abs(&rest[2])?,
                 }
             }
             "s3" => {
                 expect(6)?;
-                if rest[0].is_empty() || rest[0].contains('/') {
+                if !bucket_name_ok(&rest[0]) {
                     return Err(bad("bad bucket".into()));
                 }
                 let prefix = if rest[1].is_empty() {
@@ -172,7 +171,7 @@ impl VolumeId {
                     rest[1].clone()
                 };
                 let opt = |s: &String| (!s.is_empty()).then(|| s.clone());
-                Location::S3 {
+                Source::S3 {
                     bucket: rest[0].clone(),
                     prefix,
                     endpoint: opt(&rest[2]),
@@ -202,7 +201,7 @@ mod tests {
 
     fn local(root: &str, sub: &str) -> VolumeId {
         VolumeId {
-            location: Location::Local { root: root.into() },
+            location: Source::Local { root: root.into() },
             sub: parse_sub_path(sub).unwrap(),
             on_delete: OnDelete::Archive,
         }
@@ -213,16 +212,16 @@ mod tests {
         let ids = [
             local("/srv/my data#1", "team a/pvc-1%x"),
             VolumeId {
-                location: Location::Nfs {
-                    server: "10.0.0.5".into(),
+                location: Source::Nfs {
+                    host: "10.0.0.5".into(),
                     port: Some(2049),
-                    export: "/exports/k8s".into(),
+                    path: "/exports/k8s".into(),
                 },
                 sub: parse_sub_path("ns/pvc").unwrap(),
                 on_delete: OnDelete::Retain,
             },
             VolumeId {
-                location: Location::S3 {
+                location: Source::S3 {
                     bucket: "bkt".into(),
                     prefix: "a/b".into(),
                     endpoint: Some("http://127.0.0.1:8333".into()),
@@ -271,6 +270,26 @@ mod tests {
                 matches!(VolumeId::decode(evil), Err(VolumeIdError::Invalid(_))),
                 "{evil}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Every source, with or without an S3 endpoint and region, comes
+        /// back from its volume ID unchanged.
+        #[test]
+        fn every_source_round_trips_through_a_volume_id(
+            source in crate::backend::source::tests::any_source(),
+            endpoint in proptest::option::of("https?://[a-z0-9.-]{1,12}(:[0-9]{1,5})?"),
+            region in proptest::option::of("[a-z]{2}-[a-z]{1,8}-[0-9]"),
+        ) {
+            let id = VolumeId {
+                location: source.with_s3_site(endpoint, region),
+                sub: parse_sub_path("ns/pvc").unwrap(),
+                on_delete: OnDelete::Delete,
+            };
+            proptest::prop_assert_eq!(VolumeId::decode(&id.encode()), Ok(id));
         }
     }
 }

@@ -139,6 +139,17 @@ pub struct Request {
 }
 
 impl Request {
+    /// How the backend is opened: as a mount with these arguments would,
+    /// S3 staging in `staging_dir`.
+    pub fn open_options(&self, staging_dir: PathBuf) -> crate::backend::OpenOptions {
+        crate::backend::OpenOptions {
+            identity: self.identity,
+            groups: self.groups.clone(),
+            s3: self.s3.clone(),
+            staging_dir,
+        }
+    }
+
     /// The identity the backend is used as.
     pub fn identity(&self) -> Identity {
         self.identity

@@ -27,7 +27,7 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
         "bucket",
         "identity",
     ];
-    let Source::S3 { bucket, prefix } = &req.source else {
+    let Source::S3 { bucket, prefix, .. } = &req.source else {
         return;
     };
     let staging = tempfile::Builder::new()
@@ -35,16 +35,9 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
         .tempdir();
     let config = match (Credentials::load(&req.s3.credentials), &staging) {
         (Ok(credentials), Ok(dir)) => {
-            let owner = req.identity();
-            Ok(S3Config {
-                bucket: bucket.clone(),
-                prefix: prefix.clone(),
-                options: check_options(req),
-                credentials,
-                uid: owner.uid,
-                gid: owner.gid,
-                staging_dir: dir.path().to_path_buf(),
-            })
+            let opts = req.open_options(dir.path().to_path_buf());
+            crate::backend::s3_config(&req.source, &opts, check_options(req), credentials)
+                .map_err(|e| Problem::new(e.to_string(), "give an s3:// source"))
         }
         (Err(e), _) => Err(Problem::new(e.to_string(), FIX_CREDENTIALS)),
         (_, Err(e)) => Err(Problem::new(
@@ -53,7 +46,7 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
         )),
     };
     // Where requests go does not depend on the credentials.
-    let address = endpoint(req, bucket);
+    let address = endpoint(req);
     let Some((host, port)) = doc.step("endpoint", async { address }).await else {
         doc.skip("dns", "endpoint failed");
         return skip_all(doc, &rest, "endpoint failed");
@@ -91,17 +84,18 @@ fn check_options(req: &Request) -> crate::backend::s3::S3Options {
     o
 }
 
+/// The client configuration of the request's source, without credentials:
+/// for what does not depend on them (addresses, region).
+fn keyless_config(req: &Request) -> Result<S3Config, Problem> {
+    let opts = req.open_options(Default::default());
+    let none = Credentials::new("", "", None);
+    crate::backend::s3_config(&req.source, &opts, req.s3.clone(), none)
+        .map_err(|e| Problem::new(e.to_string(), "give an s3:// source"))
+}
+
 /// Host and port requests go to (the bucket's host for virtual-hosted style).
-fn endpoint(req: &Request, bucket: &str) -> Result<((String, u16), Found), Problem> {
-    let config = S3Config {
-        bucket: bucket.to_string(),
-        prefix: String::new(),
-        options: req.s3.clone(),
-        credentials: Credentials::new("", "", None),
-        uid: 0,
-        gid: 0,
-        staging_dir: Default::default(),
-    };
+fn endpoint(req: &Request) -> Result<((String, u16), Found), Problem> {
+    let config = keyless_config(req)?;
     let fix = "pass --endpoint http(s)://host[:port] of the S3 server";
     let addressing = config
         .addressing()
@@ -217,16 +211,7 @@ async fn access(probe: Option<&Probe>, req: &Request) -> Result<((), Found), Pro
             ));
         }
     }
-    let region = S3Config {
-        bucket: String::new(),
-        prefix: String::new(),
-        options: req.s3.clone(),
-        credentials: Credentials::new("", "", None),
-        uid: 0,
-        gid: 0,
-        staging_dir: Default::default(),
-    }
-    .region();
+    let region = keyless_config(req)?.region();
     Ok((
         (),
         format!("the server accepts the signature (region {region})").into(),

@@ -8,56 +8,52 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::MountOptions;
-use crate::backend::local::{IdentityMode, LocalBackend};
-use crate::backend::nfs::{NfsBackend, NfsOptions};
-use crate::backend::s3::{Credentials, S3Backend, S3Config, S3Options};
-use crate::backend::{Backend, BackendPath, Identity, Source};
+use crate::backend::{Backend, BackendPath, Identity, OpenOptions, Source};
+
+/// How a mount opens its source: as `--uid/--gid` (else as each caller),
+/// S3 staging below the cache dir.
+fn open_options(opts: &MountOptions) -> OpenOptions {
+    OpenOptions {
+        identity: opts.identity,
+        groups: opts.groups.clone(),
+        s3: opts.s3.clone(),
+        staging_dir: opts.cache_dir.join("s3-staging"),
+    }
+}
 
 pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
-    match &opts.source {
-        Source::Local { root } => {
-            let mode = if opts.identity.is_some() {
-                IdentityMode::Fixed
-            } else {
-                IdentityMode::Caller
-            };
-            let backend = LocalBackend::open(root.clone(), mode)
-                .with_context(|| format!("opening the source directory {}", root.display()))?;
-            Ok(Arc::new(backend))
+    let open = open_options(opts);
+    if let Source::S3 { .. } = &opts.source {
+        // The checks run on a client with a short retry budget, so a
+        // wrong endpoint or a dead server fails the mount in seconds
+        // with its cause; the data path rides out a server restart for
+        // the whole retry_timeout.
+        let mut check = opts.s3.clone();
+        check.max_retries = check.max_retries.min(S3_CHECK_RETRIES);
+        check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
+        let probe = crate::backend::open_s3(&opts.source, &open, &check)?;
+        probe
+            .check_credentials()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        probe
+            .stat(Identity::new(0, 0), &BackendPath::root())
+            .await
+            .context("reaching the bucket")?;
+        if !opts.read_only && !opts.skip_preflight {
+            probe.preflight().await?;
         }
-        Source::S3 { bucket, prefix } => {
-            // The checks run on a client with a short retry budget, so a
-            // wrong endpoint or a dead server fails the mount in seconds
-            // with its cause; the data path rides out a server restart for
-            // the whole retry_timeout.
-            let mut check = opts.s3.clone();
-            check.max_retries = check.max_retries.min(S3_CHECK_RETRIES);
-            check.retry_timeout = check.retry_timeout.min(S3_CHECK_TIMEOUT);
-            let probe = s3_backend(opts, bucket, prefix, check)?;
-            probe
-                .check_credentials()
-                .await
-                .map_err(anyhow::Error::msg)?;
-            probe
-                .stat(Identity::new(0, 0), &BackendPath::root())
-                .await
-                .context("reaching the bucket")?;
-            if !opts.read_only && !opts.skip_preflight {
-                probe.preflight().await?;
-            }
-            let backend = s3_backend(opts, bucket, prefix, opts.s3.clone())?;
-            tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(),
-                credentials = backend.credentials_origin(), "using S3");
-            Ok(backend)
+        let backend = crate::backend::open_s3(&opts.source, &open, &opts.s3)?;
+        tracing::info!(source = %opts.source, access_key_id = backend.access_key_id(),
+            credentials = backend.credentials_origin(), "using S3");
+        return Ok(backend);
+    }
+    let backend = crate::backend::open(&opts.source, &open).await;
+    match (&opts.source, backend) {
+        (Source::Local { root }, Err(e)) => {
+            Err(e).with_context(|| format!("opening the source directory {}", root.display()))
         }
-        Source::Nfs { .. } => {
-            let nfs_opts = NfsOptions {
-                identity: opts.identity,
-                groups: opts.groups.clone(),
-                ..NfsOptions::default()
-            };
-            Ok(Arc::new(NfsBackend::connect(&opts.source, nfs_opts).await?))
-        }
+        (_, backend) => Ok(backend?),
     }
 }
 
@@ -77,33 +73,6 @@ pub(super) async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Res
 /// Retry budget of the S3 checks at mount time (see `backend_for`).
 const S3_CHECK_RETRIES: usize = 2;
 const S3_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn s3_backend(
-    opts: &MountOptions,
-    bucket: &str,
-    prefix: &str,
-    options: S3Options,
-) -> Result<Arc<S3Backend>> {
-    let credentials = Credentials::load(&opts.s3.credentials)?;
-    // S3 stores no owners: everything belongs to --uid/--gid, else to the
-    // identity that mounted.
-    let owner = opts.identity.unwrap_or(Identity::new(
-        nix::unistd::geteuid().as_raw(),
-        nix::unistd::getegid().as_raw(),
-    ));
-    let config = S3Config {
-        bucket: bucket.to_string(),
-        prefix: prefix.to_string(),
-        options,
-        credentials,
-        uid: owner.uid,
-        gid: owner.gid,
-        staging_dir: opts.cache_dir.join("s3-staging"),
-    };
-    Ok(Arc::new(
-        S3Backend::new(config).map_err(anyhow::Error::msg)?,
-    ))
-}
 
 /// The backend with the volume's quota, if it has one, its usage measured
 /// in the background. A capacity an expansion set while another process

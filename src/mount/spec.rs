@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::s3::Credentials;
-use crate::backend::Identity;
+use crate::backend::{Identity, Source};
 use crate::csi::params::CacheKnobs;
 
 use super::MountOptions;
@@ -41,8 +41,10 @@ pub struct MountSpec {
 }
 
 impl MountSpec {
+    /// The spec of a session serving `source` (its URL, and for S3 its
+    /// endpoint and region, which a URL does not carry).
     pub fn new(
-        source: String,
+        source: &Source,
         staging: PathBuf,
         cache_dir: PathBuf,
         cache: &CacheKnobs,
@@ -50,8 +52,14 @@ impl MountSpec {
         owner: Option<Identity>,
         mount_group: Option<u32>,
     ) -> MountSpec {
+        let (s3_endpoint, s3_region) = match source {
+            Source::S3 {
+                endpoint, region, ..
+            } => (endpoint.clone(), region.clone()),
+            _ => (None, None),
+        };
         MountSpec {
-            source,
+            source: source.to_string(),
             staging,
             cache_dir,
             cache_size: cache.cache_size,
@@ -60,19 +68,11 @@ impl MountSpec {
             read_only: read_only || cache.read_only,
             owner: owner.map(|i| (i.uid, i.gid)),
             mount_group,
-            s3_endpoint: None,
-            s3_region: None,
+            s3_endpoint,
+            s3_region,
             warm: cache.warm.clone(),
             capacity: cache.capacity,
         }
-    }
-
-    /// Endpoint and region of an S3 volume (nothing else: credentials go
-    /// through the environment).
-    pub fn with_s3(mut self, endpoint: Option<String>, region: Option<String>) -> MountSpec {
-        self.s3_endpoint = endpoint;
-        self.s3_region = region;
-        self
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -155,16 +155,18 @@ mod tests {
 
     #[test]
     fn s3_endpoint_and_region_become_mount_args() {
+        let source = Source::parse("s3://bkt/p")
+            .unwrap()
+            .with_s3_site(Some("http://127.0.0.1:9000".into()), Some("eu-1".into()));
         let spec = MountSpec::new(
-            "s3://b/p".into(),
+            &source,
             "/st".into(),
             "/c".into(),
             &CacheKnobs::default(),
             false,
             None,
             None,
-        )
-        .with_s3(Some("http://127.0.0.1:9000".into()), Some("eu-1".into()));
+        );
         let args = spec.args().join(" ");
         assert!(
             args.contains("--endpoint http://127.0.0.1:9000 --path-style --region eu-1"),
@@ -185,7 +187,7 @@ mod tests {
             ..CacheKnobs::default()
         };
         let spec = MountSpec::new(
-            "file:///tmp".into(),
+            &Source::parse("file:///tmp").unwrap(),
             "/st".into(),
             "/c".into(),
             &knobs,

@@ -140,7 +140,7 @@ mod tests {
             volume_id: "v1".into(),
             names: VolumeNames::default(),
             spec: MountSpec::new(
-                "file:///x".into(),
+                &crate::backend::Source::parse("file:///x").unwrap(),
                 staging.into(),
                 "/c".into(),
                 &Default::default(),

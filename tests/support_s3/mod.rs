@@ -335,8 +335,9 @@ impl S3Server {
         S3Config {
             bucket: BUCKET.into(),
             prefix: prefix.into(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: None,
             options: S3Options {
-                endpoint: Some(format!("http://127.0.0.1:{port}")),
                 path_style: true,
                 max_retries: 2,
                 part_size: 5 << 20,

@@ -67,11 +67,11 @@ pub fn build(cfg: S3Config) -> Result<Inner, String> {
         opts.retry_timeout,
     )?;
     let keys = KeyMap::new(&cfg.prefix);
-    let endpoint = opts
+    let endpoint = cfg
         .endpoint
         .clone()
         .unwrap_or_else(|| format!("AWS S3 ({})", addr.region));
-    let cache_identity = cache_identity(&cfg.bucket, keys.prefix(), opts.endpoint.as_deref());
+    let cache_identity = cache_identity(&cfg.bucket, keys.prefix(), cfg.endpoint.as_deref());
     // Messages say the same today; reword them here, never in the identity.
     let describe = cache_identity.clone();
     let staging = Staging::new(&cfg.staging_dir, &cache_identity)

@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use super::credentials::{CredentialSource, Credentials};
 
-/// S3 options as given on the command line (or by the CSI driver).
+/// S3 options as given on the command line (or by the CSI driver); the
+/// endpoint and region belong to the source ([`crate::backend::Source::S3`]).
 #[derive(Debug, Clone)]
 pub struct S3Options {
-    /// `http(s)://host[:port]` of an S3-compatible server; `None` = AWS.
-    pub endpoint: Option<String>,
-    /// Signing region; `None` = $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1.
-    pub region: Option<String>,
     /// Address the bucket as `endpoint/bucket` instead of `bucket.endpoint`.
     pub path_style: bool,
     pub credentials: CredentialSource,
@@ -56,8 +53,6 @@ pub const DEFAULT_MAX_RETRIES: usize = 1_000;
 impl Default for S3Options {
     fn default() -> Self {
         S3Options {
-            endpoint: None,
-            region: None,
             path_style: false,
             credentials: CredentialSource::default(),
             file_mode: DEFAULT_FILE_MODE,
@@ -78,6 +73,10 @@ pub struct S3Config {
     pub bucket: String,
     /// Key prefix of the volume root without trailing slash ("" = bucket root).
     pub prefix: String,
+    /// `http(s)://host[:port]` of an S3-compatible server; `None` = AWS.
+    pub endpoint: Option<String>,
+    /// Signing region; `None` = $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1.
+    pub region: Option<String>,
     pub options: S3Options,
     pub credentials: Credentials,
     /// Owner reported for every file and directory.
@@ -87,10 +86,66 @@ pub struct S3Config {
     pub staging_dir: PathBuf,
 }
 
+/// Why an S3 endpoint is refused. One rule wherever an endpoint comes from
+/// (`--endpoint`, a StorageClass `endpoint`, a mount spec).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error(
+        "'{0}' is not an http:// or https:// URL with a host and without a path, query or \
+         fragment; example: https://s3.example.com"
+    )]
+    Malformed(String),
+    #[error(
+        "an endpoint must not contain credentials; S3 keys go in the environment, a \
+         credentials file or the CSI secrets"
+    )]
+    Credentials,
+}
+
+/// An S3 endpoint, checked; returned without a trailing slash.
+pub fn parse_endpoint(text: &str) -> Result<String, EndpointError> {
+    if crate::backend::has_userinfo(text) {
+        // Not quoted: what precedes the '@' may be a key.
+        return Err(EndpointError::Credentials);
+    }
+    let bad = || EndpointError::Malformed(text.to_string());
+    let url = url::Url::parse(text).map_err(|_| bad())?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(EndpointError::Credentials);
+    }
+    let path_ok = url.path() == "/" || url.path().is_empty();
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none_or(str::is_empty)
+        || !path_ok
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// A signing region name (`us-east-1`; S3-compatible servers have their
+/// own, e.g. `garage`): lowercase letters, digits and '-'.
+pub fn parse_region(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "'{text}' is not a region name such as us-east-1 (lowercase letters, digits, '-')"
+        ))
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("--endpoint '{0}' is not an http:// or https:// URL without a path")]
-    BadEndpoint(String),
+    #[error("S3 endpoint {0}")]
+    BadEndpoint(EndpointError),
     #[error("--part-size must be at least 5 MiB (an S3 limit)")]
     PartTooSmall,
 }
@@ -110,8 +165,7 @@ pub struct Addressing {
 
 impl S3Config {
     pub fn region(&self) -> String {
-        self.options
-            .region
+        self.region
             .clone()
             .or_else(|| std::env::var("AWS_REGION").ok())
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
@@ -126,22 +180,14 @@ impl S3Config {
             return Err(ConfigError::PartTooSmall);
         }
         let region = self.region();
-        let endpoint = match &self.options.endpoint {
+        let endpoint = match &self.endpoint {
             Some(e) => {
-                let bad = || ConfigError::BadEndpoint(e.clone());
-                let url = url::Url::parse(e).map_err(|_| bad())?;
-                let path_ok = url.path() == "/" || url.path().is_empty();
-                if !matches!(url.scheme(), "http" | "https")
-                    || url.host_str().is_none()
-                    || !path_ok
-                    || url.query().is_some()
-                {
-                    return Err(bad());
-                }
-                url
+                let checked = parse_endpoint(e).map_err(ConfigError::BadEndpoint)?;
+                url::Url::parse(&checked)
+                    .map_err(|_| ConfigError::BadEndpoint(EndpointError::Malformed(e.clone())))?
             }
             None => url::Url::parse(&format!("https://s3.{region}.amazonaws.com"))
-                .map_err(|_| ConfigError::BadEndpoint(region.clone()))?,
+                .map_err(|_| ConfigError::BadEndpoint(EndpointError::Malformed(region.clone())))?,
         };
         let host = endpoint.host_str().unwrap_or_default().to_string();
         let no_vhost = host == "localhost"
@@ -174,9 +220,9 @@ mod tests {
         S3Config {
             bucket: "data".into(),
             prefix: "p".into(),
+            endpoint: endpoint.map(str::to_string),
+            region: Some("eu-west-1".into()),
             options: S3Options {
-                endpoint: endpoint.map(str::to_string),
-                region: Some("eu-west-1".into()),
                 path_style,
                 ..S3Options::default()
             },
@@ -211,8 +257,23 @@ mod tests {
 
     #[test]
     fn bad_endpoints_are_refused() {
-        for e in ["ftp://x", "http://host/path", "not a url"] {
+        for e in [
+            "ftp://x",
+            "http://host/path",
+            "not a url",
+            "http://host?x=1",
+            "http://key:hunter2@host",
+        ] {
             assert!(config(Some(e), true).addressing().is_err(), "{e}");
+            assert!(parse_endpoint(e).is_err(), "{e}");
         }
+        let shown = parse_endpoint("http://key:hunter2@host")
+            .unwrap_err()
+            .to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:9000/").as_deref(),
+            Ok("http://127.0.0.1:9000")
+        );
     }
 }

@@ -40,7 +40,10 @@ use super::{
     ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, SpecialFile, WriteStart,
 };
 
-pub use config::{S3Config, S3Options, DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
+pub use config::{
+    parse_endpoint, parse_region, EndpointError, S3Config, S3Options, DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+};
 pub use credentials::{CredentialSource, Credentials, CredentialsError};
 pub use errors::{classify, is_credential_failure, ErrorSite, S3Failure};
 pub use preflight::{PreflightError, Probe};

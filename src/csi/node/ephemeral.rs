@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use tonic::Status;
 
-use super::super::backend as backends;
 use super::super::params::{S3Credentials, VolumeParams};
 use super::super::proto::{NodePublishVolumeRequest, NodePublishVolumeResponse};
 use super::{capability, preflight, NodeService};
@@ -55,24 +54,22 @@ impl NodeService {
             .collect();
         let params = VolumeParams::parse(&attributes)?;
         let sub = params.inline_sub_path()?;
-        let creds = match params.location.needs_credentials() {
+        let creds = match params.location.is_s3() {
             true => S3Credentials::from_secrets(&req.secrets)?,
             false => None,
         };
-        let source = backends::source_for(&params.location, &sub)?;
-        let s3 = backends::s3_options(&params.location);
+        let source = params.location.join(&sub);
         let staging = staging_for(&target)?;
         let read_only = req.readonly || cap.wants_ro();
         let spec = MountSpec::new(
-            source.to_string(),
+            &source,
             staging,
             self.cache_dir.clone(),
             &params.cache,
             read_only,
             params.owner,
             cap.mount_group,
-        )
-        .with_s3(s3.endpoint, s3.region);
+        );
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
             preflight(&source)?;

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use parking_lot::Mutex;
 use tonic::Status;
 
-use super::backend as backends;
 use super::caps::{self, Checked};
 use super::errors::{io_status, missing};
 use super::host::{SessionHost, Start};
@@ -48,7 +47,7 @@ fn credentials(
     id: &VolumeId,
     secrets: &HashMap<String, String>,
 ) -> Result<Option<S3Credentials>, Status> {
-    if id.location.needs_credentials() {
+    if id.location.is_s3() {
         Ok(S3Credentials::from_secrets(secrets)?)
     } else {
         Ok(None)
@@ -158,18 +157,16 @@ impl NodeService {
         let id = decode(&req.volume_id)?;
         let params = NodeParams::parse(&req.volume_context)?;
         let creds = credentials(&id, &req.secrets)?;
-        let source = backends::source_for(&id.location, &id.sub)?;
-        let s3 = backends::s3_options(&id.location);
+        let source = id.location.join(&id.sub);
         let spec = MountSpec::new(
-            source.to_string(),
+            &source,
             staging.clone(),
             self.cache_dir.clone(),
             &params.cache,
             cap.is_reader(),
             params.owner,
             cap.mount_group,
-        )
-        .with_s3(s3.endpoint, s3.region);
+        );
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
             preflight(&source)?;

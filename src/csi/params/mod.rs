@@ -1,17 +1,20 @@
 //! StorageClass parameters, volume context and secrets, parsed once into
 //! typed values. Everything a request carries as strings is checked here;
 //! the rest of the plugin only sees [`VolumeParams`], [`NodeParams`],
-//! [`Location`] and [`S3Credentials`].
+//! [`Source`] and [`S3Credentials`].
 //!
 //! Error messages name the parameter and, for unknown ones, list the known
 //! ones. Secret values never appear in an error or a `Debug` output.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Component, Path, PathBuf};
+
 use std::time::Duration;
 
-use crate::backend::{has_userinfo, redacted_url, BackendPath, Identity};
+use crate::backend::source::{
+    bucket_name_ok, nfs_host, normal_abs_path, normal_prefix, SourceError,
+};
+use crate::backend::{BackendPath, Identity, Source};
 
 mod parse;
 mod secrets;
@@ -81,59 +84,6 @@ impl fmt::Display for InvalidArgument {
 
 fn invalid(msg: impl Into<String>) -> InvalidArgument {
     InvalidArgument(msg.into())
-}
-
-/// Where a volume's parent directory lives. One variant per backend kind,
-/// whether or not this build can talk to it: parameters for a backend that
-/// is not built still parse, and fail later with "backend not available".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// `file:///abs/path`
-    Local { root: PathBuf },
-    /// `nfs://server[:port]/export` or `server` + `share`
-    Nfs {
-        server: String,
-        port: Option<u16>,
-        export: String,
-    },
-    /// `s3://bucket/prefix` or `bucket` + `prefix`, with `endpoint`/`region`
-    S3 {
-        bucket: String,
-        prefix: String,
-        endpoint: Option<String>,
-        region: Option<String>,
-    },
-}
-
-impl Location {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Location::Local { .. } => "file",
-            Location::Nfs { .. } => "nfs",
-            Location::S3 { .. } => "s3",
-        }
-    }
-
-    pub fn needs_credentials(&self) -> bool {
-        matches!(self, Location::S3 { .. })
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::Local { root } => write!(f, "file://{}", root.display()),
-            Location::Nfs {
-                server,
-                port,
-                export,
-            } => match port {
-                Some(p) => write!(f, "nfs://{server}:{p}{export}"),
-                None => write!(f, "nfs://{server}{export}"),
-            },
-            Location::S3 { bucket, prefix, .. } => write!(f, "s3://{bucket}/{prefix}"),
-        }
-    }
 }
 
 /// What DeleteVolume does with the volume's directory.
@@ -250,7 +200,7 @@ pub struct ClaimMeta {
 /// StorageClass parameters of one CreateVolume call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeParams {
-    pub location: Location,
+    pub location: Source,
     /// Raw `subDir` template (validated syntax); `None` = the volume name.
     pub sub_dir: Option<String>,
     pub on_delete: OnDelete,

@@ -47,39 +47,12 @@ pub(super) fn parse_owner(
 }
 
 pub(super) fn parse_endpoint(text: &str) -> Result<String, InvalidArgument> {
-    let shown = redacted_url(text);
-    let url = url::Url::parse(text).map_err(|e| {
-        invalid(format!(
-            "parameter endpoint: '{shown}' is not a URL ({e}); example: https://s3.example.com"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(invalid(format!(
-            "parameter endpoint: '{shown}' must be an http:// or https:// URL with a host"
-        )));
-    }
-    if has_userinfo(text) || !url.username().is_empty() || url.password().is_some() {
-        // Keys belong in secrets; do not echo what may be a credential.
-        return Err(invalid(
-            "parameter endpoint: must not contain credentials; put keys in the provisioner/node-stage secrets",
-        ));
-    }
-    Ok(text.trim_end_matches('/').to_string())
+    crate::backend::s3::parse_endpoint(text)
+        .map_err(|e| invalid(format!("parameter endpoint: {e}")))
 }
 
 pub(super) fn parse_region(text: &str) -> Result<String, InvalidArgument> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(invalid(format!(
-            "parameter region: '{text}' is not a region name such as us-east-1"
-        )))
-    }
+    crate::backend::s3::parse_region(text).map_err(|e| invalid(format!("parameter region: {e}")))
 }
 
 pub(super) fn parse_location(
@@ -90,7 +63,7 @@ pub(super) fn parse_location(
     prefix: Option<&str>,
     endpoint: Option<String>,
     region: Option<String>,
-) -> Result<Location, InvalidArgument> {
+) -> Result<Source, InvalidArgument> {
     let given = [
         source.is_some(),
         server.is_some() || share.is_some(),
@@ -103,187 +76,72 @@ pub(super) fn parse_location(
         ));
     }
     let location = if let Some(s) = source {
-        parse_source_url(s, endpoint.clone(), region.clone())?
+        parse_source_url(s)?
     } else if server.is_some() || share.is_some() {
         let (Some(server), Some(share)) = (server, share) else {
             return Err(invalid(
                 "parameters server and share must be given together",
             ));
         };
-        Location::Nfs {
-            server: parse_host("server", server)?,
+        let host = nfs_host(server).ok_or_else(|| {
+            invalid(format!(
+                "parameter server: '{server}' is not a host name or IP address"
+            ))
+        })?;
+        Source::Nfs {
+            host,
             port: None,
-            export: parse_abs_path("share", share)?,
+            path: parse_abs_path("share", share)?,
         }
     } else {
         let bucket = bucket.ok_or_else(|| invalid("parameter prefix needs parameter bucket"))?;
-        Location::S3 {
-            bucket: parse_bucket(bucket)?,
-            prefix: parse_prefix(prefix.unwrap_or(""))?,
-            endpoint: endpoint.clone(),
-            region: region.clone(),
+        if !bucket_name_ok(bucket) {
+            return Err(invalid(format!(
+                "parameter bucket: '{bucket}' is not a valid bucket name (3-63 of a-z 0-9 . - _, \
+                 beginning and ending with a letter or digit)"
+            )));
+        }
+        let prefix = prefix.unwrap_or("");
+        Source::S3 {
+            bucket: bucket.to_string(),
+            prefix: normal_prefix(prefix).ok_or_else(|| {
+                invalid(format!(
+                    "parameter prefix: '{prefix}' must not contain '.', '..' or NUL components"
+                ))
+            })?,
+            endpoint: None,
+            region: None,
         }
     };
-    if !matches!(location, Location::S3 { .. }) && (endpoint.is_some() || region.is_some()) {
+    if !location.is_s3() && (endpoint.is_some() || region.is_some()) {
         return Err(invalid(
             "parameters endpoint and region apply to S3 sources only",
         ));
     }
-    Ok(location)
+    Ok(location.with_s3_site(endpoint, region))
 }
 
-/// Parse a `source` URL into a location (no I/O: existence is checked when
-/// the backend is opened).
-pub fn parse_source_url(
-    text: &str,
-    endpoint: Option<String>,
-    region: Option<String>,
-) -> Result<Location, InvalidArgument> {
-    if has_userinfo(text) {
-        return Err(invalid(
+/// Parse a `source` URL (no I/O: existence is checked when the backend is
+/// opened), by the rules every source follows.
+pub fn parse_source_url(text: &str) -> Result<Source, InvalidArgument> {
+    Source::parse(text).map_err(|e| match e {
+        // The hint for the command line names flags; a StorageClass puts
+        // keys into secrets.
+        SourceError::Credentials { .. } => invalid(
             "parameter source: must not contain credentials; put keys in the provisioner/node-stage secrets",
-        ));
-    }
-    let shown = redacted_url(text);
-    let bad = |why: &str| {
-        invalid(format!(
-            "parameter source: '{shown}' {why}; expected file:///dir, nfs://server[:port]/export or s3://bucket[/prefix]"
-        ))
-    };
-    // The URL parser would silently resolve `a/../b`; a source with dot
-    // segments (plain or escaped) is refused instead.
-    let dot_segment = text.split(['/', '?', '#']).any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    });
-    if dot_segment {
-        return Err(bad("has a '.' or '..' path segment"));
-    }
-    let url = url::Url::parse(text).map_err(|_| bad("is not a URL"))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(
-            "parameter source: must not contain credentials; put keys in the provisioner/node-stage secrets",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("has a query or fragment"));
-    }
-    let path = decoded_path(&url).ok_or_else(|| bad("has an invalid escape in its path"))?;
-    match url.scheme() {
-        "file" => {
-            if url.host_str().is_some_and(|h| !h.is_empty()) {
-                return Err(bad("has a host (write file:///absolute/path)"));
-            }
-            Ok(Location::Local {
-                root: PathBuf::from(parse_abs_path("source", &path)?),
-            })
-        }
-        "nfs" => {
-            let host = url.host_str().ok_or_else(|| bad("has no server"))?;
-            Ok(Location::Nfs {
-                server: parse_host("source", host)?,
-                port: url.port(),
-                export: parse_abs_path("source", &path)?,
-            })
-        }
-        "s3" => {
-            let bucket = url.host_str().ok_or_else(|| bad("has no bucket"))?;
-            Ok(Location::S3 {
-                bucket: parse_bucket(bucket)?,
-                prefix: parse_prefix(path.trim_start_matches('/'))?,
-                endpoint,
-                region,
-            })
-        }
-        other => Err(bad(&format!("has the unsupported scheme '{other}'"))),
-    }
+        ),
+        e => invalid(format!("parameter {e}")),
+    })
 }
 
-/// The URL's path, percent-decoded, refusing escaped slashes (`%2F`) which
-/// would let one component pose as two.
-pub(super) fn decoded_path(url: &url::Url) -> Option<String> {
-    let raw = url.path();
-    if raw.to_ascii_lowercase().contains("%2f") || raw.contains("%00") {
-        return None;
-    }
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .ok()
-        .map(|s| s.into_owned())
-}
-
-pub(super) fn parse_host(key: &str, host: &str) -> Result<String, InvalidArgument> {
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    if ok {
-        Ok(host.to_string())
-    } else {
-        Err(invalid(format!(
-            "parameter {key}: '{host}' is not a host name or IP address"
-        )))
-    }
-}
-
-/// An absolute, normalized path: no `.`/`..`, no empty components.
+/// An absolute, normalised path (no `.`/`..`/NUL; doubled and trailing
+/// slashes dropped).
 pub fn parse_abs_path(key: &str, text: &str) -> Result<String, InvalidArgument> {
-    let bad = || {
+    normal_abs_path(text).ok_or_else(|| {
         invalid(format!(
-            "parameter {key}: '{text}' must be an absolute path without '.', '..' or empty components"
+            "parameter {key}: '{text}' must be an absolute path without '.', '..' or NUL components"
         ))
-    };
-    if !text.starts_with('/') || text.contains('\0') {
-        return Err(bad());
-    }
-    let trimmed = if text.len() > 1 {
-        text.trim_end_matches('/')
-    } else {
-        text
-    };
-    if trimmed.len() > 1
-        && trimmed[1..]
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(bad());
-    }
-    let p = Path::new(trimmed);
-    if p.components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(bad());
-    }
-    Ok(trimmed.to_string())
-}
-
-pub(super) fn parse_bucket(text: &str) -> Result<String, InvalidArgument> {
-    let ok = (3..=63).contains(&text.len())
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-        && !text.starts_with(['.', '-'])
-        && !text.ends_with(['.', '-']);
-    if ok {
-        Ok(text.to_string())
-    } else {
-        Err(invalid(format!(
-            "parameter bucket: '{text}' is not a valid bucket name (3-63 of a-z 0-9 . -)"
-        )))
-    }
-}
-
-/// An S3 prefix: a relative path (may be empty), stored without slashes at
-/// either end.
-pub(super) fn parse_prefix(text: &str) -> Result<String, InvalidArgument> {
-    let t = text.trim_end_matches('/');
-    if t.is_empty() {
-        return Ok(String::new());
-    }
-    parse_sub_path(t)
-        .map(|p| p.as_str().to_string())
-        .map_err(|e| invalid(format!("parameter prefix: '{text}': {e}")))
+    })
 }
 
 /// A relative path that stays below its root: no leading `/`, no `.`/`..`,

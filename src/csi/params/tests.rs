@@ -28,7 +28,7 @@ fn parses_a_full_local_storage_class() {
     .unwrap();
     assert_eq!(
         p.location,
-        Location::Local {
+        Source::Local {
             root: "/srv/data".into()
         }
     );
@@ -59,16 +59,16 @@ fn nfs_and_s3_forms_parse_into_typed_locations() {
         VolumeParams::parse(&map(&[("server", "10.0.0.5"), ("share", "/exports/k8s/")])).unwrap();
     assert_eq!(
         a.location,
-        Location::Nfs {
-            server: "10.0.0.5".into(),
+        Source::Nfs {
+            host: "10.0.0.5".into(),
             port: None,
-            export: "/exports/k8s".into()
+            path: "/exports/k8s".into()
         }
     );
     let b = VolumeParams::parse(&map(&[("source", "nfs://nas.local:2049/exports/k8s")])).unwrap();
     assert!(matches!(
         b.location,
-        Location::Nfs {
+        Source::Nfs {
             port: Some(2049),
             ..
         }
@@ -81,7 +81,7 @@ fn nfs_and_s3_forms_parse_into_typed_locations() {
     .unwrap();
     assert_eq!(
         c.location,
-        Location::S3 {
+        Source::S3 {
             bucket: "my-bucket".into(),
             prefix: "team/a".into(),
             endpoint: Some("http://127.0.0.1:8333".into()),
@@ -89,7 +89,22 @@ fn nfs_and_s3_forms_parse_into_typed_locations() {
         }
     );
     let d = VolumeParams::parse(&map(&[("bucket", "my-bucket")])).unwrap();
-    assert!(matches!(d.location, Location::S3 { ref prefix, .. } if prefix.is_empty()));
+    assert!(matches!(d.location, Source::S3 { ref prefix, .. } if prefix.is_empty()));
+    // One rule per part, whichever way it is given: a bracketed IPv6
+    // server is the same host as in a URL, a doubled slash is dropped.
+    let e = VolumeParams::parse(&map(&[("server", "[fd00::1]"), ("share", "/a//b")])).unwrap();
+    let f = VolumeParams::parse(&map(&[("source", "nfs://[fd00::1]/a/b")])).unwrap();
+    assert_eq!(e.location, f.location);
+    assert_eq!(e.location.to_string(), "nfs://[fd00::1]/a/b");
+    for (params, word) in [
+        (&[("source", "s3://b-1/a%2Fb")][..], "source"),
+        (&[("bucket", "b-1"), ("prefix", "a/../b")][..], "prefix"),
+        (&[("source", "file:///srv?x=1")][..], "query"),
+        (&[("bucket", "ends-with-dash-")][..], "bucket"),
+    ] {
+        let err = VolumeParams::parse(&map(params)).unwrap_err();
+        assert!(err.0.contains(word), "{params:?}: {err}");
+    }
 }
 
 #[test]
