@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Python packages for the offline deployment checks (tests/deploy_manifests.rs
+# Python packages for the offline deployment checks (tests/csi/deploy_manifests.rs
 # runs deploy/tests/check_manifests.py). Idempotent: installs only what is
 # missing.
 #   pyyaml               YAML loading

@@ -4,6 +4,7 @@
 //! under the final name. These tests restart the shared server, so they run
 //! one at a time.
 
+mod common;
 mod support_nfs;
 
 use std::fs;

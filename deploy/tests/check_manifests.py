@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline checks of cachalot's deployment files (run by tests/deploy_manifests.rs).
+"""Offline checks of cachalot's deployment files (run by tests/csi/deploy_manifests.rs).
 
     python3 deploy/tests/check_manifests.py [--root REPO]
 

@@ -144,7 +144,7 @@ impl FuseAdapter {
     /// `spawn` for a request that changes the namespace or a file's data:
     /// always on the runtime. Answered inline too, a writer replacing a
     /// file by rename did so fast enough that a reader's open, racing two
-    /// replacements, got ESTALE after the kernel's one retry (tests/
+    /// replacements, got ESTALE after the kernel's one retry (tests/fuse/
     /// concurrency.rs); lookups, opens and reads are what gains most.
     fn spawn_change<F, Fut>(&self, work: F)
     where

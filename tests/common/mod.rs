@@ -57,7 +57,7 @@ pub fn require_root_and_fuse() {
 // one test could make another test's half-written file publish early. Every spawn in the
 // harness therefore takes FORK_LOCK exclusively, and tests that assert "not published
 // before close" hold a `no_fork_guard()` while their descriptor is open. (The
-// fork-while-writing behaviour itself is tested deterministically in fs_write_atomic.rs.)
+// fork-while-writing behaviour itself is tested deterministically in fuse/write_atomic.rs.)
 // Never call a spawning helper (Mount::start, run_with_timeout, force_unmount, ...) while
 // holding a guard: that would deadlock.
 // ---------------------------------------------------------------------------------------
@@ -947,15 +947,11 @@ impl Mount {
     }
 }
 
-/// Arguments that make the test binary run only its `child_role` test.
-pub const CHILD_ROLE_ARGS: [&str; 6] = [
-    "--exact",
-    "child_role",
-    "--nocapture",
-    "--test-threads",
-    "1",
-    "-q",
-];
+/// Arguments that make the test binary run only its `child_role` tests
+/// (a filter, not `--exact`: in a binary of several suites the test is
+/// `<module>::child_role`; each one returns at once unless its own role
+/// variable is set).
+pub const CHILD_ROLE_ARGS: [&str; 5] = ["child_role", "--nocapture", "--test-threads", "1", "-q"];
 
 /// Re-run the current test binary as a child process: it runs only the
 /// test named `child_role`, which dispatches on `role` (passed in the

@@ -568,9 +568,8 @@ pub fn unstage_req(vol: &Volume, staging: &Path) -> NodeUnstageVolumeRequest {
     }
 }
 
-pub fn is_mounted(path: &Path) -> bool {
-    cachalot::csi::mounts::is_mount_point(path).unwrap_or(false)
-}
+/// One reading of the mount table for every suite.
+pub use crate::common::is_mounted;
 
 /// Wait for a condition (e.g. a process to die).
 pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

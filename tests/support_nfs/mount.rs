@@ -2,11 +2,12 @@
 //! stopped) when the guard drops, also on panic.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{spawn_with_death_signal, stop_child};
+use crate::common::is_mounted;
 
 pub struct Mounted {
     pub mnt: PathBuf,
@@ -21,13 +22,6 @@ pub struct Mounted {
 pub struct MountFailure {
     pub status: ExitStatus,
     pub stderr: String,
-}
-
-fn is_mounted(mnt: &Path) -> bool {
-    let needle = format!(" {} ", mnt.display());
-    fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(&needle) && l.contains("fuse")))
-        .unwrap_or(false)
 }
 
 /// `cachalot mount URL MNT --cache-dir C --foreground --metadata-ttl 0s ARGS`,

@@ -13,12 +13,8 @@ pub struct Mounted {
     pub log: PathBuf,
 }
 
-pub fn is_mounted(mnt: &Path) -> bool {
-    let needle = format!(" {} ", mnt.display());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| t.lines().any(|l| l.contains(&needle)))
-        .unwrap_or(false)
-}
+/// One reading of the mount table for every suite.
+pub use crate::common::is_mounted;
 
 /// The command line of a foreground mount (for tests that expect failure).
 pub fn mount_command(server: &S3Server, prefix: &str, mnt: &Path, cache: &Path) -> Command {

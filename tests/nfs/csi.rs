@@ -1,8 +1,8 @@
 //! CSI with NFS sources: the provisioner + kubelet call sequence against a
 //! real plugin and nfs-ganesha, checked on the exported directories.
 
-mod support_csi;
-mod support_nfs;
+use crate::support_csi;
+use crate::support_nfs;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

@@ -2,7 +2,7 @@
 //! `--allow-other` with the kernel's `default_permissions`, and the default identity
 //! (the calling process' uid/gid).
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! Precise errno values reach the application (never a blanket EIO), and a failed
 //! operation leaves nothing behind in the backing directory.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};

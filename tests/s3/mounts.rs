@@ -2,9 +2,9 @@
 //! against the bucket with an independent object_store client. Needs root
 //! (FUSE) and `scripts/install-s3-deps.sh`.
 
-mod common;
-mod support_posix;
-mod support_s3;
+use crate::common;
+use crate::support_posix;
+use crate::support_s3;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

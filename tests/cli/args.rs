@@ -1,7 +1,7 @@
 //! The `cachalot mount` command line: argument errors (exit code 2, one clear message),
 //! help, foreground signal handling, background mode, the mount's fsname/type.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! sessions are reported abnormal, re-established after a restart (and on
 //! the next NodePublish), and volumes that cannot be recovered are reported.
 
-mod support_csi;
+use crate::support_csi;
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 //! two different bytes saw a mix of versions, and a length that does not match the byte
 //! is a truncated (or extended) view.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};

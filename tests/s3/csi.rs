@@ -1,8 +1,8 @@
 //! CSI with S3 sources: the provisioner + kubelet call sequence against a
 //! real plugin and SeaweedFS (strict SigV4), secrets as CSI secrets.
 
-mod support_csi;
-mod support_s3;
+use crate::support_csi;
+use crate::support_s3;
 
 use std::collections::HashMap;
 use std::path::Path;

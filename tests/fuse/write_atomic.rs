@@ -2,7 +2,7 @@
 //! in the same backing directory; the final name is created/replaced only at close/fsync.
 //! Also: crash (kill -9) in the middle of a write, and cleanup of leftovers at the next mount.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

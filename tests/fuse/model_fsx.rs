@@ -9,7 +9,7 @@
 //! - On a mismatch the test prints the seed, the last operations, and a shrunk operation
 //!   log (prefixes re-run and chunks dropped, each on a fresh mount, within
 //!   `CACHALOT_SHRINK_SECS`, default 120) that it also stores as JSON; replay it with
-//!   `CACHALOT_FSX_REPLAY=<file> cargo test --test model_fsx replay_from_env -- --nocapture`.
+//!   `CACHALOT_FSX_REPLAY=<file> cargo test --test fuse model_fsx::replay_from_env -- --nocapture`.
 //! - Modelled differences from a local filesystem (not reported): data written through
 //!   an open descriptor reaches the backing directory only at close/fsync (the backing dir
 //!   is compared with the reference only while no descriptor is open, and at the end).
@@ -22,8 +22,8 @@
 //! - The backend is a parameter ([`SourceKind`]); only `file://` exists now, NFS and S3
 //!   plug into [`build_target`].
 
-mod common;
-mod support_nfs;
+use crate::common;
+use crate::support_nfs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -1601,7 +1601,7 @@ fn shrink(cfg: &Config, ops: Vec<Op>, sig: &str, budget: Duration) -> (Vec<Op>, 
 fn report_failure(test: &str, cfg: &Config, seed: u64, n: usize, log: Vec<Op>, f: Failure) -> ! {
     let mut text = format!(
         "\n=== fsx model mismatch: seed {seed} ({n} ops), config {cfg:?}\n\
-         === reproduce: CACHALOT_SEED={seed} CACHALOT_OPS={n} cargo test --test model_fsx {test} -- --exact --nocapture\n\
+         === reproduce: CACHALOT_SEED={seed} CACHALOT_OPS={n} cargo test --test fuse model_fsx::{test} -- --exact --nocapture\n\
          === at op {}: {}\n=== last operations:\n",
         f.at, f.msg
     );
@@ -1635,7 +1635,7 @@ fn report_failure(test: &str, cfg: &Config, seed: u64, n: usize, log: Vec<Op>, f
             text.push_str(&format!("  {i:4}  {op}\n"));
         }
         text.push_str(&format!(
-            "=== saved as {}; replay: CACHALOT_FSX_REPLAY={} cargo test --test model_fsx replay_from_env -- --nocapture\n",
+            "=== saved as {}; replay: CACHALOT_FSX_REPLAY={} cargo test --test fuse model_fsx::replay_from_env -- --nocapture\n",
             file.display(),
             file.display()
         ));

@@ -1,7 +1,7 @@
 //! The page store under a real mount: corruption everywhere, a cache with
 //! 100 000 pages, concurrent cold readers, and the `cachalot cache` commands.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! The external-provisioner + kubelet call sequence against a real plugin
 //! process, with real FUSE and bind mounts, for `file://` sources.
 
-mod support_csi;
+use crate::support_csi;
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

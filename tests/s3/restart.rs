@@ -14,8 +14,8 @@
 //! 64 MiB through FUSE next to a `weed mini`, and on a small machine two at
 //! once would mostly measure CPU contention.
 
-mod common;
-mod support_s3;
+use crate::common;
+use crate::support_s3;
 
 use std::fs;
 use std::io::{Read, Write};

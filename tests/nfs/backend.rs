@@ -2,7 +2,7 @@
 //! real nfs-ganesha on 127.0.0.1; results are checked on the exported
 //! directory itself (ground truth).
 
-mod support_nfs;
+use crate::support_nfs;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -4,14 +4,14 @@
 //!   by the client's kernel, never by the daemon: files created or read through paths
 //!   that contain symlinks pointing outside never touch the backing dir's neighbours
 //!   through the daemon (who runs as root).
-//! - A read-only mount refuses every mutation with EROFS (completing fs_errors.rs:
+//! - A read-only mount refuses every mutation with EROFS (completing errors.rs:
 //!   xattrs, mknod of a regular file, utimens "now", chown, O_RDONLY|O_TRUNC, rename
 //!   flags, fallocate-free paths).
 //! - The daemon's whole log at RUST_LOG=trace never contains a secret passed in its
 //!   environment (AWS_SECRET_ACCESS_KEY & co.).
 
-mod common;
-mod support_s3;
+use crate::common;
+use crate::support_s3;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -254,7 +254,7 @@ fn temp_file_names_cannot_be_addressed_through_the_mount() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Read-only mounts (fs_errors.rs covers create, mkdir, unlink, rmdir, rename, open for
+// Read-only mounts (errors.rs covers create, mkdir, unlink, rmdir, rename, open for
 // writing/append/O_TRUNC, chmod, truncate, utimens with times, symlink, link, mkfifo)
 // ---------------------------------------------------------------------------------------
 

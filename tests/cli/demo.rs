@@ -2,7 +2,7 @@
 //! cached read timing and unmounts. The demo runs with TMPDIR pointing at our own temp
 //! dir, so any mount it leaves behind is found under that dir (and only those are cleaned).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

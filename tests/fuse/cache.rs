@@ -2,7 +2,7 @@
 //! `<cache-dir>/pages/*.page`, stats come from the `user.cachalot.stats` xattr,
 //! and the metadata TTL lets changes made directly in the backing dir show through.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};

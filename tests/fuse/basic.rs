@@ -1,7 +1,7 @@
 //! Basic POSIX operations through a `cachalot mount` of a `file://` source.
 //! The backing directory is the ground truth for every check.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

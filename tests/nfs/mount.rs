@@ -1,8 +1,8 @@
 //! cachalot on NFS through a real FUSE mount, checked against the exported
 //! directory on disk (ground truth).
 
-mod support_nfs;
-mod support_posix;
+use crate::support_nfs;
+use crate::support_posix;
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -5,8 +5,8 @@
 //! connections. Needs root (the squash case) and the NFS and S3 test
 //! servers (`scripts/install-nfs-deps.sh`, `scripts/install-s3-deps.sh`).
 
-mod support_nfs;
-mod support_s3;
+use crate::support_nfs;
+use crate::support_s3;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! MUST rules of the CSI spec (idempotency, error codes, required fields,
 //! capability consistency) and bad input, against a real plugin process.
 
-mod support_csi;
-mod support_nfs;
+use crate::support_csi;
+use crate::support_nfs;
 
 use cachalot::csi::proto::controller_service_capability::rpc::Type as CtlCap;
 use cachalot::csi::proto::node_service_capability::rpc::Type as NodeCap;

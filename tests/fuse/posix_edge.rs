@@ -1,8 +1,8 @@
 //! POSIX corner cases real programs hit: odd file names, long names, mmap,
 //! metadata changes on a descriptor open for writing (cp -p / install -m), statfs.
 
-mod common;
-mod support_posix;
+use crate::common;
+use crate::support_posix;
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};

@@ -2,7 +2,7 @@
 //! 127.0.0.1 (SigV4 enforced), checked with an independent object_store
 //! client. Run `scripts/install-s3-deps.sh` first.
 
-mod support_s3;
+use crate::support_s3;
 
 use std::sync::Arc;
 
