@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::backend::Source;
-use crate::cli::DemoArgs;
-use crate::mount::{self, MountOptions};
+use cachalot::backend::Source;
+use cachalot::cli::DemoArgs;
+use cachalot::mount::{self, MountOptions};
 
 fn sample_data(size: u64) -> Vec<u8> {
     // xorshift: incompressible enough, fast, no dependency.

@@ -2,7 +2,6 @@ pub mod backend;
 pub mod cache;
 pub mod cli;
 pub mod csi;
-pub mod demo;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;

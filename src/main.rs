@@ -1,3 +1,8 @@
+//! The `cachalot` binary: the commands, their output and exit codes.
+//! anyhow lives here (and in the demo, a command of this binary) only.
+
+mod demo;
+
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -56,7 +61,7 @@ fn run_mount(args: MountArgs, source: Source) -> Result<()> {
     let mounted = mount::start(args.options(source))?;
     serve_metrics(metrics_addr)?;
     daemon::report_ready();
-    mounted.run_until_signal()
+    Ok(mounted.run_until_signal()?)
 }
 
 fn run_cache(cmd: CacheCommand) -> Result<()> {
@@ -132,7 +137,7 @@ fn run_csi(args: CsiArgs) -> Result<()> {
         .thread_name("cachalot-csi")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(cachalot::csi::server::run(
+    Ok(runtime.block_on(cachalot::csi::server::run(
         cachalot::csi::server::CsiConfig {
             endpoint: args.endpoint,
             node_id: args.node_id,
@@ -143,7 +148,7 @@ fn run_csi(args: CsiArgs) -> Result<()> {
             mount_timeout: args.mount_timeout,
             mounter_socket: args.mounter_socket,
         },
-    ))
+    ))?)
 }
 
 fn run_mounter(args: MounterArgs) -> Result<()> {
@@ -332,7 +337,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Mount(args) => run_mount(args, source.expect("parsed above")),
-        Command::Demo(args) => cachalot::demo::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Cache(cmd) => run_cache(cmd),
         Command::Csi(args) => run_csi(args),
         Command::Mounter(args) => run_mounter(args),

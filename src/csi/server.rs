@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use tonic::{Request, Response, Status};
 
 use super::controller::ControllerService;
@@ -34,43 +33,66 @@ pub struct CsiConfig {
     pub mounter_socket: Option<PathBuf>,
 }
 
+/// Why the plugin could not start serving, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("endpoint '{0}' must be unix:///absolute/path (TCP endpoints are not supported)")]
+    Endpoint(String),
+    /// The socket path is taken; the message says by what.
+    #[error("{0}")]
+    SocketTaken(String),
+    #[error("recovering staged volumes")]
+    Recover(#[source] tokio::task::JoinError),
+    #[error("gRPC server")]
+    Grpc(#[source] tonic::transport::Error),
+}
+
+fn io_failed(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
 /// `unix:///csi/csi.sock`, `unix:/csi/csi.sock` or `/csi/csi.sock`.
-pub fn socket_path(endpoint: &str) -> Result<PathBuf> {
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
     let path = endpoint
         .strip_prefix("unix://")
         .or_else(|| endpoint.strip_prefix("unix:"))
         .unwrap_or(endpoint);
     if !path.starts_with('/') {
-        bail!(
-            "endpoint '{endpoint}' must be unix:///absolute/path (TCP endpoints are not supported)"
-        );
+        return Err(ServeError::Endpoint(endpoint.to_string()));
     }
     Ok(PathBuf::from(path))
 }
 
 /// Remove a socket left by a previous run, unless something still answers
 /// on it (then another plugin is running: refuse to steal its socket).
-fn clear_stale_socket(path: &Path) -> Result<()> {
+fn clear_stale_socket(path: &Path) -> Result<(), ServeError> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("checking {}", path.display())),
-        Ok(m) if !m.file_type().is_socket() => {
-            bail!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            )
-        }
+        Err(e) => Err(io_failed(format!("checking {}", path.display()))(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(ServeError::SocketTaken(format!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ))),
         Ok(_) => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!(
+                return Err(ServeError::SocketTaken(format!(
                     "another process is serving {}; refusing to replace it",
                     path.display()
-                );
+                )));
             }
             tracing::info!(path = %path.display(), "removing stale socket");
-            std::fs::remove_file(path)
-                .with_context(|| format!("removing stale socket {}", path.display()))
+            std::fs::remove_file(path).map_err(io_failed(format!(
+                "removing stale socket {}",
+                path.display()
+            )))
         }
     }
 }
@@ -331,20 +353,24 @@ const KEEPER_POLL: Duration = Duration::from_millis(250);
 
 /// Run the plugin until SIGTERM/SIGINT. Staged mounts are left running on
 /// exit: they belong to the pods, and the next plugin process adopts them.
-pub async fn run(cfg: CsiConfig) -> Result<()> {
+pub async fn run(cfg: CsiConfig) -> Result<(), ServeError> {
     let (controller, node) = if !cfg.controller && !cfg.node {
         (true, true)
     } else {
         (cfg.controller, cfg.node)
     };
-    std::fs::create_dir_all(&cfg.cache_dir)
-        .with_context(|| format!("creating cache directory {}", cfg.cache_dir.display()))?;
-    let state = StateDir::open(&cfg.state_dir)
-        .with_context(|| format!("opening state directory {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.cache_dir).map_err(io_failed(format!(
+        "creating cache directory {}",
+        cfg.cache_dir.display()
+    )))?;
+    let state = StateDir::open(&cfg.state_dir).map_err(io_failed(format!(
+        "opening state directory {}",
+        cfg.state_dir.display()
+    )))?;
     let socket = socket_path(&cfg.endpoint)?;
     clear_stale_socket(&socket)?;
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io_failed(format!("creating {}", dir.display())))?;
     }
 
     let identity = IdentityGrpc(Arc::new(IdentityService {
@@ -378,13 +404,13 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
                 std::thread::Builder::new()
                     .name("keeper".into())
                     .spawn(move || keeper.keep(KEEPER_POLL))
-                    .context("starting the keeper thread")?;
+                    .map_err(io_failed("starting the keeper thread"))?;
                 Box::new(host)
             }
             None => {
                 tracing::warn!("no --mounter-socket: volumes run in mount children of this plugin and die with its container");
                 let exe = std::env::current_exe()
-                    .context("locating the cachalot binary for mount children")?;
+                    .map_err(io_failed("locating the cachalot binary for mount children"))?;
                 Box::new(Supervisor::new(exe, cfg.mount_timeout))
             }
         };
@@ -399,19 +425,19 @@ pub async fn run(cfg: CsiConfig) -> Result<()> {
         let s = Arc::clone(&svc);
         tokio::task::spawn_blocking(move || s.recover())
             .await
-            .context("recovering staged volumes")?;
+            .map_err(ServeError::Recover)?;
         router = router.add_service(NodeServer::new(NodeGrpc(svc)));
     }
 
     let listener = tokio::net::UnixListener::bind(&socket)
-        .with_context(|| format!("listening on {}", socket.display()))?;
+        .map_err(io_failed(format!("listening on {}", socket.display())))?;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tracing::info!(endpoint = %cfg.endpoint, node_id = %cfg.node_id, controller, node, "CSI plugin serving");
     let served = router
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await;
     let _ = std::fs::remove_file(&socket);
-    served.context("gRPC server")?;
+    served.map_err(ServeError::Grpc)?;
     tracing::info!("CSI plugin stopped");
     Ok(())
 }

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-
-use super::MountOptions;
+use super::{MountOptions, SourceFailure};
 use crate::backend::{Backend, BackendPath, Identity, OpenOptions, Source};
 
 /// How a mount opens its source: as `--uid/--gid` (else as each caller),
@@ -21,7 +19,7 @@ fn open_options(opts: &MountOptions) -> OpenOptions {
     }
 }
 
-pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>> {
+pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>, SourceFailure> {
     let open = open_options(opts);
     if let Source::S3 { .. } = &opts.source {
         // The checks run on a client with a short retry budget, so a
@@ -35,11 +33,11 @@ pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>>
         probe
             .check_credentials()
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(SourceFailure::Check)?;
         probe
             .stat(Identity::new(0, 0), &BackendPath::root())
             .await
-            .context("reaching the bucket")?;
+            .map_err(SourceFailure::Bucket)?;
         if !opts.read_only && !opts.skip_preflight {
             probe.preflight().await?;
         }
@@ -48,18 +46,15 @@ pub(super) async fn backend_for(opts: &MountOptions) -> Result<Arc<dyn Backend>>
             credentials = backend.credentials_origin(), "using S3");
         return Ok(backend);
     }
-    let backend = crate::backend::open(&opts.source, &open).await;
-    match (&opts.source, backend) {
-        (Source::Local { root }, Err(e)) => {
-            Err(e).with_context(|| format!("opening the source directory {}", root.display()))
-        }
-        (_, backend) => Ok(backend?),
-    }
+    Ok(crate::backend::open(&opts.source, &open).await?)
 }
 
 /// Read-write mounts check at mount time that the identity can write, so a
 /// squashed root or wrong uid fails here with the fix, not at first write.
-pub(super) async fn preflight(backend: &dyn Backend, opts: &MountOptions) -> Result<()> {
+pub(super) async fn preflight(
+    backend: &dyn Backend,
+    opts: &MountOptions,
+) -> Result<(), SourceFailure> {
     if opts.read_only || opts.skip_preflight {
         return Ok(());
     }

@@ -9,23 +9,26 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use super::{MountError, MountResult};
 
 /// Set in the child so it knows to report readiness on stdout.
 pub const READY_ENV: &str = "CACHALOT_REPORT_READY";
 pub const READY_LINE: &str = "CACHALOT-READY";
 
 /// In the parent: start the child and wait for its verdict.
-pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
+pub fn spawn_background(args: &[String], log_file: &Path) -> MountResult<u32> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file)
-        .with_context(|| format!("opening log file {}", log_file.display()))?;
+        .map_err(MountError::io(format!(
+            "opening log file {}",
+            log_file.display()
+        )))?;
     // Several mounts may share the log file: a failure quotes only what
     // was written after this one started.
     let start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let exe = std::env::current_exe().context("locating the cachalot binary")?;
+    let exe = std::env::current_exe().map_err(MountError::io("locating the cachalot binary"))?;
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .arg("--foreground")
@@ -41,9 +44,14 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    let mut child = cmd
+        .spawn()
+        .map_err(MountError::io("starting the mount daemon"))?;
     let pid = child.id();
-    let stdout = child.stdout.take().context("daemon stdout")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| MountError::Refused("the mount daemon has no stdout".into()))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).ok();
     if line.trim() == READY_LINE {
@@ -64,14 +72,14 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> Result<u32> {
                 .join("\n")
         })
         .unwrap_or_default();
-    bail!(
+    Err(MountError::Refused(format!(
         "mount daemon failed ({}); its log lines from {}:\n{}",
         status
             .map(|s| s.to_string())
             .unwrap_or_else(|| "unknown status".into()),
         log_file.display(),
         tail
-    )
+    )))
 }
 
 /// In the child: tell the parent the mount is ready, then let go of stdout.

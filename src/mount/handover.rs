@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-
-use super::MountedFs;
+use super::{MountError, MountResult, MountedFs};
 
 /// What a takeover needs to stop a session and describe it.
 pub(super) struct Handover {
@@ -35,7 +33,7 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// A handler that does nothing, without SA_RESTART: a `read(2)` the
 /// signal interrupts fails with EINTR instead of going on waiting.
-fn install_stop_reading_handler() -> Result<()> {
+fn install_stop_reading_handler() -> MountResult<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     INSTALLED
@@ -51,32 +49,36 @@ fn install_stop_reading_handler() -> Result<()> {
                 .map_err(|e| format!("installing the handler that stops FUSE readers: {e}"))
         })
         .clone()
-        .map_err(anyhow::Error::msg)
+        .map_err(MountError::Refused)
 }
 
 impl MountedFs {
-    fn handover(&self) -> Result<&Handover> {
+    fn handover(&self) -> MountResult<&Handover> {
         self.handover
             .as_ref()
-            .context("this session cannot be handed over")
+            .ok_or_else(|| MountError::Refused("this session cannot be handed over".into()))
     }
 
     /// Stop answering the kernel (requests wait) and describe the session
     /// for a successor. An error if it would not drain within `timeout` or
     /// could not be described; call `thaw` then (it waits for the drain).
-    pub fn freeze(&self, timeout: Duration) -> Result<SessionState> {
+    pub fn freeze(&self, timeout: Duration) -> MountResult<SessionState> {
         let h = self.handover()?;
         if !h.gate.close_and_drain(timeout) {
-            anyhow::bail!("requests still being answered after {timeout:?}");
+            return Err(MountError::Refused(format!(
+                "requests still being answered after {timeout:?}"
+            )));
         }
         let adapter = h
             .adapter
             .read()
-            .context("the session's INIT is not known")?;
-        let fs = self
-            .runtime
-            .block_on(self.fs.snapshot())
-            .map_err(|e| anyhow::anyhow!("describing the filesystem: {e} (errno {})", e.errno()))?;
+            .ok_or_else(|| MountError::Refused("the session's INIT is not known".into()))?;
+        let fs = self.runtime.block_on(self.fs.snapshot()).map_err(|e| {
+            MountError::Refused(format!(
+                "describing the filesystem: {e} (errno {})",
+                e.errno()
+            ))
+        })?;
         Ok(SessionState { adapter, fs })
     }
 
@@ -110,7 +112,7 @@ impl MountedFs {
         };
         let drained = h.gate.close_and_drain(drain);
         if let Err(e) = install_stop_reading_handler() {
-            tracing::warn!(error = %format!("{e:#}"), "FUSE readers cannot be stopped before exit");
+            tracing::warn!(error = %super::chain(&e), "FUSE readers cannot be stopped before exit");
             return false;
         }
         let stopped = h

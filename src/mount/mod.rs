@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod daemon;
+mod error;
 mod handover;
 pub mod journal;
 pub mod spec;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::backend::s3::S3Options;
@@ -28,6 +28,7 @@ use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::metrics;
 use backend::{backend_for, preflight, with_capacity};
+pub use error::{chain, MountError, MountResult, SourceFailure};
 use handover::Handover;
 pub use handover::SessionState;
 
@@ -147,24 +148,24 @@ fn fuse_config(opts: &MountOptions) -> Config {
     cfg
 }
 
-fn new_runtime() -> Result<Arc<tokio::runtime::Runtime>> {
+fn new_runtime() -> MountResult<Arc<tokio::runtime::Runtime>> {
     Ok(Arc::new(
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("cachalot-worker")
             .build()
-            .context("starting the async runtime")?,
+            .map_err(MountError::io("starting the async runtime"))?,
     ))
 }
 
 /// The node's cache directory, for this volume (named by its backend's
 /// cache identity, so a remount finds its pages).
-fn open_cache(opts: &MountOptions, backend: &dyn Backend) -> Result<Arc<VolumeCache>> {
+fn open_cache(opts: &MountOptions, backend: &dyn Backend) -> MountResult<Arc<VolumeCache>> {
     VolumeCache::open(
         PageStoreConfig::new(opts.cache_dir.clone(), opts.cache_size, opts.page_size),
         backend.cache_identity(),
     )
-    .context("opening the page cache")
+    .map_err(MountError::Cache)
 }
 
 fn fs_config(opts: &MountOptions) -> FsConfig {
@@ -192,7 +193,7 @@ fn persist_counters(runtime: &tokio::runtime::Runtime, cache: &Arc<VolumeCache>)
 /// Run the session's request loop on its own thread.
 fn run_session(
     session: fuser::Session<FuseAdapter>,
-) -> Result<(
+) -> MountResult<(
     JoinHandle<std::io::Result<()>>,
     tokio::sync::watch::Receiver<bool>,
 )> {
@@ -204,7 +205,7 @@ fn run_session(
             let _ = ended_tx.send(true);
             result
         })
-        .context("starting the FUSE session thread")?;
+        .map_err(MountError::io("starting the FUSE session thread"))?;
     Ok((thread, ended))
 }
 
@@ -255,15 +256,15 @@ fn start_companions(
 }
 
 /// Mount and return once the kernel handshake is done (the mount is usable).
-pub fn start(opts: MountOptions) -> Result<MountedFs> {
+pub fn start(opts: MountOptions) -> MountResult<MountedFs> {
     let runtime = new_runtime()?;
     let backend = runtime
         .block_on(async {
             let backend = backend_for(&opts).await?;
             preflight(backend.as_ref(), &opts).await?;
-            Ok::<_, anyhow::Error>(backend)
+            Ok::<_, SourceFailure>(backend)
         })
-        .with_context(|| format!("mounting {}", opts.source))?;
+        .map_err(MountError::source(format!("mounting {}", opts.source)))?;
     let (backend, backend_stats) = Timed::wrap(backend);
     let backend = with_capacity(&runtime, backend, &opts);
     let cache = open_cache(&opts, backend.as_ref())?;
@@ -273,7 +274,10 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
         Arc::clone(&cache),
         fs_config(&opts),
     ));
-    let fs = Arc::new(fs.with_context(|| format!("checking the source {}", opts.source))?);
+    let fs = Arc::new(fs.map_err(MountError::source(format!(
+        "checking the source {}",
+        opts.source
+    )))?);
     if !opts.read_only {
         // In the background: walking a large tree must not delay the mount,
         // and temp files of live writers are never touched.
@@ -289,8 +293,9 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let adapter = FuseAdapter::new(Arc::clone(&fs), runtime.handle().clone());
     let (gate, adapter_state) = (adapter.gate(), adapter.state_reader());
     persist_counters(&runtime, &cache);
-    let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts))
-        .with_context(|| format!("mounting on {}", opts.mountpoint.display()))?;
+    let mut session = fuser::Session::new(adapter, &opts.mountpoint, &fuse_config(&opts)).map_err(
+        MountError::io(format!("mounting on {}", opts.mountpoint.display())),
+    )?;
     fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
     let notifier = session.notifier();
     let fuse_fd = if opts.keepable {
@@ -299,7 +304,7 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
             session
                 .as_fd()
                 .try_clone_to_owned()
-                .context("duplicating the /dev/fuse descriptor")?,
+                .map_err(MountError::io("duplicating the /dev/fuse descriptor"))?,
         )
     } else {
         None
@@ -307,12 +312,12 @@ pub fn start(opts: MountOptions) -> Result<MountedFs> {
     let unmounter = session.unmount_callable();
     let quiescer = session.quiescer();
     if let Some(dir) = &opts.journal_dir {
-        let abi = adapter_state
-            .read()
-            .map(|s| s.abi)
-            .context("INIT did not record the kernel's FUSE version")?;
-        let journal = journal::FileJournal::create(dir, None, abi)
-            .with_context(|| format!("starting the session journal in {}", dir.display()))?;
+        let abi = adapter_state.read().map(|s| s.abi).ok_or_else(|| {
+            MountError::Refused("INIT did not record the kernel's FUSE version".into())
+        })?;
+        let journal = journal::FileJournal::create(dir, None, abi).map_err(MountError::io(
+            format!("starting the session journal in {}", dir.display()),
+        ))?;
         fs.set_journal(Arc::new(journal));
     }
     let (thread, ended) = run_session(session)?;
@@ -349,10 +354,11 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 /// the main thread before `start`, so every thread it starts inherits
 /// it). Delivered while mounting, their default action killed the daemon
 /// and left the mountpoint dead (ENOTCONN) instead of unmounted.
-pub fn hold_stop_signals() -> Result<()> {
+pub fn hold_stop_signals() -> MountResult<()> {
     stop_signals()
         .thread_block()
-        .context("holding SIGTERM/SIGINT while mounting")
+        .map_err(std::io::Error::from)
+        .map_err(MountError::io("holding SIGTERM/SIGINT while mounting"))
 }
 
 /// Serve a session another process initialized and handed over: its
@@ -365,11 +371,11 @@ pub fn resume(
     fd: std::os::fd::OwnedFd,
     adapter_state: crate::fuse::AdapterState,
     snapshot: crate::fs::snapshot::FsSnapshot,
-) -> Result<MountedFs> {
+) -> MountResult<MountedFs> {
     let runtime = new_runtime()?;
     let backend = runtime
         .block_on(backend_for(&opts))
-        .with_context(|| format!("connecting to {}", opts.source))?;
+        .map_err(MountError::source(format!("connecting to {}", opts.source)))?;
     let (backend, backend_stats) = Timed::wrap(backend);
     let backend = with_capacity(&runtime, backend, &opts);
     let cache = open_cache(&opts, backend.as_ref())?;
@@ -380,19 +386,25 @@ pub fn resume(
             fs_config(&opts),
             snapshot,
         ))
-        .with_context(|| format!("restoring the session of {}", opts.source))?;
+        .map_err(MountError::source(format!(
+            "restoring the session of {}",
+            opts.source
+        )))?;
     let fs = Arc::new(fs);
     // The journal starts from the state as restored (temp objects under
     // their new names), before the first request can change it.
     if let Some(dir) = &opts.journal_dir {
         let journal =
             journal::FileJournal::create(dir, Some(&fs.journal_base()), adapter_state.abi)
-                .with_context(|| format!("starting the session journal in {}", dir.display()))?;
+                .map_err(MountError::io(format!(
+                    "starting the session journal in {}",
+                    dir.display()
+                )))?;
         fs.set_journal(Arc::new(journal));
     }
     let keep = fd
         .try_clone()
-        .context("duplicating the /dev/fuse descriptor")?;
+        .map_err(MountError::io("duplicating the /dev/fuse descriptor"))?;
     let adapter = FuseAdapter::resumed(Arc::clone(&fs), runtime.handle().clone(), &adapter_state);
     let (gate, reader) = (adapter.gate(), adapter.state_reader());
     persist_counters(&runtime, &cache);
@@ -445,22 +457,24 @@ impl MountedFs {
 
     /// Block until SIGTERM/SIGINT (then unmount) or until someone unmounted
     /// us externally. Call `hold_stop_signals` before `start`.
-    pub fn run_until_signal(mut self) -> Result<()> {
+    pub fn run_until_signal(mut self) -> MountResult<()> {
         let mut ended = self.ended.clone();
         let runtime = Arc::clone(&self.runtime);
-        let signalled = runtime.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            // Handlers in place: a signal held since `hold_stop_signals`
-            // is delivered now, to them.
-            stop_signals().thread_unblock()?;
-            tokio::select! {
-                _ = term.recv() => Ok::<bool, std::io::Error>(true),
-                _ = int.recv() => Ok(true),
-                _ = ended.wait_for(|e| *e) => Ok(false),
-            }
-        })?;
+        let signalled = runtime
+            .block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
+                // Handlers in place: a signal held since `hold_stop_signals`
+                // is delivered now, to them.
+                stop_signals().thread_unblock()?;
+                tokio::select! {
+                    _ = term.recv() => Ok::<bool, std::io::Error>(true),
+                    _ = int.recv() => Ok(true),
+                    _ = ended.wait_for(|e| *e) => Ok(false),
+                }
+            })
+            .map_err(MountError::io("waiting for SIGTERM/SIGINT"))?;
         if signalled {
             tracing::info!(mountpoint = %self.mountpoint.display(), "signal received, unmounting");
         } else {
@@ -470,24 +484,28 @@ impl MountedFs {
     }
 
     /// Unmount (lazily if the mountpoint is busy) and wait for the session.
-    pub fn unmount(&mut self) -> Result<()> {
+    pub fn unmount(&mut self) -> MountResult<()> {
         // Its open files would make the mountpoint busy.
         if let Some(warmup) = &mut self.companions.warmup {
             warmup.stop();
         }
         let unmounted = match self.unmounter.take() {
-            Some(mut u) => u.unmount().map_err(anyhow::Error::from),
+            Some(mut u) => u.unmount(),
             // Resumed from another process: fuser holds no mount guard.
             None if self.session.is_some() && self.is_serving() => {
                 nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::empty())
-                    .map_err(anyhow::Error::from)
+                    .map_err(std::io::Error::from)
             }
             None => Ok(()),
         };
         if let Err(e) = unmounted {
             tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
             nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                .with_context(|| format!("lazy unmount of {}", self.mountpoint.display()))?;
+                .map_err(std::io::Error::from)
+                .map_err(MountError::io(format!(
+                    "lazy unmount of {}",
+                    self.mountpoint.display()
+                )))?;
         }
         if let Some(thread) = self.session.take() {
             // After a lazy unmount the kernel keeps the session until the last

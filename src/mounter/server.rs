@@ -244,7 +244,7 @@ impl Mounter {
             let staging = session.record.spec.staging.clone();
             let resumed = self.options(&session.record).and_then(|opts| {
                 mount::resume(opts, fd, session.adapter, session.fs)
-                    .map_err(|e| error(ErrorCode::MountFailed, format!("{e:#}")))
+                    .map_err(|e| error(ErrorCode::MountFailed, mount::chain(&e)))
             });
             match resumed {
                 Ok(mounted) => {
@@ -345,7 +345,7 @@ impl Mounter {
             abi,
             backing_ids: Vec::new(),
         };
-        let mounted = mount::resume(opts, fd, adapter, snapshot).map_err(|e| format!("{e:#}"))?;
+        let mounted = mount::resume(opts, fd, adapter, snapshot).map_err(|e| mount::chain(&e))?;
         Ok(Hosted {
             record,
             origin: "recovered",
@@ -375,7 +375,7 @@ impl Mounter {
             )
         })?;
         let opts = self.options(record)?;
-        mount::start(opts).map_err(|e| error(ErrorCode::MountFailed, format!("{e:#}")))
+        mount::start(opts).map_err(|e| error(ErrorCode::MountFailed, mount::chain(&e)))
     }
 
     fn unstage(&self, staging: &Path) -> Response {
@@ -392,7 +392,7 @@ impl Mounter {
                     "session stopped"
                 );
                 self.records.remove(staging);
-                result.map_err(|e| format!("{e:#}"))
+                result.map_err(|e| mount::chain(&e))
             }
             None => {
                 self.records.remove(staging);

@@ -65,8 +65,9 @@ impl Mounter {
                 }
                 Err(e) => {
                     let message = format!(
-                        "session {} cannot be handed over: {e:#}",
-                        hosted.record.spec.staging.display()
+                        "session {} cannot be handed over: {}",
+                        hosted.record.spec.staging.display(),
+                        crate::mount::chain(&e)
                     );
                     tracing::error!("{message}; going on serving");
                     thaw(&frozen);
