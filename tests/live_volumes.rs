@@ -255,10 +255,7 @@ async fn survive(
     let mut stage = stage_req(&vol, &staging);
     stage.secrets = secrets;
     c.node.node_stage_volume(stage).await.expect("NodeStage");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .expect("NodePublish");
+    c.publish(&vol, &staging, &target, false).await;
     std::fs::write(target.join(LONG_READ), pattern(LONG_READ_LEN, 7)).expect("long-read file");
     let sessions = env.sessions();
     assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");
@@ -321,14 +318,8 @@ async fn survive(
     assert_eq!(sessions.sessions.len(), 1, "{sessions:?}");
 
     let mut c = env.clients().await;
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .expect("NodeUnpublish");
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .expect("NodeUnstage");
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&target) && !is_mounted(&staging));
     assert!(
         mounts_below(env.root.path()).is_empty(),
@@ -450,14 +441,7 @@ async fn staged_volume(env: &Env) -> PathBuf {
     let mut p = params(&[("source", &source)]);
     p.insert("csi.storage.k8s.io/pvc/name".into(), "pvc-bad".into());
     p.insert("csi.storage.k8s.io/pvc/namespace".into(), "team-b".into());
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-bad", p))
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let vol = c.create("pvc-bad", p).await;
     stage_and_publish(env, &mut c, &vol, "bad", "pod-bad")
         .await
         .1
@@ -474,14 +458,8 @@ async fn stage_and_publish(
 ) -> (PathBuf, PathBuf) {
     let staging = env.staging(name);
     let target = env.target(pod);
-    c.node
-        .node_stage_volume(stage_req(vol, &staging))
-        .await
-        .expect("NodeStage");
-    c.node
-        .node_publish_volume(publish_req(vol, &staging, &target, false))
-        .await
-        .expect("NodePublish");
+    c.stage(vol, &staging).await;
+    c.publish(vol, &staging, &target, false).await;
     (staging, target)
 }
 
@@ -791,14 +769,7 @@ async fn passthrough_opens_survive_a_takeover() {
     let mut env = Env::with_mounter();
     let source = env.source_url();
     let mut c = env.clients().await;
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-ro", params(&[("source", &source)])))
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let vol = c.create("pvc-ro", params(&[("source", &source)])).await;
     let data = pattern(3 << 20, 11);
     std::fs::write(env.source().join("pvc-ro/model.bin"), &data).unwrap();
     let staging = env.staging("ro");
@@ -1090,14 +1061,7 @@ async fn a_warm_attribute_loads_the_volume_at_stage_and_unstage_stops_it() {
     let env = Env::with_mounter_metrics(Some((common::free_port(), mounter_port)));
     let mut c = env.clients().await;
     let p = params(&[("source", &env.source_url()), ("warm", "*.bin, keep/**")]);
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-warm", p))
-        .await
-        .expect("CreateVolume")
-        .into_inner()
-        .volume
-        .expect("volume");
+    let vol = c.create("pvc-warm", p).await;
     assert_eq!(vol.volume_context["warm"], "*.bin,keep/**");
     let dir = env.source().join("pvc-warm");
     std::fs::create_dir_all(dir.join("keep/deep")).unwrap();
@@ -1160,23 +1124,11 @@ async fn a_warm_attribute_loads_the_volume_at_stage_and_unstage_stops_it() {
         .unwrap()
         .set_len(4 << 30)
         .unwrap();
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .expect("NodeUnpublish");
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .expect("NodeUnstage");
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .expect("NodeStage again");
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
+    c.stage(&vol, &staging).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .expect("NodeUnstage during the warm-up");
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&staging));
     let logs = env.mounter_logs();
     assert!(logs.contains("warm-up stopped (unmounting)"), "{logs}");
@@ -1285,10 +1237,7 @@ async fn capacity_is_enforced_and_expands_live() {
     let err = std::fs::write(target.join("too-big"), vec![1u8; 4 * MIB as usize]).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
     // The kubelet staging again with the volume's original context is fine.
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .expect("NodeStage again after the expansion");
+    c.stage(&vol, &staging).await;
     // Unknown paths and volumes are NOT_FOUND.
     let mut wrong = NodeExpandVolumeRequest {
         volume_id: vol.volume_id.clone(),

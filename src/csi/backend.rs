@@ -1,7 +1,6 @@
 //! The controller's backends: the sources of volume IDs and parameters,
 //! opened through the one factory ([`crate::backend::open`]) with what
-//! the controller needs (request secrets, a short S3 retry budget), and
-//! the S3 options a mount child is given for a source.
+//! the controller needs (request secrets, a short S3 retry budget).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,9 +25,9 @@ pub struct OpenContext<'a> {
     pub cache_dir: &'a Path,
 }
 
-/// S3 options for a source (the mount child gets the same as arguments):
-/// a custom endpoint is addressed path-style, as most S3-compatible servers
-/// (MinIO, SeaweedFS, Ceph RGW) expect.
+/// S3 options for a source: a custom endpoint is addressed path-style, as
+/// most S3-compatible servers (MinIO, SeaweedFS, Ceph RGW) expect (a mount
+/// child is given `--path-style` by the same rule, in `MountSpec::args`).
 pub fn s3_options(source: &Source) -> S3Options {
     let custom_endpoint = matches!(
         source,

@@ -510,10 +510,7 @@ async fn node_required_fields_and_unknown_volumes() {
             .await,
     );
     assert_eq!(cd, Code::FailedPrecondition);
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     let mut p = publish_req(&vol, &staging, &target, false);
     p.target_path.clear();
     assert_eq!(
@@ -546,10 +543,7 @@ async fn node_required_fields_and_unknown_volumes() {
     );
     assert_eq!(cd, Code::AlreadyExists);
 
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target, false).await;
     // Same target, other read-only flag: incompatible.
     let (cd, _) = code(
         c.node
@@ -631,14 +625,8 @@ async fn node_required_fields_and_unknown_volumes() {
         Code::InvalidArgument
     );
 
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
     // Never staged / never published: OK.
     c.node
         .node_unstage_volume(unstage_req(&vol, &env.staging("never")))
@@ -725,14 +713,8 @@ async fn secrets_never_reach_a_log_line_or_an_error() {
             .message()
             .to_string(),
     );
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
 
     let log = env.log();
     assert!(log.lines().count() > 20, "trace logging is on:\n{log}");

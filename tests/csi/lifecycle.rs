@@ -30,14 +30,7 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
         ("csi.storage.k8s.io/pvc/namespace", "team-a"),
         ("csi.storage.k8s.io/pv/name", "pvc-0001"),
     ]);
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-0001", p.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create("pvc-0001", p.clone()).await;
     assert_eq!(vol.capacity_bytes, 1 << 30);
     let backing = env.source().join("team-a/data");
     let meta = std::fs::metadata(&backing).expect("CreateVolume made the directory");
@@ -45,22 +38,12 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o770);
 
     // Same request again: same volume.
-    let again = c
-        .controller
-        .create_volume(create_req("pvc-0001", p))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let again = c.create("pvc-0001", p).await;
     assert_eq!(again.volume_id, vol.volume_id);
 
     let staging = env.staging("pv1");
     std::fs::create_dir_all(&staging).unwrap();
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     assert!(is_mounted(&staging), "staging is a mount");
     let fs_type = cachalot::csi::mounts::mount_table()
         .unwrap()
@@ -71,27 +54,15 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
     assert_eq!(fs_type, "fuse.cachalot");
     assert_eq!(env.mount_children().len(), 1, "one child per staged volume");
     // NodeStage twice: OK, still one child.
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     assert_eq!(env.mount_children().len(), 1);
 
     let rw = env.target("pod-rw");
     let ro = env.target("pod-ro");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &rw, false))
-        .await
-        .unwrap();
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &ro, true))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &rw, false).await;
+    c.publish(&vol, &staging, &ro, true).await;
     // Publish twice: OK.
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &ro, true))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &ro, true).await;
     assert!(is_mounted(&rw) && is_mounted(&ro));
 
     // I/O through the targets lands in the backing directory.
@@ -167,30 +138,18 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
     assert!(!cond.abnormal, "{cond:?}");
 
     for t in [&rw, &ro] {
-        c.node
-            .node_unpublish_volume(unpublish_req(&vol, t))
-            .await
-            .unwrap();
+        c.unpublish(&vol, t).await;
         assert!(!is_mounted(t));
         assert!(!t.exists(), "NodeUnpublish removes the target directory");
         // Again: not mounted any more → OK.
-        c.node
-            .node_unpublish_volume(unpublish_req(&vol, t))
-            .await
-            .unwrap();
+        c.unpublish(&vol, t).await;
     }
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&staging));
     eventually("mount child exits", Duration::from_secs(10), || {
         env.mount_children().is_empty()
     });
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     // Unstage removed nothing in the backend.
     assert!(backing.join("hello.txt").exists());
 
@@ -215,35 +174,15 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
 async fn create_write_delete(env: &Env, c: &mut Clients, name: &str, on_delete: &str) -> Volume {
     let url = env.source_url();
     let vol = c
-        .controller
-        .create_volume(create_req(
-            name,
-            params(&[("source", &url), ("onDelete", on_delete)]),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+        .create(name, params(&[("source", &url), ("onDelete", on_delete)]))
+        .await;
     let staging = env.staging(name);
     let target = env.target(&format!("pod-{name}"));
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
+    c.publish(&vol, &staging, &target, false).await;
     std::fs::write(target.join("keep.txt"), b"precious").unwrap();
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
     c.controller
         .delete_volume(DeleteVolumeRequest {
             volume_id: vol.volume_id.clone(),
@@ -287,16 +226,11 @@ async fn owner_and_volume_mount_group() {
     let mut c = env.clients().await;
     let url = env.source_url();
     let vol = c
-        .controller
-        .create_volume(create_req(
+        .create(
             "pvc-grp",
             params(&[("source", &url), ("uid", "1234"), ("gid", "5678")]),
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+        )
+        .await;
     let backing = env.source().join("pvc-grp");
     let m = std::fs::metadata(&backing).unwrap();
     assert_eq!((m.uid(), m.gid()), (1234, 5678));
@@ -340,14 +274,8 @@ async fn owner_and_volume_mount_group() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("fsGroup"), "{err:?}");
 
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,14 +283,7 @@ async fn reader_access_mode_is_published_read_only() {
     let env = Env::new();
     let mut c = env.clients().await;
     let url = env.source_url();
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-rox", params(&[("source", &url)])))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create("pvc-rox", params(&[("source", &url)])).await;
     std::fs::write(env.source().join("pvc-rox/data.txt"), b"shared").unwrap();
     let cap = mount_cap(Mode::MultiNodeReaderOnly);
     let staging = env.staging("rox");
@@ -383,14 +304,8 @@ async fn reader_access_mode_is_published_read_only() {
         errno_of(std::fs::write(staging.join("new"), b"x")),
         Some(libc::EROFS)
     );
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,19 +313,9 @@ async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
     let mut env = Env::new();
     let mut c = env.clients().await;
     let url = env.source_url();
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-term", params(&[("source", &url)])))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create("pvc-term", params(&[("source", &url)])).await;
     let staging = env.staging("term");
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     drop(c);
     let status = env.stop_plugin();
     assert!(status.success(), "{status}");
@@ -425,10 +330,7 @@ async fn sigterm_stops_the_server_and_removes_the_socket_but_keeps_mounts() {
     std::os::unix::net::UnixListener::bind(env.socket()).unwrap();
     env.start_plugin();
     let mut c = env.clients().await;
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&staging));
 }
 
@@ -442,14 +344,7 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
     let env = Env::new();
     let mut c = env.clients().await;
     let p = params(&[("source", &env.source_url())]);
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-a", p.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create("pvc-a", p.clone()).await;
     let a = env.source().join("pvc-a");
     std::fs::create_dir_all(a.join("sub")).unwrap();
     std::fs::write(a.join("f"), b"version 1").unwrap();
@@ -474,14 +369,7 @@ async fn snapshots_restore_old_content_and_clones_copy_the_current() {
         .snapshot
         .unwrap();
     assert_eq!(again.snapshot_id, snap.snapshot_id);
-    let other = c
-        .controller
-        .create_volume(create_req("pvc-other", p.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let other = c.create("pvc-other", p.clone()).await;
     let conflict = c
         .controller
         .create_snapshot(snapshot("snap-1", &other.volume_id))
@@ -668,14 +556,7 @@ async fn snapshots_on_xfs_share_the_volume_extents() {
     let xfs = XfsImage::mount(&env, 512 << 20);
     let p = params(&[("source", &format!("file://{}", xfs.dir.display()))]);
     let mut c = env.clients().await;
-    let vol = c
-        .controller
-        .create_volume(create_req("pvc-xfs", p.clone()))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create("pvc-xfs", p.clone()).await;
     let data: Vec<u8> = (0..96u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(xfs.dir.join("pvc-xfs/model.bin"), &data).unwrap();
     let before = xfs.free_bytes();

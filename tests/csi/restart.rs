@@ -39,24 +39,11 @@ async fn staged_and_published(
     name: &str,
 ) -> (Volume, std::path::PathBuf, std::path::PathBuf) {
     let url = env.source_url();
-    let vol = c
-        .controller
-        .create_volume(create_req(name, params(&[("source", &url)])))
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let vol = c.create(name, params(&[("source", &url)])).await;
     let staging = env.staging(name);
     let target = env.target(&format!("pod-a-{name}"));
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
+    c.publish(&vol, &staging, &target, false).await;
     std::fs::write(target.join("before.txt"), b"written before the restart").unwrap();
     (vol, staging, target)
 }
@@ -85,10 +72,7 @@ async fn sigkilled_plugin_leaves_mounts_serving_and_adopts_them() {
     let mut c = env.clients().await;
     assert_eq!(env.mount_children(), children, "adopted, not restarted");
     let target_b = env.target("pod-b");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target_b, false))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target_b, false).await;
     assert_eq!(
         std::fs::read(target_b.join("before.txt")).unwrap(),
         b"written before the restart"
@@ -104,15 +88,9 @@ async fn sigkilled_plugin_leaves_mounts_serving_and_adopts_them() {
     assert!(!st.volume_condition.unwrap().abnormal);
 
     for t in [&target, &target_b] {
-        c.node
-            .node_unpublish_volume(unpublish_req(&vol, t))
-            .await
-            .unwrap();
+        c.unpublish(&vol, t).await;
     }
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     eventually(
         "adopted child stopped by unstage",
         Duration::from_secs(15),
@@ -146,10 +124,7 @@ async fn dead_session_is_abnormal_then_healed_by_publish() {
     // The next pod's NodePublish re-establishes the session (and re-binds
     // the old target).
     let target_b = env.target("pod-b");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target_b, false))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target_b, false).await;
     assert_eq!(
         std::fs::read(target_b.join("before.txt")).unwrap(),
         b"written before the restart"
@@ -170,15 +145,9 @@ async fn dead_session_is_abnormal_then_healed_by_publish() {
     assert!(!st.volume_condition.unwrap().abnormal);
 
     for t in [&target, &target_b] {
-        c.node
-            .node_unpublish_volume(unpublish_req(&vol, t))
-            .await
-            .unwrap();
+        c.unpublish(&vol, t).await;
     }
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     eventually("child stopped", Duration::from_secs(15), || {
         env.mount_children().is_empty()
     });
@@ -224,10 +193,7 @@ async fn restart_after_plugin_and_children_died_re_establishes_mounts() {
         b"written before the restart"
     );
     let target_b = env.target("pod-b");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target_b, true))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target_b, true).await;
     assert_eq!(
         std::fs::read(target_b.join("before.txt")).unwrap(),
         b"written before the restart"
@@ -253,23 +219,11 @@ async fn restart_after_plugin_and_children_died_re_establishes_mounts() {
         .contains("could not re-establish"));
 
     for t in [&target, &target_b] {
-        c.node
-            .node_unpublish_volume(unpublish_req(&vol, t))
-            .await
-            .unwrap();
+        c.unpublish(&vol, t).await;
     }
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol2, &target2))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol2, &staging2))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
+    c.unpublish(&vol2, &target2).await;
+    c.unstage(&vol2, &staging2).await;
     assert!(!is_mounted(&staging) && !is_mounted(&target2));
     eventually("children stopped", Duration::from_secs(15), || {
         env.mount_children().is_empty()

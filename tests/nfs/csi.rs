@@ -52,10 +52,7 @@ async fn nfs_volume_full_lifecycle_with_uid_gid() {
     assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
 
     let staging = env.staging("nfspv");
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     assert!(is_mounted(&staging));
     // uid/gid reach the mount child.
     let children = env.mount_children();
@@ -69,10 +66,7 @@ async fn nfs_volume_full_lifecycle_with_uid_gid() {
     assert!(joined.contains("--uid 1234 --gid 2345"), "{joined}");
 
     let target = env.target("pod-nfs");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target, false).await;
     std::fs::write(target.join("a.txt"), b"through CSI and NFS").unwrap();
     std::fs::create_dir(target.join("d")).unwrap();
     std::fs::write(target.join("d/b.txt"), vec![1u8; 200_000]).unwrap();
@@ -94,14 +88,8 @@ async fn nfs_volume_full_lifecycle_with_uid_gid() {
         b"from the server"
     );
 
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&staging));
     eventually("mount child exits", Duration::from_secs(10), || {
         env.mount_children().is_empty()
@@ -150,16 +138,10 @@ async fn nfs_root_squash_needs_uid_gid() {
     assert!(!is_mounted(&staging));
 
     // With the owner it stages and writes.
-    c.node
-        .node_stage_volume(stage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.stage(&vol, &staging).await;
     std::fs::write(staging.join("f"), b"squashed but fine").unwrap();
     assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"squashed but fine");
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unstage(&vol, &staging).await;
     eventually("mount child exits", Duration::from_secs(10), || {
         env.mount_children().is_empty()
     });

@@ -92,10 +92,7 @@ async fn s3_volume_full_lifecycle() {
     }
 
     let target = env.target("pod-s3");
-    c.node
-        .node_publish_volume(publish_req(&vol, &staging, &target, false))
-        .await
-        .unwrap();
+    c.publish(&vol, &staging, &target, false).await;
     std::fs::write(target.join("hello.txt"), b"hello from a pod\n").unwrap();
     std::fs::create_dir(target.join("sub")).unwrap();
     std::fs::write(target.join("sub/b.bin"), vec![7u8; 100_000]).unwrap();
@@ -120,14 +117,8 @@ async fn s3_volume_full_lifecycle() {
         .unwrap();
     assert_eq!(big.size, 100_000);
 
-    c.node
-        .node_unpublish_volume(unpublish_req(&vol, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_req(&vol, &staging))
-        .await
-        .unwrap();
+    c.unpublish(&vol, &target).await;
+    c.unstage(&vol, &staging).await;
     assert!(!is_mounted(&staging));
     eventually(
         "mount child exits",

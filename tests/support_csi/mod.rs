@@ -113,6 +113,49 @@ pub struct Clients {
     pub node: NodeClient<Channel>,
 }
 
+/// The calls of the kubelet/provisioner sequence that a test expects to
+/// succeed, in one place: a failure panics naming the call.
+impl Clients {
+    /// CreateVolume; the volume.
+    pub async fn create(&mut self, name: &str, params: HashMap<String, String>) -> Volume {
+        self.controller
+            .create_volume(create_req(name, params))
+            .await
+            .unwrap_or_else(|e| panic!("CreateVolume {name}: {e}"))
+            .into_inner()
+            .volume
+            .expect("CreateVolume answered without a volume")
+    }
+
+    pub async fn stage(&mut self, vol: &Volume, staging: &Path) {
+        self.node
+            .node_stage_volume(stage_req(vol, staging))
+            .await
+            .unwrap_or_else(|e| panic!("NodeStageVolume {}: {e}", vol.volume_id));
+    }
+
+    pub async fn publish(&mut self, vol: &Volume, staging: &Path, target: &Path, read_only: bool) {
+        self.node
+            .node_publish_volume(publish_req(vol, staging, target, read_only))
+            .await
+            .unwrap_or_else(|e| panic!("NodePublishVolume {}: {e}", target.display()));
+    }
+
+    pub async fn unpublish(&mut self, vol: &Volume, target: &Path) {
+        self.node
+            .node_unpublish_volume(unpublish_req(vol, target))
+            .await
+            .unwrap_or_else(|e| panic!("NodeUnpublishVolume {}: {e}", target.display()));
+    }
+
+    pub async fn unstage(&mut self, vol: &Volume, staging: &Path) {
+        self.node
+            .node_unstage_volume(unstage_req(vol, staging))
+            .await
+            .unwrap_or_else(|e| panic!("NodeUnstageVolume {}: {e}", vol.volume_id));
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         Env::with_log("info")
