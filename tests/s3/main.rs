@@ -17,3 +17,4 @@ mod backend;
 mod csi;
 mod mounts;
 mod restart;
+mod web_identity;

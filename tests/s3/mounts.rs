@@ -29,7 +29,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Blocking GET through the independent client (`None` = no such key).
-fn get(store: &AmazonS3, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn get(store: &AmazonS3, key: &str) -> Option<Vec<u8>> {
     rt().block_on(async {
         match store.get(&StorePath::parse(key).unwrap()).await {
             Ok(r) => Some(r.bytes().await.unwrap().to_vec()),

@@ -51,14 +51,26 @@ impl Mounted {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Mounted {
+        Self::start_edited(server, prefix, cache, |cmd| {
+            cmd.args(extra).envs(env.iter().copied());
+        })
+    }
+
+    /// A mount whose command line and environment `edit` changes first
+    /// (e.g. to take the S3 keys away).
+    pub fn start_edited(
+        server: &S3Server,
+        prefix: &str,
+        cache: &Path,
+        edit: impl FnOnce(&mut Command),
+    ) -> Mounted {
         let mnt = tempfile::tempdir().unwrap();
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cache.join(format!("test-mount-{n}.log"));
         let mut cmd = mount_command(server, prefix, mnt.path(), cache);
-        cmd.args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+        edit(&mut cmd);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         let mut child = cmd.spawn().expect("start cachalot");

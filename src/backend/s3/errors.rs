@@ -88,6 +88,9 @@ pub struct ErrorSite<'a> {
     pub bucket: &'a str,
     pub endpoint: &'a str,
     pub access_key_id: &'a str,
+    /// Where keys fetched from the cloud came from (web identity, container
+    /// credentials, instance metadata); `None` for keys given as such.
+    pub cloud_origin: Option<&'a str>,
 }
 
 const CREDENTIAL_CODES: &[&str] = &[
@@ -108,7 +111,20 @@ pub fn is_credential_failure(f: &S3Failure) -> bool {
 /// The kind and an explanation for a failure of `operation` on `key`.
 pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, String) {
     let code = f.code.as_deref().unwrap_or("");
-    let who = format!("access key id '{}'", site.access_key_id);
+    // Keys from the cloud are not ours to name: say where they came from.
+    let (who, fix) = match site.cloud_origin {
+        None => (
+            format!("access key id '{}'", site.access_key_id),
+            "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) or \
+             --credentials-file/--profile",
+        ),
+        Some(origin) => (
+            format!("the keys from {origin}"),
+            "check that this identity's keys are meant for this server and bucket (the \
+             role, AWS_ROLE_ARN and the token's audience; AWS_ENDPOINT_URL_STS), or give \
+             keys in the environment",
+        ),
+    };
     if CREDENTIAL_CODES.contains(&code) || f.status == Some(401) {
         let code = if code.is_empty() {
             "Unauthorized"
@@ -118,9 +134,7 @@ pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, S
         return (
             ErrorKind::PermissionDenied,
             format!(
-                "the S3 credentials are wrong ({code}): {} at {} rejected {who}; check \
-                 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) or \
-                 --credentials-file/--profile",
+                "the S3 credentials are wrong ({code}): {} at {} rejected {who}; {fix}",
                 site.bucket, site.endpoint
             ),
         );
@@ -209,6 +223,7 @@ mod tests {
             bucket: "b",
             endpoint: "http://127.0.0.1:1",
             access_key_id: "AKIDX",
+            cloud_origin: None,
         }
     }
 
@@ -246,6 +261,18 @@ mod tests {
             );
             assert!(text.contains("AKIDX"), "{text}");
         }
+        // Keys from a web identity: the message names it, not an empty key id.
+        let cloud = ErrorSite {
+            access_key_id: "",
+            cloud_origin: Some("web identity (role arn:aws:iam::1:role/r, token file /t)"),
+            ..site()
+        };
+        let (_, text) = classify(&failure(Some(403), Some("InvalidAccessKeyId")), &cloud, "");
+        assert!(text.contains("the keys from web identity (role"), "{text}");
+        assert!(
+            text.contains("AWS_ROLE_ARN") && !text.contains("''"),
+            "{text}"
+        );
     }
 
     #[test]

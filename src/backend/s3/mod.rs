@@ -76,6 +76,12 @@ impl Inner {
             bucket: &self.cfg.bucket,
             endpoint: &self.endpoint,
             access_key_id: &self.cfg.credentials.access_key_id,
+            cloud_origin: self
+                .cfg
+                .credentials
+                .cloud
+                .is_some()
+                .then_some(self.cfg.credentials.origin.as_str()),
         }
     }
 
