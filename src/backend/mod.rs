@@ -328,9 +328,6 @@ pub trait Backend: Send + Sync + 'static {
     /// many were removed.
     async fn cleanup_stale_temps(&self) -> BackendResult<usize>;
 
-    /// Mount-time check that `id` can do what the write path needs (create,
-    /// write, rename, remove a temporary object). The error explains the
-    /// likely fix. Backends where nothing can go wrong keep the default.
     /// Continue a write session another process suspended, its
     /// temporary object belonging to `target`. The object is renamed to a
     /// name of this process, so cleanups never take it for a dead
@@ -342,6 +339,9 @@ pub trait Backend: Send + Sync + 'static {
         state: SuspendedWrite,
     ) -> BackendResult<Resumed>;
 
+    /// Mount-time check that `id` can do what the write path needs (create,
+    /// write, rename, remove a temporary object). The error explains the
+    /// likely fix. Backends where nothing can go wrong keep the default.
     async fn preflight(&self, _id: Identity) -> BackendResult<()> {
         Ok(())
     }

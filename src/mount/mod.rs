@@ -534,7 +534,7 @@ impl MountedFs {
 impl Drop for MountedFs {
     fn drop(&mut self) {
         if let Err(e) = self.unmount() {
-            tracing::warn!(error = %e, "unmount on drop failed");
+            tracing::warn!(error = %chain(&e), "unmount on drop failed");
         }
     }
 }
