@@ -95,15 +95,10 @@ impl PageStoreConfig {
 /// One volume's view of the cache (the stats attribute, metrics).
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct CacheStats {
-    /// Page-file hits plus memory hits.
-    pub hits: u64,
-    pub memory_hits: u64,
-    pub misses: u64,
-    /// Evictions of the whole cache directory by this process.
-    pub evictions: u64,
-    pub corrupt_pages: u64,
-    pub write_errors: u64,
-    pub skipped_pages: u64,
+    /// This volume's counts, but evictions are of the whole cache
+    /// directory by this process (evicting serves every volume).
+    #[serde(flatten)]
+    pub counters: CounterSnapshot,
     /// This volume's page files and whole files this process knows of.
     pub pages: u64,
     /// This volume's bytes in the cache.

@@ -45,7 +45,7 @@ fn put_then_get_survives_reopen() {
     let s = store(dir.path(), 1 << 20);
     assert_eq!(s.stats().pages, 1);
     assert_eq!(s.get(&key("a", 0)).unwrap(), b"page zero");
-    assert_eq!(s.stats().hits, 1);
+    assert_eq!(s.stats().counters.hits, 1);
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn corrupt_page_is_dropped_counted_and_released() {
     assert!(s.get(&key("a", 0)).is_none());
     assert!(!path.exists());
     let st = s.stats();
-    assert_eq!((st.corrupt_pages, st.pages, st.bytes), (1, 0, 0));
+    assert_eq!((st.counters.corrupt_pages, st.pages, st.bytes), (1, 0, 0));
 }
 
 #[test]
@@ -76,12 +76,12 @@ fn eviction_goes_from_high_to_low_watermark_in_lru_order() {
     for i in 0..9 {
         s.put(&key("a", i), &page);
     }
-    assert_eq!(s.stats().evictions, 0);
+    assert_eq!(s.stats().counters.evictions, 0);
     assert!(s.get(&key("a", 0)).is_some()); // a/0 becomes most recent
     s.put(&key("a", 9), &page); // 10 pages > high watermark
     let st = s.stats();
     assert!(st.bytes <= one * 7, "{st:?}");
-    assert_eq!(st.evictions, 3);
+    assert_eq!(st.counters.evictions, 3);
     for i in 1..4 {
         assert!(s.get(&key("a", i)).is_none(), "LRU page {i} should be gone");
     }
@@ -141,7 +141,7 @@ fn unwritable_cache_steps_aside() {
     s.put(&key("a", 0), b"data");
     assert!(s.get(&key("a", 0)).is_none());
     let st = s.stats();
-    assert_eq!(st.write_errors, 1);
+    assert_eq!(st.counters.write_errors, 1);
     assert_eq!(st.bytes, 0, "a failed write releases its reservation");
 }
 
@@ -249,7 +249,14 @@ fn get_range_serves_part_of_a_page_and_counts_a_hit() {
     );
     assert!(s.get_range(&key("r", 1), 0, 10).is_none());
     let st = s.stats();
-    assert_eq!((st.hits, st.misses, st.corrupt_pages), (5, 1, 0));
+    assert_eq!(
+        (
+            st.counters.hits,
+            st.counters.misses,
+            st.counters.corrupt_pages
+        ),
+        (5, 1, 0)
+    );
 }
 
 #[test]
@@ -272,7 +279,7 @@ fn get_range_drops_a_page_with_a_damaged_block_or_header() {
         assert!(!path.exists(), "damaged page not removed");
     }
     let st = s.stats();
-    assert_eq!((st.corrupt_pages, st.pages, st.bytes), (2, 0, 0));
+    assert_eq!((st.counters.corrupt_pages, st.pages, st.bytes), (2, 0, 0));
     // The refetched page is stored again and served.
     s.put(&key("d", 0), &data);
     assert_eq!(s.get_range(&key("d", 0), 5, 5).unwrap(), &data[5..10]);
@@ -302,7 +309,7 @@ fn v1_page_files_are_still_served_verified() {
     fs::write(&path, bytes).unwrap();
     assert!(s.get_range(&key("old", 0), 0, 10).is_none());
     assert!(!path.exists());
-    assert_eq!(s.stats().corrupt_pages, 1);
+    assert_eq!(s.stats().counters.corrupt_pages, 1);
 }
 
 #[test]
@@ -353,7 +360,7 @@ fn a_volume_streaming_through_the_cache_leaves_a_small_volume_its_pages() {
     for i in 0..100 {
         big.put(&key("stream", i), &[2u8; 4096]);
     }
-    assert_eq!(small.stats().skipped_pages, 0);
+    assert_eq!(small.stats().counters.skipped_pages, 0);
     for i in 0..3 {
         assert!(
             small
@@ -380,7 +387,7 @@ fn a_process_whose_index_knows_nothing_evicts_another_process_pages() {
         second.put(&volume_key("file:///second", "g", i), &[2u8; 4096]);
     }
     assert_eq!(
-        second.stats().skipped_pages,
+        second.stats().counters.skipped_pages,
         0,
         "the second process cached nothing: it could not make room"
     );

@@ -17,7 +17,7 @@ use super::index::{now_millis, Entry, VolumeTag};
 use super::open_pages::OpenPage;
 use super::page::{self, PageFormatError, PageKey};
 use super::scan::{VOLUME_NAME_FILE, WHOLE_PREFIX};
-use super::{whole, CacheOpenError, CacheStats, PageStore, PageStoreConfig};
+use super::{whole, CacheOpenError, CacheStats, CounterSnapshot, PageStore, PageStoreConfig};
 
 /// A page's access time on disk is refreshed on a hit when older than
 /// this: other processes order their evictions by it, and a write per
@@ -464,13 +464,10 @@ impl VolumeCache {
         let c = self.counters.snapshot();
         let usage = self.store.index.lock().usage(self.tag);
         CacheStats {
-            hits: c.hits,
-            memory_hits: c.memory_hits,
-            misses: c.misses,
-            evictions: self.store.counters.evictions.load(Ordering::Relaxed),
-            corrupt_pages: c.corrupt_pages,
-            write_errors: c.write_errors,
-            skipped_pages: c.skipped_pages,
+            counters: CounterSnapshot {
+                evictions: self.store.counters.evictions.load(Ordering::Relaxed),
+                ..c
+            },
             pages: usage.entries,
             volume_bytes: usage.bytes,
             bytes: self.store.ledger.total().unwrap_or(0),

@@ -13,9 +13,8 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use nix::unistd::Pid;
 use parking_lot::Mutex;
 
 use super::params::S3Credentials;
-use crate::mount::daemon::{READY_ENV, READY_LINE};
+use crate::mount::daemon::{spawn_reporting, READY_LINE};
 pub use crate::mount::spec::MountSpec;
 
 struct Child {
@@ -94,24 +93,11 @@ impl Supervisor {
             .open(log_file)
             .map_err(|e| format!("opening mount log {}: {e}", log_file.display()))?;
         let mut cmd = Command::new(&self.exe);
-        cmd.args(spec.args())
-            .env(READY_ENV, "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
+        cmd.args(spec.args());
         for (k, v) in creds.map(|c| c.env()).unwrap_or_default() {
             cmd.env(k, v);
         }
-        // SAFETY: setsid is async-signal-safe. A new session keeps the child
-        // out of signals aimed at the plugin's process group.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
+        let mut child = spawn_reporting(cmd, log)
             .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
         let pid = child.id();
         let stdout = child.stdout.take().ok_or("mount child has no stdout")?;

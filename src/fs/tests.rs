@@ -270,16 +270,17 @@ async fn read_only_refuses_every_mutation_with_erofs() {
     assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"x");
 }
 
+/// The errno of an O_EXCL create of `name` in the root, if it fails.
+async fn create_exclusive_errno(f: &Fixture, name: &str) -> Option<i32> {
+    let created = f.fs.create(me(), ROOT_INO, name, 0o644, true, RW).await;
+    created.err().map(|e| e.errno())
+}
+
 #[tokio::test]
 async fn exclusive_create_of_existing_name_is_eexist() {
     let f = fixture(false).await;
     fs::write(f.backing.join("f"), b"x").unwrap();
-    let err =
-        f.fs.create(me(), ROOT_INO, "f", 0o644, true, RW)
-            .await
-            .err()
-            .unwrap();
-    assert_eq!(err.errno(), libc::EEXIST);
+    assert_eq!(create_exclusive_errno(&f, "f").await, Some(libc::EEXIST));
 }
 
 #[tokio::test]
@@ -293,12 +294,7 @@ async fn create_over_a_known_name_opens_it() {
             .unwrap();
     assert_eq!(attr.size, 3);
     f.fs.release(o.fh).await.unwrap();
-    let err =
-        f.fs.create(me(), ROOT_INO, "f", 0o644, true, RW)
-            .await
-            .err()
-            .unwrap();
-    assert_eq!(err.errno(), libc::EEXIST);
+    assert_eq!(create_exclusive_errno(&f, "f").await, Some(libc::EEXIST));
 }
 
 #[tokio::test]
@@ -549,7 +545,7 @@ async fn random_small_reads_of_stored_pages_read_only_their_range() {
             .load(std::sync::atomic::Ordering::Relaxed)
     };
     let reads_before = backend_reads();
-    let hits_before = f.fs.cache.stats().hits;
+    let hits_before = f.fs.cache.stats().counters.hits;
 
     let o = f.fs.open(me(), ino, RO).await.unwrap();
     let mut expect_hits = hits_before;
@@ -566,8 +562,8 @@ async fn random_small_reads_of_stored_pages_read_only_their_range() {
         expect_hits += ranges;
     }
     let st = f.fs.cache.stats();
-    assert_eq!(st.hits, expect_hits, "{st:?}");
-    assert_eq!(st.memory_hits, 0, "{st:?}");
+    assert_eq!(st.counters.hits, expect_hits, "{st:?}");
+    assert_eq!(st.counters.memory_hits, 0, "{st:?}");
     assert_eq!(backend_reads(), reads_before, "served from the page store");
     assert_eq!(f.fs.hot.len(), 0, "no partial pages in memory");
 
@@ -584,7 +580,7 @@ async fn random_small_reads_of_stored_pages_read_only_their_range() {
     let off = PS as usize - 50;
     let got = f.fs.read(o.fh, off as u64, 10).await.unwrap();
     assert_eq!(got, &data[off..off + 10]);
-    assert_eq!(f.fs.cache.stats().corrupt_pages, 1);
+    assert_eq!(f.fs.cache.stats().counters.corrupt_pages, 1);
     assert_eq!(backend_reads(), reads_before + 1, "refetched once");
     f.fs.release(o.fh).await.unwrap();
 }

@@ -265,12 +265,12 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        namespace::unlink(self, req, parent, name, reply)
+        namespace::remove(self, req, parent, name, false, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        namespace::rmdir(self, req, parent, name, reply)
+        namespace::remove(self, req, parent, name, true, reply)
     }
 
     fn symlink(

@@ -54,30 +54,21 @@ pub(super) fn mkdir(
     });
 }
 
-pub(super) fn unlink(
+/// `unlink` or, for a directory, `rmdir`.
+pub(super) fn remove(
     adapter: &FuseAdapter,
     req: &Request,
     parent: INodeNo,
     name: String,
+    directory: bool,
     reply: ReplyEmpty,
 ) {
     let (c, resent) = (caller(req), is_resent(req));
     adapter.spawn_change(move |fs| async move {
-        let done = fs.unlink(c, parent.0, &name).await;
-        reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
-    });
-}
-
-pub(super) fn rmdir(
-    adapter: &FuseAdapter,
-    req: &Request,
-    parent: INodeNo,
-    name: String,
-    reply: ReplyEmpty,
-) {
-    let (c, resent) = (caller(req), is_resent(req));
-    adapter.spawn_change(move |fs| async move {
-        let done = fs.rmdir(c, parent.0, &name).await;
+        let done = match directory {
+            true => fs.rmdir(c, parent.0, &name).await,
+            false => fs.unlink(c, parent.0, &name).await,
+        };
         reply_empty(&fs, reply, removed_before(resent, Change::Remove, done))
     });
 }

@@ -104,13 +104,13 @@ impl Collector for VolumesCollector {
         };
         use super::{counters, gauges};
         let volume_counters: [(&str, &str, &Reading); 13] = [
-            ("cachalot_cache_evictions", "Pages this process evicted from the volume's cache directory (shared by its volumes)", &|s| s.cache.evictions),
-            ("cachalot_cache_hits", "Pages served from the cache (page files, whole files and memory)", &|s| s.cache.hits),
-            ("cachalot_cache_memory_hits", "Pages served from memory (part of the hits)", &|s| s.cache.memory_hits),
-            ("cachalot_cache_misses", "Pages the cache did not have", &|s| s.cache.misses),
-            ("cachalot_cache_corrupt_pages", "Damaged pages dropped (and fetched again)", &|s| s.cache.corrupt_pages),
-            ("cachalot_cache_skipped_pages", "Pages not cached for want of room", &|s| s.cache.skipped_pages),
-            ("cachalot_cache_write_errors", "Failed writes of page files", &|s| s.cache.write_errors),
+            ("cachalot_cache_evictions", "Pages this process evicted from the volume's cache directory (shared by its volumes)", &|s| s.cache.counters.evictions),
+            ("cachalot_cache_hits", "Pages served from the cache (page files, whole files and memory)", &|s| s.cache.counters.hits),
+            ("cachalot_cache_memory_hits", "Pages served from memory (part of the hits)", &|s| s.cache.counters.memory_hits),
+            ("cachalot_cache_misses", "Pages the cache did not have", &|s| s.cache.counters.misses),
+            ("cachalot_cache_corrupt_pages", "Damaged pages dropped (and fetched again)", &|s| s.cache.counters.corrupt_pages),
+            ("cachalot_cache_skipped_pages", "Pages not cached for want of room", &|s| s.cache.counters.skipped_pages),
+            ("cachalot_cache_write_errors", "Failed writes of page files", &|s| s.cache.counters.write_errors),
             ("cachalot_backend_reads", "Pages read from the backend", &|s| s.backend_reads),
             ("cachalot_backend_read_bytes", "Bytes read from the backend", &|s| s.backend_read_bytes),
             ("cachalot_read_bytes", "Bytes applications read", &|s| s.read_bytes),

@@ -3,17 +3,36 @@
 //! reports the mount ready (or failed). Re-exec instead of fork(): forking a
 //! process with runtime threads is unsafe.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use super::{MountError, MountResult};
 
 /// Set in the child so it knows to report readiness on stdout.
 pub const READY_ENV: &str = "CACHALOT_REPORT_READY";
 pub const READY_LINE: &str = "CACHALOT-READY";
+
+/// Start `cmd` as a detached child that reports readiness as a line on
+/// its stdout (see `READY_LINE`); its stderr goes to `log`.
+pub fn spawn_reporting(mut cmd: Command, log: File) -> std::io::Result<Child> {
+    cmd.env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    // SAFETY: setsid is async-signal-safe. A session of its own detaches
+    // the child from our terminal, so it outlives this process, and keeps
+    // it out of signals aimed at our process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
 
 /// In the parent: start the child and wait for its verdict.
 pub fn spawn_background(args: &[String], log_file: &Path) -> MountResult<u32> {
@@ -30,23 +49,9 @@ pub fn spawn_background(args: &[String], log_file: &Path) -> MountResult<u32> {
     let start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let exe = std::env::current_exe().map_err(MountError::io("locating the cachalot binary"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .arg("--foreground")
-        .env(READY_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
-    // SAFETY: setsid is async-signal-safe; detaches the child from our
-    // terminal so it outlives this process.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(MountError::io("starting the mount daemon"))?;
+    cmd.args(args).arg("--foreground");
+    let mut child =
+        spawn_reporting(cmd, log).map_err(MountError::io("starting the mount daemon"))?;
     let pid = child.id();
     let stdout = child
         .stdout

@@ -69,15 +69,7 @@ impl Mounter {
                         hosted.record.spec.staging.display(),
                         crate::mount::chain(&e)
                     );
-                    tracing::error!("{message}; going on serving");
-                    thaw(&frozen);
-                    let _ = wire::write_frame(
-                        &mut stream,
-                        &Response::Error {
-                            code: ErrorCode::Internal,
-                            message,
-                        },
-                    );
+                    refuse(&mut stream, &frozen, message);
                     return;
                 }
             }
@@ -88,17 +80,7 @@ impl Mounter {
             .collect();
         if fds.len() != handed.len() {
             let message = "a session has no descriptor to hand over".to_string();
-            tracing::error!("{message}; going on serving");
-            thaw(&frozen);
-            // Answered, so the successor does not take the closed
-            // connection for this process going away.
-            let _ = wire::write_frame(
-                &mut stream,
-                &Response::Error {
-                    code: ErrorCode::Internal,
-                    message,
-                },
-            );
+            refuse(&mut stream, &frozen, message);
             return;
         }
         let count = handed.len();
@@ -159,6 +141,21 @@ fn thaw(frozen: &[&Hosted]) {
     for hosted in frozen {
         hosted.mounted.thaw();
     }
+}
+
+/// Give up a handover that cannot happen: serve on, and say why to the
+/// successor. Answered, so the successor does not take the closed
+/// connection for this process going away.
+fn refuse(stream: &mut UnixStream, frozen: &[&Hosted], message: String) {
+    tracing::error!("{message}; going on serving");
+    thaw(frozen);
+    let _ = wire::write_frame(
+        stream,
+        &Response::Error {
+            code: ErrorCode::Internal,
+            message,
+        },
+    );
 }
 
 /// The new side: ask the mounter on `stream` for its sessions. Returns them

@@ -24,7 +24,7 @@ pub async fn run(inner: &Inner) -> BackendResult<usize> {
         match inner.raw.abort_upload(&dead.key, &dead.upload_id).await {
             // NoSuchUpload: completed or aborted before the crash.
             Err(e) if e.status != Some(404) => {
-                let err = inner.raw_err(&e, "abort dangling upload", &root, &dead.key, id);
+                let err = inner.s3_err(&e, "abort dangling upload", &root, &dead.key, id);
                 tracing::warn!(error = %err, "could not abort the upload of a crashed writer");
                 continue;
             }
@@ -50,7 +50,7 @@ pub async fn run(inner: &Inner) -> BackendResult<usize> {
         .raw
         .list_uploads(&prefix)
         .await
-        .map_err(|e| inner.raw_err(&e, "list multipart uploads", &root, &prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "list multipart uploads", &root, &prefix, id))?;
     let now = SystemTime::now();
     for upload in uploads {
         let old = upload
@@ -69,7 +69,7 @@ pub async fn run(inner: &Inner) -> BackendResult<usize> {
                 aborted += 1;
             }
             Err(e) => {
-                let err = inner.raw_err(&e, "abort stale upload", &root, &upload.key, id);
+                let err = inner.s3_err(&e, "abort stale upload", &root, &upload.key, id);
                 tracing::warn!(error = %err, "could not abort a stale upload");
             }
         }

@@ -42,7 +42,7 @@ pub async fn copy_key(
         // if it is refused (one request for the common case).
         match inner.raw.copy(from, to).await {
             Err(e) if e.code.as_deref() == Some("EntityTooLarge") => {}
-            done => return done.map_err(|e| inner.raw_err(&e, cx.op, cx.path, from, cx.id)),
+            done => return done.map_err(|e| inner.s3_err(&e, cx.op, cx.path, from, cx.id)),
         }
     }
     let source = inner.store_path(from, cx.op, cx.path, cx.id)?;
@@ -50,13 +50,13 @@ pub async fn copy_key(
         .store
         .head(&source)
         .await
-        .map_err(|e| inner.store_err(&e, cx.op, cx.path, from, cx.id))?;
+        .map_err(|e| inner.s3_err(&e, cx.op, cx.path, from, cx.id))?;
     if head.size <= limit {
         return inner
             .raw
             .copy(from, to)
             .await
-            .map_err(|e| inner.raw_err(&e, cx.op, cx.path, from, cx.id));
+            .map_err(|e| inner.s3_err(&e, cx.op, cx.path, from, cx.id));
     }
     let etag = head.e_tag.unwrap_or_default();
     copy_in_parts(inner, from, to, head.size, &etag, cx).await
@@ -72,7 +72,7 @@ async fn copy_in_parts(
 ) -> BackendResult<()> {
     let part_size = copy_part_size(size, inner.cfg.options.single_copy_max);
     let target = inner.store_path(to, cx.op, cx.path, cx.id)?;
-    let store_err = |e: &object_store::Error, what| inner.store_err(e, what, cx.path, to, cx.id);
+    let store_err = |e: &object_store::Error, what| inner.s3_err(e, what, cx.path, to, cx.id);
     let upload_id = inner
         .store
         .create_multipart(&target)
@@ -91,7 +91,7 @@ async fn copy_in_parts(
                     .copy_part(from, to, upload_id, part, (first, last), etag)
                     .await
                     .map(|content_id| PartId { content_id })
-                    .map_err(|e| inner.raw_err(&e, "copy part", cx.path, from, cx.id))
+                    .map_err(|e| inner.s3_err(&e, "copy part", cx.path, from, cx.id))
             }
         })
         .buffered(PARALLEL_PARTS)

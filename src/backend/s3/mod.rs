@@ -50,7 +50,7 @@ pub use preflight::{PreflightError, Probe};
 
 use errors::backend_error;
 use keys::KeyMap;
-use raw::{RawClient, RawError};
+use raw::RawClient;
 use staging::Staging;
 
 /// State shared by the backend and its readers and pending writes.
@@ -85,32 +85,19 @@ impl Inner {
         }
     }
 
-    pub fn store_err(
+    /// An S3 failure (object_store's or a raw call's) as the backend error
+    /// the file system maps to an errno.
+    pub fn s3_err<'e, E>(
         &self,
-        e: &object_store::Error,
+        e: &'e E,
         op: &'static str,
         path: &BackendPath,
         key: &str,
         id: Identity,
-    ) -> BackendError {
-        backend_error(
-            &S3Failure::from(e),
-            &self.site(),
-            op,
-            path.as_str(),
-            key,
-            id,
-        )
-    }
-
-    pub fn raw_err(
-        &self,
-        e: &RawError,
-        op: &'static str,
-        path: &BackendPath,
-        key: &str,
-        id: Identity,
-    ) -> BackendError {
+    ) -> BackendError
+    where
+        S3Failure: From<&'e E>,
+    {
         backend_error(
             &S3Failure::from(e),
             &self.site(),
@@ -191,7 +178,7 @@ impl S3Backend {
         let uploads = self.inner.raw.list_uploads(&prefix).await.map_err(|e| {
             let id = Identity::new(0, 0);
             self.inner
-                .raw_err(&e, "list multipart uploads", &root, &prefix, id)
+                .s3_err(&e, "list multipart uploads", &root, &prefix, id)
         })?;
         Ok(uploads.into_iter().map(|u| (u.key, u.upload_id)).collect())
     }

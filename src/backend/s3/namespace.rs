@@ -24,7 +24,7 @@ pub async fn head_object(
     match inner.store.head(&location).await {
         Ok(m) => Ok(Some(m)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(inner.store_err(&e, "stat", path, &key, id)),
+        Err(e) => Err(inner.s3_err(&e, "stat", path, &key, id)),
     }
 }
 
@@ -50,7 +50,7 @@ pub async fn find_dir(
         .raw
         .first_keys(&prefix, 1)
         .await
-        .map_err(|e| inner.raw_err(&e, "stat", path, &prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "stat", path, &prefix, id))?;
     match first.first() {
         // The marker sorts first: it carries the directory's mtime.
         Some(o) if o.key == prefix => Ok(Some(meta::dir(inner, &prefix, o.modified()))),
@@ -85,7 +85,7 @@ pub async fn list(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRes
         .raw
         .list_dir(&prefix)
         .await
-        .map_err(|e| inner.raw_err(&e, "list directory", path, &prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "list directory", path, &prefix, id))?;
     if listing.objects.is_empty() && listing.prefixes.is_empty() && !path.is_root() {
         // Nothing below: not a directory at all.
         let kind = match head_file(inner, id, path).await? {
@@ -156,7 +156,7 @@ pub async fn mkdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRe
         .raw
         .put_empty(&marker)
         .await
-        .map_err(|e| inner.raw_err(&e, "mkdir (put marker)", path, &marker, id))?;
+        .map_err(|e| inner.s3_err(&e, "mkdir (put marker)", path, &marker, id))?;
     Ok(meta::dir(inner, &marker, SystemTime::now()))
 }
 
@@ -169,7 +169,7 @@ pub async fn rmdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRe
         .raw
         .first_keys(&prefix, 2)
         .await
-        .map_err(|e| inner.raw_err(&e, "rmdir", path, &prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "rmdir", path, &prefix, id))?;
     if keys.iter().any(|o| o.key != prefix) {
         return Err(inner.error(
             ErrorKind::NotEmpty,
@@ -190,7 +190,7 @@ pub async fn rmdir(inner: &Inner, id: Identity, path: &BackendPath) -> BackendRe
         .raw
         .delete(&prefix)
         .await
-        .map_err(|e| inner.raw_err(&e, "rmdir (delete marker)", path, &prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "rmdir (delete marker)", path, &prefix, id))?;
     keep_dir(inner, id, &path.parent()).await;
     Ok(())
 }
@@ -209,7 +209,7 @@ pub async fn unlink(inner: &Inner, id: Identity, path: &BackendPath) -> BackendR
         .store
         .delete(&location)
         .await
-        .map_err(|e| inner.store_err(&e, "unlink", path, &key, id))?;
+        .map_err(|e| inner.s3_err(&e, "unlink", path, &key, id))?;
     keep_dir(inner, id, &path.parent()).await;
     Ok(())
 }
@@ -225,13 +225,13 @@ pub async fn keep_dir(inner: &Inner, id: Identity, dir: &BackendPath) {
     match inner.raw.first_keys(&prefix, 1).await {
         Ok(keys) if keys.is_empty() => {
             if let Err(e) = inner.raw.put_empty(&prefix).await {
-                let err = inner.raw_err(&e, "keep empty directory", dir, &prefix, id);
+                let err = inner.s3_err(&e, "keep empty directory", dir, &prefix, id);
                 tracing::warn!(error = %err, "could not keep an emptied directory");
             }
         }
         Ok(_) => {}
         Err(e) => {
-            let err = inner.raw_err(&e, "keep empty directory", dir, &prefix, id);
+            let err = inner.s3_err(&e, "keep empty directory", dir, &prefix, id);
             tracing::warn!(error = %err, "could not check an emptied directory");
         }
     }

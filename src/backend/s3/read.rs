@@ -29,7 +29,7 @@ pub async fn open(
             };
             return Err(inner.error(kind, "open for reading", path, id, "no such object"));
         }
-        Err(e) => return Err(inner.store_err(&e, "open for reading", path, &key, id)),
+        Err(e) => return Err(inner.s3_err(&e, "open for reading", path, &key, id)),
     };
     let etag = head.e_tag.clone().unwrap_or_default();
     Ok(Box::new(S3Reader {
@@ -67,11 +67,11 @@ pub async fn get_range(
         .store
         .get_opts(location, options)
         .await
-        .map_err(|e| inner.store_err(&e, op, path, key, id))?;
+        .map_err(|e| inner.s3_err(&e, op, path, key, id))?;
     let data = result
         .bytes()
         .await
-        .map_err(|e| inner.store_err(&e, op, path, key, id))?;
+        .map_err(|e| inner.s3_err(&e, op, path, key, id))?;
     if (data.len() as u64) != end - offset {
         return Err(inner.error(
             ErrorKind::Stale,

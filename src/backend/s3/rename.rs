@@ -97,7 +97,7 @@ async fn rename_file(
         .store
         .delete(&src)
         .await
-        .map_err(|e| inner.store_err(&e, "rename (delete source)", from, &from_key, id))
+        .map_err(|e| inner.s3_err(&e, "rename (delete source)", from, &from_key, id))
 }
 
 async fn rename_dir(
@@ -124,7 +124,7 @@ async fn rename_dir(
                 .raw
                 .first_keys(&to_prefix, 2)
                 .await
-                .map_err(|e| inner.raw_err(&e, "rename", to, &to_prefix, id))?;
+                .map_err(|e| inner.s3_err(&e, "rename", to, &to_prefix, id))?;
             if keys.iter().any(|o| o.key != to_prefix) {
                 return Err(inner.error(
                     ErrorKind::NotEmpty,
@@ -151,7 +151,7 @@ async fn rename_dir(
         .raw
         .list_recursive(&from_prefix, cap)
         .await
-        .map_err(|e| inner.raw_err(&e, "rename (list)", from, &from_prefix, id))?;
+        .map_err(|e| inner.s3_err(&e, "rename (list)", from, &from_prefix, id))?;
     if objects.len() > cap {
         return Err(inner.error(
             ErrorKind::CrossDevice,
@@ -176,28 +176,29 @@ async fn rename_dir(
         "renaming a directory object by object (not atomic)");
     // Owned items: borrowed ones trip the compiler's higher-ranked
     // lifetime check inside async_trait futures.
-    let copied =
-        futures::stream::iter(pairs.clone())
-            .map(|(src, dst)| async move {
-                // Markers are empty by definition: write a new one rather than
-                // copy (some servers, SeaweedFS among them, cannot copy them).
-                if src.ends_with('/') {
-                    inner.raw.put_empty(&dst).await.map_err(|e| {
-                        inner.raw_err(&e, "rename directory (copy)", from, &src, id)
-                    })?;
-                } else {
-                    let cx = CopyContext {
-                        op: "rename directory (copy)",
-                        path: from,
-                        id,
-                    };
-                    copy_key(inner, &src, &dst, &cx).await?;
-                }
-                Ok::<_, crate::backend::BackendError>(dst)
-            })
-            .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<_>>()
-            .await;
+    let copied = futures::stream::iter(pairs.clone())
+        .map(|(src, dst)| async move {
+            // Markers are empty by definition: write a new one rather than
+            // copy (some servers, SeaweedFS among them, cannot copy them).
+            if src.ends_with('/') {
+                inner
+                    .raw
+                    .put_empty(&dst)
+                    .await
+                    .map_err(|e| inner.s3_err(&e, "rename directory (copy)", from, &src, id))?;
+            } else {
+                let cx = CopyContext {
+                    op: "rename directory (copy)",
+                    path: from,
+                    id,
+                };
+                copy_key(inner, &src, &dst, &cx).await?;
+            }
+            Ok::<_, crate::backend::BackendError>(dst)
+        })
+        .buffer_unordered(PARALLEL)
+        .try_collect::<Vec<_>>()
+        .await;
     if let Err(e) = copied {
         // Undo: remove whatever copies exist; the source tree is intact.
         let _ = futures::stream::iter(pairs.clone())
@@ -213,7 +214,7 @@ async fn rename_dir(
                 .raw
                 .delete(&src)
                 .await
-                .map_err(|e| inner.raw_err(&e, "rename directory (delete source)", from, &src, id))
+                .map_err(|e| inner.s3_err(&e, "rename directory (delete source)", from, &src, id))
         })
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<_>>()

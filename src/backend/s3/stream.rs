@@ -52,7 +52,7 @@ impl Stream {
             .store
             .create_multipart(&location)
             .await
-            .map_err(|e| inner.store_err(&e, "start streamed upload", path, key, id))?;
+            .map_err(|e| inner.s3_err(&e, "start streamed upload", path, key, id))?;
         if let Err(e) = inner.staging.record_upload(staging_id, key, &upload_id) {
             tracing::warn!(key, error = %e, "could not journal a multipart upload");
         }
@@ -91,7 +91,7 @@ impl Stream {
                 .store
                 .put_part(&location, &upload_id, index, PutPayload::from(data))
                 .await
-                .map_err(|e| inner.store_err(&e, "upload part", &path, &key, id))
+                .map_err(|e| inner.s3_err(&e, "upload part", &path, &key, id))
         })));
         self.queued = end;
     }
@@ -143,7 +143,7 @@ impl Stream {
             .store
             .complete_multipart(&self.location, &self.upload_id, parts)
             .await
-            .map_err(|e| inner.store_err(&e, "complete streamed upload", path, &self.key, id))?;
+            .map_err(|e| inner.s3_err(&e, "complete streamed upload", path, &self.key, id))?;
         inner.staging.clear_upload(staging_id, &self.upload_id);
         Ok(result)
     }

@@ -63,13 +63,13 @@ pub async fn upload_file(
             .store
             .put(t.location, PutPayload::from(data))
             .await
-            .map_err(|e| inner.store_err(&e, "upload (PUT)", t.path, t.key, t.id));
+            .map_err(|e| inner.s3_err(&e, "upload (PUT)", t.path, t.key, t.id));
     }
     let upload_id = inner
         .store
         .create_multipart(t.location)
         .await
-        .map_err(|e| inner.store_err(&e, "start multipart upload", t.path, t.key, t.id))?;
+        .map_err(|e| inner.s3_err(&e, "start multipart upload", t.path, t.key, t.id))?;
     if let Err(e) = inner.staging.record_upload(t.staging_id, t.key, &upload_id) {
         tracing::warn!(key = t.key, error = %e,
             "could not journal a multipart upload; a crash now would leave it for the server's lifecycle rules");
@@ -91,7 +91,7 @@ pub async fn upload_file(
                         PutPayload::from(data),
                     )
                     .await
-                    .map_err(|e| inner.store_err(&e, "upload part", t.path, t.key, t.id))
+                    .map_err(|e| inner.s3_err(&e, "upload part", t.path, t.key, t.id))
             }
         })
         .buffered(PARALLEL_PARTS)
@@ -102,7 +102,7 @@ pub async fn upload_file(
             .store
             .complete_multipart(t.location, &upload_id, parts)
             .await
-            .map_err(|e| inner.store_err(&e, "complete multipart upload", t.path, t.key, t.id)),
+            .map_err(|e| inner.s3_err(&e, "complete multipart upload", t.path, t.key, t.id)),
         Err(e) => Err(e),
     };
     match completed {
@@ -127,7 +127,7 @@ pub async fn abort_upload(inner: &Inner, t: &Target<'_>, upload_id: &str) {
     {
         Ok(()) => inner.staging.clear_upload(t.staging_id, upload_id),
         Err(e) => {
-            let err = inner.store_err(&e, "abort multipart upload", t.path, t.key, t.id);
+            let err = inner.s3_err(&e, "abort multipart upload", t.path, t.key, t.id);
             tracing::warn!(error = %err, "could not abort a failed upload; the next mount will retry");
         }
     }

@@ -15,9 +15,8 @@ use tonic::Status;
 
 use super::super::params::{S3Credentials, VolumeParams};
 use super::super::proto::{NodePublishVolumeRequest, NodePublishVolumeResponse};
-use super::{capability, preflight, NodeService};
+use super::{capability, NodeService};
 use crate::mount::spec::MountSpec;
-use crate::mounter::protocol::VolumeNames;
 
 /// Set by the kubelet (with podInfoOnMount) on inline volumes.
 const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
@@ -72,9 +71,13 @@ impl NodeService {
         );
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
-            preflight(&source)?;
-            let names = VolumeNames::from_context(&req.volume_context);
-            self.stage_blocking(&req.volume_id, spec, creds.as_ref(), names)?;
+            self.stage_blocking(
+                &req.volume_id,
+                &source,
+                spec,
+                creds.as_ref(),
+                &req.volume_context,
+            )?;
             let mut rec = self
                 .state
                 .load_staged(&req.volume_id)

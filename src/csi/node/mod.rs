@@ -169,20 +169,29 @@ impl NodeService {
         );
         let _guard = self.locks.lock(&req.volume_id).await;
         tokio::task::block_in_place(|| {
-            preflight(&source)?;
-            let names = VolumeNames::from_context(&req.volume_context);
-            self.stage_blocking(&req.volume_id, spec, creds.as_ref(), names)
+            self.stage_blocking(
+                &req.volume_id,
+                &source,
+                spec,
+                creds.as_ref(),
+                &req.volume_context,
+            )
         })?;
         Ok(NodeStageVolumeResponse {})
     }
 
+    /// Stage `source` as `spec` says (with the volume lock held), after
+    /// the checks that fail early with the fix spelled out.
     fn stage_blocking(
         &self,
         volume_id: &str,
+        source: &Source,
         mut spec: MountSpec,
         creds: Option<&S3Credentials>,
-        names: VolumeNames,
+        context: &HashMap<String, String>,
     ) -> Result<(), Status> {
+        preflight(source)?;
+        let names = VolumeNames::from_context(context);
         let previous = self
             .state
             .load_staged(volume_id)
