@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backend::s3::{CredentialSource, S3Options};
 use crate::backend::Source;
 
 #[derive(Debug, Parser)]
@@ -265,82 +264,6 @@ pub struct MountArgs {
     pub s3: S3Args,
 }
 
-/// Options of s3:// sources; refused (exit 2) with any other source.
-#[derive(Debug, Args, Default)]
-#[command(next_help_heading = "S3 options (s3:// sources only)")]
-pub struct S3Args {
-    /// URL of an S3-compatible server, e.g. http://127.0.0.1:8333 (default: AWS).
-    #[arg(long, value_name = "URL", value_parser = parse_endpoint)]
-    pub endpoint: Option<String>,
-    /// Signing region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1).
-    #[arg(long, value_parser = crate::backend::s3::parse_region)]
-    pub region: Option<String>,
-    /// Address buckets as ENDPOINT/BUCKET instead of BUCKET.ENDPOINT.
-    #[arg(long)]
-    pub path_style: bool,
-    /// AWS shared-credentials file (INI) instead of the AWS_* environment variables.
-    #[arg(long, value_name = "FILE")]
-    pub credentials_file: Option<PathBuf>,
-    /// Profile in the credentials file (default: "default").
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Mode of every file (S3 stores none), octal; default 0644.
-    #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
-    pub file_mode: Option<u32>,
-    /// Mode of every directory, octal; default 0755.
-    #[arg(long, value_parser = parse_mode, value_name = "OCTAL")]
-    pub dir_mode: Option<u32>,
-    /// Most objects a directory rename copies; beyond it fails with EXDEV. Default 10000.
-    #[arg(long, value_name = "N")]
-    pub rename_dir_max_objects: Option<usize>,
-    /// Part size of multipart uploads (at least 5MiB); default 16MiB.
-    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub part_size: Option<u64>,
-}
-
-impl S3Args {
-    fn given(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let mut flag = |set: bool, name: &'static str| {
-            if set {
-                out.push(name);
-            }
-        };
-        flag(self.endpoint.is_some(), "--endpoint");
-        flag(self.region.is_some(), "--region");
-        flag(self.path_style, "--path-style");
-        flag(self.credentials_file.is_some(), "--credentials-file");
-        flag(self.profile.is_some(), "--profile");
-        flag(self.file_mode.is_some(), "--file-mode");
-        flag(self.dir_mode.is_some(), "--dir-mode");
-        flag(
-            self.rename_dir_max_objects.is_some(),
-            "--rename-dir-max-objects",
-        );
-        flag(self.part_size.is_some(), "--part-size");
-        out
-    }
-
-    pub fn to_options(&self) -> S3Options {
-        let d = S3Options::default();
-        S3Options {
-            path_style: self.path_style,
-            credentials: CredentialSource {
-                file: self.credentials_file.clone(),
-                profile: self.profile.clone(),
-                explicit: None,
-            },
-            file_mode: self.file_mode.unwrap_or(d.file_mode),
-            dir_mode: self.dir_mode.unwrap_or(d.dir_mode),
-            rename_dir_max_objects: self
-                .rename_dir_max_objects
-                .unwrap_or(d.rename_dir_max_objects),
-            part_size: self.part_size.unwrap_or(d.part_size),
-            ..d
-        }
-    }
-}
-
 impl MountArgs {
     /// The options of the mount these arguments ask for (`source` parsed
     /// and checked by `source()` and `validate()`).
@@ -471,18 +394,6 @@ impl DoctorArgs {
     }
 }
 
-/// `644`, `0644`, `0o644`: permission bits in octal.
-fn parse_mode(text: &str) -> Result<u32, String> {
-    let t = text.trim();
-    let digits = t.strip_prefix("0o").unwrap_or(t);
-    match u32::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!(
-            "invalid mode '{text}': use octal permission bits such as 0644"
-        )),
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Size of the sample file, e.g. 64MiB.
@@ -498,10 +409,6 @@ pub fn parse_source(text: &str) -> Result<Source, String> {
         .check_local_directory()
         .map_err(|e| format!("invalid value for <SOURCE>: {e}"))?;
     Ok(source)
-}
-
-fn parse_endpoint(text: &str) -> Result<String, String> {
-    crate::backend::s3::parse_endpoint(text).map_err(|e| e.to_string())
 }
 
 fn parse_mountpoint(text: &str) -> Result<PathBuf, String> {
@@ -563,6 +470,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(t)
         .map_err(|e| format!("invalid duration '{text}': {e} (examples: 1s, 500ms, 2m)"))
 }
+
+mod s3_args;
+pub(crate) use s3_args::parse_role_arn;
+pub use s3_args::S3Args;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 //! Parsing of the command line: sizes, sources, option rules.
+use super::s3_args::{parse_mode, parse_role_arn};
 use super::*;
 
 #[test]
@@ -95,4 +96,67 @@ fn s3_options_only_with_s3_sources() {
     assert_eq!(o.credentials.profile.as_deref(), Some("p"));
     let small = parse(&["--part-size", "1MiB"], "s3://bucket/prefix");
     assert!(check(&small).is_err());
+}
+
+#[test]
+fn role_arns_are_checked_for_their_form() {
+    let ok = "arn:aws:iam::123456789012:role/cachalot-reader";
+    assert_eq!(parse_role_arn(ok).as_deref(), Ok(ok));
+    assert!(parse_role_arn("arn:aws-cn:iam::123456789012:role/path/r").is_ok());
+    for bad in [
+        "",
+        "cachalot-reader",
+        "arn:aws:s3:::bucket",
+        "arn:aws:iam::12345:role/r",
+        "arn:aws:iam::123456789012:user/u",
+        "arn:aws:iam::123456789012:role/",
+    ] {
+        let err = parse_role_arn(bad).unwrap_err();
+        assert!(
+            err.contains("arn:aws:iam::123456789012:role/NAME"),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_web_identity_needs_its_role_and_only_applies_to_s3() {
+    let base = [
+        "cachalot",
+        "mount",
+        "s3://b/p",
+        "/mnt",
+        "--cache-dir",
+        "/tmp/c",
+    ];
+    let parse = |extra: &[&str]| {
+        Cli::try_parse_from(base.iter().chain(extra)).map(|c| match c.command {
+            Command::Mount(m) => m,
+            _ => unreachable!(),
+        })
+    };
+    assert!(parse(&[]).is_ok());
+    let missing = |extra: &[&str]| parse(extra).err().map(|e| e.kind());
+    let needs = Some(clap::error::ErrorKind::MissingRequiredArgument);
+    assert_eq!(missing(&["--web-identity-token-file", "/t"]), needs);
+    assert_eq!(
+        missing(&["--role-arn", "arn:aws:iam::123456789012:role/r"]),
+        needs
+    );
+    let m = parse(&[
+        "--web-identity-token-file",
+        "/t",
+        "--role-arn",
+        "arn:aws:iam::123456789012:role/r",
+        "--role-session-name",
+        "ns.sa",
+    ])
+    .unwrap();
+    let w = m.s3.to_options().credentials.web_identity.unwrap();
+    assert_eq!(w.token_file, PathBuf::from("/t"));
+    assert_eq!(w.role_arn, "arn:aws:iam::123456789012:role/r");
+    assert_eq!(w.session_name.as_deref(), Some("ns.sa"));
+    let local = Source::parse("file:///tmp").unwrap();
+    let err = m.validate(&local).unwrap_err();
+    assert!(err.contains("--web-identity-token-file"), "{err}");
 }

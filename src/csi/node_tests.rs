@@ -114,6 +114,7 @@ fn fixture() -> Fixture {
             pid: 1,
             targets: BTreeMap::new(),
             ephemeral: false,
+            service_account: None,
         })
         .unwrap();
     let mounts = Arc::new(FakeMounts::default());

@@ -34,6 +34,28 @@ pub struct StagedRecord {
     /// Published targets and whether each is read-only.
     #[serde(default)]
     pub targets: BTreeMap<PathBuf, bool>,
+    /// `namespace/name` of the service account whose token this session
+    /// signs with (`authenticationSource: pod`: one session per volume and
+    /// service account); none for the volume's own session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+impl StagedRecord {
+    /// What the record is saved, loaded and locked under.
+    pub fn key(&self) -> String {
+        stage_key(&self.volume_id, self.service_account.as_deref())
+    }
+}
+
+/// The record key of a volume's session (the volume ID), or of its session
+/// for one service account. A newline joins them: no volume ID of ours has
+/// one (controls are escaped) and no Kubernetes name can.
+pub fn stage_key(volume_id: &str, service_account: Option<&str>) -> String {
+    match service_account {
+        None => volume_id.to_string(),
+        Some(sa) => format!("{volume_id}\n{sa}"),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -78,16 +100,17 @@ impl StateDir {
         &self.root
     }
 
-    pub fn log_path(&self, volume_id: &str) -> PathBuf {
+    /// The log of a session, by its record key (see `stage_key`).
+    pub fn log_path(&self, stage_key: &str) -> PathBuf {
         self.root
             .join("logs")
-            .join(format!("{}.log", key(volume_id)))
+            .join(format!("{}.log", key(stage_key)))
     }
 
-    fn staged_path(&self, volume_id: &str) -> PathBuf {
+    fn staged_path(&self, stage_key: &str) -> PathBuf {
         self.root
             .join("staged")
-            .join(format!("{}.json", key(volume_id)))
+            .join(format!("{}.json", key(stage_key)))
     }
 
     fn controller_path(&self, name: &str) -> PathBuf {
@@ -97,15 +120,26 @@ impl StateDir {
     }
 
     pub fn save_staged(&self, rec: &StagedRecord) -> io::Result<()> {
-        write_json(&self.staged_path(&rec.volume_id), rec)
+        write_json(&self.staged_path(&rec.key()), rec)
     }
 
-    pub fn load_staged(&self, volume_id: &str) -> io::Result<Option<StagedRecord>> {
-        read_json(&self.staged_path(volume_id))
+    /// The record under `stage_key`: a volume ID, or see `stage_key`.
+    pub fn load_staged(&self, stage_key: &str) -> io::Result<Option<StagedRecord>> {
+        read_json(&self.staged_path(stage_key))
     }
 
-    pub fn remove_staged(&self, volume_id: &str) -> io::Result<()> {
-        remove(&self.staged_path(volume_id))
+    pub fn remove_staged(&self, stage_key: &str) -> io::Result<()> {
+        remove(&self.staged_path(stage_key))
+    }
+
+    /// The volume's sessions for service accounts (`authenticationSource:
+    /// pod`); unreadable records are skipped (`all_staged` reports them).
+    pub fn pod_sessions(&self, volume_id: &str) -> Vec<StagedRecord> {
+        self.all_staged()
+            .into_iter()
+            .flatten()
+            .filter(|r| r.volume_id == volume_id && r.service_account.is_some())
+            .collect()
     }
 
     /// Every staged record; unreadable files are reported, not fatal.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::s3::Credentials;
+use crate::backend::s3::{Credentials, WebIdentity};
 use crate::backend::{Identity, Source};
 use crate::csi::params::CacheKnobs;
 
@@ -38,6 +38,10 @@ pub struct MountSpec {
     /// The volume's byte quota.
     #[serde(default)]
     pub capacity: Option<u64>,
+    /// S3 keys from STS for this web identity (`authenticationSource:
+    /// pod`: the pod's service-account token), not the process's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<WebIdentity>,
 }
 
 impl MountSpec {
@@ -72,6 +76,7 @@ impl MountSpec {
             s3_region,
             warm: cache.warm.clone(),
             capacity: cache.capacity,
+            web_identity: None,
         }
     }
 
@@ -112,6 +117,14 @@ impl MountSpec {
         }
         if let Some(v) = self.capacity {
             a.extend(["--capacity".into(), v.to_string()]);
+        }
+        if let Some(w) = &self.web_identity {
+            a.push("--web-identity-token-file".into());
+            a.push(w.token_file.display().to_string());
+            a.extend(["--role-arn".into(), w.role_arn.clone()]);
+            if let Some(name) = &w.session_name {
+                a.extend(["--role-session-name".into(), name.clone()]);
+            }
         }
         for glob in &self.warm {
             // `=`: a glob may start with a dash.

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
+use super::credentials::CloudCredentials;
 use super::keys::KeyMap;
 use super::raw::RawClient;
 use super::staging::Staging;
@@ -50,6 +51,20 @@ pub fn build(cfg: S3Config) -> Result<Inner, String> {
         // object_store picks web identity, container credentials or the
         // instance metadata from these, and refreshes what it got before
         // it expires.
+        Some(CloudCredentials::GivenWebIdentity(w)) => {
+            // The environment still says where STS is; the token and the
+            // role are this mount's.
+            let mut b = with_cloud_environment(builder)
+                .with_config(
+                    AmazonS3ConfigKey::WebIdentityTokenFile,
+                    w.token_file.display().to_string(),
+                )
+                .with_config(AmazonS3ConfigKey::RoleArn, &w.role_arn);
+            if let Some(name) = &w.session_name {
+                b = b.with_config(AmazonS3ConfigKey::RoleSessionName, name);
+            }
+            b
+        }
         Some(_) => with_cloud_environment(builder),
     };
     let store = builder

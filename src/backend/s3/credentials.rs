@@ -21,6 +21,22 @@ pub struct CredentialSource {
     /// Given by the caller (the CSI node-stage secret handed to the
     /// mounter): used as they are, nothing else is looked at.
     pub explicit: Option<Credentials>,
+    /// `--web-identity-token-file` + `--role-arn`: this mount's own web
+    /// identity (a pod's service-account token with `authenticationSource:
+    /// pod`), whatever keys or identity the process environment has.
+    pub web_identity: Option<WebIdentity>,
+}
+
+/// A web identity given for one mount rather than taken from the
+/// environment: the token file (re-read at every exchange, so whoever
+/// writes it fresh keeps the mount's keys fresh) and the role to assume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebIdentity {
+    pub token_file: PathBuf,
+    pub role_arn: String,
+    /// The role session's name (shows in CloudTrail and in STS's answer).
+    #[serde(default)]
+    pub session_name: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -43,6 +59,9 @@ pub enum CloudCredentials {
     Container,
     /// The instance metadata service (the node's instance profile).
     InstanceMetadata,
+    /// `AssumeRoleWithWebIdentity` with a token file and role given for
+    /// this mount, not the environment's.
+    GivenWebIdentity(WebIdentity),
 }
 
 /// The environment variables object_store's cloud providers read (nothing
@@ -127,6 +146,17 @@ impl Credentials {
         let env = |name: &str| env(name).filter(|v| !v.is_empty());
         if let Some(given) = &source.explicit {
             return Ok(given.clone());
+        }
+        if let Some(w) = &source.web_identity {
+            let origin = format!(
+                "the mount's web identity (role {}, token file {})",
+                w.role_arn,
+                w.token_file.display()
+            );
+            return Ok(Credentials::from_cloud(
+                CloudCredentials::GivenWebIdentity(w.clone()),
+                origin,
+            ));
         }
         if let Some(file) = &source.file {
             let profile = source.profile.as_deref().unwrap_or("default");
@@ -252,6 +282,32 @@ aws_session_token = tok
         None
     }
 
+    /// A mount's own web identity (a pod's token) is used even where the
+    /// process has keys or a web identity of its own (the node plugin's).
+    #[test]
+    fn a_given_web_identity_wins_over_the_environment() {
+        let given = WebIdentity {
+            token_file: "/var/lib/kubelet/x/token".into(),
+            role_arn: "arn:aws:iam::123456789012:role/pod".into(),
+            session_name: Some("ns.sa".into()),
+        };
+        let src = CredentialSource {
+            web_identity: Some(given.clone()),
+            ..CredentialSource::default()
+        };
+        let env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKIDDRIVER".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("driver-secret".to_string()),
+            "AWS_WEB_IDENTITY_TOKEN_FILE" => Some("/driver/token".to_string()),
+            "AWS_ROLE_ARN" => Some("arn:aws:iam::123456789012:role/driver".to_string()),
+            _ => None,
+        };
+        let c = Credentials::load_with(&src, env).unwrap();
+        assert_eq!(c.cloud, Some(CloudCredentials::GivenWebIdentity(given)));
+        assert_eq!(c.access_key_id, "");
+        assert!(c.origin.contains("role/pod"), "{}", c.origin);
+    }
+
     #[test]
     fn file_profiles() {
         let dir = tempfile::tempdir().unwrap();
@@ -260,7 +316,7 @@ aws_session_token = tok
         let mut src = CredentialSource {
             file: Some(path.clone()),
             profile: None,
-            explicit: None,
+            ..CredentialSource::default()
         };
         let c = Credentials::load_with(&src, no_env).unwrap();
         assert_eq!(c.access_key_id, "AKIDDEFAULT");

@@ -44,7 +44,7 @@ pub use config::{
     parse_endpoint, parse_region, EndpointError, S3Config, S3Options, DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,
 };
-pub use credentials::{CredentialSource, Credentials, CredentialsError};
+pub use credentials::{CredentialSource, Credentials, CredentialsError, WebIdentity};
 pub use errors::{classify, is_credential_failure, ErrorSite, S3Failure};
 pub use preflight::{PreflightError, Probe};
 

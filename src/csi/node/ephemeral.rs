@@ -73,6 +73,7 @@ impl NodeService {
         tokio::task::block_in_place(|| {
             self.stage_blocking(
                 &req.volume_id,
+                None,
                 &source,
                 spec,
                 creds.as_ref(),

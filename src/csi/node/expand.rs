@@ -27,44 +27,40 @@ impl NodeService {
         decode(&req.volume_id)?;
         let capacity = requested(req.capacity_range.as_ref())?;
         let _guard = self.locks.lock(&req.volume_id).await;
-        let mut rec = match self.state.load_staged(&req.volume_id) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => {
-                return Err(Status::not_found(format!(
-                    "volume {} is not staged on this node",
-                    req.volume_id
-                )))
-            }
-            Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
-        };
         let path = PathBuf::from(&req.volume_path);
-        if path != rec.staging_path && !rec.targets.contains_key(&path) {
+        if self.session_at(&req.volume_id, &path)?.is_none() {
             return Err(Status::not_found(format!(
-                "volume {} is not staged or published at {}",
+                "volume {} is not staged or published at {} on this node",
                 req.volume_id,
                 path.display()
             )));
         }
-        if rec.spec.capacity.is_none() {
-            // Mounted without a quota (a static volume without a capacity
-            // attribute): there is nothing to raise.
-            tracing::info!(volume_id = %req.volume_id, capacity, "volume has no quota; nothing to expand");
-            return Ok(NodeExpandVolumeResponse {
-                capacity_bytes: capacity as i64,
-            });
+        // Every session of the volume on this node: its own, or those of
+        // its service accounts (authenticationSource: pod).
+        let own = self.state.load_staged(&req.volume_id).ok().flatten();
+        for mut rec in own
+            .into_iter()
+            .chain(self.state.pod_sessions(&req.volume_id))
+        {
+            if rec.spec.capacity.is_none() {
+                // Mounted without a quota (a static volume without a
+                // capacity attribute): there is nothing to raise.
+                tracing::info!(volume_id = %req.volume_id, capacity, "volume has no quota; nothing to expand");
+                continue;
+            }
+            let root = rec.staging_path.clone();
+            tokio::task::block_in_place(|| set_capacity(&root, capacity)).map_err(|e| {
+                Status::internal(format!(
+                    "setting the capacity of volume {} on its mount {}: {e}",
+                    req.volume_id,
+                    root.display()
+                ))
+            })?;
+            rec.spec.capacity = Some(capacity);
+            self.state
+                .save_staged(&rec)
+                .map_err(|e| Status::internal(format!("recording the new capacity: {e}")))?;
         }
-        let root = rec.staging_path.clone();
-        tokio::task::block_in_place(|| set_capacity(&root, capacity)).map_err(|e| {
-            Status::internal(format!(
-                "setting the capacity of volume {} on its mount {}: {e}",
-                req.volume_id,
-                root.display()
-            ))
-        })?;
-        rec.spec.capacity = Some(capacity);
-        self.state
-            .save_staged(&rec)
-            .map_err(|e| Status::internal(format!("recording the new capacity: {e}")))?;
         tracing::info!(volume_id = %req.volume_id, capacity, "volume expanded");
         Ok(NodeExpandVolumeResponse {
             capacity_bytes: capacity as i64,

@@ -19,7 +19,7 @@ use super::mounts::{Health, HostMounts, MountTable};
 use super::params::{NodeParams, S3Credentials};
 use super::proto::node_service_capability::{rpc, Rpc, Type as CapType};
 use super::proto::*;
-use super::state::{StagedRecord, StateDir};
+use super::state::{stage_key, StagedRecord, StateDir};
 use super::supervisor::MountSpec;
 use super::volume_id::VolumeId;
 use crate::backend::Source;
@@ -27,6 +27,7 @@ use crate::mounter::protocol::VolumeNames;
 
 mod ephemeral;
 mod expand;
+mod pod_auth;
 mod stats;
 
 pub struct NodeService {
@@ -156,6 +157,14 @@ impl NodeService {
         let cap = capability(req.volume_capability.as_ref())?;
         let id = decode(&req.volume_id)?;
         let params = NodeParams::parse(&req.volume_context)?;
+        params.auth.check_location(&id.location)?;
+        if params.auth.pod().is_some() {
+            // Sessions start at publish, with the pods' tokens (pod_auth.rs).
+            std::fs::create_dir_all(&staging).map_err(|e| {
+                io_status(&format!("creating staging path {}", staging.display()), &e)
+            })?;
+            return Ok(NodeStageVolumeResponse {});
+        }
         let creds = credentials(&id, &req.secrets)?;
         let source = id.location.join(&id.sub);
         let spec = MountSpec::new(
@@ -171,6 +180,7 @@ impl NodeService {
         tokio::task::block_in_place(|| {
             self.stage_blocking(
                 &req.volume_id,
+                None,
                 &source,
                 spec,
                 creds.as_ref(),
@@ -185,6 +195,7 @@ impl NodeService {
     fn stage_blocking(
         &self,
         volume_id: &str,
+        service_account: Option<&str>,
         source: &Source,
         mut spec: MountSpec,
         creds: Option<&S3Credentials>,
@@ -192,9 +203,10 @@ impl NodeService {
     ) -> Result<(), Status> {
         preflight(source)?;
         let names = VolumeNames::from_context(context);
+        let key = stage_key(volume_id, service_account);
         let previous = self
             .state
-            .load_staged(volume_id)
+            .load_staged(&key)
             .map_err(|e| Status::internal(format!("reading the stage record: {e}")))?;
         let mut targets = Default::default();
         if let Some(rec) = previous {
@@ -222,8 +234,8 @@ impl NodeService {
             self.retire(&rec);
             targets = rec.targets;
         }
-        let rec = self.mount(volume_id, spec, creds, names, targets)?;
-        self.broken.lock().remove(volume_id);
+        let rec = self.mount(volume_id, service_account, spec, creds, names, targets)?;
+        self.broken.lock().remove(&key);
         tracing::info!(volume_id, staging = %rec.staging_path.display(), pid = rec.pid, "volume staged");
         Ok(())
     }
@@ -233,6 +245,7 @@ impl NodeService {
     fn mount(
         &self,
         volume_id: &str,
+        service_account: Option<&str>,
         spec: MountSpec,
         creds: Option<&S3Credentials>,
         names: VolumeNames,
@@ -257,7 +270,7 @@ impl NodeService {
             spec: &spec,
             creds,
             names,
-            log_file: &self.state.log_path(volume_id),
+            log_file: &self.state.log_path(&stage_key(volume_id, service_account)),
         })?;
         let rec = StagedRecord {
             volume_id: volume_id.to_string(),
@@ -266,6 +279,7 @@ impl NodeService {
             pid,
             targets,
             ephemeral: false,
+            service_account: service_account.map(str::to_string),
         };
         self.state
             .save_staged(&rec)
@@ -289,26 +303,34 @@ impl NodeService {
         rec: StagedRecord,
         creds: Option<&S3Credentials>,
     ) -> Result<StagedRecord, Status> {
-        if rec.spec.source.starts_with("s3://") && creds.is_none() {
+        let key = rec.key();
+        let secrets_needed =
+            rec.spec.web_identity.is_none() && rec.spec.source.starts_with("s3://");
+        if secrets_needed && creds.is_none() {
             let msg =
                 "the FUSE session died and cannot be re-established without the volume's secrets \
                        (they are not stored on the node); restart the pods using it"
                     .to_string();
-            self.broken
-                .lock()
-                .insert(rec.volume_id.clone(), msg.clone());
+            self.broken.lock().insert(key, msg.clone());
             return Err(Status::unavailable(msg));
         }
         self.retire(&rec);
         let volume_id = rec.volume_id.clone();
         let targets = rec.targets.clone();
-        let mut rec = match self.mount(&volume_id, rec.spec, creds, VolumeNames::default(), targets)
-        {
+        let remounted = self.mount(
+            &volume_id,
+            rec.service_account.as_deref(),
+            rec.spec,
+            creds,
+            VolumeNames::default(),
+            targets,
+        );
+        let mut rec = match remounted {
             Ok(r) => r,
             Err(e) => {
                 self.broken
                     .lock()
-                    .insert(volume_id, format!("re-mount failed: {}", e.message()));
+                    .insert(key, format!("re-mount failed: {}", e.message()));
                 return Err(e);
             }
         };
@@ -331,7 +353,7 @@ impl NodeService {
             rec.targets.remove(&t);
         }
         let _ = self.state.save_staged(&rec);
-        self.broken.lock().remove(&volume_id);
+        self.broken.lock().remove(&key);
         tracing::info!(volume_id, pid = rec.pid, "staged mount re-established");
         Ok(rec)
     }
@@ -370,7 +392,15 @@ impl NodeService {
         }
         let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
         let _guard = self.locks.lock(&req.volume_id).await;
-        tokio::task::block_in_place(|| self.unstage_blocking(&req.volume_id, &staging))?;
+        tokio::task::block_in_place(|| {
+            for rec in self.state.pod_sessions(&req.volume_id) {
+                if !rec.targets.is_empty() {
+                    tracing::warn!(volume_id = %req.volume_id, service_account = ?rec.service_account, "unstaging a session that still has published targets");
+                }
+                self.end_pod_session(&rec)?;
+            }
+            self.unstage_blocking(&req.volume_id, &staging)
+        })?;
         Ok(NodeUnstageVolumeResponse {})
     }
 
@@ -407,7 +437,15 @@ impl NodeService {
         let staging = path_arg(&req.staging_target_path, "staging_target_path")?;
         let cap = capability(req.volume_capability.as_ref())?;
         let id = decode(&req.volume_id)?;
-        NodeParams::parse(&req.volume_context)?;
+        let params = NodeParams::parse(&req.volume_context)?;
+        params.auth.check_location(&id.location)?;
+        if let Some(pod) = params.auth.pod() {
+            let _guard = self.locks.lock(&req.volume_id).await;
+            tokio::task::block_in_place(|| {
+                self.publish_for_pod(&req, &staging, &target, &cap, &id, &params, pod)
+            })?;
+            return Ok(NodePublishVolumeResponse {});
+        }
         let creds = credentials(&id, &req.secrets)?;
         let read_only = req.readonly || cap.wants_ro();
         let _guard = self.locks.lock(&req.volume_id).await;
@@ -510,15 +548,18 @@ impl NodeService {
                     tracing::warn!(error = %e, target = %target.display(), "target not removed")
                 }
             }
-            if let Ok(Some(mut rec)) = self.state.load_staged(&req.volume_id) {
-                if rec.targets.remove(&target).is_some() {
-                    let _ = self.state.save_staged(&rec);
-                }
+            if let Some(mut rec) = self.session_at(&req.volume_id, &target)? {
+                rec.targets.remove(&target);
+                let _ = self.state.save_staged(&rec);
                 if rec.ephemeral && rec.targets.is_empty() {
                     // Nobody stages an inline volume but its NodePublish.
                     self.unstage_blocking(&req.volume_id, &rec.staging_path)?;
                     // The kubelet removes the volume's directory next.
                     let _ = std::fs::remove_dir(&rec.staging_path);
+                }
+                if rec.service_account.is_some() && rec.targets.is_empty() {
+                    // The service account's last pod on this node is gone.
+                    self.end_pod_session(&rec)?;
                 }
             }
             tracing::info!(volume_id = %req.volume_id, target = %target.display(), "volume unpublished");

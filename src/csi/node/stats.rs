@@ -25,28 +25,18 @@ impl NodeService {
         // published (a relative one included) is NOT_FOUND, as the spec
         // asks of this call.
         let path = PathBuf::from(&req.volume_path);
-        let rec = match self.state.load_staged(&req.volume_id) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                // A malformed ID of ours is INVALID_ARGUMENT (inline
-                // volumes have the kubelet's IDs and a record).
+        let rec = match self.session_at(&req.volume_id, &path)? {
+            Some(r) => r,
+            None => {
                 decode(&req.volume_id)?;
                 return Err(Status::not_found(format!(
-                    "volume {} is not staged on this node",
-                    req.volume_id
+                    "volume {} is not staged or published at {} on this node",
+                    req.volume_id,
+                    path.display()
                 )));
             }
-            Err(e) => return Err(Status::internal(format!("reading the stage record: {e}"))),
         };
-        let known_path = path == rec.staging_path || rec.targets.contains_key(&path);
-        if !known_path {
-            return Err(Status::not_found(format!(
-                "volume {} is not published at {}",
-                req.volume_id,
-                path.display()
-            )));
-        }
-        let broken = self.broken.lock().get(&req.volume_id).cloned();
+        let broken = self.broken.lock().get(&rec.key()).cloned();
         let condition =
             |abnormal: bool, message: String| Some(VolumeCondition { abnormal, message });
         tokio::task::block_in_place(|| {

@@ -16,11 +16,13 @@ use crate::backend::source::{
 };
 use crate::backend::{BackendPath, Identity, Source};
 
+mod auth;
 mod parse;
 mod secrets;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{Authentication, PodAuthentication, DEFAULT_TOKEN_AUDIENCE};
 use parse::*;
 pub use parse::{parse_abs_path, parse_source_url, parse_sub_path};
 pub use secrets::S3Credentials;
@@ -52,6 +54,9 @@ const STORAGE_CLASS_KEYS: &[&str] = &[
     "metadataTTL",
     "readOnly",
     "warm",
+    "authenticationSource",
+    "roleArn",
+    "tokenAudience",
     PVC_NAME_KEY,
     PVC_NAMESPACE_KEY,
     PV_NAME_KEY,
@@ -66,6 +71,9 @@ const CONTEXT_KEYS: &[&str] = &[
     "warm",
     "uid",
     "gid",
+    "authenticationSource",
+    "roleArn",
+    "tokenAudience",
 ];
 
 /// Volume-context keys set by Kubernetes itself (pod info on mount, the
@@ -209,6 +217,7 @@ pub struct VolumeParams {
     pub owner: Option<Identity>,
     pub cache: CacheKnobs,
     pub claim: ClaimMeta,
+    pub auth: Authentication,
 }
 
 /// Parameter lookup by name, case-insensitively (as csi-driver-nfs does),
@@ -250,6 +259,12 @@ impl VolumeParams {
             region,
         )?;
 
+        let auth = Authentication::parse(
+            get("authenticationSource"),
+            get("roleArn"),
+            get("tokenAudience"),
+        )?;
+        auth.check_location(&location)?;
         let sub_dir = get("subDir").map(validate_template).transpose()?;
         let on_delete = get("onDelete")
             .map(OnDelete::parse)
@@ -279,6 +294,7 @@ impl VolumeParams {
             owner,
             cache,
             claim,
+            auth,
         })
     }
 
@@ -317,6 +333,7 @@ impl VolumeParams {
     pub fn volume_context(&self) -> HashMap<String, String> {
         let mut ctx = BTreeMap::new();
         self.cache.write_context(&mut ctx);
+        self.auth.write_context(&mut ctx);
         if let Some(id) = self.owner {
             ctx.insert("uid".into(), id.uid.to_string());
             ctx.insert("gid".into(), id.gid.to_string());
@@ -341,6 +358,7 @@ impl VolumeParams {
 pub struct NodeParams {
     pub cache: CacheKnobs,
     pub owner: Option<Identity>,
+    pub auth: Authentication,
 }
 
 impl NodeParams {
@@ -356,6 +374,11 @@ impl NodeParams {
             cache.set(k, v)?;
         }
         let owner = parse_owner(p.get("uid").copied(), p.get("gid").copied())?;
-        Ok(NodeParams { cache, owner })
+        let auth = Authentication::parse(
+            p.get("authenticationSource").copied(),
+            p.get("roleArn").copied(),
+            p.get("tokenAudience").copied(),
+        )?;
+        Ok(NodeParams { cache, owner, auth })
     }
 }

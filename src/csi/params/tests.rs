@@ -274,3 +274,47 @@ fn a_warm_list_that_is_no_glob_is_refused_with_the_glob_named() {
         .to_string();
     assert!(err.contains("not a glob"), "{err}");
 }
+
+#[test]
+fn pod_authentication_travels_to_the_node_and_needs_a_role_and_s3() {
+    let role = "arn:aws:iam::123456789012:role/readers";
+    let p = VolumeParams::parse(&map(&[
+        ("bucket", "data"),
+        ("authenticationSource", "pod"),
+        ("roleArn", role),
+    ]))
+    .unwrap();
+    let want = Authentication::Pod(PodAuthentication {
+        role_arn: role.into(),
+        audience: DEFAULT_TOKEN_AUDIENCE.into(),
+    });
+    assert_eq!(p.auth, want);
+    assert_eq!(NodeParams::parse(&p.volume_context()).unwrap().auth, want);
+    let driver = VolumeParams::parse(&map(&[("bucket", "data")])).unwrap();
+    assert_eq!(driver.auth, Authentication::Driver);
+    assert!(!driver.volume_context().contains_key("authenticationSource"));
+
+    let err = |pairs: &[(&str, &str)]| VolumeParams::parse(&map(pairs)).unwrap_err().0;
+    let no_role = err(&[("bucket", "data"), ("authenticationSource", "pod")]);
+    assert!(no_role.contains("needs roleArn"), "{no_role}");
+    let nfs = err(&[
+        ("server", "nfs.example"),
+        ("share", "/export"),
+        ("authenticationSource", "pod"),
+        ("roleArn", role),
+    ]);
+    assert!(nfs.contains("S3 volumes only"), "{nfs}");
+    let stray = err(&[("bucket", "data"), ("roleArn", role)]);
+    assert!(
+        stray.contains("only with authenticationSource: pod"),
+        "{stray}"
+    );
+    let bad_role = err(&[
+        ("bucket", "data"),
+        ("authenticationSource", "pod"),
+        ("roleArn", "readers"),
+    ]);
+    assert!(bad_role.contains("parameter roleArn"), "{bad_role}");
+    let other = err(&[("bucket", "data"), ("authenticationSource", "node")]);
+    assert!(other.contains("not one of driver, pod"), "{other}");
+}
