@@ -226,3 +226,22 @@ async fn publish_of_a_volume_not_staged_here_is_refused() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
     assert!(f.mounts.calls.lock().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inline_volume_with_pod_authentication_is_refused_before_mounting() {
+    let f = fixture();
+    let mut req = publish_req(&f, false);
+    req.volume_context = [
+        ("csi.storage.k8s.io/ephemeral", "true"),
+        ("bucket", "data"),
+        ("authenticationSource", "pod"),
+        ("roleArn", "arn:aws:iam::123456789012:role/r"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let e = f.node.publish_volume(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("persistent volumes"), "{e}");
+    assert!(f.mounts.calls.lock().is_empty());
+}

@@ -444,8 +444,8 @@ fn checker_catches_storage_class_without_expansion() {
     mutate(
         dir.path(),
         "deploy/kubernetes/examples/storageclass-s3.yaml",
-        "allowVolumeExpansion: true",
-        "allowVolumeExpansion: false",
+        "quota).\nallowVolumeExpansion: true",
+        "quota).\nallowVolumeExpansion: false",
     );
     assert_caught(
         dir.path(),
@@ -1091,4 +1091,20 @@ fn image_script_stops_when_the_build_fails() {
     assert_ne!(code, 0, "{text}");
     assert_eq!(log.len(), 1, "loaded after a failed build: {log:?}");
     assert!(log[0].starts_with("docker build "), "{log:?}");
+}
+
+#[test]
+fn checker_catches_csidriver_without_token_republish() {
+    let dir = scratch_copy();
+    mutate(
+        dir.path(),
+        "deploy/kubernetes/csidriver.yaml",
+        "requiresRepublish: true",
+        "requiresRepublish: false",
+    );
+    assert_caught(
+        dir.path(),
+        "kustomize: install invariants",
+        "renews the pods' tokens only by publishing again",
+    );
 }

@@ -16,5 +16,6 @@ mod support_s3;
 mod backend;
 mod csi;
 mod mounts;
+mod pod_identity;
 mod restart;
 mod web_identity;

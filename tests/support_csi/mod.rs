@@ -40,6 +40,8 @@ pub struct Env {
     mounters_started: u32,
     /// `--metrics-addr` ports of the plugin and of every mounter.
     pub metrics_ports: Option<(u16, u16)>,
+    /// Environment of the plugin and the mounters besides the test's.
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// A process in its own PID namespace, as a container runs: killing the
@@ -176,6 +178,7 @@ impl Env {
             mounter: None,
             mounters_started: 0,
             metrics_ports: None,
+            extra_env: Vec::new(),
         };
         env.start_plugin();
         env
@@ -190,6 +193,20 @@ impl Env {
     /// The same, the plugin and the mounters serving metrics on these
     /// ports (plugin, mounter).
     pub fn with_mounter_metrics(metrics_ports: Option<(u16, u16)>) -> Env {
+        Env::with_mounter_setup(metrics_ports, Vec::new())
+    }
+
+    /// A node as deployed, the plugin and the mounter with `vars` in their
+    /// environment (what the DaemonSet would set).
+    pub fn with_mounter_env(vars: &[(&str, String)]) -> Env {
+        let vars = vars.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        Env::with_mounter_setup(None, vars.collect())
+    }
+
+    fn with_mounter_setup(
+        metrics_ports: Option<(u16, u16)>,
+        extra_env: Vec<(String, String)>,
+    ) -> Env {
         let root = tempfile::Builder::new()
             .prefix("cachalot-csi-test-")
             .tempdir()
@@ -211,6 +228,7 @@ impl Env {
             mounter: None,
             mounters_started: 0,
             metrics_ports,
+            extra_env,
         };
         let mounter = env.start_mounter();
         env.wait_for_mounter();
@@ -271,7 +289,8 @@ impl Env {
             .arg(self.path("mounter-state"))
             .arg("--cache-dir")
             .arg(self.path("cache"))
-            .env("RUST_LOG", &self.rust_log);
+            .env("RUST_LOG", &self.rust_log)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         if let Some((_, port)) = self.metrics_ports {
             // As deployed: the predecessor idles after a handover (its
             // container must not restart), so it must let go of the port.
@@ -350,7 +369,8 @@ impl Env {
             .arg(self.path("cache"))
             .arg("--state-dir")
             .arg(self.path("state"))
-            .env("RUST_LOG", &self.rust_log);
+            .env("RUST_LOG", &self.rust_log)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         if let Some((port, _)) = self.metrics_ports {
             cmd.arg("--metrics-addr").arg(format!("127.0.0.1:{port}"));
         }

@@ -37,9 +37,14 @@ class Sts(http.server.BaseHTTPRequestHandler):
         with open(CALLS, "a") as log:
             log.write(f"{'ok' if ok else 'refused'} {get('RoleArn')} {get('RoleSessionName')}\n")
         if not ok:
+            # As STS answers: a sized body (without one the TLS stream's end
+            # reads as a cut body, which a client retries as a transport error).
+            body = b"<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>"
             self.send_response(403)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>")
+            self.wfile.write(body)
             return
         expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
             seconds=int(LIFETIME))

@@ -46,6 +46,11 @@ impl Sts {
         Sts { child, dir, port }
     }
 
+    /// From now on accept `token` (only).
+    pub fn accept(&self, token: &str) {
+        std::fs::write(self.dir.path().join("expected-token"), token).unwrap();
+    }
+
     /// `AWS_ENDPOINT_URL_STS`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)

@@ -47,12 +47,17 @@ def check_install(objs, kubelet_dir="/var/lib/kubelet", cache_host="/var/lib/cac
     need(d["metadata"]["name"] == DRIVER, f"CSIDriver name {d['metadata']['name']!r} != {DRIVER}")
     modes = LIFECYCLE_MODES if inline else ["Persistent"]
     want = {"attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "File",
-            "volumeLifecycleModes": modes}
+            "volumeLifecycleModes": modes, "requiresRepublish": True,
+            "tokenRequests": [{"audience": "sts.amazonaws.com"}]}
     why = {"volumeLifecycleModes": " (Ephemeral: inline `csi:` volumes in pod specs, which the "
                                    "plugin serves; without it the kubelet refuses them)"
                                    if inline else " (inlineVolumes.enabled=false)",
            "podInfoOnMount": " (the kubelet marks inline volumes with "
-                             "csi.storage.k8s.io/ephemeral only with podInfoOnMount)"}
+                             "csi.storage.k8s.io/ephemeral only with podInfoOnMount, and names "
+                             "the pod's service account for authenticationSource: pod)",
+           "tokenRequests": " (authenticationSource: pod exchanges the pod's token at STS)",
+           "requiresRepublish": " (the kubelet renews the pods' tokens only by publishing "
+                                "again)"}
     for k, v in want.items():
         need(d["spec"].get(k) == v, f"CSIDriver {DRIVER}: spec.{k} = {d['spec'].get(k)!r}, "
                                     f"want {v!r}{why.get(k, '')}")

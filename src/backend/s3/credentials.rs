@@ -148,8 +148,13 @@ impl Credentials {
             return Ok(given.clone());
         }
         if let Some(w) = &source.web_identity {
+            let session = w
+                .session_name
+                .as_ref()
+                .map(|n| format!(", session {n}"))
+                .unwrap_or_default();
             let origin = format!(
-                "the mount's web identity (role {}, token file {})",
+                "the mount's web identity (role {}{session}, token file {})",
                 w.role_arn,
                 w.token_file.display()
             );
@@ -305,7 +310,7 @@ aws_session_token = tok
         let c = Credentials::load_with(&src, env).unwrap();
         assert_eq!(c.cloud, Some(CloudCredentials::GivenWebIdentity(given)));
         assert_eq!(c.access_key_id, "");
-        assert!(c.origin.contains("role/pod"), "{}", c.origin);
+        assert!(c.origin.contains("role/pod, session ns.sa"), "{}", c.origin);
     }
 
     #[test]

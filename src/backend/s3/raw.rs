@@ -45,6 +45,18 @@ impl std::fmt::Display for RawError {
     }
 }
 
+/// The credential provider failed (it retried what it could itself): with
+/// STS's status where STS answered, so a refused token (403) fails the
+/// request at once as access denied instead of being retried.
+fn credentials_error(e: &object_store::Error) -> RawError {
+    let failure = super::errors::S3Failure::from(e);
+    RawError {
+        status: failure.status,
+        code: failure.code,
+        message: format!("getting credentials: {e}"),
+    }
+}
+
 pub struct RawResponse {
     pub body: Bytes,
 }
@@ -165,7 +177,7 @@ impl RawClient {
             .credentials
             .get_credential()
             .await
-            .map_err(|e| transport(format!("getting credentials: {e}")))?;
+            .map_err(|e| credentials_error(&e))?;
         AwsAuthorizer::new(&credential, "s3", &self.region)
             .try_authorize(&mut request, None)
             .map_err(|e| transport(format!("signing request: {e}")))?;
@@ -225,7 +237,7 @@ impl RawClient {
         };
         let credential = match self.credentials.get_credential().await {
             Ok(c) => c,
-            Err(e) => return (None, Err(transport(format!("getting credentials: {e}")))),
+            Err(e) => return (None, Err(credentials_error(&e))),
         };
         if let Err(e) =
             AwsAuthorizer::new(&credential, "s3", &self.region).try_authorize(&mut request, None)

@@ -52,6 +52,15 @@ impl NodeService {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let params = VolumeParams::parse(&attributes)?;
+        if params.auth.pod().is_some() {
+            // A pod's token comes with each publish and its session is per
+            // service account; an inline volume is the pod's alone and
+            // signs with its nodePublishSecretRef keys or the driver's.
+            return Err(Status::invalid_argument(
+                "authenticationSource: pod is for persistent volumes (PVCs, PVs); an inline \
+                 volume signs with its nodePublishSecretRef keys or the driver's identity",
+            ));
+        }
         let sub = params.inline_sub_path()?;
         let creds = match params.location.is_s3() {
             true => S3Credentials::from_secrets(&req.secrets)?,

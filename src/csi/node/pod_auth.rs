@@ -107,6 +107,13 @@ fn session_dir(service_account: &str) -> String {
     format!("sa-{}", &hash[..16])
 }
 
+/// A session's token file: next to its mount point, `<dir>.token`.
+fn token_file_of(session_staging: &Path) -> PathBuf {
+    let mut name = session_staging.as_os_str().to_owned();
+    name.push(".token");
+    PathBuf::from(name)
+}
+
 /// The role session name STS records (CloudTrail): `namespace.name`, cut
 /// to what STS accepts. Kubernetes names only hold characters STS allows.
 fn session_name(service_account: &str) -> String {
@@ -153,8 +160,8 @@ impl NodeService {
                 staging.display()
             )));
         }
-        let dir = session_dir(&who.service_account);
-        let token_file = staging.join(format!("{dir}.token"));
+        let session_staging = staging.join(session_dir(&who.service_account));
+        let token_file = token_file_of(&session_staging);
         // Before the session starts (its first request exchanges it), and
         // at every republish (the kubelet's fresher token).
         write_token(&token_file, &who.token)
@@ -162,7 +169,7 @@ impl NodeService {
         let source = id.location.join(&id.sub);
         let mut spec = MountSpec::new(
             &source,
-            staging.join(&dir),
+            session_staging,
             self.cache_dir.clone(),
             &params.cache,
             cap.is_reader(),
@@ -180,7 +187,24 @@ impl NodeService {
             spec.capacity = spec.capacity.max(other.spec.capacity);
         }
         let sa = Some(who.service_account.as_str());
-        self.stage_blocking(&req.volume_id, sa, &source, spec, None, &req.volume_context)?;
+        let session_staging = spec.staging.clone();
+        let started =
+            self.stage_blocking(&req.volume_id, sa, &source, spec, None, &req.volume_context);
+        if let Err(e) = started {
+            // Nothing left behind for an identity that got no session (a
+            // token STS refuses); the kubelet retries with a fresh one.
+            if self
+                .state
+                .load_staged(&stage_key(&req.volume_id, sa))
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                let _ = std::fs::remove_file(token_file_of(&session_staging));
+                let _ = std::fs::remove_dir(&session_staging);
+            }
+            return Err(e);
+        }
         let rec = self
             .state
             .load_staged(&stage_key(&req.volume_id, sa))
