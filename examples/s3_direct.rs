@@ -19,6 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
+    cachalot::backend::s3::install_tls_provider();
     let store = AmazonS3Builder::from_env()
         .with_endpoint(&args[1])
         .with_bucket_name(&args[2])

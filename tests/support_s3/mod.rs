@@ -264,6 +264,7 @@ impl S3Server {
 
     /// A plain object_store client: the test's independent view of the bucket.
     pub fn store(&self) -> AmazonS3 {
+        cachalot::backend::s3::install_tls_provider();
         AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_region("us-east-1")
@@ -279,6 +280,7 @@ impl S3Server {
     /// everything until then: poll until a wrong secret is refused.
     fn wait_for_auth(&self) {
         use object_store::ObjectStore;
+        cachalot::backend::s3::install_tls_provider();
         let intruder = AmazonS3Builder::new()
             .with_bucket_name(BUCKET)
             .with_region("us-east-1")

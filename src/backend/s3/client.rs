@@ -13,7 +13,21 @@ use super::{Inner, S3Config};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// reqwest's TLS (object_store's client, the raw signer, STS and the
+/// metadata endpoints) uses the process's rustls provider: ring, chosen in
+/// Cargo.toml so a cold build compiles no aws-lc. Installed before the
+/// first client is built; an embedding program that installed its own
+/// provider keeps it. Code that builds object_store clients of its own
+/// (tests, tools) calls it first: reqwest panics without a provider.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 pub fn build(cfg: S3Config) -> Result<Inner, String> {
+    install_tls_provider();
     let addr = cfg.addressing().map_err(|e| e.to_string())?;
     let opts = &cfg.options;
     let client_options = ClientOptions::new()

@@ -40,6 +40,7 @@ use super::{
     ErrorKind, FsStats, Identity, Metadata, ObjectReader, PendingWrite, SpecialFile, WriteStart,
 };
 
+pub use client::install_tls_provider;
 pub use config::{
     parse_endpoint, parse_region, EndpointError, S3Config, S3Options, DEFAULT_DIR_MODE,
     DEFAULT_FILE_MODE,

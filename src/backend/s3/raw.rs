@@ -89,6 +89,7 @@ impl RawClient {
         max_retries: usize,
         retry_timeout: Duration,
     ) -> Result<RawClient, String> {
+        super::client::install_tls_provider();
         let http = ReqwestConnector::default()
             .connect(options)
             .map_err(|e| format!("creating the HTTP client: {e}"))?;
