@@ -376,7 +376,21 @@ pub trait ObjectReader: Send + Sync {
     /// `Bytes`, so that a backend receiving buffers (an HTTP body) hands
     /// them on without a copy.
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes>;
+
+    /// The bytes of `read_at(offset, len)` as they arrive, in order, in
+    /// buffers of any size: a caller can use the first pages of a large
+    /// read while the rest is still on the wire (a GET's body). A stream
+    /// that ends short of `len` before the end of the object failed (the
+    /// backend reports that as an error item, e.g. ESTALE). Default: one
+    /// `read_at`.
+    async fn read_stream(&self, offset: u64, len: usize) -> BackendResult<ByteStream> {
+        let data = self.read_at(offset, len).await?;
+        Ok(Box::pin(futures::stream::once(async move { Ok(data) })))
+    }
 }
+
+/// Buffers of one read, in order (see [`ObjectReader::read_stream`]).
+pub type ByteStream = futures::stream::BoxStream<'static, BackendResult<bytes::Bytes>>;
 
 /// A temporary object being written. Paths are passed in by the caller on
 /// every path-based call because the target may be renamed (or its directory

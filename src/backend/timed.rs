@@ -10,9 +10,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    AttrChanges, Backend, BackendPath, BackendResult, Capabilities, DirEntry, FsStats, Identity,
-    Metadata, ObjectReader, PendingWrite, Resumed, SpecialFile, SuspendedWrite, VersionToken,
-    WriteStart,
+    AttrChanges, Backend, BackendPath, BackendResult, ByteStream, Capabilities, DirEntry, FsStats,
+    Identity, Metadata, ObjectReader, PendingWrite, Resumed, SpecialFile, SuspendedWrite,
+    VersionToken, WriteStart,
 };
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus `le`).
@@ -133,6 +133,46 @@ impl ObjectReader for TimedReader {
         self.stats
             .time("read", self.inner.read_at(offset, len))
             .await
+    }
+
+    /// Timed like `read_at`: from the request to the stream's last buffer
+    /// (or its error); a stream dropped early counts when dropped.
+    async fn read_stream(&self, offset: u64, len: usize) -> BackendResult<ByteStream> {
+        let started = Instant::now();
+        let stream = match self.inner.read_stream(offset, len).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.stats.op("read").record(started, false);
+                return Err(e);
+            }
+        };
+        let timer = StreamTimer {
+            stats: Arc::clone(&self.stats),
+            started,
+            ok: true,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            (stream, timer),
+            |(mut stream, mut timer)| async move {
+                use futures::StreamExt;
+                let item = stream.next().await?;
+                timer.ok &= item.is_ok();
+                Some((item, (stream, timer)))
+            },
+        )))
+    }
+}
+
+/// Records one streamed read when its stream is done with.
+struct StreamTimer {
+    stats: Arc<BackendStats>,
+    started: Instant,
+    ok: bool,
+}
+
+impl Drop for StreamTimer {
+    fn drop(&mut self) {
+        self.stats.op("read").record(self.started, self.ok);
     }
 }
 

@@ -479,6 +479,45 @@ async fn replaced_objects_are_detected() {
     assert_eq!(get(&fx.store, "ver/f").await.unwrap(), vec![2u8; 1000]);
 }
 
+/// `read_stream` hands a GET's body on as it arrives (several buffers for
+/// megabytes), the same bytes as `read_at`, short only at the end of the
+/// object, and pinned to the reader's version like `read_at`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_reads_arrive_in_pieces_and_stay_on_their_version() {
+    let fx = Fixture::new();
+    let b = fx.backend("stream");
+    let data = pseudo_random(20 << 20, 5);
+    put(&fx.store, "stream/f", data.clone()).await;
+    let r = b.open_read(ME, &p("f")).await.unwrap();
+    let (offset, len) = ((1 << 20) + 7, 12 << 20);
+    let buffers: Vec<Bytes> = r
+        .read_stream(offset as u64, len)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(buffers.len() > 1, "12 MiB came in one buffer: not streamed");
+    assert!(
+        buffers.concat() == data[offset..offset + len],
+        "streamed bytes differ"
+    );
+    let tail: Vec<Bytes> = r
+        .read_stream((data.len() - 100) as u64, 1 << 20)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(tail.concat() == data[data.len() - 100..], "tail differs");
+    put(&fx.store, "stream/f", pseudo_random(20 << 20, 6)).await;
+    let err = match r.read_stream(0, 8 << 20).await {
+        Err(e) => e,
+        Ok(stream) => stream.try_collect::<Vec<Bytes>>().await.unwrap_err(),
+    };
+    assert_eq!(err.kind, ErrorKind::Stale, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_and_bucket_errors_are_clear() {
     let fx = Fixture::new();

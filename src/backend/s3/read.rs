@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use crate::backend::{
-    BackendPath, BackendResult, ErrorKind, FileKind, Identity, ObjectReader, VersionToken,
+    BackendError, BackendPath, BackendResult, ByteStream, ErrorKind, FileKind, Identity,
+    ObjectReader, VersionToken,
 };
 
 use super::{namespace, Inner};
@@ -44,7 +46,54 @@ pub async fn open(
     }))
 }
 
-/// Read `[offset, offset+len)` of the object version `etag` (empty etag:
+/// Where a ranged read goes and what it is for (messages).
+pub struct RangeCtx<'a> {
+    pub location: &'a object_store::path::Path,
+    /// The version read: `If-Match` on it (empty: any version).
+    pub etag: &'a str,
+    pub op: &'static str,
+    pub path: &'a BackendPath,
+    pub key: &'a str,
+    pub id: Identity,
+}
+
+/// Start a GET of `[offset, end)` of the version `ctx.etag`: the body is
+/// still to be received.
+async fn start_range(
+    inner: &Inner,
+    ctx: &RangeCtx<'_>,
+    offset: u64,
+    end: u64,
+) -> BackendResult<object_store::GetResult> {
+    let options = GetOptions {
+        range: Some(GetRange::Bounded(offset..end)),
+        if_match: (!ctx.etag.is_empty()).then(|| ctx.etag.to_string()),
+        ..GetOptions::default()
+    };
+    inner
+        .store
+        .get_opts(ctx.location, options)
+        .await
+        .map_err(|e| inner.s3_err(&e, ctx.op, ctx.path, ctx.key, ctx.id))
+}
+
+/// The error for a body shorter than asked: the object changed under the
+/// read (the range was within the version's size).
+fn short_read(inner: &Inner, ctx: &RangeCtx<'_>, offset: u64, end: u64, got: u64) -> BackendError {
+    inner.error(
+        ErrorKind::Stale,
+        ctx.op,
+        ctx.path,
+        ctx.id,
+        format!(
+            "asked for {} bytes at {offset} of '{}', got {got}: the object changed",
+            end - offset,
+            ctx.key
+        ),
+    )
+}
+
+/// Read `[offset, end)` of the object version `etag` (empty etag:
 /// any version). Shared by readers and by copy-on-write fills.
 pub async fn get_range(
     inner: &Inner,
@@ -58,32 +107,21 @@ pub async fn get_range(
     if end <= offset {
         return Ok(bytes::Bytes::new());
     }
-    let options = GetOptions {
-        range: Some(GetRange::Bounded(offset..end)),
-        if_match: (!etag.is_empty()).then(|| etag.to_string()),
-        ..GetOptions::default()
+    let ctx = RangeCtx {
+        location,
+        etag,
+        op,
+        path,
+        key,
+        id,
     };
-    let result = inner
-        .store
-        .get_opts(location, options)
-        .await
-        .map_err(|e| inner.s3_err(&e, op, path, key, id))?;
+    let result = start_range(inner, &ctx, offset, end).await?;
     let data = result
         .bytes()
         .await
         .map_err(|e| inner.s3_err(&e, op, path, key, id))?;
     if (data.len() as u64) != end - offset {
-        return Err(inner.error(
-            ErrorKind::Stale,
-            op,
-            path,
-            id,
-            format!(
-                "asked for {} bytes at {offset} of '{key}', got {}: the object changed",
-                end - offset,
-                data.len()
-            ),
-        ));
+        return Err(short_read(inner, &ctx, offset, end, data.len() as u64));
     }
     Ok(data)
 }
@@ -120,5 +158,87 @@ impl ObjectReader for S3Reader {
             ("read", &self.path, &self.key, self.id),
         )
         .await
+    }
+
+    /// One GET, its body handed on buffer by buffer as it arrives; a body
+    /// that ends short (the version changed mid-read) ends with ESTALE.
+    async fn read_stream(&self, offset: u64, len: usize) -> BackendResult<ByteStream> {
+        let end = offset.saturating_add(len as u64).min(self.size);
+        if end <= offset {
+            return Ok(Box::pin(futures::stream::empty()));
+        }
+        let ctx = RangeCtx {
+            location: &self.location,
+            etag: &self.etag,
+            op: "read",
+            path: &self.path,
+            key: &self.key,
+            id: self.id,
+        };
+        let body = start_range(&self.inner, &ctx, offset, end)
+            .await?
+            .into_stream();
+        let reader = Body {
+            inner: Arc::clone(&self.inner),
+            location: self.location.clone(),
+            key: self.key.clone(),
+            path: self.path.clone(),
+            id: self.id,
+            offset,
+            end,
+            got: 0,
+        };
+        Ok(Box::pin(futures::stream::unfold(
+            (body, Some(reader)),
+            |(mut body, reader)| async move {
+                let mut reader = reader?;
+                let item = match body.next().await {
+                    Some(Ok(chunk)) => {
+                        reader.got += chunk.len() as u64;
+                        Ok(chunk)
+                    }
+                    Some(Err(e)) => Err(reader.fail(&e)),
+                    None if reader.got == reader.end - reader.offset => return None,
+                    None => Err(reader.short()),
+                };
+                // After an error the stream ends.
+                let next = item.is_ok().then_some(reader);
+                Some((item, (body, next)))
+            },
+        )))
+    }
+}
+
+/// A streamed GET's body being received: what its errors need.
+struct Body {
+    inner: Arc<Inner>,
+    location: object_store::path::Path,
+    key: String,
+    path: BackendPath,
+    id: Identity,
+    offset: u64,
+    end: u64,
+    got: u64,
+}
+
+impl Body {
+    fn ctx(&self) -> RangeCtx<'_> {
+        RangeCtx {
+            location: &self.location,
+            etag: "",
+            op: "read",
+            path: &self.path,
+            key: &self.key,
+            id: self.id,
+        }
+    }
+
+    fn fail(&self, e: &object_store::Error) -> BackendError {
+        self.inner
+            .s3_err(e, "read", &self.path, &self.key, self.id)
+    }
+
+    fn short(&self) -> BackendError {
+        short_read(&self.inner, &self.ctx(), self.offset, self.end, self.got)
     }
 }

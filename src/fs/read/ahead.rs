@@ -62,8 +62,9 @@ impl CachalotFs {
     /// cold (and is answered without a hand-off, see `read_from_memory`).
     ///
     /// On a backend with `large_reads`, pages go in runs of up to
-    /// [`BATCH_BYTES`], one request each, and the window is several runs
-    /// wide; a run is started only once it fits the window whole (or ends
+    /// [`BATCH_BYTES`], one request each whose pages reach readers as they
+    /// arrive (a reader waits for its page, not for the whole run), and
+    /// the window is several runs wide; a run is started only once it fits the window whole (or ends
     /// the file), so a reader advancing page by page still makes big
     /// requests.
     pub(super) fn read_ahead(
@@ -164,15 +165,28 @@ impl CachalotFs {
         for stretch in consecutive(missing) {
             let from = stretch[0].0;
             let count = stretch.len() as u64;
-            match self.fetch_pages(handle, view, from, count).await {
-                Ok(pages) => {
-                    let mut fetched = Vec::with_capacity(stretch.len());
-                    for ((_, loader), page) in stretch.into_iter().zip(pages) {
+            let mut waiting = stretch.into_iter().map(|(_, loader)| loader);
+            // Each page goes to its readers and the page store as soon as
+            // it has arrived.
+            let fetched = self
+                .fetch_streamed(handle, view, from, count, |page| {
+                    if let Some(loader) = waiting.next() {
                         self.hot.put(loader.key().clone(), page.clone());
                         loader.deliver(Ok(page.clone()));
-                        fetched.push((loader, page));
+                        self.store_fetched(vec![(loader, page)]);
                     }
-                    self.store_fetched(fetched);
+                })
+                .await;
+            match fetched {
+                // Pages past the end of the version (none in a run within
+                // the handle's size) are empty, as `fetch_pages` gives them.
+                Ok(()) => {
+                    for loader in waiting {
+                        let page = bytes::Bytes::new();
+                        self.hot.put(loader.key().clone(), page.clone());
+                        loader.deliver(Ok(page.clone()));
+                        self.store_fetched(vec![(loader, page)]);
+                    }
                 }
                 Err(e) => {
                     // Logged where a reader gets it (the FUSE boundary); a
@@ -180,7 +194,7 @@ impl CachalotFs {
                     if let ReadError::Fs(e) = &e {
                         tracing::debug!(error = %e, from, count, "read-ahead failed");
                     }
-                    for (_, loader) in stretch {
+                    for loader in waiting {
                         loader.deliver(Err(e.clone()));
                     }
                 }

@@ -6,7 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
 use crate::backend::{ErrorKind, ObjectReader, VersionToken};
 
@@ -69,6 +70,89 @@ impl CachalotFs {
                 data.slice(start as usize..end as usize)
             })
             .collect())
+    }
+
+    /// Read `count` pages of the view's version from `first` on in one
+    /// backend request, handing each page to `on_page` as soon as its bytes
+    /// have arrived (in order; a short last page at the end of the file,
+    /// none past it): a reader waiting for the first page of a large
+    /// request need not wait for the last. Pages handed on before an error
+    /// are of the view's version (the request was pinned to it).
+    pub(super) async fn fetch_streamed(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        first: u64,
+        count: u64,
+        mut on_page: impl FnMut(Bytes),
+    ) -> Result<(), ReadError> {
+        let reader = self.reader(handle, view).await?;
+        if *reader.version() != view.version {
+            return Err(ReadError::Changed {
+                version: reader.version().clone(),
+                size: reader.size(),
+            });
+        }
+        let page_size = self.cache.page_size() as usize;
+        let (offset, len) = (first * page_size as u64, count as usize * page_size);
+        let mut stream = match reader.read_stream(offset, len).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(self.fetch_error(handle, view, e).await),
+        };
+        let (mut page, mut pages, mut total) = (BytesMut::new(), 0u64, 0u64);
+        let mut deliver = |page: Bytes| {
+            pages += 1;
+            on_page(page);
+        };
+        while let Some(item) = stream.next().await {
+            let mut chunk = match item {
+                Ok(chunk) => chunk,
+                Err(e) => return Err(self.fetch_error(handle, view, e).await),
+            };
+            total += chunk.len() as u64;
+            while !chunk.is_empty() {
+                if page.is_empty() && chunk.len() >= page_size {
+                    // A whole page within one buffer: no copy.
+                    deliver(chunk.split_to(page_size));
+                    continue;
+                }
+                if page.capacity() == 0 {
+                    page.reserve(page_size);
+                }
+                let take = (page_size - page.len()).min(chunk.len());
+                page.extend_from_slice(&chunk.split_to(take));
+                if page.len() == page_size {
+                    deliver(std::mem::take(&mut page).freeze());
+                }
+            }
+        }
+        if !page.is_empty() {
+            deliver(page.freeze());
+        }
+        // Pages, not requests, as the cache counts its hits.
+        self.counters
+            .backend_reads
+            .fetch_add(pages, Ordering::Relaxed);
+        self.counters
+            .backend_read_bytes
+            .fetch_add(total, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What a failed backend read means for the view: the object the
+    /// reader has open changed in place (another writer, behind the
+    /// mount), and which version is there now decides (see `read`); any
+    /// other error is the reader's.
+    async fn fetch_error(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+        e: crate::backend::BackendError,
+    ) -> ReadError {
+        if e.kind == ErrorKind::Stale {
+            return self.changed_in_place(handle, view).await;
+        }
+        FsError::from(e).into()
     }
 
     /// The reader of `view` found its object changed in place: forget that
