@@ -99,14 +99,30 @@ pub enum RangeError {
 }
 
 /// Encode a page file (always the current version, v2).
+#[cfg(test)]
 pub fn encode(key: &PageKey, data: &[u8]) -> Vec<u8> {
     encode_with_block(key, data, BLOCK_SIZE)
 }
 
+/// The header of the page file holding `data`: the file is this, then
+/// `data` (written together without copying the page, see
+/// `VolumeCache::put`).
+pub fn encode_header(key: &PageKey, data: &[u8]) -> Vec<u8> {
+    header_with_block(key, data, BLOCK_SIZE, 0)
+}
+
+#[cfg(test)]
 pub(crate) fn encode_with_block(key: &PageKey, data: &[u8], block_size: u32) -> Vec<u8> {
+    let mut out = header_with_block(key, data, block_size, data.len());
+    out.extend_from_slice(data);
+    out
+}
+
+/// The header, in a buffer with `room` bytes to spare for the data.
+fn header_with_block(key: &PageKey, data: &[u8], block_size: u32, room: usize) -> Vec<u8> {
     let id = key.object_id();
     let blocks = data.chunks(block_size.max(1) as usize);
-    let mut out = Vec::with_capacity(36 + id.len() + 4 * blocks.len() + data.len());
+    let mut out = Vec::with_capacity(36 + id.len() + 4 * blocks.len() + room);
     out.extend_from_slice(MAGIC_V2);
     out.extend_from_slice(&(id.len() as u32).to_le_bytes());
     out.extend_from_slice(id.as_bytes());
@@ -118,7 +134,6 @@ pub(crate) fn encode_with_block(key: &PageKey, data: &[u8], block_size: u32) -> 
     }
     let header_crc = crc32c::crc32c(&out);
     out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(data);
     out
 }
 

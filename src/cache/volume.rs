@@ -3,7 +3,7 @@
 //! counters; space and eviction are the store's.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -406,8 +406,8 @@ impl VolumeCache {
     /// ledger first; when there is no room even after evicting, the page is
     /// simply not cached. Failures are logged once and counted.
     pub fn put(&self, key: &PageKey, data: &[u8]) {
-        let encoded = page::encode(key, data);
-        let size = encoded.len() as u64;
+        let header = page::encode_header(key, data);
+        let size = (header.len() + data.len()) as u64;
         if size > self.store.cfg.quota_bytes {
             return;
         }
@@ -416,7 +416,7 @@ impl VolumeCache {
             return;
         }
         let stem = key.file_stem();
-        match self.write_page_file(&stem, &encoded) {
+        match self.write_page_file(&stem, &header, data) {
             Ok(replaced) => {
                 if let Some(old) = replaced {
                     let _ = self.store.ledger.release(old);
@@ -431,8 +431,9 @@ impl VolumeCache {
         }
     }
 
-    /// Write the page file; returns the size of a file it replaced.
-    fn write_page_file(&self, stem: &str, encoded: &[u8]) -> io::Result<Option<u64>> {
+    /// Write the page file (`header`, then `data`); returns the size of a
+    /// file it replaced.
+    fn write_page_file(&self, stem: &str, header: &[u8], data: &[u8]) -> io::Result<Option<u64>> {
         let final_path = self.path_of(stem);
         let dir = final_path.parent().unwrap_or(&self.pages_dir);
         fs::create_dir_all(dir)?;
@@ -440,7 +441,7 @@ impl VolumeCache {
         let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", std::process::id()));
         let result = (|| {
             let mut f = File::create(&temp)?;
-            f.write_all(encoded)?;
+            write_all_vectored(&mut f, &mut [IoSlice::new(header), IoSlice::new(data)])?;
             let replaced = fs::metadata(&final_path).ok().map(|m| m.len());
             fs::rename(&temp, &final_path)?;
             if replaced.is_some() {
@@ -492,4 +493,24 @@ impl Drop for VolumeCache {
         volumes.retain(|v| !std::ptr::eq(v.as_ptr(), Arc::as_ptr(&self.counters)));
         self.store.counters.absorb_volume(&self.counters.snapshot());
     }
+}
+
+/// Write all of `bufs` with `writev` (the page straight from its buffer,
+/// no copy next to its header); std's `write_all_vectored` is unstable.
+fn write_all_vectored(f: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match f.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "page file: the disk took no more bytes",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
