@@ -181,6 +181,7 @@ impl ObjectReader for S3Reader {
         let reader = Body {
             inner: Arc::clone(&self.inner),
             location: self.location.clone(),
+            etag: self.etag.clone(),
             key: self.key.clone(),
             path: self.path.clone(),
             id: self.id,
@@ -213,6 +214,7 @@ impl ObjectReader for S3Reader {
 struct Body {
     inner: Arc<Inner>,
     location: object_store::path::Path,
+    etag: String,
     key: String,
     path: BackendPath,
     id: Identity,
@@ -225,7 +227,7 @@ impl Body {
     fn ctx(&self) -> RangeCtx<'_> {
         RangeCtx {
             location: &self.location,
-            etag: "",
+            etag: &self.etag,
             op: "read",
             path: &self.path,
             key: &self.key,
@@ -234,8 +236,8 @@ impl Body {
     }
 
     fn fail(&self, e: &object_store::Error) -> BackendError {
-        self.inner
-            .s3_err(e, "read", &self.path, &self.key, self.id)
+        let ctx = self.ctx();
+        self.inner.s3_err(e, ctx.op, ctx.path, ctx.key, ctx.id)
     }
 
     fn short(&self) -> BackendError {
