@@ -35,14 +35,16 @@ pub async fn open(
     };
     let etag = head.e_tag.clone().unwrap_or_default();
     Ok(Box::new(S3Reader {
-        inner: Arc::clone(inner),
-        location,
-        key,
-        path: path.clone(),
-        id,
         version: super::meta::version(&etag, head.size),
-        etag,
         size: head.size,
+        target: Arc::new(Target {
+            inner: Arc::clone(inner),
+            location,
+            key,
+            path: path.clone(),
+            id,
+            etag,
+        }),
     }))
 }
 
@@ -58,7 +60,9 @@ pub struct RangeCtx<'a> {
 }
 
 /// Start a GET of `[offset, end)` of the version `ctx.etag`: the body is
-/// still to be received.
+/// still to be received. object_store resumes a body cut by a network
+/// error with another GET carrying the same `If-Match` (and checks the
+/// ETag it answers with), so a resumed body is of the same version too.
 async fn start_range(
     inner: &Inner,
     ctx: &RangeCtx<'_>,
@@ -77,17 +81,35 @@ async fn start_range(
         .map_err(|e| inner.s3_err(&e, ctx.op, ctx.path, ctx.key, ctx.id))
 }
 
-/// The error for a body shorter than asked: the object changed under the
-/// read (the range was within the version's size).
-fn short_read(inner: &Inner, ctx: &RangeCtx<'_>, offset: u64, end: u64, got: u64) -> BackendError {
+/// The error for a body of another length than asked: a short one means
+/// the object changed under the read (the range was within the version's
+/// size, ESTALE); a longer one is a server answering another range than
+/// asked (EIO). Names the version the read was pinned to.
+fn wrong_length(
+    inner: &Inner,
+    ctx: &RangeCtx<'_>,
+    offset: u64,
+    end: u64,
+    got: u64,
+) -> BackendError {
+    let want = end - offset;
+    let version = if ctx.etag.is_empty() {
+        "any version".to_string()
+    } else {
+        format!("ETag {}", ctx.etag)
+    };
+    let (kind, why) = if got < want {
+        (ErrorKind::Stale, "the object changed")
+    } else {
+        (ErrorKind::Other, "more than the range asked for")
+    };
     inner.error(
-        ErrorKind::Stale,
+        kind,
         ctx.op,
         ctx.path,
         ctx.id,
         format!(
-            "asked for {} bytes at {offset} of '{}', got {got}: the object changed",
-            end - offset,
+            "asked for {want} bytes at {offset} of '{}' ({version}), got {got}: {why}",
             ctx.key
         ),
     )
@@ -121,20 +143,46 @@ pub async fn get_range(
         .await
         .map_err(|e| inner.s3_err(&e, op, path, key, id))?;
     if (data.len() as u64) != end - offset {
-        return Err(short_read(inner, &ctx, offset, end, data.len() as u64));
+        return Err(wrong_length(inner, &ctx, offset, end, data.len() as u64));
     }
     Ok(data)
 }
 
-struct S3Reader {
+/// The object version one reader reads, and what its errors name; shared
+/// with the bodies of its streamed reads, which outlive the call.
+struct Target {
     inner: Arc<Inner>,
     location: object_store::path::Path,
     key: String,
     path: BackendPath,
     id: Identity,
     etag: String,
+}
+
+impl Target {
+    fn ctx(&self) -> RangeCtx<'_> {
+        RangeCtx {
+            location: &self.location,
+            etag: &self.etag,
+            op: "read",
+            path: &self.path,
+            key: &self.key,
+            id: self.id,
+        }
+    }
+}
+
+struct S3Reader {
+    target: Arc<Target>,
     version: VersionToken,
     size: u64,
+}
+
+impl S3Reader {
+    /// `[offset, offset+len)` clipped to the version's size.
+    fn range(&self, offset: u64, len: usize) -> (u64, u64) {
+        (offset, offset.saturating_add(len as u64).min(self.size))
+    }
 }
 
 #[async_trait]
@@ -148,99 +196,80 @@ impl ObjectReader for S3Reader {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
-        let end = offset.saturating_add(len as u64).min(self.size);
+        let (offset, end) = self.range(offset, len);
+        let t = &self.target;
         get_range(
-            &self.inner,
-            &self.location,
-            &self.etag,
+            &t.inner,
+            &t.location,
+            &t.etag,
             offset,
             end,
-            ("read", &self.path, &self.key, self.id),
+            ("read", &t.path, &t.key, t.id),
         )
         .await
     }
 
-    /// One GET, its body handed on buffer by buffer as it arrives; a body
-    /// that ends short (the version changed mid-read) ends with ESTALE.
+    /// One GET, its body handed on buffer by buffer as it arrives. Its
+    /// length is checked as it comes: a body that ends short (the version
+    /// changed mid-read) ends in ESTALE, one that runs long in EIO, and the
+    /// stream ends after its first error.
     async fn read_stream(&self, offset: u64, len: usize) -> BackendResult<ByteStream> {
-        let end = offset.saturating_add(len as u64).min(self.size);
+        let (offset, end) = self.range(offset, len);
         if end <= offset {
             return Ok(Box::pin(futures::stream::empty()));
         }
-        let ctx = RangeCtx {
-            location: &self.location,
-            etag: &self.etag,
-            op: "read",
-            path: &self.path,
-            key: &self.key,
-            id: self.id,
-        };
-        let body = start_range(&self.inner, &ctx, offset, end)
+        let t = &self.target;
+        let body = start_range(&t.inner, &t.ctx(), offset, end)
             .await?
             .into_stream();
-        let reader = Body {
-            inner: Arc::clone(&self.inner),
-            location: self.location.clone(),
-            etag: self.etag.clone(),
-            key: self.key.clone(),
-            path: self.path.clone(),
-            id: self.id,
+        let counted = Counted {
+            target: Arc::clone(t),
             offset,
             end,
             got: 0,
         };
         Ok(Box::pin(futures::stream::unfold(
-            (body, Some(reader)),
-            |(mut body, reader)| async move {
-                let mut reader = reader?;
+            (body, Some(counted)),
+            |(mut body, counted)| async move {
+                let mut counted = counted?;
                 let item = match body.next().await {
-                    Some(Ok(chunk)) => {
-                        reader.got += chunk.len() as u64;
-                        Ok(chunk)
-                    }
-                    Some(Err(e)) => Err(reader.fail(&e)),
-                    None if reader.got == reader.end - reader.offset => return None,
-                    None => Err(reader.short()),
+                    Some(Ok(chunk)) => counted.take(chunk),
+                    Some(Err(e)) => Err(counted.failed(&e)),
+                    None if counted.got == counted.end - counted.offset => return None,
+                    None => Err(counted.wrong_length()),
                 };
-                // After an error the stream ends.
-                let next = item.is_ok().then_some(reader);
+                let next = item.is_ok().then_some(counted);
                 Some((item, (body, next)))
             },
         )))
     }
 }
 
-/// A streamed GET's body being received: what its errors need.
-struct Body {
-    inner: Arc<Inner>,
-    location: object_store::path::Path,
-    etag: String,
-    key: String,
-    path: BackendPath,
-    id: Identity,
+/// A streamed GET's body being received: how much of `[offset, end)` came.
+struct Counted {
+    target: Arc<Target>,
     offset: u64,
     end: u64,
     got: u64,
 }
 
-impl Body {
-    fn ctx(&self) -> RangeCtx<'_> {
-        RangeCtx {
-            location: &self.location,
-            etag: &self.etag,
-            op: "read",
-            path: &self.path,
-            key: &self.key,
-            id: self.id,
+impl Counted {
+    /// A buffer of the body, unless it runs past the range asked for.
+    fn take(&mut self, chunk: bytes::Bytes) -> BackendResult<bytes::Bytes> {
+        self.got += chunk.len() as u64;
+        if self.got > self.end - self.offset {
+            return Err(self.wrong_length());
         }
+        Ok(chunk)
     }
 
-    fn fail(&self, e: &object_store::Error) -> BackendError {
-        let ctx = self.ctx();
-        self.inner.s3_err(e, ctx.op, ctx.path, ctx.key, ctx.id)
+    fn failed(&self, e: &object_store::Error) -> BackendError {
+        let t = &self.target;
+        t.inner.s3_err(e, "read", &t.path, &t.key, t.id)
     }
 
-    fn short(&self) -> BackendError {
-        short_read(&self.inner, &self.ctx(), self.offset, self.end, self.got)
+    fn wrong_length(&self) -> BackendError {
+        let t = &self.target;
+        wrong_length(&t.inner, &t.ctx(), self.offset, self.end, self.got)
     }
 }
