@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use super::{
     AttrChanges, Backend, BackendPath, BackendResult, ByteStream, Capabilities, DirEntry, FsStats,
@@ -154,7 +155,6 @@ impl ObjectReader for TimedReader {
         Ok(Box::pin(futures::stream::unfold(
             (stream, timer),
             |(mut stream, mut timer)| async move {
-                use futures::StreamExt;
                 let item = stream.next().await?;
                 timer.ok &= item.is_ok();
                 Some((item, (stream, timer)))

@@ -62,11 +62,11 @@ impl CachalotFs {
     /// cold (and is answered without a hand-off, see `read_from_memory`).
     ///
     /// On a backend with `large_reads`, pages go in runs of up to
-    /// [`BATCH_BYTES`], one request each whose pages reach readers as they
-    /// arrive (a reader waits for its page, not for the whole run), and
-    /// the window is several runs wide; a run is started only once it fits the window whole (or ends
+    /// [`BATCH_BYTES`], one request each, and the window is several runs
+    /// wide; a run is started only once it fits the window whole (or ends
     /// the file), so a reader advancing page by page still makes big
-    /// requests.
+    /// requests. Each page of a run reaches its readers as it arrives: a
+    /// reader waits for its page, not for the whole run.
     pub(super) fn read_ahead(
         self: &Arc<Self>,
         handle: &Arc<FileHandle>,
@@ -148,6 +148,15 @@ impl CachalotFs {
         });
     }
 
+    /// A page of a read-ahead run has arrived: into memory and to its
+    /// readers at once (they need not wait for the rest of the run), then
+    /// to the page store in the background.
+    fn fetched(&self, loader: Loader, page: bytes::Bytes) {
+        self.hot.put(loader.key().clone(), page.clone());
+        loader.deliver(Ok(page.clone()));
+        self.store_fetched(vec![(loader, page)]);
+    }
+
     /// Load consecutive pages from `first` on: the stored ones from the
     /// page store, the others from the backend, one request per stretch.
     async fn load_run(&self, handle: &FileHandle, view: &View, first: u64, loaders: Vec<Loader>) {
@@ -166,14 +175,10 @@ impl CachalotFs {
             let from = stretch[0].0;
             let count = stretch.len() as u64;
             let mut waiting = stretch.into_iter().map(|(_, loader)| loader);
-            // Each page goes to its readers and the page store as soon as
-            // it has arrived.
             let fetched = self
                 .fetch_streamed(handle, view, from, count, |page| {
                     if let Some(loader) = waiting.next() {
-                        self.hot.put(loader.key().clone(), page.clone());
-                        loader.deliver(Ok(page.clone()));
-                        self.store_fetched(vec![(loader, page)]);
+                        self.fetched(loader, page);
                     }
                 })
                 .await;
@@ -182,10 +187,7 @@ impl CachalotFs {
                 // the handle's size) are empty, as `fetch_pages` gives them.
                 Ok(()) => {
                     for loader in waiting {
-                        let page = bytes::Bytes::new();
-                        self.hot.put(loader.key().clone(), page.clone());
-                        loader.deliver(Ok(page.clone()));
-                        self.store_fetched(vec![(loader, page)]);
+                        self.fetched(loader, bytes::Bytes::new());
                     }
                 }
                 Err(e) => {

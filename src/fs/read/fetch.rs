@@ -1,5 +1,6 @@
-//! The backend tier of a read: one page of the view's version from the
-//! backend, through the handle's reader of that version (opened at the
+//! The backend tier of a read: pages of the view's version from the
+//! backend (one page for a reader, a streamed run of pages for
+//! read-ahead), through the handle's reader of that version (opened at the
 //! first miss, shared between the inode's descriptors), following the
 //! file's object when it moved and noticing when it changed.
 
@@ -36,34 +37,16 @@ impl CachalotFs {
         first: u64,
         count: u64,
     ) -> Result<Vec<Bytes>, ReadError> {
-        let reader = self.reader(handle, view).await?;
-        if *reader.version() != view.version {
-            return Err(ReadError::Changed {
-                version: reader.version().clone(),
-                size: reader.size(),
-            });
-        }
+        let reader = self.reader_of_view(handle, view).await?;
         let page_size = self.cache.page_size();
         let (offset, len) = (first * page_size, (count * page_size) as usize);
         let data = match reader.read_at(offset, len).await {
             Ok(data) => data,
-            // The object the reader has open changed in place (another
-            // writer, behind the mount): what it reads now is not the
-            // view's version. Which version is there decides (see `read`).
-            Err(e) if e.kind == ErrorKind::Stale => {
-                return Err(self.changed_in_place(handle, view).await);
-            }
-            Err(e) => return Err(FsError::from(e).into()),
+            Err(e) => return Err(self.fetch_error(handle, view, e).await),
         };
         let len = data.len() as u64;
         // Pages, not requests, as the cache counts its hits.
-        let pages = len.div_ceil(page_size).clamp(1, count);
-        self.counters
-            .backend_reads
-            .fetch_add(pages, Ordering::Relaxed);
-        self.counters
-            .backend_read_bytes
-            .fetch_add(len, Ordering::Relaxed);
+        self.count_fetched(len.div_ceil(page_size).clamp(1, count), len);
         Ok((0..count)
             .map(|i| {
                 let (start, end) = ((i * page_size).min(len), ((i + 1) * page_size).min(len));
@@ -77,7 +60,8 @@ impl CachalotFs {
     /// have arrived (in order; a short last page at the end of the file,
     /// none past it): a reader waiting for the first page of a large
     /// request need not wait for the last. Pages handed on before an error
-    /// are of the view's version (the request was pinned to it).
+    /// are of the view's version (the request was pinned to it); on an
+    /// error, the pages not handed on are the caller's to fail.
     pub(super) async fn fetch_streamed(
         &self,
         handle: &FileHandle,
@@ -86,20 +70,14 @@ impl CachalotFs {
         count: u64,
         mut on_page: impl FnMut(Bytes),
     ) -> Result<(), ReadError> {
-        let reader = self.reader(handle, view).await?;
-        if *reader.version() != view.version {
-            return Err(ReadError::Changed {
-                version: reader.version().clone(),
-                size: reader.size(),
-            });
-        }
+        let reader = self.reader_of_view(handle, view).await?;
         let page_size = self.cache.page_size() as usize;
         let (offset, len) = (first * page_size as u64, count as usize * page_size);
         let mut stream = match reader.read_stream(offset, len).await {
             Ok(stream) => stream,
             Err(e) => return Err(self.fetch_error(handle, view, e).await),
         };
-        let (mut page, mut pages, mut total) = (BytesMut::new(), 0u64, 0u64);
+        let (mut page, mut pages, mut total) = (BytesMut::new(), 0u64, 0usize);
         let mut deliver = |page: Bytes| {
             pages += 1;
             on_page(page);
@@ -109,13 +87,24 @@ impl CachalotFs {
                 Ok(chunk) => chunk,
                 Err(e) => return Err(self.fetch_error(handle, view, e).await),
             };
-            total += chunk.len() as u64;
+            total += chunk.len();
+            if total > len {
+                // A backend's own check failed: never hand on bytes of
+                // a page that was not asked for.
+                tracing::warn!(path = %view.path, offset, len, total,
+                    "the backend returned more bytes than asked for");
+                return Err(FsError::new(libc::EIO).into());
+            }
             while !chunk.is_empty() {
                 if page.is_empty() && chunk.len() >= page_size {
                     // A whole page within one buffer: no copy.
                     deliver(chunk.split_to(page_size));
                     continue;
                 }
+                // Buffers are usually far smaller than a page (an HTTP
+                // body comes in frames of kilobytes): gather them into
+                // one page-sized allocation, so that a page holds its
+                // own memory only, not a whole request's body.
                 if page.capacity() == 0 {
                     page.reserve(page_size);
                 }
@@ -129,14 +118,19 @@ impl CachalotFs {
         if !page.is_empty() {
             deliver(page.freeze());
         }
-        // Pages, not requests, as the cache counts its hits.
+        self.count_fetched(pages, total as u64);
+        Ok(())
+    }
+
+    /// Count a backend read of `pages` pages (not requests, as the cache
+    /// counts its hits) and `bytes` bytes.
+    fn count_fetched(&self, pages: u64, bytes: u64) {
         self.counters
             .backend_reads
             .fetch_add(pages, Ordering::Relaxed);
         self.counters
             .backend_read_bytes
-            .fetch_add(total, Ordering::Relaxed);
-        Ok(())
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// What a failed backend read means for the view: the object the
@@ -153,6 +147,23 @@ impl CachalotFs {
             return self.changed_in_place(handle, view).await;
         }
         FsError::from(e).into()
+    }
+
+    /// The handle's reader if it reads the view's version; `Changed` if
+    /// the backend has another one now.
+    async fn reader_of_view(
+        &self,
+        handle: &FileHandle,
+        view: &View,
+    ) -> Result<Arc<dyn ObjectReader>, ReadError> {
+        let reader = self.reader(handle, view).await?;
+        if *reader.version() != view.version {
+            return Err(ReadError::Changed {
+                version: reader.version().clone(),
+                size: reader.size(),
+            });
+        }
+        Ok(reader)
     }
 
     /// The reader of `view` found its object changed in place: forget that
