@@ -259,6 +259,24 @@ fn get_range_serves_part_of_a_page_and_counts_a_hit() {
     );
 }
 
+/// `put` writes the header and the page's own buffer with one writev: the
+/// file must be byte for byte the encoded page, empty pages included.
+#[test]
+fn a_stored_page_file_is_its_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 22);
+    for (i, len) in [0, 5, 2 * page::BLOCK_SIZE as usize + 3]
+        .into_iter()
+        .enumerate()
+    {
+        let k = key("w", i as u64);
+        let data = pattern(len);
+        s.put(&k, &data);
+        let file = fs::read(s.path_of(&k.file_stem())).unwrap();
+        assert!(file == page::encode(&k, &data), "page of {len} bytes");
+    }
+}
+
 #[test]
 fn get_range_drops_a_page_with_a_damaged_block_or_header() {
     let dir = tempfile::tempdir().unwrap();
