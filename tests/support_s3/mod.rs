@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod mount;
+pub mod proxy;
 pub mod sts;
 
 use std::net::{TcpListener, TcpStream};

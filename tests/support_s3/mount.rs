@@ -22,6 +22,11 @@ pub fn mount_command(server: &S3Server, prefix: &str, mnt: &Path, cache: &Path) 
 }
 
 pub fn mount_source_command(server: &S3Server, source: &str, mnt: &Path, cache: &Path) -> Command {
+    command_at(&server.endpoint(), source, mnt, cache)
+}
+
+/// The command line of a foreground mount reaching S3 at `endpoint`.
+fn command_at(endpoint: &str, source: &str, mnt: &Path, cache: &Path) -> Command {
     let mut cmd = Command::new(cachalot_bin());
     cmd.arg("mount")
         .arg(source)
@@ -29,7 +34,7 @@ pub fn mount_source_command(server: &S3Server, source: &str, mnt: &Path, cache: 
         .arg("--cache-dir")
         .arg(cache)
         .arg("--endpoint")
-        .arg(server.endpoint())
+        .arg(endpoint)
         .arg("--path-style")
         .arg("--foreground")
         .env("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -64,11 +69,23 @@ impl Mounted {
         cache: &Path,
         edit: impl FnOnce(&mut Command),
     ) -> Mounted {
+        Self::start_at(&server.endpoint(), prefix, cache, edit)
+    }
+
+    /// Like [`Mounted::start_edited`], reaching S3 at `endpoint` (a proxy
+    /// in front of the server).
+    pub fn start_at(
+        endpoint: &str,
+        prefix: &str,
+        cache: &Path,
+        edit: impl FnOnce(&mut Command),
+    ) -> Mounted {
         let mnt = tempfile::tempdir().unwrap();
         static MOUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = cache.join(format!("test-mount-{n}.log"));
-        let mut cmd = mount_command(server, prefix, mnt.path(), cache);
+        let source = format!("s3://{BUCKET}/{prefix}");
+        let mut cmd = command_at(endpoint, &source, mnt.path(), cache);
         edit(&mut cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
