@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use support_s3::proxy::{HoldingProxy, LET_THROUGH};
 use support_s3::S3Server;
 
 const ME: Identity = Identity::new(1000, 1000);
@@ -516,6 +517,46 @@ async fn streamed_reads_arrive_in_pieces_and_stay_on_their_version() {
         Ok(stream) => stream.try_collect::<Vec<Bytes>>().await.unwrap_err(),
     };
     assert_eq!(err.kind, ErrorKind::Stale, "{err}");
+}
+
+/// A streamed read whose body is cut part-way after its object was
+/// replaced: what came before the cut is the old version's, then
+/// object_store asks again for the rest with the same If-Match, and the
+/// stream ends in one error, ESTALE naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_read_cut_after_its_object_changed_ends_in_estale() {
+    let fx = Fixture::new();
+    let proxy = HoldingProxy::start(fx.server.port);
+    let cfg = S3Server::config_for_port(proxy.port(), "cut", fx.staging.path());
+    let b = S3Backend::new(cfg).unwrap();
+    let data = pseudo_random(8 << 20, 7);
+    put(&fx.store, "cut/f", data.clone()).await;
+    let r = b.open_read(ME, &p("f")).await.unwrap();
+    let mut stream = r.read_stream(0, 8 << 20).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < LET_THROUGH {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    assert!(got == data[..got.len()], "bytes before the cut differ");
+    put(&fx.store, "cut/f", pseudo_random(8 << 20, 8)).await;
+    // (The proxy must outlive the retry: it is the way to the server.)
+    let _proxy = tokio::task::spawn_blocking(move || {
+        proxy.wait_held(1, std::time::Duration::from_secs(10));
+        proxy.cut();
+        proxy
+    })
+    .await
+    .unwrap();
+    let rest: Vec<_> = stream.collect().await;
+    let (last, before) = rest
+        .split_last()
+        .expect("the stream ended without an error");
+    assert!(before.iter().all(|item| item.is_ok()), "{rest:?}");
+    let err = last
+        .as_ref()
+        .expect_err("the stream ended without an error");
+    assert_eq!(err.kind, ErrorKind::Stale, "{err}");
+    assert!(err.to_string().contains("cut/f"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

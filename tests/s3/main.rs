@@ -18,4 +18,5 @@ mod csi;
 mod mounts;
 mod pod_identity;
 mod restart;
+mod streaming;
 mod web_identity;

@@ -39,12 +39,12 @@ pub(crate) fn get(store: &AmazonS3, key: &str) -> Option<Vec<u8>> {
     })
 }
 
-fn put(store: &AmazonS3, key: &str, data: Vec<u8>) {
+pub(crate) fn put(store: &AmazonS3, key: &str, data: Vec<u8>) {
     rt().block_on(store.put(&StorePath::parse(key).unwrap(), PutPayload::from(data)))
         .unwrap();
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
@@ -353,49 +353,6 @@ fn a_sequential_cold_read_fetches_several_pages_per_get() {
         common::sample(&first, "cachalot_backend_read_bytes_total", "volume="),
         "the second read went to the backend"
     );
-}
-
-/// Read-ahead streams each GET's pages to readers as they arrive, several
-/// GETs at once, each pinned to the version the file was opened at: an
-/// object replaced behind the mount while a reader is half-way through
-/// gives that reader the old bytes up to some point and then ESTALE, never
-/// a byte of the new object.
-#[test]
-fn a_streamed_read_stays_on_its_version_and_ends_in_estale_when_replaced() {
-    let server = S3Server::seaweed();
-    let store = server.store();
-    let cache = tempfile::tempdir().unwrap();
-    let old = pattern(96 << 20, 3);
-    put(&store, "pinned/f", old.clone());
-    let m = Mounted::start(&server, "pinned", cache.path(), &[]);
-    let mut f = fs::File::open(m.path("f")).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0usize;
-    // Sequential reads of the first 8 MiB open the read-ahead window.
-    while pos < 8 << 20 {
-        let n = f.read(&mut buf).unwrap();
-        assert!(
-            buf[..n] == old[pos..pos + n],
-            "old content differs at {pos}"
-        );
-        pos += n;
-    }
-    put(&store, "pinned/f", pattern(96 << 20, 250));
-    let err = loop {
-        match f.read(&mut buf) {
-            Ok(0) => panic!("read the whole file after its object was replaced"),
-            Ok(n) => {
-                assert!(
-                    buf[..n] == old[pos..pos + n],
-                    "bytes at {pos} are not the version the file was opened at"
-                );
-                pos += n;
-            }
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
-    assert!(pos < old.len());
 }
 
 #[test]
