@@ -55,7 +55,7 @@ async fn keys_under(store: &AmazonS3, prefix: &str) -> Vec<String> {
     keys
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {

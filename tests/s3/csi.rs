@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use support_csi::*;
 use support_s3::{S3Server, BUCKET, KEY_ID, SECRET};
 
-fn secrets(key: &str, secret: &str) -> HashMap<String, String> {
+pub(crate) fn secrets(key: &str, secret: &str) -> HashMap<String, String> {
     params(&[("accessKeyId", key), ("secretAccessKey", secret)])
 }
 

@@ -84,10 +84,7 @@ async fn each_service_account_signs_with_its_own_renewed_token() {
     params.insert("onDelete".into(), "delete".into());
     let mut create = create_req("pvc-pod-auth", params);
     // The provisioner signs with its own keys (the driver's).
-    create.secrets = [("accessKeyId", KEY_ID), ("secretAccessKey", SECRET)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    create.secrets = crate::csi::secrets(KEY_ID, SECRET);
     let vol = create_volume_retrying(&mut c, create).await;
     let staging = env.staging("pod-auth");
     // No secrets at stage, and nothing to mount before a pod's token.
@@ -217,10 +214,7 @@ async fn without_the_kubelets_token_the_fix_is_named() {
             ("roleArn", ROLE_ARN),
         ]),
     );
-    create.secrets = [("accessKeyId", KEY_ID), ("secretAccessKey", SECRET)]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    create.secrets = crate::csi::secrets(KEY_ID, SECRET);
     let vol = create_volume_retrying(&mut c, create).await;
     let staging = env.staging("no-token");
     c.stage(&vol, &staging).await;

@@ -25,15 +25,7 @@ const MIB: usize = 1 << 20;
 /// Bytes that differ from page to page (and from seed to seed), so that a
 /// page served at the wrong offset or of the wrong version shows.
 fn distinct(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    crate::backend::pseudo_random(len, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// `f` of 24 MiB (`data`) behind a holding proxy, mounted, opened, and its
