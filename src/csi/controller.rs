@@ -472,7 +472,10 @@ pub(super) async fn remove_contents(
     backend: &dyn Backend,
     id: Identity,
 ) -> crate::backend::BackendResult<()> {
-    let mut stack = vec![(BackendPath::root(), false)];
+    // The usage reports of the volume's mounts (backend::quota), which
+    // listings never show, go too.
+    let reports = BackendPath::root().join(crate::backend::quota::REPORTS_DIR)?;
+    let mut stack = vec![(BackendPath::root(), false), (reports, false)];
     while let Some((dir, listed)) = stack.pop() {
         if listed {
             if !dir.is_root() {
@@ -484,7 +487,12 @@ pub(super) async fn remove_contents(
             continue;
         }
         stack.push((dir.clone(), true));
-        for entry in backend.list(id, &dir).await? {
+        let entries = match backend.list(id, &dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let path = dir.join(&entry.name)?;
             if entry.meta.kind == FileKind::Directory {
                 stack.push((path, false));

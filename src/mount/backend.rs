@@ -86,6 +86,7 @@ pub(super) fn with_capacity(
         .as_deref()
         .and_then(crate::backend::quota::kept_capacity)
         .unwrap_or(created_with);
+    let below = Arc::downgrade(&backend);
     let (backend, state) = crate::backend::quota::Quota::wrap(backend, capacity, kept_in);
     let id = opts.identity.unwrap_or_else(|| {
         crate::backend::Identity::new(
@@ -93,6 +94,11 @@ pub(super) fn with_capacity(
             nix::unistd::getegid().as_raw(),
         )
     });
+    runtime.spawn(crate::backend::quota::keep_sharing(
+        below,
+        Arc::downgrade(&state),
+        id,
+    ));
     runtime.spawn(crate::backend::quota::keep_walking(
         Arc::downgrade(&backend),
         state,

@@ -567,6 +567,13 @@ impl Mount {
         self.cache = dir.to_path_buf();
     }
 
+    /// Serve another mount's backing dir (a second node of one volume);
+    /// call before [`Mount::start`].
+    pub fn use_backing(&mut self, dir: &Path) {
+        assert!(self.child.is_none(), "use_backing after start");
+        self.backing = dir.to_path_buf();
+    }
+
     pub fn source_url(&self) -> String {
         format!("file://{}", self.backing.display())
     }

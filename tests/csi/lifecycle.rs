@@ -136,6 +136,21 @@ async fn full_lifecycle_two_targets_one_read_only_then_delete() {
     assert!(inodes.total > 0, "{inodes:?}");
     let cond = stats.volume_condition.unwrap();
     assert!(!cond.abnormal, "{cond:?}");
+    // The mount shares its usage with the volume's other nodes through a
+    // report in the volume, which the volume never shows (and DeleteVolume
+    // removes with the files, below).
+    let reports = backing.join(".usage.cachalot-shared");
+    eventually("a usage report", Duration::from_secs(20), || {
+        std::fs::read_dir(&reports).is_ok_and(|mut d| d.next().is_some())
+    });
+    let shown: Vec<_> = std::fs::read_dir(&rw)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !shown.iter().any(|n| n.to_string_lossy().contains("usage")),
+        "{shown:?}"
+    );
 
     for t in [&rw, &ro] {
         c.unpublish(&vol, t).await;

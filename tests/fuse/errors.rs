@@ -472,3 +472,46 @@ fn capacity_is_a_quota_with_edquot() {
     assert_eq!(df(m.mnt()).0, (16 * MIB) as u64);
     fs::write(m.m("after-expansion"), pattern(8 * MIB, 5)).unwrap();
 }
+
+/// Two mounts of one volume with one capacity (two nodes of an RWX
+/// volume): each counts the other's writes within a few seconds, through
+/// the usage reports they keep in the volume, not only at its next walk
+/// (30 s or more away); the reports never show in the volume.
+#[test]
+fn two_mounts_of_a_volume_share_its_capacity() {
+    const MIB: usize = 1 << 20;
+    let args = ["--capacity", "10MiB"];
+    let a = Mount::with_args(&args);
+    let mut b = Mount::unmounted(&args);
+    b.use_backing(a.backing());
+    b.start();
+    let walked = |m: &Mount| m.log_text().contains("measured the volume's usage");
+    assert!(wait_until(Duration::from_secs(10), || walked(&a) && walked(&b)));
+
+    fs::write(a.m("from-a"), pattern(6 * MIB, 1)).unwrap();
+    let seen = wait_until(Duration::from_secs(20), || {
+        df(b.mnt()).1 <= (4 * MIB) as u64
+    });
+    assert!(
+        seen,
+        "b never counted a's 6 MiB: df {:?}\n{}",
+        df(b.mnt()),
+        b.log_text()
+    );
+    let err = fs::write(b.m("from-b"), pattern(6 * MIB, 2)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err:?}");
+    assert_eq!(fs::read(b.m("from-a")).unwrap(), pattern(6 * MIB, 1));
+
+    // a frees the room; b sees it and may write.
+    fs::remove_file(a.m("from-a")).unwrap();
+    let freed = wait_until(Duration::from_secs(20), || {
+        df(b.mnt()).1 >= (9 * MIB) as u64
+    });
+    assert!(freed, "b never saw the room a freed: df {:?}", df(b.mnt()));
+    fs::write(b.m("from-b"), pattern(6 * MIB, 2)).unwrap();
+    let names: Vec<_> = fs::read_dir(a.mnt())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["from-b"], "the usage reports show in the volume");
+}

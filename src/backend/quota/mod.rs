@@ -12,9 +12,10 @@
 //! was written before stays whole. Until the first walk has finished,
 //! usage counts from zero.
 //!
-//! Several nodes writing one volume each see the others' writes at their
-//! next walk: together they can exceed the capacity by what they write
-//! between two walks (the documented slack).
+//! Several processes (nodes) writing one volume share their changes
+//! through small reports in the volume (`shared`): together they can
+//! exceed the capacity by what the others write in one report interval
+//! (the documented slack), and each one's next walk counts everything.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -22,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+mod shared;
+pub use shared::{keep_sharing, REPORTS_DIR};
 
 use super::{
     AttrChanges, Backend, BackendError, BackendPath, BackendResult, Capabilities, DirEntry,
@@ -45,6 +49,15 @@ pub struct QuotaState {
     /// Growth of the files being written now, above their size at the start.
     writing: AtomicU64,
     walked: AtomicBool,
+    /// Every change this process published since it started, never reset
+    /// (what its usage report tells the others).
+    published: AtomicI64,
+    /// When this process first changed the volume (ms since the epoch; 0:
+    /// not yet): the others tell from it whether their walks counted it.
+    first_change_ms: AtomicU64,
+    /// The others' changes on top of the last walk (see `shared`).
+    others: parking_lot::Mutex<shared::Others>,
+    others_usage: AtomicI64,
     /// Where a changed capacity is kept for the next process serving the
     /// volume (a mounter taking over or recovering it).
     persist: parking_lot::Mutex<Option<PathBuf>>,
@@ -59,7 +72,8 @@ impl QuotaState {
     pub fn used(&self) -> u64 {
         let known = self.scanned.load(Ordering::Relaxed) as i64
             + self.changed.load(Ordering::Relaxed)
-            + self.writing.load(Ordering::Relaxed) as i64;
+            + self.writing.load(Ordering::Relaxed) as i64
+            + self.others_usage.load(Ordering::Relaxed);
         known.max(0) as u64
     }
 
@@ -81,6 +95,7 @@ impl QuotaState {
             );
         }
         self.writing.fetch_add(bytes, Ordering::Relaxed);
+        self.note_change();
         Ok(())
     }
 
@@ -94,6 +109,19 @@ impl QuotaState {
 
     fn changed_by(&self, bytes: i64) {
         self.changed.fetch_add(bytes, Ordering::Relaxed);
+        self.published.fetch_add(bytes, Ordering::Relaxed);
+        self.note_change();
+    }
+
+    fn note_change(&self) {
+        if self.first_change_ms.load(Ordering::Relaxed) == 0 {
+            let _ = self.first_change_ms.compare_exchange(
+                0,
+                shared::now_ms(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// A new capacity (an expansion), kept for the next process.
@@ -174,6 +202,7 @@ pub async fn keep_walking(
         let started = Instant::now();
         let Some(s) = state.upgrade() else { return };
         let changed_before = s.changed.load(Ordering::Relaxed);
+        s.others.lock().walk_started(shared::now_ms());
         drop(s);
         let Some(b) = backend.upgrade() else { return };
         let walked = walk(b.as_ref(), id).await;
@@ -186,6 +215,11 @@ pub async fn keep_walking(
                 // Changes made during the walk may be counted twice until
                 // the next one: usage errs on the full side.
                 s.changed.fetch_sub(changed_before, Ordering::Relaxed);
+                let mut others = s.others.lock();
+                others.walk_taken();
+                s.others_usage
+                    .store(others.usage(shared::now_ms()), Ordering::Relaxed);
+                drop(others);
                 if !s.walked.swap(true, Ordering::Relaxed) {
                     tracing::info!(
                         used = bytes,
