@@ -514,4 +514,16 @@ fn two_mounts_of_a_volume_share_its_capacity() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["from-b"], "the usage reports show in the volume");
+
+    // A process of this host that is gone leaves no report behind: the
+    // other removes it at its next read.
+    let reports = a.backing().join(".usage.cachalot-shared");
+    let count = || fs::read_dir(&reports).map(|d| d.count()).unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(20), || count() == 2), "{}", count());
+    b.stop();
+    assert!(
+        wait_until(Duration::from_secs(20), || count() == 1),
+        "the report of a process that is gone stays: {}",
+        count()
+    );
 }

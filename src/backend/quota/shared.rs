@@ -13,9 +13,11 @@
 //! above what it was when its own last walk of the volume began (the walk
 //! counted what came before), plus its `writing`. Reports are written
 //! every [`SHARE_EVERY`] when they changed (else every [`HEARTBEAT`]; not
-//! at all before the first change), and read as often; one older than [`STALE_AFTER`] is of a process gone
-//! (its changes are in the files by then) and is ignored, and removed once
-//! it is an hour old.
+//! at all before the first change), and read as often. One older than
+//! [`STALE_AFTER`] is of a process gone (its changes are in the files by
+//! then) and is ignored, and removed once it is an hour old; one of a
+//! process of this host that is gone (a mounter that handed its sessions
+//! over) is removed at once.
 //!
 //! So the slack of several writers together is what the others write in
 //! one [`SHARE_EVERY`] (their reports lag by that much), instead of what
@@ -241,6 +243,7 @@ async fn read_reports(
         Err(e) => return Err(e),
     };
     let now = now_ms();
+    let host = crate::backend::owner::host_tag();
     let mut out = HashMap::new();
     for entry in entries.into_iter().filter(|e| e.name != me) {
         let path = dir.join(&entry.name)?;
@@ -256,7 +259,11 @@ async fn read_reports(
         let Ok(report) = serde_json::from_slice::<Report>(&bytes) else {
             continue;
         };
-        if now.saturating_sub(report.at_ms) > REMOVE_AFTER.as_millis() as u64 {
+        // A process of this host that is gone (a mounter that handed its
+        // sessions over or crashed): its changes are in the files, and its
+        // writes in progress are its successor's now.
+        let gone_here = crate::backend::owner::is_dead(&entry.name, &host);
+        if gone_here || now.saturating_sub(report.at_ms) > REMOVE_AFTER.as_millis() as u64 {
             let _ = b.unlink(id, &path).await;
             continue;
         }
