@@ -519,7 +519,11 @@ fn two_mounts_of_a_volume_share_its_capacity() {
     // other removes it at its next read.
     let reports = a.backing().join(".usage.cachalot-shared");
     let count = || fs::read_dir(&reports).map(|d| d.count()).unwrap_or(0);
-    assert!(wait_until(Duration::from_secs(20), || count() == 2), "{}", count());
+    assert!(
+        wait_until(Duration::from_secs(20), || count() == 2),
+        "{}",
+        count()
+    );
     b.stop();
     assert!(
         wait_until(Duration::from_secs(20), || count() == 1),

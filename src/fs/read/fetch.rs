@@ -77,9 +77,12 @@ impl CachalotFs {
             Ok(stream) => stream,
             Err(e) => return Err(self.fetch_error(handle, view, e).await),
         };
-        let (mut page, mut pages, mut total) = (BytesMut::new(), 0u64, 0usize);
+        let (mut page, mut total) = (BytesMut::new(), 0usize);
+        // Counted as each page is handed on, not at the end of the body: a
+        // reader served by this page may look at the counters before the
+        // rest has arrived.
         let mut deliver = |page: Bytes| {
-            pages += 1;
+            self.count_fetched(1, page.len() as u64);
             on_page(page);
         };
         while let Some(item) = stream.next().await {
@@ -118,7 +121,6 @@ impl CachalotFs {
         if !page.is_empty() {
             deliver(page.freeze());
         }
-        self.count_fetched(pages, total as u64);
         Ok(())
     }
 
