@@ -27,15 +27,15 @@ impl NfsPendingWrite {
             }
             let mut done = 0;
             while done < data.len() {
-                let (n, _, _) = self
-                    .send_write(
-                        &ctx,
-                        &out,
-                        offset + done as u64,
-                        &data[done..],
-                        stable_how::FILE_SYNC,
-                    )
-                    .await?;
+                let (n, _, _) = write_once(
+                    &self.vol,
+                    &ctx,
+                    &out,
+                    offset + done as u64,
+                    &data[done..],
+                    stable_how::FILE_SYNC,
+                )
+                .await?;
                 done += n;
             }
             offset += data.len() as u64;

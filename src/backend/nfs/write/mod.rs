@@ -37,8 +37,11 @@ use crate::backend::{
 
 mod calls;
 mod in_place;
+mod pipeline;
 mod session;
 mod unstable;
+
+use unstable::write_once;
 
 pub use calls::{create_file, remove_name, rename_known, setattr};
 pub use session::{begin, resume};
@@ -50,7 +53,11 @@ const COMMIT_EVERY: usize = 16 << 20;
 const COPY_CHUNK: usize = 1 << 20;
 
 enum Logged {
-    Write { offset: u64, data: Vec<u8> },
+    /// Shared with the WRITE in flight that sends it.
+    Write {
+        offset: u64,
+        data: bytes::Bytes,
+    },
     Truncate(u64),
 }
 
@@ -66,6 +73,11 @@ struct State {
     /// read-only final mode must not apply before the data is in.
     mode: u32,
     owner: Option<(Option<u32>, Option<u32>)>,
+    /// UNSTABLE WRITEs sent and not yet answered.
+    in_flight: pipeline::InFlight,
+    /// A WRITE failed: the temp file may lack data, so every later call
+    /// fails too (with this kind and cause) until the write is aborted.
+    failed: Option<(ErrorKind, String)>,
 }
 
 pub struct NfsPendingWrite {
@@ -122,6 +134,8 @@ impl PendingWrite for NfsPendingWrite {
 
     async fn truncate(&self, size: u64) -> BackendResult<()> {
         let mut st = self.state.lock().await;
+        // After the writes it follows, on the server too.
+        self.settle(&mut st, 0).await?;
         let temp = self.temp_path();
         let ctx = self.vol.ctx("truncate temp file", &temp, self.id);
         setattr(&self.vol, &ctx, &self.fh, attrs::size_only(size)).await?;
@@ -256,13 +270,14 @@ impl PendingWrite for NfsPendingWrite {
     }
 
     async fn publish_in_place(&self, target: &BackendPath) -> BackendResult<Metadata> {
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
         if self.finished.load(Ordering::Acquire) {
             return Err(self
                 .vol
                 .ctx("publish", target, self.id)
                 .err(ErrorKind::InvalidArgument, "already published or aborted"));
         }
+        self.settle(&mut st, 0).await?;
         self.copy_into(target, st.mode).await
     }
 
@@ -270,6 +285,9 @@ impl PendingWrite for NfsPendingWrite {
         if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
+        // A WRITE still in flight would land after the REMOVE (NFS then
+        // answers it with a stale handle, harmlessly), but wait anyway.
+        self.settle_quietly(&mut *self.state.lock().await).await;
         let ctx = self.vol.ctx("remove temp file", target, self.id);
         let result = async {
             let dir = self.vol.dir_fh(&ctx, &target.parent()).await?;

@@ -11,80 +11,32 @@ impl NfsPendingWrite {
         offset: u64,
         data: &[u8],
     ) -> BackendResult<()> {
+        self.check_failed(st)?;
+        if !self.vol.stable_writes {
+            self.send_unstable(st, offset, data).await?;
+            if st.log_bytes >= COMMIT_EVERY {
+                self.commit_locked(st).await?;
+            }
+            return Ok(());
+        }
         let temp = self.temp_path();
         let ctx = self.vol.ctx("write temp file", &temp, self.id);
-        let stable = if self.vol.stable_writes {
-            stable_how::FILE_SYNC
-        } else {
-            stable_how::UNSTABLE
-        };
         let mut done = 0usize;
         while done < data.len() {
             let end = (done + self.vol.limits.wtmax as usize).min(data.len());
-            let piece = &data[done..end];
             let at = offset + done as u64;
-            let (written, committed, verf) =
-                self.send_write(&ctx, &self.fh, at, piece, stable).await?;
-            if committed == stable_how::UNSTABLE {
-                st.log.push(Logged::Write {
-                    offset: at,
-                    data: piece[..written].to_vec(),
-                });
-                st.log_bytes += written;
-            }
-            match st.verf {
-                None => st.verf = Some(verf),
-                Some(v) if v != verf => {
-                    // The server restarted since earlier unstable writes: they
-                    // may be gone. Re-send everything still uncommitted.
-                    self.resend_locked(st, &ctx).await?;
-                    st.verf = Some(verf);
-                }
-                Some(_) => {}
-            }
+            let (written, _, _) = write_once(
+                &self.vol,
+                &ctx,
+                &self.fh,
+                at,
+                &data[done..end],
+                stable_how::FILE_SYNC,
+            )
+            .await?;
             done += written;
         }
-        if st.log_bytes >= COMMIT_EVERY {
-            self.commit_locked(st).await?;
-        }
         Ok(())
-    }
-
-    /// One WRITE to `file` (the temp file, or the target of an in-place
-    /// publish).
-    pub(super) async fn send_write(
-        &self,
-        ctx: &Ctx<'_>,
-        file: &nfs_fh3,
-        offset: u64,
-        data: &[u8],
-        stable: stable_how,
-    ) -> BackendResult<(usize, stable_how, writeverf3)> {
-        let args = WRITE3args {
-            file: file.clone(),
-            offset,
-            count: data.len() as u32,
-            stable,
-            data: Opaque::borrowed(data),
-        };
-        let res: WRITE3res = self
-            .vol
-            .rpc(ctx, NFS_PROGRAM::NFSPROC3_WRITE, &args)
-            .await?
-            .res;
-        match res {
-            Nfs3Result::Ok(ok) => {
-                let written = (ok.count as usize).min(data.len());
-                if written == 0 {
-                    return Err(ctx.err(
-                        ErrorKind::Other,
-                        "the server accepted no data (WRITE count 0)",
-                    ));
-                }
-                Ok((written, ok.committed, ok.verf))
-            }
-            Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
-        }
     }
 
     /// Re-send every logged unstable operation with FILE_SYNC, in order.
@@ -98,15 +50,15 @@ impl NfsPendingWrite {
                 Logged::Write { offset, data } => {
                     let mut done = 0;
                     while done < data.len() {
-                        let (n, _, _) = self
-                            .send_write(
-                                ctx,
-                                &self.fh,
-                                offset + done as u64,
-                                &data[done..],
-                                stable_how::FILE_SYNC,
-                            )
-                            .await?;
+                        let (n, _, _) = write_once(
+                            &self.vol,
+                            ctx,
+                            &self.fh,
+                            offset + done as u64,
+                            &data[done..],
+                            stable_how::FILE_SYNC,
+                        )
+                        .await?;
                         done += n;
                     }
                 }
@@ -121,6 +73,7 @@ impl NfsPendingWrite {
     /// COMMIT; if the verifier is not the one our writes got, the server
     /// lost them: re-send with FILE_SYNC.
     pub(super) async fn commit_locked(&self, st: &mut State) -> BackendResult<()> {
+        self.settle(st, 0).await?;
         if st.log.is_empty() {
             return Ok(());
         }
@@ -177,5 +130,38 @@ impl NfsPendingWrite {
             }
         }
         Ok(out)
+    }
+}
+
+/// One WRITE to `file` (the temp file, or the target of an in-place
+/// publish): how much the server took, how stable, its verifier.
+pub(super) async fn write_once(
+    vol: &Volume,
+    ctx: &Ctx<'_>,
+    file: &nfs_fh3,
+    offset: u64,
+    data: &[u8],
+    stable: stable_how,
+) -> BackendResult<(usize, stable_how, writeverf3)> {
+    let args = WRITE3args {
+        file: file.clone(),
+        offset,
+        count: data.len() as u32,
+        stable,
+        data: Opaque::borrowed(data),
+    };
+    let res: WRITE3res = vol.rpc(ctx, NFS_PROGRAM::NFSPROC3_WRITE, &args).await?.res;
+    match res {
+        Nfs3Result::Ok(ok) => {
+            let written = (ok.count as usize).min(data.len());
+            if written == 0 {
+                return Err(ctx.err(
+                    ErrorKind::Other,
+                    "the server accepted no data (WRITE count 0)",
+                ));
+            }
+            Ok((written, ok.committed, ok.verf))
+        }
+        Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
     }
 }
