@@ -13,6 +13,7 @@
 //!   to re-send;
 //! - `session`: begin (copy-on-write) and resume (a suspended write);
 //! - `unstable`: UNSTABLE writes, their log, COMMIT and re-sending;
+//! - `pipeline`: several UNSTABLE WRITEs in flight, and their replies;
 //! - `in_place`: publishing by writing into the file itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -277,7 +278,9 @@ impl PendingWrite for NfsPendingWrite {
                 .ctx("publish", target, self.id)
                 .err(ErrorKind::InvalidArgument, "already published or aborted"));
         }
-        self.settle(&mut st, 0).await?;
+        // Committed, not only answered: the copy reads the temp file back,
+        // and unstable data a restarted server lost would be read as holes.
+        self.commit_locked(&mut st).await?;
         self.copy_into(target, st.mode).await
     }
 
@@ -285,9 +288,10 @@ impl PendingWrite for NfsPendingWrite {
         if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
-        // A WRITE still in flight would land after the REMOVE (NFS then
-        // answers it with a stale handle, harmlessly), but wait anyway.
-        self.settle_quietly(&mut *self.state.lock().await).await;
+        // WRITEs in flight are of no use now, and against a server that
+        // is down each would retry for a minute: cancel them. One the
+        // server still runs after the REMOVE finds a stale handle.
+        self.cancel_in_flight(&mut *self.state.lock().await).await;
         let ctx = self.vol.ctx("remove temp file", target, self.id);
         let result = async {
             let dir = self.vol.dir_fh(&ctx, &target.parent()).await?;

@@ -166,9 +166,10 @@ impl NfsPendingWrite {
         Ok(())
     }
 
-    /// Before the lock goes to a call that is not a write: nothing in
-    /// flight, errors ignored (an abort).
-    pub(super) async fn settle_quietly(&self, st: &mut State) {
+    /// An abort: WRITEs in flight cancelled (their connections closed,
+    /// as for any cancelled call), their outcome ignored.
+    pub(super) async fn cancel_in_flight(&self, st: &mut State) {
+        st.in_flight.tasks.abort_all();
         while st.in_flight.tasks.join_next().await.is_some() {}
         st.in_flight.end = 0;
     }
