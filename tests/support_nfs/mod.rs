@@ -24,6 +24,10 @@ pub const NFS_PORT: u16 = 2049;
 pub const MNT_PORT: u16 = 20048;
 /// Owner of the root-squashed export's directory.
 pub const SQUASHED_OWNER: u32 = 1000;
+/// Directory of the export holding a tmpfs of [`SMALL_FS_MIB`] MiB: writes
+/// past it fail on the server (NFS3ERR_NOSPC).
+pub const SMALL_FS: &str = "small-fs";
+pub const SMALL_FS_MIB: usize = 64;
 const LOCK_FILE: &str = "/tmp/cachalot-nfs-tests.lock";
 
 type SpawnRequest = (Command, i32, mpsc::Sender<std::io::Result<Child>>);
@@ -59,6 +63,10 @@ pub fn spawn_with_death_signal(cmd: Command, signal: i32) -> std::io::Result<Chi
         Mutex::new(tx)
     });
     let (tx, rx) = mpsc::channel();
+    // The child inherits this process's descriptors until exec closes
+    // them, and each closed copy of a cachalot file is a FUSE FLUSH, which
+    // publishes: not while a test holds `no_fork_guard` (see common).
+    let _no_writer_open = crate::common::exclusive_fork_guard();
     sender
         .lock()
         .unwrap()
@@ -108,6 +116,15 @@ impl Ganesha {
     /// uid 1000, mode 0755).
     pub fn squashed_dir(&self) -> PathBuf {
         self.root.path().join("squashed")
+    }
+
+    /// The tmpfs below the export (see [`SMALL_FS`]) on disk, and its URL.
+    /// Its content is left to the tests that use it.
+    pub fn small_fs(&self) -> (PathBuf, String) {
+        (
+            self.export_dir().join(SMALL_FS),
+            format!("nfs://127.0.0.1/export/{SMALL_FS}"),
+        )
     }
 
     /// A fresh directory `name` under the export, and its URL.
@@ -257,6 +274,9 @@ impl Drop for PreparedRestart {
 impl Drop for Ganesha {
     fn drop(&mut self) {
         self.stop(true);
+        // Before the temp dir goes: its removal would stop at the mount.
+        let small = self.export_dir().join(SMALL_FS);
+        let _ = nix::mount::umount2(&small, nix::mount::MntFlags::MNT_DETACH);
         if let Some(mut rpcbind) = self.rpcbind.lock().unwrap().take() {
             stop_child(&mut rpcbind, Duration::from_secs(5));
         }
@@ -333,6 +353,18 @@ pub fn ganesha() -> Arc<Ganesha> {
     for d in ["export", "squashed", "recovery"] {
         fs::create_dir_all(root.path().join(d)).unwrap();
     }
+    // Mounted before ganesha starts: it serves only file systems it found
+    // below an export at start (a later mount would be another device).
+    let small = root.path().join("export").join(SMALL_FS);
+    fs::create_dir_all(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(format!("size={SMALL_FS_MIB}m,mode=0777").as_str()),
+    )
+    .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", small.display()));
     let squashed = root.path().join("squashed");
     std::os::unix::fs::chown(&squashed, Some(SQUASHED_OWNER), Some(SQUASHED_OWNER)).unwrap();
     fs::set_permissions(&squashed, fs::Permissions::from_mode(0o755)).unwrap();
