@@ -17,3 +17,4 @@ mod support_posix;
 mod backend;
 mod csi;
 mod mount;
+mod pipeline;
