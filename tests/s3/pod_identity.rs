@@ -150,6 +150,13 @@ async fn each_service_account_signs_with_its_own_renewed_token() {
     // only has the old one, which STS no longer takes.
     sts.accept(RENEWED_TOKEN);
     std::thread::sleep(std::time::Duration::from_millis(300));
+    let refused = |sts: &Sts| {
+        sts.calls()
+            .iter()
+            .filter(|c| c.starts_with("refused "))
+            .count()
+    };
+    let refused_before = refused(&sts);
     let stale = (|| {
         use std::io::Write;
         let mut f = std::fs::File::create(first.join("stale.txt"))?;
@@ -162,6 +169,13 @@ async fn each_service_account_signs_with_its_own_renewed_token() {
         stale.map_err(|e| e.raw_os_error()),
         Err(Some(libc::EACCES)),
         "a write with a token STS refuses"
+    );
+    // Each request asks STS once: a refusal is final (retrying it as a
+    // network failure asked about ten times per request, for 30 s).
+    let asked = refused(&sts) - refused_before;
+    assert!(
+        (1..=4).contains(&asked),
+        "STS refused {asked} times for one failed write"
     );
     c.node
         .node_publish_volume(publish_as(

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::QuotaState;
-use crate::backend::{Backend, BackendPath, ErrorKind, Identity, WriteStart};
+use crate::backend::{Backend, BackendPath, ErrorKind, Identity, VersionToken, WriteStart};
 
 /// A temp-like name: hidden from listings, lookups and quota walks on every
 /// backend, and never taken for a dead writer's temp (it has no owner id).
@@ -144,6 +144,7 @@ pub async fn keep_sharing(
     let me = crate::backend::owner::own_tag();
     let mut written: Option<(Report, SystemTime)> = None;
     let mut dir_made = false;
+    let mut known = HashMap::new();
     // What fails now, so that a lasting failure is logged once.
     let mut failing = std::collections::HashSet::new();
     loop {
@@ -180,7 +181,7 @@ pub async fn keep_sharing(
                 }
             }
         }
-        match read_reports(b.as_ref(), id, &me).await {
+        match read_reports(b.as_ref(), id, &me, &mut known).await {
             Ok(reports) => {
                 failing.remove("read");
                 let mut others = s.others.lock();
@@ -231,10 +232,14 @@ async fn write_report(
     w.publish(&path).await.map(|_| ())
 }
 
+/// The others' reports. `known`: the reports read before, by the version
+/// they had; one whose version did not change is not read again (every
+/// process lists the reports every few seconds).
 async fn read_reports(
     b: &dyn Backend,
     id: Identity,
     me: &str,
+    known: &mut HashMap<String, (VersionToken, Report)>,
 ) -> crate::backend::BackendResult<HashMap<String, Report>> {
     let dir = reports_dir();
     let entries = match b.list(id, &dir).await {
@@ -245,19 +250,18 @@ async fn read_reports(
     let now = now_ms();
     let host = crate::backend::owner::host_tag();
     let mut out = HashMap::new();
+    known.retain(|name, _| entries.iter().any(|e| &e.name == name));
     for entry in entries.into_iter().filter(|e| e.name != me) {
         let path = dir.join(&entry.name)?;
-        let Ok(reader) = b.open_read(id, &path).await else {
-            continue;
-        };
-        let size = (entry.meta.size as usize).min(4096);
-        let Ok(bytes) = reader.read_at(0, size).await else {
-            continue;
-        };
-        // A report that is not one (written by a newer version, damaged)
-        // is skipped, not trusted.
-        let Ok(report) = serde_json::from_slice::<Report>(&bytes) else {
-            continue;
+        let report = match known.get(&entry.name) {
+            Some((version, report)) if *version == entry.meta.version => *report,
+            _ => {
+                let Some(report) = read_report(b, id, &path, entry.meta.size).await else {
+                    continue;
+                };
+                known.insert(entry.name.clone(), (entry.meta.version.clone(), report));
+                report
+            }
         };
         // A process of this host that is gone (a mounter that handed its
         // sessions over or crashed): its changes are in the files, and its
@@ -265,11 +269,25 @@ async fn read_reports(
         let gone_here = crate::backend::owner::is_dead(&entry.name, &host);
         if gone_here || now.saturating_sub(report.at_ms) > REMOVE_AFTER.as_millis() as u64 {
             let _ = b.unlink(id, &path).await;
+            known.remove(&entry.name);
             continue;
         }
         out.insert(entry.name, report);
     }
     Ok(out)
+}
+
+/// One report; `None` for one that cannot be read or is not a report
+/// (written by a newer version, damaged): skipped, not trusted.
+async fn read_report(
+    b: &dyn Backend,
+    id: Identity,
+    path: &BackendPath,
+    size: u64,
+) -> Option<Report> {
+    let reader = b.open_read(id, path).await.ok()?;
+    let bytes = reader.read_at(0, (size as usize).min(4096)).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -181,12 +181,17 @@ impl NodeService {
             role_arn: pod.role_arn.clone(),
             session_name: Some(session_name(&who.service_account)),
         });
-        // A session started after an expansion gets the raised capacity
-        // the volume's other sessions already have.
-        for other in self.state.pod_sessions(&req.volume_id) {
-            spec.capacity = spec.capacity.max(other.spec.capacity);
-        }
         let sa = Some(who.service_account.as_str());
+        let running = self.state.load_staged(&stage_key(&req.volume_id, sa));
+        if running.ok().flatten().is_none() {
+            // A session started after an expansion gets the raised capacity
+            // the volume's other sessions already have (a running one keeps
+            // its own: `stage_blocking`). Only then are they all read: the
+            // kubelet republishes every volume periodically.
+            for other in self.state.pod_sessions(&req.volume_id) {
+                spec.capacity = spec.capacity.max(other.spec.capacity);
+            }
+        }
         let session_staging = spec.staging.clone();
         let started =
             self.stage_blocking(&req.volume_id, sa, &source, spec, None, &req.volume_context);
@@ -242,10 +247,13 @@ impl NodeService {
             .state
             .load_staged(volume_id)
             .map_err(|e| Status::internal(format!("reading the stage record: {e}")))?;
-        Ok(own
-            .into_iter()
-            .chain(self.state.pod_sessions(volume_id))
-            .find(|r| r.staging_path == path || r.targets.contains_key(path)))
+        let serves = |r: &StagedRecord| r.staging_path == path || r.targets.contains_key(path);
+        // The volume's own session first: only volumes of pod sessions pay
+        // for reading every record (stats come for every volume, often).
+        if let Some(r) = own.filter(serves) {
+            return Ok(Some(r));
+        }
+        Ok(self.state.pod_sessions(volume_id).into_iter().find(serves))
     }
 }
 
