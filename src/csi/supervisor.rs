@@ -166,9 +166,10 @@ impl Supervisor {
         alive.then_some(c.pid)
     }
 
-    /// Stop the child serving `staging` (after its mount was removed, it
-    /// normally exits by itself). Also handles a pid from a record that was
-    /// never adopted. Blocking; SIGTERM, then SIGKILL.
+    /// Stop the child serving `staging`: SIGTERM makes it unmount and exit
+    /// (a child whose mount was already removed has exited by itself). Also
+    /// handles a pid from a record that was never adopted. Blocking;
+    /// SIGKILL when SIGTERM did not end it.
     pub fn stop(&self, staging: &Path, recorded_pid: u32) {
         let entry = self.children.lock().remove(staging);
         let pid = entry.as_ref().map(|c| c.pid).unwrap_or(recorded_pid);
@@ -179,18 +180,16 @@ impl Supervisor {
             Some(flag) => !flag.load(Ordering::SeqCst),
             None => pid_alive(pid) && is_mount_child(pid, staging),
         };
+        // A child waits up to 10 s for its session to end after unmounting.
         for (signal, wait) in [
-            (None, Duration::from_secs(3)),
-            (Some(Signal::SIGTERM), Duration::from_secs(5)),
-            (Some(Signal::SIGKILL), Duration::from_secs(2)),
+            (Signal::SIGTERM, Duration::from_secs(12)),
+            (Signal::SIGKILL, Duration::from_secs(2)),
         ] {
             if !alive() {
                 return;
             }
-            if let Some(sig) = signal {
-                tracing::info!(pid, ?sig, staging = %staging.display(), "stopping mount child");
-                let _ = kill(Pid::from_raw(pid as i32), sig);
-            }
+            tracing::info!(pid, ?signal, staging = %staging.display(), "stopping mount child");
+            let _ = kill(Pid::from_raw(pid as i32), signal);
             let deadline = Instant::now() + wait;
             while alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));

@@ -498,14 +498,23 @@ impl MountedFs {
             }
             None => Ok(()),
         };
-        if let Err(e) = unmounted {
-            tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
-            nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
-                .map_err(std::io::Error::from)
-                .map_err(MountError::io(format!(
-                    "lazy unmount of {}",
-                    self.mountpoint.display()
-                )))?;
+        match unmounted {
+            Ok(()) => {}
+            // Not a mount point any more: someone else unmounted or detached
+            // it (the node plugin cleaning up after a dead host). The session
+            // still ends once the kernel lets go of it.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(mountpoint = %self.mountpoint.display(), "already unmounted");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unmount failed (busy?); detaching lazily");
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(std::io::Error::from)
+                    .map_err(MountError::io(format!(
+                        "lazy unmount of {}",
+                        self.mountpoint.display()
+                    )))?;
+            }
         }
         if let Some(thread) = self.session.take() {
             // After a lazy unmount the kernel keeps the session until the last

@@ -406,13 +406,17 @@ impl NodeService {
 
     fn unstage_blocking(&self, volume_id: &str, staging: &std::path::Path) -> Result<(), Status> {
         let rec = self.state.load_staged(volume_id).ok().flatten();
-        self.mounts
-            .unmount(staging)
-            .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
+        // The session's host unmounts first: it stops what keeps files open
+        // in the mount (a warm-up) and unmounts cleanly, where unmounting
+        // from here would find the mount busy and detach it lazily. What it
+        // could not remove (a dead host) is unmounted here.
         match &rec {
             Some(r) if r.staging_path == staging => self.sup.stop(staging, r.pid),
             _ => self.sup.stop(staging, 0),
         }
+        self.mounts
+            .unmount(staging)
+            .map_err(|e| io_status(&format!("unmounting {}", staging.display()), &e))?;
         if rec.is_some_and(|r| r.staging_path == staging) {
             self.state
                 .remove_staged(volume_id)
