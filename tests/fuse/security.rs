@@ -198,11 +198,30 @@ fn a_directory_swapped_for_a_symlink_in_the_backend_is_not_followed() {
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
         escapes.push(format!("deleted neighbour/{name}"));
     }
+    // Seen once in CI and never since: say what the mount and the backing
+    // dir looked like, should it happen again.
+    let context = || {
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let root = m.root().display().to_string();
+        let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&root)).collect();
+        let backing: Vec<String> = fs::read_dir(m.b(""))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "mounts: {ours:?}; backing: {backing:?}; d -> {:?}",
+            fs::read_link(m.b("d"))
+        )
+    };
     assert!(
         escapes.is_empty(),
         "the daemon left the volume through a directory swapped for a symlink: {escapes:?} \
-         (results through the mount: read {:?}, create {created:?}, unlink {removed:?}, mkdir {mkdir:?})",
-        read.map(|d| String::from_utf8_lossy(&d).into_owned())
+         (results through the mount: read {:?}, create {created:?}, unlink {removed:?}, mkdir {mkdir:?}); {}",
+        read.map(|d| String::from_utf8_lossy(&d).into_owned()),
+        context()
     );
 }
 
