@@ -358,6 +358,12 @@ impl CachalotFs {
         Ok(dir.join(name)?)
     }
 
+    /// Whether `fh` is an open file that cannot write: its FLUSH and
+    /// RELEASE change nothing and may be answered on the FUSE worker.
+    pub fn is_read_only_file(&self, fh: u64) -> bool {
+        matches!(self.handles.lock().get(&fh), Some(Handle::File(h)) if !h.writable)
+    }
+
     fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {
         match self.handles.lock().get(&fh) {
             Some(Handle::File(h)) => Ok(Arc::clone(h)),

@@ -11,7 +11,7 @@ use fuser::{
 
 use super::convert::{caller, errno, reply_empty};
 use super::FuseAdapter;
-use crate::fs::OpenMode;
+use crate::fs::{CachalotFs, OpenMode};
 
 pub(super) fn open(
     adapter: &FuseAdapter,
@@ -79,12 +79,26 @@ pub(super) fn write(
 
 pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply: ReplyEmpty) {
     let c = caller(req);
-    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
+    let work =
+        move |fs: Arc<CachalotFs>| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) };
+    // Every close(2) sends a FLUSH and waits for it: one of a reader's
+    // round trips, answered without a hand-off where it publishes nothing.
+    if adapter.fs.is_read_only_file(fh.0) {
+        adapter.spawn(work);
+    } else {
+        adapter.spawn_change(work);
+    }
 }
 
 pub(super) fn release(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
     adapter.backing.release(fh.0);
-    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.release(fh.0).await) });
+    let work =
+        move |fs: Arc<CachalotFs>| async move { reply_empty(&fs, reply, fs.release(fh.0).await) };
+    if adapter.fs.is_read_only_file(fh.0) {
+        adapter.spawn(work);
+    } else {
+        adapter.spawn_change(work);
+    }
 }
 
 pub(super) fn fallocate(
