@@ -376,17 +376,39 @@ impl VolumeCache {
         Some(file)
     }
 
-    /// Check a whole file completely (once per process). A damaged one is
-    /// removed. Returns true if it can be used for passthrough.
-    pub fn verify_whole(&self, key: &PageKey) -> bool {
+    /// Whether the whole file of `key` may be used for passthrough without
+    /// reading it: this process checked it, or it is still exactly the
+    /// file an earlier check (or its assembly from checked pages) stamped.
+    /// Cheap: a meta read and a stat.
+    pub fn trust_whole(&self, key: &PageKey) -> bool {
         let stem = key.object_stem();
         if self.store.verified_whole.lock().contains(&stem) {
             return true;
         }
+        let trusted = whole::read_meta(&self.files_dir, key)
+            .is_some_and(|meta| whole::still_verified(&self.files_dir, key, &meta));
+        if trusted {
+            self.store.verified_whole.lock().insert(stem);
+        }
+        trusted
+    }
+
+    /// Check a whole file completely (once per process, and not at all
+    /// while its stamp still holds, see [`VolumeCache::trust_whole`]). A
+    /// damaged one is removed. Returns true if it can be used for
+    /// passthrough.
+    pub fn verify_whole(&self, key: &PageKey) -> bool {
+        if self.trust_whole(key) {
+            return true;
+        }
+        let stem = key.object_stem();
         let Some(meta) = whole::read_meta(&self.files_dir, key) else {
             return false;
         };
         if whole::verify(&self.files_dir, key, &meta) {
+            if let Err(e) = whole::record_verified(&self.files_dir, key, &meta) {
+                tracing::debug!(error = %e, stem, "could not stamp a checked whole file");
+            }
             self.store.verified_whole.lock().insert(stem);
             true
         } else {

@@ -147,7 +147,7 @@ pub struct CachalotFs {
     readahead_permits: Arc<tokio::sync::Semaphore>,
     /// The kernel granted FUSE passthrough (set by the adapter at init).
     passthrough_active: AtomicBool,
-    /// Whole files being assembled right now (object stems).
+    /// Whole files being assembled or checked right now (object stems).
     assembling: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The kernel's caches (set by the adapter once mounted).
     kernel: Mutex<Option<Arc<dyn KernelCache>>>,

@@ -39,8 +39,11 @@ impl CachalotFs {
         }
     }
 
-    /// A verified whole file for the inode's current version; starts the
-    /// one-time verification in the background if it exists unverified.
+    /// A verified whole file for the inode's current version (checked by
+    /// this process, or still as an earlier check stamped it: passthrough
+    /// from the first open after a restart). One that must be read to be
+    /// checked is checked in the background, for later opens: this open
+    /// does not wait for it.
     pub(super) async fn whole_file_for(
         &self,
         path: &BackendPath,
@@ -61,16 +64,35 @@ impl CachalotFs {
             index: 0,
         };
         let cache = Arc::clone(&self.cache);
+        let looked = {
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || {
+                if cache.trust_whole(&key) {
+                    return (cache.verified_whole_file(&key), false);
+                }
+                (None, cache.has_whole(&key))
+            })
+            .await
+        };
+        let (file, unchecked) = looked.unwrap_or((None, false));
+        if unchecked {
+            self.check_whole_in_background(key);
+        }
+        file
+    }
+
+    /// Read and check a whole file once in the background (one check per
+    /// file at a time).
+    fn check_whole_in_background(&self, key: crate::cache::PageKey) {
+        let stem = key.object_stem();
+        if !self.assembling.lock().insert(stem.clone()) {
+            return;
+        }
+        let (cache, busy) = (Arc::clone(&self.cache), Arc::clone(&self.assembling));
         tokio::task::spawn_blocking(move || {
-            let file = cache.verified_whole_file(&key);
-            if file.is_none() && cache.has_whole(&key) {
-                cache.verify_whole(&key);
-            }
-            file
-        })
-        .await
-        .ok()
-        .flatten()
+            cache.verify_whole(&key);
+            busy.lock().remove(&stem);
+        });
     }
 
     /// After a read handle closes: if every page of the file is cached,
