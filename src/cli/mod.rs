@@ -237,6 +237,12 @@ pub struct MountArgs {
     /// supports it).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Use passthrough on a read-write mount too, for fully cached files no
+    /// writer holds. Descriptors opened that way keep the version they
+    /// opened when a writer of this mount publishes another (close-to-open,
+    /// as for changes from elsewhere): no `tail -f` of a file written here.
+    #[arg(long, conflicts_with = "no_passthrough")]
+    pub passthrough_read_write: bool,
     /// Report every file with this group and create new files with it
     /// (CSI volume_mount_group / Kubernetes fsGroup).
     #[arg(long)]
@@ -284,6 +290,7 @@ impl MountArgs {
             allow_other: self.allow_other,
             identity,
             passthrough: !self.no_passthrough,
+            passthrough_read_write: self.passthrough_read_write,
             mount_group: self.mount_group,
             groups: self.groups,
             s3: self.s3.to_options(),

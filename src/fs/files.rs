@@ -39,6 +39,16 @@ impl CachalotFs {
                     Err(_) if table.get(ino)?.superseded => table.last_path(ino)?,
                     Err(_) => return Err(FsError::new(libc::ESTALE)),
                 };
+                if Self::held_by_other_passthrough(table.get(ino)?, writable || truncate) {
+                    // The kernel reads this inode from the backing file of
+                    // its passthrough opens and refuses any open of it that
+                    // is not passthrough with that file. Those descriptors
+                    // keep the version they read, as when a file is replaced
+                    // by a rename; the name moves on to a new inode, which
+                    // the kernel finds when ESTALE makes it look the path up
+                    // again.
+                    return Err(self.move_off_passthrough(&mut table, ino));
+                }
                 let inode = table.get_mut(ino)?;
                 if inode.replacing == 0 {
                     inode.opening += 1;
@@ -88,22 +98,35 @@ impl CachalotFs {
             // happened just before the replacement.
             // Passthrough only if every other open of the inode is
             // passthrough too; otherwise the kernel would refuse the open.
-            let passthrough = if !wants_passthrough || inode.write.is_some() {
+            let passthrough = if inode.passthrough_opens > 0 {
+                // (Changed while this open waited: see the check above.)
+                // Without the whole file (evicted meanwhile) this open
+                // could not register the backing file should the open that
+                // did still be on its way to the kernel.
+                if !wants_passthrough
+                    || whole.is_none()
+                    || inode.write.is_some()
+                    || Self::held_by_other_passthrough(inode, false)
+                {
+                    return Err(self.move_off_passthrough(&mut table, ino));
+                }
+                Passthrough::Reuse(whole)
+            } else if !wants_passthrough || inode.write.is_some() {
                 Passthrough::No
-            } else if inode.passthrough_opens > 0 {
-                Passthrough::Reuse
             } else {
                 match whole {
-                    Some(file) if inode.open_handles == 0 => Passthrough::New(file),
+                    Some(file) if inode.kernel_opens == 0 => Passthrough::New(file),
                     _ => Passthrough::No,
                 }
             };
             let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
             inode.open_handles += 1;
+            inode.kernel_opens += 1;
             // Its writer count, taken at the start, now belongs to the handle.
             opening.opened = true;
             if !matches!(passthrough, Passthrough::No) {
                 inode.passthrough_opens += 1;
+                inode.passthrough_version.clone_from(&version);
             }
             let keep =
                 inode.write.is_none() && version.is_some() && inode.last_open_version == version;
@@ -201,6 +224,7 @@ impl CachalotFs {
             // The creating handle always publishes, even if opened O_RDONLY.
             inode.writers += 1;
             inode.open_handles += 1;
+            inode.kernel_opens += 1;
             ino
         };
         let fh = self.new_fh();
@@ -501,9 +525,7 @@ impl CachalotFs {
             if handle.writable {
                 inode.writers = inode.writers.saturating_sub(1);
             }
-            if handle.passthrough.load(Ordering::Acquire) {
-                inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
-            }
+            // (`kernel_opens` and `passthrough_opens`: see `kernel_released`.)
             // A writable open in progress counts as a writer: the session
             // may be its O_TRUNC one, still empty.
             (

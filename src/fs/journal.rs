@@ -201,6 +201,7 @@ pub fn replay(base: Option<FsSnapshot>, events: impl IntoIterator<Item = Event>)
         inode.writers = writers;
         inode.closing = 0;
         inode.passthrough_opens = 0;
+        inode.passthrough_version = None;
         inode.nlookup = NLOOKUP_PINNED;
     }
     // A file handle reads its inode's path (rebuilt now) at its next read.
@@ -242,6 +243,7 @@ fn blank(ino: u64, parent: u64, name: &str, kind: FileKind) -> InodeState {
         open_handles: 0,
         closing: 0,
         passthrough_opens: 0,
+        passthrough_version: None,
         last_open_version: None,
         unlinked: false,
         attached: true,

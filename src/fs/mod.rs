@@ -127,8 +127,11 @@ pub enum Passthrough {
     No,
     /// Directly from this whole file in the cache.
     New(std::fs::File),
-    /// Directly, with the backing file already registered for this inode.
-    Reuse,
+    /// Directly, with the backing file registered for this inode by an
+    /// earlier passthrough open. That open's reply may still be on its way
+    /// (replies of concurrent opens overtake each other): this one carries
+    /// the whole file too, to register it first if so.
+    Reuse(Option<std::fs::File>),
 }
 
 pub struct CachalotFs {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::backend::BackendPath;
 
+use super::inode::{Inode, InodeTable};
 use super::read::FileHandle;
+use super::types::FsError;
 use super::CachalotFs;
 
 /// Tries to assemble a whole file after a read handle closed.
@@ -34,9 +36,70 @@ impl CachalotFs {
             if handle.passthrough.swap(false, Ordering::AcqRel) {
                 if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
                     inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
+                    if inode.passthrough_opens == 0 {
+                        inode.passthrough_version = None;
+                    }
                 }
             }
         }
+    }
+
+    /// How the kernel reads the open file `fh`: its inode, and whether by
+    /// passthrough. Taken when its RELEASE arrives, for `kernel_released`.
+    pub fn kernel_mode_of(&self, fh: u64) -> Option<(u64, bool)> {
+        let handle = self.file_handle(fh).ok()?;
+        Some((handle.ino, handle.passthrough.load(Ordering::Acquire)))
+    }
+
+    /// The reply to a file's RELEASE was sent: the kernel no longer counts
+    /// it in its inode's I/O mode.
+    pub fn kernel_released(&self, ino: u64, passthrough: bool) {
+        let mut table = self.inodes.lock();
+        if let Ok(inode) = table.get_mut(ino) {
+            inode.kernel_opens = inode.kernel_opens.saturating_sub(1);
+            if passthrough {
+                inode.passthrough_opens = inode.passthrough_opens.saturating_sub(1);
+                if inode.passthrough_opens == 0 {
+                    inode.passthrough_version = None;
+                }
+            }
+        }
+    }
+
+    /// Whether an open of `inode` cannot share it with its passthrough
+    /// opens: it writes (or truncates), or the inode's version is no longer
+    /// the one their backing file holds (published since, through this
+    /// mount or seen changed).
+    pub(super) fn held_by_other_passthrough(inode: &Inode, writes: bool) -> bool {
+        if inode.passthrough_opens == 0 {
+            return false;
+        }
+        let current = inode.meta.as_ref().map(|(m, _)| &m.version);
+        writes
+            || inode
+                .passthrough_version
+                .as_ref()
+                .is_some_and(|read| Some(read) != current)
+    }
+
+    /// Leave the inode `ino` to its passthrough opens (see
+    /// `held_by_other_passthrough`): it keeps their version and leaves the
+    /// namespace, and the kernel is told to look its name up again. The
+    /// error for the open that could not share it: ESTALE, on which the
+    /// kernel walks the path again and opens the new inode.
+    pub(super) fn move_off_passthrough(&self, table: &mut InodeTable, ino: u64) -> FsError {
+        // One that already left the namespace (replaced, unlinked: its
+        // hidden name is what removes its object at the last close) has
+        // nothing to move: the kernel's new walk finds what the name is now.
+        let named = table
+            .get(ino)
+            .is_ok_and(|i| i.attached && !i.hidden && !i.unlinked && !i.superseded);
+        if named {
+            table.supersede(ino);
+            let _ = self.invalidate_kernel_entry(table, ino);
+        }
+        tracing::debug!(ino, "an open moved off an inode read by passthrough");
+        FsError::new(libc::ESTALE)
     }
 
     /// A verified whole file for the inode's current version (checked by

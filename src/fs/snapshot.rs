@@ -52,6 +52,9 @@ pub struct InodeState {
     pub open_handles: u32,
     pub closing: u32,
     pub passthrough_opens: u32,
+    /// Absent from a predecessor of an older version.
+    #[serde(default)]
+    pub passthrough_version: Option<VersionToken>,
     pub last_open_version: Option<VersionToken>,
     pub unlinked: bool,
     pub attached: bool,

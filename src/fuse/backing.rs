@@ -54,21 +54,32 @@ impl BackingIds {
             match (&opened.passthrough, live) {
                 (Passthrough::No, _) => None,
                 (_, Some(existing)) => Some(existing),
-                (Passthrough::New(file), None) => match reply.open_backing(file) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        by_inode.insert(ino, Arc::downgrade(&id));
-                        Some(id)
+                (Passthrough::New(file), None) | (Passthrough::Reuse(Some(file)), None) => {
+                    match reply.open_backing(file) {
+                        Ok(id) => {
+                            let id = Arc::new(id);
+                            by_inode.insert(ino, Arc::downgrade(&id));
+                            Some(id)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kernel refused a passthrough backing file; passthrough disabled for this mount");
+                            refused = true;
+                            None
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kernel refused a passthrough backing file; passthrough disabled for this mount");
-                        refused = true;
-                        None
-                    }
-                },
-                (Passthrough::Reuse, None) => None,
+                }
+                // No file to register (evicted meanwhile) and none
+                // registered: through cachalot.
+                (Passthrough::Reuse(None), None) => None,
             }
         };
+        tracing::trace!(
+            ino,
+            fh = opened.fh,
+            passthrough = !matches!(opened.passthrough, Passthrough::No),
+            backing = id.is_some(),
+            "open replied"
+        );
         match id {
             Some(id) => {
                 self.by_handle.lock().insert(opened.fh, Arc::clone(&id));

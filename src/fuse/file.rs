@@ -91,9 +91,18 @@ pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply:
 }
 
 pub(super) fn release(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
-    adapter.backing.release(fh.0);
-    let work =
-        move |fs: Arc<CachalotFs>| async move { reply_empty(&fs, reply, fs.release(fh.0).await) };
+    let kernel_mode = adapter.fs.kernel_mode_of(fh.0);
+    let backing = Arc::clone(&adapter.backing);
+    let work = move |fs: Arc<CachalotFs>| async move {
+        reply_empty(&fs, reply, fs.release(fh.0).await);
+        // The kernel ended the file's I/O mode while taking the reply:
+        // until then, other opens of the inode must still be passthrough,
+        // with its backing id.
+        if let Some((ino, passthrough)) = kernel_mode {
+            fs.kernel_released(ino, passthrough);
+        }
+        backing.release(fh.0);
+    };
     if adapter.fs.is_read_only_file(fh.0) {
         adapter.spawn(work);
     } else {

@@ -53,8 +53,13 @@ pub struct MountOptions {
     pub read_only: bool,
     pub allow_other: bool,
     pub identity: Option<Identity>,
-    /// FUSE passthrough for fully cached files (read-only mounts only).
+    /// FUSE passthrough for fully cached files (read-only mounts, unless
+    /// `passthrough_read_write`).
     pub passthrough: bool,
+    /// Passthrough on a read-write mount too, for files no writer holds:
+    /// descriptors opened that way keep their version when this mount
+    /// publishes another (see README, "Open files").
+    pub passthrough_read_write: bool,
     /// See [`FsConfig::mount_group`].
     pub mount_group: Option<u32>,
     /// Supplementary groups sent with `identity` (NFS AUTH_SYS).
@@ -111,6 +116,7 @@ impl MountOptions {
             allow_other: false,
             identity: None,
             passthrough: false,
+            passthrough_read_write: false,
             mount_group: None,
             groups: Vec::new(),
             s3: Default::default(),
@@ -173,7 +179,7 @@ fn fs_config(opts: &MountOptions) -> FsConfig {
         metadata_ttl: opts.metadata_ttl,
         read_only: opts.read_only,
         fixed_identity: opts.identity,
-        passthrough: opts.passthrough && opts.read_only,
+        passthrough: opts.passthrough && (opts.read_only || opts.passthrough_read_write),
         mount_group: opts.mount_group,
     }
 }

@@ -302,18 +302,57 @@ fn a_checked_whole_file_serves_the_first_open_after_a_remount_by_passthrough() {
 }
 
 #[test]
-fn read_write_mounts_never_use_passthrough() {
+fn read_write_mounts_use_no_passthrough_by_default() {
     let data = pattern(2 * MIB, 4);
     let d2 = data.clone();
     let m = Mount::with_prepare(&[], move |b| fs::write(b.join("f"), &d2).unwrap());
     read_all(&m.m("f")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(whole_files(m.cache_dir()), 0);
-    // A reader and a writer on the same file at once: both must work.
-    let reader = fs::File::open(m.m("f")).unwrap();
+}
+
+/// With `--passthrough-read-write` a fully read file is served by
+/// passthrough on a read-write mount too. A writer of a file that
+/// passthrough readers hold (which the kernel would refuse) gets a new
+/// inode for the name: the readers keep the version they opened, as with a
+/// file replaced by a rename, and later opens see the writer's.
+#[test]
+fn passthrough_on_a_read_write_mount_moves_the_name_on_for_a_writer() {
+    let data = pattern(2 * MIB, 4);
+    let d2 = data.clone();
+    let m = Mount::with_prepare(&["--passthrough-read-write"], move |b| {
+        fs::write(b.join("f"), &d2).unwrap()
+    });
+    let served = |s: &serde_json::Value| stat_u64(s, "cache_hits") + stat_u64(s, "backend_reads");
+    read_all(&m.m("f")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || whole_files(m.cache_dir()) == 1),
+        "the fully read file was not assembled into a whole file"
+    );
+    drop_caches();
+    let before = m.stats();
+    let mut reader = fs::File::open(m.m("f")).unwrap();
+    let mut head = vec![0u8; 4096];
+    std::io::Read::read_exact(&mut reader, &mut head).unwrap();
+    assert_eq!(
+        served(&before),
+        served(&m.stats()),
+        "a fully cached file on a read-write mount was read through cachalot"
+    );
+    // The writer's open must work while the passthrough reader holds the file.
     fs::write(m.m("f"), b"rewritten").unwrap();
-    drop(reader);
     assert_eq!(fs::read(m.b("f")).unwrap(), b"rewritten");
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"rewritten", "a later open");
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut rest).unwrap();
+    head.extend(rest);
+    assert_bytes_eq(&head, &data, "the reader keeps the version it opened");
+    drop(reader);
+    // And the new version is a file like any other: appended to, read back.
+    let mut appender = fs::OpenOptions::new().append(true).open(m.m("f")).unwrap();
+    appender.write_all(b" again").unwrap();
+    drop(appender);
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"rewritten again");
 }
 
 /// One cache directory is one cache: two mounts (two processes) share its

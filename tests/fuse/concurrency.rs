@@ -397,9 +397,16 @@ fn processes_writing_different_files_in_one_directory() {
 /// versions: every read sees exactly one complete version. `other_mount`: the readers
 /// use a second daemon on the same volume (metadata TTL 0s, so they follow at once).
 fn readers_see_complete_versions(mode: &str, other_mount: bool) {
-    let m = Mount::with_prepare(&["--page-size", "4KiB"], |b| {
-        fs::write(b.join("v"), version(0)).unwrap()
-    });
+    readers_see_complete_versions_with(mode, other_mount, &[]);
+}
+
+fn readers_see_complete_versions_with(mode: &str, other_mount: bool, extra: &[&str]) {
+    let args: Vec<&str> = ["--page-size", "4KiB"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let m = Mount::with_prepare(&args, |b| fs::write(b.join("v"), version(0)).unwrap());
     let reader_mount = other_mount.then(|| {
         let mut r = Mount::unmounted(&["--page-size", "4KiB", "--metadata-ttl", "0s"]);
         r.use_backing_dir(m.backing());
@@ -489,6 +496,15 @@ fn readers_see_complete_versions(mode: &str, other_mount: bool) {
 #[test]
 fn readers_see_complete_versions_during_rename_over() {
     readers_see_complete_versions("rename", false);
+}
+
+/// With passthrough on the read-write mount, each reader's open races the
+/// writer's: some become the inode's first passthrough open, others share
+/// it, others move the name on; none may fail (the kernel answers an open
+/// in the wrong mode with EIO; seen before the opens were ordered).
+#[test]
+fn readers_see_complete_versions_during_rename_over_with_passthrough() {
+    readers_see_complete_versions_with("rename", false, &["--passthrough-read-write"]);
 }
 
 #[test]

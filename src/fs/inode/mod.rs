@@ -47,8 +47,21 @@ pub struct Inode {
     /// Handles whose opener already closed them (release pending).
     pub closing: u32,
     /// Open handles served by FUSE passthrough: while there are any, every
-    /// open of this inode must be passthrough too (a kernel rule).
+    /// open of this inode must be passthrough too (a kernel rule). Counted
+    /// down only once the kernel got the RELEASE reply, like `kernel_opens`.
     pub passthrough_opens: u32,
+    /// Opens the kernel may still count in the inode's I/O mode (cached or
+    /// passthrough): from the open until the reply to their RELEASE was
+    /// sent, which is when the kernel ends a file's mode. Until then an
+    /// open of the other mode fails in the kernel (EIO), so a first
+    /// passthrough open needs this at 0 where `open_handles` (counted down
+    /// while the RELEASE is handled) is not enough.
+    pub kernel_opens: u32,
+    /// The version the passthrough opens read (their backing file's): an
+    /// open that must see another version, or write, cannot share the
+    /// inode with them (see `CachalotFs::open`). `None` while there are no
+    /// passthrough opens, or when a predecessor did not say.
+    pub passthrough_version: Option<VersionToken>,
     /// Version seen at the previous open: if unchanged, the kernel may keep
     /// its page cache (FOPEN_KEEP_CACHE).
     pub last_open_version: Option<VersionToken>,
@@ -125,9 +138,11 @@ impl Inode {
             write: None,
             writers: 0,
             open_handles: 0,
+            kernel_opens: 0,
             opening: 0,
             closing: 0,
             passthrough_opens: 0,
+            passthrough_version: None,
             last_open_version: None,
             unlinked: false,
             attached: true,

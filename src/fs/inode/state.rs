@@ -27,6 +27,7 @@ impl InodeTable {
                 open_handles: i.open_handles,
                 closing: i.closing,
                 passthrough_opens: i.passthrough_opens,
+                passthrough_version: i.passthrough_version.clone(),
                 last_open_version: i.last_open_version.clone(),
                 unlinked: i.unlinked,
                 attached: i.attached,
@@ -69,8 +70,10 @@ impl InodeTable {
             inode.nlookup = s.nlookup;
             inode.writers = s.writers;
             inode.open_handles = s.open_handles;
+            inode.kernel_opens = s.open_handles;
             inode.closing = s.closing;
             inode.passthrough_opens = s.passthrough_opens;
+            inode.passthrough_version = s.passthrough_version;
             inode.last_open_version = s.last_open_version;
             inode.unlinked = s.unlinked;
             inode.hidden = s.hidden;
