@@ -86,10 +86,10 @@ impl CachalotFs {
         }
         let wants_passthrough = self.passthrough_active() && !writable && !truncate;
         let whole = match (wants_passthrough, &attr) {
-            (true, a) if a.size > 0 => self.whole_file_for(&path, ino).await,
+            (true, a) if a.size > 0 => self.whole_file_for(&path, ino, a.size).await,
             _ => None,
         };
-        let (version, keep_cache, passthrough) = {
+        let decided = {
             let mut table = self.inodes.lock();
             let inode = table.get_mut(ino)?;
             // If the revalidation above found the file replaced behind the
@@ -103,39 +103,53 @@ impl CachalotFs {
                 // Without the whole file (evicted meanwhile) this open
                 // could not register the backing file should the open that
                 // did still be on its way to the kernel.
-                if !wants_passthrough
-                    || whole.is_none()
-                    || inode.write.is_some()
-                    || Self::held_by_other_passthrough(inode, false)
-                {
-                    return Err(self.move_off_passthrough(&mut table, ino));
-                }
-                Passthrough::Reuse(whole)
+                let shares = wants_passthrough
+                    && whole.is_some()
+                    && inode.write.is_none()
+                    && !Self::held_by_other_passthrough(inode, false);
+                shares.then_some(Passthrough::Reuse(whole))
             } else if !wants_passthrough || inode.write.is_some() {
-                Passthrough::No
+                Some(Passthrough::No)
             } else {
                 match whole {
-                    Some(file) if inode.kernel_opens == 0 => Passthrough::New(file),
-                    _ => Passthrough::No,
+                    Some(file) if inode.kernel_opens == 0 => Some(Passthrough::New(file)),
+                    _ => Some(Passthrough::No),
                 }
             };
-            let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
-            inode.open_handles += 1;
-            inode.kernel_opens += 1;
-            // Its writer count, taken at the start, now belongs to the handle.
-            opening.opened = true;
-            if !matches!(passthrough, Passthrough::No) {
-                inode.passthrough_opens += 1;
-                inode.passthrough_version.clone_from(&version);
+            match passthrough {
+                None => Err(self.move_off_passthrough(&mut table, ino)),
+                Some(passthrough) => {
+                    let inode = table.get_mut(ino)?;
+                    let version = inode.meta.as_ref().map(|(m, _)| m.version.clone());
+                    inode.open_handles += 1;
+                    inode.kernel_opens += 1;
+                    // Its writer count, taken at the start, now belongs to the handle.
+                    opening.opened = true;
+                    if !matches!(passthrough, Passthrough::No) {
+                        inode.passthrough_opens += 1;
+                        inode.passthrough_version.clone_from(&version);
+                    }
+                    let keep = inode.write.is_none()
+                        && version.is_some()
+                        && inode.last_open_version == version;
+                    inode.last_open_version = version.clone();
+                    Ok((
+                        version.unwrap_or(VersionToken(String::new())),
+                        keep,
+                        passthrough,
+                    ))
+                }
             }
-            let keep =
-                inode.write.is_none() && version.is_some() && inode.last_open_version == version;
-            inode.last_open_version = version.clone();
-            (
-                version.unwrap_or(VersionToken(String::new())),
-                keep,
-                passthrough,
-            )
+        };
+        let (version, keep_cache, passthrough) = match decided {
+            Ok(decided) => decided,
+            Err(moved_off) => {
+                // This open held off the removal of a hidden object (see
+                // `remove_hidden`): done now, if its last handle closed.
+                drop(opening);
+                self.remove_hidden(self.identity(caller), ino).await;
+                return Err(moved_off);
+            }
         };
         let fh = self.new_fh();
         let handle = FileHandle::new(

@@ -15,6 +15,12 @@ use super::CachalotFs;
 /// Tries to assemble a whole file after a read handle closed.
 const ASSEMBLY_ATTEMPTS: u32 = 10;
 
+/// Unchecked whole files up to this size are checked within the open that
+/// finds them (tens of milliseconds): a damaged one is gone before the
+/// open's reads, so they fetch and store every page again (and the file is
+/// assembled anew at its close). Larger ones are checked in the background.
+const CHECK_IN_OPEN_MAX_BYTES: u64 = 64 << 20;
+
 impl CachalotFs {
     /// Called by the adapter once the kernel granted FUSE passthrough.
     pub fn activate_passthrough(&self) {
@@ -102,15 +108,16 @@ impl CachalotFs {
         FsError::new(libc::ESTALE)
     }
 
-    /// A verified whole file for the inode's current version (checked by
-    /// this process, or still as an earlier check stamped it: passthrough
-    /// from the first open after a restart). One that must be read to be
-    /// checked is checked in the background, for later opens: this open
-    /// does not wait for it.
+    /// A verified whole file for the inode's current version of `size`
+    /// bytes (checked by this process, or still as an earlier check stamped
+    /// it: passthrough from the first open after a restart). One that must
+    /// be read to be checked is checked here if small, else in the
+    /// background for later opens (see [`CHECK_IN_OPEN_MAX_BYTES`]).
     pub(super) async fn whole_file_for(
         &self,
         path: &BackendPath,
         ino: u64,
+        size: u64,
     ) -> Option<std::fs::File> {
         let version = self
             .inodes
@@ -132,6 +139,12 @@ impl CachalotFs {
             tokio::task::spawn_blocking(move || {
                 if cache.trust_whole(&key) {
                     return (cache.verified_whole_file(&key), false);
+                }
+                if size <= CHECK_IN_OPEN_MAX_BYTES && cache.has_whole(&key) {
+                    return match cache.verify_whole(&key) {
+                        true => (cache.verified_whole_file(&key), false),
+                        false => (None, false),
+                    };
                 }
                 (None, cache.has_whole(&key))
             })
