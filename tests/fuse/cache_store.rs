@@ -182,19 +182,24 @@ fn kernel_page_cache_is_kept_while_unchanged_and_dropped_when_changed() {
     );
 }
 
-fn whole_files(cache: &std::path::Path) -> usize {
-    let mut n = 0;
+/// The whole files' parts (`meta` or `data`) under the cache dir.
+fn whole_file_parts(cache: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
     let mut stack = vec![cache.join("files")];
     while let Some(dir) = stack.pop() {
         for f in fs::read_dir(dir).into_iter().flatten().flatten() {
             if f.path().is_dir() {
                 stack.push(f.path());
-            } else if f.path().extension().is_some_and(|e| e == "meta") {
-                n += 1;
+            } else if f.path().extension().is_some_and(|e| e == ext) {
+                found.push(f.path());
             }
         }
     }
-    n
+    found
+}
+
+fn whole_files(cache: &std::path::Path) -> usize {
+    whole_file_parts(cache, "meta").len()
 }
 
 #[test]
@@ -232,22 +237,6 @@ fn read_only_mounts_serve_fully_cached_files_by_passthrough() {
     );
 }
 
-/// The whole data files under the cache dir.
-fn whole_data_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![cache.join("files")];
-    while let Some(dir) = stack.pop() {
-        for f in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if f.path().is_dir() {
-                stack.push(f.path());
-            } else if f.path().extension().is_some_and(|e| e == "data") {
-                found.push(f.path());
-            }
-        }
-    }
-    found
-}
-
 /// A whole file checked once (here: assembled from checked pages) is
 /// trusted by the next daemon while it is still exactly that file: the
 /// first open after a remount is already served by passthrough. One
@@ -265,15 +254,15 @@ fn a_checked_whole_file_serves_the_first_open_after_a_remount_by_passthrough() {
         wait_until(Duration::from_secs(30), || whole_files(m.cache_dir()) == 1),
         "the fully read file was not assembled into a whole file"
     );
-    m.remount();
-    drop_caches();
-    let before = m.stats();
-    assert_bytes_eq(
-        &read_all(&m.m("weights")).unwrap(),
-        &data,
-        "first open after the remount",
-    );
-    let after = m.stats();
+    // Remount, read it all: the stats before and after the read.
+    let reread = |m: &mut Mount, what: &str| {
+        m.remount();
+        drop_caches();
+        let before = m.stats();
+        assert_bytes_eq(&read_all(&m.m("weights")).unwrap(), &data, what);
+        (before, m.stats())
+    };
+    let (before, after) = reread(&mut m, "first open after the remount");
     assert_eq!(
         served(&before),
         served(&after),
@@ -281,20 +270,12 @@ fn a_checked_whole_file_serves_the_first_open_after_a_remount_by_passthrough() {
     );
 
     // Same size, other bytes: the stamp no longer holds.
-    let files = whole_data_files(m.cache_dir());
+    let files = whole_file_parts(m.cache_dir(), "data");
     assert_eq!(files.len(), 1, "{files:?}");
     let mut f = fs::OpenOptions::new().write(true).open(&files[0]).unwrap();
     f.write_all(b"rotten").unwrap();
     drop(f);
-    m.remount();
-    drop_caches();
-    let before = m.stats();
-    assert_bytes_eq(
-        &read_all(&m.m("weights")).unwrap(),
-        &data,
-        "a whole file changed behind the cache",
-    );
-    let after = m.stats();
+    let (before, after) = reread(&mut m, "a whole file changed behind the cache");
     assert!(
         served(&after) > served(&before),
         "a changed whole file was handed to the kernel: {before} vs {after}"
