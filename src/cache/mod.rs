@@ -109,6 +109,12 @@ pub struct CacheStats {
     pub index_ready: bool,
 }
 
+/// Whole-file metas kept parsed (see `PageStore::whole_metas`).
+const WHOLE_METAS_KEPT: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(256) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
+
 pub struct PageStore {
     cfg: PageStoreConfig,
     /// Held shared while the store is open: a process that can take it
@@ -117,6 +123,11 @@ pub struct PageStore {
     /// Whole files this process checked completely: only those are handed
     /// to the kernel for passthrough.
     verified_whole: Mutex<HashSet<String>>,
+    /// Parsed metas of whole files recently read through cachalot, by
+    /// stem: a page read from a whole file would otherwise read and parse
+    /// its JSON (a crc per page) every time. An object's meta never changes
+    /// (its stem names one version), so an entry is only ever removed.
+    whole_metas: Mutex<lru::LruCache<String, Arc<whole::WholeMeta>>>,
     open_pages: open_pages::OpenPages,
     index: Mutex<Index>,
     ledger: Ledger,
@@ -191,6 +202,7 @@ impl PageStore {
         let store = Arc::new(PageStore {
             _users: users,
             verified_whole: Mutex::new(HashSet::new()),
+            whole_metas: Mutex::new(lru::LruCache::new(WHOLE_METAS_KEPT)),
             open_pages: open_pages::OpenPages::new(),
             index: Mutex::new(Index::default()),
             ledger,
@@ -411,6 +423,7 @@ impl PageStore {
         let freed = match name.strip_prefix(WHOLE_PREFIX) {
             Some(object) => {
                 self.verified_whole.lock().remove(object);
+                self.whole_metas.lock().pop(object);
                 whole::remove(&self.files_dir(entry.volume), object)
             }
             None => {

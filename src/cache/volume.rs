@@ -286,9 +286,27 @@ impl VolumeCache {
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The meta of `key`'s whole file, parsed once (see
+    /// `PageStore::whole_metas`).
+    fn whole_meta(&self, key: &PageKey) -> Option<Arc<whole::WholeMeta>> {
+        let stem = key.object_stem();
+        let kept = self.store.whole_metas.lock().get(&stem).cloned();
+        if let Some(meta) = kept.filter(|m| m.object == key.object_id()) {
+            return Some(meta);
+        }
+        let meta = Arc::new(whole::read_meta(&self.files_dir, key)?);
+        self.store.whole_metas.lock().put(stem, Arc::clone(&meta));
+        Some(meta)
+    }
+
     fn get_from_whole(&self, key: &PageKey) -> Option<Vec<u8>> {
-        let meta = whole::read_meta(&self.files_dir, key)?;
+        let meta = self.whole_meta(key)?;
         let data = whole::read_page(&self.files_dir, key, &meta);
+        if data.is_none() && !self.has_whole(key) {
+            // Removed meanwhile (evicted by another process): not damage.
+            self.store.whole_metas.lock().pop(&key.object_stem());
+            return None;
+        }
         if data.is_some() {
             self.store
                 .index
@@ -308,6 +326,7 @@ impl VolumeCache {
             .lock()
             .pop(&format!("{WHOLE_PREFIX}{stem}"));
         self.store.verified_whole.lock().remove(stem);
+        self.store.whole_metas.lock().pop(stem);
         let freed = whole::remove(&self.files_dir, stem);
         if freed > 0 {
             let _ = self.store.ledger.release(freed);
