@@ -104,10 +104,9 @@ impl CachalotFs {
                 // could not register the backing file should the open that
                 // did still be on its way to the kernel.
                 let shares = wants_passthrough
-                    && whole.is_some()
                     && inode.write.is_none()
                     && !Self::held_by_other_passthrough(inode, false);
-                shares.then_some(Passthrough::Reuse(whole))
+                whole.filter(|_| shares).map(Passthrough::Reuse)
             } else if !wants_passthrough || inode.write.is_some() {
                 Some(Passthrough::No)
             } else {

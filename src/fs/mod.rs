@@ -131,7 +131,7 @@ pub enum Passthrough {
     /// earlier passthrough open. That open's reply may still be on its way
     /// (replies of concurrent opens overtake each other): this one carries
     /// the whole file too, to register it first if so.
-    Reuse(Option<std::fs::File>),
+    Reuse(std::fs::File),
 }
 
 pub struct CachalotFs {

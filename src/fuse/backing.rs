@@ -54,7 +54,7 @@ impl BackingIds {
             match (&opened.passthrough, live) {
                 (Passthrough::No, _) => None,
                 (_, Some(existing)) => Some(existing),
-                (Passthrough::New(file), None) | (Passthrough::Reuse(Some(file)), None) => {
+                (Passthrough::New(file), None) | (Passthrough::Reuse(file), None) => {
                     match reply.open_backing(file) {
                         Ok(id) => {
                             let id = Arc::new(id);
@@ -68,9 +68,6 @@ impl BackingIds {
                         }
                     }
                 }
-                // No file to register (evicted meanwhile) and none
-                // registered: through cachalot.
-                (Passthrough::Reuse(None), None) => None,
             }
         };
         tracing::trace!(
