@@ -188,19 +188,65 @@ impl EncodeMetric for HistogramValue<'_> {
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(self.per_bucket.len());
-        for (i, n) in self.per_bucket.iter().enumerate() {
-            cumulative += n;
-            let le = self.bounds.get(i).copied().unwrap_or(f64::MAX);
-            buckets.push((le, cumulative));
-        }
+        // The encoder adds the buckets up itself: it takes per-bucket
+        // counts (f64::MAX is its +Inf).
+        let buckets: Vec<(f64, u64)> = self
+            .per_bucket
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (self.bounds.get(i).copied().unwrap_or(f64::MAX), n))
+            .collect();
+        let count = self.per_bucket.iter().sum();
         encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            self.sum, cumulative, &buckets, None,
+            self.sum, count, &buckets, None,
         )
     }
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::collector::Collector;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_once_and_end_at_the_count() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(OneHistogram));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("encoding a histogram");
+        let bucket = |le: &str| -> u64 {
+            let key = format!("t_seconds_bucket{{le=\"{le}\"}} ");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&key))
+                .unwrap_or_else(|| panic!("no bucket le={le} in\n{text}"));
+            line[key.len()..].parse().expect("a count")
+        };
+        assert_eq!(bucket("0.001"), 2, "{text}");
+        assert_eq!(bucket("0.01"), 2, "{text}");
+        assert_eq!(bucket("0.1"), 5, "{text}");
+        assert_eq!(bucket("+Inf"), 6, "{text}");
+        assert!(text.contains("t_seconds_count 6\n"), "{text}");
+    }
+
+    #[derive(Debug)]
+    struct OneHistogram;
+
+    impl Collector for OneHistogram {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let value = HistogramValue {
+                bounds: &[0.001, 0.01, 0.1],
+                per_bucket: vec![2, 0, 3, 1],
+                sum: 1.5,
+            };
+            let metric =
+                enc.encode_descriptor("t", "test", Some(&Unit::Seconds), MetricType::Histogram)?;
+            value.encode(metric)
+        }
     }
 }
