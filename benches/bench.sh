@@ -30,6 +30,12 @@
 #          warm (read again); seq 1 MiB reads, 4 jobs at 4 offsets: cold and
 #          page-store warm; random 4 KiB reads for BENCH_RUNTIME s (IOPS): cold
 #          and page-store warm. Native has cold and (kernel-cache) warm.
+#   cached a --read-only mount (passthrough, the default there) whose cache
+#          holds the whole file: read once, assembled into one whole file,
+#          then unmounted and mounted again on the same cache dir; then seq
+#          1 MiB reads, 1 job, from the first open (drop_caches first), again
+#          (kernel-cache warm), and random 4 KiB reads (drop_caches first).
+#          Native: cold, kernel-cache warm, random cold, in the same rounds.
 #   write  sequential write of BENCH_SIZE in 1 MiB writes + fsync (MiB/s)
 #   small  create BENCH_FILES files of 4 KiB (s); read them all cold (after
 #          drop_caches, fresh mount) and warm (read again at once) (s)
@@ -56,7 +62,7 @@
 #   BENCH_RUNTIME  seconds per random-read run (default 10)
 #   BENCH_DIR      where the work dir goes (default target/bench); must be on a
 #                  disk, not tmpfs, for the cold numbers to mean anything
-#   BENCH_ONLY     row groups to run (default "read write small meta nfs s3")
+#   BENCH_ONLY     row groups to run (default "read cached write small meta nfs s3")
 #   BENCH_NO_BUILD=1     do not run cargo build (binaries must exist)
 #   BENCH_CACHALOT_ARGS  extra `cachalot mount` arguments (e.g. "--page-size 4MiB")
 #   BENCH_KEEP=1         keep the work dir (raw values, fio JSON, logs)
@@ -89,7 +95,7 @@ BENCH_FILES="${BENCH_FILES:-10000}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_RUNTIME="${BENCH_RUNTIME:-10}"
 BENCH_DIR="${BENCH_DIR:-$REPO_ROOT/target/bench}"
-BENCH_ONLY="${BENCH_ONLY:-read write small meta nfs s3}"
+BENCH_ONLY="${BENCH_ONLY:-read cached write small meta nfs s3}"
 BENCH_CACHALOT_ARGS="${BENCH_CACHALOT_ARGS:-}"
 FIO_DIR="$REPO_ROOT/benches/fio"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
@@ -112,7 +118,7 @@ for v in BENCH_FILES BENCH_ROUNDS BENCH_RUNTIME; do
     case "${!v}" in '' | *[!0-9]* | 0) die "$v must be a positive integer, got '${!v}'" ;; esac
 done
 for g in $BENCH_ONLY; do
-    case "$g" in read | write | small | meta | nfs | s3) ;; *) die "unknown group '$g' in BENCH_ONLY (have: read write small meta nfs s3)" ;; esac
+    case "$g" in read | cached | write | small | meta | nfs | s3) ;; *) die "unknown group '$g' in BENCH_ONLY (have: read cached write small meta nfs s3)" ;; esac
 done
 want() { case " $BENCH_ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac }
 
@@ -412,14 +418,15 @@ vm_hwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 MOUNT_SEQ=0
 
 # start_cachalot KIND SOURCE [ARGS...]: fresh mount at $WORK/mnt-KIND with an
-# empty cache dir; TROOT = the mountpoint.
+# empty cache dir (KEEP_CACHE=1: the cache dir as the last mount left it);
+# TROOT = the mountpoint.
 start_cachalot() {
     local kind="$1" source="$2"
     shift 2
     local mp="$WORK/mnt-$kind" cache="$WORK/cache-$kind"
     MOUNT_SEQ=$((MOUNT_SEQ + 1))
     local logf="$LOGS/cachalot-$kind-$MOUNT_SEQ.log"
-    rm -rf "$cache"
+    [ "${KEEP_CACHE:-0}" = 1 ] || rm -rf "$cache"
     mkdir -p "$mp" "$cache"
     # shellcheck disable=SC2086 # BENCH_CACHALOT_ARGS is a word list
     "$CACHALOT" mount "$source" "$mp" --cache-dir "$cache" --foreground "$@" $BENCH_CACHALOT_ARGS \
@@ -528,6 +535,47 @@ big_reads() {
 work_seq1() { big_reads seq1 seq-read bw "$1"; }
 work_seq4() { big_reads seq4 seq-read-4jobs bw "$1"; }
 work_rand() { big_reads rand rand-read iops "$1"; }
+
+# wait_whole CACHE_DIR: wait (up to 120 s) until the cache holds an assembled
+# whole file (its .meta under files/).
+wait_whole() {
+    local i
+    for i in $(seq 1 1200); do
+        find "$1/files" -name '*.meta' 2>/dev/null | grep -q . && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# Reads of a fully cached file on a --read-only mount, from the first open
+# after a remount (see the header).
+work_cached() {
+    local t="$1" f
+    if [ "$t" = native ]; then
+        f="$BACKING/$DATA"
+        drop_caches
+        fio_rec seq-read "$f" "cached.cold.$t" bw || true
+        fio_rec seq-read "$f" "cached.kwarm.$t" bw || true
+        drop_caches
+        fio_rec rand-read "$f" "cached.rand.$t" iops || true
+        return 0
+    fi
+    start_cachalot file "file://$BACKING" --read-only
+    if ! populate "$TROOT/$DATA" || ! wait_whole "$WORK/cache-file"; then
+        failed "cached.cold.$t" "the whole file was not read through the mount or not assembled within 120 s"
+        close_target cachalot cached
+        return 0
+    fi
+    stop_mount "$WORK/mnt-file"
+    KEEP_CACHE=1 start_cachalot file "file://$BACKING" --read-only
+    f="$TROOT/$DATA"
+    drop_caches
+    fio_rec seq-read "$f" "cached.cold.$t" bw || true
+    fio_rec seq-read "$f" "cached.kwarm.$t" bw || true
+    drop_caches
+    fio_rec rand-read "$f" "cached.rand.$t" iops || true
+    close_target cachalot cached
+}
 
 work_write() {
     local t="$1" f="write-$1-$ROUND.bin" secs
@@ -809,6 +857,9 @@ if want read; then
     rounds seq4 "${FILE_TARGETS[@]}"
     rounds rand "${FILE_TARGETS[@]}"
 fi
+if want cached; then
+    rounds cached native cachalot
+fi
 if want write; then
     rounds write "${FILE_TARGETS[@]}"
 fi
@@ -878,6 +929,9 @@ MED_ROWS = [  # key, label, unit
     ("seq4.warm", "seq read 1 MiB, 4 jobs: page-store warm", "MiB/s"),
     ("rand.cold", "rand read 4 KiB: cold", "IOPS"),
     ("rand.warm", "rand read 4 KiB: page-store warm", "IOPS"),
+    ("cached.cold", "read-only mount, whole file cached: seq 1 job, first open after remount", "MiB/s"),
+    ("cached.kwarm", "read-only mount, whole file cached: seq 1 job, kernel-cache warm", "MiB/s"),
+    ("cached.rand", "read-only mount, whole file cached: rand 4 KiB", "IOPS"),
     ("write", "seq write 1 MiB + fsync", "MiB/s"),
     ("create", f"create {n} files of 4 KiB", "s"),
     ("small_cold", f"read {n} small files: cold", "s"),
@@ -909,6 +963,9 @@ RATIOS = [  # label, cachalot key, other key, kind, goal (throughput ratio, or t
     ("rand 4 KiB: cold vs native cold", "rand.cold.cachalot", "rand.cold.native", TP, 0.7),
     ("rand 4 KiB: page-store warm vs native cold", "rand.warm.cachalot", "rand.cold.native", TP, 0.8),
     ("rand 4 KiB: page-store warm vs rclone warm", "rand.warm.cachalot", "rand.warm.rclone", TP, 3.0),
+    ("cached, seq 1 job: first open after remount vs native cold", "cached.cold.cachalot", "cached.cold.native", TP, 0.9),
+    ("cached, seq 1 job: kernel-cache warm vs native warm", "cached.kwarm.cachalot", "cached.kwarm.native", TP, 0.95),
+    ("cached, rand 4 KiB vs native cold", "cached.rand.cachalot", "cached.rand.native", TP, 0.8),
     ("seq write + fsync vs native", "write.cachalot", "write.native", TP, 0.7),
     ("seq write + fsync vs rclone", "write.cachalot", "write.rclone", TP, None),
     (f"create {n} files vs native", "create.cachalot", "create.native", TIME, 3.0),

@@ -24,6 +24,9 @@ pub struct MountSpec {
     pub page_size: Option<u64>,
     pub metadata_ttl_ms: Option<u64>,
     pub read_only: bool,
+    /// `--passthrough-read-write`; absent in records written before it.
+    #[serde(default)]
+    pub passthrough_read_write: bool,
     pub owner: Option<(u32, u32)>,
     pub mount_group: Option<u32>,
     /// S3 endpoint (`--endpoint`, with `--path-style`) and region; absent
@@ -70,6 +73,7 @@ impl MountSpec {
             page_size: cache.page_size,
             metadata_ttl_ms: cache.metadata_ttl.map(|d| d.as_millis() as u64),
             read_only: read_only || cache.read_only,
+            passthrough_read_write: cache.passthrough_read_write,
             owner: owner.map(|i| (i.uid, i.gid)),
             mount_group,
             s3_endpoint,
@@ -101,6 +105,9 @@ impl MountSpec {
         }
         if self.read_only {
             a.push("--read-only".into());
+        }
+        if self.passthrough_read_write {
+            a.push("--passthrough-read-write".into());
         }
         if let Some((u, g)) = self.owner {
             a.extend(["--uid".into(), u.to_string(), "--gid".into(), g.to_string()]);
@@ -211,5 +218,28 @@ mod tests {
         let opts = spec.options(None).unwrap();
         let globs: Vec<&str> = opts.warm.iter().map(|g| g.as_str()).collect();
         assert_eq!(globs, ["*.bin", "-odd/**"]);
+    }
+
+    #[test]
+    fn passthrough_read_write_reaches_the_mount_options() {
+        let spec = |passthrough_read_write| {
+            let knobs = CacheKnobs {
+                passthrough_read_write,
+                ..CacheKnobs::default()
+            };
+            let spec = MountSpec::new(
+                &Source::parse("file:///tmp").unwrap(),
+                "/st".into(),
+                "/c".into(),
+                &knobs,
+                false,
+                None,
+                None,
+            );
+            spec.options(None).unwrap()
+        };
+        let on = spec(true);
+        assert!(on.passthrough && on.passthrough_read_write && !on.read_only);
+        assert!(!spec(false).passthrough_read_write);
     }
 }

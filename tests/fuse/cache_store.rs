@@ -367,7 +367,11 @@ fn two_mounts_on_one_cache_dir_share_its_quota_and_the_small_one_is_not_starved(
         stat_u64(&after, "prefetch_in_flight") == 0
             && stat_u64(&before, "cache_volume_bytes") == stat_u64(&after, "cache_volume_bytes")
     };
-    assert!(wait_until(Duration::from_secs(10), quiet));
+    assert!(
+        wait_until(Duration::from_secs(10), quiet),
+        "mount a's read-ahead did not settle: {}",
+        a.stats()
+    );
     assert_bytes_eq(
         &read_all(&b.m("small")).unwrap(),
         &small,

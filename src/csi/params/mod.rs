@@ -53,6 +53,7 @@ const STORAGE_CLASS_KEYS: &[&str] = &[
     "pageSize",
     "metadataTTL",
     "readOnly",
+    "passthroughReadWrite",
     "warm",
     "authenticationSource",
     "roleArn",
@@ -68,6 +69,7 @@ const CONTEXT_KEYS: &[&str] = &[
     "pageSize",
     "metadataTTL",
     "readOnly",
+    "passthroughReadWrite",
     "warm",
     "uid",
     "gid",
@@ -131,6 +133,9 @@ pub struct CacheKnobs {
     pub page_size: Option<u64>,
     pub metadata_ttl: Option<Duration>,
     pub read_only: bool,
+    /// FUSE passthrough on read-write mounts too (`cachalot mount
+    /// --passthrough-read-write`); read-only mounts use it anyway.
+    pub passthrough_read_write: bool,
     /// Globs of the files NodeStage warms up in the background.
     pub warm: Vec<String>,
     /// The volume's byte quota: the PVC size of a provisioned volume (set
@@ -154,6 +159,9 @@ impl CacheKnobs {
         if self.read_only {
             ctx.insert("readOnly".into(), "true".into());
         }
+        if self.passthrough_read_write {
+            ctx.insert("passthroughReadWrite".into(), "true".into());
+        }
         if !self.warm.is_empty() {
             ctx.insert("warm".into(), self.warm.join(","));
         }
@@ -172,6 +180,7 @@ impl CacheKnobs {
                 self.metadata_ttl = Some(crate::cli::parse_duration(value).map_err(named)?)
             }
             "readOnly" => self.read_only = parse_bool(key, value)?,
+            "passthroughReadWrite" => self.passthrough_read_write = parse_bool(key, value)?,
             "warm" => self.warm = parse_globs(value).map_err(named)?,
             "capacity" => self.capacity = Some(crate::cli::parse_size(value).map_err(named)?),
             _ => return Ok(false),
@@ -276,7 +285,14 @@ impl VolumeParams {
             .unwrap_or(DEFAULT_MOUNT_PERMISSIONS);
         let owner = parse_owner(get("uid"), get("gid"))?;
         let mut cache = CacheKnobs::default();
-        for key in ["cacheSize", "pageSize", "metadataTTL", "readOnly", "warm"] {
+        for key in [
+            "cacheSize",
+            "pageSize",
+            "metadataTTL",
+            "readOnly",
+            "passthroughReadWrite",
+            "warm",
+        ] {
             if let Some(v) = get(key) {
                 cache.set(key, v)?;
             }

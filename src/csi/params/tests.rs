@@ -20,6 +20,7 @@ fn parses_a_full_local_storage_class() {
         ("pageSize", "256KiB"),
         ("metadataTTL", "500ms"),
         ("readOnly", "false"),
+        ("passthroughReadWrite", "true"),
         ("warm", " *.safetensors ,config/** ,"),
         (PVC_NAME_KEY, "data"),
         (PVC_NAMESPACE_KEY, "team-a"),
@@ -39,6 +40,7 @@ fn parses_a_full_local_storage_class() {
     let ctx = p.volume_context();
     assert_eq!(ctx["cacheSize"], (1u64 << 30).to_string());
     assert_eq!(ctx["warm"], "*.safetensors,config/**");
+    assert_eq!(ctx["passthroughReadWrite"], "true");
     let node = NodeParams::parse(&ctx).unwrap();
     assert_eq!(node.cache, p.cache);
     assert_eq!(node.owner, p.owner);
