@@ -1,4 +1,5 @@
 pub mod backend;
+pub mod buffers;
 pub mod cache;
 pub mod cli;
 pub mod csi;

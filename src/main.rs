@@ -296,14 +296,18 @@ fn run_doctor(args: DoctorArgs) -> Result<()> {
 }
 
 /// Two malloc arenas, not eight per core: with many threads each freeing
-/// page-sized buffers another allocated, glibc kept freed memory in every
-/// arena, and a mount holding a 64 MiB memory tier grew to 180-270 MiB
-/// resident (now 120-190; fixing the mmap threshold instead cut that
-/// further but cost a third of the read throughput in page faults).
+/// blocks another allocated, glibc kept freed memory in every arena, and a
+/// mount holding a 64 MiB memory tier grew to 180-270 MiB resident. Pages
+/// themselves live in `cachalot::buffers` (mappings of their own, reused).
+/// And a fixed mmap threshold of 4 MiB: glibc's adaptive one rose up to
+/// 32 MiB once a big block was freed, after which each FUSE worker's 16 MiB
+/// request buffer came from an arena, zeroed there and so resident whole
+/// (16 MiB per mount at start, with no request read yet).
 fn keep_resident_memory_close_to_use() {
     // SAFETY: mallopt only changes the allocator's parameters.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 

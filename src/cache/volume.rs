@@ -3,7 +3,7 @@
 //! counters; space and eviction are the store's.
 
 use std::fs::{self, File};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use std::os::unix::fs::FileExt;
+
+use crate::buffers::PageBuffer;
 
 use super::counters::Counters;
 use super::index::{now_millis, Entry, VolumeTag};
@@ -111,27 +114,23 @@ impl VolumeCache {
     pub fn get_bytes(&self, key: &PageKey) -> Option<Bytes> {
         let stem = key.file_stem();
         let path = self.path_of(&stem);
-        let read = File::open(&path).and_then(|mut f| {
+        let read = File::open(&path).and_then(|f| {
             let meta = f.metadata()?;
-            let mut bytes = Vec::with_capacity(meta.len() as usize);
-            f.read_to_end(&mut bytes)?;
+            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+            let bytes = PageBuffer::read_at(&f, 0, len)?;
             Ok((f, meta, bytes))
         });
         let (f, meta, file) = match read {
             Ok(read) => read,
-            Err(e) => {
-                return self
-                    .not_stored(key, &stem, &path, &e, |data| data)
-                    .map(Bytes::from)
-            }
+            Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
         };
-        match page::decode(key, &file) {
+        match page::decode(key, file.as_slice()) {
             Ok(data) => {
                 // Where the data lies in the file (decode returns a part of it).
-                let at = data.as_ptr() as usize - file.as_ptr() as usize;
+                let at = data.as_ptr() as usize - file.as_slice().as_ptr() as usize;
                 let range = at..at + data.len();
                 self.hit(stem, &f, &meta);
-                Some(Bytes::from(file).slice(range))
+                Some(file.freeze().slice(range))
             }
             Err(why) => {
                 self.drop_corrupt(stem, &path, file.len() as u64, &why);
@@ -256,14 +255,14 @@ impl VolumeCache {
 
     /// No page file for `key` (or it cannot be opened): serve the page from
     /// a whole file if there is one (through `pick`), else count a miss.
-    fn not_stored(
+    fn not_stored<T>(
         &self,
         key: &PageKey,
         stem: &str,
         path: &Path,
         e: &io::Error,
-        pick: impl FnOnce(Vec<u8>) -> Vec<u8>,
-    ) -> Option<Vec<u8>> {
+        pick: impl FnOnce(Bytes) -> T,
+    ) -> Option<T> {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::debug!(path = %path.display(), error = %e, "page read failed; reading from backend");
         }
@@ -312,7 +311,6 @@ impl VolumeCache {
         let page_end = page_start.saturating_add(meta.page_size).min(meta.size);
         let start = page_start.saturating_add(offset_in_page).min(page_end);
         let end = start.saturating_add(len as u64).min(page_end);
-        use std::os::unix::fs::FileExt;
         let file = File::open(whole::data_path(&self.files_dir, &stem)).ok()?;
         let mut buf = vec![0u8; (end - start) as usize];
         file.read_exact_at(&mut buf, start).ok()?;
@@ -336,7 +334,7 @@ impl VolumeCache {
         Some(meta)
     }
 
-    fn get_from_whole(&self, key: &PageKey) -> Option<Vec<u8>> {
+    fn get_from_whole(&self, key: &PageKey) -> Option<Bytes> {
         let meta = self.whole_meta(key)?;
         let data = whole::read_page(&self.files_dir, key, &meta);
         if data.is_none() && !self.has_whole(key) {

@@ -10,6 +10,10 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+
+use bytes::Bytes;
+
+use crate::buffers::PageBuffer;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -123,14 +127,14 @@ pub fn read_meta(files_dir: &Path, key: &PageKey) -> Option<WholeMeta> {
 }
 
 /// One page of a whole file, verified against its recorded crc.
-pub fn read_page(files_dir: &Path, key: &PageKey, meta: &WholeMeta) -> Option<Vec<u8>> {
+pub fn read_page(files_dir: &Path, key: &PageKey, meta: &WholeMeta) -> Option<Bytes> {
     let crc = *meta.page_crcs.get(key.index as usize)?;
     let offset = key.index * meta.page_size;
     let len = meta.page_size.min(meta.size.saturating_sub(offset)) as usize;
     let file = File::open(data_path(files_dir, &key.object_stem())).ok()?;
-    let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, offset).ok()?;
-    (crc32c::crc32c(&buf) == crc).then_some(buf)
+    let mut buf = PageBuffer::new(len);
+    file.read_exact_at(buf.as_mut_slice(), offset).ok()?;
+    (crc32c::crc32c(buf.as_slice()) == crc).then(|| buf.freeze())
 }
 
 /// Check every page of a whole file; true if all match.

@@ -2,6 +2,7 @@
 //! each read).
 
 use super::*;
+use crate::buffers::PageBuffer;
 
 pub(super) struct LocalReader {
     pub(super) file: Arc<File>,
@@ -10,21 +11,6 @@ pub(super) struct LocalReader {
     pub(super) path: BackendPath,
     pub(super) shared: Arc<Shared>,
     pub(super) id: Identity,
-}
-
-pub(super) fn read_full_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 #[async_trait]
@@ -46,11 +32,11 @@ impl ObjectReader for LocalReader {
         let version = self.version.clone();
         self.shared
             .run(self.id, "read", &self.path, move |_| {
-                let data = read_full_at(&file, offset, len)?;
+                let data = PageBuffer::read_at(&file, offset, len)?;
                 if metadata_of(&sys_fstat(file.as_raw_fd())?).version != version {
                     return Err(io::Error::from_raw_os_error(libc::ESTALE));
                 }
-                Ok(bytes::Bytes::from(data))
+                Ok(data.freeze())
             })
             .await
     }

@@ -3,8 +3,8 @@
 //! again for a suspended write, written, and published by a rename (or by
 //! copying into the file) or removed.
 
-use super::read::read_full_at;
 use super::*;
+use crate::buffers::PageBuffer;
 
 /// fchmod with the exact mode (the daemon's umask does not apply).
 fn fchmod(file: &File, mode: u32) -> io::Result<()> {
@@ -111,7 +111,7 @@ impl PendingWrite for LocalPendingWrite {
         let temp = BackendPath::parse(&self.temp_name).unwrap_or_default();
         self.shared
             .run(self.id, "read temp file", &temp, move |_| {
-                read_full_at(&file, offset, len)
+                PageBuffer::read_at(&file, offset, len).map(|buf| buf.as_slice().to_vec())
             })
             .await
     }

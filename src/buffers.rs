@@ -1,0 +1,268 @@
+//! Page buffers: page-sized blocks in anonymous mappings of their own,
+//! reused through a bounded free list, handed out as `Bytes`.
+//!
+//! Why not the heap: the page store and the local backend read one page
+//! (1 MiB by default) per request, on many threads. Once glibc's adaptive
+//! mmap threshold has risen past that size it serves such blocks from its
+//! arenas and keeps tens of MiB of freed ones resident: a mount with its
+//! 64 MiB memory tier peaked at 175-190 MiB. Mapping every block instead (a
+//! fixed, lower threshold) kept memory close to use but cost a third of the
+//! read throughput in page faults. Here a buffer is mapped (prefaulted) once
+//! and comes back to the free list when the last `Bytes` of it is dropped;
+//! beyond the list's bound it is unmapped, so memory no read holds goes back
+//! to the system.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use memmap2::{MmapMut, MmapOptions};
+
+/// Freed buffers kept for reuse, in bytes over all sizes.
+const FREE_MAX_BYTES: usize = 32 << 20;
+
+/// Mapped sizes are rounded up to a multiple of this after adding
+/// [`HEADROOM`], so that a page (read from the backend) and a page file (a
+/// page plus its header) share one size class: a free list filled with one
+/// class while the other is asked for would map and unmap at every read.
+const SIZE_CLASS: usize = 256 << 10;
+
+/// Room for a page file's header (36 bytes, the object id, 4 bytes per
+/// checksum block).
+const HEADROOM: usize = 16 << 10;
+
+/// The mapped size of a buffer of `len` bytes.
+fn size_class(len: usize) -> usize {
+    (len + HEADROOM).div_ceil(SIZE_CLASS) * SIZE_CLASS
+}
+
+/// Smaller buffers come from the heap, which serves them well.
+const MIN_MAPPED: usize = 128 << 10;
+
+/// Mappings given back, by size, for reuse; at most `max_bytes` of them.
+struct Pool {
+    free: parking_lot::Mutex<FreeList>,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct FreeList {
+    by_size: HashMap<usize, Vec<MmapMut>>,
+    bytes: usize,
+}
+
+/// The process's pool, shared by its mounts.
+static POOL: LazyLock<Pool> = LazyLock::new(|| Pool::new(FREE_MAX_BYTES));
+
+impl Pool {
+    fn new(max_bytes: usize) -> Pool {
+        Pool {
+            free: Default::default(),
+            max_bytes,
+        }
+    }
+
+    fn take(&self, size: usize) -> Option<MmapMut> {
+        {
+            let mut free = self.free.lock();
+            if let Some(map) = free.by_size.get_mut(&size).and_then(Vec::pop) {
+                free.bytes -= size;
+                return Some(map);
+            }
+        }
+        // Not prefaulted: only the pages a buffer's uses touch become
+        // resident (the headroom mostly stays untouched), and they stay so
+        // while it is reused.
+        match MmapOptions::new().len(size).map_anon() {
+            Ok(map) => Some(map),
+            Err(e) => {
+                tracing::debug!(error = %e, size, "mapping a page buffer failed; using the heap");
+                None
+            }
+        }
+    }
+
+    fn give_back(&self, map: MmapMut) {
+        let size = map.len();
+        let mut free = self.free.lock();
+        if free.bytes + size <= self.max_bytes {
+            free.bytes += size;
+            free.by_size.entry(size).or_default().push(map);
+        }
+        // else: dropped here, unmapped.
+    }
+}
+
+enum Storage {
+    Mapped(MmapMut, &'static Pool),
+    Heap(Vec<u8>),
+}
+
+/// A buffer of `len` bytes to read into. Its contents are not cleared
+/// between uses: fill all of it, or `truncate` it to what was filled.
+pub struct PageBuffer {
+    storage: Storage,
+    len: usize,
+}
+
+impl PageBuffer {
+    pub fn new(len: usize) -> PageBuffer {
+        PageBuffer::from_pool(&POOL, len)
+    }
+
+    fn from_pool(pool: &'static Pool, len: usize) -> PageBuffer {
+        let storage = match len >= MIN_MAPPED {
+            true => pool
+                .take(size_class(len))
+                .map(|map| Storage::Mapped(map, pool)),
+            false => None,
+        };
+        PageBuffer {
+            storage: storage.unwrap_or_else(|| Storage::Heap(vec![0; len])),
+            len,
+        }
+    }
+
+    /// Up to `len` bytes of `file` from `offset` (fewer at its end).
+    pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<PageBuffer> {
+        let mut buf = PageBuffer::new(len);
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf.as_mut_slice()[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped(map, _) => &map[..self.len],
+            Storage::Heap(vec) => &vec[..self.len],
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            Storage::Mapped(map, _) => &mut map[..self.len],
+            Storage::Heap(vec) => &mut vec[..self.len],
+        }
+    }
+
+    /// The buffer as `Bytes`, without a copy; it returns to the free list
+    /// when the last of them (and their slices) is dropped.
+    pub fn freeze(self) -> Bytes {
+        match self.storage {
+            Storage::Heap(mut vec) => {
+                vec.truncate(self.len);
+                Bytes::from(vec)
+            }
+            Storage::Mapped(map, pool) => Bytes::from_owner(Returning {
+                map: Some(map),
+                len: self.len,
+                pool,
+            }),
+        }
+    }
+}
+
+/// Owner of a frozen mapped buffer (see `PageBuffer::freeze`).
+struct Returning {
+    map: Option<MmapMut>,
+    len: usize,
+    pool: &'static Pool,
+}
+
+impl AsRef<[u8]> for Returning {
+    fn as_ref(&self) -> &[u8] {
+        self.map.as_ref().map_or(&[], |map| &map[..self.len])
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.take() {
+            self.pool.give_back(map);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of the test's own (the process's is shared by other tests).
+    fn pool(max_bytes: usize) -> &'static Pool {
+        Box::leak(Box::new(Pool::new(max_bytes)))
+    }
+
+    fn free_of(pool: &Pool, size: usize) -> usize {
+        pool.free.lock().by_size.get(&size).map_or(0, Vec::len)
+    }
+
+    #[test]
+    fn a_frozen_buffer_returns_to_the_free_list_when_its_last_slice_drops() {
+        let pool = pool(FREE_MAX_BYTES);
+        let len = 3 * SIZE_CLASS + 5;
+        let size = size_class(len);
+        assert_eq!(size, 4 * SIZE_CLASS);
+        let mut buf = PageBuffer::from_pool(pool, len);
+        buf.as_mut_slice().fill(7);
+        buf.truncate(len - 5);
+        let bytes = buf.freeze();
+        assert_eq!(bytes.len(), len - 5);
+        assert!(bytes.iter().all(|&b| b == 7));
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(free_of(pool, size), 0, "a slice still holds it");
+        assert_eq!(&slice[..], &[7; 10]);
+        drop(slice);
+        assert_eq!(free_of(pool, size), 1);
+        // Reused: same size class, stale contents until filled.
+        let again = PageBuffer::from_pool(pool, len);
+        assert_eq!(free_of(pool, size), 0);
+        assert_eq!(again.len(), len);
+        assert!(again.as_slice().iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn a_page_and_its_page_file_share_a_size_class() {
+        for page in [256 << 10, 1 << 20, 4 << 20, 64 << 20] {
+            assert_eq!(size_class(page), size_class(page + 36 + 200 + 4 * 64));
+            assert!(size_class(page) - page <= SIZE_CLASS + HEADROOM);
+        }
+    }
+
+    #[test]
+    fn small_buffers_come_from_the_heap_and_the_free_list_is_bounded() {
+        let pool = pool(4 * size_class(1 << 20));
+        let small = PageBuffer::from_pool(pool, 4096);
+        assert!(matches!(small.storage, Storage::Heap(_)));
+        assert_eq!(small.freeze().len(), 4096);
+        let held: Vec<Bytes> = (0..6)
+            .map(|_| PageBuffer::from_pool(pool, 1 << 20).freeze())
+            .collect();
+        drop(held);
+        assert_eq!(free_of(pool, size_class(1 << 20)), 4, "bounded");
+        assert_eq!(pool.free.lock().bytes, 4 * size_class(1 << 20));
+    }
+}
