@@ -4,14 +4,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use std::os::unix::fs::FileExt;
 
 use crate::buffers::PageBuffer;
 

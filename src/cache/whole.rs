@@ -10,16 +10,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-
-use bytes::Bytes;
-
-use crate::buffers::PageBuffer;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::page::PageKey;
+use crate::buffers::PageBuffer;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WholeMeta {

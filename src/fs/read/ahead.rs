@@ -18,8 +18,10 @@ const READAHEAD_MAX_PAGES: u64 = 16;
 
 /// Bytes fetched ahead at once, over all handles: bounds the memory held by
 /// read-ahead (each in-flight page is one page of memory), whatever the
-/// page size.
-const READAHEAD_GLOBAL_BYTES: u64 = 64 << 20;
+/// page size. 32 MiB: with 64, four sequential readers put the daemon's peak
+/// RSS at 118-144 MiB (memory tier included) against 107-116, for the same
+/// throughput (cold and page-store warm, 1 MiB pages, local backend).
+const READAHEAD_GLOBAL_BYTES: u64 = 32 << 20;
 
 /// Pages fetched ahead at once over all handles, for pages of `page_size`:
 /// [`READAHEAD_GLOBAL_BYTES`], but at least 2 pages (a reader of big pages
@@ -225,9 +227,9 @@ mod tests {
     #[test]
     fn read_ahead_memory_is_bounded_in_bytes_for_every_page_size() {
         use super::readahead_global_pages;
-        assert_eq!(readahead_global_pages(1 << 20), 64);
+        assert_eq!(readahead_global_pages(1 << 20), 32);
         assert_eq!(readahead_global_pages(64 << 20), 2, "64 MiB pages");
-        assert!(readahead_global_pages(4 << 10) as u64 * (4 << 10) <= 64 << 20);
+        assert!(readahead_global_pages(4 << 10) as u64 * (4 << 10) <= 32 << 20);
     }
 
     #[test]
