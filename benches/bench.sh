@@ -547,17 +547,21 @@ wait_whole() {
     return 1
 }
 
+# cached_reads TARGET FILE: the reads of the cached group, cold first.
+cached_reads() {
+    drop_caches
+    fio_rec seq-read "$2" "cached.cold.$1" bw || true
+    fio_rec seq-read "$2" "cached.kwarm.$1" bw || true
+    drop_caches
+    fio_rec rand-read "$2" "cached.rand.$1" iops || true
+}
+
 # Reads of a fully cached file on a --read-only mount, from the first open
 # after a remount (see the header).
 work_cached() {
-    local t="$1" f
+    local t="$1"
     if [ "$t" = native ]; then
-        f="$BACKING/$DATA"
-        drop_caches
-        fio_rec seq-read "$f" "cached.cold.$t" bw || true
-        fio_rec seq-read "$f" "cached.kwarm.$t" bw || true
-        drop_caches
-        fio_rec rand-read "$f" "cached.rand.$t" iops || true
+        cached_reads "$t" "$BACKING/$DATA"
         return 0
     fi
     start_cachalot file "file://$BACKING" --read-only
@@ -568,12 +572,7 @@ work_cached() {
     fi
     stop_mount "$WORK/mnt-file"
     KEEP_CACHE=1 start_cachalot file "file://$BACKING" --read-only
-    f="$TROOT/$DATA"
-    drop_caches
-    fio_rec seq-read "$f" "cached.cold.$t" bw || true
-    fio_rec seq-read "$f" "cached.kwarm.$t" bw || true
-    drop_caches
-    fio_rec rand-read "$f" "cached.rand.$t" iops || true
+    cached_reads "$t" "$TROOT/$DATA"
     close_target cachalot cached
 }
 

@@ -202,10 +202,29 @@ mod tests {
 
     #[test]
     fn warm_globs_reach_the_mount_options() {
-        let knobs = CacheKnobs {
+        let opts = options_with(CacheKnobs {
             warm: vec!["*.bin".into(), "-odd/**".into()],
             ..CacheKnobs::default()
+        });
+        let globs: Vec<&str> = opts.warm.iter().map(|g| g.as_str()).collect();
+        assert_eq!(globs, ["*.bin", "-odd/**"]);
+    }
+
+    #[test]
+    fn passthrough_read_write_reaches_the_mount_options() {
+        let spec = |passthrough_read_write| {
+            options_with(CacheKnobs {
+                passthrough_read_write,
+                ..CacheKnobs::default()
+            })
         };
+        let on = spec(true);
+        assert!(on.passthrough && on.passthrough_read_write && !on.read_only);
+        assert!(!spec(false).passthrough_read_write);
+    }
+
+    /// The mount options of a read-write file:// volume with `knobs`.
+    fn options_with(knobs: CacheKnobs) -> MountOptions {
         let spec = MountSpec::new(
             &Source::parse("file:///tmp").unwrap(),
             "/st".into(),
@@ -215,31 +234,6 @@ mod tests {
             None,
             None,
         );
-        let opts = spec.options(None).unwrap();
-        let globs: Vec<&str> = opts.warm.iter().map(|g| g.as_str()).collect();
-        assert_eq!(globs, ["*.bin", "-odd/**"]);
-    }
-
-    #[test]
-    fn passthrough_read_write_reaches_the_mount_options() {
-        let spec = |passthrough_read_write| {
-            let knobs = CacheKnobs {
-                passthrough_read_write,
-                ..CacheKnobs::default()
-            };
-            let spec = MountSpec::new(
-                &Source::parse("file:///tmp").unwrap(),
-                "/st".into(),
-                "/c".into(),
-                &knobs,
-                false,
-                None,
-                None,
-            );
-            spec.options(None).unwrap()
-        };
-        let on = spec(true);
-        assert!(on.passthrough && on.passthrough_read_write && !on.read_only);
-        assert!(!spec(false).passthrough_read_write);
+        spec.options(None).unwrap()
     }
 }

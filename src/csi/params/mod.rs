@@ -285,14 +285,8 @@ impl VolumeParams {
             .unwrap_or(DEFAULT_MOUNT_PERMISSIONS);
         let owner = parse_owner(get("uid"), get("gid"))?;
         let mut cache = CacheKnobs::default();
-        for key in [
-            "cacheSize",
-            "pageSize",
-            "metadataTTL",
-            "readOnly",
-            "passthroughReadWrite",
-            "warm",
-        ] {
+        // (`set` takes the cache knobs among them and skips the others.)
+        for key in STORAGE_CLASS_KEYS {
             if let Some(v) = get(key) {
                 cache.set(key, v)?;
             }
