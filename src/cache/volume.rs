@@ -532,6 +532,11 @@ impl VolumeCache {
     }
 
     /// A page was served from memory above the store (still a cache hit).
+    /// A page not stored: the cache disk fell behind the backend.
+    pub fn count_skipped(&self) {
+        self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_memory_hit(&self) {
         self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
     }

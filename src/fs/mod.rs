@@ -148,6 +148,8 @@ pub struct CachalotFs {
     inflight: Arc<InFlight>,
     hot: HotPages,
     readahead_permits: Arc<tokio::sync::Semaphore>,
+    /// Room for fetched pages waiting for the page store (see `read::store`).
+    store_backlog: Arc<tokio::sync::Semaphore>,
     /// The kernel granted FUSE passthrough (set by the adapter at init).
     passthrough_active: AtomicBool,
     /// Whole files being assembled or checked right now (object stems).
@@ -193,6 +195,9 @@ impl CachalotFs {
             passthrough_active: AtomicBool::new(false),
             assembling: Arc::new(Mutex::new(std::collections::HashSet::new())),
             readahead_permits: Arc::new(tokio::sync::Semaphore::new(read::readahead_global_pages(
+                page_size,
+            ))),
+            store_backlog: Arc::new(tokio::sync::Semaphore::new(read::store_backlog_pages(
                 page_size,
             ))),
             kernel: Mutex::new(None),

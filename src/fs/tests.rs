@@ -12,7 +12,7 @@ use crate::cache::{PageStoreConfig, VolumeCache};
 
 use super::*;
 
-const RO: OpenMode = OpenMode {
+pub(super) const RO: OpenMode = OpenMode {
     writable: false,
     truncate: false,
     append: false,
@@ -52,7 +52,7 @@ pub(super) async fn fixture(read_only: bool) -> Fixture {
     fixture_with_pages(read_only, 4096).await
 }
 
-async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixture {
+pub(super) async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing");
     fs::create_dir(&backing).unwrap();

@@ -109,7 +109,7 @@ impl Collector for VolumesCollector {
             ("cachalot_cache_memory_hits", "Pages served from memory (part of the hits)", &|s| s.cache.counters.memory_hits),
             ("cachalot_cache_misses", "Pages the cache did not have", &|s| s.cache.counters.misses),
             ("cachalot_cache_corrupt_pages", "Damaged pages dropped (and fetched again)", &|s| s.cache.counters.corrupt_pages),
-            ("cachalot_cache_skipped_pages", "Pages not cached for want of room", &|s| s.cache.counters.skipped_pages),
+            ("cachalot_cache_skipped_pages", "Pages not cached: no room on disk, or the cache disk fell behind the backend", &|s| s.cache.counters.skipped_pages),
             ("cachalot_cache_write_errors", "Failed writes of page files", &|s| s.cache.counters.write_errors),
             ("cachalot_backend_reads", "Pages read from the backend", &|s| s.backend_reads),
             ("cachalot_backend_read_bytes", "Bytes read from the backend", &|s| s.backend_read_bytes),

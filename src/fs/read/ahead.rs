@@ -151,12 +151,12 @@ impl CachalotFs {
     }
 
     /// A page of a read-ahead run has arrived: into memory and to its
-    /// readers at once (they need not wait for the rest of the run), then
-    /// to the page store in the background.
-    fn fetched(&self, loader: Loader, page: bytes::Bytes) {
+    /// readers at once (they need not wait for the rest of the run); the
+    /// caller stores it (see `store_fetched_ahead`).
+    fn fetched(&self, loader: Loader, page: bytes::Bytes) -> (Loader, bytes::Bytes) {
         self.hot.put(loader.key().clone(), page.clone());
         loader.deliver(Ok(page.clone()));
-        self.store_fetched(vec![(loader, page)]);
+        (loader, page)
     }
 
     /// Load consecutive pages from `first` on: the stored ones from the
@@ -177,10 +177,11 @@ impl CachalotFs {
             let from = stretch[0].0;
             let count = stretch.len() as u64;
             let mut waiting = stretch.into_iter().map(|(_, loader)| loader);
+            let mut to_store = Vec::new();
             let fetched = self
                 .fetch_streamed(handle, view, from, count, |page| {
                     if let Some(loader) = waiting.next() {
-                        self.fetched(loader, page);
+                        to_store.push(self.fetched(loader, page));
                     }
                 })
                 .await;
@@ -189,7 +190,7 @@ impl CachalotFs {
                 // the handle's size) are empty, as `fetch_pages` gives them.
                 Ok(()) => {
                     for loader in waiting {
-                        self.fetched(loader, bytes::Bytes::new());
+                        to_store.push(self.fetched(loader, bytes::Bytes::new()));
                     }
                 }
                 Err(e) => {
@@ -202,6 +203,11 @@ impl CachalotFs {
                         loader.deliver(Err(e.clone()));
                     }
                 }
+            }
+            // The run keeps its read-ahead permits until its pages have
+            // room in the store's backlog.
+            for (loader, page) in to_store {
+                self.store_fetched_ahead(loader, page).await;
             }
         }
     }

@@ -24,10 +24,12 @@ mod ahead;
 mod fetch;
 mod inflight;
 mod pages;
+mod store;
 
 pub use ahead::readahead_global_pages;
 pub use inflight::InFlight;
 pub use pages::HotPages;
+pub use store::store_backlog_pages;
 
 pub struct FileHandle {
     pub ino: u64,

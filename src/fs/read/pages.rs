@@ -254,7 +254,7 @@ impl CachalotFs {
         }
         loader.deliver(fetched.clone());
         if let Ok(data) = &fetched {
-            self.store_fetched(vec![(loader, data.clone())]);
+            self.store_fetched(loader, data.clone());
         }
         fetched
     }
@@ -266,19 +266,5 @@ impl CachalotFs {
         blocking::run(move || cache.get_bytes(&key))
             .await
             .unwrap_or(None)
-    }
-
-    /// Store fetched pages in the background (the application does not
-    /// wait for the cache write); each stays registered as loading until
-    /// it is on disk, so readers that miss it in memory meanwhile reuse
-    /// this fetch instead of starting another.
-    pub(super) fn store_fetched(&self, pages: Vec<(Loader, Bytes)>) {
-        let cache = Arc::clone(&self.cache);
-        tokio::task::spawn_blocking(move || {
-            for (loader, page) in pages {
-                cache.put(loader.key(), &page);
-                loader.finish();
-            }
-        });
     }
 }
