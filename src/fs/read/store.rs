@@ -123,6 +123,10 @@ mod tests {
             "{:?}",
             stats()
         );
-        assert!(stats().pages >= 1, "read-ahead's pages were dropped: {:?}", stats());
+        assert!(
+            stats().pages >= 1,
+            "read-ahead's pages were dropped: {:?}",
+            stats()
+        );
     }
 }
