@@ -77,6 +77,8 @@ const HEADER_PREFETCH: usize = 2048;
 pub enum PageFormatError {
     #[error("page file is truncated")]
     Truncated,
+    #[error("page file is longer than a page and its header can be")]
+    TooLong,
     #[error("page file has a bad magic number")]
     BadMagic,
     #[error("page header checksum mismatch")]
@@ -102,6 +104,14 @@ pub enum RangeError {
 #[cfg(test)]
 pub fn encode(key: &PageKey, data: &[u8]) -> Vec<u8> {
     encode_with_block(key, data, BLOCK_SIZE)
+}
+
+/// Most bytes a page file of a page of `page_size` bytes can have: the
+/// data, its header (fixed fields, an object id of at most 64 KiB, and up
+/// to 4 bytes of block checksum per data byte, whatever block size wrote
+/// it). Anything longer is not a page file.
+pub fn max_file_len(page_size: u64) -> u64 {
+    page_size.saturating_mul(5).saturating_add(64 << 10)
 }
 
 /// The header of the page file holding `data`: the file is this, then

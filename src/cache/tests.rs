@@ -67,6 +67,24 @@ fn corrupt_page_is_dropped_counted_and_released() {
 }
 
 #[test]
+fn an_oversized_page_file_is_dropped_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), &[1u8; 4096]);
+    let path = s.path_of(&key("a", 0).file_stem());
+    // Sparse: long, but no disk space (nor, if it were read, memory).
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    assert!(s.get(&key("a", 0)).is_none());
+    assert!(!path.exists());
+    assert_eq!(s.stats().counters.corrupt_pages, 1);
+}
+
+#[test]
 fn eviction_goes_from_high_to_low_watermark_in_lru_order() {
     let dir = tempfile::tempdir().unwrap();
     let one = page_bytes(1000);

@@ -115,12 +115,20 @@ impl VolumeCache {
         let path = self.path_of(&stem);
         let read = File::open(&path).and_then(|f| {
             let meta = f.metadata()?;
-            let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-            let bytes = PageBuffer::read_at(&f, 0, len)?;
-            Ok((f, meta, bytes))
+            Ok((f, meta))
         });
-        let (f, meta, file) = match read {
+        let (f, meta) = match read {
             Ok(read) => read,
+            Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
+        };
+        // A damaged directory entry may be any size: never read more than
+        // a page file can hold.
+        if meta.len() > page::max_file_len(self.page_size) {
+            self.drop_corrupt(stem, &path, meta.len(), &PageFormatError::TooLong);
+            return None;
+        }
+        let file = match PageBuffer::read_at(&f, 0, meta.len() as usize) {
+            Ok(file) => file,
             Err(e) => return self.not_stored(key, &stem, &path, &e, |data| data),
         };
         match page::decode(key, file.as_slice()) {
@@ -531,12 +539,12 @@ impl VolumeCache {
         result
     }
 
-    /// A page was served from memory above the store (still a cache hit).
     /// A page not stored: the cache disk fell behind the backend.
     pub fn count_skipped(&self) {
         self.counters.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A page was served from memory above the store (still a cache hit).
     pub fn count_memory_hit(&self) {
         self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
     }

@@ -151,12 +151,11 @@ impl CachalotFs {
     }
 
     /// A page of a read-ahead run has arrived: into memory and to its
-    /// readers at once (they need not wait for the rest of the run); the
-    /// caller stores it (see `store_fetched_ahead`).
-    fn fetched(&self, loader: Loader, page: bytes::Bytes) -> (Loader, bytes::Bytes) {
+    /// readers at once (they need not wait for the rest of the run). The
+    /// run stores it after (see `store_fetched_ahead`).
+    fn fetched(&self, loader: &Loader, page: &bytes::Bytes) {
         self.hot.put(loader.key().clone(), page.clone());
         loader.deliver(Ok(page.clone()));
-        (loader, page)
     }
 
     /// Load consecutive pages from `first` on: the stored ones from the
@@ -181,7 +180,8 @@ impl CachalotFs {
             let fetched = self
                 .fetch_streamed(handle, view, from, count, |page| {
                     if let Some(loader) = waiting.next() {
-                        to_store.push(self.fetched(loader, page));
+                        self.fetched(&loader, &page);
+                        to_store.push((loader, page));
                     }
                 })
                 .await;
@@ -190,7 +190,9 @@ impl CachalotFs {
                 // the handle's size) are empty, as `fetch_pages` gives them.
                 Ok(()) => {
                     for loader in waiting {
-                        to_store.push(self.fetched(loader, bytes::Bytes::new()));
+                        let empty = bytes::Bytes::new();
+                        self.fetched(&loader, &empty);
+                        to_store.push((loader, empty));
                     }
                 }
                 Err(e) => {
