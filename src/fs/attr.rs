@@ -203,12 +203,7 @@ impl CachalotFs {
     }
 
     async fn truncate(&self, caller: Caller, ino: u64, size: u64) -> FsResult<()> {
-        let (kind, writers) = {
-            let table = self.inodes.lock();
-            let inode = table.get(ino)?;
-            (inode.kind, inode.writers)
-        };
-        if kind == FileKind::Directory {
+        if self.inodes.lock().get(ino)?.kind == FileKind::Directory {
             return Err(FsError::new(libc::EISDIR));
         }
         let start = if size == 0 {
@@ -216,6 +211,11 @@ impl CachalotFs {
         } else {
             WriteStart::CopyExisting
         };
+        // Whether an open writer will publish the session at its release:
+        // asked once the session exists. Asked before, a writer released
+        // in between (its RELEASE comes after close(2) returned) found no
+        // session to publish, and this one was left to nobody.
+        let no_writer = || -> FsResult<bool> { Ok(self.inodes.lock().get(ino)?.writers == 0) };
         loop {
             let session = self.write_session(caller, ino, start).await?;
             match session.truncate(size).await {
@@ -224,14 +224,14 @@ impl CachalotFs {
                 Err(e) => {
                     // truncate(2) on a path: nobody will close it, so the
                     // failed session (and its temporary object) goes now.
-                    if writers == 0 {
+                    if no_writer()? {
                         let _ = self.publish(ino).await;
                     }
                     return Err(e);
                 }
             }
         }
-        if writers == 0 {
+        if no_writer()? {
             // truncate(2) on a path: nobody will close it, publish now.
             self.publish(ino).await?;
         }
