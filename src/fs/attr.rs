@@ -40,7 +40,11 @@ impl CachalotFs {
     }
 
     pub(super) fn local_attr_in(&self, table: &InodeTable, ino: u64) -> FsResult<Option<Attr>> {
-        let inode = table.get(ino)?;
+        self.local_attr_of(ino, table.get(ino)?)
+    }
+
+    /// `local_attr_in` for an inode already found.
+    pub(super) fn local_attr_of(&self, ino: u64, inode: &inode::Inode) -> FsResult<Option<Attr>> {
         let attr = match (&inode.write, &inode.meta) {
             // The write's own size and times; the object's link count.
             (Some(session), Some((meta, _))) => {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::inode::KeptListing;
 use super::types::{Caller, FsResult, ListedEntry};
 use super::{CachalotFs, Handle};
 
@@ -34,48 +35,75 @@ impl CachalotFs {
         Ok(fh)
     }
 
-    /// The entries of directory `ino`, `.` and `..` first.
+    /// The entries of directory `ino`, `.` and `..` first: from a listing
+    /// kept for the metadata TTL if there is one (see `inode::listings`),
+    /// else from the backend.
     pub(super) async fn listing(&self, caller: Caller, ino: u64) -> FsResult<Vec<ListedEntry>> {
         let path = self.path_of(ino)?;
-        let listed_at = Instant::now();
-        let listed = self.backend.list(self.identity(caller), &path).await?;
+        let ttl = self.cfg.metadata_ttl;
+        let (kept, token) = self.inodes.lock().listings.begin(ino, ttl);
+        let listing = match kept {
+            Some(kept) => kept,
+            None => {
+                let listed_at = Instant::now();
+                let listed = self.backend.list(self.identity(caller), &path).await;
+                let listed = listed.inspect_err(|_| {
+                    self.inodes.lock().listings.unchanged(ino, token);
+                })?;
+                KeptListing {
+                    entries: Arc::new(listed),
+                    listed_at,
+                }
+            }
+        };
         let self_attr = self.getattr(caller, ino).await?;
         let parent_ino = self.inodes.lock().get(ino)?.parent;
         let parent_attr = match self.getattr(caller, parent_ino).await {
             Ok(a) => a,
             Err(_) => self_attr.clone(),
         };
-        let mut entries = vec![
-            ListedEntry {
-                name: ".".into(),
-                attr: self_attr,
-                meta: None,
-            },
-            ListedEntry {
-                name: "..".into(),
-                attr: parent_attr,
-                meta: None,
-            },
-        ];
-        {
-            let mut table = self.inodes.lock();
-            let mut seen = std::collections::HashSet::new();
-            for entry in listed {
-                let child = table.upsert(ino, &entry.name, entry.meta.clone(), listed_at);
-                // A file being rewritten reports its in-progress attributes.
-                let attr = match self.local_attr_in(&table, child) {
-                    Ok(Some(attr)) => attr,
-                    _ => self.attr_of(child, &entry.meta),
-                };
-                seen.insert(entry.name.clone());
-                entries.push(ListedEntry {
-                    name: entry.name,
-                    attr,
-                    meta: Some(entry.meta),
-                });
-            }
-            for (name, child) in table.pending_children(ino) {
-                if seen.contains(&name) {
+        let mut entries = Vec::with_capacity(listing.entries.len() + 2);
+        entries.push(ListedEntry {
+            name: ".".into(),
+            attr: self_attr,
+            meta: None,
+        });
+        entries.push(ListedEntry {
+            name: "..".into(),
+            attr: parent_attr,
+            meta: None,
+        });
+        let mut table = self.inodes.lock();
+        // Decided before the replay, which attaches names itself.
+        let keep = table.listings.unchanged(ino, token);
+        for entry in listing.entries.iter() {
+            // Recorded since the listing (a kept one replayed): nothing to
+            // record. A file being rewritten reports its in-progress
+            // attributes; anything recorded since the listing wins over it.
+            let local = match table.known_since(ino, &entry.name, listing.listed_at) {
+                Some((child, inode)) => (child, self.local_attr_of(child, inode)),
+                None => {
+                    let child =
+                        table.upsert(ino, &entry.name, entry.meta.clone(), listing.listed_at);
+                    (child, self.local_attr_in(&table, child))
+                }
+            };
+            let attr = match local {
+                (_, Ok(Some(attr))) => attr,
+                (child, _) => self.attr_of(child, &entry.meta),
+            };
+            entries.push(ListedEntry {
+                name: entry.name.clone(),
+                attr,
+                meta: Some(entry.meta.clone()),
+            });
+        }
+        let pending = table.pending_children(ino);
+        if !pending.is_empty() {
+            let listed: std::collections::HashSet<&str> =
+                listing.entries.iter().map(|e| e.name.as_str()).collect();
+            for (name, child) in pending {
+                if listed.contains(name.as_str()) {
                     continue;
                 }
                 if let Some(session) = table.get(child).ok().and_then(|i| i.write.clone()) {
@@ -86,6 +114,9 @@ impl CachalotFs {
                     });
                 }
             }
+        }
+        if keep {
+            table.listings.keep(ino, listing, ttl);
         }
         Ok(entries)
     }

@@ -279,6 +279,58 @@ fn backing_creation_is_seen_after_metadata_ttl() {
 }
 
 #[test]
+fn a_listing_is_kept_for_the_ttl_and_own_changes_show_at_once() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mount::with_prepare(&["--metadata-ttl", "60s"], |b| {
+        fs::create_dir(b.join("d")).unwrap();
+        fs::create_dir(b.join("e")).unwrap();
+        fs::write(b.join("d/old"), b"1").unwrap();
+        fs::write(b.join("d/grows"), b"1").unwrap();
+        fs::write(b.join("d/linked"), b"1").unwrap();
+        fs::hard_link(b.join("d/linked"), b.join("e/link")).unwrap();
+    });
+    let names = |dir: &str| -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(m.m(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names("d"), ["grows", "linked", "old"]);
+    // Kept: a name created behind the mount waits for the TTL.
+    fs::write(m.b("d/behind"), b"x").unwrap();
+    assert_eq!(names("d"), ["grows", "linked", "old"], "listing not kept");
+
+    // This mount's own changes show at once.
+    fs::write(m.m("d/new"), b"n").unwrap();
+    assert!(names("d").contains(&"new".to_string()));
+    fs::remove_file(m.m("d/old")).unwrap();
+    assert!(!names("d").contains(&"old".to_string()));
+    assert!(names("e").contains(&"link".to_string()));
+    fs::rename(m.m("d/new"), m.m("e/moved")).unwrap();
+    assert!(!names("d").contains(&"new".to_string()));
+    assert!(names("e").contains(&"moved".to_string()));
+
+    // So do attributes: a listing replayed after a write, or after
+    // another link went in another directory, tells the kernel the new
+    // size and link count (readdirplus), not what the backend said then.
+    assert_eq!(fs::metadata(m.m("d/linked")).unwrap().nlink(), 2);
+    names("d");
+    OpenOptions::new()
+        .append(true)
+        .open(m.m("d/grows"))
+        .unwrap()
+        .write_all(&[7u8; 100])
+        .unwrap();
+    names("d");
+    assert_eq!(fs::metadata(m.m("d/grows")).unwrap().len(), 101);
+    fs::remove_file(m.m("e/link")).unwrap();
+    names("d");
+    assert_eq!(fs::metadata(m.m("d/linked")).unwrap().nlink(), 1);
+}
+
+#[test]
 fn write_then_read_uses_cache() {
     // "The written pages are put in the cache, so a read after write is local" (design guide);
     // at least: reading back a file written through the mount gives the right bytes, twice.

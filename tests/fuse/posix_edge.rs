@@ -467,3 +467,40 @@ fn fsync_of_a_descriptor_with_nothing_pending_succeeds() {
     f.sync_all()
         .expect("fsync of a file removed behind the mount");
 }
+
+#[test]
+fn labels_and_acls_are_unsupported_and_unknown_user_attributes_absent() {
+    let m = Mount::new();
+    fs::write(m.m("f"), b"x").unwrap();
+    fs::create_dir(m.m("d")).unwrap();
+    // EOPNOTSUPP, not ENODATA: it is what makes `ls -l` and libselinux
+    // stop asking for every file (one round trip per file and name).
+    for path in [m.m("f"), m.m("d"), m.mnt().to_path_buf()] {
+        for name in [
+            "security.selinux",
+            "system.posix_acl_access",
+            "system.posix_acl_default",
+            "security.capability",
+            "trusted.overlay.opaque",
+        ] {
+            let err = getxattr(&path, name).expect_err(name);
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::EOPNOTSUPP),
+                "getxattr {name} of {}: {err}",
+                path.display()
+            );
+        }
+        let err = getxattr(&path, "user.other").expect_err("user.other");
+        assert_eq!(err.raw_os_error(), Some(libc::ENODATA), "{err}");
+    }
+    assert!(getxattr(&m.m("f"), "user.cachalot.cached").is_ok());
+    for name in ["user.test", "security.selinux", "trusted.x"] {
+        let err = setxattr(&m.m("f"), name, b"v").expect_err(name);
+        assert_eq!(
+            err.raw_os_error(),
+            Some(libc::EOPNOTSUPP),
+            "setxattr {name}"
+        );
+    }
+}

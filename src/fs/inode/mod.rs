@@ -21,6 +21,10 @@ use super::journal::{Event, JournalSink};
 use super::types::{FsError, FsResult, ROOT_INO};
 use super::write::WriteSession;
 
+mod children;
+mod listings;
+use children::Children;
+pub use listings::{KeptListing, Listings};
 mod names;
 mod state;
 
@@ -122,7 +126,7 @@ impl Inode {
 
     /// Make the metadata due for a refetch while keeping it as the last
     /// thing known (all there is once the inode loses its name).
-    pub fn expire_meta(&mut self) {
+    fn expire_meta(&mut self) {
         if let Some((_, fetched)) = &mut self.meta {
             let long_ago = Instant::now().checked_sub(std::time::Duration::from_secs(365 * 86400));
             *fetched = long_ago.unwrap_or(*fetched);
@@ -169,8 +173,8 @@ impl Inode {
 }
 
 pub struct InodeTable {
-    inodes: HashMap<u64, Inode>,
-    children: HashMap<(u64, String), u64>,
+    inodes: HashMap<u64, Inode, foldhash::fast::RandomState>,
+    children: Children,
     /// Backend object → the inode serving it: a name found to be another
     /// link of a known object joins its inode.
     by_object: HashMap<u64, u64>,
@@ -186,11 +190,13 @@ pub struct InodeTable {
     /// Told of every name given or taken and every inode dropped (see
     /// `journal`).
     journal: Option<Arc<dyn JournalSink>>,
+    /// Directory listings kept for the metadata TTL (see `listings`).
+    pub listings: Listings,
 }
 
 impl InodeTable {
     pub fn new(root_meta: Metadata) -> InodeTable {
-        let mut inodes = HashMap::new();
+        let mut inodes = HashMap::default();
         let mut root = Inode::new(
             ROOT_INO,
             "",
@@ -202,12 +208,13 @@ impl InodeTable {
         inodes.insert(ROOT_INO, root);
         InodeTable {
             inodes,
-            children: HashMap::new(),
+            children: Children::default(),
             by_object: HashMap::new(),
             next_ino: FALLBACK_INO_BASE,
             split: Vec::new(),
             moves: 0,
             journal: None,
+            listings: Listings::default(),
         }
     }
 
@@ -296,7 +303,7 @@ impl InodeTable {
     }
 
     pub fn child(&self, parent: u64, name: &str) -> Option<u64> {
-        self.children.get(&(parent, name.to_string())).copied()
+        self.children.get(parent, name)
     }
 
     /// Backend path of an inode (its hidden name for an open file that was
@@ -451,9 +458,10 @@ impl InodeTable {
     /// of the two versions apart.
     pub fn refresh(&mut self, ino: u64, meta: Metadata, fetched: Instant) -> FsResult<Refreshed> {
         let inode = self.get_mut(ino)?;
-        if inode.meta.as_ref().is_some_and(|(_, at)| *at > fetched) {
+        if inode.meta.as_ref().is_some_and(|(_, at)| *at >= fetched) {
             // Something newer was recorded meanwhile (a publish through
-            // this mount finished while the backend was asked).
+            // this mount finished while the backend was asked), or this
+            // very answer was (a kept listing replayed).
             return Ok(Refreshed::Outdated);
         }
         if !inode.replaced_behind_open_descriptors(&meta) {
@@ -527,16 +535,19 @@ impl InodeTable {
         }
         if let Some(inode) = self.inodes.remove(&ino) {
             self.log(Event::Drop { ino });
+            self.listings.changed(ino);
             if let Some(id) = inode.object_id() {
                 if self.by_object.get(&id) == Some(&ino) {
                     self.by_object.remove(&id);
                 }
             }
             if inode.attached {
+                let known_at = inode.meta.as_ref().map(|(_, at)| *at);
                 let mut names = inode.links;
                 names.push((inode.parent, inode.name));
                 for (parent, name) in names {
-                    self.children.remove(&(parent, name));
+                    self.listings.dropped(parent, known_at);
+                    self.children.remove(parent, &name);
                     if let Some(p) = self.inodes.get_mut(&parent) {
                         p.children = p.children.saturating_sub(1);
                     }
@@ -550,15 +561,14 @@ impl InodeTable {
     /// must show them although the backend does not have them yet.
     pub fn pending_children(&self, parent: u64) -> Vec<(String, u64)> {
         self.children
-            .iter()
-            .filter(|((p, _), _)| *p == parent)
+            .of(parent)
             .filter(|(_, ino)| {
                 self.inodes
                     .get(ino)
                     .and_then(|i| i.write.as_ref())
                     .is_some_and(|w| w.is_new())
             })
-            .map(|((_, name), ino)| (name.clone(), *ino))
+            .map(|(name, ino)| (name.to_string(), ino))
             .collect()
     }
 }

@@ -2,22 +2,25 @@
 //! inode has one name its path is built from and any number of other
 //! links (hard links); the children map knows every name.
 
+use std::time::Instant;
+
 use crate::backend::FileKind;
 
-use super::{Event, InodeTable};
+use super::{Event, Inode, InodeTable};
 
 impl InodeTable {
     /// Give `ino` the name `parent/name`: its first (paths are built from
     /// it), or one more link to it.
     pub(super) fn attach(&mut self, parent: u64, name: &str, ino: u64) {
         self.moves += 1;
-        self.children.insert((parent, name.to_string()), ino);
+        self.listings.changed(parent);
+        self.children.insert(parent, name, ino);
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children += 1;
-            // Its mtime/ctime changed (or a listing just found a name):
-            // our own changes show at once, the TTL is for others'.
-            p.expire_meta();
         }
+        // Its mtime/ctime changed (or a listing just found a name): our
+        // own changes show at once, the TTL is for others'.
+        self.expire(parent);
         if let Some(inode) = self.inodes.get_mut(&ino) {
             let link = inode.attached && !inode.is_named(parent, name);
             if link {
@@ -43,16 +46,17 @@ impl InodeTable {
     /// from; with none left it is no longer attached (and keeps its last
     /// parent and name for where its objects are and for diagnostics).
     pub(super) fn take_name(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.children.remove(&(parent, name.to_string()))?;
+        let ino = self.children.remove(parent, name)?;
         self.moves += 1;
+        self.listings.changed(parent);
         self.log(Event::Detach {
             ino,
             at: Some((parent, name.to_string())),
         });
         if let Some(p) = self.inodes.get_mut(&parent) {
             p.children = p.children.saturating_sub(1);
-            p.expire_meta();
         }
+        self.expire(parent);
         if let Some(inode) = self.inodes.get_mut(&ino) {
             if inode.is_named(parent, name) {
                 match inode.links.pop() {
@@ -62,10 +66,38 @@ impl InodeTable {
             } else {
                 inode.links.retain(|(p, n)| !(*p == parent && n == name));
             }
-            // Its link count and ctime changed.
-            inode.expire_meta();
         }
+        // Its link count and ctime changed.
+        self.expire(ino);
         Some(ino)
+    }
+
+    /// Our own change made `ino`'s metadata stale: it is fetched again,
+    /// and no kept listing of a directory naming it replays the old one.
+    pub fn expire(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        inode.expire_meta();
+        let mut dirs: Vec<u64> = inode.links.iter().map(|(p, _)| *p).collect();
+        if inode.attached {
+            dirs.push(inode.parent);
+        }
+        for dir in dirs {
+            self.listings.changed(dir);
+        }
+    }
+
+    /// The inode named `parent/name` if what it knows was recorded at
+    /// `at` or later: a listing from `at` has nothing to tell it.
+    pub fn known_since(&self, parent: u64, name: &str, at: Instant) -> Option<(u64, &Inode)> {
+        let ino = self.children.get(parent, name)?;
+        let inode = self.inodes.get(&ino)?;
+        inode
+            .meta
+            .as_ref()
+            .is_some_and(|(_, fetched)| *fetched >= at)
+            .then_some((ino, inode))
     }
 
     /// `take_name`, then drop the directory if nothing holds it any more.
@@ -113,9 +145,9 @@ impl InodeTable {
     /// Hidden inodes (unlinked open files) whose object lives in `dir`.
     pub fn hidden_children(&self, dir: u64) -> Vec<(String, u64)> {
         self.children
-            .iter()
-            .filter(|((p, _), ino)| *p == dir && self.inodes.get(ino).is_some_and(|i| i.hidden))
-            .map(|((_, name), ino)| (name.clone(), *ino))
+            .of(dir)
+            .filter(|(_, ino)| self.inodes.get(ino).is_some_and(|i| i.hidden))
+            .map(|(name, ino)| (name.to_string(), ino))
             .collect()
     }
 
@@ -157,9 +189,7 @@ impl InodeTable {
                 (inode.parent, inode.name) = new;
             }
         }
-        if let Some(inode) = self.inodes.get_mut(&ino) {
-            inode.expire_meta(); // ctime changed; refetch
-        }
+        self.expire(ino); // ctime changed; refetch
         self.maybe_drop(parent);
     }
 }

@@ -52,13 +52,14 @@ impl InodeTable {
             .checked_sub(std::time::Duration::from_secs(365 * 86400))
             .unwrap_or_else(Instant::now);
         let mut table = InodeTable {
-            inodes: HashMap::new(),
-            children: HashMap::new(),
+            inodes: HashMap::default(),
+            children: Default::default(),
             by_object: HashMap::new(),
             next_ino,
             split: Vec::new(),
             moves: 0,
             journal: None,
+            listings: Default::default(),
         };
         let mut attached = Vec::new();
         for (s, write) in states {
@@ -96,7 +97,7 @@ impl InodeTable {
             if !table.inodes.contains_key(&parent) {
                 return Err(format!("inode {ino} in unknown directory {parent}"));
             }
-            if table.children.contains_key(&(parent, name.clone())) {
+            if table.children.contains(parent, &name) {
                 return Err(format!("two inodes named {name:?} in directory {parent}"));
             }
             table.attach(parent, &name, ino);

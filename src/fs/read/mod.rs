@@ -345,9 +345,13 @@ impl CachalotFs {
             "the file has a new version (published through this mount); reading it"
         );
         handle.switch_to(new, size);
-        if let Ok(inode) = self.inodes.lock().get_mut(handle.ino) {
-            if inode.meta.as_ref().is_some_and(|(m, _)| m.version == *old) {
-                inode.expire_meta();
+        {
+            let mut table = self.inodes.lock();
+            let outdated = table
+                .get(handle.ino)
+                .is_ok_and(|i| i.meta.as_ref().is_some_and(|(m, _)| m.version == *old));
+            if outdated {
+                table.expire(handle.ino);
             }
         }
         self.invalidate_kernel(handle.ino);
