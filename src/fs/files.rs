@@ -411,6 +411,9 @@ impl CachalotFs {
                 }
             }
             if let Some(meta) = published {
+                // A new file was listed from its write session alone, and
+                // listings kept meanwhile do not have it.
+                table.relist_dirs_naming(ino);
                 // A hard-linked file written through here is a new object
                 // under the name it was published to (see `set_meta`).
                 table.set_meta(ino, meta, Instant::now());

@@ -311,6 +311,12 @@ fn a_listing_is_kept_for_the_ttl_and_own_changes_show_at_once() {
     fs::rename(m.m("d/new"), m.m("e/moved")).unwrap();
     assert!(!names("d").contains(&"new".to_string()));
     assert!(names("e").contains(&"moved".to_string()));
+    // A new file is listed from its write session while open, and from
+    // the backend once its close published it.
+    let open = fs::File::create(m.m("d/open")).unwrap();
+    assert!(names("d").contains(&"open".to_string()));
+    drop(open);
+    assert!(names("d").contains(&"open".to_string()), "lost at publish");
 
     // So do attributes: a listing replayed after a write, or after
     // another link went in another directory, tells the kernel the new

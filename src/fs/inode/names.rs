@@ -79,6 +79,16 @@ impl InodeTable {
             return;
         };
         inode.expire_meta();
+        self.relist_dirs_naming(ino);
+    }
+
+    /// What the backend lists under `ino`'s names changed (its object was
+    /// published, a new file's for the first time): no kept listing of
+    /// them is replayed.
+    pub fn relist_dirs_naming(&mut self, ino: u64) {
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
         let mut dirs: Vec<u64> = inode.links.iter().map(|(p, _)| *p).collect();
         if inode.attached {
             dirs.push(inode.parent);
