@@ -4,13 +4,16 @@
 //! per 1 000 keys on S3).
 //!
 //! A kept listing is the backend's names and metadata at one instant. It is
-//! dropped the moment a name in its directory is added or taken through
-//! this mount (every such change goes through `attach` or `take_name`), so
-//! our own changes show at once; others' show after the TTL, like their
-//! attribute changes. Attributes are not served from it: a reopened
-//! listing records its metadata in the inode table, where anything newer
-//! (a publish, a setattr since) wins, and takes each entry's attributes
-//! from there.
+//! dropped the moment this mount changes what it would say: a name in its
+//! directory added or taken (`attach`, `take_name`), a file under one of
+//! its names published (`relist_dirs_naming`; a new file was listed from
+//! its write session alone), an entry's metadata expired by our own change
+//! (`expire`: a link count, a directory's mtime), or an inode dropped that
+//! knew more than the listing (`dropped`). So our own changes show at
+//! once; others' show after the TTL, like their attribute changes.
+//! Attributes are not served from it: a replayed listing records its
+//! metadata in the inode table, where anything newer (a publish, a setattr
+//! since) wins, and takes each entry's attributes from there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
