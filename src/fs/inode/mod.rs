@@ -458,10 +458,9 @@ impl InodeTable {
     /// of the two versions apart.
     pub fn refresh(&mut self, ino: u64, meta: Metadata, fetched: Instant) -> FsResult<Refreshed> {
         let inode = self.get_mut(ino)?;
-        if inode.meta.as_ref().is_some_and(|(_, at)| *at >= fetched) {
+        if inode.meta.as_ref().is_some_and(|(_, at)| *at > fetched) {
             // Something newer was recorded meanwhile (a publish through
-            // this mount finished while the backend was asked), or this
-            // very answer was (a kept listing replayed).
+            // this mount finished while the backend was asked).
             return Ok(Refreshed::Outdated);
         }
         if !inode.replaced_behind_open_descriptors(&meta) {
