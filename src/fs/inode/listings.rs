@@ -45,7 +45,8 @@ pub struct KeptListing {
 
 impl Listings {
     /// Start listing `dir`: its kept listing if younger than `ttl`, and a
-    /// token for `finish`.
+    /// token for `unchanged`. A token never asked about stays until the
+    /// directory next changes or is listed again (one per directory).
     pub fn begin(&mut self, dir: u64, ttl: Duration) -> (Option<KeptListing>, u64) {
         let kept = match self.kept.get(&dir) {
             Some(k) if k.listed_at.elapsed() < ttl => Some(k.clone()),
