@@ -46,10 +46,7 @@ impl CachalotFs {
             Some(kept) => kept,
             None => {
                 let listed_at = Instant::now();
-                let listed = self.backend.list(self.identity(caller), &path).await;
-                let listed = listed.inspect_err(|_| {
-                    self.inodes.lock().listings.unchanged(ino, token);
-                })?;
+                let listed = self.backend.list(self.identity(caller), &path).await?;
                 KeptListing {
                     entries: Arc::new(listed),
                     listed_at,
