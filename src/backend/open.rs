@@ -23,6 +23,9 @@ pub struct OpenOptions {
     pub s3: S3Options,
     /// S3: staging files and the upload journal.
     pub staging_dir: PathBuf,
+    /// NFS: where unanswered WRITEs are spilled for crash recovery (the
+    /// session's journal directory); `None` where nothing resumes.
+    pub spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,7 @@ pub async fn open(source: &Source, opts: &OpenOptions) -> Result<Arc<dyn Backend
             let nfs = NfsOptions {
                 identity: opts.identity,
                 groups: opts.groups.clone(),
+                spill_dir: opts.spill_dir.clone(),
                 ..NfsOptions::default()
             };
             Ok(Arc::new(NfsBackend::connect(source, nfs).await?))

@@ -70,6 +70,9 @@ pub async fn open(
         groups: Vec::new(),
         s3,
         staging_dir: cx.cache_dir.join("controller-s3-staging"),
+        // The controller's writes (volume content, snapshots) are its own
+        // and end with it: nothing resumes them after a crash.
+        spill_dir: None,
     };
     crate::backend::open(&source, &opts)
         .await

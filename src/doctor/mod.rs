@@ -147,6 +147,8 @@ impl Request {
             groups: self.groups.clone(),
             s3: self.s3.clone(),
             staging_dir,
+            // The doctor's probe writes are its own: nothing resumes them.
+            spill_dir: None,
         }
     }
 

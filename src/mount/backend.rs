@@ -9,13 +9,32 @@ use super::{MountOptions, SourceFailure};
 use crate::backend::{Backend, BackendPath, Identity, OpenOptions, Source};
 
 /// How a mount opens its source: as `--uid/--gid` (else as each caller),
-/// S3 staging below the cache dir.
+/// S3 staging below the cache dir, NFS spill next to the journal.
 fn open_options(opts: &MountOptions) -> OpenOptions {
     OpenOptions {
         identity: opts.identity,
         groups: opts.groups.clone(),
         s3: opts.s3.clone(),
         staging_dir: opts.cache_dir.join("s3-staging"),
+        spill_dir: spill_dir(opts),
+    }
+}
+
+/// Where a session that a successor can resume after a crash (it has a
+/// journal) spills NFS WRITEs not yet answered by the server.
+fn spill_dir(opts: &MountOptions) -> Option<std::path::PathBuf> {
+    opts.journal_dir.as_ref().map(|d| d.join("nfs-spill"))
+}
+
+/// A session mounted afresh resumes no write: whatever an earlier session
+/// at its staging path spilled is of no use any more.
+pub(super) fn forget_stale_spill(opts: &MountOptions) {
+    let Some(dir) = spill_dir(opts) else { return };
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not remove an earlier session's spill");
+        }
+        _ => {}
     }
 }
 

@@ -27,7 +27,7 @@ use crate::cache::{PageStoreConfig, VolumeCache};
 use crate::fs::{CachalotFs, FsConfig};
 use crate::fuse::FuseAdapter;
 use crate::metrics;
-use backend::{backend_for, preflight, with_capacity};
+use backend::{backend_for, forget_stale_spill, preflight, with_capacity};
 pub use error::{chain, MountError, MountResult, SourceFailure};
 use handover::Handover;
 pub use handover::SessionState;
@@ -264,6 +264,7 @@ fn start_companions(
 /// Mount and return once the kernel handshake is done (the mount is usable).
 pub fn start(opts: MountOptions) -> MountResult<MountedFs> {
     let runtime = new_runtime()?;
+    forget_stale_spill(&opts);
     let backend = runtime
         .block_on(async {
             let backend = backend_for(&opts).await?;

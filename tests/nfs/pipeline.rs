@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cachalot::backend::nfs::{NfsBackend, NfsOptions};
-use cachalot::backend::{Backend, BackendPath, ErrorKind, Identity, Source, WriteStart};
+use cachalot::backend::{Backend, BackendPath, ErrorKind, Identity, Resumed, Source, WriteStart};
 
 use support_nfs::ganesha;
 use support_nfs::mount::mount;
@@ -269,4 +269,73 @@ async fn a_refused_write_fails_every_later_call_even_once_space_is_back() {
     w.abort(&target).await;
     assert_eq!(names_in(&disk), ["t.bin"], "temp file left");
     fs::remove_file(disk.join("t.bin")).unwrap();
+}
+
+/// Below FUSE: the process dies right after a write was answered, its
+/// WRITE still unsent (a current-thread runtime does not run the spawned
+/// WRITE before the test awaits again; dropping the write aborts it, as
+/// kill -9 would). The successor, resuming from the description journaled
+/// at begin, re-sends it from the spill. A truncate after earlier writes
+/// is not undone by that re-send.
+#[tokio::test]
+async fn a_write_answered_before_the_server_did_survives_a_crash() {
+    let server = ganesha();
+    let (disk, url) = server.area("pipeline-crash");
+    let spill = tempfile::tempdir().unwrap();
+    let connect = || async {
+        let opts = NfsOptions {
+            spill_dir: Some(spill.path().join("nfs-spill")),
+            ..NfsOptions::default()
+        };
+        NfsBackend::connect(&Source::parse(&url).unwrap(), opts)
+            .await
+            .unwrap()
+    };
+    let id = Identity::new(0, 0);
+    let temp_size = |disk: &Path| {
+        let temps: Vec<u64> = fs::read_dir(disk)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".a.bin"))
+            .map(|e| e.metadata().unwrap().len())
+            .collect();
+        assert_eq!(temps.len(), 1, "one temp file");
+        temps[0]
+    };
+    let data = pattern(40_960, 3);
+
+    for truncated in [false, true] {
+        let b = connect().await;
+        let target = BackendPath::parse("a.bin").unwrap();
+        let w = b
+            .begin_write(id, &target, WriteStart::Empty, 0o644)
+            .await
+            .unwrap();
+        let described = w.describe();
+        w.write_at(0, &data).await.unwrap();
+        let mut expect = data.clone();
+        if truncated {
+            w.truncate(1000).await.unwrap();
+            w.write_at(0, b"0123456789").await.unwrap();
+            expect.truncate(1000);
+            expect[..10].copy_from_slice(b"0123456789");
+        }
+        drop(w);
+        drop(b);
+        let on_server = if truncated { 1000 } else { 0 };
+        assert_eq!(temp_size(&disk), on_server, "the last write was lost");
+
+        let b = connect().await;
+        let Resumed::Pending(w) = b.resume_write(id, &target, described).await.unwrap() else {
+            panic!("the temp file was taken for published");
+        };
+        assert_eq!(w.size(), expect.len() as u64, "size after the re-send");
+        w.publish(&target).await.unwrap();
+        let back = fs::read(disk.join("a.bin")).unwrap();
+        assert_bytes_eq(&back, &expect, "published after the crash");
+        let left: Vec<_> = fs::read_dir(spill.path().join("nfs-spill"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "spill files left: {left:?}");
+    }
 }

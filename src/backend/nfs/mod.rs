@@ -59,6 +59,10 @@ pub struct NfsOptions {
     pub retry: RetryPolicy,
     /// FILE_SYNC every write instead of UNSTABLE + COMMIT.
     pub stable_writes: bool,
+    /// Local directory for the data of WRITEs answered before the server
+    /// replied, so a successor after a crash can re-send it (see
+    /// `write::spill`). `None`: nobody resumes after a crash, no spill.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 pub struct NfsBackend {
@@ -230,6 +234,7 @@ impl NfsBackend {
             }
         }
         vol.root_fh = fh;
+        vol.spill_dir = opts.spill_dir;
         vol.limits = fetch_limits(&vol, id).await?;
         tracing::info!(source = %describe, export = %export, rtmax = vol.limits.rtmax,
             wtmax = vol.limits.wtmax, "NFS export mounted");

@@ -42,6 +42,9 @@ pub struct Volume {
     pub groups: Vec<u32>,
     /// Write with FILE_SYNC instead of UNSTABLE + COMMIT.
     pub stable_writes: bool,
+    /// Where WRITEs answered before the server did are spilled, for a
+    /// successor after a crash (`write::spill`); none without a journal.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// `<host><pid>` tag in temp names, as in the local backend.
     pub owner_tag: String,
     pub host_tag: String,
@@ -82,6 +85,7 @@ impl Volume {
             fixed,
             groups,
             stable_writes,
+            spill_dir: None,
             owner_tag: crate::backend::owner::own_tag(),
             host_tag,
             temp_seq: AtomicU64::new(crate::backend::first_seq()),

@@ -25,19 +25,7 @@ impl NfsPendingWrite {
             if data.is_empty() {
                 break;
             }
-            let mut done = 0;
-            while done < data.len() {
-                let (n, _, _) = write_once(
-                    &self.vol,
-                    &ctx,
-                    &out,
-                    offset + done as u64,
-                    &data[done..],
-                    stable_how::FILE_SYNC,
-                )
-                .await?;
-                done += n;
-            }
+            write_stable(&self.vol, &ctx, &out, offset, &data).await?;
             offset += data.len() as u64;
         }
         setattr(&self.vol, &ctx, &out, attrs::size_only(offset)).await?;

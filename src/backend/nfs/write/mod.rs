@@ -14,6 +14,8 @@
 //! - `session`: begin (copy-on-write) and resume (a suspended write);
 //! - `unstable`: UNSTABLE writes, their log, COMMIT and re-sending;
 //! - `pipeline`: several UNSTABLE WRITEs in flight, and their replies;
+//! - `spill`: what those WRITEs carry, on local disk until answered, for a
+//!   successor after a crash;
 //! - `in_place`: publishing by writing into the file itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,9 +42,10 @@ mod calls;
 mod in_place;
 mod pipeline;
 mod session;
+mod spill;
 mod unstable;
 
-use unstable::write_once;
+use unstable::{write_once, write_stable};
 
 pub use calls::{create_file, remove_name, rename_known, setattr};
 pub use session::{begin, resume};
@@ -79,6 +82,18 @@ struct State {
     /// A WRITE failed: the temp file may lack data, so every later call
     /// fails too (with this kind and cause) until the write is aborted.
     failed: Option<(ErrorKind, String)>,
+    /// Pieces answered to the kernel before the server answered us; none
+    /// where no successor resumes after a crash.
+    spill: Option<spill::Spill>,
+}
+
+impl State {
+    /// The write is over or handed over committed: its spill is of no use.
+    fn end_spill(&mut self) {
+        if let Some(s) = self.spill.as_mut() {
+            s.remove();
+        }
+    }
 }
 
 pub struct NfsPendingWrite {
@@ -181,6 +196,7 @@ impl PendingWrite for NfsPendingWrite {
         self.commit_locked(&mut st).await?;
         st.log.clear();
         st.log_bytes = 0;
+        st.end_spill();
         serde_json::to_value(Suspended {
             temp_name: self.temp_name.clone(),
             fileid: Some(self.fileid),
@@ -248,7 +264,9 @@ impl PendingWrite for NfsPendingWrite {
                 // server clears setuid/setgid as for any such write).
                 tracing::info!(path = %target, error = %e, uid = self.id.uid,
                     "cannot give the new version the file's owner; updating the file in place (not atomic)");
-                return self.copy_into(target, st.mode).await;
+                let published = self.copy_into(target, st.mode).await?;
+                st.end_spill();
+                return Ok(published);
             }
         }
         setattr(&self.vol, &ctx, &self.fh, attrs::mode_only(st.mode)).await?;
@@ -262,6 +280,7 @@ impl PendingWrite for NfsPendingWrite {
         )
         .await?;
         self.finished.store(true, Ordering::Release);
+        st.end_spill();
         let a = self.vol.getattr(&ctx, &self.fh).await?;
         Ok(attrs::metadata(&a))
     }
@@ -281,7 +300,9 @@ impl PendingWrite for NfsPendingWrite {
         // Committed, not only answered: the copy reads the temp file back,
         // and unstable data a restarted server lost would be read as holes.
         self.commit_locked(&mut st).await?;
-        self.copy_into(target, st.mode).await
+        let published = self.copy_into(target, st.mode).await?;
+        st.end_spill();
+        Ok(published)
     }
 
     async fn abort(&self, target: &BackendPath) {
@@ -291,7 +312,10 @@ impl PendingWrite for NfsPendingWrite {
         // WRITEs in flight are of no use now, and against a server that
         // is down each would retry for a minute: cancel them. One the
         // server still runs after the REMOVE finds a stale handle.
-        self.cancel_in_flight(&mut *self.state.lock().await).await;
+        let mut st = self.state.lock().await;
+        self.cancel_in_flight(&mut st).await;
+        st.end_spill();
+        drop(st);
         let ctx = self.vol.ctx("remove temp file", target, self.id);
         let result = async {
             let dir = self.vol.dir_fh(&ctx, &target.parent()).await?;

@@ -9,6 +9,10 @@
 //! as before: once nothing is in flight, the log is re-sent FILE_SYNC.
 //! A failed WRITE is reported to the next call on this write and to every
 //! one after (the temp file may lack data: it must never be published).
+//!
+//! Answered before the server answers, a piece would die with the process:
+//! where a successor resumes after a crash, it goes to the spill first
+//! (see `spill`); if the spill cannot take it, the piece is waited for.
 
 use bytes::Bytes;
 
@@ -73,6 +77,9 @@ impl NfsPendingWrite {
             }
             self.settle(st, WRITES_IN_FLIGHT - 1).await?;
             let piece = Bytes::copy_from_slice(&data[done..end]);
+            // Spilled before it is sent, so a crash right after the answer
+            // leaves it in the spill (a test relies on this order).
+            let kept = self.spill(st, at, &piece).await;
             st.log.push(Logged::Write {
                 offset: at,
                 data: piece.clone(),
@@ -96,9 +103,28 @@ impl NfsPendingWrite {
                     verf,
                 })
             });
+            if !kept {
+                self.settle(st, 0).await?;
+            }
             done = end;
         }
         Ok(())
+    }
+
+    /// Put `piece` in the spill; false if it could not (then it must be on
+    /// the server before the kernel hears of it).
+    async fn spill(&self, st: &mut State, at: u64, piece: &Bytes) -> bool {
+        let Some(spill) = st.spill.as_mut() else {
+            return true;
+        };
+        match spill.record(at, piece.clone()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, spill = %spill.path().display(), temp = %self.temp_name,
+                    "cannot spill a write to local disk; waiting for the server's answer instead (slower, as safe)");
+                false
+            }
+        }
     }
 
     /// Wait until at most `keep` WRITEs are in flight; with a new verifier
@@ -138,6 +164,11 @@ impl NfsPendingWrite {
         }
         if st.in_flight.tasks.is_empty() {
             st.in_flight.end = 0;
+            // All on the server: re-sending any of it later could undo a
+            // truncate or rewrite that follows.
+            if let Some(spill) = st.spill.as_mut() {
+                spill.clear().await;
+            }
         }
         if let Some(verf) = new_verf {
             // The server restarted since earlier unstable writes: they may

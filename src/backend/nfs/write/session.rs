@@ -25,6 +25,7 @@ pub async fn begin(
     let (fh, temp_attrs) = create_file(vol, &ctx, &dir, &temp_name, 0o600).await?;
     let mut state = State {
         mode: create_mode & 0o7777,
+        spill: spill_for(vol, &temp_name),
         ..State::default()
     };
     if let Some((_, a)) = &existing {
@@ -103,10 +104,23 @@ pub async fn resume(
         )
         .await?;
     }
-    let (fh, a) = vol
+    let (fh, mut a) = vol
         .lookup_in(&ctx, &dir, &temp_name)
         .await?
         .ok_or_else(|| ctx.err(ErrorKind::NotFound, "the resumed temp file vanished"))?;
+    if let Some(spilled) = vol
+        .spill_dir
+        .as_ref()
+        .map(|d| spill::path_for(d, &s.temp_name))
+    {
+        // After a crash: what the dead process answered before the server
+        // did goes out again first, stable. (A graceful hand-over leaves
+        // no spill.) The size is measured after it.
+        if resend_spilled(vol, &ctx, &fh, &spilled).await? {
+            a = vol.getattr(&ctx, &fh).await?;
+        }
+    }
+    let spill = spill_for(vol, &temp_name);
     Ok(crate::backend::Resumed::Pending(Box::new(
         NfsPendingWrite {
             vol: Arc::clone(vol),
@@ -118,11 +132,49 @@ pub async fn resume(
             state: tokio::sync::Mutex::new(State {
                 mode: s.mode,
                 owner: s.owner,
+                spill,
                 ..State::default()
             }),
             finished: AtomicBool::new(false),
         },
     )))
+}
+
+/// The spill of a write to the temp file `temp_name`, where a successor
+/// resumes after a crash.
+fn spill_for(vol: &Volume, temp_name: &str) -> Option<spill::Spill> {
+    let dir = vol.spill_dir.as_ref()?;
+    Some(spill::Spill::at(spill::path_for(dir, temp_name)))
+}
+
+/// Re-send the pieces spilled at `path` into the temp file `fh`, in order,
+/// then remove the spill; true if there were any.
+async fn resend_spilled(
+    vol: &Volume,
+    ctx: &Ctx<'_>,
+    fh: &nfs_fh3,
+    path: &std::path::Path,
+) -> BackendResult<bool> {
+    let read = path.to_path_buf();
+    let pieces = crate::backend::blocking::run(move || spill::replay(&read))
+        .await
+        .map_err(|e| ctx.err(ErrorKind::Other, format!("reading the spill: {e}")))?
+        .map_err(|e| {
+            ctx.err(
+                ErrorKind::Other,
+                format!("reading the spill {}: {e}", path.display()),
+            )
+        })?;
+    let bytes: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+    for (offset, data) in &pieces {
+        write_stable(vol, ctx, fh, *offset, data).await?;
+    }
+    if !pieces.is_empty() {
+        tracing::info!(spill = %path.display(), pieces = pieces.len(), bytes,
+            "re-sent writes the previous process had answered before the server did");
+    }
+    spill::remove_file(path);
+    Ok(!pieces.is_empty())
 }
 
 impl NfsPendingWrite {

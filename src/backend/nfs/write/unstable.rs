@@ -21,22 +21,7 @@ impl NfsPendingWrite {
         }
         let temp = self.temp_path();
         let ctx = self.vol.ctx("write temp file", &temp, self.id);
-        let mut done = 0usize;
-        while done < data.len() {
-            let end = (done + self.vol.limits.wtmax as usize).min(data.len());
-            let at = offset + done as u64;
-            let (written, _, _) = write_once(
-                &self.vol,
-                &ctx,
-                &self.fh,
-                at,
-                &data[done..end],
-                stable_how::FILE_SYNC,
-            )
-            .await?;
-            done += written;
-        }
-        Ok(())
+        write_stable(&self.vol, &ctx, &self.fh, offset, data).await
     }
 
     /// Re-send every logged unstable operation with FILE_SYNC, in order.
@@ -48,19 +33,7 @@ impl NfsPendingWrite {
         for op in &log {
             match op {
                 Logged::Write { offset, data } => {
-                    let mut done = 0;
-                    while done < data.len() {
-                        let (n, _, _) = write_once(
-                            &self.vol,
-                            ctx,
-                            &self.fh,
-                            offset + done as u64,
-                            &data[done..],
-                            stable_how::FILE_SYNC,
-                        )
-                        .await?;
-                        done += n;
-                    }
+                    write_stable(&self.vol, ctx, &self.fh, *offset, data).await?;
                 }
                 Logged::Truncate(size) => {
                     setattr(&self.vol, ctx, &self.fh, attrs::size_only(*size)).await?;
@@ -131,6 +104,26 @@ impl NfsPendingWrite {
         }
         Ok(out)
     }
+}
+
+/// All of `data` into `file` at `offset` with FILE_SYNC WRITEs of at most
+/// the server's wtmax each.
+pub(super) async fn write_stable(
+    vol: &Volume,
+    ctx: &Ctx<'_>,
+    file: &nfs_fh3,
+    offset: u64,
+    data: &[u8],
+) -> BackendResult<()> {
+    let mut done = 0usize;
+    while done < data.len() {
+        let end = (done + vol.limits.wtmax as usize).min(data.len());
+        let at = offset + done as u64;
+        let (written, _, _) =
+            write_once(vol, ctx, file, at, &data[done..end], stable_how::FILE_SYNC).await?;
+        done += written;
+    }
+    Ok(())
 }
 
 /// One WRITE to `file` (the temp file, or the target of an in-place
