@@ -27,18 +27,34 @@ impl DirHandle {
     }
 }
 
+/// An open directory.
+pub struct OpenedDir {
+    pub fh: u64,
+    /// The entries are the ones the kernel was given at the last opendir
+    /// of this directory: it may serve them from its own cache.
+    pub kernel_cache_valid: bool,
+}
+
 impl CachalotFs {
-    pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<u64> {
-        let entries = self.listing(caller, ino).await?;
+    pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<OpenedDir> {
+        let (entries, kernel_cache_valid) = self.listing(caller, ino).await?;
         let fh = self.new_fh();
         self.add_handle(fh, Handle::Dir(Arc::new(DirHandle { ino, entries })));
-        Ok(fh)
+        Ok(OpenedDir {
+            fh,
+            kernel_cache_valid,
+        })
     }
 
     /// The entries of directory `ino`, `.` and `..` first: from a listing
     /// kept for the metadata TTL if there is one (see `inode::listings`),
-    /// else from the backend.
-    pub(super) async fn listing(&self, caller: Caller, ino: u64) -> FsResult<Vec<ListedEntry>> {
+    /// else from the backend. True if they are the ones the kernel was
+    /// last given.
+    pub(super) async fn listing(
+        &self,
+        caller: Caller,
+        ino: u64,
+    ) -> FsResult<(Vec<ListedEntry>, bool)> {
         let path = self.path_of(ino)?;
         let ttl = self.cfg.metadata_ttl;
         let (kept, token) = self.inodes.lock().listings.begin(ino, ttl);
@@ -73,6 +89,7 @@ impl CachalotFs {
         let mut table = self.inodes.lock();
         // Decided before the replay, which attaches names itself.
         let keep = table.listings.unchanged(ino, token);
+        let as_served = keep && table.listings.kernel_has(ino, &listing, parent_ino);
         for entry in listing.entries.iter() {
             // Recorded since the listing (a kept one replayed): nothing to
             // record. A file being rewritten reports its in-progress
@@ -114,8 +131,9 @@ impl CachalotFs {
         }
         if keep {
             table.listings.keep(ino, listing, ttl);
+            table.listings.serve(ino, parent_ino);
         }
-        Ok(entries)
+        Ok((entries, as_served))
     }
 
     /// The listing of an open directory, read by the kernel in pieces

@@ -60,7 +60,7 @@ use read::{FileHandle, HotPages, InFlight};
 use unlinked::Keep;
 use write::{Finished, WriteSession};
 
-pub use dir::DirHandle;
+pub use dir::{DirHandle, OpenedDir};
 pub use residency::CACHED_XATTR;
 pub use stats::{Counters, FsSample};
 pub use types::{Attr, Caller, FsConfig, FsError, FsResult, KernelCache, ListedEntry, ROOT_INO};

@@ -280,7 +280,11 @@ impl CachalotFs {
         for handle in handles.values_mut() {
             if let Handle::Dir(d) = handle {
                 if d.entries.is_empty() {
-                    let entries = fs.listing(root, d.ino).await.unwrap_or_default();
+                    let entries = fs
+                        .listing(root, d.ino)
+                        .await
+                        .map(|(entries, _)| entries)
+                        .unwrap_or_default();
                     *handle = Handle::Dir(Arc::new(DirHandle {
                         ino: d.ino,
                         entries,

@@ -76,7 +76,7 @@ async fn the_journal_replays_to_what_the_kernel_knows() {
     f.fs.rename(me(), ROOT_INO, "b", d.ino, "c", false)
         .await
         .unwrap();
-    let dir_fh = f.fs.opendir(me(), d.ino).await.unwrap();
+    let dir_fh = f.fs.opendir(me(), d.ino).await.unwrap().fh;
     let (_, gone) =
         f.fs.create(me(), ROOT_INO, "gone", 0o644, true, RW)
             .await

@@ -228,7 +228,7 @@ async fn listing_hides_temp_files_and_shows_files_being_created() {
         f.fs.create(me(), ROOT_INO, "new", 0o644, true, RW)
             .await
             .unwrap();
-    let dh = f.fs.opendir(ROOT, ROOT_INO).await.unwrap();
+    let dh = f.fs.opendir(ROOT, ROOT_INO).await.unwrap().fh;
     let mut names: Vec<String> =
         f.fs.readdir(dh)
             .unwrap()

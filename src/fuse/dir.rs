@@ -14,7 +14,15 @@ pub(super) fn opendir(adapter: &FuseAdapter, req: &Request, ino: INodeNo, reply:
     let c = caller(req);
     adapter.spawn(move |fs| async move {
         match fs.opendir(c, ino.0).await {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel caches the entries it reads (in the directory's
+            // page cache) and keeps them while they are still ours to give.
+            Ok(dir) => {
+                let mut flags = FopenFlags::FOPEN_CACHE_DIR;
+                if dir.kernel_cache_valid {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(dir.fh), flags)
+            }
             Err(e) => reply.error(errno(fs.count_error(e))),
         }
     });

@@ -278,6 +278,38 @@ fn backing_creation_is_seen_after_metadata_ttl() {
     );
 }
 
+/// The kernel keeps a directory's entries across opens (FOPEN_KEEP_CACHE)
+/// only while the listing they came from is kept: a name added behind the
+/// mount shows after the TTL even when the directory's mtime does not
+/// change (set back here; S3 directories have no mtime at all), which the
+/// kernel would otherwise take for "unchanged".
+#[test]
+fn the_kernel_keeps_listed_entries_no_longer_than_the_ttl() {
+    let m = Mount::with_prepare(&["--metadata-ttl", "1s"], |b| {
+        fs::create_dir(b.join("d")).unwrap();
+        fs::write(b.join("d/a"), b"1").unwrap();
+    });
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = fs::read_dir(m.m("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), ["a"]);
+    assert_eq!(names(), ["a"], "listed again from the kernel's cache");
+    let mtime = fs::metadata(m.b("d")).unwrap().modified().unwrap();
+    fs::write(m.b("d/b"), b"2").unwrap();
+    fs::File::open(m.b("d"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(names(), ["a", "b"], "a name added behind the mount");
+    assert_eq!(names(), ["a", "b"]);
+}
+
 #[test]
 fn a_listing_is_kept_for_the_ttl_and_own_changes_show_at_once() {
     use std::os::unix::fs::MetadataExt;

@@ -14,6 +14,12 @@
 //! Attributes are not served from it: a replayed listing records its
 //! metadata in the inode table, where anything newer (a publish, a setattr
 //! since) wins, and takes each entry's attributes from there.
+//!
+//! The kernel caches a directory's entries too (FOPEN_CACHE_DIR) and may
+//! keep them at the next opendir (FOPEN_KEEP_CACHE). It may exactly when
+//! that opendir replays, unchanged, the kept listing the kernel was last
+//! given (`served`), with the same parent for `..`: any change of the
+//! names drops the kept listing first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +40,9 @@ pub struct Listings {
     /// then used once but not kept.
     pending: HashMap<u64, u64>,
     next_token: u64,
+    /// Per directory with a kept listing: the listing the kernel was last
+    /// given at an opendir (when it was listed) and the parent of `..`.
+    served: HashMap<u64, (Instant, u64)>,
 }
 
 #[derive(Clone)]
@@ -97,6 +106,20 @@ impl Listings {
         self.kept.insert(dir, listing);
     }
 
+    /// Whether the kernel's own cached entries of `dir` are still right
+    /// for an opendir replaying `listing` with `parent` as `..`.
+    pub fn kernel_has(&self, dir: u64, listing: &KeptListing, parent: u64) -> bool {
+        self.served.get(&dir) == Some(&(listing.listed_at, parent))
+    }
+
+    /// The kernel is given `dir`'s kept listing (if it is kept) at an
+    /// opendir, with `parent` as `..`.
+    pub fn serve(&mut self, dir: u64, parent: u64) {
+        if let Some(kept) = self.kept.get(&dir) {
+            self.served.insert(dir, (kept.listed_at, parent));
+        }
+    }
+
     /// A name in `dir` was added or taken, an entry's metadata was
     /// expired by our own change, or `dir` itself went away.
     pub fn changed(&mut self, dir: u64) {
@@ -119,6 +142,7 @@ impl Listings {
     }
 
     fn remove(&mut self, dir: u64) -> Option<KeptListing> {
+        self.served.remove(&dir);
         let kept = self.kept.remove(&dir)?;
         self.entries -= kept.entries.len();
         Some(kept)
