@@ -1,5 +1,7 @@
 //! Directory handles: a listing is snapshotted at opendir so that offsets
-//! stay valid while the directory changes.
+//! stay valid while the directory changes. Where the kernel may read the
+//! entries from its own cache (see `inode::listings`), the listing waits
+//! for the first readdir, which only comes if that cache is gone.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,16 +12,32 @@ use super::{CachalotFs, Handle};
 
 pub struct DirHandle {
     pub ino: u64,
-    pub entries: Vec<ListedEntry>,
+    /// Set once: at opendir, or at the first readdir (see `list_handle`).
+    entries: tokio::sync::OnceCell<Vec<ListedEntry>>,
 }
 
 impl DirHandle {
+    /// A handle with its listing, or (None) one listed at its first readdir.
+    pub fn new(ino: u64, entries: Option<Vec<ListedEntry>>) -> DirHandle {
+        DirHandle {
+            ino,
+            entries: tokio::sync::OnceCell::new_with(entries),
+        }
+    }
+
+    /// The listing, if taken yet.
+    pub fn entries(&self) -> Option<&[ListedEntry]> {
+        self.entries.get().map(Vec::as_slice)
+    }
+
     /// Entries from `offset` on (an index into the snapshot), each with the
     /// offset of the one after it. Borrowed: a big directory is read in
     /// many requests, and copying the rest of it for each was quadratic.
+    /// Nothing before the listing is taken (see `list_handle`).
     pub fn from(&self, offset: u64) -> impl Iterator<Item = (u64, &ListedEntry)> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        self.entries
+        self.entries()
+            .unwrap_or_default()
             .iter()
             .enumerate()
             .skip(start)
@@ -37,24 +55,39 @@ pub struct OpenedDir {
 
 impl CachalotFs {
     pub async fn opendir(&self, caller: Caller, ino: u64) -> FsResult<OpenedDir> {
-        let (entries, kernel_cache_valid) = self.listing(caller, ino).await?;
+        let kernel_cache_valid = {
+            let table = self.inodes.lock();
+            let parent = table.get(ino)?.parent;
+            table
+                .listings
+                .kernel_may_keep(ino, self.cfg.metadata_ttl, parent)
+        };
+        let entries = match kernel_cache_valid {
+            true => None,
+            false => Some(self.listing(caller, ino).await?),
+        };
         let fh = self.new_fh();
-        self.add_handle(fh, Handle::Dir(Arc::new(DirHandle { ino, entries })));
+        self.add_handle(fh, Handle::Dir(Arc::new(DirHandle::new(ino, entries))));
         Ok(OpenedDir {
             fh,
             kernel_cache_valid,
         })
     }
 
+    /// Take the listing of a handle opened without one (once; concurrent
+    /// readdirs of the handle wait for the same listing).
+    pub async fn list_handle(&self, caller: Caller, handle: &DirHandle) -> FsResult<()> {
+        handle
+            .entries
+            .get_or_try_init(|| self.listing(caller, handle.ino))
+            .await?;
+        Ok(())
+    }
+
     /// The entries of directory `ino`, `.` and `..` first: from a listing
     /// kept for the metadata TTL if there is one (see `inode::listings`),
-    /// else from the backend. True if they are the ones the kernel was
-    /// last given.
-    pub(super) async fn listing(
-        &self,
-        caller: Caller,
-        ino: u64,
-    ) -> FsResult<(Vec<ListedEntry>, bool)> {
+    /// else from the backend.
+    pub(super) async fn listing(&self, caller: Caller, ino: u64) -> FsResult<Vec<ListedEntry>> {
         let path = self.path_of(ino)?;
         let ttl = self.cfg.metadata_ttl;
         let (kept, token) = self.inodes.lock().listings.begin(ino, ttl);
@@ -89,7 +122,6 @@ impl CachalotFs {
         let mut table = self.inodes.lock();
         // Decided before the replay, which attaches names itself.
         let keep = table.listings.unchanged(ino, token);
-        let as_served = keep && table.listings.kernel_has(ino, &listing, parent_ino);
         for entry in listing.entries.iter() {
             // Recorded since the listing (a kept one replayed): nothing to
             // record. A file being rewritten reports its in-progress
@@ -133,11 +165,11 @@ impl CachalotFs {
             table.listings.keep(ino, listing, ttl);
             table.listings.serve(ino, parent_ino);
         }
-        Ok((entries, as_served))
+        Ok(entries)
     }
 
-    /// The listing of an open directory, read by the kernel in pieces
-    /// (see `DirHandle::from`).
+    /// An open directory, whose listing the kernel reads in pieces (see
+    /// `DirHandle::from`); taken first if it is not yet (`list_handle`).
     pub fn readdir(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
         self.dir_handle(fh)
     }

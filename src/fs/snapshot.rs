@@ -164,7 +164,7 @@ impl CachalotFs {
                 Handle::Dir(d) => HandleState::Dir {
                     fh: *fh,
                     ino: d.ino,
-                    entries: d.entries.clone(),
+                    entries: d.entries().unwrap_or_default().to_vec(),
                 },
             })
             .collect()
@@ -257,8 +257,12 @@ impl CachalotFs {
                     *f.followed.lock() = followed;
                     (fh, Handle::File(Arc::new(f)))
                 }
+                // Without a listing (from the journal, or never read): taken
+                // at its first readdir (its offsets were into the old one;
+                // close enough).
                 HandleState::Dir { fh, ino, entries } => {
-                    (fh, Handle::Dir(Arc::new(DirHandle { ino, entries })))
+                    let entries = Some(entries).filter(|e| !e.is_empty());
+                    (fh, Handle::Dir(Arc::new(DirHandle::new(ino, entries))))
                 }
             };
             if fh >= snapshot.next_fh {
@@ -270,28 +274,6 @@ impl CachalotFs {
             handles.insert(fh, handle);
         }
         *fs.inodes.lock() = table;
-        // A directory handle rebuilt from the journal has no listing: list
-        // again (its offsets were into the old listing; close enough).
-        let root = super::types::Caller {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        };
-        for handle in handles.values_mut() {
-            if let Handle::Dir(d) = handle {
-                if d.entries.is_empty() {
-                    let entries = fs
-                        .listing(root, d.ino)
-                        .await
-                        .map(|(entries, _)| entries)
-                        .unwrap_or_default();
-                    *handle = Handle::Dir(Arc::new(DirHandle {
-                        ino: d.ino,
-                        entries,
-                    }));
-                }
-            }
-        }
         *fs.handles.lock() = handles;
         fs.next_fh.store(snapshot.next_fh, Ordering::Release);
         if snapshot.passthrough_active {

@@ -421,24 +421,24 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        dir::readdir(self, fh, offset, reply)
+        dir::readdir(self, req, fh, offset, reply)
     }
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        dir::readdirplus(self, ino, fh, offset, reply)
+        dir::readdirplus(self, req, ino, fh, offset, reply)
     }
 
     fn releasedir(

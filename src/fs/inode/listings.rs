@@ -107,9 +107,15 @@ impl Listings {
     }
 
     /// Whether the kernel's own cached entries of `dir` are still right
-    /// for an opendir replaying `listing` with `parent` as `..`.
-    pub fn kernel_has(&self, dir: u64, listing: &KeptListing, parent: u64) -> bool {
-        self.served.get(&dir) == Some(&(listing.listed_at, parent))
+    /// for an opendir now, with `parent` as `..`: the kept listing it was
+    /// last given is still kept and younger than `ttl`.
+    pub fn kernel_may_keep(&self, dir: u64, ttl: Duration, parent: u64) -> bool {
+        match (self.kept.get(&dir), self.served.get(&dir)) {
+            (Some(kept), Some(served)) => {
+                kept.listed_at.elapsed() < ttl && *served == (kept.listed_at, parent)
+            }
+            _ => false,
+        }
     }
 
     /// The kernel is given `dir`'s kept listing (if it is kept) at an
