@@ -292,16 +292,6 @@ async fn a_write_answered_before_the_server_did_survives_a_crash() {
             .unwrap()
     };
     let id = Identity::new(0, 0);
-    let temp_size = |disk: &Path| {
-        let temps: Vec<u64> = fs::read_dir(disk)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".a.bin"))
-            .map(|e| e.metadata().unwrap().len())
-            .collect();
-        assert_eq!(temps.len(), 1, "one temp file");
-        temps[0]
-    };
     let data = pattern(40_960, 3);
 
     for truncated in [false, true] {
@@ -323,7 +313,11 @@ async fn a_write_answered_before_the_server_did_survives_a_crash() {
         drop(w);
         drop(b);
         let on_server = if truncated { 1000 } else { 0 };
-        assert_eq!(temp_size(&disk), on_server, "the last write was lost");
+        assert_eq!(
+            temp_size(&disk, "a.bin"),
+            on_server,
+            "the last write was lost"
+        );
 
         let b = connect().await;
         let Resumed::Pending(w) = b.resume_write(id, &target, described).await.unwrap() else {
@@ -338,4 +332,46 @@ async fn a_write_answered_before_the_server_did_survives_a_crash() {
             .collect();
         assert!(left.is_empty(), "spill files left: {left:?}");
     }
+}
+
+/// The spill cannot be written (its directory cannot be made): a write is
+/// answered only once the server has it, so a crash right after the
+/// answer loses nothing either.
+#[tokio::test]
+async fn without_a_spill_a_write_is_answered_once_the_server_has_it() {
+    let server = ganesha();
+    let (disk, url) = server.area("pipeline-no-spill");
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let opts = NfsOptions {
+        spill_dir: Some(not_a_dir.path().join("nfs-spill")),
+        ..NfsOptions::default()
+    };
+    let b = NfsBackend::connect(&Source::parse(&url).unwrap(), opts)
+        .await
+        .unwrap();
+    let target = BackendPath::parse("n.bin").unwrap();
+    let w = b
+        .begin_write(Identity::new(0, 0), &target, WriteStart::Empty, 0o644)
+        .await
+        .unwrap();
+    w.write_at(0, &pattern(40_960, 4)).await.unwrap();
+    assert_eq!(
+        temp_size(&disk, "n.bin"),
+        40_960,
+        "answered before the server had it"
+    );
+    w.abort(&target).await;
+}
+
+/// The size of the one temp file of `name` in `disk`.
+fn temp_size(disk: &Path, name: &str) -> u64 {
+    let prefix = format!(".{name}");
+    let temps: Vec<u64> = fs::read_dir(disk)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert_eq!(temps.len(), 1, "one temp file of {name}");
+    temps[0]
 }
