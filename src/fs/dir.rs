@@ -1,7 +1,8 @@
 //! Directory handles: a listing is snapshotted at opendir so that offsets
 //! stay valid while the directory changes. Where the kernel may read the
 //! entries from its own cache (see `inode::listings`), the listing waits
-//! for the first readdir, which only comes if that cache is gone.
+//! for the first readdir, which only comes if that cache is gone or
+//! incomplete.
 
 use std::sync::Arc;
 use std::time::Instant;
