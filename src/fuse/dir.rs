@@ -4,8 +4,8 @@
 //! for the kernel to read its own cache is listed at its first readdir.
 
 use fuser::{
-    FileHandle, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyOpen, Request,
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyOpen, Request,
 };
 
 use std::time::Duration;
@@ -39,21 +39,36 @@ pub(super) fn readdir(
     offset: u64,
     reply: ReplyDirectory,
 ) {
+    let answer = move |_: &CachalotFs, h: &DirHandle, r| fill_dir(h, offset, r);
+    answer_listing(adapter, req, fh, reply, answer, ReplyDirectory::error);
+}
+
+/// Answer a readdir(plus) from its handle's listing, taken first (on the
+/// runtime: it may ask the backend) if opendir left the entries to the
+/// kernel's cache and the kernel asks after all.
+fn answer_listing<R: Send + 'static>(
+    adapter: &FuseAdapter,
+    req: &Request,
+    fh: FileHandle,
+    reply: R,
+    answer: impl FnOnce(&CachalotFs, &DirHandle, R) + Send + 'static,
+    fail: fn(R, Errno),
+) {
     let handle = {
         let Some(_pass) = adapter.gate.enter() else {
             return Gate::hold(reply);
         };
         match adapter.fs.readdir(fh.0) {
-            Ok(h) if h.entries().is_some() => return fill_dir(&h, offset, reply),
+            Ok(h) if h.entries().is_some() => return answer(&adapter.fs, &h, reply),
             Ok(h) => h,
-            Err(e) => return reply.error(errno(adapter.fs.count_error(e))),
+            Err(e) => return fail(reply, errno(adapter.fs.count_error(e))),
         }
     };
     let c = caller(req);
     adapter.spawn(move |fs| async move {
         match fs.list_handle(c, &handle).await {
-            Ok(()) => fill_dir(&handle, offset, reply),
-            Err(e) => reply.error(errno(fs.count_error(e))),
+            Ok(()) => answer(&fs, &handle, reply),
+            Err(e) => fail(reply, errno(fs.count_error(e))),
         }
     });
 }
@@ -75,25 +90,9 @@ pub(super) fn readdirplus(
     offset: u64,
     reply: ReplyDirectoryPlus,
 ) {
-    let handle = {
-        let Some(_pass) = adapter.gate.enter() else {
-            return Gate::hold(reply);
-        };
-        match adapter.fs.readdir(fh.0) {
-            Ok(h) if h.entries().is_some() => {
-                return fill_dir_plus(&adapter.fs, adapter.ttl, ino, &h, offset, reply)
-            }
-            Ok(h) => h,
-            Err(e) => return reply.error(errno(adapter.fs.count_error(e))),
-        }
-    };
-    let (c, ttl) = (caller(req), adapter.ttl);
-    adapter.spawn(move |fs| async move {
-        match fs.list_handle(c, &handle).await {
-            Ok(()) => fill_dir_plus(&fs, ttl, ino, &handle, offset, reply),
-            Err(e) => reply.error(errno(fs.count_error(e))),
-        }
-    });
+    let ttl = adapter.ttl;
+    let answer = move |fs: &CachalotFs, h: &DirHandle, r| fill_dir_plus(fs, ttl, ino, h, offset, r);
+    answer_listing(adapter, req, fh, reply, answer, ReplyDirectoryPlus::error);
 }
 
 fn fill_dir_plus(

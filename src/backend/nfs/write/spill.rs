@@ -100,7 +100,7 @@ impl Spill {
 
     /// The write is over (published, aborted or handed over committed).
     pub(super) fn remove(&mut self) {
-        if self.file.take().is_some() || self.len > 0 {
+        if self.file.take().is_some() {
             remove_file(&self.path);
         }
         self.len = 0;
