@@ -160,10 +160,9 @@ async fn resend_spilled(
         .await
         .map_err(|e| ctx.err(ErrorKind::Other, format!("reading the spill: {e}")))?
         .map_err(|e| {
-            ctx.err(
-                ErrorKind::Other,
-                format!("reading the spill {}: {e}", path.display()),
-            )
+            // Its own errno (a spill the successor may not read is EACCES).
+            let kind = crate::backend::BackendError::from_io(&e, "read spill", "").kind;
+            ctx.err(kind, format!("reading the spill {}: {e}", path.display()))
         })?;
     let bytes: usize = pieces.iter().map(|(_, d)| d.len()).sum();
     for (offset, data) in &pieces {
