@@ -37,7 +37,7 @@
 #          (kernel-cache warm), and random 4 KiB reads (drop_caches first).
 #          Native: cold, kernel-cache warm, random cold, in the same rounds.
 #   write  sequential write of BENCH_SIZE in 1 MiB writes + fsync (MiB/s)
-#   small  create BENCH_FILES files of 4 KiB (s); read them all cold (after
+#   small  create BENCH_FILES files of 4 KiB (s, after sync + drop_caches); read them all cold (after
 #          drop_caches, fresh mount) and warm (read again at once) (s)
 #   meta   on BENCH_FILES files, after one warm-up pass: stat of every file,
 #          `ls -l`, `find` (s)
@@ -589,15 +589,17 @@ work_write() {
     rm -f "$BACKING/$f"
 }
 
-# The created files stay until every create round is over: ext4 skips inodes
-# freed in the last ~30 s when it allocates (recently_deleted), reading each
-# one's inode block, so a create right after removing thousands of files
-# costs up to 10x more, for whichever target happened to come next.
+# sync and drop_caches first: ext4 skips inodes freed in the last minutes
+# when it allocates one (recently_deleted), looking up each one's inode
+# block while it is cached, so a create after any target's cleanup removed
+# thousands of files cost up to 10x more, for whichever target came next.
 work_create() {
     local t="$1" d="create-$1-$ROUND"
     open_target "$t"
+    drop_caches
     helper_rec "create.$t" create "$TROOT/$d" "$BENCH_FILES" 4096 || true
     close_target "$t" create
+    rm -rf "${BACKING:?}/$d"
 }
 
 work_smallread() {
@@ -867,7 +869,6 @@ if want write; then
 fi
 if want small; then
     rounds create "${FILE_TARGETS[@]}"
-    rm -rf "${BACKING:?}"/create-*
     rounds smallread "${FILE_TARGETS[@]}"
 fi
 if want meta; then
