@@ -88,15 +88,16 @@ impl Ledger {
         Ok(LedgerGuard { file: &self.file })
     }
 
-    /// Reserve `bytes` if the total stays within `limit`.
-    pub fn reserve(&self, bytes: u64, limit: u64) -> io::Result<bool> {
+    /// Reserve `bytes` if the total stays within `limit`: the total with
+    /// them, or `None` if there is no room.
+    pub fn reserve(&self, bytes: u64, limit: u64) -> io::Result<Option<u64>> {
         let guard = self.lock()?;
         let total = guard.total()?;
         if total.saturating_add(bytes) > limit {
-            return Ok(false);
+            return Ok(None);
         }
         guard.set(total + bytes)?;
-        Ok(true)
+        Ok(Some(total + bytes))
     }
 
     pub fn release(&self, bytes: u64) -> io::Result<()> {
@@ -142,12 +143,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Ledger::open(dir.path()).unwrap();
         let b = Ledger::open(dir.path()).unwrap();
-        assert!(a.reserve(60, 100).unwrap());
-        assert!(
-            !b.reserve(60, 100).unwrap(),
+        assert_eq!(a.reserve(60, 100).unwrap(), Some(60));
+        assert_eq!(
+            b.reserve(60, 100).unwrap(),
+            None,
             "second process must see the first's usage"
         );
-        assert!(b.reserve(40, 100).unwrap());
+        assert_eq!(b.reserve(40, 100).unwrap(), Some(100));
         a.release(60).unwrap();
         assert_eq!(b.total().unwrap(), 40);
     }

@@ -306,16 +306,18 @@ impl PageStore {
 
     /// Reserve `size` bytes within the quota and above the disk floor,
     /// evicting down to the low watermark if needed.
-    fn make_room(&self, size: u64, counters: &Counters) -> bool {
+    /// Reserve `size` bytes in the ledger, evicting if needed: the shared
+    /// total with them, or `None` if there is no room even after evicting.
+    fn make_room(&self, size: u64, counters: &Counters) -> Option<u64> {
         for attempt in 0..3 {
             let disk_ok = self.disk_has_room(size);
             if disk_ok {
                 match self.ledger.reserve(size, self.cfg.quota_bytes) {
-                    Ok(true) => return true,
-                    Ok(false) => {}
+                    Ok(Some(total)) => return Some(total),
+                    Ok(None) => {}
                     Err(e) => {
                         self.note_write_error(&e, counters);
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -327,7 +329,7 @@ impl PageStore {
                 self.evict_down_to(target, !disk_ok);
             }
         }
-        false
+        None
     }
 
     fn note_write_error(&self, e: &io::Error, counters: &Counters) {
@@ -353,7 +355,15 @@ impl PageStore {
     }
 
     fn evict_if_above_high(&self) {
-        if self.ledger.total().is_ok_and(|t| t > self.cfg.high()) {
+        if let Ok(total) = self.ledger.total() {
+            self.evict_if_total_above_high(total);
+        }
+    }
+
+    /// `evict_if_above_high` with a total just read (a reservation's): one
+    /// ledger round (lock, read, unlock) less per stored page.
+    fn evict_if_total_above_high(&self, total: u64) {
+        if total > self.cfg.high() {
             self.evict_down_to(self.cfg.low(), false);
         }
     }

@@ -48,6 +48,25 @@ fn put_then_get_survives_reopen() {
     assert_eq!(s.stats().counters.hits, 1);
 }
 
+/// A page stored twice is counted once; a fan-out directory removed
+/// behind the store (a `cache clear` by another process) is made again.
+#[test]
+fn a_page_stored_twice_is_counted_once_and_a_missing_directory_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 1 << 20);
+    s.put(&key("a", 0), &[1u8; 4096]);
+    let one = s.stats().bytes;
+    assert_eq!(one, page_bytes(4096));
+    s.put(&key("a", 0), &[2u8; 4096]);
+    assert_eq!(s.stats().bytes, one, "the replaced page is still counted");
+    assert_eq!(s.get(&key("a", 0)).unwrap(), vec![2u8; 4096]);
+    let fan_out = s.path_of(&key("b", 0).file_stem());
+    let fan_out = fan_out.parent().unwrap();
+    let _ = fs::remove_dir_all(fan_out);
+    s.put(&key("b", 0), b"page b");
+    assert_eq!(s.get(&key("b", 0)).unwrap(), b"page b");
+}
+
 #[test]
 fn corrupt_page_is_dropped_counted_and_released() {
     let dir = tempfile::tempdir().unwrap();

@@ -385,7 +385,7 @@ impl VolumeCache {
         let ps = self.page_size;
         let pages = size.div_ceil(ps);
         if !(0..pages).all(|i| self.contains(&key.with_index(i)))
-            || !self.store.make_room(size, &self.counters)
+            || self.store.make_room(size, &self.counters).is_none()
         {
             return false;
         }
@@ -494,18 +494,22 @@ impl VolumeCache {
         if size > self.store.cfg.quota_bytes {
             return;
         }
-        if !self.store.make_room(size, &self.counters) {
+        let Some(total) = self.store.make_room(size, &self.counters) else {
             self.counters.skipped.fetch_add(1, Ordering::Relaxed);
             return;
-        }
+        };
         let stem = key.file_stem();
         match self.write_page_file(&stem, &header, data) {
             Ok(replaced) => {
-                if let Some(old) = replaced {
-                    let _ = self.store.ledger.release(old);
-                }
+                let total = match replaced {
+                    Some(old) => {
+                        let _ = self.store.ledger.release(old);
+                        total.saturating_sub(old)
+                    }
+                    None => total,
+                };
                 self.index_put(stem, size);
-                self.store.evict_if_above_high();
+                self.store.evict_if_total_above_high(total);
             }
             Err(e) => {
                 let _ = self.store.ledger.release(size);
@@ -516,21 +520,35 @@ impl VolumeCache {
 
     /// Write the page file (`header`, then `data`); returns the size of a
     /// file it replaced.
+    ///
+    /// The common case costs five system calls: create, write, rename
+    /// (refusing to replace), close, and the fan-out directory is made
+    /// only when the create finds it missing.
     fn write_page_file(&self, stem: &str, header: &[u8], data: &[u8]) -> io::Result<Option<u64>> {
         let final_path = self.path_of(stem);
         let dir = final_path.parent().unwrap_or(&self.pages_dir);
-        fs::create_dir_all(dir)?;
         let seq = self.store.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", std::process::id()));
+        let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", process_id()));
         let result = (|| {
-            let mut f = File::create(&temp)?;
+            let mut f = match File::create(&temp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(dir)?;
+                    File::create(&temp)?
+                }
+                created => created?,
+            };
             write_all_vectored(&mut f, &mut [IoSlice::new(header), IoSlice::new(data)])?;
+            // A page is rarely stored twice; when it is, the size of the
+            // file it replaces goes back to the ledger. (EINVAL: a cache
+            // filesystem without RENAME_NOREPLACE.)
+            match rename_noreplace(&temp, &final_path) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EINVAL)) => {}
+                done => return done.map(|()| None),
+            }
             let replaced = fs::metadata(&final_path).ok().map(|m| m.len());
             fs::rename(&temp, &final_path)?;
-            if replaced.is_some() {
-                // The replaced file's blocks are freed once closed.
-                self.store.open_pages.forget(self.tag, stem);
-            }
+            // The replaced file's blocks are freed once closed.
+            self.store.open_pages.forget(self.tag, stem);
             Ok(replaced)
         })();
         if result.is_err() {
@@ -581,6 +599,25 @@ impl Drop for VolumeCache {
         volumes.retain(|v| !std::ptr::eq(v.as_ptr(), Arc::as_ptr(&self.counters)));
         self.store.counters.absorb_volume(&self.counters.snapshot());
     }
+}
+
+/// This process's id, asked of the kernel once (every stored page names
+/// its temporary file with it; glibc does not cache it).
+fn process_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(std::process::id)
+}
+
+/// Rename `from` to `to` unless `to` exists (EEXIST then).
+fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        None,
+        from,
+        None,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Write all of `bufs` with `writev` (the page straight from its buffer,
