@@ -305,9 +305,8 @@ impl PageStore {
     }
 
     /// Reserve `size` bytes within the quota and above the disk floor,
-    /// evicting down to the low watermark if needed.
-    /// Reserve `size` bytes in the ledger, evicting if needed: the shared
-    /// total with them, or `None` if there is no room even after evicting.
+    /// evicting down to the low watermark if needed: the shared total with
+    /// them, or `None` if there is no room even after evicting.
     fn make_room(&self, size: u64, counters: &Counters) -> Option<u64> {
         for attempt in 0..3 {
             let disk_ok = self.disk_has_room(size);

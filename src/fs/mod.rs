@@ -328,9 +328,8 @@ impl CachalotFs {
         }
     }
 
-    /// FORGET from the kernel.
-    /// The kernel dropped references to `ino`; true if a hidden object is
-    /// left to remove (`remove_forgotten`).
+    /// FORGET: the kernel dropped references to `ino`; true if a hidden
+    /// object is left to remove (`remove_forgotten`).
     pub fn forget(&self, ino: u64, nlookup: u64) -> bool {
         self.inodes.lock().forget(ino, nlookup)
     }

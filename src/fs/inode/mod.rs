@@ -80,8 +80,8 @@ pub struct Inode {
     pub hidden: bool,
     /// Hidden for the kernel's opens too (see `fs/unlinked.rs`): the
     /// object goes once the kernel forgot the inode, not at the last
-    /// close. Not handed to a successor, which removes it at the last
-    /// close or when the kernel forgets it, whichever comes last it sees.
+    /// close. Not handed to a successor, which removes the object at the
+    /// last close it sees or when the kernel forgets the inode.
     pub kept_for_kernel: bool,
     /// Replaced behind the mount while open (see `InodeTable::refresh`):
     /// detached, but still opened by the kernel for lookups that saw it.
@@ -507,9 +507,8 @@ impl InodeTable {
         }
     }
 
-    /// FORGET: the kernel dropped `n` references.
-    /// The kernel dropped `n` references to `ino`. True if it is a hidden
-    /// file nothing refers to any more, whose object can go.
+    /// FORGET: the kernel dropped `n` references to `ino`. True if it is a
+    /// hidden file nothing refers to any more, whose object can go.
     pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
             return false;
