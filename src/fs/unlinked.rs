@@ -5,15 +5,6 @@
 //! removal either gets in first (and is kept) or waits and gets ESTALE (the
 //! kernel then looks the name up again): never a descriptor on a file whose
 //! object vanished under it.
-//!
-//! On a local filesystem a file replaced by a rename through this mount is
-//! kept too while the kernel still references its inode, open or not: an
-//! open whose path walk found it just before the rename must open it, as a
-//! local filesystem would. ESTALE would make the kernel look again, but
-//! only once; a writer replacing the file faster than that (write a temp
-//! file, rename it over) would fail the open. The object goes when the
-//! kernel forgets the inode, which it does at once for a replaced file
-//! nobody holds.
 
 use std::sync::atomic::Ordering;
 
@@ -21,7 +12,7 @@ use crate::backend::{hidden_name_for, BackendPath, ErrorKind, FileKind, Identity
 
 use super::inode::InodeTable;
 use super::types::FsResult;
-use super::{CachalotFs, Caller, ROOT_INO};
+use super::{CachalotFs, ROOT_INO};
 
 /// How the object of a removed open file gets its hidden name.
 #[derive(Clone, Copy)]
@@ -39,8 +30,6 @@ pub(super) struct Removal<'a> {
     /// hidden-ops lock is held until the move is recorded, so readers
     /// looking for the object find it where it went.
     keep: Option<tokio::sync::MutexGuard<'a, ()>>,
-    /// Kept (also) because the kernel may still open it: until forgotten.
-    for_kernel: bool,
 }
 
 impl Removal<'_> {
@@ -64,18 +53,10 @@ impl CachalotFs {
     /// Start removing the file `parent/name` from the namespace (unlink,
     /// rename over it). `None` if the name is not a known file. If the file
     /// is open (or being opened) and the backend renames cheaply, the
-    /// removal keeps its object for the handles (`keeps_open_file`); so
-    /// does a rename over it on a local filesystem while the kernel holds
-    /// the inode (`replacing`, see the module's text). Otherwise opens of
-    /// it wait until the removal is over.
-    pub(super) async fn begin_removal(
-        &self,
-        parent: u64,
-        name: &str,
-        replacing: bool,
-    ) -> Option<Removal<'_>> {
-        let capabilities = self.backend.capabilities();
-        let keepable = capabilities.cheap_rename;
+    /// removal keeps its object for the handles (`keeps_open_file`);
+    /// otherwise opens of it wait until the removal is over.
+    pub(super) async fn begin_removal(&self, parent: u64, name: &str) -> Option<Removal<'_>> {
+        let keepable = self.backend.capabilities().cheap_rename;
         // Taken before looking at the open count, so a release cannot slip
         // between the check and the move (and miss the hidden object).
         let serial = if keepable {
@@ -95,13 +76,11 @@ impl CachalotFs {
         // A new file exists only as its write session's temporary object,
         // which its handles keep anyway.
         let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
-        let for_kernel = replacing && capabilities.inline_io && inode.nlookup > 0;
-        if keepable && (live > 0 || for_kernel) && published {
+        if keepable && live > 0 && published {
             return Some(Removal {
                 fs: self,
                 ino,
                 keep: serial,
-                for_kernel,
             });
         }
         inode.replacing += 1;
@@ -109,7 +88,6 @@ impl CachalotFs {
             fs: self,
             ino,
             keep: None,
-            for_kernel: false,
         })
     }
 
@@ -201,30 +179,13 @@ impl CachalotFs {
         {
             let mut table = self.inodes.lock();
             table.hide(removal.ino, hidden.name());
-            if let Ok(inode) = table.get_mut(removal.ino) {
-                inode.kept_for_kernel = removal.for_kernel;
-            }
             then(&mut table);
         }
         tracing::debug!(hidden = %hidden, "kept an unlinked open file under a hidden name");
         self.remove_hidden_locked(id, removal.ino).await;
     }
 
-    /// The kernel forgot `ino`: remove its object if it was kept only for
-    /// the kernel's opens.
-    pub async fn remove_forgotten(&self, ino: u64) {
-        let root = Caller {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        };
-        // The daemon's own identity (or the volume's fixed one): nobody
-        // asked, and the rename that hid it was allowed.
-        self.remove_hidden(self.identity(root), ino).await;
-    }
-
-    /// Remove a hidden object once its last handle closed (and the kernel
-    /// forgot it, if it was kept for the kernel).
+    /// Remove a hidden object once its last handle closed.
     pub(super) async fn remove_hidden(&self, id: Identity, ino: u64) {
         // Cheap check first: almost no release concerns a hidden file.
         if !self.inodes.lock().get(ino).is_ok_and(|i| i.hidden) {
@@ -241,8 +202,7 @@ impl CachalotFs {
             let Ok(inode) = table.get_mut(ino) else {
                 return;
             };
-            let forgotten = inode.nlookup == 0 || !inode.kept_for_kernel;
-            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0 && forgotten)
+            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0)
                 || inode.write.is_some()
             {
                 return;

@@ -78,11 +78,6 @@ pub struct Inode {
     /// The backend object was moved to a hidden name to keep it readable
     /// for open handles; removed at the last close.
     pub hidden: bool,
-    /// Hidden for the kernel's opens too (see `fs/unlinked.rs`): the
-    /// object goes once the kernel forgot the inode, not at the last
-    /// close. Not handed to a successor, which removes the object at the
-    /// last close it sees or when the kernel forgets the inode.
-    pub kept_for_kernel: bool,
     /// Replaced behind the mount while open (see `InodeTable::refresh`):
     /// detached, but still opened by the kernel for lookups that saw it.
     pub superseded: bool,
@@ -156,7 +151,6 @@ impl Inode {
             unlinked: false,
             attached: true,
             hidden: false,
-            kept_for_kernel: false,
             replacing: 0,
             reader: None,
             superseded: false,
@@ -507,19 +501,15 @@ impl InodeTable {
         }
     }
 
-    /// FORGET: the kernel dropped `n` references to `ino`. True if it is a
-    /// hidden file nothing refers to any more, whose object can go.
-    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+    /// FORGET: the kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == ROOT_INO {
-            return false;
+            return;
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.nlookup = inode.nlookup.saturating_sub(n);
         }
         self.maybe_drop(ino);
-        self.inodes
-            .get(&ino)
-            .is_some_and(|i| i.hidden && i.nlookup == 0 && i.open_handles == 0 && i.opening == 0)
     }
 
     pub fn moves(&self) -> u64 {
