@@ -59,6 +59,21 @@ impl ErrorKind {
         }
     }
 
+    /// The kind of a local I/O error: its errno, or what std says of it.
+    pub fn from_io(err: &io::Error) -> ErrorKind {
+        match err.raw_os_error() {
+            Some(errno) => ErrorKind::from_errno(errno),
+            None => match err.kind() {
+                io::ErrorKind::NotFound => ErrorKind::NotFound,
+                io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+                io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+                io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+                io::ErrorKind::NotADirectory => ErrorKind::NotADirectory,
+                _ => ErrorKind::Other,
+            },
+        }
+    }
+
     /// Classify a raw OS errno. Unknown values become `Other` (EIO).
     pub fn from_errno(errno: i32) -> ErrorKind {
         match errno {
@@ -116,20 +131,9 @@ impl BackendError {
     }
 
     pub fn from_io(err: &io::Error, operation: &'static str, path: impl Into<String>) -> Self {
-        let kind = match err.raw_os_error() {
-            Some(errno) => ErrorKind::from_errno(errno),
-            None => match err.kind() {
-                io::ErrorKind::NotFound => ErrorKind::NotFound,
-                io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-                io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-                io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
-                io::ErrorKind::NotADirectory => ErrorKind::NotADirectory,
-                _ => ErrorKind::Other,
-            },
-        };
         BackendError {
             cause: err.to_string(),
-            ..BackendError::new(kind, operation, path)
+            ..BackendError::new(ErrorKind::from_io(err), operation, path)
         }
     }
 

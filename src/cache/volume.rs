@@ -521,9 +521,9 @@ impl VolumeCache {
     /// Write the page file (`header`, then `data`); returns the size of a
     /// file it replaced.
     ///
-    /// The common case costs five system calls: create, write, rename
-    /// (refusing to replace), close, and the fan-out directory is made
-    /// only when the create finds it missing.
+    /// The common case costs four system calls: create, write, rename
+    /// (refusing to replace), close; the fan-out directory is made only
+    /// when the create finds it missing.
     fn write_page_file(&self, stem: &str, header: &[u8], data: &[u8]) -> io::Result<Option<u64>> {
         let final_path = self.path_of(stem);
         let dir = final_path.parent().unwrap_or(&self.pages_dir);

@@ -161,8 +161,10 @@ async fn resend_spilled(
         .map_err(|e| ctx.err(ErrorKind::Other, format!("reading the spill: {e}")))?
         .map_err(|e| {
             // Its own errno (a spill the successor may not read is EACCES).
-            let kind = crate::backend::BackendError::from_io(&e, "read spill", "").kind;
-            ctx.err(kind, format!("reading the spill {}: {e}", path.display()))
+            ctx.err(
+                ErrorKind::from_io(&e),
+                format!("reading the spill {}: {e}", path.display()),
+            )
         })?;
     let bytes: usize = pieces.iter().map(|(_, d)| d.len()).sum();
     for (offset, data) in &pieces {
