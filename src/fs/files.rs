@@ -35,8 +35,15 @@ impl CachalotFs {
                 let path = match table.path_of(ino) {
                     Ok(path) => path,
                     // Replaced behind the mount after the kernel looked it
-                    // up: open the version that lookup saw.
-                    Err(_) if table.get(ino)?.superseded => table.last_path(ino)?,
+                    // up: open the version that lookup saw, unless a read
+                    // found it gone (then ESTALE, as below).
+                    Err(_)
+                        if table
+                            .get(ino)
+                            .is_ok_and(|i| i.superseded && !i.version_gone) =>
+                    {
+                        table.last_path(ino)?
+                    }
                     Err(_) => return Err(FsError::new(libc::ESTALE)),
                 };
                 if Self::held_by_other_passthrough(table.get(ino)?, writable || truncate) {

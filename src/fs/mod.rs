@@ -292,24 +292,16 @@ impl CachalotFs {
     }
 
     /// Make the kernel look `ino`'s last name up again at its next path
-    /// walk (it was replaced behind the mount). Runs on a blocking thread:
-    /// the kernel takes the directory's lock, which a request we are
-    /// answering may hold.
-    /// Returns the invalidation in progress (sent from a blocking thread:
-    /// the kernel takes the directory's lock, which must not be waited for
-    /// under our table lock); await it before an answer that makes the
-    /// application look the name up again.
-    pub(super) fn invalidate_kernel_entry(
-        &self,
-        table: &InodeTable,
-        ino: u64,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let inode = table.get(ino).ok()?;
+    /// walk (it was replaced behind the mount). Sent from a blocking thread
+    /// and never waited for: the kernel takes the directory's lock, which
+    /// a request we are answering may hold, or a `getdents` waiting for a
+    /// page lock of a READ we are answering (see `replaced_behind`).
+    pub(super) fn invalidate_kernel_entry(&self, table: &InodeTable, ino: u64) {
+        let Ok(inode) = table.get(ino) else { return };
         let (parent, name) = (inode.parent, inode.name.clone());
-        let kernel = self.kernel.lock().clone()?;
-        Some(tokio::task::spawn_blocking(move || {
-            kernel.invalidate_entry(parent, &name)
-        }))
+        if let Some(kernel) = self.kernel.lock().clone() {
+            tokio::task::spawn_blocking(move || kernel.invalidate_entry(parent, &name));
+        }
     }
 
     /// Make the kernel look up again the names `set_meta` split off an

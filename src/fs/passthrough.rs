@@ -102,7 +102,7 @@ impl CachalotFs {
             .is_ok_and(|i| i.attached && !i.hidden && !i.unlinked && !i.superseded);
         if named {
             table.supersede(ino);
-            let _ = self.invalidate_kernel_entry(table, ino);
+            self.invalidate_kernel_entry(table, ino);
         }
         tracing::debug!(ino, "an open moved off an inode read by passthrough");
         FsError::new(libc::ESTALE)

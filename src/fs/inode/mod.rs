@@ -81,6 +81,11 @@ pub struct Inode {
     /// Replaced behind the mount while open (see `InodeTable::refresh`):
     /// detached, but still opened by the kernel for lookups that saw it.
     pub superseded: bool,
+    /// Superseded, and a read found its version gone from the backend:
+    /// opens answer ESTALE, so the kernel looks the name up again and
+    /// opens the new version (see `CachalotFs::open`). Not carried to a
+    /// successor, which finds the version gone at its first read again.
+    pub version_gone: bool,
     /// Backend reader of the version the open descriptors read, shared by
     /// them: once one descriptor opened it, the others read that version
     /// even if the name was republished since (a local or NFS reader keeps
@@ -154,6 +159,7 @@ impl Inode {
             replacing: 0,
             reader: None,
             superseded: false,
+            version_gone: false,
             nlookup: 0,
             children: 0,
             links: Vec::new(),

@@ -269,13 +269,7 @@ impl CachalotFs {
                     // version it opened: it reads the one it finds.
                     let unknown = view.version.0.is_empty();
                     if !unknown && !self.inode_follows(&handle, &version) {
-                        let (estale, invalidated) = self.replaced_behind(&handle, &view);
-                        // The application reopens on ESTALE: its lookup
-                        // must find the name's new object, not this inode.
-                        if let Some(invalidated) = invalidated {
-                            let _ = invalidated.await;
-                        }
-                        return Err(estale);
+                        return Err(self.replaced_behind(&handle, &view));
                     }
                     self.version_changed(&handle, &view.version, &version, size)
                 }
@@ -309,24 +303,31 @@ impl CachalotFs {
     /// published a new version) and the handle's version is neither cached
     /// nor readable from the backend any more: as on NFS, the descriptor
     /// gets ESTALE (reopening reads the new version). The inode leaves the
-    /// namespace so that the reopen gets a new inode.
-    fn replaced_behind(
-        &self,
-        handle: &FileHandle,
-        view: &View,
-    ) -> (FsError, Option<tokio::task::JoinHandle<()>>) {
+    /// namespace and is marked gone, so that the application's reopen,
+    /// which may still meet this inode in the kernel's entry cache, gets
+    /// ESTALE from OPEN and the kernel looks the name up again (once, at
+    /// once) and finds the new inode.
+    ///
+    /// The kernel's entry is invalidated too, but never waited for here:
+    /// the kernel takes the directory's lock for it, and a `getdents` may
+    /// hold that lock while waiting for a page lock of this file, which the
+    /// kernel holds until this READ is answered (a deadlock that hung a
+    /// stress of renames, reads and listings).
+    fn replaced_behind(&self, handle: &FileHandle, view: &View) -> FsError {
         tracing::warn!(
             path = %view.path,
             ino = handle.ino,
             "file replaced behind the mount while open; this descriptor's version is gone (ESTALE, reopen to read the new one)"
         );
         let mut table = self.inodes.lock();
-        let mut invalidated = None;
         if table.get(handle.ino).is_ok_and(|i| i.attached && !i.hidden) {
-            invalidated = self.invalidate_kernel_entry(&table, handle.ino);
+            self.invalidate_kernel_entry(&table, handle.ino);
             table.supersede(handle.ino);
         }
-        (FsError::new(libc::ESTALE), invalidated)
+        if let Ok(inode) = table.get_mut(handle.ino) {
+            inode.version_gone = inode.superseded;
+        }
+        FsError::new(libc::ESTALE)
     }
 
     /// The backend has another version than the handle read so far: move
