@@ -109,6 +109,27 @@ impl CachalotFs {
         }
     }
 
+    /// Whether `meta`, just read from the backend, shows the inode `which`
+    /// picks another version under its name while it is open: a change
+    /// behind the mount, or a rename over it through this mount that has
+    /// moved the objects but not yet recorded the move (`moves_recorded`).
+    fn would_supersede(&self, which: impl Fn(&InodeTable) -> Option<u64>, meta: &Metadata) -> bool {
+        let table = self.inodes.lock();
+        which(&table)
+            .and_then(|ino| table.get(ino).ok())
+            .is_some_and(|inode| inode.replaced_behind_open_descriptors(meta))
+    }
+
+    /// Wait until the renames and unlinks through this mount that keep an
+    /// open file's object under a hidden name have recorded their moves
+    /// (they hold the hidden-ops lock from the first backend change until
+    /// then). A stat that met one halfway is then asked again: only a
+    /// change behind the mount may supersede an open file, whose readers
+    /// would otherwise get ESTALE for a rename done through this mount.
+    pub(super) async fn moves_recorded(&self) {
+        drop(self.hidden_ops.lock().await);
+    }
+
     /// `getattr` answered from the inode table alone, or `None`.
     pub fn getattr_known(&self, ino: u64) -> Option<FsResult<Attr>> {
         self.local_attr_in(&self.inodes.lock(), ino).transpose()
@@ -120,8 +141,20 @@ impl CachalotFs {
         if let Some(attr) = self.lookup_known(parent, name) {
             return Ok(attr);
         }
-        let asked = Instant::now();
-        match self.backend.stat(self.identity(caller), &path).await {
+        let mut waited = false;
+        let (asked, found) = loop {
+            let asked = Instant::now();
+            let found = self.backend.stat(self.identity(caller), &path).await;
+            let known = |t: &InodeTable| t.child(parent, name);
+            match &found {
+                Ok(meta) if !waited && self.would_supersede(known, meta) => {
+                    self.moves_recorded().await;
+                    waited = true;
+                }
+                _ => break (asked, found),
+            }
+        };
+        match found {
             Ok(meta) => {
                 let mut table = self.inodes.lock();
                 let ino = table.upsert_entry(parent, name, meta.clone(), asked);
@@ -144,15 +177,23 @@ impl CachalotFs {
     pub async fn getattr(&self, caller: Caller, ino: u64) -> FsResult<Attr> {
         // One look at the table: an inode detached in between (replaced,
         // superseded) is answered from what was last known, not ENOENT.
-        let path = {
-            let table = self.inodes.lock();
-            if let Some(attr) = self.local_attr_in(&table, ino)? {
-                return Ok(attr);
+        let mut waited = false;
+        let (asked, meta) = loop {
+            let path = {
+                let table = self.inodes.lock();
+                if let Some(attr) = self.local_attr_in(&table, ino)? {
+                    return Ok(attr);
+                }
+                table.path_of(ino)?
+            };
+            let asked = Instant::now();
+            let meta = self.backend.stat(self.identity(caller), &path).await?;
+            if waited || !self.would_supersede(|_| Some(ino), &meta) {
+                break (asked, meta);
             }
-            table.path_of(ino)?
+            self.moves_recorded().await;
+            waited = true;
         };
-        let asked = Instant::now();
-        let meta = self.backend.stat(self.identity(caller), &path).await?;
         let mut table = self.inodes.lock();
         let refreshed = table.refresh(ino, meta.clone(), asked)?;
         self.relookup_split_names(&mut table);

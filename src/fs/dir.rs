@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::inode::KeptListing;
-use super::types::{Caller, FsResult, ListedEntry};
+use super::types::{Attr, Caller, FsResult, ListedEntry};
 use super::{CachalotFs, Handle};
 
 pub struct DirHandle {
@@ -94,14 +94,7 @@ impl CachalotFs {
         let (kept, token) = self.inodes.lock().listings.begin(ino, ttl);
         let listing = match kept {
             Some(kept) => kept,
-            None => {
-                let listed_at = Instant::now();
-                let listed = self.backend.list(self.identity(caller), &path).await?;
-                KeptListing {
-                    entries: Arc::new(listed),
-                    listed_at,
-                }
-            }
+            None => self.list_settled(caller, ino, &path).await?,
         };
         let self_attr = self.getattr(caller, ino).await?;
         let parent_ino = self.inodes.lock().get(ino)?.parent;
@@ -128,7 +121,15 @@ impl CachalotFs {
             // record. A file being rewritten reports its in-progress
             // attributes; anything recorded since the listing wins over it.
             let local = match table.known_since(ino, &entry.name, listing.listed_at) {
-                Some((child, inode)) => (child, self.local_attr_of(child, inode)),
+                Some((child, inode)) => {
+                    // Renamed here since: what it last recorded is at least
+                    // the right object's, unlike the listing's entry.
+                    let recorded = inode.meta.as_ref().map(|(m, _)| self.attr_of(child, m));
+                    (
+                        child,
+                        self.local_attr_of(child, inode).map(|a| a.or(recorded)),
+                    )
+                }
                 None => {
                     let child =
                         table.upsert(ino, &entry.name, entry.meta.clone(), listing.listed_at);
@@ -169,32 +170,83 @@ impl CachalotFs {
         Ok(entries)
     }
 
+    /// List directory `ino` in the backend. A listing that would supersede
+    /// an open file (another version under its name) may have met a rename
+    /// through this mount halfway: it is taken again once such moves are
+    /// recorded (see `moves_recorded`).
+    async fn list_settled(
+        &self,
+        caller: Caller,
+        ino: u64,
+        path: &crate::backend::BackendPath,
+    ) -> FsResult<KeptListing> {
+        let mut waited = false;
+        loop {
+            let listed_at = Instant::now();
+            let listed = self.backend.list(self.identity(caller), path).await?;
+            let supersedes = !waited && {
+                let table = self.inodes.lock();
+                listed.iter().any(|entry| {
+                    table
+                        .child(ino, &entry.name)
+                        .and_then(|child| table.get(child).ok())
+                        .is_some_and(|child| child.replaced_behind_open_descriptors(&entry.meta))
+                })
+            };
+            if !supersedes {
+                return Ok(KeptListing {
+                    entries: Arc::new(listed),
+                    listed_at,
+                });
+            }
+            self.moves_recorded().await;
+            waited = true;
+        }
+    }
+
     /// An open directory, whose listing the kernel reads in pieces (see
     /// `DirHandle::from`); taken first if it is not yet (`list_handle`).
     pub fn readdir(&self, fh: u64) -> FsResult<Arc<DirHandle>> {
         self.dir_handle(fh)
     }
 
-    /// A readdirplus entry is about to reach the kernel: count its
-    /// reference. Returns the inode number to send (the listed inode may have
-    /// been forgotten since the listing; the name then gets a live one), or
-    /// None if the entry should be skipped.
-    pub fn remember_listed(&self, dir: u64, entry: &ListedEntry) -> Option<u64> {
+    /// A readdirplus entry is about to reach the kernel, which makes a
+    /// dentry of it: the attributes to send (their `ino` the inode the name
+    /// leads to now, whose reference is counted), or None to skip it.
+    ///
+    /// The listing was taken when the directory was opened; the kernel
+    /// reads it in pieces, later. A name renamed or removed through this
+    /// mount since then must not come back as a dentry of the inode it
+    /// left: a writer's `open(tmp, O_CREAT|O_TRUNC)` would then truncate
+    /// the file `tmp` was renamed to, and its later `rename(tmp, ...)`
+    /// fail with ENOENT. So the entry follows the table: the inode the name
+    /// has now (with its own attributes), or nothing if the name is gone.
+    pub fn remember_listed(&self, dir: u64, entry: &ListedEntry) -> Option<Attr> {
         if entry.name == "." || entry.name == ".." {
             // The kernel takes no reference for these.
-            return Some(entry.attr.ino);
+            return Some(entry.attr.clone());
         }
         let mut table = self.inodes.lock();
-        if table.remember(entry.attr.ino) {
-            return Some(entry.attr.ino);
-        }
-        if let Some(ino) = table.child(dir, &entry.name) {
-            if table.remember(ino) {
-                return Some(ino);
+        match table.child(dir, &entry.name) {
+            Some(ino) => {
+                let attr = match self.local_attr_in(&table, ino) {
+                    Ok(Some(attr)) => attr,
+                    _ if ino == entry.attr.ino => entry.attr.clone(),
+                    // Another inode whose attributes we do not know now.
+                    _ => return None,
+                };
+                table.remember(ino).then_some(attr)
+            }
+            // The listed inode still exists but left this name.
+            None if table.get(entry.attr.ino).is_ok() => None,
+            // Forgotten since the listing: the name gets a live inode.
+            None => {
+                let meta = entry.meta.clone()?;
+                let ino = table.upsert_entry(dir, &entry.name, meta.clone(), Instant::now());
+                let attr = self.local_attr_in(&table, ino).ok().flatten();
+                Some(attr.unwrap_or_else(|| self.attr_of(ino, &meta)))
             }
         }
-        let meta = entry.meta.clone()?;
-        Some(table.upsert_entry(dir, &entry.name, meta, Instant::now()))
     }
 
     /// The kernel did not take an entry it was offered (reply buffer full).

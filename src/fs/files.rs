@@ -379,12 +379,15 @@ impl CachalotFs {
     /// Publish the inode's write session, if any. On failure the temporary
     /// object is gone, the final name untouched, and the errno returned.
     pub(super) async fn publish(&self, ino: u64) -> FsResult<()> {
-        let (session, path, linked) = {
+        let Some(session) = self.inodes.lock().get(ino)?.write.clone() else {
+            return Ok(());
+        };
+        // Held before the name is looked up: a removal moving the object
+        // to a hidden name holds it until the move is recorded.
+        let hold = session.hold().await;
+        let (path, linked) = {
             let table = self.inodes.lock();
             let inode = table.get(ino)?;
-            let Some(session) = inode.write.clone() else {
-                return Ok(());
-            };
             if session.is_orphaned() && inode.open_handles > inode.closing {
                 // Unlinked while open and never published: the data lives
                 // in the session for the handles still open; it is
@@ -398,9 +401,9 @@ impl CachalotFs {
             let linked = inode.attached
                 && (!inode.links.is_empty()
                     || inode.meta.as_ref().is_some_and(|(m, _)| m.nlink > 1));
-            (session, path, linked)
+            (path, linked)
         };
-        let result = session.finish(&path, linked).await;
+        let result = session.finish(hold, &path, linked).await;
         let published = match &result {
             Ok(Finished::Published(meta)) => Some(meta.clone()),
             _ => None,

@@ -321,8 +321,10 @@ impl CachalotFs {
     }
 
     /// FORGET from the kernel.
-    pub fn forget(&self, ino: u64, nlookup: u64) {
-        self.inodes.lock().forget(ino, nlookup);
+    /// The kernel dropped references to `ino`; true if a hidden object is
+    /// left to remove (`remove_forgotten`).
+    pub fn forget(&self, ino: u64, nlookup: u64) -> bool {
+        self.inodes.lock().forget(ino, nlookup)
     }
 
     fn identity(&self, caller: Caller) -> Identity {
@@ -356,12 +358,6 @@ impl CachalotFs {
         }
         let dir = self.path_of(parent)?;
         Ok(dir.join(name)?)
-    }
-
-    /// Whether `fh` is an open file that cannot write: its FLUSH and
-    /// RELEASE change nothing and may be answered on the FUSE worker.
-    pub fn is_read_only_file(&self, fh: u64) -> bool {
-        matches!(self.handles.lock().get(&fh), Some(Handle::File(h)) if !h.writable)
     }
 
     fn file_handle(&self, fh: u64) -> FsResult<Arc<FileHandle>> {

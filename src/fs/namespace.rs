@@ -48,7 +48,7 @@ impl CachalotFs {
         self.check_writable()?;
         let path = self.child_path(parent, name)?;
         let id = self.identity(caller);
-        let removal = self.begin_removal(parent, name).await;
+        let removal = self.begin_removal(parent, name, false).await;
         if let Some(removal) = removal.as_ref().filter(|r| r.keeps_open_file()) {
             let hidden = self
                 .keep_under_hidden_name(id, &path, removal, Keep::Move)
@@ -151,7 +151,7 @@ impl CachalotFs {
         }
         let removal = match no_replace {
             true => None,
-            false => self.begin_removal(new_parent, new_name).await,
+            false => self.begin_removal(new_parent, new_name, true).await,
         };
         // An open file being replaced keeps its object for its handles.
         let kept = match removal.as_ref().filter(|r| r.keeps_open_file()) {

@@ -5,14 +5,25 @@
 //! removal either gets in first (and is kept) or waits and gets ESTALE (the
 //! kernel then looks the name up again): never a descriptor on a file whose
 //! object vanished under it.
+//!
+//! On a local filesystem a file replaced by a rename through this mount is
+//! kept too while the kernel still references its inode, open or not: an
+//! open whose path walk found it just before the rename must open it, as a
+//! local filesystem would. ESTALE would make the kernel look again, but
+//! only once; a writer replacing the file faster than that (write a temp
+//! file, rename it over) would fail the open. The object goes when the
+//! kernel forgets the inode, which it does at once for a replaced file
+//! nobody holds.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::backend::{hidden_name_for, BackendPath, ErrorKind, FileKind, Identity};
 
 use super::inode::InodeTable;
 use super::types::FsResult;
-use super::{CachalotFs, ROOT_INO};
+use super::write::{SessionHold, WriteSession};
+use super::{CachalotFs, Caller, ROOT_INO};
 
 /// How the object of a removed open file gets its hidden name.
 #[derive(Clone, Copy)]
@@ -30,6 +41,11 @@ pub(super) struct Removal<'a> {
     /// hidden-ops lock is held until the move is recorded, so readers
     /// looking for the object find it where it went.
     keep: Option<tokio::sync::MutexGuard<'a, ()>>,
+    /// Kept (also) because the kernel may still open it: until forgotten.
+    for_kernel: bool,
+    /// The file's write session, held still while its object moves (see
+    /// `WriteSession::hold`).
+    held: Option<(Arc<WriteSession>, SessionHold)>,
 }
 
 impl Removal<'_> {
@@ -53,10 +69,18 @@ impl CachalotFs {
     /// Start removing the file `parent/name` from the namespace (unlink,
     /// rename over it). `None` if the name is not a known file. If the file
     /// is open (or being opened) and the backend renames cheaply, the
-    /// removal keeps its object for the handles (`keeps_open_file`);
-    /// otherwise opens of it wait until the removal is over.
-    pub(super) async fn begin_removal(&self, parent: u64, name: &str) -> Option<Removal<'_>> {
-        let keepable = self.backend.capabilities().cheap_rename;
+    /// removal keeps its object for the handles (`keeps_open_file`); so
+    /// does a rename over it on a local filesystem while the kernel holds
+    /// the inode (`replacing`, see the module's text). Otherwise opens of
+    /// it wait until the removal is over.
+    pub(super) async fn begin_removal(
+        &self,
+        parent: u64,
+        name: &str,
+        replacing: bool,
+    ) -> Option<Removal<'_>> {
+        let capabilities = self.backend.capabilities();
+        let keepable = capabilities.cheap_rename;
         // Taken before looking at the open count, so a release cannot slip
         // between the check and the move (and miss the hidden object).
         let serial = if keepable {
@@ -64,30 +88,49 @@ impl CachalotFs {
         } else {
             None
         };
-        let mut table = self.inodes.lock();
-        let ino = table.child(parent, name)?;
-        let inode = table.get_mut(ino).ok()?;
-        if inode.kind != FileKind::File {
-            return None;
-        }
-        let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
-        // Another name (hard link) keeps the object anyway.
-        let keepable = keepable && inode.links.is_empty();
-        // A new file exists only as its write session's temporary object,
-        // which its handles keep anyway.
-        let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
-        if keepable && live > 0 && published {
+        let (ino, keep) = {
+            let mut table = self.inodes.lock();
+            let ino = table.child(parent, name)?;
+            let inode = table.get_mut(ino).ok()?;
+            if inode.kind != FileKind::File {
+                return None;
+            }
+            let live = (inode.open_handles + inode.opening).saturating_sub(inode.closing);
+            // Another name (hard link) keeps the object anyway.
+            let keepable = keepable && inode.links.is_empty();
+            // A new file exists only as its write session's temporary
+            // object, which its handles keep anyway.
+            let published = inode.write.as_ref().is_none_or(|w| !w.is_new());
+            let for_kernel = replacing && capabilities.inline_io && inode.nlookup > 0;
+            if keepable && (live > 0 || for_kernel) && published {
+                (ino, Some((for_kernel, inode.write.clone())))
+            } else {
+                inode.replacing += 1;
+                (ino, None)
+            }
+        };
+        let Some((for_kernel, session)) = keep else {
             return Some(Removal {
                 fs: self,
                 ino,
-                keep: serial,
+                keep: None,
+                for_kernel: false,
+                held: None,
             });
-        }
-        inode.replacing += 1;
+        };
+        let held = match session {
+            Some(s) => {
+                let hold = s.hold().await;
+                Some((s, hold))
+            }
+            None => None,
+        };
         Some(Removal {
             fs: self,
             ino,
-            keep: None,
+            keep: serial,
+            for_kernel,
+            held,
         })
     }
 
@@ -111,15 +154,31 @@ impl CachalotFs {
                 self.backend.link(id, path, &hidden).await?;
             }
         }
-        let session = self.inodes.lock().get(removal.ino)?.write.clone();
-        if let Some(s) = session {
-            if let Err(e) = s.retarget(path, &hidden).await {
-                // The removal fails as a whole: put the object back.
-                self.drop_hidden_name(id, path, &hidden, how).await;
-                return Err(e);
-            }
+        if let Err(e) = self.retarget_removed(removal, path, &hidden).await {
+            // The removal fails as a whole: put the object back.
+            self.drop_hidden_name(id, path, &hidden, how).await;
+            return Err(e);
         }
         Ok(hidden)
+    }
+
+    /// Point the write session of the file being removed (if any) at its
+    /// object's new name, under the removal's hold if it is that session.
+    async fn retarget_removed(
+        &self,
+        removal: &Removal<'_>,
+        old: &BackendPath,
+        new: &BackendPath,
+    ) -> FsResult<()> {
+        let session = self.inodes.lock().get(removal.ino)?.write.clone();
+        match (session, &removal.held) {
+            (Some(s), Some((held, hold))) if Arc::ptr_eq(&s, held) => {
+                s.retarget_held(hold, old, new).await
+            }
+            // Opened for writing after the removal began: not held.
+            (Some(s), _) => s.retarget(old, new).await,
+            (None, _) => Ok(()),
+        }
     }
 
     /// Undo the backend side of `keep_under_hidden_name`: remove the link,
@@ -151,16 +210,8 @@ impl CachalotFs {
         removal: &Removal<'_>,
         hidden: &BackendPath,
     ) {
-        let session = self
-            .inodes
-            .lock()
-            .get(removal.ino)
-            .ok()
-            .and_then(|i| i.write.clone());
-        if let Some(s) = session {
-            if let Err(e) = s.retarget(hidden, path).await {
-                tracing::warn!(error = %e, errno = e.errno(), path = %path, "could not point a write back at its file after a failed rename");
-            }
+        if let Err(e) = self.retarget_removed(removal, hidden, path).await {
+            tracing::warn!(error = %e, errno = e.errno(), path = %path, "could not point a write back at its file after a failed rename");
         }
         self.drop_hidden_name(id, path, hidden, Keep::Link).await;
     }
@@ -179,13 +230,30 @@ impl CachalotFs {
         {
             let mut table = self.inodes.lock();
             table.hide(removal.ino, hidden.name());
+            if let Ok(inode) = table.get_mut(removal.ino) {
+                inode.kept_for_kernel = removal.for_kernel;
+            }
             then(&mut table);
         }
         tracing::debug!(hidden = %hidden, "kept an unlinked open file under a hidden name");
         self.remove_hidden_locked(id, removal.ino).await;
     }
 
-    /// Remove a hidden object once its last handle closed.
+    /// The kernel forgot `ino`: remove its object if it was kept only for
+    /// the kernel's opens.
+    pub async fn remove_forgotten(&self, ino: u64) {
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        // The daemon's own identity (or the volume's fixed one): nobody
+        // asked, and the rename that hid it was allowed.
+        self.remove_hidden(self.identity(root), ino).await;
+    }
+
+    /// Remove a hidden object once its last handle closed (and the kernel
+    /// forgot it, if it was kept for the kernel).
     pub(super) async fn remove_hidden(&self, id: Identity, ino: u64) {
         // Cheap check first: almost no release concerns a hidden file.
         if !self.inodes.lock().get(ino).is_ok_and(|i| i.hidden) {
@@ -202,7 +270,8 @@ impl CachalotFs {
             let Ok(inode) = table.get_mut(ino) else {
                 return;
             };
-            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0)
+            let forgotten = inode.nlookup == 0 || !inode.kept_for_kernel;
+            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0 && forgotten)
                 || inode.write.is_some()
             {
                 return;

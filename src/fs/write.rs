@@ -2,11 +2,22 @@
 //! atomically under the final name on close/fsync, removed on failure.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::backend::{AttrChanges, BackendPath, Identity, Metadata, PendingWrite};
 
 use super::types::{FsError, FsResult};
+
+/// A session held still (see `WriteSession::hold`).
+pub struct SessionHold(tokio::sync::OwnedMutexGuard<bool>);
+
+impl std::ops::Deref for SessionHold {
+    type Target = bool;
+    fn deref(&self) -> &bool {
+        &self.0
+    }
+}
 
 pub struct WriteSession {
     pending: Box<dyn PendingWrite>,
@@ -20,8 +31,9 @@ pub struct WriteSession {
     /// incomplete data and must never be published; every later operation
     /// and the close report this error.
     failed: parking_lot::Mutex<Option<i32>>,
-    /// Serialises data operations against publish/abort.
-    finished: tokio::sync::Mutex<bool>,
+    /// Serialises data operations against publish/abort (and a move of
+    /// the file's object under a hidden name against publish: `hold`).
+    finished: Arc<tokio::sync::Mutex<bool>>,
     /// Attributes to report while the write is in progress.
     base: parking_lot::Mutex<Metadata>,
     /// Where the temporary object belongs, as of the last path-based call:
@@ -59,7 +71,7 @@ impl WriteSession {
             new_object,
             orphaned: AtomicBool::new(false),
             failed: parking_lot::Mutex::new(None),
-            finished: tokio::sync::Mutex::new(false),
+            finished: Arc::new(tokio::sync::Mutex::new(false)),
             base: parking_lot::Mutex::new(base),
             deferred_times: parking_lot::Mutex::new(AttrChanges::default()),
             last_target: parking_lot::Mutex::new(target),
@@ -122,7 +134,7 @@ impl WriteSession {
             WriteSession::new(pending, s.identity, s.new_object, s.base, s.last_target);
         session.orphaned.store(s.orphaned, Ordering::Release);
         *session.failed.lock() = s.failed;
-        *session.finished.get_mut() = s.finished;
+        session.finished = Arc::new(tokio::sync::Mutex::new(s.finished));
         *session.deferred_times.lock() = s.deferred_times;
         session
             .replaces_existing
@@ -272,6 +284,26 @@ impl WriteSession {
 
     pub async fn retarget(&self, old: &BackendPath, new: &BackendPath) -> FsResult<()> {
         let finished = self.finished.lock().await;
+        self.retarget_held(&finished, old, new).await
+    }
+
+    /// Hold off the publish (and data operations) until the guard drops:
+    /// taken by a removal that moves the file's object to a hidden name
+    /// (from before the move until it is recorded), and by the publish
+    /// itself before it looks up the name to publish under. Otherwise a
+    /// publish under the old name could land after the object was linked
+    /// away, and the inode would describe a version its hidden name lacks.
+    pub async fn hold(&self) -> SessionHold {
+        SessionHold(Arc::clone(&self.finished).lock_owned().await)
+    }
+
+    /// `retarget` under a `hold`.
+    pub async fn retarget_held(
+        &self,
+        finished: &bool,
+        old: &BackendPath,
+        new: &BackendPath,
+    ) -> FsResult<()> {
         if !*finished {
             self.pending.retarget(old, new).await?;
             *self.last_target.lock() = new.clone();
@@ -294,8 +326,13 @@ impl WriteSession {
     /// temporary object is removed and the final name is untouched. With
     /// `in_place`, the data is copied into the object at `target` (a file
     /// with several hard links, see `PendingWrite::publish_in_place`).
-    pub async fn finish(&self, target: &BackendPath, in_place: bool) -> FsResult<Finished> {
-        let mut finished = self.finished.lock().await;
+    pub async fn finish(
+        &self,
+        mut hold: SessionHold,
+        target: &BackendPath,
+        in_place: bool,
+    ) -> FsResult<Finished> {
+        let finished = &mut *hold.0;
         if *finished {
             return Ok(Finished::Nothing);
         }

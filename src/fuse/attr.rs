@@ -41,7 +41,7 @@ pub(super) fn setattr(
     reply: ReplyAttr,
 ) {
     let (c, ttl) = (caller(req), adapter.ttl);
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         reply_attr(&fs, reply, &ttl, fs.setattr(c, ino.0, size, changes).await)
     });
 }
@@ -60,7 +60,9 @@ pub(super) fn forget(adapter: &FuseAdapter, ino: INodeNo, nlookup: u64) {
     // Held at a takeover: the successor keeps the reference a little
     // longer (FORGET has no reply to re-send).
     if let Some(_pass) = adapter.gate.enter() {
-        adapter.fs.forget(ino.0, nlookup);
+        if adapter.fs.forget(ino.0, nlookup) {
+            adapter.spawn(move |fs| async move { fs.remove_forgotten(ino.0).await });
+        }
     }
 }
 

@@ -105,11 +105,11 @@ fn fill_dir_plus(
 ) {
     for (next, e) in listing.from(offset) {
         // Each entry is a kernel reference (except . and ..).
-        let Some(entry_ino) = fs.remember_listed(ino.0, e) else {
+        let Some(now) = fs.remember_listed(ino.0, e) else {
             continue;
         };
-        let mut attr = file_attr(&e.attr);
-        attr.ino = INodeNo(entry_ino);
+        let entry_ino = now.ino;
+        let attr = file_attr(&now);
         if reply.add(
             INodeNo(entry_ino),
             next,

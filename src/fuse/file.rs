@@ -11,7 +11,7 @@ use fuser::{
 
 use super::convert::{caller, errno, reply_empty};
 use super::FuseAdapter;
-use crate::fs::{CachalotFs, OpenMode};
+use crate::fs::OpenMode;
 
 pub(super) fn open(
     adapter: &FuseAdapter,
@@ -33,10 +33,7 @@ pub(super) fn open(
             Err(e) => reply.error(errno(fs.count_error(e))),
         }
     };
-    match mode.writable || mode.truncate {
-        true => adapter.spawn_change(work),
-        false => adapter.spawn(work),
-    }
+    adapter.spawn(work);
 }
 
 pub(super) fn read(
@@ -69,7 +66,7 @@ pub(super) fn write(
 ) {
     let c = caller(req);
     let data = data.to_vec();
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         match fs.write(c, fh.0, offset, &data).await {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(fs.count_error(e))),
@@ -79,21 +76,13 @@ pub(super) fn write(
 
 pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply: ReplyEmpty) {
     let c = caller(req);
-    let work =
-        move |fs: Arc<CachalotFs>| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) };
-    // Every close(2) sends a FLUSH and waits for it: one of a reader's
-    // round trips, answered without a hand-off where it publishes nothing.
-    if adapter.fs.is_read_only_file(fh.0) {
-        adapter.spawn(work);
-    } else {
-        adapter.spawn_change(work);
-    }
+    adapter.spawn(move |fs| async move { reply_empty(&fs, reply, fs.flush(c, fh.0).await) });
 }
 
 pub(super) fn release(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
     let kernel_mode = adapter.fs.kernel_mode_of(fh.0);
     let backing = Arc::clone(&adapter.backing);
-    let work = move |fs: Arc<CachalotFs>| async move {
+    adapter.spawn(move |fs| async move {
         reply_empty(&fs, reply, fs.release(fh.0).await);
         // The kernel ended the file's I/O mode while taking the reply:
         // until then, other opens of the inode must still be passthrough,
@@ -102,12 +91,7 @@ pub(super) fn release(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) 
             fs.kernel_released(ino, passthrough);
         }
         backing.release(fh.0);
-    };
-    if adapter.fs.is_read_only_file(fh.0) {
-        adapter.spawn(work);
-    } else {
-        adapter.spawn_change(work);
-    }
+    });
 }
 
 pub(super) fn fallocate(
@@ -120,7 +104,7 @@ pub(super) fn fallocate(
     reply: ReplyEmpty,
 ) {
     let c = caller(req);
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         reply_empty(
             &fs,
             reply,
@@ -143,7 +127,7 @@ pub(super) fn copy_file_range(
     let c = caller(req);
     // The reply's count is 32 bits (the kernel asks for no more).
     let len = len.min(u64::from(u32::MAX) & !0xfff);
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let copied = fs
             .copy_file_range(c, (fh_in.0, offset_in), (fh_out.0, offset_out), len)
             .await;
@@ -155,7 +139,7 @@ pub(super) fn copy_file_range(
 }
 
 pub(super) fn fsync(adapter: &FuseAdapter, fh: FileHandle, reply: ReplyEmpty) {
-    adapter.spawn_change(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
+    adapter.spawn(move |fs| async move { reply_empty(&fs, reply, fs.fsync(fh.0).await) });
 }
 
 /// No ioctl is supported. ENOTTY is what the kernel answers for a file

@@ -1,7 +1,10 @@
 //! Thin fuser adapter: translates kernel requests into calls on the
 //! filesystem core and its results into replies. Every request runs as a task
 //! on the tokio runtime, so a slow backend call never blocks the FUSE worker
-//! threads that read further requests.
+//! threads that read further requests; except on a volume on the local disk,
+//! where every request is answered on the worker that read it (a hand-off to
+//! another thread and back costs more than the system calls behind most
+//! requests), and a few answers from memory on any volume (`answer_now`).
 //!
 //! Every request that may change the core's state passes the session's
 //! `Gate` (gate.rs): a takeover closes it, waits until nothing is being
@@ -139,19 +142,6 @@ impl FuseAdapter {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         self.run(work, self.inline)
-    }
-
-    /// `spawn` for a request that changes the namespace or a file's data:
-    /// always on the runtime. Answered inline too, a writer replacing a
-    /// file by rename did so fast enough that a reader's open, racing two
-    /// replacements, got ESTALE after the kernel's one retry (tests/fuse/
-    /// concurrency.rs); lookups, opens and reads are what gains most.
-    fn spawn_change<F, Fut>(&self, work: F)
-    where
-        F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.run(work, false)
     }
 
     fn run<F, Fut>(&self, work: F, inline: bool)

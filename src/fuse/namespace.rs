@@ -28,7 +28,7 @@ pub(super) fn mknod(
     reply: ReplyEntry,
 ) {
     let (c, ttl, resent) = (caller(req), adapter.ttl, is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
         let rdev = convert::dev_from_kernel(rdev);
         let made = fs.mknod(c, parent.0, &name, mode, rdev).await;
@@ -47,7 +47,7 @@ pub(super) fn mkdir(
     reply: ReplyEntry,
 ) {
     let (c, ttl, resent) = (caller(req), adapter.ttl, is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let made = fs.mkdir(c, parent.0, &name, mode & 0o7777 & !umask).await;
         let made = created_before(&fs, c, resent, parent.0, &name, made).await;
         reply_entry(&fs, reply, &ttl, made)
@@ -64,7 +64,7 @@ pub(super) fn remove(
     reply: ReplyEmpty,
 ) {
     let (c, resent) = (caller(req), is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let done = match directory {
             true => fs.rmdir(c, parent.0, &name).await,
             false => fs.unlink(c, parent.0, &name).await,
@@ -82,7 +82,7 @@ pub(super) fn symlink(
     reply: ReplyEntry,
 ) {
     let (c, ttl, resent) = (caller(req), adapter.ttl, is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let made = fs.symlink(c, parent.0, &name, &target).await;
         let made = created_before(&fs, c, resent, parent.0, &name, made).await;
         reply_entry(&fs, reply, &ttl, made)
@@ -106,7 +106,7 @@ pub(super) fn rename(
     }
     let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
     let (c, resent) = (caller(req), is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let mut done = fs
             .rename(c, parent.0, &name, newparent.0, &newname, no_replace)
             .await;
@@ -132,7 +132,7 @@ pub(super) fn link(
     reply: ReplyEntry,
 ) {
     let (c, ttl, resent) = (caller(req), adapter.ttl, is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let made = fs.link(c, ino.0, newparent.0, &name).await;
         let made = created_before(&fs, c, resent, newparent.0, &name, made).await;
         reply_entry(&fs, reply, &ttl, made)
@@ -157,7 +157,7 @@ pub(super) fn create(
         append: flags & libc::O_APPEND != 0,
     };
     let (c, ttl, resent) = (caller(req), adapter.ttl, is_resent(req));
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         let mode = mode & 0o7777 & !umask;
         let mut made = fs
             .create(c, parent.0, &name, mode, exclusive, open_mode)

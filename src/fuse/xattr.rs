@@ -76,7 +76,7 @@ pub(super) fn setxattr(
         return;
     };
     let c = caller(req);
-    adapter.spawn_change(move |fs| async move {
+    adapter.spawn(move |fs| async move {
         match fs.set_capacity(c, bytes).await {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(fs.count_error(e))),

@@ -22,5 +22,6 @@ mod errors;
 mod model_fsx;
 mod permissions;
 mod posix_edge;
+mod rename_races;
 mod security;
 mod write_atomic;

@@ -78,6 +78,11 @@ pub struct Inode {
     /// The backend object was moved to a hidden name to keep it readable
     /// for open handles; removed at the last close.
     pub hidden: bool,
+    /// Hidden for the kernel's opens too (see `fs/unlinked.rs`): the
+    /// object goes once the kernel forgot the inode, not at the last
+    /// close. Not handed to a successor, which removes it at the last
+    /// close or when the kernel forgets it, whichever comes last it sees.
+    pub kept_for_kernel: bool,
     /// Replaced behind the mount while open (see `InodeTable::refresh`):
     /// detached, but still opened by the kernel for lookups that saw it.
     pub superseded: bool,
@@ -86,6 +91,10 @@ pub struct Inode {
     /// opens the new version (see `CachalotFs::open`). Not carried to a
     /// successor, which finds the version gone at its first read again.
     pub version_gone: bool,
+    /// When this mount last renamed the inode to its current name: a
+    /// backend answer asked for before then describes what the name held
+    /// before (see `refresh`).
+    pub named_at: Option<Instant>,
     /// Backend reader of the version the open descriptors read, shared by
     /// them: once one descriptor opened it, the others read that version
     /// even if the name was republished since (a local or NFS reader keeps
@@ -120,7 +129,7 @@ impl Inode {
     /// Whether `meta` is another version of this file than the one its open
     /// descriptors read, and they must keep reading theirs. Not for a file
     /// being written through this mount (its publish decides).
-    fn replaced_behind_open_descriptors(&self, meta: &Metadata) -> bool {
+    pub(in crate::fs) fn replaced_behind_open_descriptors(&self, meta: &Metadata) -> bool {
         let open = self.open_handles.saturating_sub(self.closing) > 0;
         let known = self.meta.as_ref().map(|(m, _)| &m.version);
         self.kind == FileKind::File
@@ -156,10 +165,12 @@ impl Inode {
             unlinked: false,
             attached: true,
             hidden: false,
+            kept_for_kernel: false,
             replacing: 0,
             reader: None,
             superseded: false,
             version_gone: false,
+            named_at: None,
             nlookup: 0,
             children: 0,
             links: Vec::new(),
@@ -464,9 +475,11 @@ impl InodeTable {
     /// of the two versions apart.
     pub fn refresh(&mut self, ino: u64, meta: Metadata, fetched: Instant) -> FsResult<Refreshed> {
         let inode = self.get_mut(ino)?;
-        if inode.meta.as_ref().is_some_and(|(_, at)| *at > fetched) {
-            // Something newer was recorded meanwhile (a publish through
-            // this mount finished while the backend was asked).
+        let renamed_since = inode.named_at.is_some_and(|at| at > fetched);
+        if renamed_since || inode.meta.as_ref().is_some_and(|(_, at)| *at > fetched) {
+            // Something newer was recorded meanwhile (a publish or a
+            // rename through this mount finished while the backend was
+            // asked).
             return Ok(Refreshed::Outdated);
         }
         if !inode.replaced_behind_open_descriptors(&meta) {
@@ -508,14 +521,19 @@ impl InodeTable {
     }
 
     /// FORGET: the kernel dropped `n` references.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`. True if it is a hidden
+    /// file nothing refers to any more, whose object can go.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.nlookup = inode.nlookup.saturating_sub(n);
         }
         self.maybe_drop(ino);
+        self.inodes
+            .get(&ino)
+            .is_some_and(|i| i.hidden && i.nlookup == 0 && i.open_handles == 0 && i.opening == 0)
     }
 
     pub fn moves(&self) -> u64 {

@@ -103,11 +103,12 @@ impl InodeTable {
     pub fn known_since(&self, parent: u64, name: &str, at: Instant) -> Option<(u64, &Inode)> {
         let ino = self.children.get(parent, name)?;
         let inode = self.inodes.get(&ino)?;
-        inode
+        let fetched = inode
             .meta
             .as_ref()
-            .is_some_and(|(_, fetched)| *fetched >= at)
-            .then_some((ino, inode))
+            .is_some_and(|(_, fetched)| *fetched >= at);
+        let renamed = inode.named_at.is_some_and(|named| named >= at);
+        (fetched || renamed).then_some((ino, inode))
     }
 
     /// `take_name`, then drop the directory if nothing holds it any more.
@@ -200,6 +201,9 @@ impl InodeTable {
             }
         }
         self.expire(ino); // ctime changed; refetch
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.named_at = Some(Instant::now());
+        }
         self.maybe_drop(parent);
     }
 }

@@ -269,6 +269,12 @@ impl CachalotFs {
                     // version it opened: it reads the one it finds.
                     let unknown = view.version.0.is_empty();
                     if !unknown && !self.inode_follows(&handle, &version) {
+                        // Publishes through this mount in quick succession:
+                        // the backend showed one the inode has moved past.
+                        if let Some((newer, size)) = self.inode_moved_on(&handle, &view) {
+                            handle.follow(newer, size);
+                            continue;
+                        }
                         return Err(self.replaced_behind(&handle, &view));
                     }
                     self.version_changed(&handle, &view.version, &version, size)
@@ -297,6 +303,15 @@ impl CachalotFs {
                 .meta
                 .as_ref()
                 .is_some_and(|(m, _)| m.version == *version)
+    }
+
+    /// The inode's version, if this mount recorded one since the view's
+    /// (a publish through it): the handle follows that one.
+    fn inode_moved_on(&self, handle: &FileHandle, view: &View) -> Option<(VersionToken, u64)> {
+        let table = self.inodes.lock();
+        let (meta, _) = table.get(handle.ino).ok()?.meta.as_ref()?;
+        (!meta.version.0.is_empty() && meta.version != view.version)
+            .then(|| (meta.version.clone(), meta.size))
     }
 
     /// The file was replaced behind the mount (another mount or node
