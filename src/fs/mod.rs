@@ -31,6 +31,8 @@ mod namespace;
 mod passthrough;
 mod process;
 mod read;
+#[cfg(test)]
+mod replaced_tests;
 mod residency;
 pub mod snapshot;
 #[cfg(test)]
