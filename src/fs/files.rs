@@ -382,9 +382,14 @@ impl CachalotFs {
         let Some(session) = self.inodes.lock().get(ino)?.write.clone() else {
             return Ok(());
         };
-        // Held before the name is looked up: a removal moving the object
-        // to a hidden name holds it until the move is recorded.
-        let hold = session.hold().await;
+        // Held before the name is looked up (a removal moving the object
+        // to a hidden name holds it until the move is recorded) and until
+        // the table has the new version: a second publish of the session
+        // (finding nothing left to do) would otherwise end the write in
+        // the table before the first recorded what it published, and a
+        // reader meeting the new version then took it for a change behind
+        // the mount (ESTALE).
+        let mut hold = session.hold().await;
         let (path, linked) = {
             let table = self.inodes.lock();
             let inode = table.get(ino)?;
@@ -403,7 +408,7 @@ impl CachalotFs {
                     || inode.meta.as_ref().is_some_and(|(m, _)| m.nlink > 1));
             (path, linked)
         };
-        let result = session.finish(hold, &path, linked).await;
+        let result = session.finish(&mut hold, &path, linked).await;
         let published = match &result {
             Ok(Finished::Published(meta)) => Some(meta.clone()),
             _ => None,
@@ -430,6 +435,7 @@ impl CachalotFs {
                 self.relookup_split_names(&mut table);
             }
         }
+        drop(hold);
         match result {
             Ok(Finished::Published(_)) => {
                 self.counters.publishes.fetch_add(1, Ordering::Relaxed);

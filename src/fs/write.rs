@@ -328,7 +328,7 @@ impl WriteSession {
     /// with several hard links, see `PendingWrite::publish_in_place`).
     pub async fn finish(
         &self,
-        mut hold: SessionHold,
+        hold: &mut SessionHold,
         target: &BackendPath,
         in_place: bool,
     ) -> FsResult<Finished> {
