@@ -109,14 +109,12 @@ impl CachalotFs {
         }
     }
 
-    /// Whether `meta`, just read from the backend, shows the inode `which`
-    /// picks another version under its name while it is open: a change
+    /// Whether `meta`, just read from the backend, shows another version
+    /// under the name of `ino` while that file is open: a change
     /// behind the mount, or a rename over it through this mount that has
     /// moved the objects but not yet recorded the move (`moves_recorded`).
-    fn would_supersede(&self, which: impl Fn(&InodeTable) -> Option<u64>, meta: &Metadata) -> bool {
-        let table = self.inodes.lock();
-        which(&table)
-            .and_then(|ino| table.get(ino).ok())
+    pub(super) fn would_supersede(table: &InodeTable, ino: Option<u64>, meta: &Metadata) -> bool {
+        ino.and_then(|ino| table.get(ino).ok())
             .is_some_and(|inode| inode.replaced_behind_open_descriptors(meta))
     }
 
@@ -145,9 +143,12 @@ impl CachalotFs {
         let (asked, found) = loop {
             let asked = Instant::now();
             let found = self.backend.stat(self.identity(caller), &path).await;
-            let known = |t: &InodeTable| t.child(parent, name);
+            let supersedes = |meta| {
+                let table = self.inodes.lock();
+                Self::would_supersede(&table, table.child(parent, name), meta)
+            };
             match &found {
-                Ok(meta) if !waited && self.would_supersede(known, meta) => {
+                Ok(meta) if !waited && supersedes(meta) => {
                     self.moves_recorded().await;
                     waited = true;
                 }
@@ -188,7 +189,7 @@ impl CachalotFs {
             };
             let asked = Instant::now();
             let meta = self.backend.stat(self.identity(caller), &path).await?;
-            if waited || !self.would_supersede(|_| Some(ino), &meta) {
+            if waited || !Self::would_supersede(&self.inodes.lock(), Some(ino), &meta) {
                 break (asked, meta);
             }
             self.moves_recorded().await;

@@ -187,10 +187,7 @@ impl CachalotFs {
             let supersedes = !waited && {
                 let table = self.inodes.lock();
                 listed.iter().any(|entry| {
-                    table
-                        .child(ino, &entry.name)
-                        .and_then(|child| table.get(child).ok())
-                        .is_some_and(|child| child.replaced_behind_open_descriptors(&entry.meta))
+                    Self::would_supersede(&table, table.child(ino, &entry.name), &entry.meta)
                 })
             };
             if !supersedes {
