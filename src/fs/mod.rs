@@ -32,6 +32,8 @@ mod passthrough;
 mod process;
 mod read;
 #[cfg(test)]
+mod rename_race_tests;
+#[cfg(test)]
 mod replaced_tests;
 mod residency;
 pub mod snapshot;

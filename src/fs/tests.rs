@@ -53,11 +53,24 @@ pub(super) async fn fixture(read_only: bool) -> Fixture {
 }
 
 pub(super) async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixture {
+    fixture_on(read_only, page_size, Duration::from_secs(60), |b| b).await
+}
+
+/// A fixture whose local backend is wrapped (a test's own behaviour in
+/// front of it), with the given metadata TTL.
+pub(super) async fn fixture_on(
+    read_only: bool,
+    page_size: u64,
+    metadata_ttl: Duration,
+    wrap: impl FnOnce(Arc<dyn Backend>) -> Arc<dyn Backend>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing");
     fs::create_dir(&backing).unwrap();
-    let backend: Arc<dyn Backend> =
-        Arc::new(LocalBackend::new(backing.clone(), IdentityMode::Caller));
+    let backend = wrap(Arc::new(LocalBackend::new(
+        backing.clone(),
+        IdentityMode::Caller,
+    )));
     let cache = VolumeCache::open(
         PageStoreConfig::new(dir.path().join("cache"), 64 << 20, page_size),
         backend.cache_identity(),
@@ -67,7 +80,7 @@ pub(super) async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixtu
         backend,
         cache,
         FsConfig {
-            metadata_ttl: Duration::from_secs(60),
+            metadata_ttl,
             read_only,
             fixed_identity: None,
             passthrough: false,
@@ -83,7 +96,7 @@ pub(super) async fn fixture_with_pages(read_only: bool, page_size: u64) -> Fixtu
     }
 }
 
-fn visible(dir: &Path) -> Vec<String> {
+pub(super) fn visible(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -450,53 +463,6 @@ async fn a_failed_write_is_never_published() {
     f.fs.release(o.fh).await.unwrap();
     assert_eq!(fs::read(f.backing.join("f")).unwrap(), b"precious");
     assert_eq!(visible(&f.backing), vec!["f"]);
-}
-
-/// Found by the long model run: a new file renamed over an open one (kept
-/// under a hidden name by a link, so the old object stays under the name
-/// until the new file publishes), then its directory renamed, then the new
-/// file unlinked: the object under its name must go, not linger because the
-/// replaced object was remembered by its path before the directory moved.
-#[tokio::test]
-async fn unlink_of_a_new_file_renamed_over_an_open_one_after_its_directory_moved() {
-    let f = fixture(false).await;
-    let d = f.fs.mkdir(ROOT, ROOT_INO, "d", 0o755).await.unwrap();
-    fs::write(f.backing.join("d/old"), b"old").unwrap();
-    let old = f.fs.lookup(ROOT, d.ino, "old").await.unwrap().ino;
-    let reader = f.fs.open(me(), old, RO).await.unwrap();
-    let (_, writer) =
-        f.fs.create(me(), d.ino, "new", 0o644, true, RW)
-            .await
-            .unwrap();
-    f.fs.write(ROOT, writer.fh, 0, b"new").await.unwrap();
-    f.fs.rename(ROOT, d.ino, "new", d.ino, "old", false)
-        .await
-        .unwrap();
-    f.fs.rename(ROOT, ROOT_INO, "d", ROOT_INO, "e", false)
-        .await
-        .unwrap();
-    f.fs.unlink(ROOT, d.ino, "old").await.unwrap();
-    let left = visible(&f.backing.join("e"));
-    assert!(
-        !left.contains(&"old".to_string()),
-        "the unlinked name lingers in the backend: {left:?}"
-    );
-    assert_eq!(
-        f.fs.read(reader.fh, 0, 10).await.unwrap(),
-        b"old".as_slice()
-    );
-    f.fs.release(reader.fh).await.unwrap();
-    f.fs.flush(me(), writer.fh).await.unwrap();
-    f.fs.release(writer.fh).await.unwrap();
-    // The replaced file is kept until the kernel forgets it (its lookup
-    // above), as after a rename over it on a local disk.
-    assert!(f.fs.forget(old, 1), "the kept file is left to remove");
-    f.fs.remove_forgotten(old).await;
-    assert!(
-        visible(&f.backing.join("e")).is_empty(),
-        "{:?}",
-        visible(&f.backing.join("e"))
-    );
 }
 
 /// Page files of the fixture's cache directory.
