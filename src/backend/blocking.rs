@@ -19,11 +19,17 @@ pub fn allow_inline<T>(f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// Whether blocking work runs on this thread (see `allow_inline`): then
+/// it may borrow the caller's buffers instead of copying them.
+pub fn is_inline() -> bool {
+    INLINE.with(Cell::get)
+}
+
 /// Run `work`, inline if this thread allowed it, else on the blocking pool.
 pub async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    if INLINE.with(Cell::get) {
+    if is_inline() {
         return Ok(work());
     }
     tokio::task::spawn_blocking(work).await

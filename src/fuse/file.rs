@@ -11,7 +11,7 @@ use fuser::{
 
 use super::convert::{caller, errno, reply_empty};
 use super::FuseAdapter;
-use crate::fs::OpenMode;
+use crate::fs::{CachalotFs, Caller, OpenMode};
 
 pub(super) fn open(
     adapter: &FuseAdapter,
@@ -65,13 +65,28 @@ pub(super) fn write(
     reply: ReplyWrite,
 ) {
     let c = caller(req);
+    if let Some(pass) = adapter.inline_pass() {
+        let fs = Arc::clone(&adapter.fs);
+        adapter.answer_here(answer_write(fs, c, fh, offset, data, reply));
+        drop(pass);
+        return;
+    }
     let data = data.to_vec();
-    adapter.spawn(move |fs| async move {
-        match fs.write(c, fh.0, offset, &data).await {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(fs.count_error(e))),
-        }
-    });
+    adapter.spawn(move |fs| async move { answer_write(fs, c, fh, offset, &data, reply).await });
+}
+
+async fn answer_write(
+    fs: Arc<CachalotFs>,
+    c: Caller,
+    fh: FileHandle,
+    offset: u64,
+    data: &[u8],
+    reply: ReplyWrite,
+) {
+    match fs.write(c, fh.0, offset, data).await {
+        Ok(n) => reply.written(n),
+        Err(e) => reply.error(errno(fs.count_error(e))),
+    }
 }
 
 pub(super) fn flush(adapter: &FuseAdapter, req: &Request, fh: FileHandle, reply: ReplyEmpty) {

@@ -133,6 +133,18 @@ impl FuseAdapter {
         Some((work(&self.fs)?, pass))
     }
 
+    /// A pass to answer on this thread with work that borrows the request
+    /// (a WRITE's data, then not copied): where requests are answered
+    /// inline and the gate is open; else the request goes to `spawn`.
+    fn inline_pass(&self) -> Option<gate::Pass> {
+        self.inline.then(|| self.gate.enter()).flatten()
+    }
+
+    /// Run `work` to its end on this thread (with an `inline_pass`).
+    fn answer_here(&self, work: impl std::future::Future<Output = ()>) {
+        crate::backend::blocking::allow_inline(|| self.rt.block_on(work));
+    }
+
     /// Run `work` on the runtime with a clone of the filesystem (or on this
     /// thread, see `inline`), if the gate is open; else the request stays
     /// unanswered (see `Gate`).
@@ -155,7 +167,7 @@ impl FuseAdapter {
         };
         let fs = Arc::clone(&self.fs);
         if inline {
-            crate::backend::blocking::allow_inline(|| self.rt.block_on(work(fs)));
+            self.answer_here(work(fs));
             drop(pass);
             return;
         }

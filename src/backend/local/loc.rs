@@ -245,6 +245,19 @@ impl Shared {
         }
     }
 
+    /// `run` on this thread, for a caller that checked `blocking::is_inline`:
+    /// `work` may borrow (a write's data, not copied for another thread).
+    pub(super) fn run_here<T>(
+        &self,
+        id: Identity,
+        op: &'static str,
+        path: &BackendPath,
+        work: impl FnOnce(&Shared) -> io::Result<T>,
+    ) -> BackendResult<T> {
+        let _as = ImpersonationGuard::enter(self.mode == IdentityMode::Fixed && self.is_root, id);
+        work(self).map_err(|e| self.err(&e, op, path, id))
+    }
+
     /// Give a freshly created object to the caller (Caller mode, daemon is
     /// root). Honours setgid directories like the kernel does.
     pub(super) fn assign_owner(&self, loc: &Loc<'_>, id: Identity) -> io::Result<()> {
