@@ -81,6 +81,45 @@ fn try_wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> Re
     panic!("{what} not listening on {port} after 60s");
 }
 
+/// A plain object_store client of the bucket on `port`.
+fn store_at(port: u16) -> AmazonS3 {
+    cachalot::backend::s3::install_tls_provider();
+    AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_access_key_id(KEY_ID)
+        .with_secret_access_key(SECRET)
+        .build()
+        .unwrap()
+}
+
+/// Whether the bucket can be listed within `wait`. On a thread with its own
+/// runtime: callers may be inside a runtime already.
+fn bucket_appears(port: u16, wait: Duration) -> bool {
+    use object_store::ObjectStore;
+    let store = store_at(port);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + wait;
+        loop {
+            if rt.block_on(store.list_with_delimiter(None)).is_ok() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .join()
+    .expect("waiting for the bucket")
+}
+
 /// A running S3 server; killed on drop.
 pub struct S3Server {
     pub port: u16,
@@ -124,7 +163,23 @@ impl S3Server {
                 .spawn()
                 .expect("start weed (run scripts/install-s3-deps.sh)");
             let port = base + 3;
-            match try_wait_for_port(port, &mut child, "weed mini", &log) {
+            // Listening is not enough: under load, weed's S3 port has come
+            // up once while the bucket it creates never did (one of its
+            // other ports, taken meanwhile?). Start over then, too.
+            let started = try_wait_for_port(port, &mut child, "weed mini", &log).and_then(|()| {
+                match bucket_appears(port, Duration::from_secs(30)) {
+                    true => Ok(()),
+                    false => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        Err(format!(
+                            "weed mini's bucket {BUCKET} did not appear within 30 s: {}",
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        ))
+                    }
+                }
+            });
+            match started {
                 Ok(()) => break (child, port),
                 Err(e) if attempt < 2 => {
                     eprintln!("{e}\n(retrying on other ports)");
@@ -144,7 +199,6 @@ impl S3Server {
             dir,
             kind: "seaweedfs",
         };
-        server.wait_for_bucket();
         server.wait_for_auth();
         server
     }
@@ -265,16 +319,7 @@ impl S3Server {
 
     /// A plain object_store client: the test's independent view of the bucket.
     pub fn store(&self) -> AmazonS3 {
-        cachalot::backend::s3::install_tls_provider();
-        AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_region("us-east-1")
-            .with_endpoint(self.endpoint())
-            .with_allow_http(true)
-            .with_access_key_id(KEY_ID)
-            .with_secret_access_key(SECRET)
-            .build()
-            .unwrap()
+        store_at(self.port)
     }
 
     /// SeaweedFS loads identities after it starts answering and allows
@@ -306,28 +351,12 @@ impl S3Server {
         .expect("waiting for authentication");
     }
 
-    /// Poll until the bucket answers a listing. On its own thread and
-    /// runtime: callers may be inside a runtime already.
+    /// Poll until the bucket answers a listing.
     fn wait_for_bucket(&self) {
-        use object_store::ObjectStore;
-        let store = self.store();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let ok = rt.block_on(store.list_with_delimiter(None)).is_ok();
-                if ok {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "bucket {BUCKET} never appeared");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-        .join()
-        .expect("waiting for the bucket");
+        assert!(
+            bucket_appears(self.port, Duration::from_secs(60)),
+            "bucket {BUCKET} never appeared"
+        );
     }
 
     /// Backend config for `prefix` with the right or the given credentials.
