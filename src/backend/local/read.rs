@@ -28,6 +28,10 @@ impl ObjectReader for LocalReader {
     /// mix two versions, so the read fails with ESTALE (as the NFS reader
     /// does) instead of returning it.
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<bytes::Bytes> {
+        // The version pins the size: reading past it could only meet a
+        // change, which the check below refuses anyway. So a small file
+        // gets a buffer of its own size (not a page's) and no read at EOF.
+        let len = len.min(usize::try_from(self.size.saturating_sub(offset)).unwrap_or(len));
         let file = Arc::clone(&self.file);
         let version = self.version.clone();
         self.shared
