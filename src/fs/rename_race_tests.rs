@@ -207,8 +207,9 @@ async fn settled<T>(task: tokio::task::JoinHandle<T>, what: &str) -> T {
 /// A rename over an open file moves the objects in the backend first and
 /// records the move after. A stat in between (every stat reaches the
 /// backend here: TTL 0) sees the new version under the open file's name;
-/// it must not take that for a change behind the mount, which would
-/// supersede the open file and fail its reads with ESTALE.
+/// it must not take that for a change behind the mount and supersede the
+/// open file: the inode the lookup then answered (the kernel's new dentry)
+/// failed to open with ESTALE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stat_meeting_a_rename_halfway_leaves_the_replaced_open_file_readable() {
     let (f, stops) = stopping_fixture(Duration::ZERO).await;
