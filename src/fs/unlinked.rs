@@ -270,10 +270,7 @@ impl CachalotFs {
             let Ok(inode) = table.get_mut(ino) else {
                 return;
             };
-            let forgotten = inode.nlookup == 0 || !inode.kept_for_kernel;
-            if !(inode.hidden && inode.open_handles == 0 && inode.opening == 0 && forgotten)
-                || inode.write.is_some()
-            {
+            if !inode.hidden_object_removable() {
                 return;
             }
             // Out of the table before the object goes: an open arriving now

@@ -153,20 +153,12 @@ impl FuseAdapter {
         F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.run(work, self.inline)
-    }
-
-    fn run<F, Fut>(&self, work: F, inline: bool)
-    where
-        F: FnOnce(Arc<CachalotFs>) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
         let Some(pass) = self.gate.enter() else {
             Gate::hold(work);
             return;
         };
         let fs = Arc::clone(&self.fs);
-        if inline {
+        if self.inline {
             self.answer_here(work(fs));
             drop(pass);
             return;

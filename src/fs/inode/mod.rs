@@ -138,6 +138,17 @@ impl Inode {
             && known.is_some_and(|v| !v.0.is_empty() && *v != meta.version)
     }
 
+    /// Whether the object kept under a hidden name can go: nothing holds
+    /// it open or is opening it, no write is in progress, and the kernel
+    /// forgot the inode if it was kept for the kernel's opens too.
+    pub(in crate::fs) fn hidden_object_removable(&self) -> bool {
+        self.hidden
+            && self.open_handles == 0
+            && self.opening == 0
+            && self.write.is_none()
+            && (self.nlookup == 0 || !self.kept_for_kernel)
+    }
+
     /// Make the metadata due for a refetch while keeping it as the last
     /// thing known (all there is once the inode loses its name).
     fn expire_meta(&mut self) {
@@ -520,9 +531,10 @@ impl InodeTable {
         }
     }
 
-    /// FORGET: the kernel dropped `n` references.
-    /// The kernel dropped `n` references to `ino`. True if it is a hidden
-    /// file nothing refers to any more, whose object can go.
+    /// FORGET: the kernel dropped `n` references to `ino`. True if it is
+    /// a hidden file nothing refers to any more, whose object can go (one
+    /// kept for the kernel; or, in a successor after a live upgrade, which
+    /// does not know that, any hidden file nobody has open).
     pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
             return false;
@@ -533,7 +545,7 @@ impl InodeTable {
         self.maybe_drop(ino);
         self.inodes
             .get(&ino)
-            .is_some_and(|i| i.hidden && i.nlookup == 0 && i.open_handles == 0 && i.opening == 0)
+            .is_some_and(|i| i.nlookup == 0 && i.hidden_object_removable())
     }
 
     pub fn moves(&self) -> u64 {
