@@ -234,6 +234,10 @@ pub struct Capabilities {
     /// Operations are system calls on a local filesystem, quick enough to
     /// run on the FUSE worker that asks (see `blocking`).
     pub inline_io: bool,
+    /// A WRITE only reaches local staging before its answer (the upload
+    /// runs behind it; waiting for an upload slot is backpressure anyway):
+    /// the FUSE worker that asks runs it, borrowing the request's data.
+    pub inline_writes: bool,
     /// A request costs far more than the bytes it carries (an HTTP object
     /// store): sequential read-ahead asks for several pages at once.
     pub large_reads: bool,

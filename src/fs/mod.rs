@@ -220,6 +220,12 @@ impl CachalotFs {
         self.backend.capabilities().inline_io
     }
 
+    /// Whether WRITE requests are answered on the FUSE worker that read
+    /// them (see `Capabilities::inline_writes`).
+    pub fn answers_writes_inline(&self) -> bool {
+        self.backend.capabilities().inline_writes
+    }
+
     pub fn config(&self) -> &FsConfig {
         &self.cfg
     }

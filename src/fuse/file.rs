@@ -65,7 +65,7 @@ pub(super) fn write(
     reply: ReplyWrite,
 ) {
     let c = caller(req);
-    if let Some(pass) = adapter.inline_pass() {
+    if let Some(pass) = adapter.write_pass() {
         let fs = Arc::clone(&adapter.fs);
         adapter.answer_here(answer_write(fs, c, fh, offset, data, reply));
         drop(pass);

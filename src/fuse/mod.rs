@@ -72,6 +72,8 @@ pub struct FuseAdapter {
     /// Answer every request on the FUSE worker that read it (a backend on
     /// the local disk): no hand-off to the runtime and back.
     inline: bool,
+    /// Answer WRITE requests there, borrowing their data.
+    inline_writes: bool,
 }
 
 impl FuseAdapter {
@@ -79,6 +81,7 @@ impl FuseAdapter {
         let ttl = fs.config().metadata_ttl;
         FuseAdapter {
             inline: fs.answers_inline(),
+            inline_writes: fs.answers_writes_inline(),
             fs,
             rt,
             ttl,
@@ -133,11 +136,11 @@ impl FuseAdapter {
         Some((work(&self.fs)?, pass))
     }
 
-    /// A pass to answer on this thread with work that borrows the request
-    /// (a WRITE's data, then not copied): where requests are answered
-    /// inline and the gate is open; else the request goes to `spawn`.
-    fn inline_pass(&self) -> Option<gate::Pass> {
-        self.inline.then(|| self.gate.enter()).flatten()
+    /// A pass to answer a WRITE on this thread, borrowing its data (not
+    /// copied): where writes are answered inline and the gate is open;
+    /// else the request goes to `spawn`.
+    fn write_pass(&self) -> Option<gate::Pass> {
+        self.inline_writes.then(|| self.gate.enter()).flatten()
     }
 
     /// Run `work` to its end on this thread (with an `inline_pass`).

@@ -251,6 +251,51 @@ with open(sys.argv[1], 'rb') as s, open(sys.argv[2], 'wb', buffering=0) as d:
         time.sleep(0.04)
 ";
 
+/// Large sequential writes reach the staging file with O_DIRECT and are
+/// uploaded from memory; rewrites, inside the part held in memory and
+/// below what already streamed, must still give the bytes last written,
+/// read back while the file is open and once published.
+#[test]
+fn rewrites_of_a_sequential_write_keep_the_last_bytes_written() {
+    let server = S3Server::seaweed();
+    let store = server.store();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start(&server, "rewrite", cache.path(), &["--part-size", "5MiB"]);
+    let mib = 1usize << 20;
+    let mut want = pattern(17 * mib + 123, 31);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    for (i, chunk) in want[..12 * mib].chunks(mib).enumerate() {
+        f.write_all_at(chunk, (i * mib) as u64).unwrap();
+    }
+    // Part 3 (10-15 MiB) is being filled: rewrite inside it.
+    let patch = pattern(300_000, 77);
+    f.write_all_at(&patch, (10 * mib + 4096) as u64).unwrap();
+    want[10 * mib + 4096..10 * mib + 4096 + patch.len()].copy_from_slice(&patch);
+    let open_read = fs::read(m.path("f")).unwrap();
+    assert!(
+        open_read == want[..12 * mib],
+        "read back while open differs"
+    );
+    f.write_all_at(&want[12 * mib..16 * mib], (12 * mib) as u64)
+        .unwrap();
+    // Below the streamed parts: the upload starts over from the file.
+    f.write_all_at(&patch, 5000).unwrap();
+    want[5000..5000 + patch.len()].copy_from_slice(&patch);
+    f.write_all_at(&want[16 * mib..], (16 * mib) as u64)
+        .unwrap();
+    drop(f);
+    assert!(
+        get(&store, "rewrite/f").unwrap() == want,
+        "published content differs"
+    );
+    assert!(fs::read(m.path("f")).unwrap() == want, "read back differs");
+}
+
 #[test]
 fn readers_never_see_partial_content() {
     let server = S3Server::seaweed();

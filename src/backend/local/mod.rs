@@ -182,6 +182,7 @@ impl Backend for LocalBackend {
             caller_groups: false,
             cheap_rename: true,
             inline_io: self.shared.on_local_disk,
+            inline_writes: self.shared.on_local_disk,
             large_reads: false,
         }
     }

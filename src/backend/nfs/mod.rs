@@ -299,6 +299,7 @@ impl Backend for NfsBackend {
             inline_io: false,
             // READs are pipelined on one connection and capped by the
             // server's rtmax: bigger requests would only be split again.
+            inline_writes: false,
             large_reads: false,
         }
     }

@@ -23,8 +23,10 @@ mod ranges;
 mod raw;
 mod read;
 mod rename;
+mod resume;
 mod staging;
 mod stream;
+mod tail;
 mod upload;
 mod write;
 mod xml;
@@ -208,6 +210,7 @@ impl Backend for S3Backend {
             caller_groups: false,
             cheap_rename: false,
             inline_io: false,
+            inline_writes: true,
             large_reads: true,
         }
     }
@@ -244,7 +247,7 @@ impl Backend for S3Backend {
         target: &BackendPath,
         state: crate::backend::SuspendedWrite,
     ) -> BackendResult<crate::backend::Resumed> {
-        write::resume(&self.inner, id, target, state).await
+        resume::resume(&self.inner, id, target, state).await
     }
 
     async fn mkdir(&self, id: Identity, path: &BackendPath, _mode: u32) -> BackendResult<Metadata> {

@@ -79,6 +79,24 @@ impl Staging {
         Ok((file, path, id))
     }
 
+    /// A second descriptor of a staging file, opened with O_DIRECT, for
+    /// large aligned writes (see `tail`); `None` where the filesystem
+    /// refuses direct I/O (then every write goes through the page cache).
+    pub fn open_direct(path: &Path) -> Option<File> {
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::debug!(error = %e, path = %path.display(),
+                    "staging directory without O_DIRECT; writes go through the page cache");
+                None
+            }
+        }
+    }
+
     /// Take over the staging file `id` of another process (live takeover,
     /// crash recovery): renamed to an id of ours, so the cleanup of dead
     /// writers' leftovers never removes it. `id` must be a bare staging id.

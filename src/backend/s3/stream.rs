@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::PutPayload;
 use tokio::task::JoinHandle;
@@ -65,11 +66,13 @@ impl Stream {
         })
     }
 
-    /// Queue `[queued, end)` as the next part.
+    /// Queue `[queued, end)` as the next part: `held`, its bytes in memory
+    /// (see `tail`), or else read from the staging file.
     pub fn queue(
         &mut self,
         inner: &Arc<Inner>,
         file: &Arc<File>,
+        held: Option<Bytes>,
         end: u64,
         path: &BackendPath,
         id: Identity,
@@ -84,9 +87,12 @@ impl Stream {
         );
         let path = path.clone();
         self.parts.push(Part::Running(tokio::spawn(async move {
-            let data = read_chunk(&file, offset, len)
-                .await
-                .map_err(|e| inner.io_error(&e, "read staging file", &path, id))?;
+            let data = match held {
+                Some(data) => data,
+                None => read_chunk(&file, offset, len)
+                    .await
+                    .map_err(|e| inner.io_error(&e, "read staging file", &path, id))?,
+            };
             inner
                 .store
                 .put_part(&location, &upload_id, index, PutPayload::from(data))

@@ -48,9 +48,12 @@ pub async fn read_chunk(file: &Arc<File>, offset: u64, len: usize) -> std::io::R
     .map_err(std::io::Error::other)?
 }
 
+/// Upload the staging file's `size` bytes; `held` is all of them when
+/// memory has them (see `tail`).
 pub async fn upload_file(
     inner: &Inner,
     file: &Arc<File>,
+    held: Option<Bytes>,
     size: u64,
     t: &Target<'_>,
 ) -> BackendResult<PutResult> {
@@ -58,7 +61,10 @@ pub async fn upload_file(
     let io_err = |e: std::io::Error| inner.io_error(&e, "read staging file", t.path, t.id);
     tracing::debug!(key = t.key, size, "uploading");
     if size <= part_size {
-        let data = read_chunk(file, 0, size as usize).await.map_err(io_err)?;
+        let data = match held {
+            Some(data) => data,
+            None => read_chunk(file, 0, size as usize).await.map_err(io_err)?,
+        };
         return inner
             .store
             .put(t.location, PutPayload::from(data))

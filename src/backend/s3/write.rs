@@ -9,51 +9,62 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 
 use crate::backend::{
-    AttrChanges, BackendPath, BackendResult, ErrorKind, Identity, Metadata, PendingWrite,
+    blocking, AttrChanges, BackendPath, BackendResult, ErrorKind, Identity, Metadata, PendingWrite,
     SuspendedWrite, WriteStart,
 };
 
 use super::ranges::RangeSet;
+use super::resume::Suspended;
+use super::staging::Staging;
 use super::stream::Stream;
+use super::tail::{self, Tail};
 use super::upload::{self, Target};
 use super::{meta, namespace, read, Inner};
 
 /// Largest single GET when filling base ranges.
 const FILL_CHUNK: u64 = 8 << 20;
 
-struct Base {
-    location: object_store::path::Path,
-    key: String,
-    etag: String,
-    size: u64,
+pub(super) struct Base {
+    pub location: object_store::path::Path,
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
 }
 
-struct State {
-    size: u64,
-    base: Option<Base>,
+pub(super) struct State {
+    pub size: u64,
+    pub base: Option<Base>,
     /// Bytes `[0, base_limit)` come from the base where not written; a
     /// truncate below it drops the rest of the base for good.
-    base_limit: u64,
+    pub base_limit: u64,
     /// Ranges of the staging file that hold their final content.
-    present: RangeSet,
+    pub present: RangeSet,
     finished: bool,
     /// Sequential prefix already streaming into a multipart upload.
     stream: Option<Stream>,
     /// Streaming was abandoned (non-sequential write): upload at publish.
-    stream_off: bool,
+    pub stream_off: bool,
+    /// The part a sequential writer is filling, in memory too.
+    tail: Tail,
 }
 
 pub struct S3PendingWrite {
     inner: Arc<Inner>,
     id: Identity,
     file: Arc<File>,
+    /// The staging file opened with O_DIRECT (see `tail`), unless the
+    /// filesystem refuses it.
+    direct: Option<File>,
+    /// A direct write was refused (EINVAL: an alignment this filesystem
+    /// wants that ours is not): the page cache from then on.
+    direct_off: AtomicBool,
     file_path: PathBuf,
     staging_id: String,
     /// Path at begin: for messages and the object number (targets are
@@ -85,129 +96,100 @@ pub async fn begin(
                 })
         }
     };
-    let (file, file_path, staging_id) = inner
+    let staging = inner
         .staging
         .create()
         .map_err(|e| inner.io_error(&e, "create staging file", path, id))?;
     let size = base.as_ref().map_or(0, |b| b.size);
-    Ok(Box::new(S3PendingWrite {
-        inner: Arc::clone(inner),
-        id,
-        file: Arc::new(file),
-        file_path,
-        staging_id,
-        origin: path.clone(),
-        size: AtomicU64::new(size),
-        state: tokio::sync::Mutex::new(State {
-            size,
-            base_limit: size,
-            base,
-            present: RangeSet::default(),
-            finished: false,
-            stream: None,
-            stream_off: false,
-        }),
-    }))
+    let state = State::new(inner, size, base, size, RangeSet::default());
+    Ok(Box::new(S3PendingWrite::new(
+        inner, id, path, staging, state,
+    )))
 }
 
-/// What `suspend` hands to another process.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Suspended {
-    staging_id: String,
-    /// Absent when described at begin (after a crash): measured, and only
-    /// for a write without a copy-on-write base (whose filled ranges are
-    /// not known then).
-    size: Option<u64>,
-    base: Option<SuspendedBase>,
-    base_limit: u64,
-    present: Option<Vec<(u64, u64)>>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SuspendedBase {
-    key: String,
-    etag: String,
-    size: u64,
-}
-
-/// Continue a suspended session (see `Backend::resume_write`): the staging
-/// file is renamed to an id of ours; a streamed upload was abandoned by the
-/// suspending process, so publish uploads the staging file.
-pub async fn resume(
-    inner: &Arc<Inner>,
-    id: Identity,
-    target: &BackendPath,
-    state: SuspendedWrite,
-) -> BackendResult<crate::backend::Resumed> {
-    let bad = |why: String| inner.error(ErrorKind::Other, "resume write", target, id, &why);
-    let s: Suspended =
-        serde_json::from_value(state).map_err(|e| bad(format!("bad suspended write: {e}")))?;
-    let base = match s.base {
-        Some(b) => Some(Base {
-            location: inner.store_path(&b.key, "resume write", target, id)?,
-            key: b.key,
-            etag: b.etag,
-            size: b.size,
-        }),
-        None => None,
-    };
-    if s.present.is_none() && base.is_some() {
-        return Err(bad(
-            "a partial overwrite of an existing object cannot be recovered after a crash".into(),
-        ));
-    }
-    // The staging file is private: only a publish or an abort of ours
-    // removes it, so gone means the other process finished it.
-    let (file, file_path, staging_id) = match inner.staging.adopt(&s.staging_id) {
-        Ok(adopted) => adopted,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(crate::backend::Resumed::Published)
-        }
-        Err(e) => return Err(inner.io_error(&e, "resume staging file", target, id)),
-    };
-    let size = match s.size {
-        Some(size) => size,
-        None => file
-            .metadata()
-            .map_err(|e| inner.io_error(&e, "resume staging file", target, id))?
-            .len(),
-    };
-    let present = match &s.present {
-        Some(pairs) => RangeSet::from_pairs(pairs),
-        None => RangeSet::from_pairs(&[(0, size)]),
-    };
-    Ok(crate::backend::Resumed::Pending(Box::new(S3PendingWrite {
-        inner: Arc::clone(inner),
-        id,
-        file: Arc::new(file),
-        file_path,
-        staging_id,
-        origin: target.clone(),
-        size: AtomicU64::new(size),
-        state: tokio::sync::Mutex::new(State {
+impl State {
+    pub(super) fn new(
+        inner: &Inner,
+        size: u64,
+        base: Option<Base>,
+        base_limit: u64,
+        present: RangeSet,
+    ) -> State {
+        State {
             size,
             base,
-            base_limit: s.base_limit,
+            base_limit,
             present,
             finished: false,
             stream: None,
-            stream_off: true,
-        }),
-    })))
+            stream_off: false,
+            tail: Tail::new(inner.cfg.options.part_size),
+        }
+    }
 }
 
 impl S3PendingWrite {
+    /// A write session on the staging file `(file, path, id)`.
+    pub(super) fn new(
+        inner: &Arc<Inner>,
+        id: Identity,
+        origin: &BackendPath,
+        (file, file_path, staging_id): (File, PathBuf, String),
+        state: State,
+    ) -> S3PendingWrite {
+        S3PendingWrite {
+            inner: Arc::clone(inner),
+            id,
+            file: Arc::new(file),
+            direct: Staging::open_direct(&file_path),
+            direct_off: AtomicBool::new(false),
+            file_path,
+            staging_id,
+            origin: origin.clone(),
+            size: AtomicU64::new(state.size),
+            state: tokio::sync::Mutex::new(state),
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         op: &'static str,
         work: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
     ) -> BackendResult<T> {
+        self.blocking_io(work)
+            .await
+            .map_err(|e| self.inner.io_error(&e, op, &self.origin, self.id))
+    }
+
+    async fn blocking_io<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    ) -> std::io::Result<T> {
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || work(&file))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
-            .map_err(|e| self.inner.io_error(&e, op, &self.origin, self.id))
+    }
+
+    /// Write `data` at `offset` of the staging file on this thread: with
+    /// O_DIRECT where it fits (see `tail`), else through the page cache.
+    fn write_staging_here(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let direct = self.direct.as_ref().filter(|_| {
+            tail::direct_fits(offset, data) && !self.direct_off.load(Ordering::Relaxed)
+        });
+        if let Some(direct) = direct {
+            match direct.write_all_at(data, offset) {
+                Ok(()) => return Ok(()),
+                // Partly written at most: the buffered write redoes it all.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!(error = %e, "direct write refused; using the page cache");
+                    self.direct_off.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(data, offset)
     }
 
     fn check_open(&self, state: &State, op: &'static str) -> BackendResult<()> {
@@ -251,7 +233,15 @@ impl S3PendingWrite {
                 }
             }
             if let Some(s) = state.stream.as_mut() {
-                s.queue(&self.inner, &self.file, next_end, &self.origin, self.id);
+                let held = state.tail.take(s.queued, next_end - s.queued);
+                s.queue(
+                    &self.inner,
+                    &self.file,
+                    held,
+                    next_end,
+                    &self.origin,
+                    self.id,
+                );
             }
         }
         let pressure = match state.stream.as_mut() {
@@ -266,6 +256,7 @@ impl S3PendingWrite {
 
     async fn abandon_stream(&self, state: &mut State) {
         state.stream_off = true;
+        state.tail.clear();
         if let Some(s) = state.stream.take() {
             s.abort(&self.inner, &self.staging_id).await;
         }
@@ -317,9 +308,36 @@ impl PendingWrite for S3PendingWrite {
             // Rewriting what is already uploading: no longer sequential.
             self.abandon_stream(&mut state).await;
         }
-        let data = data.to_vec();
-        self.blocking("write staging file", move |f| f.write_all_at(&data, offset))
-            .await?;
+        let state_now = &mut *state;
+        for (at, range) in state_now.tail.split(offset, data.len()) {
+            let piece = &data[range];
+            let held = match state_now.stream_off {
+                true => None,
+                false => state_now
+                    .tail
+                    .stage(at, piece, &state_now.present, &self.file),
+            };
+            let staged = held.is_some();
+            let written = match (blocking::is_inline(), held) {
+                // On the FUSE worker (see `Capabilities::inline_writes`):
+                // from memory, with O_DIRECT where it fits.
+                (true, Some(held)) => self.write_staging_here(at, held),
+                (true, None) => self.write_staging_here(at, piece),
+                (false, _) => {
+                    let piece = piece.to_vec();
+                    self.blocking_io(move |f| f.write_all_at(&piece, at)).await
+                }
+            };
+            if let Err(e) = written {
+                state_now.tail.clear();
+                return Err(self
+                    .inner
+                    .io_error(&e, "write staging file", &self.origin, self.id));
+            }
+            if staged {
+                state_now.tail.commit(piece.len());
+            }
+        }
         state.present.insert(offset..end);
         state.size = state.size.max(end);
         self.size.store(state.size, Ordering::Release);
@@ -351,6 +369,7 @@ impl PendingWrite for S3PendingWrite {
         if state.stream.as_ref().is_some_and(|s| size < s.queued) {
             self.abandon_stream(&mut state).await;
         }
+        state.tail.truncate(size);
         self.blocking("truncate staging file", move |f| f.set_len(size))
             .await?;
         if size < state.base_limit {
@@ -446,7 +465,8 @@ impl PendingWrite for S3PendingWrite {
                 let part = self.inner.cfg.options.part_size;
                 while s.queued < size {
                     let end = (s.queued + part).min(size);
-                    s.queue(&self.inner, &self.file, end, target, self.id);
+                    let held = state.tail.take(s.queued, end - s.queued);
+                    s.queue(&self.inner, &self.file, held, end, target, self.id);
                 }
                 match s
                     .complete(&self.inner, target, self.id, &self.staging_id)
@@ -478,7 +498,10 @@ impl PendingWrite for S3PendingWrite {
         };
         let result = match streamed {
             Some(r) => r,
-            None => upload::upload_file(&self.inner, &self.file, size, &t).await?,
+            None => {
+                let held = state.tail.take(0, size);
+                upload::upload_file(&self.inner, &self.file, held, size, &t).await?
+            }
         };
         state.finished = true;
         let _ = std::fs::remove_file(&self.file_path);
@@ -497,25 +520,9 @@ impl PendingWrite for S3PendingWrite {
     }
 
     fn describe(&self) -> SuspendedWrite {
-        let (base, base_limit) = match self.state.try_lock() {
-            Ok(st) => (
-                st.base.as_ref().map(|b| SuspendedBase {
-                    key: b.key.clone(),
-                    etag: b.etag.clone(),
-                    size: b.size,
-                }),
-                st.base_limit,
-            ),
-            Err(_) => (None, 0),
-        };
-        serde_json::to_value(Suspended {
-            staging_id: self.staging_id.clone(),
-            size: None,
-            base,
-            base_limit,
-            present: None,
-        })
-        .unwrap_or(serde_json::Value::Null)
+        let state = self.state.try_lock();
+        let described = Suspended::described(&self.staging_id, state.as_deref().ok());
+        serde_json::to_value(described).unwrap_or(serde_json::Value::Null)
     }
 
     async fn suspend(&self) -> BackendResult<SuspendedWrite> {
@@ -524,17 +531,7 @@ impl PendingWrite for S3PendingWrite {
         // A successor cannot continue a multipart upload it knows nothing
         // of: abandon it, publish then uploads the staging file.
         self.abandon_stream(&mut state).await;
-        let suspended = Suspended {
-            staging_id: self.staging_id.clone(),
-            size: Some(state.size),
-            base: state.base.as_ref().map(|b| SuspendedBase {
-                key: b.key.clone(),
-                etag: b.etag.clone(),
-                size: b.size,
-            }),
-            base_limit: state.base_limit,
-            present: Some(state.present.to_pairs()),
-        };
+        let suspended = Suspended::of_session(&self.staging_id, &state);
         serde_json::to_value(suspended).map_err(|e| {
             self.inner.error(
                 ErrorKind::Other,
