@@ -263,7 +263,7 @@ fn rewrites_of_a_sequential_write_keep_the_last_bytes_written() {
     let m = Mounted::start(&server, "rewrite", cache.path(), &["--part-size", "5MiB"]);
     let mib = 1usize << 20;
     let mut want = pattern(17 * mib + 123, 31);
-    let mut f = OpenOptions::new()
+    let f = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
