@@ -7,10 +7,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::backend::{ErrorKind, ObjectReader, VersionToken};
+use crate::buffers::PageBuffer;
 
 use super::{FileHandle, ReadError, View};
 use crate::fs::types::FsError;
@@ -77,7 +78,9 @@ impl CachalotFs {
             Ok(stream) => stream,
             Err(e) => return Err(self.fetch_error(handle, view, e).await),
         };
-        let (mut page, mut total) = (BytesMut::new(), 0usize);
+        // The page being gathered and how much of it is filled.
+        let mut page: Option<(PageBuffer, usize)> = None;
+        let mut total = 0usize;
         // Counted as each page is handed on, not at the end of the body: a
         // reader served by this page may look at the counters before the
         // rest has arrived.
@@ -99,27 +102,31 @@ impl CachalotFs {
                 return Err(FsError::new(libc::EIO).into());
             }
             while !chunk.is_empty() {
-                if page.is_empty() && chunk.len() >= page_size {
+                if page.is_none() && chunk.len() >= page_size {
                     // A whole page within one buffer: no copy.
                     deliver(chunk.split_to(page_size));
                     continue;
                 }
                 // Buffers are usually far smaller than a page (an HTTP
                 // body comes in frames of kilobytes): gather them into
-                // one page-sized allocation, so that a page holds its
-                // own memory only, not a whole request's body.
-                if page.capacity() == 0 {
-                    page.reserve(page_size);
-                }
-                let take = (page_size - page.len()).min(chunk.len());
-                page.extend_from_slice(&chunk.split_to(take));
-                if page.len() == page_size {
-                    deliver(std::mem::take(&mut page).freeze());
+                // one page buffer, so that a page holds its own memory
+                // only, not a whole request's body. Page buffers come
+                // from a pool whose memory stays resident: a fresh heap
+                // allocation per page cost a page fault per 4 KiB.
+                let (buf, filled) = page.get_or_insert_with(|| (PageBuffer::new(page_size), 0));
+                let take = (page_size - *filled).min(chunk.len());
+                buf.as_mut_slice()[*filled..*filled + take].copy_from_slice(&chunk.split_to(take));
+                *filled += take;
+                if *filled == page_size {
+                    if let Some((full, _)) = page.take() {
+                        deliver(full.freeze());
+                    }
                 }
             }
         }
-        if !page.is_empty() {
-            deliver(page.freeze());
+        if let Some((mut last, filled)) = page.take() {
+            last.truncate(filled);
+            deliver(last.freeze());
         }
         Ok(())
     }
