@@ -41,6 +41,7 @@ mod xattr;
 
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -74,6 +75,28 @@ pub struct FuseAdapter {
     inline: bool,
     /// Answer WRITE requests there, borrowing their data.
     inline_writes: bool,
+    /// WRITEs being answered inline now (see `write_pass`).
+    writing_inline: Arc<AtomicUsize>,
+}
+
+/// WRITEs answered on FUSE workers at once, at most, where only writes are
+/// (`inline_writes` without `inline`): such a write may wait for an upload
+/// slot, and the other workers must stay free for every other request.
+const INLINE_WRITES_MAX: usize = crate::mount::FUSE_THREADS / 2;
+
+/// A WRITE answered inline: the gate's pass and its place among
+/// [`INLINE_WRITES_MAX`].
+pub(super) struct WritePass {
+    _pass: gate::Pass,
+    slot: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for WritePass {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl FuseAdapter {
@@ -82,6 +105,7 @@ impl FuseAdapter {
         FuseAdapter {
             inline: fs.answers_inline(),
             inline_writes: fs.answers_writes_inline(),
+            writing_inline: Arc::new(AtomicUsize::new(0)),
             fs,
             rt,
             ttl,
@@ -139,8 +163,24 @@ impl FuseAdapter {
     /// A pass to answer a WRITE on this thread, borrowing its data (not
     /// copied): where writes are answered inline and the gate is open;
     /// else the request goes to `spawn`.
-    fn write_pass(&self) -> Option<gate::Pass> {
-        self.inline_writes.then(|| self.gate.enter()).flatten()
+    fn write_pass(&self) -> Option<WritePass> {
+        if !self.inline_writes {
+            return None;
+        }
+        let pass = self.gate.enter()?;
+        // Where every request is answered inline, spawning would too.
+        let slot = match self.inline {
+            true => None,
+            false => {
+                let busy = &self.writing_inline;
+                busy.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < INLINE_WRITES_MAX).then_some(n + 1)
+                })
+                .ok()?;
+                Some(Arc::clone(busy))
+            }
+        };
+        Some(WritePass { _pass: pass, slot })
     }
 
     /// Run `work` to its end on this thread (with an `inline_pass`).

@@ -35,8 +35,9 @@ pub use handover::SessionState;
 /// FUSE worker threads reading requests. The work runs on tokio, except
 /// for a volume on the local disk, whose requests are answered on these
 /// threads (see `FuseAdapter`): then they are also how many requests are
-/// answered at once.
-const FUSE_THREADS: usize = 8;
+/// answered at once. S3 volumes answer WRITEs on them too, on at most half
+/// of them (see `fuse::INLINE_WRITES_MAX`).
+pub(crate) const FUSE_THREADS: usize = 8;
 const COUNTER_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]

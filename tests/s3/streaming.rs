@@ -188,3 +188,56 @@ fn a_streamed_read_stays_on_its_version_and_ends_in_estale_when_replaced() {
     assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
     assert!(pos < old.len());
 }
+
+/// S3 volumes answer WRITEs on the FUSE workers, and a writer whose
+/// uploads are in flight waits there for one to finish (backpressure).
+/// Those waits take half the workers at most: with more writers waiting
+/// than there are workers (their parts held by the proxy), a stat and a
+/// listing are still answered at once; released, every file is whole.
+#[test]
+fn writers_waiting_for_their_uploads_leave_the_mount_answering() {
+    let server = S3Server::seaweed();
+    let proxy = HoldingProxy::start_holding_uploads(server.port);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mounted::start_at(&proxy.endpoint(), "busy", cache.path(), |cmd| {
+        cmd.args(["--part-size", "5MiB"]);
+    });
+    fs::write(m.path("small"), b"small").unwrap();
+    let writers = 10;
+    let len = 30 * MIB;
+    let threads: Vec<_> = (0..writers)
+        .map(|i| {
+            let path = m.path(&format!("w{i}"));
+            std::thread::spawn(move || {
+                let data = distinct(len, 100 + i as u64);
+                let f = fs::File::create(&path)?;
+                for (n, chunk) in data.chunks(MIB).enumerate() {
+                    f.write_all_at(chunk, (n * MIB) as u64)?;
+                }
+                drop(f);
+                Ok::<_, std::io::Error>(data)
+            })
+        })
+        .collect();
+    // Four parts in flight per writer, then each waits.
+    proxy.wait_held(4 * writers, Duration::from_secs(60));
+    let (tx, rx) = mpsc::channel();
+    let (small, dir) = (m.path("small"), m.path(""));
+    std::thread::spawn(move || {
+        let stat = fs::metadata(&small).map(|s| s.len());
+        let listed = fs::read_dir(&dir).map(|d| d.count());
+        let _ = tx.send((stat, listed));
+    });
+    let answered = rx.recv_timeout(Duration::from_secs(5));
+    proxy.release();
+    let (stat, listed) = answered.expect("stat and listing waited for the writers' uploads");
+    assert_eq!(stat.unwrap(), 5);
+    assert!(listed.unwrap() > writers);
+    for (i, t) in threads.into_iter().enumerate() {
+        let data = t.join().unwrap().unwrap();
+        assert!(
+            fs::read(m.path(&format!("w{i}"))).unwrap() == data,
+            "w{i} differs"
+        );
+    }
+}

@@ -2,6 +2,9 @@
 //! big ranged GET after its first bytes, until the test releases or cuts
 //! it: what a reader gets while most of a GET's body is still on the wire.
 //!
+//! Started with `start_holding_uploads`, it holds big uploads (PUTs, such
+//! as multipart parts) instead, before their first byte reaches the server.
+//!
 //! HTTP/1.1 without pipelining (what the S3 clients speak): a client sends
 //! its next request on a connection only after the whole previous answer,
 //! so the answer that follows a big GET on a connection is that GET's.
@@ -33,6 +36,8 @@ struct Shared {
     /// Bodies being held right now.
     held: AtomicUsize,
     stop: AtomicBool,
+    /// Hold big PUTs instead of big GETs.
+    uploads: bool,
 }
 
 pub struct HoldingProxy {
@@ -43,6 +48,15 @@ pub struct HoldingProxy {
 impl HoldingProxy {
     /// A proxy on 127.0.0.1 to the server at `upstream_port`, holding.
     pub fn start(upstream_port: u16) -> HoldingProxy {
+        HoldingProxy::new(upstream_port, false)
+    }
+
+    /// A proxy that holds uploads of at least [`HOLD_RANGES_FROM`] bytes.
+    pub fn start_holding_uploads(upstream_port: u16) -> HoldingProxy {
+        HoldingProxy::new(upstream_port, true)
+    }
+
+    fn new(upstream_port: u16, uploads: bool) -> HoldingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let shared = Arc::new(Shared {
@@ -50,6 +64,7 @@ impl HoldingProxy {
             changed: Condvar::new(),
             held: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            uploads,
         });
         let s = Arc::clone(&shared);
         std::thread::spawn(move || {
@@ -130,14 +145,14 @@ fn connect(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
-    let flag = Arc::clone(&big);
-    std::thread::spawn(move || requests(client, server, &flag));
+    let (flag, to_server) = (Arc::clone(&big), Arc::clone(&shared));
+    std::thread::spawn(move || requests(client, server, &flag, &to_server));
     std::thread::spawn(move || answers(server2, client2, &big, &shared));
 }
 
 /// Client to server: note when a request is a big ranged GET (before
 /// forwarding it, so the flag is set before its answer can come).
-fn requests(mut from: TcpStream, mut to: TcpStream, big: &AtomicBool) {
+fn requests(mut from: TcpStream, mut to: TcpStream, big: &AtomicBool, shared: &Shared) {
     let mut pending: Vec<u8> = Vec::new();
     let mut body_left = 0usize;
     let mut framed = true;
@@ -147,6 +162,7 @@ fn requests(mut from: TcpStream, mut to: TcpStream, big: &AtomicBool) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let mut hold = false;
         if framed {
             pending.extend_from_slice(&buf[..n]);
             loop {
@@ -170,10 +186,15 @@ fn requests(mut from: TcpStream, mut to: TcpStream, big: &AtomicBool) {
                 body_left = header(&head, "content-length")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                if head.starts_with("get ") && range_len(&head) >= HOLD_RANGES_FROM {
+                if shared.uploads {
+                    hold |= head.starts_with("put ") && body_left as u64 >= HOLD_RANGES_FROM;
+                } else if head.starts_with("get ") && range_len(&head) >= HOLD_RANGES_FROM {
                     big.store(true, Ordering::Release);
                 }
             }
+        }
+        if hold && wait_gate(shared) == Gate::Cut {
+            break;
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
