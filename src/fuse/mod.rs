@@ -76,7 +76,7 @@ pub struct FuseAdapter {
     /// Answer WRITE requests there, borrowing their data.
     inline_writes: bool,
     /// WRITEs being answered inline now (see `write_pass`).
-    writing_inline: Arc<AtomicUsize>,
+    writing_inline: AtomicUsize,
 }
 
 /// WRITEs answered on FUSE workers at once, at most, where only writes are
@@ -86,12 +86,12 @@ const INLINE_WRITES_MAX: usize = crate::mount::FUSE_THREADS / 2;
 
 /// A WRITE answered inline: the gate's pass and its place among
 /// [`INLINE_WRITES_MAX`].
-pub(super) struct WritePass {
+pub(super) struct WritePass<'a> {
     _pass: gate::Pass,
-    slot: Option<Arc<AtomicUsize>>,
+    slot: Option<&'a AtomicUsize>,
 }
 
-impl Drop for WritePass {
+impl Drop for WritePass<'_> {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
             slot.fetch_sub(1, Ordering::AcqRel);
@@ -105,7 +105,7 @@ impl FuseAdapter {
         FuseAdapter {
             inline: fs.answers_inline(),
             inline_writes: fs.answers_writes_inline(),
-            writing_inline: Arc::new(AtomicUsize::new(0)),
+            writing_inline: AtomicUsize::new(0),
             fs,
             rt,
             ttl,
@@ -163,7 +163,7 @@ impl FuseAdapter {
     /// A pass to answer a WRITE on this thread, borrowing its data (not
     /// copied): where writes are answered inline and the gate is open;
     /// else the request goes to `spawn`.
-    fn write_pass(&self) -> Option<WritePass> {
+    fn write_pass(&self) -> Option<WritePass<'_>> {
         if !self.inline_writes {
             return None;
         }
@@ -177,13 +177,14 @@ impl FuseAdapter {
                     (n < INLINE_WRITES_MAX).then_some(n + 1)
                 })
                 .ok()?;
-                Some(Arc::clone(busy))
+                Some(busy)
             }
         };
         Some(WritePass { _pass: pass, slot })
     }
 
-    /// Run `work` to its end on this thread (with an `inline_pass`).
+    /// Run `work` to its end on this thread (with a `write_pass`, or where
+    /// every request is answered inline).
     fn answer_here(&self, work: impl std::future::Future<Output = ()>) {
         crate::backend::blocking::allow_inline(|| self.rt.block_on(work));
     }
