@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -59,9 +59,10 @@ pub struct S3PendingWrite {
     inner: Arc<Inner>,
     id: Identity,
     file: Arc<File>,
-    /// The staging file opened with O_DIRECT (see `tail`), unless the
+    /// The staging file opened with O_DIRECT (see `tail`) at the first
+    /// write that fits it (small files never need it); `None` where the
     /// filesystem refuses it.
-    direct: Option<File>,
+    direct: OnceLock<Option<File>>,
     /// A direct write was refused (EINVAL: an alignment this filesystem
     /// wants that ours is not): the page cache from then on.
     direct_off: AtomicBool,
@@ -141,7 +142,7 @@ impl S3PendingWrite {
             inner: Arc::clone(inner),
             id,
             file: Arc::new(file),
-            direct: Staging::open_direct(&file_path),
+            direct: OnceLock::new(),
             direct_off: AtomicBool::new(false),
             file_path,
             staging_id,
@@ -175,9 +176,13 @@ impl S3PendingWrite {
     /// Write `data` at `offset` of the staging file on this thread: with
     /// O_DIRECT where it fits (see `tail`), else through the page cache.
     fn write_staging_here(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let direct = self.direct.as_ref().filter(|_| {
-            tail::direct_fits(offset, data) && !self.direct_off.load(Ordering::Relaxed)
-        });
+        let fits = tail::direct_fits(offset, data) && !self.direct_off.load(Ordering::Relaxed);
+        let direct = fits
+            .then(|| {
+                self.direct
+                    .get_or_init(|| Staging::open_direct(&self.file_path))
+            })
+            .and_then(Option::as_ref);
         if let Some(direct) = direct {
             match direct.write_all_at(data, offset) {
                 Ok(()) => return Ok(()),
