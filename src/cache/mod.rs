@@ -18,6 +18,7 @@ mod index;
 mod ledger;
 mod open_pages;
 mod page;
+mod page_file;
 mod scan;
 mod summary;
 mod volume;
@@ -138,6 +139,9 @@ pub struct PageStore {
     /// What `retire_counters` already folded into the directory's totals.
     retired: Mutex<CounterSnapshot>,
     temp_seq: AtomicU64,
+    /// Large pages are written with O_DIRECT until the cache filesystem
+    /// refuses it (see `page_file`).
+    direct_writes: AtomicBool,
     index_ready: AtomicBool,
     last_rescan: Mutex<Option<Instant>>,
 }
@@ -210,6 +214,7 @@ impl PageStore {
             volumes: Mutex::new(Vec::new()),
             retired: Mutex::new(CounterSnapshot::default()),
             temp_seq: AtomicU64::new(crate::backend::first_seq()),
+            direct_writes: AtomicBool::new(true),
             index_ready: AtomicBool::new(false),
             last_rescan: Mutex::new(None),
             cfg,

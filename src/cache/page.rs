@@ -5,6 +5,10 @@
 //! magic "CCHLPG02" | key_len u32 | key bytes | index u64 | data_len u32
 //! | block_size u32 | crc u32 per block of data | header_crc u32 | data
 //! ```
+//! Version 3 (written for pages the store writes with O_DIRECT): version 2
+//! with zeros after `header_crc` up to the next multiple of [`DATA_ALIGN`],
+//! where the data starts, so that it can go to the disk straight from its
+//! page-aligned buffer.
 //! Version 1 (still read):
 //! ```text
 //! magic "CCHLPG01" | key_len u32 | key bytes | index u64 | data_len u32
@@ -62,6 +66,11 @@ impl PageKey {
 
 const MAGIC_V1: &[u8; 8] = b"CCHLPG01";
 const MAGIC_V2: &[u8; 8] = b"CCHLPG02";
+const MAGIC_V3: &[u8; 8] = b"CCHLPG03";
+
+/// Where the data of a v3 page file starts: a multiple of this (the
+/// alignment O_DIRECT asks of file offsets on common filesystems).
+pub const DATA_ALIGN: usize = 4096;
 
 /// Data checksum granularity of pages written now. A 4 KiB read of a page
 /// reads and verifies one block: small enough that random reads cost little
@@ -118,22 +127,45 @@ pub fn max_file_len(page_size: u64) -> u64 {
 /// `data` (written together without copying the page, see
 /// `VolumeCache::put`).
 pub fn encode_header(key: &PageKey, data: &[u8]) -> Vec<u8> {
-    header_with_block(key, data, BLOCK_SIZE, 0)
+    header_with_block(MAGIC_V2, key, data, BLOCK_SIZE, 0)
+}
+
+/// The v3 header of the page file holding `data`: a multiple of
+/// [`DATA_ALIGN`] bytes long, so the data after it is aligned in the file.
+pub fn encode_aligned_header(key: &PageKey, data: &[u8]) -> Vec<u8> {
+    let mut header = header_with_block(MAGIC_V3, key, data, BLOCK_SIZE, DATA_ALIGN);
+    header.resize(header.len().next_multiple_of(DATA_ALIGN), 0);
+    header
 }
 
 #[cfg(test)]
 pub(crate) fn encode_with_block(key: &PageKey, data: &[u8], block_size: u32) -> Vec<u8> {
-    let mut out = header_with_block(key, data, block_size, data.len());
+    let mut out = header_with_block(MAGIC_V2, key, data, block_size, data.len());
     out.extend_from_slice(data);
     out
 }
 
-/// The header, in a buffer with `room` bytes to spare for the data.
-fn header_with_block(key: &PageKey, data: &[u8], block_size: u32, room: usize) -> Vec<u8> {
+/// A whole v3 page file, as `VolumeCache::put` writes it with O_DIRECT.
+#[cfg(test)]
+pub(crate) fn encode_v3(key: &PageKey, data: &[u8]) -> Vec<u8> {
+    let mut out = encode_aligned_header(key, data);
+    out.extend_from_slice(data);
+    out
+}
+
+/// The header (v2 fields under `magic`), in a buffer with `room` bytes to
+/// spare (for the data, or the v3 padding).
+fn header_with_block(
+    magic: &[u8; 8],
+    key: &PageKey,
+    data: &[u8],
+    block_size: u32,
+    room: usize,
+) -> Vec<u8> {
     let id = key.object_id();
     let blocks = data.chunks(block_size.max(1) as usize);
     let mut out = Vec::with_capacity(36 + id.len() + 4 * blocks.len() + room);
-    out.extend_from_slice(MAGIC_V2);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&(id.len() as u32).to_le_bytes());
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(&key.index.to_le_bytes());
@@ -193,8 +225,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A verified v2 header (the data is not verified yet): enough to read and
-/// verify any range of the page file's data.
+/// A verified v2 or v3 header (the data is not verified yet): enough to
+/// read and verify any range of the page file's data.
 pub struct HeaderV2 {
     data_len: usize,
     block_size: usize,
@@ -220,12 +252,18 @@ impl HeaderV2 {
     }
 }
 
-/// Parse and verify the v2 header at the start of `buf` (magic already
-/// checked). `Truncated` if `buf` ends inside the header: the caller may
-/// retry with more of the file.
+/// Whether `magic` starts a v2 or v3 file (one header layout; v3 data is
+/// aligned).
+fn is_v2_or_v3(magic: &[u8]) -> bool {
+    magic == MAGIC_V2 || magic == MAGIC_V3
+}
+
+/// Parse and verify the v2 or v3 header at the start of `buf` (magic
+/// already checked). `Truncated` if `buf` ends inside the header: the
+/// caller may retry with more of the file.
 fn header_v2(key: &PageKey, buf: &[u8]) -> Result<HeaderV2, PageFormatError> {
     let mut r = Reader { buf, at: 0 };
-    r.take(MAGIC_V2.len())?;
+    let aligned = r.take(MAGIC_V3.len())? == MAGIC_V3;
     let id_len = r.u32()? as usize;
     let id = r.take(id_len)?;
     let index = r.u64()?;
@@ -249,7 +287,10 @@ fn header_v2(key: &PageKey, buf: &[u8]) -> Result<HeaderV2, PageFormatError> {
         data_len,
         block_size,
         crcs: crcs.to_vec(),
-        data_at: r.at,
+        data_at: match aligned {
+            true => r.at.next_multiple_of(DATA_ALIGN),
+            false => r.at,
+        },
     })
 }
 
@@ -279,7 +320,7 @@ fn header_v2_needed(buf: &[u8]) -> Option<usize> {
 /// Verify a whole page file against `key` and return its data.
 pub fn decode<'a>(key: &PageKey, file: &'a [u8]) -> Result<&'a [u8], PageFormatError> {
     let magic = file.get(..8).ok_or(PageFormatError::Truncated)?;
-    if magic == MAGIC_V2 {
+    if is_v2_or_v3(magic) {
         let header = header_v2(key, file)?;
         let data = file
             .get(header.data_at..)
@@ -367,7 +408,7 @@ pub fn read_header(
     if magic == MAGIC_V1 {
         return Ok(None);
     }
-    if magic != MAGIC_V2 {
+    if !is_v2_or_v3(magic) {
         return Err(PageFormatError::BadMagic.into());
     }
     // A header longer than the prefetch (long key, many blocks): read the

@@ -194,3 +194,51 @@ fn stems_differ_per_version_and_index() {
     assert_ne!(key(1).file_stem(), other.file_stem());
     assert_ne!(key(1).file_stem(), key(2).file_stem());
 }
+
+#[test]
+fn v3_data_starts_aligned_and_reads_like_v2() {
+    let data = pattern(3 * BLOCK_SIZE as usize + 5);
+    let file = encode_v3(&key(5), &data);
+    assert_eq!(&file[..8], MAGIC_V3);
+    let data_at = file.len() - data.len();
+    assert_eq!(
+        data_at, DATA_ALIGN,
+        "a short key's header pads to one block"
+    );
+    assert_eq!(decode(&key(5), &file).unwrap(), &data[..]);
+    assert_eq!(
+        range(&file, &key(5), 40_000, 9000).unwrap(),
+        &data[40_000..49_000]
+    );
+    // A long key: the header spans blocks, the data still starts at one.
+    let mut k = key(6);
+    k.path = "p".repeat(5000);
+    let file = encode_v3(&k, &data);
+    assert_eq!(file.len() - data.len(), 2 * DATA_ALIGN);
+    assert_eq!(range(&file, &k, 0, 100).unwrap(), &data[..100]);
+}
+
+#[test]
+fn v3_damage_truncation_and_a_missing_pad_are_detected() {
+    let data = pattern(2 * BLOCK_SIZE as usize);
+    let good = encode_v3(&key(1), &data);
+    let data_at = good.len() - data.len();
+    let mut bad = good.clone();
+    bad[data_at + BLOCK_SIZE as usize + 1] ^= 0x10;
+    assert_eq!(decode(&key(1), &bad), Err(PageFormatError::DataChecksum));
+    assert!(range(&bad, &key(1), u64::from(BLOCK_SIZE), 10).is_err());
+    assert_eq!(range(&bad, &key(1), 0, 10).unwrap(), &data[..10]);
+    let mut bad = good.clone();
+    bad[20] ^= 0x01; // in the key
+    assert!(decode(&key(1), &bad).is_err());
+    assert!(range(&bad, &key(1), 0, 10).is_err());
+    for len in [0, 8, 100, data_at, data_at + 1, good.len() - 1] {
+        assert!(decode(&key(1), &good[..len]).is_err(), "length {len}");
+        assert!(range(&good[..len], &key(1), 0, 10).is_err(), "length {len}");
+    }
+    // The v2 layout under the v3 magic (data not aligned) is not a page.
+    let mut unpadded = encode(&key(1), &data);
+    unpadded[..8].copy_from_slice(MAGIC_V3);
+    assert!(decode(&key(1), &unpadded).is_err());
+    assert!(range(&unpadded, &key(1), 0, 10).is_err());
+}

@@ -3,7 +3,7 @@
 //! counters; space and eviction are the store's.
 
 use std::fs::{self, File};
-use std::io::{self, IoSlice, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ use super::counters::Counters;
 use super::index::{now_millis, Entry, VolumeTag};
 use super::open_pages::OpenPage;
 use super::page::{self, PageFormatError, PageKey};
+use super::page_file;
 use super::scan::{VOLUME_NAME_FILE, WHOLE_PREFIX};
 use super::{whole, CacheOpenError, CacheStats, CounterSnapshot, PageStore, PageStoreConfig};
 
@@ -489,7 +490,12 @@ impl VolumeCache {
     /// ledger first; when there is no room even after evicting, the page is
     /// simply not cached. Failures are logged once and counted.
     pub fn put(&self, key: &PageKey, data: &[u8]) {
-        let header = page::encode_header(key, data);
+        let direct =
+            page_file::wants_direct(data) && self.store.direct_writes.load(Ordering::Relaxed);
+        let header = match direct {
+            true => page::encode_aligned_header(key, data),
+            false => page::encode_header(key, data),
+        };
         let size = (header.len() + data.len()) as u64;
         if size > self.store.cfg.quota_bytes {
             return;
@@ -499,7 +505,7 @@ impl VolumeCache {
             return;
         };
         let stem = key.file_stem();
-        match self.write_page_file(&stem, &header, data) {
+        match self.write_page_file(&stem, &header, data, direct) {
             Ok(replaced) => {
                 let total = match replaced {
                     Some(old) => {
@@ -518,30 +524,30 @@ impl VolumeCache {
         }
     }
 
-    /// Write the page file (`header`, then `data`); returns the size of a
-    /// file it replaced.
+    /// Write the page file (`header`, then `data`, `direct`ly: see
+    /// [`page_file`]); returns the size of a file it replaced.
     ///
     /// The common case costs four system calls: create, write, rename
     /// (refusing to replace), close; the fan-out directory is made only
     /// when the create finds it missing.
-    fn write_page_file(&self, stem: &str, header: &[u8], data: &[u8]) -> io::Result<Option<u64>> {
+    fn write_page_file(
+        &self,
+        stem: &str,
+        header: &[u8],
+        data: &[u8],
+        direct: bool,
+    ) -> io::Result<Option<u64>> {
         let final_path = self.path_of(stem);
         let dir = final_path.parent().unwrap_or(&self.pages_dir);
         let seq = self.store.temp_seq.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", process_id()));
         let result = (|| {
-            let mut f = match File::create(&temp) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir_all(dir)?;
-                    File::create(&temp)?
-                }
-                created => created?,
-            };
-            write_all_vectored(&mut f, &mut [IoSlice::new(header), IoSlice::new(data)])?;
+            let direct = direct.then_some(&self.store.direct_writes);
+            page_file::write_new(dir, &temp, header, data, direct)?;
             // A page is rarely stored twice; when it is, the size of the
             // file it replaces goes back to the ledger. (EINVAL: a cache
             // filesystem without RENAME_NOREPLACE.)
-            match rename_noreplace(&temp, &final_path) {
+            match page_file::rename_noreplace(&temp, &final_path) {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EINVAL)) => {}
                 done => return done.map(|()| None),
             }
@@ -606,36 +612,4 @@ impl Drop for VolumeCache {
 fn process_id() -> u32 {
     static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *ID.get_or_init(std::process::id)
-}
-
-/// Rename `from` to `to` unless `to` exists (EEXIST then).
-fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
-    nix::fcntl::renameat2(
-        None,
-        from,
-        None,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(io::Error::from)
-}
-
-/// Write all of `bufs` with `writev` (the page straight from its buffer,
-/// no copy next to its header); std's `write_all_vectored` is unstable.
-fn write_all_vectored(f: &mut File, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match f.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "page file: the disk took no more bytes",
-                ))
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
