@@ -528,8 +528,9 @@ impl VolumeCache {
     /// [`page_file`]); returns the size of a file it replaced.
     ///
     /// The common case costs four system calls: create, write, rename
-    /// (refusing to replace), close; the fan-out directory is made only
-    /// when the create finds it missing.
+    /// (refusing to replace), close (four more with O_DIRECT: a write for
+    /// the header, three `fcntl`s); the fan-out directory is made only when
+    /// the create finds it missing.
     fn write_page_file(
         &self,
         stem: &str,

@@ -191,7 +191,7 @@ impl Tail {
             return None;
         }
         let slot = Slot::acquire()?;
-        let mut buf = PageBuffer::new(usize::try_from(self.part_size).ok()?);
+        let mut buf = PageBuffer::for_part(usize::try_from(self.part_size).ok()?);
         let catch_up = catch_up as usize;
         if catch_up > 0 {
             match file.read_exact_at(&mut buf.as_mut_slice()[..catch_up], start) {
