@@ -64,6 +64,8 @@ pub struct PageStoreConfig {
     pub quota_bytes: u64,
     /// Page size of the volume opened with this configuration.
     pub page_size: u64,
+    /// Write that volume's large pages with O_DIRECT (see `page_file`).
+    pub direct_writes: bool,
     /// Start evicting above this fraction of the quota...
     pub high_watermark: f64,
     /// ...down to this fraction.
@@ -78,6 +80,7 @@ impl PageStoreConfig {
             dir,
             quota_bytes,
             page_size,
+            direct_writes: true,
             high_watermark: 0.95,
             low_watermark: 0.70,
             min_free_fraction: 0.05,
@@ -139,9 +142,9 @@ pub struct PageStore {
     /// What `retire_counters` already folded into the directory's totals.
     retired: Mutex<CounterSnapshot>,
     temp_seq: AtomicU64,
-    /// Large pages are written with O_DIRECT until the cache filesystem
-    /// refuses it (see `page_file`).
-    direct_writes: AtomicBool,
+    /// The cache filesystem took O_DIRECT (or was not asked yet): off at
+    /// its first refusal (see `page_file`).
+    direct_io_works: AtomicBool,
     index_ready: AtomicBool,
     last_rescan: Mutex<Option<Instant>>,
 }
@@ -214,7 +217,7 @@ impl PageStore {
             volumes: Mutex::new(Vec::new()),
             retired: Mutex::new(CounterSnapshot::default()),
             temp_seq: AtomicU64::new(crate::backend::first_seq()),
-            direct_writes: AtomicBool::new(true),
+            direct_io_works: AtomicBool::new(true),
             index_ready: AtomicBool::new(false),
             last_rescan: Mutex::new(None),
             cfg,

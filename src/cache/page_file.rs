@@ -224,5 +224,15 @@ mod tests {
         assert!(s.get(&key(0)).unwrap() == page.as_slice());
         assert!(s.get_range(&key(0), 200_000, 70_000).unwrap() == page.as_slice()[200_000..]);
         assert!(s.get(&key(1)).unwrap() == unaligned);
+        // A volume configured without O_DIRECT writes v2 files.
+        let mut cfg = PageStoreConfig::new(dir.path().to_path_buf(), 64 << 20, 1 << 20);
+        cfg.direct_writes = false;
+        let s = VolumeCache::open(cfg, "file:///other").unwrap();
+        let mut other = key(0);
+        other.source = "file:///other".into();
+        s.put(&other, page.as_slice());
+        let file = fs::read(s.path_of(&other.file_stem())).unwrap();
+        assert_eq!(&file[..8], b"CCHLPG02");
+        assert!(s.get(&other).unwrap() == page.as_slice());
     }
 }

@@ -34,18 +34,34 @@ pub struct VolumeCache {
     pages_dir: PathBuf,
     files_dir: PathBuf,
     counters: Arc<Counters>,
+    /// Large pages go to the disk with O_DIRECT (see `page_file`).
+    direct_writes: bool,
 }
 
 impl VolumeCache {
     /// Open the cache directory of `cfg` (shared with every other volume
     /// using it) for the volume whose backend identity is `identity`.
     pub fn open(cfg: PageStoreConfig, identity: &str) -> Result<Arc<VolumeCache>, CacheOpenError> {
-        let page_size = cfg.page_size;
+        let (page_size, direct_writes) = (cfg.page_size, cfg.direct_writes);
         let store = PageStore::open(cfg)?;
-        Ok(VolumeCache::new(store, identity, page_size))
+        Ok(VolumeCache::with_writes(
+            store,
+            identity,
+            page_size,
+            direct_writes,
+        ))
     }
 
     pub fn new(store: Arc<PageStore>, identity: &str, page_size: u64) -> Arc<VolumeCache> {
+        VolumeCache::with_writes(store, identity, page_size, true)
+    }
+
+    fn with_writes(
+        store: Arc<PageStore>,
+        identity: &str,
+        page_size: u64,
+        direct_writes: bool,
+    ) -> Arc<VolumeCache> {
         let tag = VolumeTag::of(identity, page_size);
         let pages_dir = store.cfg.dir.join("pages").join(tag.to_string());
         let files_dir = store.files_dir(tag);
@@ -67,6 +83,7 @@ impl VolumeCache {
             pages_dir,
             files_dir,
             counters,
+            direct_writes,
         })
     }
 
@@ -490,8 +507,9 @@ impl VolumeCache {
     /// ledger first; when there is no room even after evicting, the page is
     /// simply not cached. Failures are logged once and counted.
     pub fn put(&self, key: &PageKey, data: &[u8]) {
-        let direct =
-            page_file::wants_direct(data) && self.store.direct_writes.load(Ordering::Relaxed);
+        let direct = self.direct_writes
+            && page_file::wants_direct(data)
+            && self.store.direct_io_works.load(Ordering::Relaxed);
         let header = match direct {
             true => page::encode_aligned_header(key, data),
             false => page::encode_header(key, data),
@@ -543,7 +561,7 @@ impl VolumeCache {
         let seq = self.store.temp_seq.fetch_add(1, Ordering::Relaxed);
         let temp = dir.join(format!(".{stem}.{}.{seq}.tmp", process_id()));
         let result = (|| {
-            let direct = direct.then_some(&self.store.direct_writes);
+            let direct = direct.then_some(&self.store.direct_io_works);
             page_file::write_new(dir, &temp, header, data, direct)?;
             // A page is rarely stored twice; when it is, the size of the
             // file it replaces goes back to the ledger. (EINVAL: a cache

@@ -168,11 +168,13 @@ fn new_runtime() -> MountResult<Arc<tokio::runtime::Runtime>> {
 /// The node's cache directory, for this volume (named by its backend's
 /// cache identity, so a remount finds its pages).
 fn open_cache(opts: &MountOptions, backend: &dyn Backend) -> MountResult<Arc<VolumeCache>> {
-    VolumeCache::open(
-        PageStoreConfig::new(opts.cache_dir.clone(), opts.cache_size, opts.page_size),
-        backend.cache_identity(),
-    )
-    .map_err(MountError::Cache)
+    let mut cfg = PageStoreConfig::new(opts.cache_dir.clone(), opts.cache_size, opts.page_size);
+    // A backend on this node's disks reads from the disks the pages go to:
+    // through the page cache, a page reaches the disk after the reads that
+    // fetched it instead of between them (cold random 4 KiB reads of a
+    // file:// volume: 7.4-8.3k IOPS with O_DIRECT, 20-21k without).
+    cfg.direct_writes = !backend.capabilities().inline_io;
+    VolumeCache::open(cfg, backend.cache_identity()).map_err(MountError::Cache)
 }
 
 fn fs_config(opts: &MountOptions) -> FsConfig {

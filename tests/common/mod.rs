@@ -380,6 +380,15 @@ pub fn page_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The format magic ("CCHLPG0N") of each page file under `dir`.
+pub fn page_magics(dir: &Path) -> Vec<String> {
+    page_files(dir)
+        .iter()
+        .filter_map(|p| fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(8)]).into_owned())
+        .collect()
+}
+
 /// Poll `f` until it returns true or `timeout` passes; returns the last result.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

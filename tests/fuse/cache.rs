@@ -78,6 +78,10 @@ fn second_read_is_served_from_cache() {
         pages_dir.display(),
         page_files(&pages_dir)
     );
+    // A file:// volume's pages go through the page cache, not O_DIRECT
+    // (v3): its reads share the disk with them.
+    let magics = page_magics(&pages_dir);
+    assert!(magics.iter().all(|m| m == "CCHLPG02"), "{magics:?}");
 
     drop_caches(); // the kernel page cache must not hide our cache
     assert_bytes_eq(&read_through(&m, "big.bin"), &data, "second read");

@@ -96,6 +96,15 @@ fn posix_operations_through_the_mount() {
     expected[1_500_000..1_500_005].copy_from_slice(b"PATCH");
     assert!(get(&store, "vol/big.bin").unwrap() == expected);
     assert!(fs::read(m.path("big.bin")).unwrap() == expected);
+    // Its pages went to the page store with O_DIRECT (v3, data aligned).
+    let pages = cache.path().join("pages");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || common::page_magics(&pages)
+            .iter()
+            .any(|m| m == "CCHLPG03")),
+        "{:?}",
+        common::page_magics(&pages)
+    );
 
     // truncate (path-based: published at once), shrink then grow
     let f = OpenOptions::new()
