@@ -7,7 +7,10 @@
 //! all CPU time (0.9 s) in that copy (`copy_folio_from_iter_atomic` on the
 //! store threads). With O_DIRECT the disk reads the page straight from its
 //! buffer. The price: a page just stored is read back from the disk, not
-//! from the page cache (the memory tier above the store still has it).
+//! from the page cache (the memory tier above the store still has it), and
+//! its write is not deferred behind the reads that share the disk, which is
+//! why volumes whose backend is on the node's disks do not use it
+//! (`PageStoreConfig::direct_writes`, set by the mount).
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
