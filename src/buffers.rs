@@ -43,6 +43,16 @@ fn size_class(len: usize) -> usize {
 /// Smaller buffers come from the heap, which serves them well.
 const MIN_MAPPED: usize = 128 << 10;
 
+/// What O_DIRECT needs offsets, lengths and memory aligned to (a page:
+/// mapped buffers are page-aligned).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Writes from this size on go to the disk with O_DIRECT where they can
+/// (the S3 staging file, page files): below it, the system calls around a
+/// write cost more than the copy into the page cache they spare. Buffers
+/// this big are mapped, so aligned.
+pub const DIRECT_MIN: usize = MIN_MAPPED;
+
 /// Freed buffers of write parts kept for reuse, in bytes: five parts of the
 /// default 16 MiB (four uploading, one filling), so that a streaming
 /// writer maps no new memory. Without them every part (mapped afresh) cost

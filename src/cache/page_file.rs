@@ -21,24 +21,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use super::page::DATA_ALIGN;
-
-/// Pages from this size on are written with O_DIRECT (when their memory is
-/// aligned): below it, the system calls around the write cost more than
-/// the copy they spare.
-pub const DIRECT_MIN: usize = 128 << 10;
+use crate::buffers::{DIRECT_ALIGN, DIRECT_MIN};
 
 /// Whether `data` can go to the disk with O_DIRECT: big enough, and in
 /// memory aligned as O_DIRECT asks (page buffers are).
 pub fn wants_direct(data: &[u8]) -> bool {
-    data.len() >= DIRECT_MIN && (data.as_ptr() as usize).is_multiple_of(DATA_ALIGN)
+    data.len() >= DIRECT_MIN && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
 }
 
 /// Create `temp` (in `dir`, made if missing) holding `header` then `data`.
 /// With `direct` (on while the cache filesystem takes O_DIRECT), `header`
-/// is a multiple of [`DATA_ALIGN`] long and the whole blocks of `data` are
-/// written with O_DIRECT; a filesystem refusing it turns `direct` off and
-/// gets the rest through the page cache.
+/// is a multiple of [`DIRECT_ALIGN`] long (a v3 header) and the whole
+/// blocks of `data` are written with O_DIRECT; a filesystem refusing it
+/// turns `direct` off and gets the rest through the page cache.
 pub fn write_new(
     dir: &Path,
     temp: &Path,
@@ -72,11 +67,11 @@ pub fn write_new(
     f.write_all_at(&data[done..], at + done as u64)
 }
 
-/// Write the whole [`DATA_ALIGN`] blocks of `data` at `at` with O_DIRECT;
+/// Write the whole [`DIRECT_ALIGN`] blocks of `data` at `at` with O_DIRECT;
 /// returns how many bytes were written (the rest goes through the page
 /// cache). EINVAL before any: the filesystem does not take O_DIRECT here.
 fn write_blocks_direct(f: &File, at: u64, data: &[u8]) -> io::Result<usize> {
-    let blocks = data.len() - data.len() % DATA_ALIGN;
+    let blocks = data.len() - data.len() % DIRECT_ALIGN;
     let fd = f.as_raw_fd();
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_DIRECT))?;
@@ -89,7 +84,7 @@ fn write_blocks_direct(f: &File, at: u64, data: &[u8]) -> io::Result<usize> {
             Ok(n) => {
                 done += n;
                 // A short write ending inside a block: the rest is unaligned.
-                if n == 0 || !done.is_multiple_of(DATA_ALIGN) {
+                if n == 0 || !done.is_multiple_of(DIRECT_ALIGN) {
                     break Ok(done);
                 }
             }
@@ -143,6 +138,7 @@ mod tests {
 
     use super::*;
     use crate::buffers::PageBuffer;
+    use crate::cache::page::DATA_ALIGN;
 
     fn aligned_page(len: usize) -> PageBuffer {
         let mut page = PageBuffer::new(len);
@@ -218,7 +214,7 @@ mod tests {
         let page = aligned_page(DIRECT_MIN * 2 + 300);
         s.put(&key(0), page.as_slice());
         let copy = page.as_slice().to_vec();
-        let start = 1 + usize::from((copy.as_ptr() as usize + 1).is_multiple_of(DATA_ALIGN));
+        let start = 1 + usize::from((copy.as_ptr() as usize + 1).is_multiple_of(DIRECT_ALIGN));
         let unaligned = &copy[start..];
         s.put(&key(1), unaligned);
         let magic = |index| fs::read(s.path_of(&key(index).file_stem())).unwrap()[..8].to_vec();

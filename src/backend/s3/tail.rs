@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 
 use super::ranges::RangeSet;
-use crate::buffers::PageBuffer;
+use crate::buffers::{PageBuffer, DIRECT_ALIGN, DIRECT_MIN};
 
 /// Files shorter than this never take a part buffer (a small file costs
 /// what it did before); a writer reaching it catches up by reading back the
@@ -40,14 +40,6 @@ const MAX_CATCH_UP: u64 = 4 << 20;
 /// streaming writer holds at most two plus its uploads in flight. Beyond
 /// that writers upload from the staging file.
 const MAX_BUFFERS: usize = 12;
-
-/// Smallest write sent to the staging file with O_DIRECT: a direct write
-/// waits for the disk, which a small buffered one does not.
-const DIRECT_MIN: usize = 128 << 10;
-
-/// What O_DIRECT needs offsets, lengths and memory aligned to (a page; the
-/// pool's buffers are page-aligned mappings).
-const DIRECT_ALIGN: usize = 4096;
 
 static BUFFERS_HELD: AtomicUsize = AtomicUsize::new(0);
 
