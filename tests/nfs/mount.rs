@@ -27,6 +27,17 @@ fn file_operations_reach_the_export() {
 
     // read of a file written on the server
     assert_eq!(fs::read(m.path("big.bin")).unwrap(), big);
+    // Its pages went to the page store with O_DIRECT (v3, data aligned).
+    let pages = m.cache.join("pages");
+    assert!(
+        crate::common::wait_until(std::time::Duration::from_secs(5), || {
+            crate::common::page_magics(&pages)
+                .iter()
+                .any(|m| m == "CCHLPG03")
+        }),
+        "{:?}",
+        crate::common::page_magics(&pages)
+    );
 
     // create
     fs::write(m.path("a.txt"), b"hello").unwrap();

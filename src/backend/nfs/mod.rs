@@ -339,14 +339,13 @@ impl Backend for NfsBackend {
             let ctx = vol.ctx("open for reading", path, id);
             return Err(ctx.err(ErrorKind::IsADirectory, "is a directory"));
         }
-        Ok(Box::new(NfsReader {
-            vol: Arc::clone(vol),
+        Ok(Box::new(NfsReader::new(
+            Arc::clone(vol),
             id,
-            path: path.clone(),
-            fh: parking_lot::Mutex::new(fh),
-            version: attrs::version(&a),
-            size: a.size,
-        }))
+            path.clone(),
+            fh,
+            &a,
+        )))
     }
 
     async fn begin_write(

@@ -11,7 +11,7 @@ use nfs3_types::nfs3::{
 use nfs3_types::xdr_codec::{Opaque, Pack, Unpack};
 
 use super::client::pool::Credential;
-use super::client::{NfsClient, Reply};
+use super::client::{Exchange, NfsClient, Reply};
 use super::errors::Ctx;
 use super::handles::HandleCache;
 use crate::backend::path::temp_name_for;
@@ -132,6 +132,20 @@ impl Volume {
     {
         self.client
             .call(&self.cred(ctx.id), proc, args)
+            .await
+            .map_err(|e| ctx.call(e))
+    }
+
+    /// `rpc` with the request sent and its reply read by `exchange` (see
+    /// `NfsClient::call_with`).
+    pub async fn rpc_with<T, E>(
+        &self,
+        ctx: &Ctx<'_>,
+        proc: NFS_PROGRAM,
+        exchange: &mut impl Exchange<T, E>,
+    ) -> BackendResult<Reply<Nfs3Result<T, E>>> {
+        self.client
+            .call_with(&self.cred(ctx.id), proc, exchange)
             .await
             .map_err(|e| ctx.call(e))
     }

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use nfs3_client::RpcError;
 use nfs3_types::nfs3::{nfsstat3, Nfs3Result, NFS_PROGRAM, PROGRAM, VERSION};
 use nfs3_types::xdr_codec::{Pack, Unpack};
@@ -63,6 +64,66 @@ impl std::fmt::Display for CallError {
 /// A reply, and whether the request was sent more than once (a non-idempotent
 /// procedure then needs its result interpreted: REMOVE answering NOENT may
 /// mean our first attempt already removed it).
+/// One request and the reading of its reply on a connection (see
+/// `NfsClient::call_with`). A trait rather than a closure: its future
+/// borrows the connection and the exchange's own buffers.
+pub trait Exchange<T, E>: Send {
+    fn exchange<'c>(
+        &'c mut self,
+        conn: &'c mut pool::Conn,
+    ) -> BoxFuture<'c, Result<Nfs3Result<T, E>, CallFailed>>;
+}
+
+/// A call whose reply is read whole and decoded (`RpcClient::call`).
+struct Plain<'a, A> {
+    proc: NFS_PROGRAM,
+    args: &'a A,
+}
+
+impl<A, T, E> Exchange<T, E> for Plain<'_, A>
+where
+    A: Pack + Send + Sync,
+    Nfs3Result<T, E>: Unpack,
+{
+    fn exchange<'c>(
+        &'c mut self,
+        conn: &'c mut pool::Conn,
+    ) -> BoxFuture<'c, Result<Nfs3Result<T, E>, CallFailed>> {
+        Box::pin(async move {
+            conn.call::<A, Nfs3Result<T, E>>(PROGRAM, VERSION, self.proc as u32, self.args)
+                .await
+                .map_err(CallFailed::from)
+        })
+    }
+}
+
+/// An exchange on a connection that failed, and whether the connection is
+/// still fit for the next call (its stream at a reply's end).
+pub struct CallFailed {
+    pub error: RpcError,
+    pub reusable: bool,
+}
+
+impl CallFailed {
+    /// A failure while reading a reply's body: the rest of the reply may
+    /// still be on the stream, so the connection must go.
+    pub fn mid_reply(error: RpcError) -> CallFailed {
+        CallFailed {
+            error,
+            reusable: false,
+        }
+    }
+}
+
+impl From<RpcError> for CallFailed {
+    fn from(error: RpcError) -> CallFailed {
+        CallFailed {
+            reusable: error.is_connection_reusable(),
+            error,
+        }
+    }
+}
+
 pub struct Reply<R> {
     pub res: R,
     pub resent: bool,
@@ -124,6 +185,19 @@ impl NfsClient {
         A: Pack + Send + Sync,
         Nfs3Result<T, E>: Unpack,
     {
+        let mut call = Plain { proc, args };
+        self.call_with(cred, proc, &mut call).await
+    }
+
+    /// `call` with the request sent and its reply read by `exchange` on a
+    /// connection of `cred` (once per attempt): for replies read in pieces
+    /// (`RpcClient::call_streamed`, an NFS READ into page buffers).
+    pub async fn call_with<T, E>(
+        &self,
+        cred: &Credential,
+        proc: NFS_PROGRAM,
+        exchange: &mut impl Exchange<T, E>,
+    ) -> Result<Reply<Nfs3Result<T, E>>, CallError> {
         let started = Instant::now();
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(FIRST_BACKOFF)
@@ -150,17 +224,17 @@ impl NfsClient {
                         sent: false,
                     });
                 };
-                let call = conn.call::<A, Nfs3Result<T, E>>(PROGRAM, VERSION, proc as u32, args);
-                match tokio::time::timeout(self.policy.call_timeout, call).await {
+                match tokio::time::timeout(self.policy.call_timeout, exchange.exchange(conn)).await
+                {
                     Ok(Ok(res)) => {
                         loan.give_back();
                         Ok(res)
                     }
-                    Ok(Err(e)) => {
-                        if e.is_connection_reusable() {
+                    Ok(Err(failed)) => {
+                        if failed.reusable {
                             loan.give_back();
                         }
-                        Err(classify(e))
+                        Err(classify(failed.error))
                     }
                     // Dropping the loan closes the connection mid-reply.
                     Err(_) => Err(Failure::Transport {

@@ -181,14 +181,7 @@ async fn resend_spilled(
 impl NfsPendingWrite {
     /// Copy-on-write: the current content becomes the temp file's start.
     async fn copy_from(&self, fh: nfs_fh3, a: &fattr3, path: &BackendPath) -> BackendResult<()> {
-        let reader = NfsReader {
-            vol: Arc::clone(&self.vol),
-            id: self.id,
-            path: path.clone(),
-            fh: parking_lot::Mutex::new(fh),
-            version: attrs::version(a),
-            size: a.size,
-        };
+        let reader = NfsReader::new(Arc::clone(&self.vol), self.id, path.clone(), fh, a);
         let mut st = self.state.lock().await;
         let mut offset = 0;
         while offset < a.size {
