@@ -403,6 +403,12 @@ pub type ByteStream = futures::stream::BoxStream<'static, BackendResult<bytes::B
 pub trait PendingWrite: Send + Sync {
     fn size(&self) -> u64;
     async fn write_at(&self, offset: u64, data: &[u8]) -> BackendResult<()>;
+    /// `write_at` with data the caller gives away: a backend that holds
+    /// the data while it is on its way (NFS WRITEs in flight) keeps it
+    /// without a copy. Default: `write_at`.
+    async fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> BackendResult<()> {
+        self.write_at(offset, &data).await
+    }
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>>;
     async fn truncate(&self, size: u64) -> BackendResult<()>;
     async fn set_attr(&self, changes: &AttrChanges) -> BackendResult<()>;

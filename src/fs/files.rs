@@ -331,6 +331,18 @@ impl CachalotFs {
     }
 
     pub async fn write(&self, caller: Caller, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_data(caller, fh, offset, WriteData::Lent(data))
+            .await
+    }
+
+    /// `write` with the data lent or given (see [`WriteData`]).
+    pub async fn write_data(
+        &self,
+        caller: Caller,
+        fh: u64,
+        offset: u64,
+        data: WriteData<'_>,
+    ) -> FsResult<u32> {
         let written = self.write_to_handle(caller, fh, offset, data).await?;
         self.counters
             .write_bytes
@@ -343,7 +355,7 @@ impl CachalotFs {
         caller: Caller,
         fh: u64,
         offset: u64,
-        data: &[u8],
+        data: WriteData<'_>,
     ) -> FsResult<u32> {
         self.check_writable()?;
         let handle = self.file_handle(fh)?;
@@ -359,7 +371,7 @@ impl CachalotFs {
             let session = self
                 .write_session(caller, handle.ino, WriteStart::CopyExisting)
                 .await?;
-            if let Some(written_at) = session.write(at, data).await? {
+            if let Some(written_at) = session.write(at, data.clone()).await? {
                 if written_at != offset {
                     // The kernel copied the data into its cache at its
                     // offset: drop that view.

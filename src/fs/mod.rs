@@ -62,6 +62,7 @@ use crate::cache::VolumeCache;
 use inode::InodeTable;
 use read::{FileHandle, HotPages, InFlight};
 use unlinked::Keep;
+pub use write::WriteData;
 use write::{Finished, WriteSession};
 
 pub use dir::{DirHandle, OpenedDir};

@@ -19,6 +19,28 @@ impl std::ops::Deref for SessionHold {
     }
 }
 
+/// The data of a write: lent for the call (written from where it is: a
+/// FUSE request's buffer handled in place), or given (a backend that holds
+/// data while it is on its way, NFS, keeps it without a copy).
+#[derive(Clone)]
+pub enum WriteData<'a> {
+    Lent(&'a [u8]),
+    Given(bytes::Bytes),
+}
+
+impl WriteData<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WriteData::Lent(d) => d.len(),
+            WriteData::Given(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 pub struct WriteSession {
     pending: Box<dyn PendingWrite>,
     /// Identity the temporary object was created with; publish uses the same
@@ -182,14 +204,17 @@ impl WriteSession {
     /// decided under the session lock so concurrent appends never overlap).
     /// Returns where the data went; `Ok(None)` when the session already
     /// finished and the caller must start a new one.
-    pub async fn write(&self, offset: Option<u64>, data: &[u8]) -> FsResult<Option<u64>> {
+    pub async fn write(&self, offset: Option<u64>, data: WriteData<'_>) -> FsResult<Option<u64>> {
         let finished = self.finished.lock().await;
         if *finished {
             return Ok(None);
         }
         self.check_not_failed()?;
         let at = offset.unwrap_or_else(|| self.pending.size());
-        let result = self.pending.write_at(at, data).await;
+        let result = match data {
+            WriteData::Lent(d) => self.pending.write_at(at, d).await,
+            WriteData::Given(d) => self.pending.write_bytes(at, d).await,
+        };
         self.record(result)?;
         self.touch();
         Ok(Some(at))

@@ -11,7 +11,7 @@ use fuser::{
 
 use super::convert::{caller, errno, reply_empty};
 use super::FuseAdapter;
-use crate::fs::{CachalotFs, Caller, OpenMode};
+use crate::fs::{CachalotFs, Caller, OpenMode, WriteData};
 
 pub(super) fn open(
     adapter: &FuseAdapter,
@@ -67,12 +67,15 @@ pub(super) fn write(
     let c = caller(req);
     if let Some(pass) = adapter.write_pass() {
         let fs = Arc::clone(&adapter.fs);
+        let data = WriteData::Lent(data);
         adapter.answer_here(answer_write(fs, c, fh, offset, data, reply));
         drop(pass);
         return;
     }
-    let data = data.to_vec();
-    adapter.spawn(move |fs| async move { answer_write(fs, c, fh, offset, &data, reply).await });
+    // The request's buffer is fuser's to reuse: the one copy of the data,
+    // which the backend may keep (see `WriteData`).
+    let data = WriteData::Given(bytes::Bytes::copy_from_slice(data));
+    adapter.spawn(move |fs| async move { answer_write(fs, c, fh, offset, data, reply).await });
 }
 
 async fn answer_write(
@@ -80,10 +83,10 @@ async fn answer_write(
     c: Caller,
     fh: FileHandle,
     offset: u64,
-    data: &[u8],
+    data: WriteData<'_>,
     reply: ReplyWrite,
 ) {
-    match fs.write(c, fh.0, offset, data).await {
+    match fs.write_data(c, fh.0, offset, data).await {
         Ok(n) => reply.written(n),
         Err(e) => reply.error(errno(fs.count_error(e))),
     }

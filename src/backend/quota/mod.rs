@@ -317,6 +317,15 @@ impl PendingWrite for QuotaWrite {
         }
         done
     }
+    async fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> BackendResult<()> {
+        let end = offset.saturating_add(data.len() as u64);
+        let taken = self.grow_to(end.max(self.inner.size()))?;
+        let done = self.inner.write_bytes(offset, data).await;
+        if done.is_err() {
+            self.give_back(taken);
+        }
+        done
+    }
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
         self.inner.read_at(offset, len).await
     }

@@ -89,6 +89,61 @@ where
         Self::recv_reply::<R>(&mut self.io, msg.xid).await
     }
 
+    /// Like [`call`](Self::call), with `payload` sent after `args` as the
+    /// bytes of an XDR opaque whose length `args` ends with (the padding is
+    /// added here): bulk data (an NFS WRITE's) goes to the connection from
+    /// the caller's buffer instead of being copied into the call's.
+    pub async fn call_with_payload<C, R>(
+        &mut self,
+        prog: u32,
+        vers: u32,
+        proc: u32,
+        args: &C,
+        payload: &[u8],
+    ) -> Result<R, RpcError>
+    where
+        R: Unpack,
+        C: Pack + Send + Sync,
+    {
+        let call = call_body {
+            rpcvers: RPC_VERSION_2,
+            prog,
+            vers,
+            proc,
+            cred: self.credential.borrow(),
+            verf: self.verifier.borrow(),
+        };
+        let msg = rpc_msg {
+            xid: self.xid,
+            body: msg_body::CALL(call),
+        };
+        self.xid = self.xid.wrapping_add(1);
+
+        let pad = (4 - payload.len() % 4) % 4;
+        let head_len = msg.packed_size() + args.packed_size();
+        let total_len = head_len + payload.len() + pad;
+        if !total_len.is_multiple_of(4) {
+            return Err(RpcError::WrongLength);
+        }
+        let fragment_header = nfs3_types::rpc::fragment_header::new(
+            u32::try_from(total_len).map_err(|_| RpcError::WrongLength)?,
+            true,
+        );
+        let mut buf = Vec::with_capacity(head_len + 4);
+        fragment_header.pack(&mut buf)?;
+        msg.pack(&mut buf)?;
+        args.pack(&mut buf)?;
+        if buf.len() - 4 != head_len {
+            return Err(RpcError::WrongLength);
+        }
+        self.io.async_write_all(&buf).await?;
+        self.io.async_write_all(payload).await?;
+        if pad > 0 {
+            self.io.async_write_all(&[0u8; 4][..pad]).await?;
+        }
+        Self::recv_reply::<R>(&mut self.io, msg.xid).await
+    }
+
     /// Call an RPC procedure and hand back the body of its reply (the
     /// procedure's result, after the RPC reply header) to be read by the
     /// caller, instead of reading the whole reply into one buffer and

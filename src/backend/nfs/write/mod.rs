@@ -13,6 +13,7 @@
 //!   to re-send;
 //! - `session`: begin (copy-on-write) and resume (a suspended write);
 //! - `unstable`: UNSTABLE writes, their log, COMMIT and re-sending;
+//! - `send`: one WRITE, its data sent from the caller's buffer;
 //! - `pipeline`: several UNSTABLE WRITEs in flight, and their replies;
 //! - `spill`: what those WRITEs carry, on local disk until answered, for a
 //!   successor after a crash;
@@ -25,9 +26,8 @@ use async_trait::async_trait;
 use nfs3_types::nfs3::{
     createhow3, fattr3, nfs_fh3, nfsstat3, sattr3, stable_how, writeverf3, COMMIT3args, COMMIT3res,
     CREATE3args, CREATE3res, Nfs3Option, Nfs3Result, READ3args, READ3res, REMOVE3args, REMOVE3res,
-    RENAME3args, RENAME3res, SETATTR3args, SETATTR3res, WRITE3args, WRITE3res, NFS_PROGRAM,
+    RENAME3args, RENAME3res, SETATTR3args, SETATTR3res, WRITE3res, NFS_PROGRAM,
 };
-use nfs3_types::xdr_codec::Opaque;
 
 use super::attrs;
 use super::errors::Ctx;
@@ -41,11 +41,13 @@ use crate::backend::{
 mod calls;
 mod in_place;
 mod pipeline;
+mod send;
 mod session;
 mod spill;
 mod unstable;
 
-use unstable::{write_once, write_stable};
+use send::write_once;
+use unstable::write_stable;
 
 pub use calls::{create_file, remove_name, rename_known, setattr};
 pub use session::{begin, resume};
@@ -134,10 +136,16 @@ impl PendingWrite for NfsPendingWrite {
     }
 
     async fn write_at(&self, offset: u64, data: &[u8]) -> BackendResult<()> {
+        self.write_bytes(offset, bytes::Bytes::copy_from_slice(data))
+            .await
+    }
+
+    /// The data stays in the log and in the WRITEs in flight as it is.
+    async fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> BackendResult<()> {
         let mut st = self.state.lock().await;
+        let end = offset + data.len() as u64;
         self.write_locked(&mut st, offset, data).await?;
-        self.size
-            .fetch_max(offset + data.len() as u64, Ordering::AcqRel);
+        self.size.fetch_max(end, Ordering::AcqRel);
         Ok(())
     }
 

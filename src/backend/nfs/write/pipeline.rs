@@ -66,7 +66,7 @@ impl NfsPendingWrite {
         &self,
         st: &mut State,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
     ) -> BackendResult<()> {
         let mut done = 0usize;
         while done < data.len() {
@@ -76,7 +76,7 @@ impl NfsPendingWrite {
                 self.settle(st, 0).await?;
             }
             self.settle(st, WRITES_IN_FLIGHT - 1).await?;
-            let piece = Bytes::copy_from_slice(&data[done..end]);
+            let piece = data.slice(done..end);
             // Spilled before it is sent, so a crash right after the answer
             // leaves it in the spill (a test relies on this order).
             let kept = self.spill(st, at, &piece).await;

@@ -189,8 +189,9 @@ impl NfsPendingWrite {
             if data.is_empty() {
                 break;
             }
-            self.write_locked(&mut st, offset, &data).await?;
-            offset += data.len() as u64;
+            let len = data.len() as u64;
+            self.write_locked(&mut st, offset, data).await?;
+            offset += len;
         }
         self.size.store(offset, Ordering::Release);
         Ok(())

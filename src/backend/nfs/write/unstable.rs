@@ -9,7 +9,7 @@ impl NfsPendingWrite {
         &self,
         st: &mut State,
         offset: u64,
-        data: &[u8],
+        data: bytes::Bytes,
     ) -> BackendResult<()> {
         self.check_failed(st)?;
         if !self.vol.stable_writes {
@@ -21,7 +21,7 @@ impl NfsPendingWrite {
         }
         let temp = self.temp_path();
         let ctx = self.vol.ctx("write temp file", &temp, self.id);
-        write_stable(&self.vol, &ctx, &self.fh, offset, data).await
+        write_stable(&self.vol, &ctx, &self.fh, offset, &data).await
     }
 
     /// Re-send every logged unstable operation with FILE_SYNC, in order.
@@ -124,37 +124,4 @@ pub(super) async fn write_stable(
         done += written;
     }
     Ok(())
-}
-
-/// One WRITE to `file` (the temp file, or the target of an in-place
-/// publish): how much the server took, how stable, its verifier.
-pub(super) async fn write_once(
-    vol: &Volume,
-    ctx: &Ctx<'_>,
-    file: &nfs_fh3,
-    offset: u64,
-    data: &[u8],
-    stable: stable_how,
-) -> BackendResult<(usize, stable_how, writeverf3)> {
-    let args = WRITE3args {
-        file: file.clone(),
-        offset,
-        count: data.len() as u32,
-        stable,
-        data: Opaque::borrowed(data),
-    };
-    let res: WRITE3res = vol.rpc(ctx, NFS_PROGRAM::NFSPROC3_WRITE, &args).await?.res;
-    match res {
-        Nfs3Result::Ok(ok) => {
-            let written = (ok.count as usize).min(data.len());
-            if written == 0 {
-                return Err(ctx.err(
-                    ErrorKind::Other,
-                    "the server accepted no data (WRITE count 0)",
-                ));
-            }
-            Ok((written, ok.committed, ok.verf))
-        }
-        Nfs3Result::Err((stat, _)) => Err(ctx.status(stat)),
-    }
 }
