@@ -1,6 +1,9 @@
 //! The NFSv3 RPC layer: one `call` that picks a connection of the caller's
 //! identity, retries across reconnects with backoff while the server is away,
 //! and tells the caller whether the request may have been executed twice.
+//! `call_with` is the same with the request sent and its reply read by an
+//! `Exchange` (READ data straight into page buffers, WRITE data sent from
+//! the caller's).
 
 pub mod mount;
 pub mod pool;
@@ -61,9 +64,6 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// A reply, and whether the request was sent more than once (a non-idempotent
-/// procedure then needs its result interpreted: REMOVE answering NOENT may
-/// mean our first attempt already removed it).
 /// One request and the reading of its reply on a connection (see
 /// `NfsClient::call_with`). A trait rather than a closure: its future
 /// borrows the connection and the exchange's own buffers.
@@ -124,6 +124,9 @@ impl From<RpcError> for CallFailed {
     }
 }
 
+/// A reply, and whether the request was sent more than once (a non-idempotent
+/// procedure then needs its result interpreted: REMOVE answering NOENT may
+/// mean our first attempt already removed it).
 pub struct Reply<R> {
     pub res: R,
     pub resent: bool,
