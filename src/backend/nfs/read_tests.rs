@@ -3,33 +3,11 @@
 //! connection is reusable exactly when the reply was read to its end, and
 //! malformed replies fail instead of filling the page wrongly.
 
-use nfs3_client::rpc::RpcClient;
-use nfs3_client::tokio::TokioIo;
 use nfs3_types::nfs3::{nfs_fh3, nfsstat3, Nfs3Option, Nfs3Result, READ3args};
-use nfs3_types::rpc::opaque_auth;
 use nfs3_types::xdr_codec::Opaque;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
-
-const REPLY: u32 = 1;
-const MSG_ACCEPTED: u32 = 0;
-const SUCCESS: u32 = 0;
-const PROC_UNAVAIL: u32 = 3;
-
-fn words(ws: &[u32]) -> Vec<u8> {
-    ws.iter().flat_map(|w| w.to_be_bytes()).collect()
-}
-
-/// An accepted reply (after the xid) with a verifier of `verf` bytes.
-fn accepted(verf: usize, stat: u32, body: &[u8]) -> Vec<u8> {
-    let mut r = words(&[REPLY, MSG_ACCEPTED, 1, verf as u32]);
-    r.extend(vec![7u8; verf.div_ceil(4) * 4]);
-    r.extend(words(&[stat]));
-    r.extend_from_slice(body);
-    r
-}
+use crate::backend::nfs::client::scripted::{accepted, scripted, words, PROC_UNAVAIL, SUCCESS};
 
 /// A READ3res body: NFS3_OK, attributes if `attrs`, then `data`.
 fn read_ok(attrs: bool, eof: bool, data: &[u8]) -> Vec<u8> {
@@ -42,37 +20,6 @@ fn read_ok(attrs: bool, eof: bool, data: &[u8]) -> Vec<u8> {
     b.extend_from_slice(data);
     b.extend(vec![0u8; (4 - data.len() % 4) % 4]);
     b
-}
-
-/// A server answering the calls on one connection with `replies`, in
-/// order (each after the call's xid), and a client connected to it.
-async fn scripted(replies: Vec<Vec<u8>>) -> Conn {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        for reply in replies {
-            let mut head = [0u8; 4];
-            if s.read_exact(&mut head).await.is_err() {
-                return;
-            }
-            let len = (u32::from_be_bytes(head) & 0x7fff_ffff) as usize;
-            let mut call = vec![0u8; len];
-            s.read_exact(&mut call).await.unwrap();
-            let mut out = ((reply.len() as u32 + 4) | 0x8000_0000)
-                .to_be_bytes()
-                .to_vec();
-            out.extend_from_slice(&call[..4]); // the xid
-            out.extend(reply);
-            s.write_all(&out).await.unwrap();
-        }
-    });
-    let stream = TcpStream::connect(addr).await.unwrap();
-    RpcClient::new_with_auth(
-        TokioIo::new(stream),
-        opaque_auth::default(),
-        opaque_auth::default(),
-    )
 }
 
 fn args(count: u32) -> READ3args {

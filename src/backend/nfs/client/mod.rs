@@ -7,6 +7,8 @@
 
 pub mod mount;
 pub mod pool;
+#[cfg(test)]
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -103,35 +103,56 @@ mod tests {
     use nfs3_types::xdr_codec::Opaque;
 
     use super::*;
+    use crate::backend::nfs::client::scripted::{accepted, scripted_recording, words, SUCCESS};
 
-    /// Head, data and the client's padding are the bytes of the whole
-    /// `WRITE3args` (the server decodes them as such).
-    #[test]
-    fn head_and_data_pack_as_the_whole_args() {
+    fn whole_args(file: &nfs_fh3, data: &[u8]) -> Vec<u8> {
+        let whole = WRITE3args {
+            file: file.clone(),
+            offset: 1 << 40 | 3,
+            count: data.len() as u32,
+            stable: stable_how::FILE_SYNC,
+            data: Opaque::borrowed(data),
+        };
+        let mut packed = Vec::new();
+        whole.pack(&mut packed).unwrap();
+        packed
+    }
+
+    /// On the wire, a call with its data sent from the caller's buffer ends
+    /// in exactly the bytes of the whole `WRITE3args`, padding included,
+    /// and the reply (WRITE3resok) is decoded.
+    #[tokio::test]
+    async fn a_write_call_carries_the_whole_args() {
         let file = nfs_fh3 {
             data: Opaque::owned(vec![9, 8, 7, 6, 5]),
         };
-        for data in [&b""[..], b"a", b"abcde", b"abcdefgh"] {
-            let whole = WRITE3args {
-                file: file.clone(),
-                offset: 1 << 40 | 3,
-                count: data.len() as u32,
-                stable: stable_how::FILE_SYNC,
-                data: Opaque::borrowed(data),
+        let datas = [&b"abcde"[..], b"", b"abcdefgh"];
+        // NFS3_OK, no wcc attributes, count, FILE_SYNC, verifier
+        let ok = |n: usize| accepted(0, SUCCESS, &words(&[0, 0, 0, n as u32, 2, 1, 2]));
+        let (mut conn, mut calls) =
+            scripted_recording(datas.iter().map(|d| ok(d.len())).collect()).await;
+        for data in datas {
+            let mut write = WriteFrom {
+                head: WriteHead {
+                    file: &file,
+                    offset: 1 << 40 | 3,
+                    stable: stable_how::FILE_SYNC,
+                    len: data.len() as u32,
+                },
+                data,
             };
-            let mut expected = Vec::new();
-            whole.pack(&mut expected).unwrap();
-            let head = WriteHead {
-                file: &file,
-                offset: 1 << 40 | 3,
-                stable: stable_how::FILE_SYNC,
-                len: data.len() as u32,
+            let sent = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                write.exchange(&mut conn),
+            );
+            let Ok(Ok(Nfs3Result::Ok(res))) = sent.await else {
+                panic!("the WRITE of {} bytes failed", data.len());
             };
-            let mut got = Vec::new();
-            assert_eq!(head.pack(&mut got).unwrap(), head.packed_size());
-            got.extend_from_slice(data);
-            got.resize(got.len() + (4 - data.len() % 4) % 4, 0);
-            assert_eq!(got, expected, "{} bytes of data", data.len());
+            assert_eq!(res.count as usize, data.len());
+            let call = calls.recv().await.unwrap();
+            let expected = whole_args(&file, data);
+            assert!(call.ends_with(&expected), "{} bytes of data", data.len());
+            assert_eq!(call.len() % 4, 0);
         }
     }
 }
