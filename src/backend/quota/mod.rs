@@ -293,6 +293,21 @@ impl QuotaWrite {
         }
     }
 
+    /// Run `write` (of data ending at `end`) once the quota has room for
+    /// the file's growth; give the room back if it fails.
+    async fn write_within(
+        &self,
+        end: u64,
+        write: impl std::future::Future<Output = BackendResult<()>>,
+    ) -> BackendResult<()> {
+        let taken = self.grow_to(end.max(self.inner.size()))?;
+        let done = write.await;
+        if done.is_err() {
+            self.give_back(taken);
+        }
+        done
+    }
+
     /// The session ended: its reservation becomes the published change, or
     /// nothing.
     fn settle(&self, published: Option<u64>) {
@@ -310,21 +325,13 @@ impl PendingWrite for QuotaWrite {
     }
     async fn write_at(&self, offset: u64, data: &[u8]) -> BackendResult<()> {
         let end = offset.saturating_add(data.len() as u64);
-        let taken = self.grow_to(end.max(self.inner.size()))?;
-        let done = self.inner.write_at(offset, data).await;
-        if done.is_err() {
-            self.give_back(taken);
-        }
-        done
+        self.write_within(end, self.inner.write_at(offset, data))
+            .await
     }
     async fn write_bytes(&self, offset: u64, data: bytes::Bytes) -> BackendResult<()> {
         let end = offset.saturating_add(data.len() as u64);
-        let taken = self.grow_to(end.max(self.inner.size()))?;
-        let done = self.inner.write_bytes(offset, data).await;
-        if done.is_err() {
-            self.give_back(taken);
-        }
-        done
+        self.write_within(end, self.inner.write_bytes(offset, data))
+            .await
     }
     async fn read_at(&self, offset: u64, len: usize) -> BackendResult<Vec<u8>> {
         self.inner.read_at(offset, len).await
