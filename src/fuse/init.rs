@@ -5,8 +5,9 @@ use fuser::{InitFlags, KernelConfig};
 
 use super::FuseAdapter;
 
-/// Largest read/write request we ask the kernel for.
-const MAX_IO: u32 = 1024 * 1024;
+/// Largest read/write request we ask the kernel for (and its read-ahead:
+/// see `mount::readahead`).
+pub(crate) const MAX_IO: u32 = 1024 * 1024;
 /// Requests the kernel may keep in flight in the background (readahead,
 /// async writes); fuser's default of 16 throttles parallel readers.
 const MAX_BACKGROUND: u16 = 128;

@@ -56,6 +56,7 @@ pub use backing::{AdapterState, AdapterStateReader};
 pub use convert::KernelNotifier;
 use convert::{time, utf8};
 pub use gate::Gate;
+pub(crate) use init::MAX_IO;
 
 use crate::backend::AttrChanges;
 use crate::fs::CachalotFs;

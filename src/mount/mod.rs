@@ -9,6 +9,7 @@ pub mod daemon;
 mod error;
 mod handover;
 pub mod journal;
+mod readahead;
 pub mod spec;
 pub mod table;
 mod warmup;
@@ -307,6 +308,7 @@ pub fn start(opts: MountOptions) -> MountResult<MountedFs> {
         MountError::io(format!("mounting on {}", opts.mountpoint.display())),
     )?;
     fs.set_kernel_cache(Arc::new(crate::fuse::KernelNotifier(session.notifier())));
+    readahead::raise_kernel_readahead(&opts.mountpoint);
     let notifier = session.notifier();
     let fuse_fd = if opts.keepable {
         use std::os::fd::AsFd;

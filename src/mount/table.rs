@@ -9,6 +9,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 /// One line of /proc/self/mountinfo, the parts we use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// The filesystem's device, `major:minor` (a FUSE mount's backing
+    /// device info in /sys/class/bdi is named so).
+    pub dev: String,
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -43,6 +46,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let fields: Vec<&str> = line.split(' ').collect();
             let sep = fields.iter().position(|f| *f == "-")?;
             Some(MountEntry {
+                dev: fields.get(2)?.to_string(),
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 fs_type: fields.get(sep + 1)?.to_string(),
                 source: unescape(fields.get(sep + 2)?),
@@ -57,7 +61,7 @@ pub fn mount_table() -> io::Result<Vec<MountEntry>> {
     )?))
 }
 
-fn normalize(path: &Path) -> PathBuf {
+pub(crate) fn normalize(path: &Path) -> PathBuf {
     let s = path.to_string_lossy();
     let t = s.trim_end_matches('/');
     PathBuf::from(if t.is_empty() { "/" } else { t })
@@ -177,6 +181,7 @@ mod tests {
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(m[0].fs_type, "fuse.cachalot");
         assert_eq!(m[0].source, "cachalot:file:///x");
+        assert_eq!(m[0].dev, "98:0");
         assert_eq!(m[1].fs_type, "ext4");
     }
 }
