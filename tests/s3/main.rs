@@ -15,6 +15,7 @@ mod support_s3;
 
 mod backend;
 mod csi;
+mod https;
 mod mounts;
 mod pod_identity;
 mod restart;

@@ -123,6 +123,8 @@ fn bucket_appears(port: u16, wait: Duration) -> bool {
 /// A running S3 server; killed on drop.
 pub struct S3Server {
     pub port: u16,
+    /// S3 over https (SeaweedFS started by `seaweed_https`), beside `port`.
+    pub https_port: Option<u16>,
     child: Child,
     pub dir: tempfile::TempDir,
     pub kind: &'static str,
@@ -131,8 +133,21 @@ pub struct S3Server {
 impl S3Server {
     /// SeaweedFS with SigV4 enforced and bucket `test` created.
     pub fn seaweed() -> S3Server {
+        Self::start_seaweed(false)
+    }
+
+    /// The same, also serving S3 over https on `https_port`, with a
+    /// certificate from a throwaway CA (`ca_file`, for `SSL_CERT_FILE`).
+    pub fn seaweed_https() -> S3Server {
+        Self::start_seaweed(true)
+    }
+
+    fn start_seaweed(https: bool) -> S3Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut base = free_port_block(7);
+        if https {
+            make_certificates(dir.path());
+        }
+        let mut base = free_port_block(WEED_PORTS);
         let log = dir.path().join("weed.log");
         std::fs::create_dir_all(dir.path().join("data")).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -152,7 +167,7 @@ impl S3Server {
         // ephemeral port): weed then exits at start. Try another block.
         let mut attempt = 0;
         let (child, port) = loop {
-            let mut cmd = weed_mini(dir.path(), base);
+            let mut cmd = weed_mini(dir.path(), base, https);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
                 .stderr(Stdio::from(
@@ -184,7 +199,7 @@ impl S3Server {
                 Err(e) if attempt < 2 => {
                     eprintln!("{e}\n(retrying on other ports)");
                     attempt += 1;
-                    base = free_port_block(7);
+                    base = free_port_block(WEED_PORTS);
                     // A fresh data directory: the old one names the old ports.
                     let data = dir.path().join("data");
                     let _ = std::fs::remove_dir_all(&data);
@@ -195,6 +210,7 @@ impl S3Server {
         };
         let server = S3Server {
             port,
+            https_port: https.then_some(port - 3 + HTTPS_OFFSET),
             child,
             dir,
             kind: "seaweedfs",
@@ -212,7 +228,7 @@ impl S3Server {
     /// that owns the server: the parent-death signal follows that thread.
     pub fn prepare_restart(&self) -> PreparedRestart {
         assert_eq!(self.kind, "seaweedfs", "only SeaweedFS can be restarted");
-        let weed = weed_mini(self.dir.path(), self.port - 3);
+        let weed = weed_mini(self.dir.path(), self.port - 3, self.https_port.is_some());
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(r#"read -r _ && exec "$@""#)
@@ -305,6 +321,7 @@ impl S3Server {
         );
         let server = S3Server {
             port,
+            https_port: None,
             child,
             dir,
             kind: "moto",
@@ -315,6 +332,17 @@ impl S3Server {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The https endpoint of a server from `seaweed_https`.
+    pub fn https_endpoint(&self) -> String {
+        let port = self.https_port.expect("a server started by seaweed_https");
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// The CA that signed the https certificate (`SSL_CERT_FILE`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// A plain object_store client: the test's independent view of the bucket.
@@ -388,9 +416,16 @@ impl S3Server {
     }
 }
 
+/// Ports of one `weed mini`: `base..base + WEED_PORTS`.
+const WEED_PORTS: u16 = 8;
+/// Where S3 over https listens, from `base`.
+const HTTPS_OFFSET: u16 = 7;
+
 /// `weed mini` serving bucket `test` from `dir` on ports `base..base + 7`
-/// (S3 on `base + 3`); stdio is left to the caller.
-fn weed_mini(dir: &Path, base: u16) -> Command {
+/// (S3 on `base + 3`), and with `https` S3 over https on `base + 7` too
+/// (the certificate `make_certificates` left in `dir`); stdio is left to
+/// the caller.
+fn weed_mini(dir: &Path, base: u16, https: bool) -> Command {
     let mut cmd = Command::new("weed");
     cmd.arg("mini")
         .arg(format!("-dir={}", dir.join("data").display()))
@@ -408,7 +443,16 @@ fn weed_mini(dir: &Path, base: u16) -> Command {
             "-s3.port.lance=0",
             "-master.telemetry=false",
         ])
-        .arg(format!("-s3.config={}", dir.join("s3.json").display()))
+        .arg(format!("-s3.config={}", dir.join("s3.json").display()));
+    if https {
+        cmd.arg(format!(
+            "-s3.cert.file={}",
+            dir.join("server.pem").display()
+        ))
+        .arg(format!("-s3.key.file={}", dir.join("server.key").display()))
+        .arg(format!("-s3.port.https={}", base + HTTPS_OFFSET));
+    }
+    cmd
         // Identities come from -s3.config; with AWS_* set, weed mini
         // would use those alone.
         .env_remove("AWS_ACCESS_KEY_ID")
@@ -490,4 +534,71 @@ fn remove_weed_sockets(base: u16) {
 /// Path of the cachalot binary built for the integration tests.
 pub fn cachalot_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cachalot"))
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`); rustls refuses a self-signed CA
+/// certificate as the server's own.
+pub fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=cachalot test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }

@@ -26,7 +26,7 @@ pub fn mount_source_command(server: &S3Server, source: &str, mnt: &Path, cache: 
 }
 
 /// The command line of a foreground mount reaching S3 at `endpoint`.
-fn command_at(endpoint: &str, source: &str, mnt: &Path, cache: &Path) -> Command {
+pub fn command_at(endpoint: &str, source: &str, mnt: &Path, cache: &Path) -> Command {
     let mut cmd = Command::new(cachalot_bin());
     cmd.arg("mount")
         .arg(source)

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{die_with_parent, free_port_block, wait_for_port};
+use super::{die_with_parent, free_port_block, make_certificates, wait_for_port};
 
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/cachalot-test";
 
@@ -28,8 +28,8 @@ impl Sts {
         let log = dir.path().join("sts.log");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
-            .arg(dir.path().join("sts.pem"))
-            .arg(dir.path().join("sts.key"))
+            .arg(dir.path().join("server.pem"))
+            .arg(dir.path().join("server.key"))
             .arg(port.to_string())
             .arg(&expected)
             .arg(ROLE_ARN)
@@ -76,70 +76,4 @@ impl Drop for Sts {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it (rustls
-/// refuses a self-signed CA certificate as the server's own).
-fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=cachalot test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "sts.key",
-        "-out",
-        "sts.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "sts.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "sts.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
 }

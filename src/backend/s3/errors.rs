@@ -28,10 +28,38 @@ impl From<&RawError> for S3Failure {
     }
 }
 
+/// `e` and the causes under it, `a: b: c` (a cause whose text is already
+/// there is not repeated): reqwest says only "error sending request" and
+/// keeps why (a refused connection, an untrusted certificate) in its
+/// sources.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// How rustls begins the message of a server certificate it refused
+/// (unknown issuer, expired, another host's name).
+const CERTIFICATE_REFUSED: &str = "invalid peer certificate";
+
+/// No request can succeed until the server's certificate is trusted:
+/// retrying is pointless.
+pub fn is_certificate_refused(detail: &str) -> bool {
+    detail.contains(CERTIFICATE_REFUSED)
+}
+
 impl From<&object_store::Error> for S3Failure {
     fn from(e: &object_store::Error) -> Self {
         use object_store::Error as E;
-        let mut text = e.to_string();
+        let mut text = with_causes(e);
         let mut transport = false;
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -187,6 +215,12 @@ pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, S
         _ => ErrorKind::Other,
     };
     let explanation = match kind {
+        ErrorKind::Unavailable if is_certificate_refused(&f.detail) => format!(
+            "the TLS certificate of S3 at {} is not trusted: {}; for a private CA, give \
+             cachalot its certificate with SSL_CERT_FILE=/path/to/ca.pem (in the node \
+             plugin's environment), or check that --endpoint names the server's host",
+            site.endpoint, f.detail
+        ),
         ErrorKind::Unavailable => format!(
             "S3 at {} unavailable after retries: {}",
             site.endpoint, f.detail
@@ -233,6 +267,49 @@ mod tests {
             code: code.map(str::to_string),
             transport: status.is_none(),
             detail: "detail".into(),
+        }
+    }
+
+    #[test]
+    fn an_untrusted_certificate_says_how_to_trust_it() {
+        let f = S3Failure {
+            transport: true,
+            detail: "GET https://x/b: HTTP error: error sending request: client error \
+                     (Connect): invalid peer certificate: UnknownIssuer"
+                .into(),
+            ..S3Failure::default()
+        };
+        let (kind, cause) = classify(&f, &site(), "k");
+        assert_eq!(kind, ErrorKind::Unavailable);
+        assert!(cause.contains("not trusted"), "{cause}");
+        assert!(cause.contains("UnknownIssuer"), "{cause}");
+        assert!(cause.contains("SSL_CERT_FILE="), "{cause}");
+        // Any other transport failure stays as it was.
+        let (_, other) = classify(&failure(None, None), &site(), "k");
+        assert!(!other.contains("SSL_CERT_FILE"), "{other}");
+    }
+
+    #[test]
+    fn causes_are_spelled_out_once() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(
+            with_causes(&outer),
+            "wrapped: invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    /// An error whose text does not include its source's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
         }
     }
 

@@ -15,6 +15,7 @@ use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
 use object_store::ClientOptions;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::errors::{is_certificate_refused, with_causes};
 use super::xml::{self, ListPage, ListedObject, Upload};
 
 /// AWS URI encoding: everything but unreserved characters.
@@ -148,7 +149,7 @@ impl RawClient {
             .retry(retry_policy(self.max_retries, self.retry_timeout))
             .when(|e: &RawError| match e.status {
                 Some(s) => s >= 500 || s == 429 || s == 408,
-                None => true,
+                None => !is_certificate_refused(&e.message),
             })
             .notify(|e, delay| {
                 tracing::info!(%method, key, error = %e, "S3 request failed, retrying in {delay:?}");
@@ -186,12 +187,14 @@ impl RawClient {
             .http
             .execute(request)
             .await
-            .map_err(|e| transport(format!("{method} {url}: {e}")))?;
+            .map_err(|e| transport(format!("{method} {url}: {}", with_causes(&e))))?;
         let (parts, body) = response.into_parts();
-        let body = body
-            .bytes()
-            .await
-            .map_err(|e| transport(format!("reading answer to {method} {url}: {e}")))?;
+        let body = body.bytes().await.map_err(|e| {
+            transport(format!(
+                "reading answer to {method} {url}: {}",
+                with_causes(&e)
+            ))
+        })?;
         if parts.status.is_success() {
             // CopyObject can fail after answering 200: the error is in the
             // body. S3 documents it as retryable, like a 500.
@@ -247,7 +250,12 @@ impl RawClient {
         }
         let response = match self.http.execute(request).await {
             Ok(r) => r,
-            Err(e) => return (None, Err(transport(format!("GET {url}: {e}")))),
+            Err(e) => {
+                return (
+                    None,
+                    Err(transport(format!("GET {url}: {}", with_causes(&e)))),
+                )
+            }
         };
         let (parts, body) = response.into_parts();
         let date = parts
