@@ -79,7 +79,8 @@ from manifest_checks.examples import (check_examples, check_examples_fit_base,  
                                       check_snapshot_examples)
 from manifest_checks.helm import (check_helm_lint, check_helm_metrics,  # noqa: E402
                                   check_helm_mirrors_kustomize, check_helm_security_values,
-                                  check_helm_snapshots, check_helm_values, check_pull_secrets)
+                                  check_helm_s3_ca_bundle, check_helm_snapshots, check_helm_values,
+                                  check_pull_secrets)
 from manifest_checks.image import (IMAGE_NAME, check_base_image,  # noqa: E402
                                    check_helm_image_required, check_overlay, with_image)
 from manifest_checks.install import check_install  # noqa: E402
@@ -159,6 +160,8 @@ def main():
             check_helm_security_values, cdir)
     r.check("helm: snapshot values (snapshots.*, sidecars.snapshotter)", check_helm_snapshots,
             cdir)
+    r.check("helm: s3CaBundle (SSL_CERT_FILE of the controller and mounter)",
+            check_helm_s3_ca_bundle, cdir)
     r.check("helm: lint --strict", check_helm_lint, cdir)
     r.check("docs: deploy.md's namespace label command", check_docs_label_command, root)
     r.check("docs: deploy.md's snapshot prerequisites and controller N/N", check_docs_snapshots,

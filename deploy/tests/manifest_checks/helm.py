@@ -350,6 +350,36 @@ def check_helm_snapshots(chart_dir):
          f"sidecars.snapshotter.resources: {sn['resources']}")
 
 
+def check_helm_s3_ca_bundle(chart_dir):
+    """s3CaBundle: the containers that reach S3 (controller plugin, mounter)
+    read SSL_CERT_FILE from the ConfigMap's key; nothing without it."""
+    def s3_containers(objs):
+        return {"controller": container(pod_spec(one(objs, "Deployment")), "cachalot"),
+                "mounter": container(pod_spec(mounter_daemonset(objs)), "mounter")}
+
+    def env_of(c):
+        return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+    for name, c in s3_containers(render_helm(chart_dir, with_image({}))).items():
+        need("SSL_CERT_FILE" not in env_of(c), f"{name}: SSL_CERT_FILE set without s3CaBundle")
+    objs = render_helm(chart_dir, with_image({"s3CaBundle": {"configMap": "corp-ca",
+                                                             "key": "bundle.pem"}}))
+    validate_schemas(objs)
+    check_install(objs)
+    for workload, (name, c) in zip([one(objs, "Deployment"), mounter_daemonset(objs)],
+                                   s3_containers(objs).items()):
+        path = env_of(c).get("SSL_CERT_FILE")
+        need(path is not None, f"{name}: no SSL_CERT_FILE with s3CaBundle.configMap set")
+        mounts = [m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"] + "/")]
+        need(len(mounts) == 1, f"{name}: SSL_CERT_FILE {path} is on no volume mount")
+        volume = [v for v in pod_spec(workload)["volumes"] if v["name"] == mounts[0]["name"]]
+        need(volume and volume[0].get("configMap", {}).get("name") == "corp-ca",
+             f"{name}: {path} is not from ConfigMap corp-ca: {volume}")
+        items = {i["key"]: i["path"] for i in volume[0]["configMap"].get("items", [])}
+        need(path == f"{mounts[0]['mountPath']}/{items.get('bundle.pem')}",
+             f"{name}: SSL_CERT_FILE {path} is not the ConfigMap's key bundle.pem ({items})")
+
+
 def check_helm_lint(chart_dir):
     """`helm lint --strict`: warnings fail too."""
     report = helm_chart.lint(chart_dir, with_image({}), strict=True, kube_version="v1.30.0")

@@ -217,9 +217,9 @@ pub fn classify(f: &S3Failure, site: &ErrorSite<'_>, key: &str) -> (ErrorKind, S
     let explanation = match kind {
         ErrorKind::Unavailable if is_certificate_refused(&f.detail) => format!(
             "the TLS certificate of S3 at {} is not trusted: {}; for a private CA, give \
-             cachalot its certificate with SSL_CERT_FILE=/path/to/ca.pem (under CSI, in the \
-             controller's and the node mounter's environment), or check that --endpoint \
-             names the server's host",
+             cachalot its certificate with SSL_CERT_FILE=/path/to/ca.pem (under CSI: the \
+             Helm value s3CaBundle.configMap), or check that --endpoint names the server's \
+             host",
             site.endpoint, f.detail
         ),
         ErrorKind::Unavailable => format!(

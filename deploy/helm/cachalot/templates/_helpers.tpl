@@ -62,3 +62,36 @@ provisioner.secretNamespaces, or the release namespace.
 {{- define "cachalot.secretNamespaces" -}}
 {{- toJson (.Values.provisioner.secretNamespaces | default (list .Release.Namespace) | uniq) -}}
 {{- end -}}
+
+{{- /*
+s3CaBundle: the ConfigMap with the CAs of https S3 endpoints, mounted into the
+containers that reach S3 (the controller, the mounter) and named to them by
+SSL_CERT_FILE. Each snippet renders nothing without s3CaBundle.configMap.
+*/ -}}
+{{- define "cachalot.caBundleDir" -}}/etc/cachalot/s3-ca{{- end -}}
+
+{{- define "cachalot.caBundleEnv" -}}
+{{- with .Values.s3CaBundle.configMap }}
+- name: SSL_CERT_FILE
+  value: {{ include "cachalot.caBundleDir" $ }}/{{ $.Values.s3CaBundle.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "cachalot.caBundleMount" -}}
+{{- with .Values.s3CaBundle.configMap }}
+- name: s3-ca-bundle
+  mountPath: {{ include "cachalot.caBundleDir" $ }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "cachalot.caBundleVolume" -}}
+{{- with .Values.s3CaBundle.configMap }}
+- name: s3-ca-bundle
+  configMap:
+    name: {{ . }}
+    items:
+      - key: {{ $.Values.s3CaBundle.key }}
+        path: {{ $.Values.s3CaBundle.key }}
+{{- end }}
+{{- end -}}
