@@ -9,6 +9,7 @@
 pub mod mount;
 pub mod proxy;
 pub mod sts;
+pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -145,7 +146,7 @@ impl S3Server {
     fn start_seaweed(https: bool) -> S3Server {
         let dir = tempfile::tempdir().expect("tempdir");
         if https {
-            make_certificates(dir.path());
+            tls::make_certificates(dir.path());
         }
         let mut base = free_port_block(WEED_PORTS);
         let log = dir.path().join("weed.log");
@@ -534,71 +535,4 @@ fn remove_weed_sockets(base: u16) {
 /// Path of the cachalot binary built for the integration tests.
 pub fn cachalot_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cachalot"))
-}
-
-/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
-/// (`server.pem`, `server.key`); rustls refuses a self-signed CA
-/// certificate as the server's own.
-pub fn make_certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=cachalot test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
 }

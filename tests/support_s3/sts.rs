@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{die_with_parent, free_port_block, make_certificates, wait_for_port};
+use super::tls::make_certificates;
+use super::{die_with_parent, free_port_block, wait_for_port};
 
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/cachalot-test";
 

@@ -131,9 +131,10 @@ fn store_builder(
 
 /// Whether request bodies stay out of the signature (`UNSIGNED-PAYLOAD`):
 /// over https, as the AWS CLI and SDKs do, because TLS already guards them
-/// and hashing them was about half of the daemon's CPU for a write (SHA-256
-/// of every uploaded byte, `perf` of a 1 GiB write). Over plain http the
-/// signature is the only thing that guards a body, so it covers it there.
+/// and SHA-256 of every uploaded byte was a third of the daemon's CPU for a
+/// write (1 GiB over https: 1.47 CPU seconds with it, 0.94 without). Over
+/// plain http the signature is the only thing that guards a body, so it
+/// covers it there.
 fn unsigned_payload(addr: &super::config::Addressing) -> bool {
     !addr.allow_http
 }
