@@ -1,13 +1,16 @@
 //! s3:// sources: the endpoint resolves and accepts connections, where the
-//! credentials come from, the server's clock against ours (SigV4 refuses
-//! requests more than 15 minutes off), the signature (credentials, region),
-//! the bucket, then the backend's own write probe (put, copy, delete).
+//! credentials come from, an https server's certificate, the server's clock
+//! against ours (SigV4 refuses requests more than 15 minutes off), the
+//! signature (credentials, region), the bucket, then the backend's own
+//! write probe (put, copy, delete).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use super::{net, Doctor, Found, Problem, Request};
-use crate::backend::s3::{is_credential_failure, Credentials, Probe, S3Backend, S3Config};
+use crate::backend::s3::{
+    is_certificate_refused, is_credential_failure, Credentials, Probe, S3Backend, S3Config,
+};
 use crate::backend::Source;
 
 /// Clock difference reported as a failure: well inside SigV4's 15 minutes.
@@ -22,6 +25,7 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
     let rest = [
         "tcp",
         "credentials",
+        "tls",
         "clock",
         "access",
         "bucket",
@@ -47,7 +51,7 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
     };
     // Where requests go does not depend on the credentials.
     let address = endpoint(req);
-    let Some((host, port)) = doc.step("endpoint", async { address }).await else {
+    let Some((host, port, https)) = doc.step("endpoint", async { address }).await else {
         doc.skip("dns", "endpoint failed");
         return skip_all(doc, &rest, "endpoint failed");
     };
@@ -61,6 +65,9 @@ pub async fn checks(doc: &mut Doctor<'_>, req: &Request) {
         Some(b) => Some(b.probe().await),
         None => None,
     };
+    if https {
+        doc.step("tls", tls(probe.as_ref())).await;
+    }
     doc.step("clock", clock(probe.as_ref())).await;
     doc.step("access", access(probe.as_ref(), req)).await;
     doc.step("bucket", bucket_check(probe.as_ref(), bucket))
@@ -93,8 +100,9 @@ fn keyless_config(req: &Request) -> Result<S3Config, Problem> {
         .map_err(|e| Problem::new(e.to_string(), "give an s3:// source"))
 }
 
-/// Host and port requests go to (the bucket's host for virtual-hosted style).
-fn endpoint(req: &Request) -> Result<((String, u16), Found), Problem> {
+/// Host and port requests go to (the bucket's host for virtual-hosted
+/// style), and whether over https.
+fn endpoint(req: &Request) -> Result<((String, u16, bool), Found), Problem> {
     let config = keyless_config(req)?;
     let fix = "pass --endpoint http(s)://host[:port] of the S3 server";
     let addressing = config
@@ -113,7 +121,7 @@ fn endpoint(req: &Request) -> Result<((String, u16), Found), Problem> {
         "path style"
     };
     Ok((
-        (host, port),
+        (host, port, url.scheme() == "https"),
         format!(
             "{} (region {}, {style})",
             addressing.bucket_url, addressing.region
@@ -146,6 +154,22 @@ async fn credentials(config: Result<S3Config, Problem>) -> Result<(S3Backend, Fo
         backend,
         format!("{what} from {origin} (the secret is not shown)").into(),
     ))
+}
+
+/// An https server answered: its certificate is one this node trusts.
+async fn tls(probe: Option<&Probe>) -> Result<((), Found), Problem> {
+    let probe = probe.ok_or_else(|| Problem::explained("credentials failed"))?;
+    match &probe.result {
+        // The cause names the fix (SSL_CERT_FILE, the Helm value).
+        Err((f, cause)) if f.transport && is_certificate_refused(&f.detail) => {
+            Err(Problem::explained(cause.clone()))
+        }
+        Err((f, cause)) if f.transport => Err(Problem::new(
+            format!("no answer over TLS: {cause}"),
+            "check --endpoint (scheme http/https and port)",
+        )),
+        _ => Ok(((), "the server's certificate is trusted".to_string().into())),
+    }
 }
 
 /// The server's `Date` against this node's clock.

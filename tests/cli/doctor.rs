@@ -1,8 +1,8 @@
 //! `cachalot doctor` run as a binary against real servers: a healthy
 //! file:// source, NFS export and S3 bucket (exit 0, every check ✓), and
 //! the failures it exists for: a root_squash export as root, a share that
-//! is not exported, a wrong S3 secret, an endpoint that refuses
-//! connections. Needs root (the squash case) and the NFS and S3 test
+//! is not exported, a wrong S3 secret, an https endpoint whose CA is not
+//! trusted, an endpoint that refuses connections. Needs root (the squash case) and the NFS and S3 test
 //! servers (`scripts/install-nfs-deps.sh`, `scripts/install-s3-deps.sh`).
 
 use crate::support_nfs;
@@ -307,6 +307,56 @@ fn s3_healthy_then_a_wrong_secret() {
     assert!(run
         .line("credentials")
         .contains("fix: set AWS_ACCESS_KEY_ID"));
+    assert_ne!(run.code, Some(0));
+}
+
+#[test]
+fn an_https_endpoint_gets_its_certificate_checked() {
+    let server = S3Server::seaweed_https();
+    let args = [
+        format!("s3://{BUCKET}/doctor"),
+        "--endpoint".into(),
+        server.https_endpoint(),
+    ];
+    let ca = server.ca_file().display().to_string();
+    let trusted = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("SSL_CERT_FILE", ca.as_str()),
+    ];
+    let host = [
+        ("–", "cache"),
+        ("–", "space"),
+        ("✓", "fuse"),
+        ("✓", "kernel"),
+    ];
+    let source = |tls: &'static str, rest: &'static str| {
+        let mut marks = vec![
+            ("✓", "endpoint"),
+            ("✓", "dns"),
+            ("✓", "tcp"),
+            ("✓", "credentials"),
+            (tls, "tls"),
+        ];
+        for name in ["clock", "access", "bucket", "identity"] {
+            marks.push((rest, name));
+        }
+        marks.extend(host);
+        marks
+    };
+    let run = doctor(&strs(&args), &trusted);
+    run.expect(&source("✓", "✓"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+
+    // The CA not given: ✗ tls, naming the certificate and the fix; the
+    // checks that need an answer are skipped.
+    let run = doctor(&strs(&args), &trusted[..2]);
+    run.expect(&source("✗", "–"));
+    let line = run.line("tls");
+    for part in ["is not trusted", "UnknownIssuer", "SSL_CERT_FILE="] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+    assert!(run.line("clock").contains("skipped: tls failed"));
     assert_ne!(run.code, Some(0));
 }
 

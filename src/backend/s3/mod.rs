@@ -48,7 +48,7 @@ pub use config::{
     DEFAULT_FILE_MODE,
 };
 pub use credentials::{CredentialSource, Credentials, CredentialsError, WebIdentity};
-pub use errors::{classify, is_credential_failure, ErrorSite, S3Failure};
+pub use errors::{classify, is_certificate_refused, is_credential_failure, ErrorSite, S3Failure};
 pub use preflight::{PreflightError, Probe};
 
 use errors::backend_error;
