@@ -1,8 +1,9 @@
 //! S3 over https: the mount trusts the server's CA through `SSL_CERT_FILE`
-//! (as a node plugin would for a private CA), and a server that checks
-//! every signature accepts its uploads, a single PUT and multipart parts
-//! alike, whose bodies stay out of the signature there (`UNSIGNED-PAYLOAD`,
-//! see `backend::s3::client`).
+//! (as the controller and the mounter do for a private CA), and a server
+//! that checks every signature accepts its uploads, a single PUT and
+//! multipart parts alike, whose bodies stay out of the signature there
+//! (`UNSIGNED-PAYLOAD`, see `backend::s3::client`); without the CA, the
+//! mount fails at once saying so.
 
 use crate::support_s3;
 
