@@ -4,6 +4,7 @@ pub mod cache;
 pub mod cli;
 pub mod csi;
 pub mod doctor;
+pub mod error_text;
 pub mod fs;
 pub mod fuse;
 pub mod metrics;

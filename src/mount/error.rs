@@ -71,22 +71,7 @@ impl MountError {
     }
 }
 
-/// The error and its causes on one line, `what: cause: cause` (what
-/// anyhow's `{:#}` prints), for messages that cross a process boundary.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        // A transparent wrapper shows its cause's text again: skip it.
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        cause = c.source();
-    }
-    text
-}
+pub use crate::error_text::chain;
 
 #[cfg(test)]
 mod tests {

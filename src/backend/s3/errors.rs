@@ -28,24 +28,6 @@ impl From<&RawError> for S3Failure {
     }
 }
 
-/// `e` and the causes under it, `a: b: c` (a cause whose text is already
-/// there is not repeated): reqwest says only "error sending request" and
-/// keeps why (a refused connection, an untrusted certificate) in its
-/// sources.
-pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// How rustls begins the message of a server certificate it refused
 /// (unknown issuer, expired, another host's name).
 const CERTIFICATE_REFUSED: &str = "invalid peer certificate";
@@ -59,7 +41,7 @@ pub fn is_certificate_refused(detail: &str) -> bool {
 impl From<&object_store::Error> for S3Failure {
     fn from(e: &object_store::Error) -> Self {
         use object_store::Error as E;
-        let mut text = with_causes(e);
+        let mut text = crate::error_text::chain(e);
         let mut transport = false;
         let mut source = std::error::Error::source(e);
         while let Some(s) = source {
@@ -288,30 +270,6 @@ mod tests {
         // Any other transport failure stays as it was.
         let (_, other) = classify(&failure(None, None), &site(), "k");
         assert!(!other.contains("SSL_CERT_FILE"), "{other}");
-    }
-
-    #[test]
-    fn causes_are_spelled_out_once() {
-        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
-        let outer = std::io::Error::other(Wrapped(inner));
-        assert_eq!(
-            with_causes(&outer),
-            "wrapped: invalid peer certificate: UnknownIssuer"
-        );
-    }
-
-    /// An error whose text does not include its source's.
-    #[derive(Debug)]
-    struct Wrapped(std::io::Error);
-    impl std::fmt::Display for Wrapped {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("wrapped")
-        }
-    }
-    impl std::error::Error for Wrapped {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
     }
 
     #[test]

@@ -15,8 +15,9 @@ use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
 use object_store::ClientOptions;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::errors::{is_certificate_refused, with_causes};
+use super::errors::is_certificate_refused;
 use super::xml::{self, ListPage, ListedObject, Upload};
+use crate::error_text::chain;
 
 /// AWS URI encoding: everything but unreserved characters.
 const STRICT: &AsciiSet = &NON_ALPHANUMERIC
@@ -187,14 +188,12 @@ impl RawClient {
             .http
             .execute(request)
             .await
-            .map_err(|e| transport(format!("{method} {url}: {}", with_causes(&e))))?;
+            .map_err(|e| transport(format!("{method} {url}: {}", chain(&e))))?;
         let (parts, body) = response.into_parts();
-        let body = body.bytes().await.map_err(|e| {
-            transport(format!(
-                "reading answer to {method} {url}: {}",
-                with_causes(&e)
-            ))
-        })?;
+        let body = body
+            .bytes()
+            .await
+            .map_err(|e| transport(format!("reading answer to {method} {url}: {}", chain(&e))))?;
         if parts.status.is_success() {
             // CopyObject can fail after answering 200: the error is in the
             // body. S3 documents it as retryable, like a 500.
@@ -250,12 +249,7 @@ impl RawClient {
         }
         let response = match self.http.execute(request).await {
             Ok(r) => r,
-            Err(e) => {
-                return (
-                    None,
-                    Err(transport(format!("GET {url}: {}", with_causes(&e)))),
-                )
-            }
+            Err(e) => return (None, Err(transport(format!("GET {url}: {}", chain(&e))))),
         };
         let (parts, body) = response.into_parts();
         let date = parts
